@@ -1,0 +1,43 @@
+/* A sample workload: a process tree of two (a parent and its child), each counting up in a file
+ * every 50 ms: DIR/parent and DIR/child. It starts its own session, so the whole tree is one
+ * process group. Restored from a checkpoint, both counters go on from where they stopped. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+
+static void count_forever(int dir_fd, const char *name) {
+  for (unsigned long n = 0;; ++n) {
+    char tmp[64];
+    snprintf(tmp, sizeof tmp, ".%s.tmp", name);
+    int fd = openat(dir_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+      dprintf(fd, "%lu\n", n);
+      close(fd);
+      renameat(dir_fd, tmp, dir_fd, name); /* readers never see a half-written number */
+    }
+    struct timespec pause = {0, 50 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+  }
+}
+
+int main(int argc, char **argv) {
+  if (argc != 2) {
+    fprintf(stderr, "usage: %s DIR\n", argv[0]);
+    return 2;
+  }
+  int dir_fd = open(argv[1], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0) {
+    perror(argv[1]);
+    return 1;
+  }
+  setsid();
+  pid_t child = fork();
+  if (child < 0) {
+    perror("fork");
+    return 1;
+  }
+  count_forever(dir_fd, child == 0 ? "child" : "parent");
+}

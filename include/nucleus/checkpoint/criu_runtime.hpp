@@ -1,0 +1,85 @@
+// Checkpoint and restore of process trees through the criu binary.
+#pragma once
+
+#include <sys/types.h>
+
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nucleus/checkpoint/checkpoint_state.hpp>
+#include <nucleus/checkpoint/key_store.hpp>
+
+namespace nucleus::checkpoint {
+
+// What is being checkpointed; the seed's ContainerState, reduced to what a checkpoint records.
+struct ContainerInfo {
+  std::string id;
+  std::string name;                  // empty: same as id
+  pid_t pid = 0;                     // root of the tree
+  std::vector<std::string> command;  // empty: read from /proc/<pid>/cmdline
+  bool using_gvisor = false;
+  bool rootless = false;
+};
+
+struct CriuVersion {
+  int major = 0, minor = 0, patch = 0;
+  std::string text;  // as criu printed it
+  auto operator<=>(const CriuVersion& o) const {
+    return std::tie(major, minor, patch) <=> std::tie(o.major, o.minor, o.patch);
+  }
+  bool operator==(const CriuVersion& o) const { return (*this <=> o) == 0; }
+};
+
+class CriuRuntime {
+ public:
+  // Folders CRIU is looked for in, in order. PATH is searched only when not root.
+  static const std::vector<std::filesystem::path>& trusted_paths();
+
+  // Finds criu (trusted paths, then PATH when not root) and validates it.
+  CriuRuntime();
+  // Uses this binary; validated the same way.
+  explicit CriuRuntime(std::filesystem::path criu_binary);
+
+  CriuRuntime(const CriuRuntime&) = delete;
+  CriuRuntime& operator=(const CriuRuntime&) = delete;
+
+  // Refuses a binary that is missing, not a regular file, not executable, writable by group or
+  // others, or owned by neither root nor the effective uid.
+  static void validate_binary(const std::filesystem::path& path);
+  // "Version: 4.1.1" -> {4, 1, 1}; nullopt if criu printed no version.
+  static std::optional<CriuVersion> parse_version(std::string_view criu_version_output);
+  // A pidfile is exactly one decimal number (surrounding white space allowed), nothing else.
+  static std::optional<pid_t> parse_pidfile(std::string_view text);
+
+  const std::filesystem::path& binary() const noexcept { return binary_; }
+  const CriuVersion& version() const noexcept { return version_; }
+  CheckpointState state() const;
+
+  // Signs with this key instead of the key store's.
+  void set_key(HmacKey key);
+
+  // Creates dir and dir/images (0700, never through a symlink), dumps the tree into them with
+  // CRIU logging to dir/dump.log, writes metadata.json, then signs the folder. On any failure the
+  // state returns to None and the message carries CRIU's own errors.
+  void checkpoint(const ContainerInfo& container, const std::filesystem::path& dir,
+                  bool leave_running);
+  // Verifies dir (nothing of CRIU runs if it does not verify), then restores the tree detached
+  // and returns the restored root's PID as soon as it runs.
+  pid_t restore(const std::filesystem::path& dir);
+
+ private:
+  CheckpointState begin(CheckpointState target);
+  void finish(CheckpointState target);
+  HmacKey signing_key(bool create) const;
+
+  std::filesystem::path binary_;
+  CriuVersion version_;
+  std::optional<HmacKey> key_;
+  mutable std::mutex mutex_;
+  CheckpointState state_ = CheckpointState::None;
+};
+
+}  // namespace nucleus::checkpoint

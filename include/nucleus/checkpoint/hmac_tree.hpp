@@ -1,0 +1,38 @@
+// HMAC-SHA256 over a whole checkpoint folder, in nucleus-container's format.
+//
+// The MAC covers a depth-first walk in byte order of names: for a folder "D\0" + relative path
+// + "\0", then its contents; for a file "F\0" + relative path + "\0" + its size as u64
+// little-endian + its bytes. Only the top-level checkpoint.hmac is left out. The MAC is stored
+// there as 64 lowercase hex digits. Symlinks, FIFOs, sockets, devices and names that are not
+// UTF-8 are integrity failures; everything is opened relative to its parent's descriptor with
+// O_NOFOLLOW, so a walk never leaves the tree.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include <nucleus/checkpoint/key_store.hpp>
+
+namespace nucleus::checkpoint {
+
+class HmacTree {
+ public:
+  static constexpr const char* signature_file = "checkpoint.hmac";
+  static constexpr int max_depth = 64;
+
+  // Lowercase hex HMAC of the folder at dir. Throws Error(Status::integrity) for a tree it
+  // refuses, Error(Status::not_found/io) when dir cannot be read.
+  static std::string compute(const std::filesystem::path& dir, const HmacKey& key);
+  static std::string compute(int dir_fd, const HmacKey& key);
+
+  // Writes dir/checkpoint.hmac atomically (temp file 0600, fsync, rename, fsync the folder).
+  static void sign(const std::filesystem::path& dir, const HmacKey& key);
+  static void sign(int dir_fd, const HmacKey& key);
+
+  // Throws Error(Status::integrity) unless dir/checkpoint.hmac holds the folder's MAC; compared
+  // in constant time.
+  static void verify(const std::filesystem::path& dir, const HmacKey& key);
+  static void verify(int dir_fd, const HmacKey& key);
+};
+
+}  // namespace nucleus::checkpoint

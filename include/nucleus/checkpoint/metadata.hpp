@@ -1,0 +1,35 @@
+// metadata.json, the checkpoint's description, in nucleus-container's JSON shape.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace nucleus::checkpoint {
+
+struct CheckpointMetadata {
+  static constexpr const char* file_name = "metadata.json";
+  static constexpr std::size_t max_size = 1 << 20;
+
+  std::string container_id;
+  std::string container_name;
+  std::uint32_t original_pid = 0;
+  std::vector<std::string> command;
+  std::uint64_t checkpoint_at = 0;  // seconds since the epoch
+  std::string version;              // of the library that wrote it
+  bool using_gvisor = false;
+  bool rootless = false;
+
+  std::string to_json() const;
+  // Throws Error(Status::invalid) naming the field that is missing or of the wrong type.
+  static CheckpointMetadata from_json(std::string_view json);
+
+  // Atomically writes dir_fd/metadata.json (temp file 0600 O_NOFOLLOW, fsync, rename).
+  void save(int dir_fd) const;
+  static CheckpointMetadata load(int dir_fd);
+
+  bool operator==(const CheckpointMetadata&) const = default;
+};
+
+}  // namespace nucleus::checkpoint

@@ -1,0 +1,20 @@
+// Reading what CRIU said: its log's Error lines, and the failures the library explains.
+#pragma once
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace nucleus::checkpoint {
+
+// CRIU's own "Error (...)" lines from log_name in dir_fd (at most ten, the harmless
+// RLIMIT_NOFILE one left out), else its console output; with a hint when the failure is one
+// the library knows (a CRIU too old for the kernel's vDSO).
+std::string criu_errors(int dir_fd, const std::string& log_name, std::string_view console_output);
+
+// The PID of "Can't fork for PID: File exists": a PID the restored tree needs is taken.
+std::optional<pid_t> taken_pid(std::string_view criu_errors);
+
+}  // namespace nucleus::checkpoint

@@ -1,0 +1,333 @@
+#include <nucleus/checkpoint/criu_runtime.hpp>
+
+#include <fcntl.h>
+#include <sodium.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include <nucleus/checkpoint/error.hpp>
+#include <nucleus/checkpoint/hmac_tree.hpp>
+#include <nucleus/checkpoint/metadata.hpp>
+
+#include "checkpoint_dir.hpp"
+#include "criu_log.hpp"
+#include "fs_util.hpp"
+#include "proc.hpp"
+#include "subprocess.hpp"
+#include <nucleus/checkpoint_version.h>
+
+namespace nucleus::checkpoint {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// CRIU's first version that understands the [vvar_vclock] mapping of newer kernels.
+constexpr CriuVersion first_vvar_vclock_version{4, 1, 0, "4.1"};
+constexpr const char* restore_run_dir = "/run/nucleus-checkpoint";
+constexpr auto zombie_grace = std::chrono::seconds(5);
+
+// CRIU runs with a fixed environment: nothing of the caller's PATH or LD_* reaches it.
+// CRIU_FAULT=130 is CRIU's switch to step the parasite's sigreturn with PTRACE_SYSCALL instead of
+// a hardware breakpoint: under hypervisors that do not forward debug exceptions (this project's
+// machines among them) a breakpoint never fires and CRIU waits forever. It costs microseconds.
+std::vector<std::string> criu_environment() {
+  return {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C", "CRIU_FAULT=130"};
+}
+
+std::string proc_fd_path(int fd) { return fmt::format("/proc/self/fd/{}", fd); }
+
+void require_root(std::string_view operation) {
+  if (geteuid() != 0)
+    throw Error(Status::permission, fmt::format("{} requires root (CRIU needs CAP_SYS_ADMIN and CAP_SYS_PTRACE); "
+                                                "run it as root", operation));
+}
+
+}  // namespace
+
+const std::vector<fs::path>& CriuRuntime::trusted_paths() {
+  static const std::vector<fs::path> paths{"/usr/sbin/criu", "/usr/bin/criu", "/usr/local/sbin/criu"};
+  return paths;
+}
+
+void CriuRuntime::validate_binary(const fs::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0)
+    throw system_error(status_of_errno(errno), errno, fmt::format("Cannot stat criu binary {}", path.native()));
+  if (!S_ISREG(st.st_mode)) throw Error(Status::invalid, fmt::format("criu binary {} is not a regular file", path.native()));
+  if ((st.st_mode & 022) != 0)
+    throw Error(Status::permission, fmt::format("criu binary {} is writable by group/others (mode {:o}), refusing to "
+                                                "execute", path.native(), st.st_mode & 07777));
+  if ((st.st_mode & 0111) == 0)
+    throw Error(Status::permission, fmt::format("criu binary {} is not executable", path.native()));
+  if (st.st_uid != 0 && st.st_uid != geteuid())
+    throw Error(Status::permission, fmt::format("criu binary {} is owned by UID {} (expected root or euid {}), refusing "
+                                                "to execute", path.native(), st.st_uid, geteuid()));
+}
+
+namespace {
+
+fs::path find_binary() {
+  for (const auto& p : CriuRuntime::trusted_paths()) {
+    struct stat st {};
+    if (::stat(p.c_str(), &st) == 0) return p;
+  }
+  // As root, PATH is never searched: the environment must not choose what runs as root.
+  if (geteuid() == 0)
+    throw Error(Status::not_found, "CRIU binary not found in trusted system paths (/usr/sbin, /usr/bin, "
+                                   "/usr/local/sbin); install CRIU >= 4.1 (scripts/install-criu.sh) or give its path");
+  if (const char* path_var = std::getenv("PATH")) {
+    std::stringstream dirs(path_var);
+    for (std::string dir; std::getline(dirs, dir, ':');) {
+      if (dir.empty() || dir[0] != '/') continue;
+      const fs::path candidate = fs::path(dir) / "criu";
+      struct stat st {};
+      if (::stat(candidate.c_str(), &st) == 0) return candidate;
+    }
+  }
+  throw Error(Status::not_found, "CRIU binary not found. Install criu (>= 4.1) to use checkpoint/restore.");
+}
+
+bool kernel_has_vvar_vclock() {
+  std::ifstream maps("/proc/self/maps");
+  for (std::string line; std::getline(maps, line);)
+    if (line.ends_with("[vvar_vclock]")) return true;
+  return false;
+}
+
+}  // namespace
+
+std::optional<CriuVersion> CriuRuntime::parse_version(std::string_view output) {
+  const auto at = output.find("Version:");
+  if (at == std::string_view::npos) return std::nullopt;
+  std::string_view rest = output.substr(at + 8);
+  while (!rest.empty() && rest.front() == ' ') rest.remove_prefix(1);
+  rest = rest.substr(0, rest.find_first_of("\r\n"));
+  CriuVersion v;
+  v.text = std::string(rest);
+  int* parts[] = {&v.major, &v.minor, &v.patch};
+  const char* p = rest.data();
+  const char* end = rest.data() + rest.size();
+  for (int i = 0; i < 3 && p < end; ++i) {
+    const auto [next, ec] = std::from_chars(p, end, *parts[i]);
+    if (ec != std::errc()) {
+      if (i < 2) return std::nullopt;  // major and minor are required
+      break;
+    }
+    p = next;
+    if (p < end && *p == '.') ++p; else break;
+  }
+  return v;
+}
+
+std::optional<pid_t> CriuRuntime::parse_pidfile(std::string_view text) {
+  const auto first = text.find_first_not_of(" \t\r\n");
+  if (first == std::string_view::npos) return std::nullopt;
+  const auto last = text.find_last_not_of(" \t\r\n");
+  const std::string_view digits = text.substr(first, last - first + 1);
+  pid_t pid = 0;
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), pid);
+  if (ec != std::errc() || end != digits.data() + digits.size() || pid <= 0 || digits.front() == '+')
+    return std::nullopt;
+  return pid;
+}
+
+CriuRuntime::CriuRuntime() : CriuRuntime(find_binary()) {}
+
+CriuRuntime::CriuRuntime(fs::path criu_binary) : binary_(std::move(criu_binary)) {
+  validate_binary(binary_);
+  const ProcessResult r = run_process(binary_, "criu", {"--version"}, {}, criu_environment());
+  if (!r.succeeded())
+    throw Error(Status::criu, fmt::format("{} --version failed ({}): {}", binary_.native(), r.describe(), r.output));
+  auto version = parse_version(r.output);
+  if (!version)
+    throw Error(Status::criu, fmt::format("{} --version printed no version: {}", binary_.native(), r.output));
+  version_ = std::move(*version);
+  if (version_ < first_vvar_vclock_version && kernel_has_vvar_vclock())
+    throw Error(Status::criu,
+                fmt::format("CRIU {} at {} is too old for this kernel: the kernel maps [vvar_vclock], which CRIU "
+                            "understands from 4.1 on, so every dump would fail. Install CRIU >= 4.1 "
+                            "(scripts/install-criu.sh builds one into /usr/local/sbin) and remove or pass past "
+                            "this one", version_.text, binary_.native()));
+}
+
+CheckpointState CriuRuntime::state() const {
+  std::lock_guard lock(mutex_);
+  return state_;
+}
+
+void CriuRuntime::set_key(HmacKey key) { key_ = std::move(key); }
+
+HmacKey CriuRuntime::signing_key(bool create) const {
+  if (key_) return HmacKey::from_bytes(key_->bytes());
+  KeyStore store;
+  return create ? store.load_or_create() : store.load();
+}
+
+CheckpointState CriuRuntime::begin(CheckpointState target) {
+  std::lock_guard lock(mutex_);
+  // A finished dump or restore is final for that operation; the next one starts from None.
+  if (state_ == CheckpointState::Dumped || state_ == CheckpointState::Restored) state_ = CheckpointState::None;
+  state_ = transition(state_, target);
+  return state_;
+}
+
+void CriuRuntime::finish(CheckpointState target) {
+  std::lock_guard lock(mutex_);
+  state_ = transition(state_, target);
+}
+
+namespace {
+
+// Runs `body`; whatever it throws, the state first returns to None (the seed left it stuck).
+template <typename Body>
+auto guarded(CriuRuntime& rt, void (CriuRuntime::*finish)(CheckpointState), Body&& body) {
+  try {
+    return body();
+  } catch (...) {
+    (rt.*finish)(CheckpointState::None);
+    throw;
+  }
+}
+
+}  // namespace
+
+void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir, bool leave_running) {
+  require_root("Checkpoint");
+  if (container.id.empty()) throw Error(Status::invalid, "container id is empty");
+  if (container.pid <= 0) throw Error(Status::invalid, fmt::format("PID {} is not a process", container.pid));
+  const ProcessStatus process = read_process_status(container.pid);
+  begin(CheckpointState::Dumping);
+  guarded(*this, &CriuRuntime::finish, [&] {
+    CheckpointDir cd = CheckpointDir::prepare(dir);
+    std::vector<std::string> args{"dump", "--tree", std::to_string(container.pid),
+                                  "--images-dir", proc_fd_path(cd.images.get()),
+                                  "--work-dir", proc_fd_path(cd.dir.get()),
+                                  "--log-file", "dump.log", "-v4", "--shell-job"};
+    if (leave_running) args.emplace_back("--leave-running");
+    const ProcessResult r = run_process(binary_, "criu", args, {cd.images.get(), cd.dir.get()}, criu_environment());
+    if (!r.succeeded())
+      throw Error(Status::criu, fmt::format("criu dump of PID {} ({}) failed ({}): {}. Full log: {}", container.pid,
+                                            process.comm, r.describe(), criu_errors(cd.dir.get(), "dump.log", r.output),
+                                            (dir / "dump.log").native()));
+
+    CheckpointMetadata metadata;
+    metadata.container_id = container.id;
+    metadata.container_name = container.name.empty() ? container.id : container.name;
+    metadata.original_pid = static_cast<std::uint32_t>(container.pid);
+    metadata.command = container.command.empty() ? process.cmdline : container.command;
+    metadata.checkpoint_at = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+    metadata.version = NC_VERSION_STRING;
+    metadata.using_gvisor = container.using_gvisor;
+    metadata.rootless = container.rootless;
+    metadata.save(cd.dir.get());
+    HmacTree::sign(cd.dir.get(), signing_key(true));
+  });
+  finish(CheckpointState::Dumped);
+}
+
+namespace {
+
+// A private folder for one restore's log and pidfile: the checkpoint folder itself must stay
+// exactly as signed, so that it verifies and restores again.
+struct RestoreWorkDir {
+  UniqueFd parent;
+  UniqueFd dir;
+  std::string name;
+
+  RestoreWorkDir() {
+    parent = open_or_create_dir(restore_run_dir, 0700, "restore work directory");
+    const struct stat st = stat_fd(parent.get(), restore_run_dir);
+    if (st.st_uid != 0 || (st.st_mode & 077) != 0)
+      throw Error(Status::permission, fmt::format("{} must be owned by root with mode 0700", restore_run_dir));
+    name = fmt::format("restore-{:08x}", randombytes_random());
+    if (::mkdirat(parent.get(), name.c_str(), 0700) != 0)
+      throw system_error(status_of_errno(errno), errno, fmt::format("cannot create {}/{}", restore_run_dir, name));
+    dir = open_dir_at(parent.get(), name, "restore work directory");
+  }
+  std::string path() const { return fmt::format("{}/{}", restore_run_dir, name); }
+  void remove() {
+    for (const char* f : {"restore.log", "restore.pid", "stats-restore"}) ::unlinkat(dir.get(), f, 0);
+    ::unlinkat(parent.get(), name.c_str(), AT_REMOVEDIR);
+  }
+};
+
+}  // namespace
+
+pid_t CriuRuntime::restore(const fs::path& dir) {
+  require_root("Restore");
+  begin(CheckpointState::Restoring);
+  const pid_t pid = guarded(*this, &CriuRuntime::finish, [&] {
+    const UniqueFd dir_fd = open_dir(dir, "checkpoint directory");
+    // Nothing of the checkpoint is parsed, and nothing of CRIU runs, before it verifies.
+    HmacTree::verify(dir_fd.get(), signing_key(false));
+    const CheckpointMetadata metadata = CheckpointMetadata::load(dir_fd.get());
+    UniqueFd images;
+    try {
+      images = open_dir_at(dir_fd.get(), CheckpointDir::images_name, "checkpoint images directory");
+    } catch (const Error& e) {
+      throw Error(e.status(), fmt::format("Images directory not found in {}: {}", dir.native(), e.what()));
+    }
+
+    const auto attempt = [&]() -> std::pair<std::optional<pid_t>, std::string> {
+      RestoreWorkDir work;
+      const std::vector<std::string> args{"restore", "--images-dir", proc_fd_path(images.get()),
+                                          "--work-dir", proc_fd_path(work.dir.get()),
+                                          "--log-file", "restore.log", "-v4", "--pidfile", "restore.pid",
+                                          "--shell-job", "--restore-detached"};
+      const ProcessResult r = run_process(binary_, "criu", args, {images.get(), work.dir.get()}, criu_environment());
+      if (!r.succeeded()) {
+        // The failed restore's log stays for the operator; CRIU has already killed what it restored.
+        return {std::nullopt, fmt::format("criu restore of {} (container {}, originally PID {}) failed ({}): {}. "
+                                          "Full log: {}/restore.log", dir.native(), metadata.container_id,
+                                          metadata.original_pid, r.describe(),
+                                          criu_errors(work.dir.get(), "restore.log", r.output), work.path())};
+      }
+      std::string text;
+      try {
+        text = read_file_at(work.dir.get(), "restore.pid", 64, "CRIU pidfile");
+      } catch (const Error& e) {
+        throw Error(Status::criu, fmt::format("criu restore succeeded but its pidfile cannot be read: {}", e.what()));
+      }
+      const auto restored = parse_pidfile(text);
+      if (!restored)
+        throw Error(Status::criu, fmt::format("criu restore succeeded but its pidfile holds no PID: '{}'", text));
+      work.remove();
+      return {restored, {}};
+    };
+
+    auto [restored, failure] = attempt();
+    if (restored) return *restored;
+    // CRIU recreates every PID of the tree. One that is still a zombie (its parent or PID 1 has not
+    // reaped it yet) goes away on its own: wait for it, bounded, then try once more.
+    if (const auto taken = taken_pid(failure)) {
+      const auto deadline = std::chrono::steady_clock::now() + zombie_grace;
+      while (process_is_zombie(*taken) && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      if (!process_exists(*taken)) {
+        std::tie(restored, failure) = attempt();
+        if (restored) return *restored;
+      }
+      if (const auto again = taken_pid(failure))
+        throw Error(Status::criu, fmt::format("cannot restore: PID {} that the checkpoint needs is taken by {}; stop "
+                                              "that process (or restore into a new PID namespace) and retry. {}",
+                                              *again, describe_process(*again), failure));
+    }
+    throw Error(Status::criu, failure);
+  });
+  finish(CheckpointState::Restored);
+  return pid;
+}
+
+}  // namespace nucleus::checkpoint

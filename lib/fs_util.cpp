@@ -1,0 +1,156 @@
+#include "fs_util.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace nucleus::checkpoint {
+
+Status status_of_errno(int err) noexcept {
+  switch (err) {
+    case ENOENT: return Status::not_found;
+    case EACCES:
+    case EPERM: return Status::permission;
+    case ENOMEM: return Status::no_memory;
+    default: return Status::io;
+  }
+}
+
+Error system_error(Status status, int err, std::string_view what) {
+  return Error(status, fmt::format("{}: {}", what, std::strerror(err)));
+}
+
+namespace {
+
+Error open_error(int err, std::string_view what, std::string_view path) {
+  switch (err) {
+    case ELOOP:
+      return Error(Status::permission,
+                   fmt::format("{} {} is a symlink; refusing to follow it (give the real path)", what, path));
+    case ENOTDIR:
+      return Error(Status::invalid, fmt::format("{} {} is not a directory", what, path));
+    case ENOENT:
+      return Error(Status::not_found, fmt::format("{} {} does not exist", what, path));
+    default:
+      return system_error(status_of_errno(err), err, fmt::format("cannot open {} {}", what, path));
+  }
+}
+
+constexpr int dir_flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+
+}  // namespace
+
+UniqueFd open_dir(const std::filesystem::path& path, std::string_view what) {
+  UniqueFd fd(::open(path.c_str(), dir_flags));
+  if (!fd) throw open_error(errno, what, path.native());
+  return fd;
+}
+
+UniqueFd open_dir_at(int parent_fd, const std::string& name, std::string_view what) {
+  UniqueFd fd(::openat(parent_fd, name.c_str(), dir_flags));
+  if (!fd) throw open_error(errno, what, name);
+  return fd;
+}
+
+UniqueFd open_or_create_dir_at(int parent_fd, const std::string& name, mode_t mode,
+                               std::string_view what) {
+  if (::mkdirat(parent_fd, name.c_str(), mode) != 0 && errno != EEXIST)
+    throw system_error(status_of_errno(errno), errno, fmt::format("cannot create {} {}", what, name));
+  return open_dir_at(parent_fd, name, what);
+}
+
+UniqueFd open_or_create_dir(const std::filesystem::path& path, mode_t mode, std::string_view what) {
+  UniqueFd fd(::open(path.c_str(), dir_flags));
+  if (fd) return fd;
+  if (errno != ENOENT) throw open_error(errno, what, path.native());
+  // Create what is missing from the nearest existing ancestor down, each step relative to the
+  // descriptor of the one before.
+  const auto parent = path.parent_path();
+  const auto leaf = path.filename();
+  if (leaf.empty() || leaf == "." || leaf == "..")
+    throw Error(Status::invalid, fmt::format("{} {} has no usable last component", what, path.native()));
+  UniqueFd parent_fd = parent.empty() ? UniqueFd(::open(".", dir_flags))
+                                      : open_or_create_dir(parent, mode, "parent folder");
+  if (!parent_fd) throw system_error(status_of_errno(errno), errno, "cannot open the current folder");
+  try {
+    return open_or_create_dir_at(parent_fd.get(), leaf.native(), mode, what);
+  } catch (const Error& e) {
+    throw Error(e.status(), fmt::format("{} (in {})", e.what(), parent.native()));
+  }
+}
+
+struct stat stat_fd(int fd, std::string_view what) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw system_error(Status::io, errno, fmt::format("cannot stat {}", what));
+  return st;
+}
+
+std::string read_file_at(int dir_fd, const std::string& name, std::size_t max_size,
+                         std::string_view what) {
+  UniqueFd fd(::openat(dir_fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+  if (!fd) throw open_error(errno, what, name);
+  const struct stat st = stat_fd(fd.get(), what);
+  if (!S_ISREG(st.st_mode)) throw Error(Status::invalid, fmt::format("{} {} is not a regular file", what, name));
+  if (static_cast<std::uint64_t>(st.st_size) > max_size)
+    throw Error(Status::invalid,
+                fmt::format("{} {} is {} bytes, more than the {} allowed", what, name, st.st_size, max_size));
+  std::string data(static_cast<std::size_t>(st.st_size) + 1, '\0');
+  std::size_t got = 0;
+  for (;;) {
+    const ssize_t n = ::read(fd.get(), data.data() + got, data.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw system_error(Status::io, errno, fmt::format("cannot read {} {}", what, name));
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+    if (got == data.size()) {  // grew while read: allow up to max_size
+      if (data.size() > max_size)
+        throw Error(Status::invalid, fmt::format("{} {} is larger than the {} bytes allowed", what, name, max_size));
+      data.resize(std::min(data.size() * 2, max_size + 1));
+    }
+  }
+  data.resize(got);
+  return data;
+}
+
+void write_all(int fd, const void* data, std::size_t size, std::string_view what) {
+  const auto* p = static_cast<const char*>(data);
+  while (size > 0) {
+    const ssize_t n = ::write(fd, p, size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw system_error(status_of_errno(errno), errno, fmt::format("cannot write {}", what));
+    p += n;
+    size -= static_cast<std::size_t>(n);
+  }
+}
+
+void fsync_fd(int fd, std::string_view what) {
+  if (::fsync(fd) != 0) throw system_error(Status::io, errno, fmt::format("cannot fsync {}", what));
+}
+
+void remove_stale_temp_at(int dir_fd, const std::string& name) {
+  const std::string tmp = name + ".tmp";
+  if (::unlinkat(dir_fd, tmp.c_str(), 0) != 0 && errno != ENOENT)
+    throw system_error(status_of_errno(errno), errno, fmt::format("cannot remove stale {}", tmp));
+}
+
+void write_file_atomic_at(int dir_fd, const std::string& name, std::string_view data, mode_t mode) {
+  remove_stale_temp_at(dir_fd, name);
+  const std::string tmp = name + ".tmp";
+  UniqueFd fd(::openat(dir_fd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode));
+  if (!fd) throw system_error(status_of_errno(errno), errno, fmt::format("cannot create {}", tmp));
+  try {
+    write_all(fd.get(), data.data(), data.size(), tmp);
+    fsync_fd(fd.get(), tmp);
+    fd.reset();
+    if (::renameat(dir_fd, tmp.c_str(), dir_fd, name.c_str()) != 0)
+      throw system_error(status_of_errno(errno), errno, fmt::format("cannot rename {} to {}", tmp, name));
+  } catch (...) {
+    ::unlinkat(dir_fd, tmp.c_str(), 0);  // nothing half-written stays behind
+    throw;
+  }
+  fsync_fd(dir_fd, fmt::format("the folder of {}", name));
+}
+
+}  // namespace nucleus::checkpoint

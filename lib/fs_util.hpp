@@ -1,0 +1,46 @@
+// File system access relative to directory descriptors, never following a symlink in the last
+// component and never re-resolving a path once it is open.
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+#include <fmt/format.h>
+
+#include <nucleus/checkpoint/error.hpp>
+
+#include "unique_fd.hpp"
+
+namespace nucleus::checkpoint {
+
+// An Error whose message ends with strerror(err).
+Error system_error(Status status, int err, std::string_view what);
+// The status an errno stands for: ENOENT -> not_found, EACCES/EPERM -> permission, else io.
+Status status_of_errno(int err) noexcept;
+
+// Opens an existing folder; the last component must not be a symlink. `what` names it in errors.
+UniqueFd open_dir(const std::filesystem::path& path, std::string_view what);
+UniqueFd open_dir_at(int parent_fd, const std::string& name, std::string_view what);
+// As open_dir, creating it (and missing parents) with `mode` if absent.
+UniqueFd open_or_create_dir(const std::filesystem::path& path, mode_t mode, std::string_view what);
+UniqueFd open_or_create_dir_at(int parent_fd, const std::string& name, mode_t mode,
+                               std::string_view what);
+
+struct stat stat_fd(int fd, std::string_view what);
+
+// Reads a regular file of at most max_size bytes.
+std::string read_file_at(int dir_fd, const std::string& name, std::size_t max_size,
+                         std::string_view what);
+// Removes name.tmp, left behind by an interrupted write_file_atomic_at.
+void remove_stale_temp_at(int dir_fd, const std::string& name);
+// Writes name atomically: name.tmp created O_EXCL|O_NOFOLLOW with `mode`, written, fsynced,
+// renamed over name, then the folder fsynced. A stale name.tmp is removed first.
+void write_file_atomic_at(int dir_fd, const std::string& name, std::string_view data, mode_t mode);
+void write_all(int fd, const void* data, std::size_t size, std::string_view what);
+void fsync_fd(int fd, std::string_view what);
+
+}  // namespace nucleus::checkpoint

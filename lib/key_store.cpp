@@ -1,0 +1,191 @@
+#include <nucleus/checkpoint/key_store.hpp>
+
+#include <fcntl.h>
+#include <pwd.h>
+#include <sodium.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+
+#include <fmt/format.h>
+
+#include <nucleus/checkpoint/error.hpp>
+
+#include "fs_util.hpp"
+#include "sodium.hpp"
+
+namespace nucleus::checkpoint {
+
+namespace fs = std::filesystem;
+
+void init_sodium() {
+  if (sodium_init() < 0) throw Error(Status::internal, "libsodium could not be initialised");
+}
+
+// --- HmacKey ---
+
+void HmacKey::Deleter::operator()(unsigned char* p) const noexcept { sodium_free(p); }
+
+HmacKey::HmacKey(std::unique_ptr<unsigned char[], Deleter> data, std::size_t size) noexcept
+    : data_(std::move(data)), size_(size) {}
+
+std::span<const unsigned char> HmacKey::bytes() const noexcept { return {data_.get(), size_}; }
+
+HmacKey HmacKey::from_bytes(std::span<const unsigned char> bytes) {
+  init_sodium();
+  if (bytes.size() < min_size)
+    throw Error(Status::key, fmt::format("HMAC key is {} bytes; at least {} are needed", bytes.size(), min_size));
+  if (bytes.size() > max_size)
+    throw Error(Status::key, fmt::format("HMAC key is {} bytes; at most {} are allowed", bytes.size(), max_size));
+  std::unique_ptr<unsigned char[], Deleter> data(static_cast<unsigned char*>(sodium_malloc(bytes.size())));
+  if (!data) throw Error(Status::no_memory, "cannot allocate guarded memory for the HMAC key");
+  std::memcpy(data.get(), bytes.data(), bytes.size());
+  return HmacKey(std::move(data), bytes.size());
+}
+
+HmacKey HmacKey::generate() {
+  init_sodium();
+  std::unique_ptr<unsigned char[], Deleter> data(static_cast<unsigned char*>(sodium_malloc(min_size)));
+  if (!data) throw Error(Status::no_memory, "cannot allocate guarded memory for the HMAC key");
+  randombytes_buf(data.get(), min_size);
+  return HmacKey(std::move(data), min_size);
+}
+
+// --- KeyStore ---
+
+namespace {
+
+constexpr const char* env_key_file = "NUCLEUS_CHECKPOINT_HMAC_KEY_FILE";
+
+std::string home_dir() {
+  if (const char* home = std::getenv("HOME"); home && *home == '/') return home;
+  struct passwd pw {};
+  struct passwd* found = nullptr;
+  std::string buf(16384, '\0');
+  if (getpwuid_r(geteuid(), &pw, buf.data(), buf.size(), &found) == 0 && found && pw.pw_dir &&
+      pw.pw_dir[0] == '/')
+    return pw.pw_dir;
+  return {};
+}
+
+// The file or folder must be ours alone: owned by the effective uid, no group or other bits.
+void check_private(const struct stat& st, std::string_view what, const fs::path& path) {
+  if (st.st_uid != geteuid())
+    throw Error(Status::key, fmt::format("{} {} is owned by uid {} (expected {}); fix with chown", what,
+                                         path.native(), st.st_uid, geteuid()));
+  if ((st.st_mode & 077) != 0)
+    throw Error(Status::key, fmt::format("{} {} has insecure mode {:o}; expected owner-only access (chmod go-rwx)",
+                                         what, path.native(), st.st_mode & 0777));
+}
+
+UniqueFd open_key_dir(const fs::path& dir, bool create) {
+  try {
+    UniqueFd fd = create ? open_or_create_dir(dir, 0700, "checkpoint HMAC key directory")
+                         : open_dir(dir, "checkpoint HMAC key directory");
+    check_private(stat_fd(fd.get(), "checkpoint HMAC key directory"), "checkpoint HMAC key directory", dir);
+    return fd;
+  } catch (const Error& e) {
+    throw Error(Status::key, e.what());
+  }
+}
+
+// nullopt when there is no key file yet.
+std::optional<HmacKey> read_key(int dir_fd, const fs::path& path) {
+  const std::string name = path.filename();
+  UniqueFd fd(::openat(dir_fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+  if (!fd) {
+    if (errno == ENOENT) return std::nullopt;
+    if (errno == ELOOP)
+      throw Error(Status::key, fmt::format("checkpoint HMAC key {} is a symlink; refusing to follow it", path.native()));
+    throw system_error(Status::key, errno, fmt::format("cannot open checkpoint HMAC key {}", path.native()));
+  }
+  const struct stat st = stat_fd(fd.get(), "checkpoint HMAC key");
+  if (!S_ISREG(st.st_mode))
+    throw Error(Status::key, fmt::format("checkpoint HMAC key {} is not a regular file", path.native()));
+  check_private(st, "checkpoint HMAC key", path);
+  const auto size = static_cast<std::size_t>(st.st_size);
+  if (size < HmacKey::min_size || size > HmacKey::max_size)
+    throw Error(Status::key, fmt::format("checkpoint HMAC key {} is {} bytes; it must be {} to {} bytes", path.native(),
+                                         size, HmacKey::min_size, HmacKey::max_size));
+  // Read straight into guarded memory through a short-lived key: no copy in ordinary heap.
+  std::unique_ptr<unsigned char[], void (*)(void*)> buf(static_cast<unsigned char*>(sodium_malloc(size)), sodium_free);
+  if (!buf) throw Error(Status::no_memory, "cannot allocate guarded memory for the HMAC key");
+  std::size_t got = 0;
+  while (got < size) {
+    const ssize_t n = ::read(fd.get(), buf.get() + got, size - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw system_error(Status::key, errno, fmt::format("cannot read checkpoint HMAC key {}", path.native()));
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  if (got != size)
+    throw Error(Status::key, fmt::format("checkpoint HMAC key {} changed while it was read", path.native()));
+  return HmacKey::from_bytes({buf.get(), size});
+}
+
+}  // namespace
+
+fs::path KeyStore::default_path() {
+  if (const char* env = std::getenv(env_key_file); env && *env) return env;
+  if (geteuid() == 0) return "/var/lib/nucleus/checkpoint-hmac.key";
+  if (const char* xdg = std::getenv("XDG_DATA_HOME"); xdg && *xdg == '/')
+    return fs::path(xdg) / "nucleus/checkpoint-hmac.key";
+  const std::string home = home_dir();
+  if (!home.empty()) return fs::path(home) / ".local/share/nucleus/checkpoint-hmac.key";
+  throw Error(Status::key, fmt::format("no place for the checkpoint HMAC key: set {} or HOME", env_key_file));
+}
+
+KeyStore::KeyStore() : path_(default_path()) {}
+KeyStore::KeyStore(fs::path key_file) : path_(std::move(key_file)) {
+  if (path_.filename().empty()) throw Error(Status::invalid, fmt::format("key file path {} names no file", path_.native()));
+}
+
+bool KeyStore::exists() const {
+  struct stat st {};
+  return ::lstat(path_.c_str(), &st) == 0;
+}
+
+HmacKey KeyStore::load() const {
+  init_sodium();
+  UniqueFd dir = open_key_dir(path_.parent_path().empty() ? "." : path_.parent_path(), false);
+  auto key = read_key(dir.get(), path_);
+  if (!key)
+    throw Error(Status::key, fmt::format("no checkpoint HMAC key at {}: sign on this machine first, or copy the "
+                                         "signing machine's key there (mode 0600), or set {}",
+                                         path_.native(), env_key_file));
+  return std::move(*key);
+}
+
+HmacKey KeyStore::load_or_create() const {
+  init_sodium();
+  UniqueFd dir = open_key_dir(path_.parent_path().empty() ? "." : path_.parent_path(), true);
+  if (auto key = read_key(dir.get(), path_)) return std::move(*key);
+
+  // Write the new key under a private temporary name, then link it into place: link fails if
+  // another process won the race, and then its complete key is the one both use.
+  HmacKey key = HmacKey::generate();
+  const std::string name = path_.filename();
+  const std::string tmp = fmt::format(".{}.{:08x}", name, randombytes_random());
+  UniqueFd fd(::openat(dir.get(), tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (!fd) throw system_error(Status::key, errno, fmt::format("cannot create checkpoint HMAC key in {}", path_.parent_path().native()));
+  int link_err = 0;
+  try {
+    write_all(fd.get(), key.bytes().data(), key.bytes().size(), "checkpoint HMAC key");
+    fsync_fd(fd.get(), "checkpoint HMAC key");
+    if (::linkat(dir.get(), tmp.c_str(), dir.get(), name.c_str(), 0) != 0) link_err = errno;
+  } catch (...) {
+    ::unlinkat(dir.get(), tmp.c_str(), 0);
+    throw;
+  }
+  ::unlinkat(dir.get(), tmp.c_str(), 0);
+  if (link_err == EEXIST) return load();
+  if (link_err != 0) throw system_error(Status::key, link_err, fmt::format("cannot create checkpoint HMAC key {}", path_.native()));
+  fsync_fd(dir.get(), "checkpoint HMAC key directory");
+  return key;
+}
+
+}  // namespace nucleus::checkpoint

@@ -1,0 +1,71 @@
+#include "proc.hpp"
+
+#include <fcntl.h>
+
+#include <optional>
+
+#include <fmt/format.h>
+
+#include <nucleus/checkpoint/error.hpp>
+
+#include "fs_util.hpp"
+
+namespace nucleus::checkpoint {
+
+namespace {
+
+// comm and state from /proc/<pid>/stat; comm is the text between the first '(' and the last ')'.
+std::optional<ProcessStatus> stat_of(pid_t pid) {
+  UniqueFd proc(::open(fmt::format("/proc/{}", pid).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!proc) return std::nullopt;
+  std::string stat;
+  try {
+    stat = read_file_at(proc.get(), "stat", 4096, "process status");
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+  const auto open = stat.find('(');
+  const auto close = stat.rfind(')');
+  if (open == std::string::npos || close == std::string::npos || close + 2 >= stat.size()) return std::nullopt;
+  ProcessStatus st;
+  st.comm = stat.substr(open + 1, close - open - 1);
+  st.state = stat[close + 2];
+  try {
+    const std::string cmdline = read_file_at(proc.get(), "cmdline", 1 << 20, "process command line");
+    for (std::size_t start = 0; start < cmdline.size();) {
+      const auto end = cmdline.find('\0', start);
+      st.cmdline.push_back(cmdline.substr(start, end - start));
+      if (end == std::string::npos) break;
+      start = end + 1;
+    }
+  } catch (const Error&) {
+    // A process may exit between the two reads; its command line is then unknown.
+  }
+  return st;
+}
+
+}  // namespace
+
+ProcessStatus read_process_status(pid_t pid) {
+  auto st = stat_of(pid);
+  if (!st) throw Error(Status::not_found, fmt::format("process {} does not exist; check the PID", pid));
+  if (st->state == 'Z')
+    throw Error(Status::not_found, fmt::format("process {} ({}) is a zombie: it has exited and there is nothing to "
+                                               "checkpoint", pid, st->comm));
+  return std::move(*st);
+}
+
+bool process_exists(pid_t pid) { return stat_of(pid).has_value(); }
+
+bool process_is_zombie(pid_t pid) {
+  const auto st = stat_of(pid);
+  return st && st->state == 'Z';
+}
+
+std::string describe_process(pid_t pid) {
+  const auto st = stat_of(pid);
+  if (!st) return "no process";
+  return fmt::format("process {} ({}, state {})", pid, st->comm, st->state);
+}
+
+}  // namespace nucleus::checkpoint
