@@ -111,7 +111,7 @@ nc_status nc_sign(const char* dir) {
 nc_status nc_verify(const char* dir) {
   return guard([&] {
     require(dir != nullptr && *dir != '\0', "nc_verify: dir is NULL or empty");
-    nc::HmacTree::verify(dir, nc::KeyStore().load());
+    nc::HmacTree::verify(dir, nc::KeyStore());
   });
 }
 

@@ -168,10 +168,8 @@ CheckpointState CriuRuntime::state() const {
 
 void CriuRuntime::set_key(HmacKey key) { key_ = std::move(key); }
 
-HmacKey CriuRuntime::signing_key(bool create) const {
-  if (key_) return HmacKey::from_bytes(key_->bytes());
-  KeyStore store;
-  return create ? store.load_or_create() : store.load();
+HmacKey CriuRuntime::signing_key() const {
+  return key_ ? HmacKey::from_bytes(key_->bytes()) : KeyStore().load_or_create();
 }
 
 CheckpointState CriuRuntime::begin(CheckpointState target) {
@@ -232,7 +230,7 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
     metadata.using_gvisor = container.using_gvisor;
     metadata.rootless = container.rootless;
     metadata.save(cd.dir.get());
-    HmacTree::sign(cd.dir.get(), signing_key(true));
+    HmacTree::sign(cd.dir.get(), signing_key());
   });
   finish(CheckpointState::Dumped);
 }
@@ -263,6 +261,18 @@ struct RestoreWorkDir {
   }
 };
 
+pid_t read_restored_pid(int work_fd) {
+  std::string text;
+  try {
+    text = read_file_at(work_fd, "restore.pid", 64, "CRIU pidfile");
+  } catch (const Error& e) {
+    throw Error(Status::criu, fmt::format("criu restore succeeded but its pidfile cannot be read: {}", e.what()));
+  }
+  const auto pid = CriuRuntime::parse_pidfile(text);
+  if (!pid) throw Error(Status::criu, fmt::format("criu restore succeeded but its pidfile holds no PID: '{}'", text));
+  return *pid;
+}
+
 }  // namespace
 
 pid_t CriuRuntime::restore(const fs::path& dir) {
@@ -271,7 +281,8 @@ pid_t CriuRuntime::restore(const fs::path& dir) {
   const pid_t pid = guarded(*this, &CriuRuntime::finish, [&] {
     const UniqueFd dir_fd = open_dir(dir, "checkpoint directory");
     // Nothing of the checkpoint is parsed, and nothing of CRIU runs, before it verifies.
-    HmacTree::verify(dir_fd.get(), signing_key(false));
+    if (key_) HmacTree::verify(dir_fd.get(), *key_);
+    else HmacTree::verify(dir_fd.get(), KeyStore());
     const CheckpointMetadata metadata = CheckpointMetadata::load(dir_fd.get());
     UniqueFd images;
     try {
@@ -280,51 +291,39 @@ pid_t CriuRuntime::restore(const fs::path& dir) {
       throw Error(e.status(), fmt::format("Images directory not found in {}: {}", dir.native(), e.what()));
     }
 
-    const auto attempt = [&]() -> std::pair<std::optional<pid_t>, std::string> {
-      RestoreWorkDir work;
-      const std::vector<std::string> args{"restore", "--images-dir", proc_fd_path(images.get()),
-                                          "--work-dir", proc_fd_path(work.dir.get()),
-                                          "--log-file", "restore.log", "-v4", "--pidfile", "restore.pid",
-                                          "--shell-job", "--restore-detached"};
+    RestoreWorkDir work;
+    const std::vector<std::string> args{"restore", "--images-dir", proc_fd_path(images.get()),
+                                        "--work-dir", proc_fd_path(work.dir.get()),
+                                        "--log-file", "restore.log", "-v4", "--pidfile", "restore.pid",
+                                        "--shell-job", "--restore-detached"};
+    const auto deadline = std::chrono::steady_clock::now() + zombie_grace;
+    for (;;) {
+      ::unlinkat(work.dir.get(), "restore.pid", 0);
       const ProcessResult r = run_process(binary_, "criu", args, {images.get(), work.dir.get()}, criu_environment());
-      if (!r.succeeded()) {
-        // The failed restore's log stays for the operator; CRIU has already killed what it restored.
-        return {std::nullopt, fmt::format("criu restore of {} (container {}, originally PID {}) failed ({}): {}. "
-                                          "Full log: {}/restore.log", dir.native(), metadata.container_id,
-                                          metadata.original_pid, r.describe(),
-                                          criu_errors(work.dir.get(), "restore.log", r.output), work.path())};
+      if (r.succeeded()) {
+        const pid_t restored = read_restored_pid(work.dir.get());
+        work.remove();
+        return restored;
       }
-      std::string text;
-      try {
-        text = read_file_at(work.dir.get(), "restore.pid", 64, "CRIU pidfile");
-      } catch (const Error& e) {
-        throw Error(Status::criu, fmt::format("criu restore succeeded but its pidfile cannot be read: {}", e.what()));
-      }
-      const auto restored = parse_pidfile(text);
-      if (!restored)
-        throw Error(Status::criu, fmt::format("criu restore succeeded but its pidfile holds no PID: '{}'", text));
-      work.remove();
-      return {restored, {}};
-    };
-
-    auto [restored, failure] = attempt();
-    if (restored) return *restored;
-    // CRIU recreates every PID of the tree. One that is still a zombie (its parent or PID 1 has not
-    // reaped it yet) goes away on its own: wait for it, bounded, then try once more.
-    if (const auto taken = taken_pid(failure)) {
-      const auto deadline = std::chrono::steady_clock::now() + zombie_grace;
-      while (process_is_zombie(*taken) && std::chrono::steady_clock::now() < deadline)
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      if (!process_exists(*taken)) {
-        std::tie(restored, failure) = attempt();
-        if (restored) return *restored;
-      }
-      if (const auto again = taken_pid(failure))
+      // The failed restore's log stays for the operator; CRIU has already killed what it restored.
+      const std::string failure =
+          fmt::format("criu restore of {} (container {}, originally PID {}) failed ({}): {}. Full log: {}/restore.log",
+                      dir.native(), metadata.container_id, metadata.original_pid, r.describe(),
+                      criu_errors(work.dir.get(), "restore.log", r.output), work.path());
+      const auto taken = taken_pid(failure);
+      if (!taken) throw Error(Status::criu, failure);
+      if (process_exists(*taken) && !process_is_zombie(*taken))
         throw Error(Status::criu, fmt::format("cannot restore: PID {} that the checkpoint needs is taken by {}; stop "
                                               "that process (or restore into a new PID namespace) and retry. {}",
-                                              *again, describe_process(*again), failure));
+                                              *taken, describe_process(*taken), failure));
+      // The PID is held by an exited process not yet reaped: a zombie, or a zombie's process group
+      // or session. Its parent (or PID 1) reaps it soon; retry until then, bounded.
+      if (std::chrono::steady_clock::now() > deadline)
+        throw Error(Status::criu, fmt::format("cannot restore: PID {} that the checkpoint needs is still held by an "
+                                              "exited process nobody has reaped (its parent must wait() for it). {}",
+                                              *taken, failure));
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
-    throw Error(Status::criu, failure);
   });
   finish(CheckpointState::Restored);
   return pid;

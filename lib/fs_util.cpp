@@ -24,7 +24,11 @@ Error system_error(Status status, int err, std::string_view what) {
 
 namespace {
 
-Error open_error(int err, std::string_view what, std::string_view path) {
+// Why opening dir_fd/name failed. O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR, not
+// ELOOP, so a symlink is told apart by looking at the entry itself.
+Error open_error(int err, std::string_view what, int dir_fd, const char* name, std::string_view path) {
+  struct stat st {};
+  if (err == ENOTDIR && ::fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) err = ELOOP;
   switch (err) {
     case ELOOP:
       return Error(Status::permission,
@@ -44,13 +48,13 @@ constexpr int dir_flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
 
 UniqueFd open_dir(const std::filesystem::path& path, std::string_view what) {
   UniqueFd fd(::open(path.c_str(), dir_flags));
-  if (!fd) throw open_error(errno, what, path.native());
+  if (!fd) throw open_error(errno, what, AT_FDCWD, path.c_str(), path.native());
   return fd;
 }
 
 UniqueFd open_dir_at(int parent_fd, const std::string& name, std::string_view what) {
   UniqueFd fd(::openat(parent_fd, name.c_str(), dir_flags));
-  if (!fd) throw open_error(errno, what, name);
+  if (!fd) throw open_error(errno, what, parent_fd, name.c_str(), name);
   return fd;
 }
 
@@ -64,7 +68,7 @@ UniqueFd open_or_create_dir_at(int parent_fd, const std::string& name, mode_t mo
 UniqueFd open_or_create_dir(const std::filesystem::path& path, mode_t mode, std::string_view what) {
   UniqueFd fd(::open(path.c_str(), dir_flags));
   if (fd) return fd;
-  if (errno != ENOENT) throw open_error(errno, what, path.native());
+  if (errno != ENOENT) throw open_error(errno, what, AT_FDCWD, path.c_str(), path.native());
   // Create what is missing from the nearest existing ancestor down, each step relative to the
   // descriptor of the one before.
   const auto parent = path.parent_path();
@@ -90,7 +94,7 @@ struct stat stat_fd(int fd, std::string_view what) {
 std::string read_file_at(int dir_fd, const std::string& name, std::size_t max_size,
                          std::string_view what) {
   UniqueFd fd(::openat(dir_fd, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
-  if (!fd) throw open_error(errno, what, name);
+  if (!fd) throw open_error(errno, what, dir_fd, name.c_str(), name);
   const struct stat st = stat_fd(fd.get(), what);
   if (!S_ISREG(st.st_mode)) throw Error(Status::invalid, fmt::format("{} {} is not a regular file", what, name));
   if (static_cast<std::uint64_t>(st.st_size) > max_size)

@@ -184,16 +184,21 @@ void HmacTree::sign(int dir_fd, const HmacKey& key) {
 
 void HmacTree::sign(const std::filesystem::path& dir, const HmacKey& key) { sign(open_checkpoint(dir).get(), key); }
 
-void HmacTree::verify(int dir_fd, const HmacKey& key) {
+namespace {
+
+Mac read_signature(int dir_fd) {
   std::string stored;
   try {
-    stored = read_file_at(dir_fd, signature_file, 4096, "checkpoint signature");
+    stored = read_file_at(dir_fd, HmacTree::signature_file, 4096, "checkpoint signature");
   } catch (const Error& e) {
     if (e.status() == Status::not_found)
-      throw integrity(fmt::format("checkpoint is not signed: it has no {}", signature_file));
+      throw integrity(fmt::format("checkpoint is not signed: it has no {}", HmacTree::signature_file));
     throw integrity(fmt::format("cannot read the checkpoint's signature: {}", e.what()));
   }
-  const Mac expected = parse_signature(stored);
+  return parse_signature(stored);
+}
+
+void check(const Mac& expected, int dir_fd, const HmacKey& key) {
   const Mac actual = TreeMac(key).run(dir_fd);
   if (sodium_memcmp(expected.data(), actual.data(), expected.size()) != 0)
     throw integrity(
@@ -201,6 +206,19 @@ void HmacTree::verify(int dir_fd, const HmacKey& key) {
         "was signed with another key)");
 }
 
+}  // namespace
+
+void HmacTree::verify(int dir_fd, const HmacKey& key) { check(read_signature(dir_fd), dir_fd, key); }
+
+void HmacTree::verify(int dir_fd, const KeyStore& store) {
+  const Mac expected = read_signature(dir_fd);
+  check(expected, dir_fd, store.load());
+}
+
 void HmacTree::verify(const std::filesystem::path& dir, const HmacKey& key) { verify(open_checkpoint(dir).get(), key); }
+
+void HmacTree::verify(const std::filesystem::path& dir, const KeyStore& store) {
+  verify(open_checkpoint(dir).get(), store);
+}
 
 }  // namespace nucleus::checkpoint

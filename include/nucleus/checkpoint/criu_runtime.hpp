@@ -73,7 +73,7 @@ class CriuRuntime {
  private:
   CheckpointState begin(CheckpointState target);
   void finish(CheckpointState target);
-  HmacKey signing_key(bool create) const;
+  HmacKey signing_key() const;
 
   std::filesystem::path binary_;
   CriuVersion version_;

@@ -33,6 +33,10 @@ class HmacTree {
   // in constant time.
   static void verify(const std::filesystem::path& dir, const HmacKey& key);
   static void verify(int dir_fd, const HmacKey& key);
+  // As above with the store's key, loaded only once the folder is known to carry a signature:
+  // an unsigned folder is an integrity failure even where there is no key.
+  static void verify(const std::filesystem::path& dir, const KeyStore& store);
+  static void verify(int dir_fd, const KeyStore& store);
 };
 
 }  // namespace nucleus::checkpoint

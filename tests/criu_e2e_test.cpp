@@ -1,0 +1,170 @@
+// End to end with the real CRIU, as root: real process trees dumped, signed, verified and
+// restored. These never skip: without a working CRIU they fail.
+#include <nucleus/checkpoint/criu_runtime.hpp>
+#include <nucleus/checkpoint/error.hpp>
+#include <nucleus/checkpoint/hmac_tree.hpp>
+#include <nucleus/checkpoint/metadata.hpp>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <memory>
+#include <thread>
+
+#include "process_support.hpp"
+#include "unique_fd.hpp"
+
+using namespace nucleus::checkpoint;
+using namespace nucleus::checkpoint::test;
+
+namespace {
+
+std::unique_ptr<CriuRuntime> real_criu() {
+  REQUIRE(::geteuid() == 0);  // CRIU needs root; the suite runs as root
+  const char* path = std::getenv("NC_TEST_CRIU");
+  auto rt = path && *path ? std::make_unique<CriuRuntime>(path) : std::make_unique<CriuRuntime>();
+  INFO("criu " << rt->binary() << " " << rt->version().text);
+  REQUIRE(rt->version() >= CriuVersion{4, 1, 0, ""});
+  return rt;
+}
+
+struct Fixture {
+  TempDir tmp;
+  KeyFileEnv key{secure_key_dir(tmp) / "checkpoint.key"};
+  std::unique_ptr<CriuRuntime> rt = real_criu();
+  fs::path checkpoint = tmp / "checkpoint";
+};
+
+void flip_byte(const fs::path& file, off_t at) {
+  const int fd = ::open(file.c_str(), O_RDWR | O_NOFOLLOW);
+  REQUIRE(fd >= 0);
+  unsigned char b = 0;
+  REQUIRE(::pread(fd, &b, 1, at) == 1);
+  b ^= 0x80;
+  REQUIRE(::pwrite(fd, &b, 1, at) == 1);
+  ::close(fd);
+}
+
+}  // namespace
+
+TEST_CASE_METHOD(Fixture, "a dumped tree is restored and runs on from where it stopped", "[e2e]") {
+  CounterTree tree(tmp / "counter");
+  const pid_t pid = tree.pid();
+  rt->checkpoint(container("e2e", pid), checkpoint, false);
+  CHECK(rt->state() == CheckpointState::Dumped);
+  REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));  // CRIU stopped the tree
+  const long parent_at_dump = tree.count("parent");
+  const long child_at_dump = tree.count("child");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(tree.count("parent") == parent_at_dump);  // nothing runs while checkpointed
+
+  CHECK_NOTHROW(HmacTree::verify(checkpoint, KeyStore().load()));
+  const auto metadata = CheckpointMetadata::load(UniqueFd(::open(checkpoint.c_str(), O_RDONLY | O_DIRECTORY)).get());
+  CHECK(metadata.original_pid == static_cast<std::uint32_t>(pid));
+  CHECK(metadata.container_id == "e2e");
+  CHECK(fs::exists(checkpoint / "dump.log"));
+
+  const pid_t restored = rt->restore(checkpoint);
+  // restore returned while the tree runs: it did not wait for the tree to exit (the seed did).
+  CHECK(restored == pid);
+  CHECK(is_alive(restored));
+  CHECK(rt->state() == CheckpointState::Restored);
+  REQUIRE(wait_until([&] { return tree.count("parent") > parent_at_dump + 5 && tree.count("child") > child_at_dump + 5; }));
+  // It went on from its checkpoint rather than starting again from zero.
+  CHECK(tree.count("parent") < parent_at_dump + 200);
+  // The checkpoint folder is exactly as signed: it verifies (and could restore) again.
+  CHECK_NOTHROW(HmacTree::verify(checkpoint, KeyStore().load()));
+}
+
+TEST_CASE_METHOD(Fixture, "leave_running keeps the original running", "[e2e]") {
+  CounterTree tree(tmp / "counter");
+  rt->checkpoint(container("e2e", tree.pid()), checkpoint, true);
+  const long at_dump = tree.count("parent");
+  REQUIRE(wait_until([&] { return tree.count("parent") > at_dump + 3; }));
+  CHECK(is_alive(tree.pid()));
+  CHECK_NOTHROW(HmacTree::verify(checkpoint, KeyStore().load()));
+
+  SECTION("restoring while the original still holds its PIDs is a clear error") {
+    try {
+      rt->restore(checkpoint);
+      FAIL("restore succeeded although the PIDs are taken");
+    } catch (const Error& e) {
+      CHECK(e.status() == Status::criu);
+      CHECK(std::string(e.what()).find(fmt::format("PID {} that the checkpoint needs is taken", tree.pid())) != std::string::npos);
+    }
+    CHECK(rt->state() == CheckpointState::None);
+    CHECK(is_alive(tree.pid()));
+  }
+}
+
+TEST_CASE_METHOD(Fixture, "a tampered image is refused and nothing is restored", "[e2e]") {
+  CounterTree tree(tmp / "counter");
+  const pid_t pid = tree.pid();
+  rt->checkpoint(container("e2e", pid), checkpoint, false);
+  REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));
+  flip_byte(checkpoint / "images/pages-1.img", 64);
+  try {
+    rt->restore(checkpoint);
+    FAIL("a tampered checkpoint was restored");
+  } catch (const Error& e) {
+    CHECK(e.status() == Status::integrity);
+  }
+  CHECK(rt->state() == CheckpointState::None);
+  CHECK_FALSE(is_alive(pid));
+}
+
+TEST_CASE_METHOD(Fixture, "a failed dump leaves the state None and the process running", "[e2e]") {
+  // An established TCP connection, which CRIU refuses to dump without --tcp-established.
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(::listen(listener, 1) == 0);
+  REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ::setsid();
+    const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) ::_exit(1);
+    for (;;) ::pause();
+  }
+  const int accepted = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+  REQUIRE(accepted >= 0);
+
+  try {
+    rt->checkpoint(container("tcp", child), checkpoint, false);
+    FAIL("CRIU dumped an established TCP connection without --tcp-established");
+  } catch (const Error& e) {
+    CHECK(e.status() == Status::criu);
+    CHECK(std::string(e.what()).find("Error (") != std::string::npos);  // CRIU's own words
+  }
+  CHECK(rt->state() == CheckpointState::None);
+  CHECK(is_alive(child));
+  CHECK(process_state(child) != 't');  // not left stopped under ptrace
+  CHECK_FALSE(fs::exists(checkpoint / "checkpoint.hmac"));
+  ::close(accepted);
+  ::close(listener);
+  CounterTree::stop(child);
+}
+
+TEST_CASE_METHOD(Fixture, "restore waits for a zombie that still holds a PID of the tree", "[e2e]") {
+  CounterTree tree(tmp / "counter");
+  const pid_t pid = tree.pid();
+  rt->checkpoint(container("e2e", pid), checkpoint, false);
+  REQUIRE(wait_until([&] { return process_state(pid) == 'Z'; }));  // our child, not reaped yet
+  // Reap the tree's zombies (the root, and its child that was reparented to this subreaper and
+  // still holds the root's PID as its process group) a moment after restore has found it taken.
+  std::thread reaper([] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(800));
+    reap_all();
+  });
+  pid_t restored = 0;
+  CHECK_NOTHROW(restored = rt->restore(checkpoint));
+  reaper.join();
+  CHECK(restored == pid);
+  CHECK(is_alive(pid));
+}

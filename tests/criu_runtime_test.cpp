@@ -1,0 +1,360 @@
+// CriuRuntime without real CRIU: binary validation, version and pidfile parsing, checkpoint
+// folders, and, with a fake criu script, the arguments and environment CRIU gets and every
+// error path. The real dumps and restores are in criu_e2e_test.cpp.
+#include <nucleus/checkpoint/criu_runtime.hpp>
+#include <nucleus/checkpoint/error.hpp>
+#include <nucleus/checkpoint/hmac_tree.hpp>
+#include <nucleus/checkpoint/metadata.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <thread>
+
+#include "checkpoint_dir.hpp"
+#include "process_support.hpp"
+
+using namespace nucleus::checkpoint;
+using namespace nucleus::checkpoint::test;
+
+namespace {
+
+template <typename F>
+Error error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e;
+  }
+  FAIL("expected an nucleus::checkpoint::Error");
+  return Error(Status::ok, "");
+}
+
+bool contains(const std::string& haystack, const std::string& needle) { return haystack.find(needle) != std::string::npos; }
+
+mode_t mode_of(const fs::path& p) {
+  struct stat st {};
+  REQUIRE(::lstat(p.c_str(), &st) == 0);
+  return st.st_mode & 07777;
+}
+
+fs::path make_binary(const TempDir& tmp, fs::perms perms) {
+  const fs::path bin = tmp / "criu";
+  write_file(bin, "#!/bin/sh\n");
+  fs::permissions(bin, perms, fs::perm_options::replace);
+  return bin;
+}
+
+constexpr auto rwx = fs::perms::owner_all;
+constexpr auto r_x_group_others =
+    fs::perms::group_read | fs::perms::group_exec | fs::perms::others_read | fs::perms::others_exec;
+
+// A key of our own per test, so no test touches the machine's key store.
+struct TestKey {
+  TempDir tmp;
+  KeyFileEnv env{secure_key_dir(tmp) / "checkpoint.key"};
+};
+
+void save_metadata(const fs::path& dir) {
+  CheckpointMetadata m;
+  m.container_id = m.container_name = "c";
+  m.save(UniqueFd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY)).get());
+}
+
+}  // namespace
+
+TEST_CASE("validate_binary refuses unsafe binaries", "[criu_runtime]") {
+  TempDir tmp;
+  SECTION("group-writable") {
+    const auto e = error_of([&] { CriuRuntime::validate_binary(make_binary(tmp, rwx | fs::perms::group_all | fs::perms::others_read)); });
+    CHECK(contains(e.what(), "writable by group/others"));
+    CHECK(e.status() == Status::permission);
+  }
+  SECTION("world-writable") {
+    const auto e = error_of([&] { CriuRuntime::validate_binary(make_binary(tmp, rwx | fs::perms::group_read | fs::perms::others_all)); });
+    CHECK(contains(e.what(), "writable by group/others"));
+  }
+  SECTION("not executable") {
+    const auto e = error_of([&] { CriuRuntime::validate_binary(make_binary(tmp, fs::perms::owner_read | fs::perms::owner_write)); });
+    CHECK(contains(e.what(), "not executable"));
+  }
+  SECTION("missing") {
+    CHECK(error_of([&] { CriuRuntime::validate_binary(tmp / "nonexistent"); }).status() == Status::not_found);
+  }
+  SECTION("owned by another user") {
+    const fs::path bin = make_binary(tmp, rwx | r_x_group_others);
+    REQUIRE(::chown(bin.c_str(), 12345, 12345) == 0);
+    CHECK(contains(error_of([&] { CriuRuntime::validate_binary(bin); }).what(), "owned by UID 12345"));
+  }
+  SECTION("a folder") {
+    CHECK(error_of([&] { CriuRuntime::validate_binary(tmp.path()); }).status() == Status::invalid);
+  }
+}
+
+TEST_CASE("validate_binary accepts 0755 and 0700", "[criu_runtime]") {
+  TempDir tmp;
+  CHECK_NOTHROW(CriuRuntime::validate_binary(make_binary(tmp, rwx | r_x_group_others)));
+  CHECK_NOTHROW(CriuRuntime::validate_binary(make_binary(tmp, rwx)));
+}
+
+TEST_CASE("parse_pidfile is strict (the seed's BUG-22)", "[criu_runtime]") {
+  CHECK(CriuRuntime::parse_pidfile("1234\n") == 1234);
+  CHECK(CriuRuntime::parse_pidfile("  5678  \n") == 5678);
+  // Text around a number is an error message, never a PID (the seed's lenient parse_pid_text
+  // took the first number it found).
+  CHECK_FALSE(CriuRuntime::parse_pidfile("Error code: 255 (EPERM)"));
+  CHECK_FALSE(CriuRuntime::parse_pidfile("restored successfully pid=5678"));
+  CHECK_FALSE(CriuRuntime::parse_pidfile(""));
+  CHECK_FALSE(CriuRuntime::parse_pidfile("no pid here"));
+  CHECK_FALSE(CriuRuntime::parse_pidfile("12 34"));
+  CHECK_FALSE(CriuRuntime::parse_pidfile("+12"));
+  CHECK_FALSE(CriuRuntime::parse_pidfile("-12"));
+  CHECK_FALSE(CriuRuntime::parse_pidfile("0"));
+  CHECK_FALSE(CriuRuntime::parse_pidfile("99999999999999999999"));
+}
+
+TEST_CASE("parse_version reads criu --version", "[criu_runtime]") {
+  const auto v = CriuRuntime::parse_version("Version: 4.1.1\nGitID: v4.1.1\n");
+  REQUIRE(v);
+  CHECK((v->major == 4 && v->minor == 1 && v->patch == 1));
+  CHECK(v->text == "4.1.1");
+  CHECK(*CriuRuntime::parse_version("Version: 3.17.1\n") < *v);
+  const auto two = CriuRuntime::parse_version("Version: 4.2\n");
+  REQUIRE(two);
+  CHECK((two->major == 4 && two->minor == 2 && two->patch == 0));
+  CHECK_FALSE(CriuRuntime::parse_version("criu: command not found"));
+  CHECK_FALSE(CriuRuntime::parse_version("Version: four"));
+}
+
+TEST_CASE("CheckpointDir::prepare makes private folders and refuses symlinks", "[criu_runtime]") {
+  TempDir tmp;
+  SECTION("creates dir and images/, both 0700") {
+    const fs::path dir = tmp / "a/b/checkpoint";
+    CheckpointDir::prepare(dir);
+    CHECK(fs::is_directory(dir / "images"));
+    CHECK(mode_of(dir) == 0700);
+    CHECK(mode_of(dir / "images") == 0700);
+  }
+  SECTION("tightens an existing folder to 0700") {
+    fs::create_directory(tmp / "open");
+    fs::permissions(tmp / "open", fs::perms::all, fs::perm_options::replace);
+    CheckpointDir::prepare(tmp / "open");
+    CHECK(mode_of(tmp / "open") == 0700);
+  }
+  SECTION("refuses a symlinked images folder") {
+    fs::create_directory(tmp / "target");
+    fs::create_directory(tmp / "cp");
+    fs::create_directory_symlink(tmp / "target", tmp / "cp/images");
+    CHECK(contains(error_of([&] { CheckpointDir::prepare(tmp / "cp"); }).what(), "symlink"));
+  }
+  SECTION("refuses a symlinked checkpoint folder") {
+    fs::create_directory(tmp / "real");
+    fs::create_directory_symlink(tmp / "real", tmp / "link");
+    CHECK(contains(error_of([&] { CheckpointDir::prepare(tmp / "link"); }).what(), "symlink"));
+  }
+  SECTION("refuses a file as the checkpoint folder") {
+    write_file(tmp / "not-a-dir", "");
+    CHECK(contains(error_of([&] { CheckpointDir::prepare(tmp / "not-a-dir"); }).what(), "not a directory"));
+  }
+  SECTION("refuses an images folder that already holds a dump") {
+    fs::create_directories(tmp / "cp/images");
+    write_file(tmp / "cp/images/core-1.img", "old");
+    const auto e = error_of([&] { CheckpointDir::prepare(tmp / "cp"); });
+    CHECK(contains(e.what(), "already holds a dump"));
+    CHECK(read_file(tmp / "cp/images/core-1.img") == "old");
+  }
+}
+
+TEST_CASE("the runtime refuses a criu that fails or says no version", "[criu_runtime]") {
+  TempDir tmp;
+  SECTION("--version fails") {
+    const fs::path bin = tmp / "criu";
+    write_file(bin, "#!/bin/sh\necho broken >&2\nexit 3\n");
+    fs::permissions(bin, rwx, fs::perm_options::replace);
+    const auto e = error_of([&] { CriuRuntime rt(bin); });
+    CHECK(e.status() == Status::criu);
+    CHECK(contains(e.what(), "broken"));
+  }
+  SECTION("no version") {
+    const auto e = error_of([&] { CriuRuntime rt(write_fake_criu(tmp.path(), "", "hello")); });
+    CHECK(e.status() == Status::criu);
+  }
+  SECTION("too old for a kernel with [vvar_vclock]") {
+    const bool vvar_vclock = contains(read_file("/proc/self/maps"), "[vvar_vclock]");
+    const fs::path bin = write_fake_criu(tmp.path(), "", "Version: 3.17.1");
+    if (vvar_vclock) {
+      const auto e = error_of([&] { CriuRuntime rt(bin); });
+      CHECK(e.status() == Status::criu);
+      CHECK(contains(e.what(), "too old for this kernel"));
+    } else {
+      CHECK(CriuRuntime(bin).version().text == "3.17.1");
+    }
+  }
+}
+
+TEST_CASE("checkpoint passes CRIU its folders as descriptors and a clean environment", "[criu_runtime]") {
+  TestKey key;
+  TempDir tmp;
+  CriuRuntime rt(write_fake_criu(tmp.path(), "touch \"$img/core-1.img\" \"$work/dump.log\"; exit 0"));
+  const fs::path dir = tmp / "cp";
+  ::setenv("NC_TEST_SECRET_VARIABLE", "1", 1);
+  rt.checkpoint(container("c1", ::getpid()), dir, true);
+  ::unsetenv("NC_TEST_SECRET_VARIABLE");
+
+  const std::string args = read_file(tmp / "args");
+  CHECK(args.starts_with(fmt::format("dump --tree {} --images-dir /proc/self/fd/", ::getpid())));
+  CHECK(contains(args, "--work-dir /proc/self/fd/"));
+  CHECK(contains(args, "--log-file dump.log"));
+  CHECK(contains(args, "--shell-job"));
+  CHECK(contains(args, "--leave-running"));
+  const std::string env = read_file(tmp / "env");
+  CHECK(contains(env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"));
+  CHECK(contains(env, "CRIU_FAULT=130"));
+  CHECK_FALSE(contains(env, "NC_TEST_SECRET_VARIABLE"));
+
+  CHECK(rt.state() == CheckpointState::Dumped);
+  CHECK(fs::exists(dir / "images/core-1.img"));
+  CHECK_NOTHROW(HmacTree::verify(dir, KeyStore().load()));
+  const UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY));
+  const auto metadata = CheckpointMetadata::load(fd.get());
+  CHECK(metadata.container_id == "c1");
+  CHECK(metadata.container_name == "c1");
+  CHECK(metadata.original_pid == static_cast<std::uint32_t>(::getpid()));
+  CHECK_FALSE(metadata.command.empty());
+
+  SECTION("without leave_running CRIU is not asked to leave it running") {
+    rt.checkpoint(container("c2", ::getpid()), tmp / "cp2", false);
+    CHECK_FALSE(contains(read_file(tmp / "args"), "--leave-running"));
+  }
+}
+
+TEST_CASE("a failed dump reports CRIU's errors, signs nothing and returns to None", "[criu_runtime]") {
+  TestKey key;
+  TempDir tmp;
+  CriuRuntime rt(write_fake_criu(tmp.path(),
+      "echo 'Error (criu/util.c:1533): rlimit: Can'\"'\"'t setup RLIMIT_NOFILE for self' > \"$work/dump.log\"\n"
+      "echo 'Error (criu/cr-dump.c:99): the tree is too strange' >> \"$work/dump.log\"; exit 1"));
+  const auto e = error_of([&] { rt.checkpoint(container("c", ::getpid()), tmp / "cp", true); });
+  CHECK(e.status() == Status::criu);
+  CHECK(contains(e.what(), "the tree is too strange"));
+  CHECK_FALSE(contains(e.what(), "RLIMIT_NOFILE"));
+  CHECK(contains(e.what(), (tmp / "cp/dump.log").native()));
+  CHECK(rt.state() == CheckpointState::None);
+  CHECK_FALSE(fs::exists(tmp / "cp/checkpoint.hmac"));
+  CHECK_FALSE(fs::exists(tmp / "cp/metadata.json"));
+}
+
+TEST_CASE("checkpoint refuses bad targets before CRIU runs", "[criu_runtime]") {
+  TestKey key;
+  TempDir tmp;
+  CriuRuntime rt(write_fake_criu(tmp.path(), "exit 0"));
+  SECTION("a PID that does not exist") {
+    CHECK(error_of([&] { rt.checkpoint(container("c", 4194304), tmp / "cp", false); }).status() == Status::not_found);
+  }
+  SECTION("a zombie") {
+    const pid_t child = ::fork();
+    if (child == 0) ::_exit(0);
+    REQUIRE(wait_until([&] { return process_state(child) == 'Z'; }));
+    const auto e = error_of([&] { rt.checkpoint(container("c", child), tmp / "cp", false); });
+    ::waitpid(child, nullptr, 0);
+    CHECK(e.status() == Status::not_found);
+    CHECK(contains(e.what(), "zombie"));
+  }
+  SECTION("an empty id or a bad PID") {
+    CHECK(error_of([&] { rt.checkpoint(container("", ::getpid()), tmp / "cp", false); }).status() == Status::invalid);
+    CHECK(error_of([&] { rt.checkpoint(container("c", 0), tmp / "cp", false); }).status() == Status::invalid);
+  }
+  SECTION("a symlinked checkpoint folder") {
+    fs::create_directory(tmp / "real");
+    fs::create_directory_symlink(tmp / "real", tmp / "link");
+    CHECK(contains(error_of([&] { rt.checkpoint(container("c", ::getpid()), tmp / "link", false); }).what(), "symlink"));
+  }
+  SECTION("not root") {
+    REQUIRE(::seteuid(65534) == 0);
+    const auto e = error_of([&] { rt.checkpoint(container("c", ::getpid()), tmp / "cp", false); });
+    REQUIRE(::seteuid(0) == 0);
+    CHECK(e.status() == Status::permission);
+    CHECK(contains(e.what(), "requires root"));
+  }
+  CHECK_FALSE(fs::exists(tmp / "args"));  // CRIU never ran
+  CHECK(rt.state() == CheckpointState::None);
+}
+
+TEST_CASE("restore verifies before CRIU runs", "[criu_runtime]") {
+  TestKey key;
+  TempDir tmp;
+  CriuRuntime rt(write_fake_criu(tmp.path(), "echo 4242 > \"$work/restore.pid\"; exit 0"));
+  const fs::path dir = tmp / "cp";
+  fs::create_directories(dir / "images");
+  write_file(dir / "images/pages-1.img", "pages");
+  save_metadata(dir);
+
+  SECTION("unsigned") {
+    CHECK(error_of([&] { rt.restore(dir); }).status() == Status::integrity);
+    CHECK_FALSE(fs::exists(tmp / "args"));
+  }
+  SECTION("tampered") {
+    HmacTree::sign(dir, KeyStore().load_or_create());
+    write_file(dir / "images/pages-1.img", "PAGES");
+    CHECK(error_of([&] { rt.restore(dir); }).status() == Status::integrity);
+    CHECK_FALSE(fs::exists(tmp / "args"));
+  }
+  SECTION("signed: the PID comes from the pidfile and the folder stays as signed") {
+    HmacTree::sign(dir, KeyStore().load_or_create());
+    CHECK(rt.restore(dir) == 4242);
+    CHECK(rt.state() == CheckpointState::Restored);
+    const std::string args = read_file(tmp / "args");
+    CHECK(args.starts_with("restore --images-dir /proc/self/fd/"));
+    CHECK(contains(args, "--restore-detached"));
+    CHECK(contains(args, "--pidfile restore.pid"));
+    CHECK_NOTHROW(HmacTree::verify(dir, KeyStore().load()));
+  }
+  CHECK(rt.state() != CheckpointState::Restoring);
+}
+
+TEST_CASE("restore reports CRIU failures clearly", "[criu_runtime]") {
+  TestKey key;
+  TempDir tmp;
+  const fs::path dir = tmp / "cp";
+  fs::create_directories(dir / "images");
+  save_metadata(dir);
+  HmacTree::sign(dir, KeyStore().load_or_create());
+
+  SECTION("a pidfile that holds no PID") {
+    CriuRuntime rt(write_fake_criu(tmp.path(), "echo 'Error code: 255' > \"$work/restore.pid\"; exit 0"));
+    const auto e = error_of([&] { rt.restore(dir); });
+    CHECK(e.status() == Status::criu);
+    CHECK(contains(e.what(), "holds no PID"));
+    CHECK(rt.state() == CheckpointState::None);
+  }
+  SECTION("a PID the tree needs is held by a live process") {
+    CriuRuntime rt(write_fake_criu(tmp.path(), fmt::format(
+        "echo 'Error (criu/cr-restore.c:1230): Can'\"'\"'t fork for {}: File exists' > \"$work/restore.log\"; exit 1",
+        ::getpid())));
+    const auto e = error_of([&] { rt.restore(dir); });
+    CHECK(e.status() == Status::criu);
+    CHECK(contains(e.what(), fmt::format("PID {} that the checkpoint needs is taken by process {}", ::getpid(), ::getpid())));
+    CHECK(rt.state() == CheckpointState::None);
+  }
+}
+
+TEST_CASE("one runtime runs one operation at a time", "[criu_runtime]") {
+  TestKey key;
+  TempDir tmp;
+  CriuRuntime rt(write_fake_criu(tmp.path(), "sleep 1; exit 0"));
+  std::atomic<bool> done{false};
+  std::thread dump([&] {
+    rt.checkpoint(container("c", ::getpid()), tmp / "cp", true);
+    done = true;
+  });
+  REQUIRE(wait_until([&] { return rt.state() == CheckpointState::Dumping; }));
+  const auto e = error_of([&] { rt.restore(tmp / "cp"); });
+  dump.join();
+  CHECK(e.status() == Status::state);
+  CHECK(std::string(e.what()) == "Invalid state transition: from Dumping to Restoring");
+  CHECK(done);
+  CHECK(rt.state() == CheckpointState::Dumped);
+}

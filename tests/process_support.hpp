@@ -1,0 +1,110 @@
+// Real processes for the CRIU tests: the sample counter tree, reaping, and fake criu binaries.
+#pragma once
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include <nucleus/checkpoint/criu_runtime.hpp>
+
+#include "test_support.hpp"
+
+namespace nucleus::checkpoint::test {
+
+inline ContainerInfo container(std::string id, pid_t pid) {
+  ContainerInfo c;
+  c.id = std::move(id);
+  c.pid = pid;
+  return c;
+}
+
+// Reaps every exited child (and, as a subreaper, every orphaned descendant).
+inline void reap_all() {
+  while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+  }
+}
+
+inline char process_state(pid_t pid) {
+  const std::string stat = read_file(fmt::format("/proc/{}/stat", pid));
+  const auto close = stat.rfind(')');
+  return close == std::string::npos || close + 2 >= stat.size() ? '\0' : stat[close + 2];
+}
+
+inline bool is_alive(pid_t pid) {
+  const char state = process_state(pid);
+  return state != '\0' && state != 'Z' && state != 'X';
+}
+
+template <typename Pred>
+bool wait_until(Pred pred, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
+}
+
+// examples/counter: a parent and a child each counting up in dir/parent and dir/child.
+class CounterTree {
+ public:
+  explicit CounterTree(const fs::path& dir) : dir_(dir) {
+    fs::create_directories(dir_);
+    const char* exe = std::getenv("NC_TEST_COUNTER");
+    REQUIRE(exe != nullptr);
+    pid_ = ::fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) {
+      ::execl(exe, exe, dir_.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    REQUIRE(wait_until([&] { return count("parent") >= 3 && count("child") >= 3; }));
+  }
+  ~CounterTree() { stop(pid_); }
+  CounterTree(const CounterTree&) = delete;
+  CounterTree& operator=(const CounterTree&) = delete;
+
+  pid_t pid() const { return pid_; }
+  long count(const char* who) const {
+    const std::string text = read_file(dir_ / who);
+    return text.empty() ? -1 : std::strtol(text.c_str(), nullptr, 10);
+  }
+  // The tree is one process group (the counter calls setsid()).
+  static void stop(pid_t pid) {
+    if (pid > 0) ::kill(-pid, SIGKILL);
+    wait_until([pid] { reap_all(); return !is_alive(pid); }, std::chrono::seconds(5));
+    reap_all();
+  }
+
+ private:
+  fs::path dir_;
+  pid_t pid_ = -1;
+};
+
+// A stand-in criu: a shell script that answers --version, records its arguments in dir/args and
+// its environment in dir/env, sets $op, $img and $work from them, then runs `body`.
+inline fs::path write_fake_criu(const fs::path& dir, const std::string& body,
+                                const std::string& version = "Version: 4.1.1") {
+  const fs::path path = dir / "criu";
+  write_file(path, "#!/bin/sh\n"
+                   "if [ \"$1\" = --version ]; then echo '" + version + "'; exit 0; fi\n"
+                   "echo \"$@\" > '" + (dir / "args").native() + "'\n"
+                   "env > '" + (dir / "env").native() + "'\n"
+                   "op=$1\n"
+                   "while [ $# -gt 0 ]; do case $1 in --images-dir) img=$2;; --work-dir) work=$2;; esac; shift; done\n" +
+                   body + "\n");
+  fs::permissions(path, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                            fs::perms::others_read | fs::perms::others_exec, fs::perm_options::replace);
+  return path;
+}
+
+}  // namespace nucleus::checkpoint::test

@@ -1,0 +1,87 @@
+// Shared by the C++ tests: Catch2 (v2 from Debian, or v3 from the wrap), private temporary
+// folders under the build tree, and a guard for the key-file environment variable.
+#pragma once
+
+#if __has_include(<catch2/catch_test_macros.hpp>)
+#include <catch2/catch_test_macros.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
+#else
+#include <catch2/catch.hpp>
+#endif
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+
+namespace nucleus::checkpoint::test {
+
+namespace fs = std::filesystem;
+
+// A fresh 0700 folder under $NC_TEST_TMPDIR (the build tree; never /tmp), removed at the end.
+class TempDir {
+ public:
+  TempDir() {
+    const char* base = std::getenv("NC_TEST_TMPDIR");
+    fs::path root = base && *base ? base : fs::current_path();
+    fs::create_directories(root);
+    std::string templ = (root / "nc-test-XXXXXX").native();
+    if (!::mkdtemp(templ.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = templ;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const fs::path& path() const { return path_; }
+  fs::path operator/(const fs::path& p) const { return path_ / p; }
+
+ private:
+  fs::path path_;
+};
+
+inline void write_file(const fs::path& p, const std::string& data) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out << data;
+  if (!out) throw std::runtime_error("cannot write " + p.native());
+}
+
+inline std::string read_file(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// Points NUCLEUS_CHECKPOINT_HMAC_KEY_FILE at `path` for the guard's lifetime.
+class KeyFileEnv {
+ public:
+  explicit KeyFileEnv(const fs::path& path) {
+    if (const char* old = std::getenv(name)) previous_ = old;
+    ::setenv(name, path.c_str(), 1);
+  }
+  ~KeyFileEnv() {
+    if (previous_) ::setenv(name, previous_->c_str(), 1);
+    else ::unsetenv(name);
+  }
+  KeyFileEnv(const KeyFileEnv&) = delete;
+  KeyFileEnv& operator=(const KeyFileEnv&) = delete;
+
+ private:
+  static constexpr const char* name = "NUCLEUS_CHECKPOINT_HMAC_KEY_FILE";
+  std::optional<std::string> previous_;
+};
+
+// A 0700 folder `keys` in dir, the seed tests' prepare_secure_checkpoint_key_dir.
+inline fs::path secure_key_dir(const TempDir& dir) {
+  const fs::path keys = dir / "keys";
+  fs::create_directory(keys);
+  fs::permissions(keys, fs::perms::owner_all, fs::perm_options::replace);
+  return keys;
+}
+
+}  // namespace nucleus::checkpoint::test
