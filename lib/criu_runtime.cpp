@@ -24,6 +24,7 @@
 #include "fs_util.hpp"
 #include "proc.hpp"
 #include "subprocess.hpp"
+#include "utf8.hpp"
 #include <nucleus/checkpoint_version.h>
 
 namespace nucleus::checkpoint {
@@ -46,6 +47,23 @@ std::vector<std::string> criu_environment() {
 }
 
 std::string proc_fd_path(int fd) { return fmt::format("/proc/self/fd/{}", fd); }
+
+// A process's command line as metadata.json records it: valid UTF-8 (bytes that are not become
+// U+FFFD), and at most 64 KiB of it, so the metadata always fits.
+std::vector<std::string> recorded_command(const std::vector<std::string>& cmdline) {
+  constexpr std::size_t budget = 64 * 1024;
+  std::vector<std::string> command;
+  std::size_t used = 0;
+  for (const auto& arg : cmdline) {
+    if (used + arg.size() > budget) {
+      command.push_back(fmt::format("[{} more arguments left out]", cmdline.size() - command.size()));
+      break;
+    }
+    used += arg.size();
+    command.push_back(to_valid_utf8(arg));
+  }
+  return command;
+}
 
 void require_root(std::string_view operation) {
   if (geteuid() != 0)
@@ -205,6 +223,16 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
   if (container.id.empty()) throw Error(Status::invalid, "container id is empty");
   if (container.pid <= 0) throw Error(Status::invalid, fmt::format("PID {} is not a process", container.pid));
   const ProcessStatus process = read_process_status(container.pid);
+  // Built, and checked, before CRIU runs: a dump must never end unsignable.
+  CheckpointMetadata metadata;
+  metadata.container_id = container.id;
+  metadata.container_name = container.name.empty() ? container.id : container.name;
+  metadata.original_pid = static_cast<std::uint32_t>(container.pid);
+  metadata.command = container.command.empty() ? recorded_command(process.cmdline) : container.command;
+  metadata.version = NC_VERSION_STRING;
+  metadata.using_gvisor = container.using_gvisor;
+  metadata.rootless = container.rootless;
+  metadata.to_json();
   begin(CheckpointState::Dumping);
   guarded(*this, &CriuRuntime::finish, [&] {
     CheckpointDir cd = CheckpointDir::prepare(dir);
@@ -218,17 +246,8 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
       throw Error(Status::criu, fmt::format("criu dump of PID {} ({}) failed ({}): {}. Full log: {}", container.pid,
                                             process.comm, r.describe(), criu_errors(cd.dir.get(), "dump.log", r.output),
                                             (dir / "dump.log").native()));
-
-    CheckpointMetadata metadata;
-    metadata.container_id = container.id;
-    metadata.container_name = container.name.empty() ? container.id : container.name;
-    metadata.original_pid = static_cast<std::uint32_t>(container.pid);
-    metadata.command = container.command.empty() ? process.cmdline : container.command;
     metadata.checkpoint_at = static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
-    metadata.version = NC_VERSION_STRING;
-    metadata.using_gvisor = container.using_gvisor;
-    metadata.rootless = container.rootless;
     metadata.save(cd.dir.get());
     HmacTree::sign(cd.dir.get(), signing_key());
   });

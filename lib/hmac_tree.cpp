@@ -81,7 +81,7 @@ class TreeMac {
   }
 
   void walk(int dir_fd, const std::string& prefix, int depth) {
-    if (depth >= HmacTree::max_depth)
+    if (depth > HmacTree::max_depth)
       throw integrity(fmt::format("checkpoint tree is nested deeper than {} levels at '{}'", HmacTree::max_depth, prefix));
     for (const std::string& name : sorted_names(dir_fd, prefix)) {
       if (depth == 0 && name == HmacTree::signature_file) continue;

@@ -1,5 +1,6 @@
 #include <nucleus/checkpoint/metadata.hpp>
 
+#include <cctype>
 #include <limits>
 
 #include <fmt/format.h>
@@ -11,6 +12,7 @@
 #include <nucleus/checkpoint/error.hpp>
 
 #include "fs_util.hpp"
+#include "utf8.hpp"
 
 namespace nucleus::checkpoint {
 
@@ -45,9 +47,29 @@ std::uint64_t uint_field(const rapidjson::Value& root, const char* name, std::ui
   return v.GetUint64();
 }
 
+// serde_json writes \u escapes with lowercase hex digits, RapidJSON with uppercase ones.
+std::string lowercase_unicode_escapes(std::string json) {
+  for (std::size_t i = 0; i + 1 < json.size(); ++i) {
+    if (json[i] != '\\') continue;
+    if (json[i + 1] == 'u')
+      for (std::size_t j = i + 2; j < i + 6 && j < json.size(); ++j)
+        json[j] = static_cast<char>(std::tolower(static_cast<unsigned char>(json[j])));
+    ++i;  // skip the escaped character, so "\\u" stays as it is
+  }
+  return json;
+}
+
+void require_utf8(const std::string& value, const char* field) {
+  if (!is_valid_utf8(value)) throw malformed(fmt::format("field \"{}\" is not valid UTF-8", field));
+}
+
 }  // namespace
 
 std::string CheckpointMetadata::to_json() const {
+  require_utf8(container_id, "container_id");
+  require_utf8(container_name, "container_name");
+  require_utf8(version, "version");
+  for (const auto& arg : command) require_utf8(arg, "command");
   rapidjson::StringBuffer out;
   rapidjson::PrettyWriter<rapidjson::StringBuffer> w(out);
   w.SetIndent(' ', 2);  // the seed writes serde_json's pretty form
@@ -65,7 +87,9 @@ std::string CheckpointMetadata::to_json() const {
   w.Key("using_gvisor"); w.Bool(using_gvisor);
   w.Key("rootless"); w.Bool(rootless);
   w.EndObject();
-  return {out.GetString(), out.GetSize()};
+  if (out.GetSize() > max_size)
+    throw malformed(fmt::format("it would be {} bytes, more than the {} allowed", out.GetSize(), max_size));
+  return lowercase_unicode_escapes({out.GetString(), out.GetSize()});
 }
 
 CheckpointMetadata CheckpointMetadata::from_json(std::string_view json) {

@@ -22,19 +22,6 @@ using namespace nucleus::checkpoint::test;
 
 namespace {
 
-template <typename F>
-Error error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e;
-  }
-  FAIL("expected an nucleus::checkpoint::Error");
-  return Error(Status::ok, "");
-}
-
-bool contains(const std::string& haystack, const std::string& needle) { return haystack.find(needle) != std::string::npos; }
-
 mode_t mode_of(const fs::path& p) {
   struct stat st {};
   REQUIRE(::lstat(p.c_str(), &st) == 0);
@@ -69,28 +56,28 @@ void save_metadata(const fs::path& dir) {
 TEST_CASE("validate_binary refuses unsafe binaries", "[criu_runtime]") {
   TempDir tmp;
   SECTION("group-writable") {
-    const auto e = error_of([&] { CriuRuntime::validate_binary(make_binary(tmp, rwx | fs::perms::group_all | fs::perms::others_read)); });
+    const auto e = require_error([&] { CriuRuntime::validate_binary(make_binary(tmp, rwx | fs::perms::group_all | fs::perms::others_read)); });
     CHECK(contains(e.what(), "writable by group/others"));
     CHECK(e.status() == Status::permission);
   }
   SECTION("world-writable") {
-    const auto e = error_of([&] { CriuRuntime::validate_binary(make_binary(tmp, rwx | fs::perms::group_read | fs::perms::others_all)); });
+    const auto e = require_error([&] { CriuRuntime::validate_binary(make_binary(tmp, rwx | fs::perms::group_read | fs::perms::others_all)); });
     CHECK(contains(e.what(), "writable by group/others"));
   }
   SECTION("not executable") {
-    const auto e = error_of([&] { CriuRuntime::validate_binary(make_binary(tmp, fs::perms::owner_read | fs::perms::owner_write)); });
+    const auto e = require_error([&] { CriuRuntime::validate_binary(make_binary(tmp, fs::perms::owner_read | fs::perms::owner_write)); });
     CHECK(contains(e.what(), "not executable"));
   }
   SECTION("missing") {
-    CHECK(error_of([&] { CriuRuntime::validate_binary(tmp / "nonexistent"); }).status() == Status::not_found);
+    CHECK(require_error([&] { CriuRuntime::validate_binary(tmp / "nonexistent"); }).status() == Status::not_found);
   }
   SECTION("owned by another user") {
     const fs::path bin = make_binary(tmp, rwx | r_x_group_others);
     REQUIRE(::chown(bin.c_str(), 12345, 12345) == 0);
-    CHECK(contains(error_of([&] { CriuRuntime::validate_binary(bin); }).what(), "owned by UID 12345"));
+    CHECK(contains(require_error([&] { CriuRuntime::validate_binary(bin); }).what(), "owned by UID 12345"));
   }
   SECTION("a folder") {
-    CHECK(error_of([&] { CriuRuntime::validate_binary(tmp.path()); }).status() == Status::invalid);
+    CHECK(require_error([&] { CriuRuntime::validate_binary(tmp.path()); }).status() == Status::invalid);
   }
 }
 
@@ -148,21 +135,21 @@ TEST_CASE("CheckpointDir::prepare makes private folders and refuses symlinks", "
     fs::create_directory(tmp / "target");
     fs::create_directory(tmp / "cp");
     fs::create_directory_symlink(tmp / "target", tmp / "cp/images");
-    CHECK(contains(error_of([&] { CheckpointDir::prepare(tmp / "cp"); }).what(), "symlink"));
+    CHECK(contains(require_error([&] { CheckpointDir::prepare(tmp / "cp"); }).what(), "symlink"));
   }
   SECTION("refuses a symlinked checkpoint folder") {
     fs::create_directory(tmp / "real");
     fs::create_directory_symlink(tmp / "real", tmp / "link");
-    CHECK(contains(error_of([&] { CheckpointDir::prepare(tmp / "link"); }).what(), "symlink"));
+    CHECK(contains(require_error([&] { CheckpointDir::prepare(tmp / "link"); }).what(), "symlink"));
   }
   SECTION("refuses a file as the checkpoint folder") {
     write_file(tmp / "not-a-dir", "");
-    CHECK(contains(error_of([&] { CheckpointDir::prepare(tmp / "not-a-dir"); }).what(), "not a directory"));
+    CHECK(contains(require_error([&] { CheckpointDir::prepare(tmp / "not-a-dir"); }).what(), "not a directory"));
   }
   SECTION("refuses an images folder that already holds a dump") {
     fs::create_directories(tmp / "cp/images");
     write_file(tmp / "cp/images/core-1.img", "old");
-    const auto e = error_of([&] { CheckpointDir::prepare(tmp / "cp"); });
+    const auto e = require_error([&] { CheckpointDir::prepare(tmp / "cp"); });
     CHECK(contains(e.what(), "already holds a dump"));
     CHECK(read_file(tmp / "cp/images/core-1.img") == "old");
   }
@@ -174,19 +161,19 @@ TEST_CASE("the runtime refuses a criu that fails or says no version", "[criu_run
     const fs::path bin = tmp / "criu";
     write_file(bin, "#!/bin/sh\necho broken >&2\nexit 3\n");
     fs::permissions(bin, rwx, fs::perm_options::replace);
-    const auto e = error_of([&] { CriuRuntime rt(bin); });
+    const auto e = require_error([&] { CriuRuntime rt(bin); });
     CHECK(e.status() == Status::criu);
     CHECK(contains(e.what(), "broken"));
   }
   SECTION("no version") {
-    const auto e = error_of([&] { CriuRuntime rt(write_fake_criu(tmp.path(), "", "hello")); });
+    const auto e = require_error([&] { CriuRuntime rt(write_fake_criu(tmp.path(), "", "hello")); });
     CHECK(e.status() == Status::criu);
   }
   SECTION("too old for a kernel with [vvar_vclock]") {
     const bool vvar_vclock = contains(read_file("/proc/self/maps"), "[vvar_vclock]");
     const fs::path bin = write_fake_criu(tmp.path(), "", "Version: 3.17.1");
     if (vvar_vclock) {
-      const auto e = error_of([&] { CriuRuntime rt(bin); });
+      const auto e = require_error([&] { CriuRuntime rt(bin); });
       CHECK(e.status() == Status::criu);
       CHECK(contains(e.what(), "too old for this kernel"));
     } else {
@@ -237,7 +224,7 @@ TEST_CASE("a failed dump reports CRIU's errors, signs nothing and returns to Non
   CriuRuntime rt(write_fake_criu(tmp.path(),
       "echo 'Error (criu/util.c:1533): rlimit: Can'\"'\"'t setup RLIMIT_NOFILE for self' > \"$work/dump.log\"\n"
       "echo 'Error (criu/cr-dump.c:99): the tree is too strange' >> \"$work/dump.log\"; exit 1"));
-  const auto e = error_of([&] { rt.checkpoint(container("c", ::getpid()), tmp / "cp", true); });
+  const auto e = require_error([&] { rt.checkpoint(container("c", ::getpid()), tmp / "cp", true); });
   CHECK(e.status() == Status::criu);
   CHECK(contains(e.what(), "the tree is too strange"));
   CHECK_FALSE(contains(e.what(), "RLIMIT_NOFILE"));
@@ -252,29 +239,29 @@ TEST_CASE("checkpoint refuses bad targets before CRIU runs", "[criu_runtime]") {
   TempDir tmp;
   CriuRuntime rt(write_fake_criu(tmp.path(), "exit 0"));
   SECTION("a PID that does not exist") {
-    CHECK(error_of([&] { rt.checkpoint(container("c", 4194304), tmp / "cp", false); }).status() == Status::not_found);
+    CHECK(require_error([&] { rt.checkpoint(container("c", 4194304), tmp / "cp", false); }).status() == Status::not_found);
   }
   SECTION("a zombie") {
     const pid_t child = ::fork();
     if (child == 0) ::_exit(0);
     REQUIRE(wait_until([&] { return process_state(child) == 'Z'; }));
-    const auto e = error_of([&] { rt.checkpoint(container("c", child), tmp / "cp", false); });
+    const auto e = require_error([&] { rt.checkpoint(container("c", child), tmp / "cp", false); });
     ::waitpid(child, nullptr, 0);
     CHECK(e.status() == Status::not_found);
     CHECK(contains(e.what(), "zombie"));
   }
   SECTION("an empty id or a bad PID") {
-    CHECK(error_of([&] { rt.checkpoint(container("", ::getpid()), tmp / "cp", false); }).status() == Status::invalid);
-    CHECK(error_of([&] { rt.checkpoint(container("c", 0), tmp / "cp", false); }).status() == Status::invalid);
+    CHECK(require_error([&] { rt.checkpoint(container("", ::getpid()), tmp / "cp", false); }).status() == Status::invalid);
+    CHECK(require_error([&] { rt.checkpoint(container("c", 0), tmp / "cp", false); }).status() == Status::invalid);
   }
   SECTION("a symlinked checkpoint folder") {
     fs::create_directory(tmp / "real");
     fs::create_directory_symlink(tmp / "real", tmp / "link");
-    CHECK(contains(error_of([&] { rt.checkpoint(container("c", ::getpid()), tmp / "link", false); }).what(), "symlink"));
+    CHECK(contains(require_error([&] { rt.checkpoint(container("c", ::getpid()), tmp / "link", false); }).what(), "symlink"));
   }
   SECTION("not root") {
     REQUIRE(::seteuid(65534) == 0);
-    const auto e = error_of([&] { rt.checkpoint(container("c", ::getpid()), tmp / "cp", false); });
+    const auto e = require_error([&] { rt.checkpoint(container("c", ::getpid()), tmp / "cp", false); });
     REQUIRE(::seteuid(0) == 0);
     CHECK(e.status() == Status::permission);
     CHECK(contains(e.what(), "requires root"));
@@ -293,13 +280,13 @@ TEST_CASE("restore verifies before CRIU runs", "[criu_runtime]") {
   save_metadata(dir);
 
   SECTION("unsigned") {
-    CHECK(error_of([&] { rt.restore(dir); }).status() == Status::integrity);
+    CHECK(require_error([&] { rt.restore(dir); }).status() == Status::integrity);
     CHECK_FALSE(fs::exists(tmp / "args"));
   }
   SECTION("tampered") {
     HmacTree::sign(dir, KeyStore().load_or_create());
     write_file(dir / "images/pages-1.img", "PAGES");
-    CHECK(error_of([&] { rt.restore(dir); }).status() == Status::integrity);
+    CHECK(require_error([&] { rt.restore(dir); }).status() == Status::integrity);
     CHECK_FALSE(fs::exists(tmp / "args"));
   }
   SECTION("signed: the PID comes from the pidfile and the folder stays as signed") {
@@ -325,7 +312,7 @@ TEST_CASE("restore reports CRIU failures clearly", "[criu_runtime]") {
 
   SECTION("a pidfile that holds no PID") {
     CriuRuntime rt(write_fake_criu(tmp.path(), "echo 'Error code: 255' > \"$work/restore.pid\"; exit 0"));
-    const auto e = error_of([&] { rt.restore(dir); });
+    const auto e = require_error([&] { rt.restore(dir); });
     CHECK(e.status() == Status::criu);
     CHECK(contains(e.what(), "holds no PID"));
     CHECK(rt.state() == CheckpointState::None);
@@ -334,7 +321,7 @@ TEST_CASE("restore reports CRIU failures clearly", "[criu_runtime]") {
     CriuRuntime rt(write_fake_criu(tmp.path(), fmt::format(
         "echo 'Error (criu/cr-restore.c:1230): Can'\"'\"'t fork for {}: File exists' > \"$work/restore.log\"; exit 1",
         ::getpid())));
-    const auto e = error_of([&] { rt.restore(dir); });
+    const auto e = require_error([&] { rt.restore(dir); });
     CHECK(e.status() == Status::criu);
     CHECK(contains(e.what(), fmt::format("PID {} that the checkpoint needs is taken by process {}", ::getpid(), ::getpid())));
     CHECK(rt.state() == CheckpointState::None);
@@ -351,7 +338,7 @@ TEST_CASE("one runtime runs one operation at a time", "[criu_runtime]") {
     done = true;
   });
   REQUIRE(wait_until([&] { return rt.state() == CheckpointState::Dumping; }));
-  const auto e = error_of([&] { rt.restore(tmp / "cp"); });
+  const auto e = require_error([&] { rt.restore(tmp / "cp"); });
   dump.join();
   CHECK(e.status() == Status::state);
   CHECK(std::string(e.what()) == "Invalid state transition: from Dumping to Restoring");

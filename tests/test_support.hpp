@@ -17,10 +17,34 @@
 #include <fstream>
 #include <optional>
 #include <string>
+#include <string_view>
+
+#include <nucleus/checkpoint/error.hpp>
 
 namespace nucleus::checkpoint::test {
 
 namespace fs = std::filesystem;
+
+// The Error that f throws, or nothing when it throws none.
+template <class F>
+std::optional<Error> error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e;
+  }
+  return std::nullopt;
+}
+
+// The Error that f must throw.
+template <class F>
+Error require_error(F&& f) {
+  auto e = error_of(std::forward<F>(f));
+  REQUIRE(e.has_value());
+  return *e;
+}
+
+inline bool contains(std::string_view text, std::string_view part) { return text.find(part) != std::string_view::npos; }
 
 // A fresh 0700 folder under $NC_TEST_TMPDIR (the build tree; never /tmp), removed at the end.
 class TempDir {

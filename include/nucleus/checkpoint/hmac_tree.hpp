@@ -18,7 +18,7 @@ namespace nucleus::checkpoint {
 class HmacTree {
  public:
   static constexpr const char* signature_file = "checkpoint.hmac";
-  static constexpr int max_depth = 64;
+  static constexpr int max_depth = 64;  // folders nested below the checkpoint folder
 
   // Lowercase hex HMAC of the folder at dir. Throws Error(Status::integrity) for a tree it
   // refuses, Error(Status::not_found/io) when dir cannot be read.

@@ -21,6 +21,7 @@ struct CheckpointMetadata {
   bool using_gvisor = false;
   bool rootless = false;
 
+  // Throws Error(Status::invalid) if a string is not UTF-8 or the JSON would exceed max_size.
   std::string to_json() const;
   // Throws Error(Status::invalid) naming the field that is missing or of the wrong type.
   static CheckpointMetadata from_json(std::string_view json);

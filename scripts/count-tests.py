@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""Counts test cases in a meson test log: Catch2's test cases, the C tests' checks, and any other
+test as one. Prints the closing line "N passed, N failed"; exits 1 if anything failed."""
+import json
+import re
+import sys
+
+passed = failed = 0
+with open(sys.argv[1], encoding="utf-8") as log:
+    for line in log:
+        test = json.loads(line)
+        out = test.get("stdout", "") or ""
+        ok = test.get("result") == "OK"
+        catch_all = re.search(r"All tests passed \(\d+ assertions? in (\d+) test cases?\)", out)
+        catch_some = re.search(r"test cases:\s*(\d+) \|\s*(\d+) passed \|\s*(\d+) failed", out)
+        c_checks = re.search(r"^\w+: (\d+) checks, (\d+) failed$", out, re.M)
+        if catch_all:
+            n = int(catch_all.group(1))
+            passed, failed = (passed + n, failed) if ok else (passed, failed + n)
+        elif catch_some:
+            passed += int(catch_some.group(2))
+            failed += int(catch_some.group(3)) or (0 if ok else 1)
+        elif c_checks:
+            total, bad = int(c_checks.group(1)), int(c_checks.group(2))
+            passed += total - bad
+            failed += bad or (0 if ok else 1)
+        elif ok:
+            passed += 1
+        else:
+            failed += 1
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
