@@ -3,10 +3,13 @@
 
 #include <sys/types.h>
 
+#include <compare>
 #include <filesystem>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <tuple>
 #include <vector>
 
 #include <nucleus/checkpoint/checkpoint_state.hpp>
