@@ -9,6 +9,8 @@
 
 #include <sys/types.h>
 
+#include <nucleus/checkpoint_export.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -31,25 +33,25 @@ typedef enum nc_status {
 
 /* Finds CRIU in the trusted paths (/usr/sbin, /usr/bin, /usr/local/sbin; PATH only when not
  * root) and checks it: owned by root or the caller, not group/world-writable, new enough. */
-nc_status nc_runtime_new(nc_runtime **out);
-nc_status nc_runtime_new_with_criu(const char *criu_path, nc_runtime **out);
-void nc_runtime_free(nc_runtime *rt); /* accepts NULL */
+NC_EXPORT nc_status nc_runtime_new(nc_runtime **out);
+NC_EXPORT nc_status nc_runtime_new_with_criu(const char *criu_path, nc_runtime **out);
+NC_EXPORT void nc_runtime_free(nc_runtime *rt); /* accepts NULL */
 
 /* Dumps the process tree rooted at pid into dir (created 0700; CRIU's images in dir/images),
  * writes metadata.json and signs the folder. Needs root. With leave_running the tree keeps
  * running; otherwise CRIU stops it once the dump is complete. */
-nc_status nc_checkpoint(nc_runtime *rt, const char *container_id, pid_t pid, const char *dir,
+NC_EXPORT nc_status nc_checkpoint(nc_runtime *rt, const char *container_id, pid_t pid, const char *dir,
                         int leave_running);
 
 /* Verifies dir and, only if it verifies, restores the tree; returns as soon as it runs, with
  * the restored root's PID. The tree runs on detached (reparented to the nearest subreaper). */
-nc_status nc_restore(nc_runtime *rt, const char *dir, pid_t *restored_pid);
+NC_EXPORT nc_status nc_restore(nc_runtime *rt, const char *dir, pid_t *restored_pid);
 
-nc_status nc_sign(const char *dir);   /* writes dir/checkpoint.hmac with the key store's key */
-nc_status nc_verify(const char *dir); /* NC_OK, or NC_E_INTEGRITY if dir does not verify */
+NC_EXPORT nc_status nc_sign(const char *dir);   /* writes dir/checkpoint.hmac with the key store's key */
+NC_EXPORT nc_status nc_verify(const char *dir); /* NC_OK, or NC_E_INTEGRITY if dir does not verify */
 
-const char *nc_last_error(void); /* this thread's last failure message; "" if none */
-const char *nc_status_name(nc_status s);
+NC_EXPORT const char *nc_last_error(void); /* this thread's last failure message; "" if none */
+NC_EXPORT const char *nc_status_name(nc_status s);
 
 #ifdef __cplusplus
 }

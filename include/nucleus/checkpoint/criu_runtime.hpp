@@ -36,7 +36,7 @@ struct CriuVersion {
   bool operator==(const CriuVersion& o) const { return (*this <=> o) == 0; }
 };
 
-class CriuRuntime {
+class NC_EXPORT CriuRuntime {
  public:
   // Folders CRIU is looked for in, in order. PATH is searched only when not root.
   static const std::vector<std::filesystem::path>& trusted_paths();

@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <nucleus/checkpoint_export.h>
+
 namespace nucleus::checkpoint {
 
 enum class Status : int {
@@ -21,9 +23,9 @@ enum class Status : int {
 };
 
 // Stable upper-case name of a status, as in the C header ("NC_E_INTEGRITY").
-const char* status_name(Status status) noexcept;
+NC_EXPORT const char* status_name(Status status) noexcept;
 
-class Error : public std::runtime_error {
+class NC_EXPORT Error : public std::runtime_error {
  public:
   Error(Status status, const std::string& message) : std::runtime_error(message), status_(status) {}
   Status status() const noexcept { return status_; }

@@ -15,7 +15,7 @@
 
 namespace nucleus::checkpoint {
 
-class HmacTree {
+class NC_EXPORT HmacTree {
  public:
   static constexpr const char* signature_file = "checkpoint.hmac";
   static constexpr int max_depth = 64;  // folders nested below the checkpoint folder

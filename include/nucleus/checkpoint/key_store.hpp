@@ -6,10 +6,12 @@
 #include <memory>
 #include <span>
 
+#include <nucleus/checkpoint_export.h>
+
 namespace nucleus::checkpoint {
 
 // Key bytes in libsodium's guarded memory: locked, never swapped, wiped when freed.
-class HmacKey {
+class NC_EXPORT HmacKey {
  public:
   static constexpr std::size_t min_size = 32;
   static constexpr std::size_t max_size = 4096;
@@ -30,7 +32,7 @@ class HmacKey {
   std::size_t size_;
 };
 
-class KeyStore {
+class NC_EXPORT KeyStore {
  public:
   // The seed's order: $NUCLEUS_CHECKPOINT_HMAC_KEY_FILE; as root /var/lib/nucleus/checkpoint-hmac.key;
   // otherwise $XDG_DATA_HOME (or ~/.local/share)/nucleus/checkpoint-hmac.key, then

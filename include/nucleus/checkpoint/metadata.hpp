@@ -6,9 +6,11 @@
 #include <string_view>
 #include <vector>
 
+#include <nucleus/checkpoint_export.h>
+
 namespace nucleus::checkpoint {
 
-struct CheckpointMetadata {
+struct NC_EXPORT CheckpointMetadata {
   static constexpr const char* file_name = "metadata.json";
   static constexpr std::size_t max_size = 1 << 20;
 
