@@ -1,6 +1,7 @@
 // The C ABI: a thin shim over the C++ core. Every entry point catches everything, records the
 // message for nc_last_error() and returns the status.
 #include <nucleus/checkpoint.h>
+#include <nucleus/checkpoint_version.h>
 
 #include <new>
 #include <optional>
@@ -17,6 +18,10 @@ struct nc_runtime {
   explicit nc_runtime(std::optional<std::string> criu_path)
       : criu(criu_path ? nc::CriuRuntime(*criu_path) : nc::CriuRuntime()) {}
   nc::CriuRuntime criu;
+};
+
+struct nc_options {
+  nc::CriuOptions criu;
 };
 
 namespace {
@@ -56,6 +61,15 @@ void require(bool ok, const char* what) {
   if (!ok) throw nc::Error(nc::Status::invalid, what);
 }
 
+// Every setter: check the handle, then change one field.
+template <typename Set>
+nc_status set_option(nc_options* opts, const char* name, Set&& set) {
+  return guard([&] {
+    if (opts == nullptr) throw nc::Error(nc::Status::invalid, std::string(name) + ": options are NULL");
+    set(opts->criu);
+  });
+}
+
 }  // namespace
 
 extern "C" {
@@ -80,25 +94,13 @@ nc_status nc_runtime_new_with_criu(const char* criu_path, nc_runtime** out) {
 void nc_runtime_free(nc_runtime* rt) { delete rt; }
 
 nc_status nc_checkpoint(nc_runtime* rt, const char* container_id, pid_t pid, const char* dir, int leave_running) {
-  return guard([&] {
-    require(rt != nullptr, "nc_checkpoint: runtime is NULL");
-    require(container_id != nullptr && *container_id != '\0', "nc_checkpoint: container_id is NULL or empty");
-    require(dir != nullptr && *dir != '\0', "nc_checkpoint: dir is NULL or empty");
-    nc::ContainerInfo info;
-    info.id = container_id;
-    info.pid = pid;
-    rt->criu.checkpoint(info, dir, leave_running != 0);
-  });
+  nc_options opts;
+  opts.criu.leave_running = leave_running != 0;
+  return nc_checkpoint_ex(rt, container_id, pid, dir, &opts);
 }
 
 nc_status nc_restore(nc_runtime* rt, const char* dir, pid_t* restored_pid) {
-  return guard([&] {
-    require(rt != nullptr, "nc_restore: runtime is NULL");
-    require(dir != nullptr && *dir != '\0', "nc_restore: dir is NULL or empty");
-    require(restored_pid != nullptr, "nc_restore: restored_pid is NULL");
-    *restored_pid = 0;
-    *restored_pid = rt->criu.restore(dir);
-  });
+  return nc_restore_ex(rt, dir, nullptr, restored_pid);
 }
 
 nc_status nc_sign(const char* dir) {
@@ -112,6 +114,106 @@ nc_status nc_verify(const char* dir) {
   return guard([&] {
     require(dir != nullptr && *dir != '\0', "nc_verify: dir is NULL or empty");
     nc::HmacTree::verify(dir, nc::KeyStore());
+  });
+}
+
+nc_status nc_options_new(nc_options** out) {
+  return guard([&] {
+    require(out != nullptr, "nc_options_new: out is NULL");
+    *out = nullptr;
+    *out = new nc_options();
+  });
+}
+
+void nc_options_free(nc_options* opts) { delete opts; }
+
+nc_status nc_options_set_leave_running(nc_options* o, int on) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.leave_running = on != 0; });
+}
+nc_status nc_options_set_shell_job(nc_options* o, int on) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.shell_job = on != 0; });
+}
+nc_status nc_options_set_tcp_established(nc_options* o, int on) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.tcp_established = on != 0; });
+}
+nc_status nc_options_set_tcp_close(nc_options* o, int on) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.tcp_close = on != 0; });
+}
+nc_status nc_options_set_ext_unix_sk(nc_options* o, int on) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.ext_unix_sk = on != 0; });
+}
+nc_status nc_options_set_file_locks(nc_options* o, int on) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.file_locks = on != 0; });
+}
+nc_status nc_options_set_manage_cgroups(nc_options* o, nc_cgroup_mode mode) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) {
+    require(mode >= NC_CGROUP_DEFAULT && mode <= NC_CGROUP_IGNORE, "nc_options_set_manage_cgroups: unknown mode");
+    c.manage_cgroups = static_cast<nc::CgroupMode>(mode);
+  });
+}
+nc_status nc_options_add_external(nc_options* o, const char* spec) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) {
+    require(spec != nullptr && *spec != '\0' && *spec != '-', "nc_options_add_external: spec is NULL, empty or an option");
+    c.external.emplace_back(spec);
+  });
+}
+nc_status nc_options_set_work_dir(nc_options* o, const char* dir) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.work_dir = dir ? dir : ""; });
+}
+nc_status nc_options_set_log_level(nc_options* o, int level) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) {
+    require(level >= 0 && level <= 4, "nc_options_set_log_level: the level must be 0 to 4");
+    c.log_level = level;
+  });
+}
+nc_status nc_options_set_timeout_ms(nc_options* o, unsigned int ms) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.timeout = std::chrono::milliseconds(ms); });
+}
+nc_status nc_options_set_restore_mode(nc_options* o, nc_restore_mode mode) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) {
+    require(mode == NC_RESTORE_DETACHED || mode == NC_RESTORE_CHILD, "nc_options_set_restore_mode: unknown mode");
+    c.restore_mode = static_cast<nc::RestoreMode>(mode);
+  });
+}
+
+nc_status nc_checkpoint_ex(nc_runtime* rt, const char* container_id, pid_t pid, const char* dir, const nc_options* opts) {
+  return guard([&] {
+    require(rt != nullptr, "checkpoint: the runtime is NULL");
+    require(container_id != nullptr && *container_id != '\0', "checkpoint: container_id is NULL or empty");
+    require(dir != nullptr && *dir != '\0', "checkpoint: dir is NULL or empty");
+    nc::ContainerInfo info;
+    info.id = container_id;
+    info.pid = pid;
+    rt->criu.checkpoint(info, dir, opts ? opts->criu : nc::CriuOptions());
+  });
+}
+
+nc_status nc_restore_ex(nc_runtime* rt, const char* dir, const nc_options* opts, pid_t* restored_pid) {
+  return guard([&] {
+    require(rt != nullptr, "restore: the runtime is NULL");
+    require(dir != nullptr && *dir != '\0', "restore: dir is NULL or empty");
+    require(restored_pid != nullptr, "restore: restored_pid is NULL");
+    *restored_pid = 0;
+    *restored_pid = rt->criu.restore(dir, opts ? opts->criu : nc::CriuOptions());
+  });
+}
+
+const char* nc_version_string(void) { return NC_VERSION_STRING; }
+
+nc_status nc_criu_version(const nc_runtime* rt, int* major, int* minor, int* patch) {
+  return guard([&] {
+    require(rt != nullptr, "nc_criu_version: runtime is NULL");
+    const auto& v = rt->criu.version();
+    if (major) *major = v.major;
+    if (minor) *minor = v.minor;
+    if (patch) *patch = v.patch;
+  });
+}
+
+nc_status nc_criu_check(const nc_runtime* rt) {
+  return guard([&] {
+    require(rt != nullptr, "nc_criu_check: runtime is NULL");
+    rt->criu.check();
   });
 }
 

@@ -20,6 +20,7 @@
 #include <nucleus/checkpoint/metadata.hpp>
 
 #include "checkpoint_dir.hpp"
+#include "criu_args.hpp"
 #include "criu_log.hpp"
 #include "fs_util.hpp"
 #include "proc.hpp"
@@ -179,6 +180,14 @@ CriuRuntime::CriuRuntime(fs::path criu_binary) : binary_(std::move(criu_binary))
                             "this one", version_.text, binary_.native()));
 }
 
+void CriuRuntime::check() const {
+  require_root("criu check");
+  const ProcessResult r = run_process(binary_, "criu", {"check"}, {}, criu_environment());
+  if (!r.succeeded() || r.output.find("Looks good") == std::string::npos)
+    throw Error(Status::criu, fmt::format("criu check with {} (CRIU {}) failed ({}): {}", binary_.native(), version_.text,
+                                          r.describe(), r.output));
+}
+
 CheckpointState CriuRuntime::state() const {
   std::lock_guard lock(mutex_);
   return state_;
@@ -219,6 +228,12 @@ auto guarded(CriuRuntime& rt, void (CriuRuntime::*finish)(CheckpointState), Body
 }  // namespace
 
 void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir, bool leave_running) {
+  CriuOptions options;
+  options.leave_running = leave_running;
+  checkpoint(container, dir, options);
+}
+
+void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options) {
   require_root("Checkpoint");
   if (container.id.empty()) throw Error(Status::invalid, "container id is empty");
   if (container.pid <= 0) throw Error(Status::invalid, fmt::format("PID {} is not a process", container.pid));
@@ -236,16 +251,18 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
   begin(CheckpointState::Dumping);
   guarded(*this, &CriuRuntime::finish, [&] {
     CheckpointDir cd = CheckpointDir::prepare(dir);
-    std::vector<std::string> args{"dump", "--tree", std::to_string(container.pid),
-                                  "--images-dir", proc_fd_path(cd.images.get()),
-                                  "--work-dir", proc_fd_path(cd.dir.get()),
-                                  "--log-file", "dump.log", "-v4", "--shell-job"};
-    if (leave_running) args.emplace_back("--leave-running");
-    const ProcessResult r = run_process(binary_, "criu", args, {cd.images.get(), cd.dir.get()}, criu_environment());
+    // CRIU's log goes into the checkpoint, and so is signed with it, unless a work dir is given.
+    const UniqueFd work = options.work_dir.empty() ? UniqueFd()
+                                                   : open_or_create_dir(options.work_dir, 0700, "CRIU work directory");
+    const int work_fd = work ? work.get() : cd.dir.get();
+    const fs::path log = (options.work_dir.empty() ? dir : options.work_dir) / "dump.log";
+    const auto args = criu_dump_args(container.pid, proc_fd_path(cd.images.get()), proc_fd_path(work_fd), options);
+    const ProcessResult r =
+        run_process(binary_, "criu", args, {cd.images.get(), work_fd}, criu_environment(), options.timeout);
     if (!r.succeeded())
       throw Error(Status::criu, fmt::format("criu dump of PID {} ({}) failed ({}): {}. Full log: {}", container.pid,
-                                            process.comm, r.describe(), criu_errors(cd.dir.get(), "dump.log", r.output),
-                                            (dir / "dump.log").native()));
+                                            process.comm, r.describe(), criu_errors(work_fd, "dump.log", r.output),
+                                            log.native()));
     metadata.checkpoint_at = static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
     metadata.save(cd.dir.get());
@@ -256,14 +273,20 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
 
 namespace {
 
-// A private folder for one restore's log and pidfile: the checkpoint folder itself must stay
-// exactly as signed, so that it verifies and restores again.
+// The folder for one restore's log and pidfile; never the checkpoint folder, which must stay
+// exactly as signed so that it verifies and restores again. By default a private folder under
+// /run, removed after a successful restore; or the caller's work dir, where the log stays.
 struct RestoreWorkDir {
   UniqueFd parent;
   UniqueFd dir;
   std::string name;
+  fs::path given;
 
-  RestoreWorkDir() {
+  explicit RestoreWorkDir(const fs::path& work_dir) : given(work_dir) {
+    if (!given.empty()) {
+      dir = open_or_create_dir(given, 0700, "CRIU work directory");
+      return;
+    }
     parent = open_or_create_dir(restore_run_dir, 0700, "restore work directory");
     const struct stat st = stat_fd(parent.get(), restore_run_dir);
     if (st.st_uid != 0 || (st.st_mode & 077) != 0)
@@ -273,9 +296,11 @@ struct RestoreWorkDir {
       throw system_error(status_of_errno(errno), errno, fmt::format("cannot create {}/{}", restore_run_dir, name));
     dir = open_dir_at(parent.get(), name, "restore work directory");
   }
-  std::string path() const { return fmt::format("{}/{}", restore_run_dir, name); }
+  std::string path() const { return given.empty() ? fmt::format("{}/{}", restore_run_dir, name) : given.native(); }
   void remove() {
-    for (const char* f : {"restore.log", "restore.pid", "stats-restore"}) ::unlinkat(dir.get(), f, 0);
+    ::unlinkat(dir.get(), "restore.pid", 0);
+    if (!given.empty()) return;
+    for (const char* f : {"restore.log", "stats-restore"}) ::unlinkat(dir.get(), f, 0);
     ::unlinkat(parent.get(), name.c_str(), AT_REMOVEDIR);
   }
 };
@@ -294,7 +319,9 @@ pid_t read_restored_pid(int work_fd) {
 
 }  // namespace
 
-pid_t CriuRuntime::restore(const fs::path& dir) {
+pid_t CriuRuntime::restore(const fs::path& dir) { return restore(dir, CriuOptions()); }
+
+pid_t CriuRuntime::restore(const fs::path& dir, const CriuOptions& options) {
   require_root("Restore");
   begin(CheckpointState::Restoring);
   const pid_t pid = guarded(*this, &CriuRuntime::finish, [&] {
@@ -310,15 +337,13 @@ pid_t CriuRuntime::restore(const fs::path& dir) {
       throw Error(e.status(), fmt::format("Images directory not found in {}: {}", dir.native(), e.what()));
     }
 
-    RestoreWorkDir work;
-    const std::vector<std::string> args{"restore", "--images-dir", proc_fd_path(images.get()),
-                                        "--work-dir", proc_fd_path(work.dir.get()),
-                                        "--log-file", "restore.log", "-v4", "--pidfile", "restore.pid",
-                                        "--shell-job", "--restore-detached"};
+    RestoreWorkDir work(options.work_dir);
+    const auto args = criu_restore_args(proc_fd_path(images.get()), proc_fd_path(work.dir.get()), options);
     const auto deadline = std::chrono::steady_clock::now() + zombie_grace;
     for (;;) {
       ::unlinkat(work.dir.get(), "restore.pid", 0);
-      const ProcessResult r = run_process(binary_, "criu", args, {images.get(), work.dir.get()}, criu_environment());
+      const ProcessResult r =
+          run_process(binary_, "criu", args, {images.get(), work.dir.get()}, criu_environment(), options.timeout);
       if (r.succeeded()) {
         const pid_t restored = read_restored_pid(work.dir.get());
         work.remove();

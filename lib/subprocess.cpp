@@ -2,11 +2,15 @@
 
 #include <fcntl.h>
 #include <spawn.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <csignal>
 #include <cstring>
 
@@ -21,6 +25,7 @@ namespace nucleus::checkpoint {
 bool ProcessResult::succeeded() const noexcept { return WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0; }
 
 std::string ProcessResult::describe() const {
+  if (timed_out) return "timed out and was killed";
   if (WIFEXITED(wait_status)) return fmt::format("exit code {}", WEXITSTATUS(wait_status));
   if (WIFSIGNALED(wait_status)) return fmt::format("killed by signal {} ({})", WTERMSIG(wait_status), strsignal(WTERMSIG(wait_status)));
   return fmt::format("wait status {}", wait_status);
@@ -41,11 +46,28 @@ std::vector<char*> c_strings(std::vector<std::string>& strings) {
   return out;
 }
 
+// Waits up to `timeout` for pid to exit without reaping it; kills it if it does not.
+bool wait_exit(pid_t pid, std::chrono::milliseconds timeout) {
+  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  if (!pidfd) throw system_error(Status::internal, errno, "pidfd_open failed");
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    pollfd p{pidfd.get(), POLLIN, 0};
+    const int n = ::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(left.count(), 0)));
+    if (n > 0) return true;
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw system_error(Status::internal, errno, "poll on a pidfd failed");
+    ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+    return false;
+  }
+}
+
 }  // namespace
 
 ProcessResult run_process(const std::string& program, const std::string& program_name,
                           const std::vector<std::string>& args, const std::vector<int>& inherited_fds,
-                          const std::vector<std::string>& env) {
+                          const std::vector<std::string>& env, std::chrono::milliseconds timeout) {
   UniqueFd output(::memfd_create("nucleus-checkpoint-output", MFD_CLOEXEC));
   if (!output) throw system_error(Status::io, errno, "cannot create a memfd for CRIU's output");
   UniqueFd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
@@ -68,6 +90,7 @@ ProcessResult run_process(const std::string& program, const std::string& program
     throw system_error(Status::criu, err, fmt::format("cannot start {}", program_name));
 
   ProcessResult result;
+  if (timeout.count() > 0) result.timed_out = !wait_exit(pid, timeout);
   while (::waitpid(pid, &result.wait_status, 0) < 0) {
     if (errno != EINTR) throw system_error(Status::internal, errno, fmt::format("cannot wait for {}", program_name));
   }

@@ -2,6 +2,7 @@
  * real checkpoint and restore of the sample tree through nc_checkpoint/nc_restore. */
 #define _GNU_SOURCE
 #include <nucleus/checkpoint.h>
+#include <nucleus/checkpoint_version.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -78,6 +79,32 @@ static void test_status_names(void) {
   CHECK(NC_OK == 0 && NC_E_INVALID == 1 && NC_E_PERMISSION == 2 && NC_E_NOT_FOUND == 3 && NC_E_STATE == 4 &&
         NC_E_CRIU == 5 && NC_E_INTEGRITY == 6 && NC_E_IO == 7 && NC_E_KEY == 8 && NC_E_NOMEM == 9 &&
         NC_E_INTERNAL == 10);
+}
+
+static void test_options_and_versions(void) {
+  nc_options *opts = NULL;
+  CHECK(nc_options_new(&opts) == NC_OK);
+  CHECK(nc_options_set_tcp_established(opts, 1) == NC_OK);
+  CHECK(nc_options_set_manage_cgroups(opts, NC_CGROUP_SOFT) == NC_OK);
+  CHECK(nc_options_set_manage_cgroups(opts, (nc_cgroup_mode)42) == NC_E_INVALID);
+  CHECK(nc_options_set_log_level(opts, 5) == NC_E_INVALID);
+  CHECK(nc_options_add_external(opts, "--exec-cmd") == NC_E_INVALID);
+  CHECK(nc_options_set_restore_mode(opts, NC_RESTORE_CHILD) == NC_OK);
+  CHECK(nc_options_set_leave_running(NULL, 1) == NC_E_INVALID);
+  CHECK(strstr(nc_last_error(), "options are NULL") != NULL);
+  nc_options_free(opts);
+  nc_options_free(NULL);
+
+  CHECK(strcmp(nc_version_string(), NC_VERSION_STRING) == 0);
+  nc_runtime *rt = NULL;
+  CHECK(nc_runtime_new(&rt) == NC_OK);
+  int major = 0, minor = 0, patch = -1;
+  CHECK(nc_criu_version(rt, &major, &minor, &patch) == NC_OK);
+  CHECK(major > 4 || (major == 4 && minor >= 1));
+  CHECK(patch >= 0);
+  CHECK(nc_criu_check(rt) == NC_OK);
+  CHECK(nc_criu_version(NULL, &major, NULL, NULL) == NC_E_INVALID);
+  nc_runtime_free(rt);
 }
 
 static void test_sign_verify(void) {
@@ -157,6 +184,7 @@ int main(void) {
 
   test_arguments();
   test_status_names();
+  test_options_and_versions();
   test_sign_verify();
   test_checkpoint_restore();
   printf("capi: %d checks, %d failed\n", checks, failures);

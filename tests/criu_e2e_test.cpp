@@ -8,6 +8,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 
 #include <memory>
@@ -115,26 +116,84 @@ TEST_CASE_METHOD(Fixture, "a tampered image is refused and nothing is restored",
   CHECK_FALSE(is_alive(pid));
 }
 
-TEST_CASE_METHOD(Fixture, "a failed dump leaves the state None and the process running", "[e2e]") {
-  // An established TCP connection, which CRIU refuses to dump without --tcp-established.
-  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-  REQUIRE(::listen(listener, 1) == 0);
-  REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  const pid_t child = ::fork();
-  if (child == 0) {
+namespace {
+
+// A child in its own session holding an established TCP connection to this process.
+struct TcpClient {
+  int listener = -1, accepted = -1;
+  pid_t pid = -1;
+  TcpClient() {
+    listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::listen(listener, 1) == 0);
+    REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+    pid = ::fork();
+    if (pid == 0) {
+      ::setsid();
+      const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+      if (::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) ::_exit(1);
+      for (;;) ::pause();
+    }
+    accepted = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
+    REQUIRE(accepted >= 0);
+  }
+  ~TcpClient() {
+    ::close(accepted);
+    ::close(listener);
+    CounterTree::stop(pid);
+  }
+};
+
+}  // namespace
+
+TEST_CASE_METHOD(Fixture, "file_locks lets CRIU dump a process holding a lock", "[e2e][options]") {
+  const fs::path lock_file = tmp / "lock";
+  const pid_t holder = ::fork();
+  if (holder == 0) {
     ::setsid();
-    const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-    if (::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) ::_exit(1);
+    const int fd = ::open(lock_file.c_str(), O_RDWR | O_CREAT, 0600);
+    if (fd < 0 || ::flock(fd, LOCK_EX) != 0) ::_exit(1);
+    write_file(tmp / "locked", "");
     for (;;) ::pause();
   }
-  const int accepted = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
-  REQUIRE(accepted >= 0);
+  REQUIRE(wait_until([&] { return fs::exists(tmp / "locked"); }));
+  CriuOptions o;
+  o.leave_running = true;
+  CHECK(require_error([&] { rt->checkpoint(container("lock", holder), checkpoint, o); }).status() == Status::criu);
+  CHECK(is_alive(holder));
+  o.file_locks = true;
+  CHECK_NOTHROW(rt->checkpoint(container("lock", holder), tmp / "with-locks", o));
+  CHECK(is_alive(holder));
+  CHECK_NOTHROW(HmacTree::verify(tmp / "with-locks", KeyStore().load()));
+  CounterTree::stop(holder);
+}
 
+TEST_CASE_METHOD(Fixture, "restore as the caller's child", "[e2e][options]") {
+  CounterTree tree(tmp / "counter");
+  const pid_t pid = tree.pid();
+  rt->checkpoint(container("e2e", pid), checkpoint, false);
+  REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));
+  CriuOptions o;
+  o.restore_mode = RestoreMode::child;
+  const pid_t restored = rt->restore(checkpoint, o);
+  CHECK(restored == pid);
+  const std::string stat = read_file(fmt::format("/proc/{}/stat", restored));
+  const long ppid = std::strtol(stat.c_str() + stat.rfind(')') + 4, nullptr, 10);
+  CHECK(ppid == ::getpid());
+  ::kill(restored, SIGKILL);
+  int status = 0;
+  CHECK(::waitpid(restored, &status, 0) == restored);  // ours to wait for
+  CHECK(WIFSIGNALED(status));
+}
+
+TEST_CASE_METHOD(Fixture, "a failed dump leaves the state None and the process running", "[e2e]") {
+  // An established TCP connection, which CRIU refuses to dump without --tcp-established.
+  TcpClient client;
+  const pid_t child = client.pid;
   try {
     rt->checkpoint(container("tcp", child), checkpoint, false);
     FAIL("CRIU dumped an established TCP connection without --tcp-established");
@@ -146,9 +205,6 @@ TEST_CASE_METHOD(Fixture, "a failed dump leaves the state None and the process r
   CHECK(is_alive(child));
   CHECK(process_state(child) != 't');  // not left stopped under ptrace
   CHECK_FALSE(fs::exists(checkpoint / "checkpoint.hmac"));
-  ::close(accepted);
-  ::close(listener);
-  CounterTree::stop(child);
 }
 
 TEST_CASE_METHOD(Fixture, "restore waits for a zombie that still holds a PID of the tree", "[e2e]") {

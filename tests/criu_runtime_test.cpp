@@ -345,3 +345,58 @@ TEST_CASE("one runtime runs one operation at a time", "[criu_runtime]") {
   CHECK(done);
   CHECK(rt.state() == CheckpointState::Dumped);
 }
+
+TEST_CASE("options become CRIU's arguments", "[criu_runtime][options]") {
+  TestKey key;
+  TempDir tmp;
+  CriuRuntime rt(write_fake_criu(tmp.path(), "echo 4242 > \"$work/restore.pid\"; touch \"$work/$op.log\"; exit 0"));
+  CriuOptions o;
+  o.leave_running = true;
+  o.shell_job = false;
+  o.tcp_established = true;
+  o.ext_unix_sk = true;
+  o.file_locks = true;
+  o.manage_cgroups = CgroupMode::soft;
+  o.external = {"mnt[/data]:data"};
+  o.log_level = 2;
+  o.work_dir = tmp / "work";
+  rt.checkpoint(container("c", ::getpid()), tmp / "cp", o);
+  const std::string dump = read_file(tmp / "args");
+  for (const char* arg : {" --tcp-established", " --ext-unix-sk", " --file-locks", " --manage-cgroups=soft",
+                          " --external mnt[/data]:data", " -v2 ", " --leave-running"})
+    CHECK(contains(dump, arg));
+  CHECK_FALSE(contains(dump, "--shell-job"));
+  CHECK(fs::exists(tmp / "work/dump.log"));  // the log went to the work dir, not the checkpoint
+  CHECK_FALSE(fs::exists(tmp / "cp/dump.log"));
+
+  o.tcp_close = true;
+  o.restore_mode = RestoreMode::child;
+  CHECK(rt.restore(tmp / "cp", o) == 4242);
+  const std::string restore = read_file(tmp / "args");
+  CHECK(contains(restore, "--restore-sibling"));
+  CHECK(contains(restore, "--restore-detached"));
+  CHECK(contains(restore, "--tcp-close"));
+  CHECK(fs::exists(tmp / "work/restore.log"));  // kept in a caller's work dir
+  CHECK_FALSE(fs::exists(tmp / "work/restore.pid"));
+
+  o.log_level = 5;
+  CHECK(require_error([&] { rt.checkpoint(container("c", ::getpid()), tmp / "cp2", o); }).status() == Status::invalid);
+  o.log_level = 4;
+  o.external = {"--exec-cmd"};
+  CHECK(require_error([&] { rt.checkpoint(container("c", ::getpid()), tmp / "cp3", o); }).status() == Status::invalid);
+}
+
+TEST_CASE("a CRIU that hangs is killed at the timeout", "[criu_runtime][options]") {
+  TestKey key;
+  TempDir tmp;
+  CriuRuntime rt(write_fake_criu(tmp.path(), "exec sleep 30"));
+  CriuOptions o;
+  o.timeout = std::chrono::milliseconds(300);
+  const auto start = std::chrono::steady_clock::now();
+  const auto e = require_error([&] { rt.checkpoint(container("c", ::getpid()), tmp / "cp", o); });
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));
+  CHECK(e.status() == Status::criu);
+  CHECK(contains(e.what(), "timed out"));
+  CHECK(rt.state() == CheckpointState::None);
+  CHECK_FALSE(fs::exists(tmp / "cp/checkpoint.hmac"));
+}

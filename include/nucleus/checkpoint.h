@@ -50,6 +50,49 @@ NC_EXPORT nc_status nc_restore(nc_runtime *rt, const char *dir, pid_t *restored_
 NC_EXPORT nc_status nc_sign(const char *dir);   /* writes dir/checkpoint.hmac with the key store's key */
 NC_EXPORT nc_status nc_verify(const char *dir); /* NC_OK, or NC_E_INTEGRITY if dir does not verify */
 
+/* --- Options (ABI-stable: an opaque handle with setters; new options only add setters) --- */
+
+typedef struct nc_options nc_options;
+
+typedef enum nc_cgroup_mode {
+  NC_CGROUP_DEFAULT = 0, /* CRIU's default */
+  NC_CGROUP_SOFT = 1,
+  NC_CGROUP_FULL = 2,
+  NC_CGROUP_STRICT = 3,
+  NC_CGROUP_IGNORE = 4
+} nc_cgroup_mode;
+
+typedef enum nc_restore_mode {
+  NC_RESTORE_DETACHED = 0, /* reparented to the nearest subreaper or PID 1 (default) */
+  NC_RESTORE_CHILD = 1     /* the caller's child, which it can waitpid() for (CRIU's --restore-sibling) */
+} nc_restore_mode;
+
+NC_EXPORT nc_status nc_options_new(nc_options **out); /* defaults: shell-job on, log level 4, no timeout */
+NC_EXPORT void nc_options_free(nc_options *opts);     /* accepts NULL */
+NC_EXPORT nc_status nc_options_set_leave_running(nc_options *opts, int on);
+NC_EXPORT nc_status nc_options_set_shell_job(nc_options *opts, int on);
+NC_EXPORT nc_status nc_options_set_tcp_established(nc_options *opts, int on);
+NC_EXPORT nc_status nc_options_set_tcp_close(nc_options *opts, int on);
+NC_EXPORT nc_status nc_options_set_ext_unix_sk(nc_options *opts, int on);
+NC_EXPORT nc_status nc_options_set_file_locks(nc_options *opts, int on);
+NC_EXPORT nc_status nc_options_set_manage_cgroups(nc_options *opts, nc_cgroup_mode mode);
+NC_EXPORT nc_status nc_options_add_external(nc_options *opts, const char *spec); /* CRIU's --external */
+NC_EXPORT nc_status nc_options_set_work_dir(nc_options *opts, const char *dir);  /* CRIU's logs there */
+NC_EXPORT nc_status nc_options_set_log_level(nc_options *opts, int level);       /* 0 to 4 */
+NC_EXPORT nc_status nc_options_set_timeout_ms(nc_options *opts, unsigned int ms); /* 0: none */
+NC_EXPORT nc_status nc_options_set_restore_mode(nc_options *opts, nc_restore_mode mode);
+
+/* nc_checkpoint and nc_restore with options; opts may be NULL for the defaults. */
+NC_EXPORT nc_status nc_checkpoint_ex(nc_runtime *rt, const char *container_id, pid_t pid, const char *dir,
+                                     const nc_options *opts);
+NC_EXPORT nc_status nc_restore_ex(nc_runtime *rt, const char *dir, const nc_options *opts, pid_t *restored_pid);
+
+/* --- Versions and probes --- */
+
+NC_EXPORT const char *nc_version_string(void); /* this library's version, "0.1.0" */
+NC_EXPORT nc_status nc_criu_version(const nc_runtime *rt, int *major, int *minor, int *patch);
+NC_EXPORT nc_status nc_criu_check(const nc_runtime *rt); /* runs `criu check`: NC_OK or NC_E_CRIU */
+
 NC_EXPORT const char *nc_last_error(void); /* this thread's last failure message; "" if none */
 NC_EXPORT const char *nc_status_name(nc_status s);
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <nucleus/checkpoint/checkpoint_state.hpp>
+#include <nucleus/checkpoint/criu_options.hpp>
 #include <nucleus/checkpoint/key_store.hpp>
 
 namespace nucleus::checkpoint {
@@ -67,11 +68,14 @@ class NC_EXPORT CriuRuntime {
   // Creates dir and dir/images (0700, never through a symlink), dumps the tree into them with
   // CRIU logging to dir/dump.log, writes metadata.json, then signs the folder. On any failure the
   // state returns to None and the message carries CRIU's own errors.
-  void checkpoint(const ContainerInfo& container, const std::filesystem::path& dir,
-                  bool leave_running);
+  void checkpoint(const ContainerInfo& container, const std::filesystem::path& dir, bool leave_running);
+  void checkpoint(const ContainerInfo& container, const std::filesystem::path& dir, const CriuOptions& options);
   // Verifies dir (nothing of CRIU runs if it does not verify), then restores the tree detached
   // and returns the restored root's PID as soon as it runs.
   pid_t restore(const std::filesystem::path& dir);
+  pid_t restore(const std::filesystem::path& dir, const CriuOptions& options);
+  // Runs `criu check`; throws Error(Status::criu) with CRIU's words if it does not look good.
+  void check() const;
 
  private:
   CheckpointState begin(CheckpointState target);
