@@ -3,6 +3,8 @@
 #include <nucleus/checkpoint.h>
 #include <nucleus/checkpoint_version.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <new>
 #include <optional>
 #include <string>
@@ -11,6 +13,9 @@
 #include <nucleus/checkpoint/error.hpp>
 #include <nucleus/checkpoint/hmac_tree.hpp>
 #include <nucleus/checkpoint/key_store.hpp>
+#include <nucleus/checkpoint/metadata.hpp>
+
+#include "fs_util.hpp"
 
 namespace nc = nucleus::checkpoint;
 
@@ -103,17 +108,65 @@ nc_status nc_restore(nc_runtime* rt, const char* dir, pid_t* restored_pid) {
   return nc_restore_ex(rt, dir, nullptr, restored_pid);
 }
 
-nc_status nc_sign(const char* dir) {
+nc_status nc_sign(const char* dir) { return nc_sign_progress(dir, nullptr, nullptr); }
+
+nc_status nc_verify(const char* dir) { return nc_verify_progress(dir, nullptr, nullptr); }
+
+namespace {
+
+nc::HmacTree::Progress progress_of(nc_progress_fn fn, void* user) {
+  if (!fn) return {};
+  return [fn, user](std::uint64_t bytes) { fn(bytes, user); };
+}
+
+}  // namespace
+
+nc_status nc_sign_progress(const char* dir, nc_progress_fn progress, void* user) {
   return guard([&] {
-    require(dir != nullptr && *dir != '\0', "nc_sign: dir is NULL or empty");
-    nc::HmacTree::sign(dir, nc::KeyStore().load_or_create());
+    require(dir != nullptr && *dir != '\0', "sign: dir is NULL or empty");
+    nc::HmacTree::sign(dir, nc::KeyStore().load_or_create(), progress_of(progress, user));
   });
 }
 
-nc_status nc_verify(const char* dir) {
+nc_status nc_verify_progress(const char* dir, nc_progress_fn progress, void* user) {
   return guard([&] {
-    require(dir != nullptr && *dir != '\0', "nc_verify: dir is NULL or empty");
-    nc::HmacTree::verify(dir, nc::KeyStore());
+    require(dir != nullptr && *dir != '\0', "verify: dir is NULL or empty");
+    nc::HmacTree::verify(dir, nc::KeyStore(), progress_of(progress, user));
+  });
+}
+
+nc_status nc_read_metadata(const char* dir, char** json_out) {
+  return guard([&] {
+    require(json_out != nullptr, "nc_read_metadata: json_out is NULL");
+    *json_out = nullptr;
+    require(dir != nullptr && *dir != '\0', "nc_read_metadata: dir is NULL or empty");
+    const std::string json = nc::CheckpointMetadata::load(nc::open_dir(dir, "checkpoint directory").get()).to_json();
+    char* out = static_cast<char*>(std::malloc(json.size() + 1));
+    if (!out) throw std::bad_alloc();
+    std::memcpy(out, json.c_str(), json.size() + 1);
+    *json_out = out;
+  });
+}
+
+void nc_free(void* p) { std::free(p); }
+
+nc_status nc_key_path(char* buf, size_t size) {
+  return guard([&] {
+    require(buf != nullptr, "nc_key_path: buf is NULL");
+    const std::string path = nc::KeyStore::default_path();
+    if (path.size() + 1 > size)
+      throw nc::Error(nc::Status::invalid, "nc_key_path: buf holds " + std::to_string(size) + " bytes; the path needs " +
+                                               std::to_string(path.size() + 1));
+    std::memcpy(buf, path.c_str(), path.size() + 1);
+  });
+}
+
+nc_status nc_keygen(int* created) {
+  return guard([&] {
+    const nc::KeyStore store;
+    const bool existed = store.exists();
+    store.load_or_create();
+    if (created) *created = existed ? 0 : 1;
   });
 }
 

@@ -56,7 +56,7 @@ std::vector<std::string> sorted_names(int dir_fd, const std::string& rel) {
 
 class TreeMac {
  public:
-  explicit TreeMac(const HmacKey& key) : buffer_(1 << 20) {
+  TreeMac(const HmacKey& key, const HmacTree::Progress& progress) : buffer_(1 << 20), progress_(progress) {
     init_sodium();
     crypto_auth_hmacsha256_init(&state_, key.bytes().data(), key.bytes().size());
   }
@@ -132,6 +132,8 @@ class TreeMac {
       if (n == 0) break;
       update(buffer_.data(), static_cast<std::size_t>(n));
       total += static_cast<std::uint64_t>(n);
+      hashed_ += static_cast<std::uint64_t>(n);
+      if (progress_) progress_(hashed_);
     }
     if (total != size)
       throw integrity(fmt::format("checkpoint file '{}' changed size during the integrity scan", rel));
@@ -139,6 +141,8 @@ class TreeMac {
 
   crypto_auth_hmacsha256_state state_{};
   std::vector<unsigned char> buffer_;
+  const HmacTree::Progress& progress_;
+  std::uint64_t hashed_ = 0;
 };
 
 std::string to_hex(const Mac& mac) {
@@ -170,19 +174,23 @@ UniqueFd open_checkpoint(const std::filesystem::path& dir) { return open_dir(dir
 
 }  // namespace
 
-std::string HmacTree::compute(int dir_fd, const HmacKey& key) { return to_hex(TreeMac(key).run(dir_fd)); }
-
-std::string HmacTree::compute(const std::filesystem::path& dir, const HmacKey& key) {
-  return compute(open_checkpoint(dir).get(), key);
+std::string HmacTree::compute(int dir_fd, const HmacKey& key, const Progress& progress) {
+  return to_hex(TreeMac(key, progress).run(dir_fd));
 }
 
-void HmacTree::sign(int dir_fd, const HmacKey& key) {
+std::string HmacTree::compute(const std::filesystem::path& dir, const HmacKey& key, const Progress& progress) {
+  return compute(open_checkpoint(dir).get(), key, progress);
+}
+
+void HmacTree::sign(int dir_fd, const HmacKey& key, const Progress& progress) {
   // A stale temp file from an interrupted sign must not become part of what is signed.
   remove_stale_temp_at(dir_fd, signature_file);
-  write_file_atomic_at(dir_fd, signature_file, compute(dir_fd, key), 0600);
+  write_file_atomic_at(dir_fd, signature_file, compute(dir_fd, key, progress), 0600);
 }
 
-void HmacTree::sign(const std::filesystem::path& dir, const HmacKey& key) { sign(open_checkpoint(dir).get(), key); }
+void HmacTree::sign(const std::filesystem::path& dir, const HmacKey& key, const Progress& progress) {
+  sign(open_checkpoint(dir).get(), key, progress);
+}
 
 namespace {
 
@@ -198,8 +206,8 @@ Mac read_signature(int dir_fd) {
   return parse_signature(stored);
 }
 
-void check(const Mac& expected, int dir_fd, const HmacKey& key) {
-  const Mac actual = TreeMac(key).run(dir_fd);
+void check(const Mac& expected, int dir_fd, const HmacKey& key, const HmacTree::Progress& progress) {
+  const Mac actual = TreeMac(key, progress).run(dir_fd);
   if (sodium_memcmp(expected.data(), actual.data(), expected.size()) != 0)
     throw integrity(
         "Checkpoint integrity verification failed: HMAC mismatch (the folder changed since it was signed, or it "
@@ -208,17 +216,21 @@ void check(const Mac& expected, int dir_fd, const HmacKey& key) {
 
 }  // namespace
 
-void HmacTree::verify(int dir_fd, const HmacKey& key) { check(read_signature(dir_fd), dir_fd, key); }
-
-void HmacTree::verify(int dir_fd, const KeyStore& store) {
-  const Mac expected = read_signature(dir_fd);
-  check(expected, dir_fd, store.load());
+void HmacTree::verify(int dir_fd, const HmacKey& key, const Progress& progress) {
+  check(read_signature(dir_fd), dir_fd, key, progress);
 }
 
-void HmacTree::verify(const std::filesystem::path& dir, const HmacKey& key) { verify(open_checkpoint(dir).get(), key); }
+void HmacTree::verify(int dir_fd, const KeyStore& store, const Progress& progress) {
+  const Mac expected = read_signature(dir_fd);
+  check(expected, dir_fd, store.load(), progress);
+}
 
-void HmacTree::verify(const std::filesystem::path& dir, const KeyStore& store) {
-  verify(open_checkpoint(dir).get(), store);
+void HmacTree::verify(const std::filesystem::path& dir, const HmacKey& key, const Progress& progress) {
+  verify(open_checkpoint(dir).get(), key, progress);
+}
+
+void HmacTree::verify(const std::filesystem::path& dir, const KeyStore& store, const Progress& progress) {
+  verify(open_checkpoint(dir).get(), store, progress);
 }
 
 }  // namespace nucleus::checkpoint

@@ -7,6 +7,7 @@
 #ifndef NUCLEUS_CHECKPOINT_H
 #define NUCLEUS_CHECKPOINT_H
 
+#include <stddef.h>
 #include <sys/types.h>
 
 #include <nucleus/checkpoint_export.h>
@@ -47,8 +48,23 @@ NC_EXPORT nc_status nc_checkpoint(nc_runtime *rt, const char *container_id, pid_
  * the restored root's PID. The tree runs on detached (reparented to the nearest subreaper). */
 NC_EXPORT nc_status nc_restore(nc_runtime *rt, const char *dir, pid_t *restored_pid);
 
+/* Called as nc_sign_progress/nc_verify_progress hash file bytes, about once a MiB. */
+typedef void (*nc_progress_fn)(unsigned long long bytes_hashed, void *user);
+
 NC_EXPORT nc_status nc_sign(const char *dir);   /* writes dir/checkpoint.hmac with the key store's key */
 NC_EXPORT nc_status nc_verify(const char *dir); /* NC_OK, or NC_E_INTEGRITY if dir does not verify */
+NC_EXPORT nc_status nc_sign_progress(const char *dir, nc_progress_fn progress, void *user);
+NC_EXPORT nc_status nc_verify_progress(const char *dir, nc_progress_fn progress, void *user);
+
+/* The checkpoint's metadata.json, checked and re-serialised, in *json_out (free it with nc_free).
+ * It is only as trustworthy as the checkpoint: verify first. */
+NC_EXPORT nc_status nc_read_metadata(const char *dir, char **json_out);
+NC_EXPORT void nc_free(void *p); /* accepts NULL */
+
+/* The key store: its path (copied into buf, NUL-terminated), and creating its key if there is
+ * none (*created is set to 1 if this call created it). */
+NC_EXPORT nc_status nc_key_path(char *buf, size_t size);
+NC_EXPORT nc_status nc_keygen(int *created);
 
 /* --- Options (ABI-stable: an opaque handle with setters; new options only add setters) --- */
 

@@ -8,7 +8,9 @@
 // O_NOFOLLOW, so a walk never leaves the tree.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 
 #include <nucleus/checkpoint/key_store.hpp>
@@ -19,24 +21,34 @@ class NC_EXPORT HmacTree {
  public:
   static constexpr const char* signature_file = "checkpoint.hmac";
   static constexpr int max_depth = 64;  // folders nested below the checkpoint folder
+  // Called as file bytes are hashed, with the running total, about once a MiB.
+  using Progress = std::function<void(std::uint64_t bytes_hashed)>;
 
   // Lowercase hex HMAC of the folder at dir. Throws Error(Status::integrity) for a tree it
   // refuses, Error(Status::not_found/io) when dir cannot be read.
-  static std::string compute(const std::filesystem::path& dir, const HmacKey& key);
-  static std::string compute(int dir_fd, const HmacKey& key);
+  static std::string compute(const std::filesystem::path& dir, const HmacKey& key,
+                     const Progress& progress = {});
+  static std::string compute(int dir_fd, const HmacKey& key,
+                     const Progress& progress = {});
 
   // Writes dir/checkpoint.hmac atomically (temp file 0600, fsync, rename, fsync the folder).
-  static void sign(const std::filesystem::path& dir, const HmacKey& key);
-  static void sign(int dir_fd, const HmacKey& key);
+  static void sign(const std::filesystem::path& dir, const HmacKey& key,
+                     const Progress& progress = {});
+  static void sign(int dir_fd, const HmacKey& key,
+                     const Progress& progress = {});
 
   // Throws Error(Status::integrity) unless dir/checkpoint.hmac holds the folder's MAC; compared
   // in constant time.
-  static void verify(const std::filesystem::path& dir, const HmacKey& key);
-  static void verify(int dir_fd, const HmacKey& key);
+  static void verify(const std::filesystem::path& dir, const HmacKey& key,
+                     const Progress& progress = {});
+  static void verify(int dir_fd, const HmacKey& key,
+                     const Progress& progress = {});
   // As above with the store's key, loaded only once the folder is known to carry a signature:
   // an unsigned folder is an integrity failure even where there is no key.
-  static void verify(const std::filesystem::path& dir, const KeyStore& store);
-  static void verify(int dir_fd, const KeyStore& store);
+  static void verify(const std::filesystem::path& dir, const KeyStore& store,
+                     const Progress& progress = {});
+  static void verify(int dir_fd, const KeyStore& store,
+                     const Progress& progress = {});
 };
 
 }  // namespace nucleus::checkpoint
