@@ -2,7 +2,10 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sodium.h>
+#include <stdio.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 
@@ -11,27 +14,28 @@
 #include <nucleus/checkpoint/error.hpp>
 
 #include "fs_util.hpp"
+#include "sodium.hpp"
 
 namespace nucleus::checkpoint {
 
+namespace fs = std::filesystem;
+
 namespace {
 
-void make_private(int fd, std::string_view what, const std::filesystem::path& path) {
-  if (::fchmod(fd, 0700) != 0)
-    throw system_error(status_of_errno(errno), errno, fmt::format("cannot set {} {} to mode 0700", what, path.native()));
-}
-
-bool is_empty_dir(int fd) {
-  const int dup_fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  DIR* d = dup_fd >= 0 ? ::fdopendir(dup_fd) : nullptr;
+bool is_empty_dir(int parent_fd, const std::string& name) {
+  const int fd = ::openat(parent_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  DIR* d = fd >= 0 ? ::fdopendir(fd) : nullptr;
   if (!d) {
-    if (dup_fd >= 0) ::close(dup_fd);
-    throw system_error(Status::io, errno, "cannot read the checkpoint images directory");
+    if (fd >= 0) ::close(fd);
+    throw system_error(status_of_errno(errno), errno, fmt::format("cannot read checkpoint directory {}", name));
   }
   bool empty = true;
   while (const dirent* e = ::readdir(d)) {
-    const std::string_view name = e->d_name;
-    if (name != "." && name != "..") { empty = false; break; }
+    const std::string_view n = e->d_name;
+    if (n != "." && n != "..") {
+      empty = false;
+      break;
+    }
   }
   ::closedir(d);
   return empty;
@@ -39,23 +43,56 @@ bool is_empty_dir(int fd) {
 
 }  // namespace
 
-CheckpointDir CheckpointDir::prepare(const std::filesystem::path& path) {
+CheckpointDir CheckpointDir::prepare(const fs::path& target_path) {
+  fs::path target = target_path.lexically_normal();
+  if (!target.has_filename()) target = target.parent_path();  // "dir/" names "dir"
+  const std::string name = target.filename();
+  if (name.empty() || name == "." || name == "..")
+    throw Error(Status::invalid, fmt::format("checkpoint directory {} names no folder", target_path.native()));
+
   CheckpointDir cd;
-  cd.dir = open_or_create_dir(path, 0700, "checkpoint directory");
-  make_private(cd.dir.get(), "checkpoint directory", path);
-  cd.images = open_or_create_dir_at(cd.dir.get(), images_name, 0700, "checkpoint images directory");
-  make_private(cd.images.get(), "checkpoint images directory", path / images_name);
-  if (!is_empty_dir(cd.images.get()))
-    throw Error(Status::invalid, fmt::format("{} already holds a dump; checkpoint into a new folder or remove it first",
-                                             (path / images_name).native()));
+  cd.target_ = target;
+  cd.target_name_ = name;
+  cd.parent_ = target.has_parent_path() ? open_or_create_dir(target.parent_path(), 0700, "checkpoint parent directory")
+                                        : open_dir(".", "current directory");
+  struct stat st {};
+  if (::fstatat(cd.parent_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    if (S_ISLNK(st.st_mode))
+      throw Error(Status::permission,
+                  fmt::format("checkpoint directory {} is a symlink; refusing to follow it (give the real path)", target.native()));
+    if (!S_ISDIR(st.st_mode))
+      throw Error(Status::invalid, fmt::format("checkpoint directory {} is not a directory", target.native()));
+    if (!is_empty_dir(cd.parent_.get(), name))
+      throw Error(Status::invalid, fmt::format("{} already holds files (a dump?); checkpoint into a new folder or "
+                                               "remove it first", target.native()));
+    cd.target_was_empty_dir_ = true;
+  } else if (errno != ENOENT) {
+    throw system_error(status_of_errno(errno), errno, fmt::format("cannot examine {}", target.native()));
+  }
+
+  init_sodium();
+  cd.staging_name_ = fmt::format(".{}.staging-{:08x}", name, randombytes_random());
+  cd.dir_ = open_or_create_dir_at(cd.parent_.get(), cd.staging_name_, 0700, "checkpoint staging directory");
+  cd.images_ = open_or_create_dir_at(cd.dir_.get(), images_name, 0700, "checkpoint images directory");
   return cd;
 }
 
-CheckpointDir CheckpointDir::open(const std::filesystem::path& path) {
-  CheckpointDir cd;
-  cd.dir = open_dir(path, "checkpoint directory");
-  cd.images = open_dir_at(cd.dir.get(), images_name, "checkpoint images directory");
-  return cd;
+CheckpointDir::~CheckpointDir() {
+  if (parent_ && !committed_ && !staging_name_.empty()) remove_tree_at(parent_.get(), staging_name_);
+}
+
+void CheckpointDir::commit() {
+  // CRIU does not fsync its images; one syncfs makes the whole staging folder durable.
+  if (::syncfs(dir_.get()) != 0) throw system_error(Status::io, errno, "cannot sync the checkpoint to disk");
+  // An empty target folder is replaced; an absent one must stay absent until now.
+  const int rc = target_was_empty_dir_
+                     ? ::renameat(parent_.get(), staging_name_.c_str(), parent_.get(), target_name_.c_str())
+                     : ::renameat2(parent_.get(), staging_name_.c_str(), parent_.get(), target_name_.c_str(), RENAME_NOREPLACE);
+  if (rc != 0)
+    throw system_error(status_of_errno(errno), errno,
+                       fmt::format("cannot move the finished checkpoint into place at {}", target_.native()));
+  committed_ = true;
+  fsync_fd(parent_.get(), fmt::format("the folder of {}", target_.native()));
 }
 
 }  // namespace nucleus::checkpoint

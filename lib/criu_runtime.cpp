@@ -66,6 +66,14 @@ std::vector<std::string> recorded_command(const std::vector<std::string>& cmdlin
   return command;
 }
 
+// A failed dump's staging folder is removed, but its log is worth keeping: it moves beside the
+// target as NAME.failed-dump.log. Returns where it is.
+std::string keep_failed_log(const CheckpointDir& cd) {
+  const std::string kept = cd.target_name() + ".failed-dump.log";
+  if (::renameat(cd.dir(), "dump.log", cd.parent(), kept.c_str()) != 0) return "(CRIU wrote no log)";
+  return (cd.target().parent_path() / kept).native();
+}
+
 void require_root(std::string_view operation) {
   if (geteuid() != 0)
     throw Error(Status::permission, fmt::format("{} requires root (CRIU needs CAP_SYS_ADMIN and CAP_SYS_PTRACE); "
@@ -254,19 +262,21 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
     // CRIU's log goes into the checkpoint, and so is signed with it, unless a work dir is given.
     const UniqueFd work = options.work_dir.empty() ? UniqueFd()
                                                    : open_or_create_dir(options.work_dir, 0700, "CRIU work directory");
-    const int work_fd = work ? work.get() : cd.dir.get();
-    const fs::path log = (options.work_dir.empty() ? dir : options.work_dir) / "dump.log";
-    const auto args = criu_dump_args(container.pid, proc_fd_path(cd.images.get()), proc_fd_path(work_fd), options);
+    const int work_fd = work ? work.get() : cd.dir();
+    const auto args = criu_dump_args(container.pid, proc_fd_path(cd.images()), proc_fd_path(work_fd), options);
     const ProcessResult r =
-        run_process(binary_, "criu", args, {cd.images.get(), work_fd}, criu_environment(), options.timeout);
-    if (!r.succeeded())
+        run_process(binary_, "criu", args, {cd.images(), work_fd}, criu_environment(), options.timeout);
+    if (!r.succeeded()) {
+      const std::string errors = criu_errors(work_fd, "dump.log", r.output);
       throw Error(Status::criu, fmt::format("criu dump of PID {} ({}) failed ({}): {}. Full log: {}", container.pid,
-                                            process.comm, r.describe(), criu_errors(work_fd, "dump.log", r.output),
-                                            log.native()));
+                                            process.comm, r.describe(), errors,
+                                            work ? (options.work_dir / "dump.log").native() : keep_failed_log(cd)));
+    }
     metadata.checkpoint_at = static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
-    metadata.save(cd.dir.get());
-    HmacTree::sign(cd.dir.get(), signing_key());
+    metadata.save(cd.dir());
+    HmacTree::sign(cd.dir(), signing_key());
+    cd.commit();
   });
   finish(CheckpointState::Dumped);
 }

@@ -1,10 +1,12 @@
 #include "fs_util.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 namespace nucleus::checkpoint {
 
@@ -83,6 +85,24 @@ UniqueFd open_or_create_dir(const std::filesystem::path& path, mode_t mode, std:
   } catch (const Error& e) {
     throw Error(e.status(), fmt::format("{} (in {})", e.what(), parent.native()));
   }
+}
+
+void remove_tree_at(int parent_fd, const std::string& name) noexcept {
+  if (::unlinkat(parent_fd, name.c_str(), 0) == 0 || errno != EISDIR) return;
+  const int fd = ::openat(parent_fd, name.c_str(), dir_flags);
+  DIR* d = fd >= 0 ? ::fdopendir(fd) : nullptr;
+  if (!d) {
+    if (fd >= 0) ::close(fd);
+    return;
+  }
+  std::vector<std::string> names;
+  while (const dirent* e = ::readdir(d)) {
+    const std::string_view n = e->d_name;
+    if (n != "." && n != "..") names.emplace_back(n);
+  }
+  for (const auto& n : names) remove_tree_at(::dirfd(d), n);
+  ::closedir(d);
+  ::unlinkat(parent_fd, name.c_str(), AT_REMOVEDIR);
 }
 
 struct stat stat_fd(int fd, std::string_view what) {

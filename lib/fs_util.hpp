@@ -32,6 +32,10 @@ UniqueFd open_or_create_dir_at(int parent_fd, const std::string& name, mode_t mo
 
 struct stat stat_fd(int fd, std::string_view what);
 
+// Removes parent_fd/name and everything below it, never following a symlink. Best effort: used
+// to clean up, it reports nothing.
+void remove_tree_at(int parent_fd, const std::string& name) noexcept;
+
 // Reads a regular file of at most max_size bytes.
 std::string read_file_at(int dir_fd, const std::string& name, std::size_t max_size,
                          std::string_view what);

@@ -204,7 +204,8 @@ TEST_CASE_METHOD(Fixture, "a failed dump leaves the state None and the process r
   CHECK(rt->state() == CheckpointState::None);
   CHECK(is_alive(child));
   CHECK(process_state(child) != 't');  // not left stopped under ptrace
-  CHECK_FALSE(fs::exists(checkpoint / "checkpoint.hmac"));
+  CHECK_FALSE(fs::exists(checkpoint));  // nothing half-written, no staging folder
+  CHECK(fs::exists(tmp / "checkpoint.failed-dump.log"));
 }
 
 TEST_CASE_METHOD(Fixture, "restore waits for a zombie that still holds a PID of the tree", "[e2e]") {

@@ -116,26 +116,38 @@ TEST_CASE("parse_version reads criu --version", "[criu_runtime]") {
   CHECK_FALSE(CriuRuntime::parse_version("Version: four"));
 }
 
-TEST_CASE("CheckpointDir::prepare makes private folders and refuses symlinks", "[criu_runtime]") {
+TEST_CASE("CheckpointDir stages a checkpoint beside its target and commits it whole", "[criu_runtime]") {
   TempDir tmp;
-  SECTION("creates dir and images/, both 0700") {
+  const auto entries = [&](const fs::path& dir) {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename());
+    return names;
+  };
+  SECTION("private folders, renamed into place on commit; parents created") {
     const fs::path dir = tmp / "a/b/checkpoint";
-    CheckpointDir::prepare(dir);
-    CHECK(fs::is_directory(dir / "images"));
+    {
+      CheckpointDir cd = CheckpointDir::prepare(dir);
+      CHECK_FALSE(fs::exists(dir));  // nothing at the target until it is complete
+      write_file(fs::path(fmt::format("/proc/self/fd/{}/core-1.img", cd.images())), "core");
+      cd.commit();
+    }
+    CHECK(read_file(dir / "images/core-1.img") == "core");
     CHECK(mode_of(dir) == 0700);
     CHECK(mode_of(dir / "images") == 0700);
+    CHECK(entries(tmp / "a/b") == std::vector<std::string>{"checkpoint"});  // no staging left
   }
-  SECTION("tightens an existing folder to 0700") {
-    fs::create_directory(tmp / "open");
-    fs::permissions(tmp / "open", fs::perms::all, fs::perm_options::replace);
-    CheckpointDir::prepare(tmp / "open");
-    CHECK(mode_of(tmp / "open") == 0700);
+  SECTION("not committed: the staging folder is removed and the target stays absent") {
+    {
+      CheckpointDir cd = CheckpointDir::prepare(tmp / "cp");
+      write_file(fs::path(fmt::format("/proc/self/fd/{}/pages-1.img", cd.images())), "pages");
+    }
+    CHECK(entries(tmp.path()).empty());
   }
-  SECTION("refuses a symlinked images folder") {
-    fs::create_directory(tmp / "target");
-    fs::create_directory(tmp / "cp");
-    fs::create_directory_symlink(tmp / "target", tmp / "cp/images");
-    CHECK(contains(require_error([&] { CheckpointDir::prepare(tmp / "cp"); }).what(), "symlink"));
+  SECTION("an existing empty folder is replaced") {
+    fs::create_directory(tmp / "empty");
+    CheckpointDir cd = CheckpointDir::prepare(tmp / "empty/");
+    cd.commit();
+    CHECK(fs::is_directory(tmp / "empty/images"));
   }
   SECTION("refuses a symlinked checkpoint folder") {
     fs::create_directory(tmp / "real");
@@ -146,12 +158,20 @@ TEST_CASE("CheckpointDir::prepare makes private folders and refuses symlinks", "
     write_file(tmp / "not-a-dir", "");
     CHECK(contains(require_error([&] { CheckpointDir::prepare(tmp / "not-a-dir"); }).what(), "not a directory"));
   }
-  SECTION("refuses an images folder that already holds a dump") {
-    fs::create_directories(tmp / "cp/images");
-    write_file(tmp / "cp/images/core-1.img", "old");
+  SECTION("refuses a folder that already holds files, such as a symlinked images folder (seed test)") {
+    fs::create_directory(tmp / "target");
+    fs::create_directory(tmp / "cp");
+    fs::create_directory_symlink(tmp / "target", tmp / "cp/images");
     const auto e = require_error([&] { CheckpointDir::prepare(tmp / "cp"); });
-    CHECK(contains(e.what(), "already holds a dump"));
-    CHECK(read_file(tmp / "cp/images/core-1.img") == "old");
+    CHECK(contains(e.what(), "already holds files"));
+    CHECK(fs::is_symlink(tmp / "cp/images"));
+  }
+  SECTION("a target that appears meanwhile is not overwritten") {
+    CheckpointDir cd = CheckpointDir::prepare(tmp / "cp");
+    fs::create_directory(tmp / "cp");
+    write_file(tmp / "cp/precious", "x");
+    CHECK_THROWS_AS(cd.commit(), Error);
+    CHECK(read_file(tmp / "cp/precious") == "x");
   }
 }
 
@@ -228,10 +248,12 @@ TEST_CASE("a failed dump reports CRIU's errors, signs nothing and returns to Non
   CHECK(e.status() == Status::criu);
   CHECK(contains(e.what(), "the tree is too strange"));
   CHECK_FALSE(contains(e.what(), "RLIMIT_NOFILE"));
-  CHECK(contains(e.what(), (tmp / "cp/dump.log").native()));
+  CHECK(contains(e.what(), (tmp / "cp.failed-dump.log").native()));
+  CHECK(contains(read_file(tmp / "cp.failed-dump.log"), "the tree is too strange"));
   CHECK(rt.state() == CheckpointState::None);
-  CHECK_FALSE(fs::exists(tmp / "cp/checkpoint.hmac"));
-  CHECK_FALSE(fs::exists(tmp / "cp/metadata.json"));
+  CHECK_FALSE(fs::exists(tmp / "cp"));  // no half-written checkpoint, and no staging folder
+  for (const auto& entry : fs::directory_iterator(tmp.path()))
+    CHECK_FALSE(entry.path().filename().native().starts_with(".cp.staging"));
 }
 
 TEST_CASE("checkpoint refuses bad targets before CRIU runs", "[criu_runtime]") {

@@ -19,7 +19,8 @@ cc -std=c11 -Wall -Werror "$src/examples/counter.c" -o "$root/counter"
 c++ -std=c++20 -Wall -Werror "$src/examples/verify_checkpoint.cpp" $(pkg-config --cflags --libs nucleus-checkpoint) \
   -o "$root/verify_checkpoint"
 # The consumers really use the installed library, not the build tree's.
-ldd "$root/demo" | grep -q "$root/sysroot.*libnucleuscheckpoint.so.0" || { ldd "$root/demo"; exit 1; }
+linked=$(ldd "$root/demo")
+[[ $linked == *"$root/sysroot"*libnucleuscheckpoint.so.0* ]] || { echo "$linked"; exit 1; }
 mkdir -m 0700 "$root/keys"
 export NUCLEUS_CHECKPOINT_HMAC_KEY_FILE="$root/keys/key"
 "$root/demo" "$root/counter" "$root/work"
