@@ -8,6 +8,7 @@
 #include <new>
 #include <optional>
 #include <string>
+#include <type_traits>
 
 #include <nucleus/checkpoint/criu_runtime.hpp>
 #include <nucleus/checkpoint/error.hpp>
@@ -27,6 +28,7 @@ struct nc_runtime {
 
 struct nc_options {
   nc::CriuOptions criu;
+  std::uint64_t start_ticks = 0;  // of the container, not of CRIU: kept beside its options
 };
 
 namespace {
@@ -71,7 +73,8 @@ template <typename Set>
 nc_status set_option(nc_options* opts, const char* name, Set&& set) {
   return guard([&] {
     if (opts == nullptr) throw nc::Error(nc::Status::invalid, std::string(name) + ": options are NULL");
-    set(opts->criu);
+    if constexpr (std::is_invocable_v<Set, nc::CriuOptions&>) set(opts->criu);
+    else set(*opts);
   });
 }
 
@@ -229,6 +232,10 @@ nc_status nc_options_set_restore_mode(nc_options* o, nc_restore_mode mode) {
   });
 }
 
+nc_status nc_options_set_start_ticks(nc_options* o, unsigned long long start_ticks) {
+  return set_option(o, __func__, [&](nc_options& all) { all.start_ticks = start_ticks; });
+}
+
 nc_status nc_checkpoint_ex(nc_runtime* rt, const char* container_id, pid_t pid, const char* dir, const nc_options* opts) {
   return guard([&] {
     require(rt != nullptr, "checkpoint: the runtime is NULL");
@@ -237,6 +244,7 @@ nc_status nc_checkpoint_ex(nc_runtime* rt, const char* container_id, pid_t pid, 
     nc::ContainerInfo info;
     info.id = container_id;
     info.pid = pid;
+    info.start_ticks = opts ? opts->start_ticks : 0;
     rt->criu.checkpoint(info, dir, opts ? opts->criu : nc::CriuOptions());
   });
 }

@@ -1,6 +1,8 @@
 /* A sample workload: a process tree of two (a parent and its child), each counting up in a file
  * every 50 ms: DIR/parent and DIR/child. It starts its own session, so the whole tree is one
- * process group. Restored from a checkpoint, both counters go on from where they stopped. */
+ * process group. Restored from a checkpoint, both counters go on from where they stopped.
+ *
+ *   counter DIR [MIB]    with MIB, the parent first fills MIB MiB of memory, for large dumps */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -24,10 +26,13 @@ static void count_forever(int dir_fd, const char *name) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 2) {
-    fprintf(stderr, "usage: %s DIR\n", argv[0]);
+  if (argc != 2 && argc != 3) {
+    fprintf(stderr, "usage: %s DIR [MIB]\n", argv[0]);
     return 2;
   }
+  size_t size = argc == 3 ? (size_t)strtoul(argv[2], NULL, 10) << 20 : 0;
+  char *memory = size ? malloc(size) : NULL;
+  for (size_t i = 0; memory && i < size; i += 4096) memory[i] = (char)(i >> 12);
   int dir_fd = open(argv[1], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir_fd < 0) {
     perror(argv[1]);

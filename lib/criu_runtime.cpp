@@ -245,7 +245,7 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
   require_root("Checkpoint");
   if (container.id.empty()) throw Error(Status::invalid, "container id is empty");
   if (container.pid <= 0) throw Error(Status::invalid, fmt::format("PID {} is not a process", container.pid));
-  const ProcessStatus process = read_process_status(container.pid);
+  const ProcessStatus process = read_process_status(container.pid, container.start_ticks);
   // Built, and checked, before CRIU runs: a dump must never end unsignable.
   CheckpointMetadata metadata;
   metadata.container_id = container.id;
@@ -268,9 +268,11 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
         run_process(binary_, "criu", args, {cd.images(), work_fd}, criu_environment(), options.timeout);
     if (!r.succeeded()) {
       const std::string errors = criu_errors(work_fd, "dump.log", r.output);
-      throw Error(Status::criu, fmt::format("criu dump of PID {} ({}) failed ({}): {}. Full log: {}", container.pid,
+      throw Error(Status::criu, fmt::format("criu dump of PID {} ({}) failed ({}): {}. Full log: {}{}", container.pid,
                                             process.comm, r.describe(), errors,
-                                            work ? (options.work_dir / "dump.log").native() : keep_failed_log(cd)));
+                                            work ? (options.work_dir / "dump.log").native() : keep_failed_log(cd),
+                                            r.timed_out ? ". The tree runs on: CRIU's parasite code removes itself "
+                                                          "when CRIU goes away" : ""));
     }
     metadata.checkpoint_at = static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
@@ -327,6 +329,15 @@ pid_t read_restored_pid(int work_fd) {
   return *pid;
 }
 
+bool restored_tree_runs(int work_fd) {
+  try {
+    const pid_t pid = read_restored_pid(work_fd);
+    return process_exists(pid) && !process_is_zombie(pid);
+  } catch (const Error&) {
+    return false;
+  }
+}
+
 }  // namespace
 
 pid_t CriuRuntime::restore(const fs::path& dir) { return restore(dir, CriuOptions()); }
@@ -354,18 +365,22 @@ pid_t CriuRuntime::restore(const fs::path& dir, const CriuOptions& options) {
       ::unlinkat(work.dir.get(), "restore.pid", 0);
       const ProcessResult r =
           run_process(binary_, "criu", args, {images.get(), work.dir.get()}, criu_environment(), options.timeout);
-      if (r.succeeded()) {
+      // CRIU writes the pidfile once the tree is restored; killed at its timeout after that, the
+      // tree runs and the restore has succeeded.
+      if (r.succeeded() || (r.timed_out && restored_tree_runs(work.dir.get()))) {
         const pid_t restored = read_restored_pid(work.dir.get());
         work.remove();
         return restored;
       }
       // The failed restore's log stays for the operator; CRIU has already killed what it restored.
       const std::string failure =
-          fmt::format("criu restore of {} (container {}, originally PID {}) failed ({}): {}. Full log: {}/restore.log",
+          fmt::format("criu restore of {} (container {}, originally PID {}) failed ({}): {}. Full log: {}/restore.log{}",
                       dir.native(), metadata.container_id, metadata.original_pid, r.describe(),
-                      criu_errors(work.dir.get(), "restore.log", r.output), work.path());
+                      criu_errors(work.dir.get(), "restore.log", r.output), work.path(),
+                      r.timed_out ? ". What CRIU had restored dies with it; the checkpoint is unchanged and can be "
+                                    "restored again" : "");
       const auto taken = taken_pid(failure);
-      if (!taken) throw Error(Status::criu, failure);
+      if (!taken || r.timed_out) throw Error(Status::criu, failure);
       if (process_exists(*taken) && !process_is_zombie(*taken))
         throw Error(Status::criu, fmt::format("cannot restore: PID {} that the checkpoint needs is taken by {}; stop "
                                               "that process (or restore into a new PID namespace) and retry. {}",

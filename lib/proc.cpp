@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 
+#include <cstdlib>
 #include <optional>
 
 #include <fmt/format.h>
@@ -30,6 +31,10 @@ std::optional<ProcessStatus> stat_of(pid_t pid) {
   ProcessStatus st;
   st.comm = stat.substr(open + 1, close - open - 1);
   st.state = stat[close + 2];
+  // Field 22 of /proc/<pid>/stat; fields are counted from pid (1) and comm (2).
+  std::size_t at = close + 2;
+  for (int field = 3; field < 22 && at != std::string::npos; ++field) at = stat.find(' ', at + 1);
+  if (at != std::string::npos) st.start_ticks = std::strtoull(stat.c_str() + at + 1, nullptr, 10);
   try {
     const std::string cmdline = read_file_at(proc.get(), "cmdline", 1 << 20, "process command line");
     for (std::size_t start = 0; start < cmdline.size();) {
@@ -46,9 +51,13 @@ std::optional<ProcessStatus> stat_of(pid_t pid) {
 
 }  // namespace
 
-ProcessStatus read_process_status(pid_t pid) {
+ProcessStatus read_process_status(pid_t pid, std::uint64_t expected_start_ticks) {
   auto st = stat_of(pid);
   if (!st) throw Error(Status::not_found, fmt::format("process {} does not exist; check the PID", pid));
+  if (expected_start_ticks != 0 && st->start_ticks != expected_start_ticks)
+    throw Error(Status::not_found, fmt::format("PID {} now belongs to another process ({}, started at tick {}, not {}): "
+                                               "the container's process has exited and its PID was reused",
+                                               pid, st->comm, st->start_ticks, expected_start_ticks));
   if (st->state == 'Z')
     throw Error(Status::not_found, fmt::format("process {} ({}) is a zombie: it has exited and there is nothing to "
                                                "checkpoint", pid, st->comm));

@@ -3,6 +3,7 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -11,11 +12,13 @@ namespace nucleus::checkpoint {
 struct ProcessStatus {
   std::string comm;
   char state = '?';  // R, S, D, Z, T, ...
+  std::uint64_t start_ticks = 0;  // start time after boot, in clock ticks: tells a reused PID apart
   std::vector<std::string> cmdline;
 };
 
-// Throws Error(Status::not_found) if pid does not exist or is a zombie: nothing to checkpoint.
-ProcessStatus read_process_status(pid_t pid);
+// Throws Error(Status::not_found) if pid does not exist or is a zombie (nothing to checkpoint), or
+// if expected_start_ticks is not 0 and differs from the process's: the PID was reused.
+ProcessStatus read_process_status(pid_t pid, std::uint64_t expected_start_ticks = 0);
 bool process_exists(pid_t pid);
 bool process_is_zombie(pid_t pid);
 // "process 123 (sleep, state S)", or "no process" if it is gone.

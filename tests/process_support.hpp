@@ -57,14 +57,16 @@ bool wait_until(Pred pred, std::chrono::milliseconds limit = std::chrono::second
 // examples/counter: a parent and a child each counting up in dir/parent and dir/child.
 class CounterTree {
  public:
-  explicit CounterTree(const fs::path& dir) : dir_(dir) {
+  // With memory_mib, the parent first fills that much memory, so that a dump takes a while.
+  explicit CounterTree(const fs::path& dir, int memory_mib = 0) : dir_(dir) {
     fs::create_directories(dir_);
     const char* exe = std::getenv("NC_TEST_COUNTER");
     REQUIRE(exe != nullptr);
     pid_ = ::fork();
     REQUIRE(pid_ >= 0);
     if (pid_ == 0) {
-      ::execl(exe, exe, dir_.c_str(), static_cast<char*>(nullptr));
+      const std::string mib = std::to_string(memory_mib);
+      ::execl(exe, exe, dir_.c_str(), mib.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
     REQUIRE(wait_until([&] { return count("parent") >= 3 && count("child") >= 3; }));

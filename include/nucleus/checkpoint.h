@@ -97,6 +97,9 @@ NC_EXPORT nc_status nc_options_set_work_dir(nc_options *opts, const char *dir); 
 NC_EXPORT nc_status nc_options_set_log_level(nc_options *opts, int level);       /* 0 to 4 */
 NC_EXPORT nc_status nc_options_set_timeout_ms(nc_options *opts, unsigned int ms); /* 0: none */
 NC_EXPORT nc_status nc_options_set_restore_mode(nc_options *opts, nc_restore_mode mode);
+/* The dumped process's start time (field 22 of /proc/PID/stat) as the caller recorded it: if the
+ * PID now belongs to a process that started at another time, the dump is refused (NC_E_NOT_FOUND). */
+NC_EXPORT nc_status nc_options_set_start_ticks(nc_options *opts, unsigned long long start_ticks);
 
 /* nc_checkpoint and nc_restore with options; opts may be NULL for the defaults. */
 NC_EXPORT nc_status nc_checkpoint_ex(nc_runtime *rt, const char *container_id, pid_t pid, const char *dir,

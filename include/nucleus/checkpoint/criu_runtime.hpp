@@ -4,6 +4,7 @@
 #include <sys/types.h>
 
 #include <compare>
+#include <cstdint>
 #include <filesystem>
 #include <mutex>
 #include <optional>
@@ -24,6 +25,9 @@ struct ContainerInfo {
   std::string name;                  // empty: same as id
   pid_t pid = 0;                     // root of the tree
   std::vector<std::string> command;  // empty: read from /proc/<pid>/cmdline
+  // The process's start time (/proc/<pid>/stat field 22) when the caller recorded it; if it
+  // differs now, the PID was reused and the dump is refused. 0: not checked.
+  std::uint64_t start_ticks = 0;
   bool using_gvisor = false;
   bool rootless = false;
 };
