@@ -86,6 +86,11 @@ class TreeMac {
     for (const std::string& name : sorted_names(dir_fd, prefix)) {
       if (depth == 0 && name == HmacTree::signature_file) continue;
       const std::string rel = prefix.empty() ? name : prefix + "/" + name;
+      if (++entries_ > HmacTree::max_entries)
+        throw integrity(fmt::format("checkpoint tree has more than {} entries", HmacTree::max_entries));
+      if (rel.size() > HmacTree::max_path_length)
+        throw integrity(fmt::format("checkpoint path '{}...' is longer than {} bytes", rel.substr(0, 64),
+                                    HmacTree::max_path_length));
       if (!is_valid_utf8(name)) throw integrity(fmt::format("Checkpoint path '{}' is not valid UTF-8", rel));
       struct stat st {};
       if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
@@ -143,6 +148,7 @@ class TreeMac {
   std::vector<unsigned char> buffer_;
   const HmacTree::Progress& progress_;
   std::uint64_t hashed_ = 0;
+  std::size_t entries_ = 0;
 };
 
 std::string to_hex(const Mac& mac) {

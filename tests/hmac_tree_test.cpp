@@ -5,16 +5,19 @@
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/stat.h>
+#include <sys/inotify.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <optional>
 #include <set>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -438,4 +441,65 @@ TEST_CASE("nesting deeper than max_depth is refused", "[hmac_tree]") {
   require_integrity_error([&] { (void)HmacTree::compute(dir, key); }, "nested deeper");
   require_integrity_error([&] { HmacTree::sign(dir, key); }, "nested deeper");
   CHECK_FALSE(fs::exists(fs::symlink_status(dir / "checkpoint.hmac")));
+}
+
+TEST_CASE("a path longer than max_path_length is refused", "[hmac_tree]") {
+  TempDir tmp;
+  const fs::path dir = tmp / "long";
+  fs::create_directory(dir);
+  // 20 * 251 bytes > 4096, and longer than PATH_MAX: built one folder at a time by descriptor.
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  for (int i = 0; i < 20 && fd >= 0; ++i) {
+    const std::string name(250, static_cast<char>('a' + i));
+    REQUIRE(::mkdirat(fd, name.c_str(), 0700) == 0);
+    const int next = ::openat(fd, name.c_str(), O_RDONLY | O_DIRECTORY);
+    ::close(fd);
+    fd = next;
+  }
+  REQUIRE(fd >= 0);
+  ::close(fd);
+  require_integrity_error([&] { (void)HmacTree::compute(dir, key_of(32)); }, "longer than");
+}
+
+TEST_CASE("a folder swapped for a symlink during the walk never takes it out of the tree", "[hmac_tree]") {
+  // Another thread keeps swapping images/ for a symlink to a folder outside the checkpoint while
+  // verify runs. inotify on the outside folder shows whether anything there was ever opened.
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  const fs::path outside = tmp / "outside";
+  fs::create_directory(outside);
+  write_file(outside / "pages-1.img", "snapshot");
+  const HmacKey key = key_of(32);
+  HmacTree::sign(dir, key);
+
+  const int watch = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  REQUIRE(watch >= 0);
+  REQUIRE(::inotify_add_watch(watch, outside.c_str(), IN_OPEN | IN_ACCESS) >= 0);
+  std::atomic<bool> stop{false};
+  std::thread swapper([&] {
+    while (!stop) {
+      fs::rename(dir / "images", dir / "images.real");
+      fs::create_directory_symlink(outside, dir / "images");
+      fs::remove(dir / "images");
+      fs::rename(dir / "images.real", dir / "images");
+    }
+  });
+  int passed = 0, refused = 0;
+  for (int i = 0; i < 2000; ++i) {
+    const auto e = error_of([&] { HmacTree::verify(dir, key); });
+    if (!e) {
+      ++passed;
+    } else {
+      CHECK(e->status() == Status::integrity);
+      ++refused;
+    }
+  }
+  stop = true;
+  swapper.join();
+  char events[4096];
+  CHECK(::read(watch, events, sizeof events) < 0);  // nothing outside was opened or read
+  ::close(watch);
+  INFO(passed << " verified, " << refused << " refused");
+  CHECK(refused > 0);  // the race was really run
+  CHECK_NOTHROW(HmacTree::verify(dir, key));
 }

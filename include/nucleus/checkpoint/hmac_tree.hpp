@@ -8,6 +8,7 @@
 // O_NOFOLLOW, so a walk never leaves the tree.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -20,7 +21,10 @@ namespace nucleus::checkpoint {
 class NC_EXPORT HmacTree {
  public:
   static constexpr const char* signature_file = "checkpoint.hmac";
-  static constexpr int max_depth = 64;  // folders nested below the checkpoint folder
+  // Limits on what a walk accepts; beyond them a tree is an integrity failure, not a resource sink.
+  static constexpr int max_depth = 64;                   // folders nested below the checkpoint folder
+  static constexpr std::size_t max_entries = 1000000;    // files and folders in the whole tree
+  static constexpr std::size_t max_path_length = 4096;   // bytes of a relative path
   // Called as file bytes are hashed, with the running total, about once a MiB.
   using Progress = std::function<void(std::uint64_t bytes_hashed)>;
 
