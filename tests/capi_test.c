@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -165,6 +166,11 @@ static void test_checkpoint_restore(void) {
   nc_runtime_free(rt);
 }
 
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+  (void)st, (void)type, (void)ftw;
+  return remove(path);
+}
+
 int main(void) {
   const char *tmp = getenv("NC_TEST_TMPDIR");
   char templ[4096];
@@ -187,6 +193,7 @@ int main(void) {
   test_options_and_versions();
   test_sign_verify();
   test_checkpoint_restore();
+  nftw(base, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
   printf("capi: %d checks, %d failed\n", checks, failures);
   return failures == 0 ? 0 : 1;
 }
