@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <memory>
 
 #include <fmt/format.h>
 
@@ -93,6 +94,74 @@ void CheckpointDir::commit() {
                        fmt::format("cannot move the finished checkpoint into place at {}", target_.native()));
   committed_ = true;
   fsync_fd(parent_.get(), fmt::format("the folder of {}", target_.native()));
+}
+
+namespace {
+
+// Visits every folder and file below dir_fd (not dir_fd itself), each opened O_NOFOLLOW relative
+// to its parent; symlinks and special files are passed to the visitor unopened (fd -1).
+template <typename Visit>
+void walk_tree(int dir_fd, const std::string& prefix, int depth, Visit& visit) {
+  if (depth > 64) throw Error(Status::integrity, fmt::format("checkpoint tree is nested too deep at '{}'", prefix));
+  const int dup_fd = ::fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);
+  DIR* d = dup_fd >= 0 ? ::fdopendir(dup_fd) : nullptr;
+  if (!d) {
+    if (dup_fd >= 0) ::close(dup_fd);
+    throw system_error(Status::io, errno, fmt::format("cannot read checkpoint folder '{}'", prefix));
+  }
+  std::unique_ptr<DIR, int (*)(DIR*)> closer(d, ::closedir);
+  ::rewinddir(d);
+  while (const dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    const std::string rel = prefix.empty() ? name : prefix + "/" + name;
+    struct stat st {};
+    if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;  // gone meanwhile
+    if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
+      visit(-1, st, rel);
+      continue;
+    }
+    const UniqueFd fd(::openat(dir_fd, name.c_str(),
+                               (S_ISDIR(st.st_mode) ? O_DIRECTORY : O_NONBLOCK) | O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd) throw system_error(status_of_errno(errno), errno, fmt::format("cannot open checkpoint entry '{}'", rel));
+    const struct stat now = stat_fd(fd.get(), rel);
+    visit(fd.get(), now, rel);
+    if (S_ISDIR(now.st_mode)) walk_tree(fd.get(), rel, depth + 1, visit);
+  }
+}
+
+void check_private(const struct stat& st, std::string_view what) {
+  if (st.st_uid != ::geteuid() || (st.st_mode & 022) != 0)
+    throw Error(Status::permission,
+                fmt::format("{} can be changed by others than uid {} (owner {}, mode {:o}), so it could change between "
+                            "verification and restore; if you trust it, make it yours alone: chown -R {} and "
+                            "chmod -R go-w the checkpoint", what, ::geteuid(), st.st_uid, st.st_mode & 07777, ::geteuid()));
+}
+
+}  // namespace
+
+void require_private_dir(int dir_fd, const fs::path& path, std::string_view what) {
+  check_private(stat_fd(dir_fd, what), fmt::format("{} {}", what, path.native()));
+}
+
+void require_private_tree(int dir_fd) {
+  check_private(stat_fd(dir_fd, "checkpoint directory"), "the checkpoint directory");
+  auto visit = [](int, const struct stat& st, const std::string& rel) {
+    check_private(st, fmt::format("checkpoint entry '{}'", rel));
+    if (S_ISREG(st.st_mode) && st.st_nlink != 1)
+      throw Error(Status::permission, fmt::format("checkpoint file '{}' has {} hard links: it may be changed through "
+                                                  "another name; copy the checkpoint instead of linking it", rel,
+                                                  st.st_nlink));
+  };
+  walk_tree(dir_fd, "", 0, visit);
+}
+
+void make_tree_private(int dir_fd) {
+  auto visit = [](int fd, const struct stat& st, const std::string& rel) {
+    if (fd >= 0 && ::fchmod(fd, S_ISDIR(st.st_mode) ? 0700 : 0600) != 0)
+      throw system_error(status_of_errno(errno), errno, fmt::format("cannot make checkpoint entry '{}' private", rel));
+  };
+  walk_tree(dir_fd, "", 0, visit);
 }
 
 }  // namespace nucleus::checkpoint

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <string>
+#include <string_view>
 
 #include "unique_fd.hpp"
 
@@ -40,5 +41,14 @@ class CheckpointDir {
   bool target_was_empty_dir_ = false;
   bool committed_ = false;
 };
+
+// Refuses (Status::permission) a checkpoint tree that anyone but the effective uid could change:
+// a folder or file not owned by it, writable by group or others, or a file with other hard
+// links. Restore requires this, so that nothing can change between verification and CRIU.
+void require_private_tree(int dir_fd);
+// Folders 0700 and files 0600 below dir_fd: images hold process memory.
+void make_tree_private(int dir_fd);
+// A folder given to CRIU to write in (a work dir) must be the caller's alone.
+void require_private_dir(int dir_fd, const std::filesystem::path& path, std::string_view what);
 
 }  // namespace nucleus::checkpoint

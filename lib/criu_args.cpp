@@ -41,7 +41,9 @@ std::vector<std::string> criu_dump_args(pid_t pid, const std::string& images_dir
                                         const CriuOptions& o) {
   auto args = common_args("dump", images_dir, work_dir, o);
   args.insert(args.begin() + 1, {"--tree", std::to_string(pid)});
-  if (o.leave_running) args.emplace_back("--leave-running");
+  // Without leave_running the tree is left stopped, not killed: the library kills it only once
+  // the checkpoint is signed and in place, and resumes it if anything fails before that.
+  args.emplace_back(o.leave_running ? "--leave-running" : "--leave-stopped");
   return args;
 }
 

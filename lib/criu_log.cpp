@@ -49,6 +49,15 @@ std::string criu_errors(int dir_fd, const std::string& log_name, std::string_vie
   return out;
 }
 
+std::string log_tail(int dir_fd, const std::string& log_name) {
+  try {
+    const std::string log = read_file_at(dir_fd, log_name, max_log_read, "CRIU log");
+    return log.substr(log.size() > 4096 ? log.size() - 4096 : 0);
+  } catch (const Error&) {
+    return {};
+  }
+}
+
 std::optional<pid_t> taken_pid(std::string_view errors) {
   constexpr std::string_view marker = "Can't fork for ";
   const auto at = errors.find(marker);

@@ -14,6 +14,9 @@ namespace nucleus::checkpoint {
 // the library knows (a CRIU too old for the kernel's vDSO).
 std::string criu_errors(int dir_fd, const std::string& log_name, std::string_view console_output);
 
+// The last 4 KiB of log_name in dir_fd ("" if unreadable): where CRIU says how it ended.
+std::string log_tail(int dir_fd, const std::string& log_name);
+
 // The PID of "Can't fork for PID: File exists": a PID the restored tree needs is taken.
 std::optional<pid_t> taken_pid(std::string_view criu_errors);
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <charconv>
 #include <chrono>
 #include <cstdlib>
@@ -68,6 +69,13 @@ std::vector<std::string> recorded_command(const std::vector<std::string>& cmdlin
 
 // A failed dump's staging folder is removed, but its log is worth keeping: it moves beside the
 // target as NAME.failed-dump.log. Returns where it is.
+// CRIU, as root, writes its log (and pidfile) there, following symlinks: the folder must be ours.
+UniqueFd open_work_dir(const fs::path& path) {
+  UniqueFd fd = open_or_create_dir(path, 0700, "CRIU work directory");
+  require_private_dir(fd.get(), path, "CRIU work directory");
+  return fd;
+}
+
 std::string keep_failed_log(const CheckpointDir& cd) {
   const std::string kept = cd.target_name() + ".failed-dump.log";
   if (::renameat(cd.dir(), "dump.log", cd.parent(), kept.c_str()) != 0) return "(CRIU wrote no log)";
@@ -87,10 +95,12 @@ const std::vector<fs::path>& CriuRuntime::trusted_paths() {
   return paths;
 }
 
-void CriuRuntime::validate_binary(const fs::path& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0)
-    throw system_error(status_of_errno(errno), errno, fmt::format("Cannot stat criu binary {}", path.native()));
+namespace {
+
+// The checks of validate_binary, on what an open descriptor refers to; and every folder above
+// it must be writable only by root or the caller, so nobody else could have swapped it.
+void check_binary(int fd, const fs::path& path) {
+  const struct stat st = stat_fd(fd, "criu binary");
   if (!S_ISREG(st.st_mode)) throw Error(Status::invalid, fmt::format("criu binary {} is not a regular file", path.native()));
   if ((st.st_mode & 022) != 0)
     throw Error(Status::permission, fmt::format("criu binary {} is writable by group/others (mode {:o}), refusing to "
@@ -100,7 +110,29 @@ void CriuRuntime::validate_binary(const fs::path& path) {
   if (st.st_uid != 0 && st.st_uid != geteuid())
     throw Error(Status::permission, fmt::format("criu binary {} is owned by UID {} (expected root or euid {}), refusing "
                                                 "to execute", path.native(), st.st_uid, geteuid()));
+  std::error_code ec;
+  const fs::path real = fs::read_symlink(fmt::format("/proc/self/fd/{}", fd), ec);
+  for (fs::path dir = real.parent_path(); !ec && !dir.empty(); dir = dir.parent_path()) {
+    struct stat ds {};
+    if (::lstat(dir.c_str(), &ds) != 0) break;
+    if ((ds.st_uid != 0 && ds.st_uid != geteuid()) || (ds.st_mode & 022) != 0)
+      throw Error(Status::permission, fmt::format("criu binary {} is in {}, which others can change (owner {}, mode {:o}); "
+                                                  "refusing to execute it", path.native(), dir.native(), ds.st_uid,
+                                                  ds.st_mode & 07777));
+    if (dir == dir.root_path()) break;
+  }
 }
+
+UniqueFd open_binary(const fs::path& path) {
+  UniqueFd fd(::open(path.c_str(), O_PATH | O_CLOEXEC));
+  if (!fd) throw system_error(status_of_errno(errno), errno, fmt::format("Cannot stat criu binary {}", path.native()));
+  check_binary(fd.get(), path);
+  return fd;
+}
+
+}  // namespace
+
+void CriuRuntime::validate_binary(const fs::path& path) { open_binary(path); }
 
 namespace {
 
@@ -172,9 +204,10 @@ std::optional<pid_t> CriuRuntime::parse_pidfile(std::string_view text) {
 CriuRuntime::CriuRuntime() : CriuRuntime(find_binary()) {}
 
 CriuRuntime::CriuRuntime(fs::path criu_binary) : binary_(std::move(criu_binary)) {
-  validate_binary(binary_);
-  const ProcessResult r = run_process(binary_, "criu", {"--version"}, {}, criu_environment());
-  if (!r.succeeded())
+  // Checked once, then always run through this descriptor: the path is never looked up again.
+  UniqueFd binary = open_binary(binary_);
+  const ProcessResult r = run_process(binary.get(), "criu", {"--version"}, {}, criu_environment());
+  if (!r.succeeded_by(r.output, "Version:"))
     throw Error(Status::criu, fmt::format("{} --version failed ({}): {}", binary_.native(), r.describe(), r.output));
   auto version = parse_version(r.output);
   if (!version)
@@ -186,14 +219,19 @@ CriuRuntime::CriuRuntime(fs::path criu_binary) : binary_(std::move(criu_binary))
                             "understands from 4.1 on, so every dump would fail. Install CRIU >= 4.1 "
                             "(scripts/install-criu.sh builds one into /usr/local/sbin) and remove or pass past "
                             "this one", version_.text, binary_.native()));
+  binary_fd_ = binary.release();
 }
 
 void CriuRuntime::check() const {
   require_root("criu check");
-  const ProcessResult r = run_process(binary_, "criu", {"check"}, {}, criu_environment());
-  if (!r.succeeded() || r.output.find("Looks good") == std::string::npos)
+  const ProcessResult r = run_process(binary_fd_, "criu", {"check"}, {}, criu_environment());
+  if (!r.succeeded_by(r.output, "Looks good") || r.output.find("Looks good") == std::string::npos)
     throw Error(Status::criu, fmt::format("criu check with {} (CRIU {}) failed ({}): {}", binary_.native(), version_.text,
                                           r.describe(), r.output));
+}
+
+CriuRuntime::~CriuRuntime() {
+  if (binary_fd_ >= 0) ::close(binary_fd_);
 }
 
 CheckpointState CriuRuntime::state() const {
@@ -256,17 +294,17 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
   metadata.using_gvisor = container.using_gvisor;
   metadata.rootless = container.rootless;
   metadata.to_json();
+  const HmacKey key = signing_key();  // before CRIU touches the tree: a key problem loses nothing
   begin(CheckpointState::Dumping);
   guarded(*this, &CriuRuntime::finish, [&] {
     CheckpointDir cd = CheckpointDir::prepare(dir);
     // CRIU's log goes into the checkpoint, and so is signed with it, unless a work dir is given.
-    const UniqueFd work = options.work_dir.empty() ? UniqueFd()
-                                                   : open_or_create_dir(options.work_dir, 0700, "CRIU work directory");
+    const UniqueFd work = options.work_dir.empty() ? UniqueFd() : open_work_dir(options.work_dir);
     const int work_fd = work ? work.get() : cd.dir();
-    const auto args = criu_dump_args(container.pid, proc_fd_path(cd.images()), proc_fd_path(work_fd), options);
+    const auto args = criu_dump_args(container.pid, proc_fd_path(child_fd(0)), proc_fd_path(child_fd(1)), options);
     const ProcessResult r =
-        run_process(binary_, "criu", args, {cd.images(), work_fd}, criu_environment(), options.timeout);
-    if (!r.succeeded()) {
+        run_process(binary_fd_, "criu", args, {cd.images(), work_fd}, criu_environment(), options.timeout);
+    if (!r.succeeded_by(r.status_lost ? log_tail(work_fd, "dump.log") : "", "Dumping finished successfully")) {
       const std::string errors = criu_errors(work_fd, "dump.log", r.output);
       throw Error(Status::criu, fmt::format("criu dump of PID {} ({}) failed ({}): {}. Full log: {}{}", container.pid,
                                             process.comm, r.describe(), errors,
@@ -274,11 +312,21 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
                                             r.timed_out ? ". The tree runs on: CRIU's parasite code removes itself "
                                                           "when CRIU goes away" : ""));
     }
-    metadata.checkpoint_at = static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
-    metadata.save(cd.dir());
-    HmacTree::sign(cd.dir(), signing_key());
-    cd.commit();
+    // The tree is now stopped (or running, with leave_running); it ends only once the checkpoint
+    // is safely in place, and runs on if anything fails first.
+    const std::vector<pid_t> tree = process_tree(container.pid);
+    try {
+      metadata.checkpoint_at = static_cast<std::uint64_t>(
+          std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+      make_tree_private(cd.dir());  // CRIU writes its images 0644; they hold process memory
+      metadata.save(cd.dir());
+      HmacTree::sign(cd.dir(), key);
+      cd.commit();
+    } catch (...) {
+      if (!options.leave_running) signal_tree(tree, SIGCONT);
+      throw;
+    }
+    if (!options.leave_running) kill_tree(tree);
   });
   finish(CheckpointState::Dumped);
 }
@@ -296,7 +344,7 @@ struct RestoreWorkDir {
 
   explicit RestoreWorkDir(const fs::path& work_dir) : given(work_dir) {
     if (!given.empty()) {
-      dir = open_or_create_dir(given, 0700, "CRIU work directory");
+      dir = open_work_dir(given);
       return;
     }
     parent = open_or_create_dir(restore_run_dir, 0700, "restore work directory");
@@ -347,7 +395,9 @@ pid_t CriuRuntime::restore(const fs::path& dir, const CriuOptions& options) {
   begin(CheckpointState::Restoring);
   const pid_t pid = guarded(*this, &CriuRuntime::finish, [&] {
     const UniqueFd dir_fd = open_dir(dir, "checkpoint directory");
-    // Nothing of the checkpoint is parsed, and nothing of CRIU runs, before it verifies.
+    // Nothing but root may be able to change what is verified, or it could change before CRIU
+    // reads it; nothing of the checkpoint is parsed, and nothing of CRIU runs, before it verifies.
+    require_private_tree(dir_fd.get());
     if (key_) HmacTree::verify(dir_fd.get(), *key_);
     else HmacTree::verify(dir_fd.get(), KeyStore());
     const CheckpointMetadata metadata = CheckpointMetadata::load(dir_fd.get());
@@ -359,15 +409,16 @@ pid_t CriuRuntime::restore(const fs::path& dir, const CriuOptions& options) {
     }
 
     RestoreWorkDir work(options.work_dir);
-    const auto args = criu_restore_args(proc_fd_path(images.get()), proc_fd_path(work.dir.get()), options);
+    const auto args = criu_restore_args(proc_fd_path(child_fd(0)), proc_fd_path(child_fd(1)), options);
     const auto deadline = std::chrono::steady_clock::now() + zombie_grace;
     for (;;) {
       ::unlinkat(work.dir.get(), "restore.pid", 0);
       const ProcessResult r =
-          run_process(binary_, "criu", args, {images.get(), work.dir.get()}, criu_environment(), options.timeout);
+          run_process(binary_fd_, "criu", args, {images.get(), work.dir.get()}, criu_environment(), options.timeout);
       // CRIU writes the pidfile once the tree is restored; killed at its timeout after that, the
       // tree runs and the restore has succeeded.
-      if (r.succeeded() || (r.timed_out && restored_tree_runs(work.dir.get()))) {
+      if (r.succeeded_by(r.status_lost ? log_tail(work.dir.get(), "restore.log") : "", "Restore finished successfully") ||
+          (r.timed_out && restored_tree_runs(work.dir.get()))) {
         const pid_t restored = read_restored_pid(work.dir.get());
         work.remove();
         return restored;

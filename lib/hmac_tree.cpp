@@ -42,6 +42,7 @@ std::vector<std::string> sorted_names(int dir_fd, const std::string& rel) {
     ::close(dup_fd);
     throw system_error(Status::io, errno, fmt::format("cannot read checkpoint folder '{}'", rel));
   }
+  ::rewinddir(dir.get());  // the duplicate shares the caller's offset, which may be at the end
   std::vector<std::string> names;
   errno = 0;
   while (const dirent* entry = ::readdir(dir.get())) {

@@ -89,6 +89,10 @@ UniqueFd open_key_dir(const fs::path& dir, bool create) {
     check_private(stat_fd(fd.get(), "checkpoint HMAC key directory"), "checkpoint HMAC key directory", dir);
     return fd;
   } catch (const Error& e) {
+    if (!create && e.status() == Status::not_found)
+      throw Error(Status::key, fmt::format("{}: there is no checkpoint HMAC key on this machine; copy the signing "
+                                           "machine's key into {} (folder 0700, file 0600), or set {}",
+                                           e.what(), dir.native(), env_key_file));
     throw Error(Status::key, e.what());
   }
 }

@@ -28,10 +28,17 @@ const rapidjson::Value& field(const rapidjson::Value& root, const char* name) {
   return it->value;
 }
 
+// A JSON string as UTF-8: an escaped lone surrogate ("\udc00") decodes to bytes that are not.
+std::string utf8_string(const rapidjson::Value& v, const char* name) {
+  std::string s(v.GetString(), v.GetStringLength());
+  if (!is_valid_utf8(s)) throw malformed(fmt::format("field \"{}\" is not valid UTF-8", name));
+  return s;
+}
+
 std::string string_field(const rapidjson::Value& root, const char* name) {
   const auto& v = field(root, name);
   if (!v.IsString()) throw malformed(fmt::format("field \"{}\" must be a string", name));
-  return {v.GetString(), v.GetStringLength()};
+  return utf8_string(v, name);
 }
 
 bool bool_field(const rapidjson::Value& root, const char* name) {
@@ -100,6 +107,11 @@ CheckpointMetadata CheckpointMetadata::from_json(std::string_view json) {
   if (doc.HasParseError())
     throw malformed(fmt::format("{} at byte {}", rapidjson::GetParseError_En(doc.GetParseError()), doc.GetErrorOffset()));
   if (!doc.IsObject()) throw malformed("the top level must be a JSON object");
+  // serde_json refuses a field given twice; so does this, rather than pick one.
+  for (auto a = doc.MemberBegin(); a != doc.MemberEnd(); ++a)
+    for (auto b = a + 1; b != doc.MemberEnd(); ++b)
+      if (a->name == b->name)
+        throw malformed(fmt::format("field \"{}\" appears twice", std::string_view(a->name.GetString(), a->name.GetStringLength())));
   CheckpointMetadata m;
   m.container_id = string_field(doc, "container_id");
   m.container_name = string_field(doc, "container_name");
@@ -108,7 +120,7 @@ CheckpointMetadata CheckpointMetadata::from_json(std::string_view json) {
   if (!command.IsArray()) throw malformed("field \"command\" must be an array of strings");
   for (const auto& arg : command.GetArray()) {
     if (!arg.IsString()) throw malformed("field \"command\" must be an array of strings");
-    m.command.emplace_back(arg.GetString(), arg.GetStringLength());
+    m.command.push_back(utf8_string(arg, "command"));
   }
   m.checkpoint_at = uint_field(doc, "checkpoint_at", std::numeric_limits<std::uint64_t>::max());
   m.version = string_field(doc, "version");

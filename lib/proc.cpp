@@ -1,9 +1,14 @@
 #include "proc.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
 
 #include <cstdlib>
+#include <chrono>
 #include <optional>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -69,6 +74,45 @@ bool process_exists(pid_t pid) { return stat_of(pid).has_value(); }
 bool process_is_zombie(pid_t pid) {
   const auto st = stat_of(pid);
   return st && st->state == 'Z';
+}
+
+std::vector<pid_t> process_tree(pid_t pid) {
+  std::vector<pid_t> tree{pid};
+  for (std::size_t i = 0; i < tree.size() && tree.size() < 100000; ++i) {
+    const UniqueFd tasks(::open(fmt::format("/proc/{}/task", tree[i]).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    DIR* d = tasks ? ::fdopendir(::dup(tasks.get())) : nullptr;
+    if (!d) continue;
+    while (const dirent* e = ::readdir(d)) {
+      if (e->d_name[0] == '.') continue;
+      std::string children;
+      try {
+        children = read_file_at(tasks.get(), fmt::format("{}/children", e->d_name), 1 << 20, "task children");
+      } catch (const Error&) {
+        continue;  // the task exited meanwhile
+      }
+      for (const char* p = children.c_str(); *p;) {
+        char* end = nullptr;
+        const long child = std::strtol(p, &end, 10);
+        if (end == p) break;
+        tree.push_back(static_cast<pid_t>(child));
+        p = end;
+      }
+    }
+    ::closedir(d);
+  }
+  return tree;
+}
+
+void signal_tree(const std::vector<pid_t>& tree, int sig) noexcept {
+  for (const pid_t pid : tree) ::kill(pid, sig);
+}
+
+void kill_tree(const std::vector<pid_t>& tree) noexcept {
+  signal_tree(tree, SIGKILL);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (const pid_t pid : tree)
+    while (process_exists(pid) && !process_is_zombie(pid) && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
 }
 
 std::string describe_process(pid_t pid) {

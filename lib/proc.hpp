@@ -21,6 +21,14 @@ struct ProcessStatus {
 ProcessStatus read_process_status(pid_t pid, std::uint64_t expected_start_ticks = 0);
 bool process_exists(pid_t pid);
 bool process_is_zombie(pid_t pid);
+// pid and all its descendants (through /proc/<pid>/task/<tid>/children), parents first.
+std::vector<pid_t> process_tree(pid_t pid);
+// Sends sig to every process of a tree collected by process_tree.
+void signal_tree(const std::vector<pid_t>& tree, int sig) noexcept;
+// SIGKILL to every process of the tree, then waits (up to 5 s) until each has died: gone, or a
+// zombie for its parent to reap. As `criu dump` without --leave-running would have returned.
+void kill_tree(const std::vector<pid_t>& tree) noexcept;
+
 // "process 123 (sleep, state S)", or "no process" if it is gone.
 std::string describe_process(pid_t pid);
 

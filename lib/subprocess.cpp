@@ -1,8 +1,9 @@
 #include "subprocess.hpp"
 
 #include <fcntl.h>
-#include <spawn.h>
+#include <linux/sched.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -10,8 +11,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdint>
 #include <csignal>
+#include <cstdint>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -20,24 +21,34 @@
 
 #include "fs_util.hpp"
 
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
 namespace nucleus::checkpoint {
 
-bool ProcessResult::succeeded() const noexcept { return WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0; }
+bool ProcessResult::succeeded_by(std::string_view log, std::string_view marker) const noexcept {
+  return succeeded() || (status_lost && !timed_out &&
+                         (log.find(marker) != std::string_view::npos || output.find(marker) != std::string::npos));
+}
 
 std::string ProcessResult::describe() const {
   if (timed_out) return "timed out and was killed";
-  if (WIFEXITED(wait_status)) return fmt::format("exit code {}", WEXITSTATUS(wait_status));
-  if (WIFSIGNALED(wait_status)) return fmt::format("killed by signal {} ({})", WTERMSIG(wait_status), strsignal(WTERMSIG(wait_status)));
-  return fmt::format("wait status {}", wait_status);
+  if (status_lost) return "its exit status was taken by another wait() in this process";
+  if (signal != 0) return fmt::format("killed by signal {} ({})", signal, strsignal(signal));
+  return fmt::format("exit code {}", exit_code);
 }
 
 namespace {
 
-struct SpawnActions {
-  posix_spawn_file_actions_t actions{};
-  SpawnActions() { posix_spawn_file_actions_init(&actions); }
-  ~SpawnActions() { posix_spawn_file_actions_destroy(&actions); }
-};
+// Above every number the child's descriptors are moved to, so no dup2 there overwrites a source.
+constexpr int high_fd = 64;
+
+UniqueFd high_copy(int fd) {
+  UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, high_fd));
+  if (!copy) throw system_error(Status::io, errno, "cannot duplicate a descriptor for CRIU");
+  return copy;
+}
 
 std::vector<char*> c_strings(std::vector<std::string>& strings) {
   std::vector<char*> out;
@@ -46,54 +57,97 @@ std::vector<char*> c_strings(std::vector<std::string>& strings) {
   return out;
 }
 
-// Waits up to `timeout` for pid to exit without reaping it; kills it if it does not.
-bool wait_exit(pid_t pid, std::chrono::milliseconds timeout) {
-  UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-  if (!pidfd) throw system_error(Status::internal, errno, "pidfd_open failed");
+// In the new process: only async-signal-safe calls from here to execveat.
+[[noreturn]] void exec_child(int null_fd, int output_fd, int program_fd, const int* sources, std::size_t count,
+                             char* const* argv, char* const* envp) {
+  for (int sig = 1; sig < NSIG; ++sig) {
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    ::sigaction(sig, &dfl, nullptr);  // fails harmlessly for SIGKILL, SIGSTOP and glibc's own
+  }
+  sigset_t none;
+  ::sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  if (::dup2(null_fd, 0) < 0 || ::dup2(output_fd, 1) < 0 || ::dup2(output_fd, 2) < 0) ::_exit(127);
+  for (std::size_t i = 0; i < count; ++i)
+    if (::dup2(sources[i], child_fd(i)) < 0) ::_exit(127);
+  const int program = child_fd(count);
+  if (::dup2(program_fd, program) < 0) ::_exit(127);
+  ::syscall(SYS_close_range, program + 1, ~0U, 0);
+  ::syscall(SYS_execveat, program, "", argv, envp, AT_EMPTY_PATH);
+  ::_exit(127);
+}
+
+// Waits up to `timeout` (0: forever) for the process to exit; kills it once the timeout passes.
+bool wait_exit(int pidfd, std::chrono::milliseconds timeout) {
+  if (timeout.count() <= 0) return true;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    pollfd p{pidfd.get(), POLLIN, 0};
+    pollfd p{pidfd, POLLIN, 0};
     const int n = ::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(left.count(), 0)));
     if (n > 0) return true;
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw system_error(Status::internal, errno, "poll on a pidfd failed");
-    ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+    ::syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0);
     return false;
   }
 }
 
 }  // namespace
 
-ProcessResult run_process(const std::string& program, const std::string& program_name,
-                          const std::vector<std::string>& args, const std::vector<int>& inherited_fds,
-                          const std::vector<std::string>& env, std::chrono::milliseconds timeout) {
+ProcessResult run_process(int program_fd, const std::string& program_name, const std::vector<std::string>& args,
+                          const std::vector<int>& inherited_fds, const std::vector<std::string>& env,
+                          std::chrono::milliseconds timeout) {
   UniqueFd output(::memfd_create("nucleus-checkpoint-output", MFD_CLOEXEC));
   if (!output) throw system_error(Status::io, errno, "cannot create a memfd for CRIU's output");
   UniqueFd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
   if (!null) throw system_error(Status::io, errno, "cannot open /dev/null");
-
-  SpawnActions fa;
-  posix_spawn_file_actions_adddup2(&fa.actions, null.get(), STDIN_FILENO);
-  posix_spawn_file_actions_adddup2(&fa.actions, output.get(), STDOUT_FILENO);
-  posix_spawn_file_actions_adddup2(&fa.actions, output.get(), STDERR_FILENO);
-  for (int fd : inherited_fds) posix_spawn_file_actions_adddup2(&fa.actions, fd, fd);  // clears FD_CLOEXEC
+  const UniqueFd null_high = high_copy(null.get()), output_high = high_copy(output.get()),
+                 program_high = high_copy(program_fd);
+  std::vector<UniqueFd> sources;
+  std::vector<int> source_numbers;
+  for (int fd : inherited_fds) {
+    sources.push_back(high_copy(fd));
+    source_numbers.push_back(sources.back().get());
+  }
 
   std::vector<std::string> argv_strings{program_name};
   argv_strings.insert(argv_strings.end(), args.begin(), args.end());
   std::vector<std::string> env_strings = env;
-  auto argv = c_strings(argv_strings);
-  auto envp = c_strings(env_strings);
+  const auto argv = c_strings(argv_strings);
+  const auto envp = c_strings(env_strings);
 
-  pid_t pid = -1;
-  if (const int err = posix_spawn(&pid, program.c_str(), &fa.actions, nullptr, argv.data(), envp.data()); err != 0)
-    throw system_error(Status::criu, err, fmt::format("cannot start {}", program_name));
+  // No signal handler of the caller may run in the child before it has reset them.
+  sigset_t all, old;
+  ::sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  int pidfd_raw = -1;
+  clone_args ca{};
+  ca.flags = CLONE_PIDFD;
+  ca.pidfd = reinterpret_cast<std::uint64_t>(&pidfd_raw);
+  ca.exit_signal = SIGCHLD;
+  const long pid = ::syscall(SYS_clone3, &ca, sizeof ca);
+  if (pid == 0)
+    exec_child(null_high.get(), output_high.get(), program_high.get(), source_numbers.data(), source_numbers.size(),
+               argv.data(), envp.data());
+  const int clone_errno = errno;
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid < 0) throw system_error(Status::internal, clone_errno, fmt::format("cannot start {}", program_name));
+  const UniqueFd pidfd(pidfd_raw);
 
   ProcessResult result;
-  if (timeout.count() > 0) result.timed_out = !wait_exit(pid, timeout);
-  while (::waitpid(pid, &result.wait_status, 0) < 0) {
-    if (errno != EINTR) throw system_error(Status::internal, errno, fmt::format("cannot wait for {}", program_name));
+  result.timed_out = !wait_exit(pidfd.get(), timeout);
+  siginfo_t info{};
+  int rc;
+  while ((rc = ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd.get()), &info, WEXITED | __WALL)) < 0 &&
+         errno == EINTR) {
   }
+  if (rc < 0 && errno != ECHILD)
+    throw system_error(Status::internal, errno, fmt::format("cannot wait for {}", program_name));
+  if (rc < 0) result.status_lost = true;
+  else if (info.si_code == CLD_EXITED) result.exit_code = info.si_status;
+  else result.signal = info.si_status;
   result.output.resize(64 * 1024);
   const ssize_t n = ::pread(output.get(), result.output.data(), result.output.size(), 0);
   result.output.resize(n > 0 ? static_cast<std::size_t>(n) : 0);

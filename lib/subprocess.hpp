@@ -1,29 +1,39 @@
-// Runs a program with a fixed environment and collects its exit status and output.
+// Runs a program with a fixed environment and exactly the descriptors it is given, and collects
+// its exit status and output.
 #pragma once
 
 #include <chrono>
-#include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace nucleus::checkpoint {
 
 struct ProcessResult {
-  int wait_status = 0;
+  int exit_code = -1;      // when it exited
+  int signal = 0;          // when a signal ended it
   bool timed_out = false;  // killed by run_process when its timeout passed
-  std::string output;  // stdout and stderr, interleaved, at most 64 KiB
+  bool status_lost = false;  // someone else reaped it (a caller's reaper, or SIGCHLD set to SIG_IGN)
+  std::string output;      // stdout and stderr, interleaved, at most 64 KiB
 
-  bool succeeded() const noexcept;
-  std::string describe() const;  // "exit code 1", "killed by signal 9"
+  bool succeeded() const noexcept { return exit_code == 0; }
+  std::string describe() const;  // "exit code 1", "killed by signal 9", "timed out and was killed"
+  // Succeeded, or its status was lost and `output`/`log` holds `marker`, CRIU's own last word on
+  // success.
+  bool succeeded_by(std::string_view log, std::string_view marker) const noexcept;
 };
 
-// Starts `program` (argv[0] = program_name) with stdin on /dev/null and stdout/stderr into a
-// memfd, so no pipe can block on a descendant that keeps it open. `inherited_fds` stay open in
-// the child; `env` is its whole environment. Waits for it to exit, or with a non-zero timeout
-// kills it (SIGKILL) once the timeout has passed.
-ProcessResult run_process(const std::string& program, const std::string& program_name,
-                          const std::vector<std::string>& args, const std::vector<int>& inherited_fds,
-                          const std::vector<std::string>& env,
+// The descriptor number the child sees for inherited_fds[i].
+constexpr int child_fd(std::size_t i) { return 3 + static_cast<int>(i); }
+
+// Starts the program open at program_fd (executed through that descriptor, never looked up by
+// path again; argv[0] = program_name) with stdin on /dev/null, stdout and stderr into a memfd (so
+// no pipe can block on a descendant that keeps it open), inherited_fds[i] as child_fd(i), no other
+// descriptor, default signal handling, and `env` as its whole environment. It is waited for
+// through a pidfd; if a caller's reaper (waitpid(-1)) or an ignored SIGCHLD took its exit status
+// first, status_lost says so. With a non-zero timeout it is killed (SIGKILL) once that passes.
+ProcessResult run_process(int program_fd, const std::string& program_name, const std::vector<std::string>& args,
+                          const std::vector<int>& inherited_fds, const std::vector<std::string>& env,
                           std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
 
 }  // namespace nucleus::checkpoint

@@ -8,9 +8,12 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <csignal>
+#include <optional>
 #include <fstream>
 #include <thread>
 
@@ -232,9 +235,17 @@ TEST_CASE("checkpoint passes CRIU its folders as descriptors and a clean environ
   CHECK(metadata.original_pid == static_cast<std::uint32_t>(::getpid()));
   CHECK_FALSE(metadata.command.empty());
 
-  SECTION("without leave_running CRIU is not asked to leave it running") {
-    rt.checkpoint(container("c2", ::getpid()), tmp / "cp2", false);
+  SECTION("without leave_running CRIU leaves the tree stopped, and the library ends it once signed") {
+    const pid_t child = ::fork();
+    if (child == 0) {
+      for (;;) ::pause();
+    }
+    rt.checkpoint(container("c2", child), tmp / "cp2", false);
+    CHECK(contains(read_file(tmp / "args"), "--leave-stopped"));
     CHECK_FALSE(contains(read_file(tmp / "args"), "--leave-running"));
+    int status = 0;
+    CHECK(::waitpid(child, &status, 0) == child);
+    CHECK((WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL));
   }
 }
 
@@ -421,4 +432,118 @@ TEST_CASE("a CRIU that hangs is killed at the timeout", "[criu_runtime][options]
   CHECK(contains(e.what(), "timed out"));
   CHECK(rt.state() == CheckpointState::None);
   CHECK_FALSE(fs::exists(tmp / "cp/checkpoint.hmac"));
+}
+
+TEST_CASE("CRIU gets only its own descriptors and default signals, and its status is ours", "[criu_runtime][spawn]") {
+  TestKey key;
+  TempDir tmp;
+  CriuRuntime rt(write_fake_criu(tmp.path(), "ls -l /proc/$$/fd > \"$work/fds\"; grep SigIgn /proc/$$/status > \"$work/sig\"; "
+                                             "echo '(00.3) Dumping finished successfully' > \"$work/dump.log\"; "
+                                             "sleep 0.3; exit 0"));
+  // A descriptor the caller forgot to mark close-on-exec, an ignored SIGCHLD, and a reaper
+  // thread collecting every child: none of them may reach or disturb CRIU. With SIGCHLD ignored
+  // the kernel discards CRIU's exit status, and CRIU's log says how the dump ended.
+  const int leaked = ::open("/etc/hostname", O_RDONLY);
+  REQUIRE(leaked >= 0);
+  const auto old_sigchld = ::signal(SIGCHLD, SIG_IGN);
+  std::atomic<bool> stop{false};
+  std::thread reaper([&] {
+    while (!stop) {
+      ::waitpid(-1, nullptr, WNOHANG);
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+  CriuOptions o;
+  o.leave_running = true;
+  o.work_dir = tmp / "work";
+  CHECK_NOTHROW(rt.checkpoint(container("c", ::getpid()), tmp / "cp", o));
+  stop = true;
+  reaper.join();
+  ::signal(SIGCHLD, old_sigchld);
+  ::close(leaked);
+  CHECK_FALSE(contains(read_file(tmp / "work/fds"), "/etc/hostname"));
+  const std::string sig = read_file(tmp / "work/sig");
+  const auto ignored = std::strtoull(sig.substr(sig.find(':') + 1).c_str(), nullptr, 16);
+  CHECK((ignored & (1ull << (SIGCHLD - 1))) == 0);
+}
+
+TEST_CASE("with stdin closed, CRIU still gets the right descriptors", "[criu_runtime][spawn]") {
+  TestKey key;
+  TempDir tmp;
+  const int saved = ::dup(0);
+  ::close(0);
+  std::optional<Error> e;
+  {
+    CriuRuntime rt(write_fake_criu(tmp.path(), "touch \"$img/core-1.img\"; exit 0"));
+    CriuOptions o;
+    o.leave_running = true;
+    e = error_of([&] { rt.checkpoint(container("c", ::getpid()), tmp / "cp", o); });
+  }
+  ::dup2(saved, 0);
+  ::close(saved);
+  CHECK_FALSE(e.has_value());
+  CHECK(fs::exists(tmp / "cp/images/core-1.img"));
+}
+
+TEST_CASE("if the checkpoint cannot be put in place after the dump, the stopped tree runs on", "[criu_runtime]") {
+  TestKey key;
+  TempDir tmp;
+  const pid_t child = ::fork();
+  if (child == 0) {
+    for (;;) ::pause();
+  }
+  // The stand-in stops the tree as --leave-stopped does, then someone else takes the target.
+  CriuRuntime rt(write_fake_criu(tmp.path(), fmt::format("kill -STOP {}; touch \"$img/core-1.img\"; "
+                                                         "mkdir '{}'; touch '{}/theirs'; exit 0",
+                                                         child, (tmp / "cp").native(), (tmp / "cp").native())));
+  const auto e = require_error([&] { rt.checkpoint(container("c", child), tmp / "cp", false); });
+  CHECK(e.status() == Status::io);
+  CHECK(fs::exists(tmp / "cp/theirs"));  // not overwritten
+  CHECK(wait_until([&] { return process_state(child) == 'S'; }));  // resumed, not stopped, not killed
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+}
+
+TEST_CASE("restore refuses a checkpoint others could change between verification and CRIU", "[criu_runtime][security]") {
+  TestKey key;
+  TempDir tmp;
+  CriuRuntime rt(write_fake_criu(tmp.path(), "echo 4242 > \"$work/restore.pid\"; exit 0"));
+  const fs::path dir = tmp / "cp";
+  fs::create_directories(dir / "images");
+  write_file(dir / "images/pages-1.img", "pages");
+  save_metadata(dir);
+  HmacTree::sign(dir, KeyStore().load_or_create());
+  SECTION("a file writable by others") {
+    fs::permissions(dir / "images/pages-1.img", fs::perms::others_write, fs::perm_options::add);
+  }
+  SECTION("a folder owned by another user") { REQUIRE(::chown((dir / "images").c_str(), 12345, 12345) == 0); }
+  SECTION("a file with another hard link") { fs::create_hard_link(dir / "images/pages-1.img", tmp / "elsewhere"); }
+  const auto e = require_error([&] { rt.restore(dir); });
+  CHECK(e.status() == Status::permission);
+  CHECK_FALSE(fs::exists(tmp / "args"));  // CRIU never ran
+  CHECK(rt.state() == CheckpointState::None);
+  CHECK_NOTHROW(HmacTree::verify(dir, KeyStore().load()));  // verification alone is not gated
+}
+
+TEST_CASE("a work dir others could write is refused", "[criu_runtime][security]") {
+  TestKey key;
+  TempDir tmp;
+  CriuRuntime rt(write_fake_criu(tmp.path(), "exit 0"));
+  fs::create_directory(tmp / "work");
+  REQUIRE(::chown((tmp / "work").c_str(), 12345, 12345) == 0);
+  CriuOptions o;
+  o.leave_running = true;
+  o.work_dir = tmp / "work";
+  CHECK(require_error([&] { rt.checkpoint(container("c", ::getpid()), tmp / "cp", o); }).status() == Status::permission);
+  CHECK_FALSE(fs::exists(tmp / "args"));
+}
+
+TEST_CASE("a dump's files are private, and a trailing slash names the folder", "[criu_runtime][security]") {
+  TestKey key;
+  TempDir tmp;
+  CriuRuntime rt(write_fake_criu(tmp.path(), "echo pages > \"$img/pages-1.img\"; chmod 0644 \"$img/pages-1.img\"; exit 0"));
+  rt.checkpoint(container("c", ::getpid()), (tmp / "cp").native() + "/", true);
+  CHECK(mode_of(tmp / "cp/images/pages-1.img") == 0600);
+  CHECK(mode_of(tmp / "cp/metadata.json") == 0600);
+  CHECK(mode_of(tmp / "cp/images") == 0700);
 }

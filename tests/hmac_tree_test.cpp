@@ -503,3 +503,17 @@ TEST_CASE("a folder swapped for a symlink during the walk never takes it out of 
   CHECK(refused > 0);  // the race was really run
   CHECK_NOTHROW(HmacTree::verify(dir, key));
 }
+
+TEST_CASE("the same descriptor gives the same MAC twice", "[hmac_tree]") {
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  REQUIRE(fd >= 0);
+  const HmacKey key = key_of(32);
+  const std::string first = HmacTree::compute(fd, key);
+  CHECK(HmacTree::compute(fd, key) == first);
+  HmacTree::sign(fd, key);
+  CHECK_NOTHROW(HmacTree::verify(fd, key));
+  ::close(fd);
+  CHECK(first == HmacTree::compute(dir, key));
+}

@@ -325,3 +325,15 @@ TEST_CASE("what save writes, load reads back", "[metadata]") {
     require_round_trip(m);
   }
 }
+
+TEST_CASE("from_json refuses what serde_json refuses: lone surrogates and repeated fields", "[metadata]") {
+  std::string json(sample_json);
+  SECTION("an escaped lone surrogate, which decodes to bytes that are not UTF-8") {
+    json.replace(json.find("\"abc123\""), 8, "\"ab\\udc00\"");
+    require_invalid(json, "\"container_id\"");
+  }
+  SECTION("a field given twice") {
+    json.insert(json.find("\"rootless\""), "\"rootless\": true,\n  ");
+    require_invalid(json, "appears twice");
+  }
+}

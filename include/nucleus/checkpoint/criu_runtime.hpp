@@ -51,6 +51,7 @@ class NC_EXPORT CriuRuntime {
   // Uses this binary; validated the same way.
   explicit CriuRuntime(std::filesystem::path criu_binary);
 
+  ~CriuRuntime();
   CriuRuntime(const CriuRuntime&) = delete;
   CriuRuntime& operator=(const CriuRuntime&) = delete;
 
@@ -87,6 +88,7 @@ class NC_EXPORT CriuRuntime {
   HmacKey signing_key() const;
 
   std::filesystem::path binary_;
+  int binary_fd_ = -1;  // O_PATH: what was validated is what runs
   CriuVersion version_;
   std::optional<HmacKey> key_;
   mutable std::mutex mutex_;
