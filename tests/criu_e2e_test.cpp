@@ -66,6 +66,8 @@ TEST_CASE_METHOD(Fixture, "a dumped tree is restored and runs on from where it s
   CHECK(metadata.original_pid == static_cast<std::uint32_t>(pid));
   CHECK(metadata.container_id == "e2e");
   CHECK(fs::exists(checkpoint / "dump.log"));
+  for (const auto& e : fs::recursive_directory_iterator(checkpoint))  // process memory: private
+    CHECK((fs::status(e).permissions() & (fs::perms::group_all | fs::perms::others_all)) == fs::perms::none);
 
   const pid_t restored = rt->restore(checkpoint);
   // restore returned while the tree runs: it did not wait for the tree to exit (the seed did).

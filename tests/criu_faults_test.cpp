@@ -149,6 +149,18 @@ TEST_CASE_METHOD(Fixture, "the key goes missing or unsafe between sign and resto
   CHECK_FALSE(is_alive(pid));  // nothing of CRIU ran
 }
 
+TEST_CASE_METHOD(Fixture, "a key problem found at dump time loses nothing", "[faults]") {
+  CounterTree tree(tmp / "counter");
+  fs::permissions(KeyStore::default_path().parent_path(), fs::perms::group_read | fs::perms::group_exec,
+                  fs::perm_options::add);  // an unsafe key folder: refused before CRIU runs
+  const auto e = require_error([&] { rt.checkpoint(container("key", tree.pid()), checkpoint, false); });
+  CHECK(e.status() == Status::key);
+  CHECK(rt.state() == CheckpointState::None);
+  require_no_checkpoint_left(tmp.path(), "checkpoint");
+  const long before = tree.count("parent");
+  CHECK(wait_until([&] { return tree.count("parent") > before + 2; }));  // not killed, not stopped
+}
+
 TEST_CASE_METHOD(Fixture, "two threads checkpoint two trees at once", "[faults]") {
   CounterTree a(tmp / "a"), b(tmp / "b");
   CriuRuntime rt_b;
