@@ -18,6 +18,7 @@
 #include <nucleus/checkpoint/error.hpp>
 
 #include "fs_util.hpp"
+#include "hmac_sha256.hpp"
 #include "sodium.hpp"
 #include "utf8.hpp"
 
@@ -25,7 +26,7 @@ namespace nucleus::checkpoint {
 
 namespace {
 
-using Mac = std::array<unsigned char, crypto_auth_hmacsha256_BYTES>;
+using Mac = HmacSha256::Mac;
 
 Error integrity(std::string message) { return Error(Status::integrity, std::move(message)); }
 
@@ -57,23 +58,16 @@ std::vector<std::string> sorted_names(int dir_fd, const std::string& rel) {
 
 class TreeMac {
  public:
-  TreeMac(const HmacKey& key, const HmacTree::Progress& progress) : buffer_(1 << 20), progress_(progress) {
-    init_sodium();
-    crypto_auth_hmacsha256_init(&state_, key.bytes().data(), key.bytes().size());
-  }
-  ~TreeMac() { sodium_memzero(&state_, sizeof state_); }
+  TreeMac(const HmacKey& key, const HmacTree::Progress& progress)
+      : mac_(key.bytes()), buffer_(1 << 20), progress_(progress) {}
 
   Mac run(int root_fd) {
     walk(root_fd, "", 0);
-    Mac mac{};
-    crypto_auth_hmacsha256_final(&state_, mac.data());
-    return mac;
+    return mac_.final();
   }
 
  private:
-  void update(const void* data, std::size_t size) {
-    crypto_auth_hmacsha256_update(&state_, static_cast<const unsigned char*>(data), size);
-  }
+  void update(const void* data, std::size_t size) { mac_.update(data, size); }
   void record(char kind, const std::string& rel) {
     const char head[2] = {kind, '\0'};
     update(head, 2);
@@ -145,7 +139,7 @@ class TreeMac {
       throw integrity(fmt::format("checkpoint file '{}' changed size during the integrity scan", rel));
   }
 
-  crypto_auth_hmacsha256_state state_{};
+  HmacSha256 mac_;
   std::vector<unsigned char> buffer_;
   const HmacTree::Progress& progress_;
   std::uint64_t hashed_ = 0;
