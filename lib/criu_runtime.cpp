@@ -335,12 +335,14 @@ namespace {
 
 // The folder for one restore's log and pidfile; never the checkpoint folder, which must stay
 // exactly as signed so that it verifies and restores again. By default a private folder under
-// /run, removed after a successful restore; or the caller's work dir, where the log stays.
+// /run, removed when done unless a failure's log is kept there for the operator; or the caller's
+// work dir, where the log stays.
 struct RestoreWorkDir {
   UniqueFd parent;
   UniqueFd dir;
   std::string name;
   fs::path given;
+  bool keep_log = false;
 
   explicit RestoreWorkDir(const fs::path& work_dir) : given(work_dir) {
     if (!given.empty()) {
@@ -357,11 +359,19 @@ struct RestoreWorkDir {
     dir = open_dir_at(parent.get(), name, "restore work directory");
   }
   std::string path() const { return given.empty() ? fmt::format("{}/{}", restore_run_dir, name) : given.native(); }
-  void remove() {
+  RestoreWorkDir(const RestoreWorkDir&) = delete;
+  RestoreWorkDir& operator=(const RestoreWorkDir&) = delete;
+  ~RestoreWorkDir() {
     ::unlinkat(dir.get(), "restore.pid", 0);
-    if (!given.empty()) return;
+    if (!given.empty() || keep_log) return;
     for (const char* f : {"restore.log", "stats-restore"}) ::unlinkat(dir.get(), f, 0);
     ::unlinkat(parent.get(), name.c_str(), AT_REMOVEDIR);
+  }
+  // Keeps the folder after a failure if CRIU left a log in it; says where.
+  std::string keep_failure_log() {
+    struct stat st {};
+    keep_log = ::fstatat(dir.get(), "restore.log", &st, AT_SYMLINK_NOFOLLOW) == 0;
+    return keep_log ? fmt::format("Full log: {}/restore.log", path()) : "CRIU wrote no log";
   }
 };
 
@@ -419,15 +429,13 @@ pid_t CriuRuntime::restore(const fs::path& dir, const CriuOptions& options) {
       // tree runs and the restore has succeeded.
       if (r.succeeded_by(r.status_lost ? log_tail(work.dir.get(), "restore.log") : "", "Restore finished successfully") ||
           (r.timed_out && restored_tree_runs(work.dir.get()))) {
-        const pid_t restored = read_restored_pid(work.dir.get());
-        work.remove();
-        return restored;
+        return read_restored_pid(work.dir.get());
       }
       // The failed restore's log stays for the operator; CRIU has already killed what it restored.
       const std::string failure =
-          fmt::format("criu restore of {} (container {}, originally PID {}) failed ({}): {}. Full log: {}/restore.log{}",
+          fmt::format("criu restore of {} (container {}, originally PID {}) failed ({}): {}. {}{}",
                       dir.native(), metadata.container_id, metadata.original_pid, r.describe(),
-                      criu_errors(work.dir.get(), "restore.log", r.output), work.path(),
+                      criu_errors(work.dir.get(), "restore.log", r.output), work.keep_failure_log(),
                       r.timed_out ? ". What CRIU had restored dies with it; the checkpoint is unchanged and can be "
                                     "restored again" : "");
       const auto taken = taken_pid(failure);
