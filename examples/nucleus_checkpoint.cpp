@@ -150,6 +150,15 @@ struct CriuFlags {
   }
 };
 
+using Options = std::unique_ptr<nc_options, OptionsFree>;
+
+// The runtime and the options a dump or restore needs.
+nc_status open_runtime_with(const std::string& criu, const CriuFlags& flags, bool leave_running, Runtime& rt,
+                            Options& opts) {
+  const nc_status s = open_runtime(criu, rt);
+  return s != NC_OK ? s : flags.build(opts, leave_running);
+}
+
 // "\r hashed 1.2 GiB at 840 MB/s" on a terminal, about ten times a second.
 struct Progress {
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now(), last{};
@@ -227,10 +236,9 @@ int cmd_dump(const std::string& criu, pid_t pid, const std::string& dir, const s
              const CriuFlags& flags, bool json) {
   Report r(json);
   Runtime rt;
-  nc_status s = open_runtime(criu, rt);
+  Options opts;
+  nc_status s = open_runtime_with(criu, flags, leave_running, rt, opts);
   if (s != NC_OK) return r.finish(s);
-  std::unique_ptr<nc_options, OptionsFree> opts;
-  if ((s = flags.build(opts, leave_running)) != NC_OK) return r.finish(s);
   const auto start = std::chrono::steady_clock::now();
   s = nc_checkpoint_ex(rt.get(), id.empty() ? std::to_string(pid).c_str() : id.c_str(), pid, dir.c_str(), opts.get());
   if (s != NC_OK) return r.finish(s);
@@ -248,10 +256,9 @@ int cmd_dump(const std::string& criu, pid_t pid, const std::string& dir, const s
 int cmd_restore(const std::string& criu, const std::string& dir, const CriuFlags& flags, bool json) {
   Report r(json);
   Runtime rt;
-  nc_status s = open_runtime(criu, rt);
+  Options opts;
+  nc_status s = open_runtime_with(criu, flags, false, rt, opts);
   if (s != NC_OK) return r.finish(s);
-  std::unique_ptr<nc_options, OptionsFree> opts;
-  if ((s = flags.build(opts, false)) != NC_OK) return r.finish(s);
   pid_t restored = 0;
   s = nc_restore_ex(rt.get(), dir.c_str(), opts.get(), &restored);
   if (s == NC_OK) {

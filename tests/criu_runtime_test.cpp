@@ -54,6 +54,15 @@ void save_metadata(const fs::path& dir) {
   m.save(UniqueFd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY)).get());
 }
 
+// A checkpoint folder as the library writes one, not yet signed.
+fs::path unsigned_checkpoint(const TempDir& tmp) {
+  const fs::path dir = tmp / "cp";
+  fs::create_directories(dir / "images");
+  write_file(dir / "images/pages-1.img", "pages");
+  save_metadata(dir);
+  return dir;
+}
+
 }  // namespace
 
 TEST_CASE("validate_binary refuses unsafe binaries", "[criu_runtime]") {
@@ -307,10 +316,7 @@ TEST_CASE("restore verifies before CRIU runs", "[criu_runtime]") {
   TestKey key;
   TempDir tmp;
   CriuRuntime rt(write_fake_criu(tmp.path(), "echo 4242 > \"$work/restore.pid\"; exit 0"));
-  const fs::path dir = tmp / "cp";
-  fs::create_directories(dir / "images");
-  write_file(dir / "images/pages-1.img", "pages");
-  save_metadata(dir);
+  const fs::path dir = unsigned_checkpoint(tmp);
 
   SECTION("unsigned") {
     CHECK(require_error([&] { rt.restore(dir); }).status() == Status::integrity);
@@ -508,10 +514,7 @@ TEST_CASE("restore refuses a checkpoint others could change between verification
   TestKey key;
   TempDir tmp;
   CriuRuntime rt(write_fake_criu(tmp.path(), "echo 4242 > \"$work/restore.pid\"; exit 0"));
-  const fs::path dir = tmp / "cp";
-  fs::create_directories(dir / "images");
-  write_file(dir / "images/pages-1.img", "pages");
-  save_metadata(dir);
+  const fs::path dir = unsigned_checkpoint(tmp);
   HmacTree::sign(dir, KeyStore().load_or_create());
   SECTION("a file writable by others") {
     fs::permissions(dir / "images/pages-1.img", fs::perms::others_write, fs::perm_options::add);
