@@ -4,7 +4,10 @@
 
 #include <fcntl.h>
 #include <spawn.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
 #include <sys/inotify.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,6 +16,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <set>
 #include <string>
@@ -353,6 +357,21 @@ TEST_CASE("verify refuses a checkpoint changed after signing, or a bad signature
   SECTION("a symlink in a subfolder") {
     fs::create_symlink("pages-1.img", images / "link.img");
     part = "refuses symlink";
+  }
+  SECTION("a character device (/dev/null's numbers)") {
+    REQUIRE(::mknod((images / "null").c_str(), S_IFCHR | 0600, ::makedev(1, 3)) == 0);
+    part = "special file";
+  }
+  SECTION("a UNIX socket") {
+    const int s = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    const std::string path = (images / "sock").native();
+    REQUIRE(path.size() < sizeof addr.sun_path);
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    REQUIRE(::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    ::close(s);
+    part = "special file";
   }
   SECTION("a name that is not UTF-8") {
     write_file(images / "\xff.img", "x");
