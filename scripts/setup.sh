@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 [[ $(id -u) -eq 0 ]] || { echo "setup: run as root (apt-get, and CRIU needs root anyway)" >&2; exit 1; }
 
-packages=(meson ninja-build g++ gcc pkg-config python3 binutils abigail-tools libsodium-dev rapidjson-dev libfmt-dev catch2 libcli11-dev)
+packages=(meson ninja-build g++ gcc pkg-config python3 binutils abigail-tools libsodium-dev rapidjson-dev libfmt-dev catch2 libcli11-dev
+  clang libclang-rt-dev valgrind)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

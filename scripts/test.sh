@@ -7,5 +7,11 @@ bash scripts/setup.sh || { echo "setup failed: no working CRIU, so the end-to-en
 bash scripts/build.sh || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }
 meson test -C build --print-errorlogs --num-processes 2
 status=$?
-python3 scripts/count-tests.py build/meson-logs/testlog.json || status=1
+# The suite again under ASan/UBSan/LSan, the examples under valgrind, and the fuzzers; each records
+# its results in a log that is counted below with the suite's.
+bash scripts/sanitize.sh || status=1
+bash scripts/valgrind.sh || status=1
+bash scripts/fuzz.sh || status=1
+python3 scripts/count-tests.py build/meson-logs/testlog.json build-asan/meson-logs/testlog.json \
+  build/meson-logs/extra-testlog.json || status=1
 exit $status

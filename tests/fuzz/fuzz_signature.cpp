@@ -1,0 +1,57 @@
+// The signature parser, through HmacTree::verify: a small fixed tree whose checkpoint.hmac holds
+// the input. verify must succeed or throw Error(Status::integrity), and it must succeed exactly
+// when the input is the tree's MAC (64 lowercase hex digits) with only " \t\r\n" around it.
+#include <sys/stat.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include <nucleus/checkpoint/hmac_tree.hpp>
+
+#include "fuzz_support.hpp"
+
+namespace {
+
+using nc_fuzz::expect;
+using nucleus::checkpoint::HmacTree;
+
+// The library reads at most this much of checkpoint.hmac: a longer file never verifies.
+constexpr std::size_t signature_read_limit = 4096;
+
+std::string_view trim(std::string_view s) {
+  const auto ws = std::string_view(" \t\r\n");
+  const auto first = s.find_first_not_of(ws);
+  if (first == std::string_view::npos) return {};
+  return s.substr(first, s.find_last_not_of(ws) - first + 1);
+}
+
+struct Tree {
+  nc_fuzz::ScratchDir dir;
+  std::string mac;
+  Tree() {
+    ::mkdir((dir.path() / "images").c_str(), 0700);
+    nc_fuzz::write_file(dir.path() / "images/pages-1.img", "pages");
+    nc_fuzz::write_file(dir.path() / "metadata.json", "{}\n");
+    nc_fuzz::write_file(dir.path() / "dump.log", "");
+    mac = HmacTree::compute(dir.path(), nc_fuzz::fixed_key());
+  }
+};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  static const Tree tree;
+  const std::string_view input(reinterpret_cast<const char*>(data), size);
+  nc_fuzz::write_file(tree.dir.path() / HmacTree::signature_file, input);
+  const auto status = nc_fuzz::status_of([&] { HmacTree::verify(tree.dir.path(), nc_fuzz::fixed_key()); });
+  const bool should_pass = size <= signature_read_limit && trim(input) == tree.mac;
+  if (status) {
+    expect(*status == nucleus::checkpoint::Status::integrity, "verify threw an Error other than Status::integrity");
+    expect(!should_pass, "verify refused the tree's own MAC");
+  } else {
+    expect(should_pass, "verify accepted a signature that is not the tree's MAC");
+  }
+  return 0;
+}
