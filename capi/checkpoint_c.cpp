@@ -68,6 +68,16 @@ void require(bool ok, const char* what) {
   if (!ok) throw nc::Error(nc::Status::invalid, what);
 }
 
+// A C caller may pass any int as an enum; in C++ reading an out-of-range enum is undefined, so
+// its bits are read as an int before they are checked.
+template <typename Enum>
+int enum_bits(Enum e) {
+  static_assert(sizeof(Enum) == sizeof(int));
+  int bits = 0;
+  std::memcpy(&bits, &e, sizeof bits);
+  return bits;
+}
+
 // Every setter: check the handle, then change one field.
 template <typename Set>
 nc_status set_option(nc_options* opts, const char* name, Set&& set) {
@@ -203,8 +213,9 @@ nc_status nc_options_set_file_locks(nc_options* o, int on) {
 }
 nc_status nc_options_set_manage_cgroups(nc_options* o, nc_cgroup_mode mode) {
   return set_option(o, __func__, [&](nc::CriuOptions& c) {
-    require(mode >= NC_CGROUP_DEFAULT && mode <= NC_CGROUP_IGNORE, "nc_options_set_manage_cgroups: unknown mode");
-    c.manage_cgroups = static_cast<nc::CgroupMode>(mode);
+    const int m = enum_bits(mode);
+    require(m >= NC_CGROUP_DEFAULT && m <= NC_CGROUP_IGNORE, "nc_options_set_manage_cgroups: unknown mode");
+    c.manage_cgroups = static_cast<nc::CgroupMode>(m);
   });
 }
 nc_status nc_options_add_external(nc_options* o, const char* spec) {
@@ -227,8 +238,9 @@ nc_status nc_options_set_timeout_ms(nc_options* o, unsigned int ms) {
 }
 nc_status nc_options_set_restore_mode(nc_options* o, nc_restore_mode mode) {
   return set_option(o, __func__, [&](nc::CriuOptions& c) {
-    require(mode == NC_RESTORE_DETACHED || mode == NC_RESTORE_CHILD, "nc_options_set_restore_mode: unknown mode");
-    c.restore_mode = static_cast<nc::RestoreMode>(mode);
+    const int m = enum_bits(mode);
+    require(m == NC_RESTORE_DETACHED || m == NC_RESTORE_CHILD, "nc_options_set_restore_mode: unknown mode");
+    c.restore_mode = static_cast<nc::RestoreMode>(m);
   });
 }
 

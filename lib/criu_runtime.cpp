@@ -36,7 +36,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // CRIU's first version that understands the [vvar_vclock] mapping of newer kernels.
-constexpr CriuVersion first_vvar_vclock_version{4, 1, 0, "4.1"};
+const CriuVersion first_vvar_vclock_version{4, 1, 0, "4.1"};
 constexpr const char* restore_run_dir = "/run/nucleus-checkpoint";
 constexpr auto zombie_grace = std::chrono::seconds(5);
 

@@ -2,6 +2,8 @@
 
 #include <cctype>
 #include <limits>
+#include <string_view>
+#include <unordered_set>
 
 #include <fmt/format.h>
 #include <rapidjson/document.h>
@@ -108,10 +110,11 @@ CheckpointMetadata CheckpointMetadata::from_json(std::string_view json) {
     throw malformed(fmt::format("{} at byte {}", rapidjson::GetParseError_En(doc.GetParseError()), doc.GetErrorOffset()));
   if (!doc.IsObject()) throw malformed("the top level must be a JSON object");
   // serde_json refuses a field given twice; so does this, rather than pick one.
-  for (auto a = doc.MemberBegin(); a != doc.MemberEnd(); ++a)
-    for (auto b = a + 1; b != doc.MemberEnd(); ++b)
-      if (a->name == b->name)
-        throw malformed(fmt::format("field \"{}\" appears twice", std::string_view(a->name.GetString(), a->name.GetStringLength())));
+  std::unordered_set<std::string_view> seen;
+  for (const auto& member : doc.GetObject()) {
+    const std::string_view name(member.name.GetString(), member.name.GetStringLength());
+    if (!seen.insert(name).second) throw malformed(fmt::format("field \"{}\" appears twice", name));
+  }
   CheckpointMetadata m;
   m.container_id = string_field(doc, "container_id");
   m.container_name = string_field(doc, "container_name");

@@ -7,7 +7,7 @@ bash scripts/setup.sh || { echo "setup failed: no working CRIU, so the end-to-en
 bash scripts/build.sh || { echo "build failed"; echo "0 passed, 1 failed"; exit 1; }
 meson test -C build --print-errorlogs --num-processes 2
 status=$?
-# The suite again under ASan/UBSan/LSan, the examples under valgrind, and the fuzzers; each records
+# The suite again under ASan/UBSan/LSan, the command line under valgrind, and the fuzzers; each records
 # its results in a log that is counted below with the suite's.
 bash scripts/sanitize.sh || status=1
 bash scripts/valgrind.sh || status=1
