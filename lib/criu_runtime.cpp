@@ -98,7 +98,7 @@ const std::vector<fs::path>& CriuRuntime::trusted_paths() {
 namespace {
 
 // The checks of validate_binary, on what an open descriptor refers to; and every folder above
-// it must be writable only by root or the caller, so nobody else could have swapped it.
+// it must be writable only by root or the caller (or sticky), so nobody else could have swapped it.
 void check_binary(int fd, const fs::path& path) {
   const struct stat st = stat_fd(fd, "criu binary");
   if (!S_ISREG(st.st_mode)) throw Error(Status::invalid, fmt::format("criu binary {} is not a regular file", path.native()));
@@ -115,7 +115,8 @@ void check_binary(int fd, const fs::path& path) {
   for (fs::path dir = real.parent_path(); !ec && !dir.empty(); dir = dir.parent_path()) {
     struct stat ds {};
     if (::lstat(dir.c_str(), &ds) != 0) break;
-    if ((ds.st_uid != 0 && ds.st_uid != geteuid()) || (ds.st_mode & 022) != 0)
+    // A sticky folder such as /tmp is fine: others cannot rename or remove what they do not own.
+    if ((ds.st_uid != 0 && ds.st_uid != geteuid()) || ((ds.st_mode & 022) != 0 && (ds.st_mode & S_ISVTX) == 0))
       throw Error(Status::permission, fmt::format("criu binary {} is in {}, which others can change (owner {}, mode {:o}); "
                                                   "refusing to execute it", path.native(), dir.native(), ds.st_uid,
                                                   ds.st_mode & 07777));

@@ -154,14 +154,14 @@ struct TcpClient {
 
 TEST_CASE_METHOD(Fixture, "file_locks lets CRIU dump a process holding a lock", "[e2e][options]") {
   const fs::path lock_file = tmp / "lock";
-  const pid_t holder = ::fork();
-  if (holder == 0) {
+  const Child locker([&] {
     ::setsid();
     const int fd = ::open(lock_file.c_str(), O_RDWR | O_CREAT, 0600);
     if (fd < 0 || ::flock(fd, LOCK_EX) != 0) ::_exit(1);
     write_file(tmp / "locked", "");
     for (;;) ::pause();
-  }
+  });
+  const pid_t holder = locker.pid();
   REQUIRE(wait_until([&] { return fs::exists(tmp / "locked"); }));
   CriuOptions o;
   o.leave_running = true;
@@ -171,7 +171,6 @@ TEST_CASE_METHOD(Fixture, "file_locks lets CRIU dump a process holding a lock", 
   CHECK_NOTHROW(rt->checkpoint(container("lock", holder), tmp / "with-locks", o));
   CHECK(is_alive(holder));
   CHECK_NOTHROW(HmacTree::verify(tmp / "with-locks", KeyStore().load()));
-  CounterTree::stop(holder);
 }
 
 TEST_CASE_METHOD(Fixture, "restore as the caller's child", "[e2e][options]") {

@@ -245,10 +245,8 @@ TEST_CASE("checkpoint passes CRIU its folders as descriptors and a clean environ
   CHECK_FALSE(metadata.command.empty());
 
   SECTION("without leave_running CRIU leaves the tree stopped, and the library ends it once signed") {
-    const pid_t child = ::fork();
-    if (child == 0) {
-      for (;;) ::pause();
-    }
+    Child sleeper;
+    const pid_t child = sleeper.pid();
     rt.checkpoint(container("c2", child), tmp / "cp2", false);
     CHECK(contains(read_file(tmp / "args"), "--leave-stopped"));
     CHECK_FALSE(contains(read_file(tmp / "args"), "--leave-running"));
@@ -494,10 +492,8 @@ TEST_CASE("with stdin closed, CRIU still gets the right descriptors", "[criu_run
 TEST_CASE("if the checkpoint cannot be put in place after the dump, the stopped tree runs on", "[criu_runtime]") {
   TestKey key;
   TempDir tmp;
-  const pid_t child = ::fork();
-  if (child == 0) {
-    for (;;) ::pause();
-  }
+  Child sleeper;
+  const pid_t child = sleeper.pid();
   // The stand-in stops the tree as --leave-stopped does, then someone else takes the target.
   CriuRuntime rt(write_fake_criu(tmp.path(), fmt::format("kill -STOP {}; touch \"$img/core-1.img\"; "
                                                          "mkdir '{}'; touch '{}/theirs'; exit 0",
@@ -506,8 +502,6 @@ TEST_CASE("if the checkpoint cannot be put in place after the dump, the stopped 
   CHECK(e.status() == Status::io);
   CHECK(fs::exists(tmp / "cp/theirs"));  // not overwritten
   CHECK(wait_until([&] { return process_state(child) == 'S'; }));  // resumed, not stopped, not killed
-  ::kill(child, SIGKILL);
-  ::waitpid(child, nullptr, 0);
 }
 
 TEST_CASE("restore refuses a checkpoint others could change between verification and CRIU", "[criu_runtime][security]") {

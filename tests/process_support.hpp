@@ -54,6 +54,32 @@ bool wait_until(Pred pred, std::chrono::milliseconds limit = std::chrono::second
   return true;
 }
 
+// A forked child that runs `body` (default: waits forever), killed and reaped when it goes out
+// of scope, so a failing test never leaves it holding the test runner's output open.
+class Child {
+ public:
+  template <typename Body>
+  explicit Child(Body body) : pid_(::fork()) {
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) {
+      body();
+      ::_exit(0);
+    }
+  }
+  Child() : Child([] { for (;;) ::pause(); }) {}
+  ~Child() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_;
+};
+
 // examples/counter: a parent and a child each counting up in dir/parent and dir/child.
 class CounterTree {
  public:
@@ -69,7 +95,10 @@ class CounterTree {
       ::execl(exe, exe, dir_.c_str(), mib.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
-    REQUIRE(wait_until([&] { return count("parent") >= 3 && count("child") >= 3; }));
+    if (!wait_until([&] { return count("parent") >= 3 && count("child") >= 3; })) {
+      stop(pid_);  // the destructor does not run when the constructor fails
+      FAIL("the counter tree did not start counting");
+    }
   }
   ~CounterTree() { stop(pid_); }
   CounterTree(const CounterTree&) = delete;
