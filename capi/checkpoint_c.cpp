@@ -71,7 +71,7 @@ void require(bool ok, const char* what) {
 // A C caller may pass any int as an enum; in C++ reading an out-of-range enum is undefined, so
 // its bits are read as an int before they are checked.
 template <typename Enum>
-int enum_bits(Enum e) {
+int enum_bits(const Enum& e) {  // by reference: copying the enum would already be a load of it
   static_assert(sizeof(Enum) == sizeof(int));
   int bits = 0;
   std::memcpy(&bits, &e, sizeof bits);

@@ -306,6 +306,8 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
     const ProcessResult r =
         run_process(binary_fd_, "criu", args, {cd.images(), work_fd}, criu_environment(), options.timeout);
     if (!r.succeeded_by(r.status_lost ? log_tail(work_fd, "dump.log") : "", "Dumping finished successfully")) {
+      // CRIU resumes the tree when it fails; killed, it may have left it stopped: resume it.
+      signal_tree(process_tree(container.pid), SIGCONT);
       const std::string errors = criu_errors(work_fd, "dump.log", r.output);
       throw Error(Status::criu, fmt::format("criu dump of PID {} ({}) failed ({}): {}. Full log: {}{}", container.pid,
                                             process.comm, r.describe(), errors,
