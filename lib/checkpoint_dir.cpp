@@ -1,6 +1,5 @@
 #include "checkpoint_dir.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -24,22 +23,8 @@ namespace fs = std::filesystem;
 namespace {
 
 bool is_empty_dir(int parent_fd, const std::string& name) {
-  const int fd = ::openat(parent_fd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-  DIR* d = fd >= 0 ? ::fdopendir(fd) : nullptr;
-  if (!d) {
-    if (fd >= 0) ::close(fd);
-    throw system_error(status_of_errno(errno), errno, fmt::format("cannot read checkpoint directory {}", name));
-  }
-  bool empty = true;
-  while (const dirent* e = ::readdir(d)) {
-    const std::string_view n = e->d_name;
-    if (n != "." && n != "..") {
-      empty = false;
-      break;
-    }
-  }
-  ::closedir(d);
-  return empty;
+  return list_dir(open_dir_at(parent_fd, name, "checkpoint directory").get(), fmt::format("checkpoint directory {}", name))
+      .empty();
 }
 
 }  // namespace
@@ -103,17 +88,7 @@ namespace {
 template <typename Visit>
 void walk_tree(int dir_fd, const std::string& prefix, int depth, Visit& visit) {
   if (depth > 64) throw Error(Status::integrity, fmt::format("checkpoint tree is nested too deep at '{}'", prefix));
-  const int dup_fd = ::fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);
-  DIR* d = dup_fd >= 0 ? ::fdopendir(dup_fd) : nullptr;
-  if (!d) {
-    if (dup_fd >= 0) ::close(dup_fd);
-    throw system_error(Status::io, errno, fmt::format("cannot read checkpoint folder '{}'", prefix));
-  }
-  std::unique_ptr<DIR, int (*)(DIR*)> closer(d, ::closedir);
-  ::rewinddir(d);
-  while (const dirent* e = ::readdir(d)) {
-    const std::string name = e->d_name;
-    if (name == "." || name == "..") continue;
+  for (const std::string& name : list_dir(dir_fd, fmt::format("checkpoint folder '{}'", prefix))) {
     const std::string rel = prefix.empty() ? name : prefix + "/" + name;
     struct stat st {};
     if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;  // gone meanwhile

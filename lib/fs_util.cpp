@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 namespace nucleus::checkpoint {
@@ -87,21 +88,36 @@ UniqueFd open_or_create_dir(const std::filesystem::path& path, mode_t mode, std:
   }
 }
 
-void remove_tree_at(int parent_fd, const std::string& name) noexcept {
-  if (::unlinkat(parent_fd, name.c_str(), 0) == 0 || errno != EISDIR) return;
-  const int fd = ::openat(parent_fd, name.c_str(), dir_flags);
-  DIR* d = fd >= 0 ? ::fdopendir(fd) : nullptr;
+std::vector<std::string> list_dir(int dir_fd, std::string_view what) {
+  const int dup_fd = ::fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);
+  DIR* d = dup_fd >= 0 ? ::fdopendir(dup_fd) : nullptr;
   if (!d) {
-    if (fd >= 0) ::close(fd);
-    return;
+    const int err = errno;
+    if (dup_fd >= 0) ::close(dup_fd);
+    throw system_error(status_of_errno(err), err, fmt::format("cannot read {}", what));
   }
+  const std::unique_ptr<DIR, int (*)(DIR*)> closer(d, ::closedir);
+  ::rewinddir(d);  // the duplicate shares the caller's offset, which may be at the end
   std::vector<std::string> names;
+  errno = 0;
   while (const dirent* e = ::readdir(d)) {
     const std::string_view n = e->d_name;
     if (n != "." && n != "..") names.emplace_back(n);
+    errno = 0;
   }
-  for (const auto& n : names) remove_tree_at(::dirfd(d), n);
-  ::closedir(d);
+  if (errno != 0) throw system_error(status_of_errno(errno), errno, fmt::format("cannot read {}", what));
+  return names;
+}
+
+void remove_tree_at(int parent_fd, const std::string& name) noexcept {
+  if (::unlinkat(parent_fd, name.c_str(), 0) == 0 || errno != EISDIR) return;
+  const UniqueFd fd(::openat(parent_fd, name.c_str(), dir_flags));
+  if (!fd) return;
+  try {
+    for (const auto& n : list_dir(fd.get(), name)) remove_tree_at(fd.get(), n);
+  } catch (const Error&) {
+    return;  // best effort
+  }
   ::unlinkat(parent_fd, name.c_str(), AT_REMOVEDIR);
 }
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -31,6 +32,10 @@ UniqueFd open_or_create_dir_at(int parent_fd, const std::string& name, mode_t mo
                                std::string_view what);
 
 struct stat stat_fd(int fd, std::string_view what);
+
+// The names in the folder open at dir_fd, without "." and "..", in the order readdir gives. It
+// reads from the start through its own duplicate, whatever the caller's descriptor offset.
+std::vector<std::string> list_dir(int dir_fd, std::string_view what);
 
 // Removes parent_fd/name and everything below it, never following a symlink. Best effort: used
 // to clean up, it reports nothing.

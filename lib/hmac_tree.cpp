@@ -1,6 +1,5 @@
 #include <nucleus/checkpoint/hmac_tree.hpp>
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sodium.h>
 #include <sys/stat.h>
@@ -30,28 +29,9 @@ using Mac = HmacSha256::Mac;
 
 Error integrity(std::string message) { return Error(Status::integrity, std::move(message)); }
 
-struct DirCloser {
-  void operator()(DIR* d) const noexcept { ::closedir(d); }
-};
-
 // Names in one folder, in byte order (std::string compares as unsigned char, like Rust's Path).
 std::vector<std::string> sorted_names(int dir_fd, const std::string& rel) {
-  const int dup_fd = ::fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);
-  if (dup_fd < 0) throw system_error(Status::io, errno, "cannot duplicate a folder descriptor");
-  std::unique_ptr<DIR, DirCloser> dir(::fdopendir(dup_fd));
-  if (!dir) {
-    ::close(dup_fd);
-    throw system_error(Status::io, errno, fmt::format("cannot read checkpoint folder '{}'", rel));
-  }
-  ::rewinddir(dir.get());  // the duplicate shares the caller's offset, which may be at the end
-  std::vector<std::string> names;
-  errno = 0;
-  while (const dirent* entry = ::readdir(dir.get())) {
-    const std::string_view name = entry->d_name;
-    if (name != "." && name != "..") names.emplace_back(name);
-    errno = 0;
-  }
-  if (errno != 0) throw system_error(Status::io, errno, fmt::format("cannot read checkpoint folder '{}'", rel));
+  auto names = list_dir(dir_fd, fmt::format("checkpoint folder '{}'", rel));
   std::sort(names.begin(), names.end());
   return names;
 }

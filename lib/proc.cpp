@@ -1,6 +1,5 @@
 #include "proc.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -80,13 +79,17 @@ std::vector<pid_t> process_tree(pid_t pid) {
   std::vector<pid_t> tree{pid};
   for (std::size_t i = 0; i < tree.size() && tree.size() < 100000; ++i) {
     const UniqueFd tasks(::open(fmt::format("/proc/{}/task", tree[i]).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    DIR* d = tasks ? ::fdopendir(::dup(tasks.get())) : nullptr;
-    if (!d) continue;
-    while (const dirent* e = ::readdir(d)) {
-      if (e->d_name[0] == '.') continue;
+    if (!tasks) continue;
+    std::vector<std::string> tids;
+    try {
+      tids = list_dir(tasks.get(), "the process's tasks");
+    } catch (const Error&) {
+      continue;  // the process exited meanwhile
+    }
+    for (const auto& tid : tids) {
       std::string children;
       try {
-        children = read_file_at(tasks.get(), fmt::format("{}/children", e->d_name), 1 << 20, "task children");
+        children = read_file_at(tasks.get(), fmt::format("{}/children", tid), 1 << 20, "task children");
       } catch (const Error&) {
         continue;  // the task exited meanwhile
       }
@@ -98,7 +101,6 @@ std::vector<pid_t> process_tree(pid_t pid) {
         p = end;
       }
     }
-    ::closedir(d);
   }
   return tree;
 }
