@@ -29,6 +29,7 @@ struct nc_runtime {
 struct nc_options {
   nc::CriuOptions criu;
   std::uint64_t start_ticks = 0;  // of the container, not of CRIU: kept beside its options
+  nc::SignatureFormat signature_format = nc::SignatureFormat::chunked;
 };
 
 namespace {
@@ -132,12 +133,33 @@ nc::HmacTree::Progress progress_of(nc_progress_fn fn, void* user) {
   return [fn, user](std::uint64_t bytes) { fn(bytes, user); };
 }
 
+// A C caller's format, checked before it is used as the enum.
+nc::SignatureFormat signature_format(const nc_signature_format& format, const char* caller) {
+  const int f = enum_bits(format);
+  if (f != NC_SIGNATURE_SEED && f != NC_SIGNATURE_CHUNKED)
+    throw nc::Error(nc::Status::invalid, std::string(caller) + ": unknown signature format " + std::to_string(f));
+  return static_cast<nc::SignatureFormat>(f);
+}
+
 }  // namespace
 
 nc_status nc_sign_progress(const char* dir, nc_progress_fn progress, void* user) {
+  return nc_sign_ex(dir, NC_SIGNATURE_SEED, progress, user);
+}
+
+nc_status nc_sign_ex(const char* dir, nc_signature_format format, nc_progress_fn progress, void* user) {
   return guard([&] {
     require(dir != nullptr && *dir != '\0', "sign: dir is NULL or empty");
-    nc::HmacTree::sign(dir, nc::KeyStore().load_or_create(), progress_of(progress, user));
+    const nc::SignatureFormat f = signature_format(format, "nc_sign_ex");
+    nc::HmacTree::sign(dir, nc::KeyStore().load_or_create(), f, progress_of(progress, user));
+  });
+}
+
+nc_status nc_signature_format_of(const char* dir, nc_signature_format* format_out) {
+  return guard([&] {
+    require(format_out != nullptr, "nc_signature_format_of: format_out is NULL");
+    require(dir != nullptr && *dir != '\0', "nc_signature_format_of: dir is NULL or empty");
+    *format_out = static_cast<nc_signature_format>(nc::HmacTree::format_of(dir));
   });
 }
 
@@ -248,6 +270,10 @@ nc_status nc_options_set_start_ticks(nc_options* o, unsigned long long start_tic
   return set_option(o, __func__, [&](nc_options& all) { all.start_ticks = start_ticks; });
 }
 
+nc_status nc_options_set_signature_format(nc_options* o, nc_signature_format format) {
+  return set_option(o, __func__, [&](nc_options& all) { all.signature_format = signature_format(format, __func__); });
+}
+
 nc_status nc_checkpoint_ex(nc_runtime* rt, const char* container_id, pid_t pid, const char* dir, const nc_options* opts) {
   return guard([&] {
     require(rt != nullptr, "checkpoint: the runtime is NULL");
@@ -256,8 +282,10 @@ nc_status nc_checkpoint_ex(nc_runtime* rt, const char* container_id, pid_t pid, 
     nc::ContainerInfo info;
     info.id = container_id;
     info.pid = pid;
-    info.start_ticks = opts ? opts->start_ticks : 0;
-    rt->criu.checkpoint(info, dir, opts ? opts->criu : nc::CriuOptions());
+    const nc_options defaults;
+    const nc_options& o = opts ? *opts : defaults;
+    info.start_ticks = o.start_ticks;
+    rt->criu.checkpoint(info, dir, o.criu, o.signature_format);
   });
 }
 

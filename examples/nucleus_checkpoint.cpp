@@ -13,7 +13,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -179,13 +181,31 @@ struct Progress {
   }
 };
 
-nc_status hash_with_progress(bool sign, const std::string& dir, bool json) {
+// The signature formats by their command-line names.
+const std::map<std::string, nc_signature_format> signature_formats{{"seed", NC_SIGNATURE_SEED},
+                                                                   {"chunked", NC_SIGNATURE_CHUNKED}};
+
+std::string signature_format_name(nc_signature_format format) {
+  for (const auto& [name, f] : signature_formats)
+    if (f == format) return name;
+  return "unknown";
+}
+
+// Signs (in `format`) or verifies dir, with a progress line on a terminal.
+nc_status hash_with_progress(std::optional<nc_signature_format> sign_format, const std::string& dir, bool json) {
   Progress progress;
   const bool show = !json && ::isatty(STDERR_FILENO);
   const nc_progress_fn fn = show ? &Progress::report : nullptr;
-  const nc_status s = sign ? nc_sign_progress(dir.c_str(), fn, &progress) : nc_verify_progress(dir.c_str(), fn, &progress);
+  const nc_status s = sign_format ? nc_sign_ex(dir.c_str(), *sign_format, fn, &progress)
+                                  : nc_verify_progress(dir.c_str(), fn, &progress);
   progress.done();
   return s;
+}
+
+// The format field of a signed folder (nothing if it has no readable signature).
+void report_format(Report& r, const std::string& dir) {
+  nc_signature_format format{};
+  if (nc_signature_format_of(dir.c_str(), &format) == NC_OK) r.field("format", signature_format_name(format), "signature format");
 }
 
 // Files and bytes under dir, without following symlinks.
@@ -233,11 +253,12 @@ int cmd_check(const std::string& criu, bool json) {
 }
 
 int cmd_dump(const std::string& criu, pid_t pid, const std::string& dir, const std::string& id, bool leave_running,
-             const CriuFlags& flags, bool json) {
+             const CriuFlags& flags, nc_signature_format format, bool json) {
   Report r(json);
   Runtime rt;
   Options opts;
   nc_status s = open_runtime_with(criu, flags, leave_running, rt, opts);
+  if (s == NC_OK) s = nc_options_set_signature_format(opts.get(), format);
   if (s != NC_OK) return r.finish(s);
   const auto start = std::chrono::steady_clock::now();
   s = nc_checkpoint_ex(rt.get(), id.empty() ? std::to_string(pid).c_str() : id.c_str(), pid, dir.c_str(), opts.get());
@@ -248,6 +269,7 @@ int cmd_dump(const std::string& criu, pid_t pid, const std::string& dir, const s
   r.field("pid", pid, "process");
   r.flag("left_running", leave_running, "left running");
   r.field("bytes", bytes, "size (bytes)");
+  report_format(r, dir);
   r.field("milliseconds", std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count(),
           "took (ms)");
   return r.finish(s);
@@ -275,8 +297,9 @@ int cmd_inspect(const std::string& dir, bool json) {
   r.field("dir", dir, "checkpoint");
   r.field("files", files);
   r.field("bytes", bytes, "size (bytes)");
-  const nc_status verified = hash_with_progress(false, dir, json);
+  const nc_status verified = hash_with_progress(std::nullopt, dir, json);
   r.field("signature", verified == NC_OK ? "valid" : fmt::format("INVALID ({})", nc_last_error()));
+  report_format(r, dir);
   char* metadata = nullptr;
   const nc_status s = nc_read_metadata(dir.c_str(), &metadata);
   if (s == NC_OK) {
@@ -303,12 +326,13 @@ int cmd_inspect(const std::string& dir, bool json) {
   return r.finish(verified != NC_OK ? verified : s);
 }
 
-int cmd_hash(bool sign, const std::string& dir, bool json) {
+int cmd_hash(std::optional<nc_signature_format> sign_format, const std::string& dir, bool json) {
   Report r(json);
-  const nc_status s = hash_with_progress(sign, dir, json);
+  const nc_status s = hash_with_progress(sign_format, dir, json);
   if (s == NC_OK) {
     r.field("dir", dir, "checkpoint");
-    r.field("signature", sign ? "written" : "valid");
+    r.field("signature", sign_format ? "written" : "valid");
+    report_format(r, dir);
   }
   return r.finish(s);
 }
@@ -348,6 +372,9 @@ int main(int argc, char** argv) {
   dump->add_option("--id", id, "Container id recorded in metadata.json (default: the PID)");
   dump->add_flag("--leave-running", leave_running, "Keep the tree running after the dump");
   dump->add_option("--criu", criu, "CRIU binary to use instead of the trusted paths");
+  nc_signature_format dump_format = NC_SIGNATURE_CHUNKED;
+  dump->add_option("--signature-format", dump_format, "Signature format (default chunked; seed: nucleus-container's)")
+      ->transform(CLI::CheckedTransformer(signature_formats));
   flags.add_to(dump);
 
   auto* restore = app.add_subcommand("restore", "Verify --dir and restore its tree; prints the restored PID");
@@ -358,6 +385,9 @@ int main(int argc, char** argv) {
 
   auto* sign = app.add_subcommand("sign", "Write --dir/checkpoint.hmac with this machine's key");
   sign->add_option("--dir", dir, "Checkpoint folder")->required();
+  nc_signature_format sign_format = NC_SIGNATURE_SEED;
+  sign->add_option("--format", sign_format, "Signature format (default seed, as nc_sign; chunked: parallel)")
+      ->transform(CLI::CheckedTransformer(signature_formats));
   auto* verify = app.add_subcommand("verify", "Check --dir against its checkpoint.hmac");
   verify->add_option("--dir", dir, "Checkpoint folder")->required();
   auto* inspect = app.add_subcommand("inspect", "Show a checkpoint's metadata, size and signature state");
@@ -373,10 +403,10 @@ int main(int argc, char** argv) {
   }
 
   if (*check) return cmd_check(criu, json);
-  if (*dump) return cmd_dump(criu, pid, dir, id, leave_running, flags, json);
+  if (*dump) return cmd_dump(criu, pid, dir, id, leave_running, flags, dump_format, json);
   if (*restore) return cmd_restore(criu, dir, flags, json);
-  if (*sign) return cmd_hash(true, dir, json);
-  if (*verify) return cmd_hash(false, dir, json);
+  if (*sign) return cmd_hash(sign_format, dir, json);
+  if (*verify) return cmd_hash(std::nullopt, dir, json);
   if (*inspect) return cmd_inspect(dir, json);
   return cmd_keygen(json);
 }

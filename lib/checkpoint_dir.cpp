@@ -15,6 +15,7 @@
 
 #include "fs_util.hpp"
 #include "sodium.hpp"
+#include "tree_walk.hpp"
 
 namespace nucleus::checkpoint {
 
@@ -83,28 +84,6 @@ void CheckpointDir::commit() {
 
 namespace {
 
-// Visits every folder and file below dir_fd (not dir_fd itself), each opened O_NOFOLLOW relative
-// to its parent; symlinks and special files are passed to the visitor unopened (fd -1).
-template <typename Visit>
-void walk_tree(int dir_fd, const std::string& prefix, int depth, Visit& visit) {
-  if (depth > 64) throw Error(Status::integrity, fmt::format("checkpoint tree is nested too deep at '{}'", prefix));
-  for (const std::string& name : list_dir(dir_fd, fmt::format("checkpoint folder '{}'", prefix))) {
-    const std::string rel = prefix.empty() ? name : prefix + "/" + name;
-    struct stat st {};
-    if (::fstatat(dir_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) continue;  // gone meanwhile
-    if (!S_ISDIR(st.st_mode) && !S_ISREG(st.st_mode)) {
-      visit(-1, st, rel);
-      continue;
-    }
-    const UniqueFd fd(::openat(dir_fd, name.c_str(),
-                               (S_ISDIR(st.st_mode) ? O_DIRECTORY : O_NONBLOCK) | O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-    if (!fd) throw system_error(status_of_errno(errno), errno, fmt::format("cannot open checkpoint entry '{}'", rel));
-    const struct stat now = stat_fd(fd.get(), rel);
-    visit(fd.get(), now, rel);
-    if (S_ISDIR(now.st_mode)) walk_tree(fd.get(), rel, depth + 1, visit);
-  }
-}
-
 void check_private(const struct stat& st, std::string_view what) {
   if (st.st_uid != ::geteuid() || (st.st_mode & 022) != 0)
     throw Error(Status::permission,
@@ -121,22 +100,20 @@ void require_private_dir(int dir_fd, const fs::path& path, std::string_view what
 
 void require_private_tree(int dir_fd) {
   check_private(stat_fd(dir_fd, "checkpoint directory"), "the checkpoint directory");
-  auto visit = [](int, const struct stat& st, const std::string& rel) {
+  walk_checkpoint_tree(dir_fd, [](int, const struct stat& st, const std::string& rel) {
     check_private(st, fmt::format("checkpoint entry '{}'", rel));
     if (S_ISREG(st.st_mode) && st.st_nlink != 1)
       throw Error(Status::permission, fmt::format("checkpoint file '{}' has {} hard links: it may be changed through "
                                                   "another name; copy the checkpoint instead of linking it", rel,
                                                   st.st_nlink));
-  };
-  walk_tree(dir_fd, "", 0, visit);
+  });
 }
 
 void make_tree_private(int dir_fd) {
-  auto visit = [](int fd, const struct stat& st, const std::string& rel) {
-    if (fd >= 0 && ::fchmod(fd, S_ISDIR(st.st_mode) ? 0700 : 0600) != 0)
+  walk_checkpoint_tree(dir_fd, [](int fd, const struct stat& st, const std::string& rel) {
+    if (::fchmod(fd, S_ISDIR(st.st_mode) ? 0700 : 0600) != 0)
       throw system_error(status_of_errno(errno), errno, fmt::format("cannot make checkpoint entry '{}' private", rel));
-  };
-  walk_tree(dir_fd, "", 0, visit);
+  });
 }
 
 }  // namespace nucleus::checkpoint

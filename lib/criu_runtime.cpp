@@ -21,9 +21,11 @@
 #include <nucleus/checkpoint/metadata.hpp>
 
 #include "checkpoint_dir.hpp"
+#include "chunked_signature.hpp"
 #include "criu_args.hpp"
 #include "criu_log.hpp"
 #include "fs_util.hpp"
+#include "live_digests.hpp"
 #include "proc.hpp"
 #include "subprocess.hpp"
 #include "utf8.hpp"
@@ -281,7 +283,14 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
 }
 
 void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options) {
+  checkpoint(container, dir, options, SignatureFormat::chunked);
+}
+
+void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options,
+                             SignatureFormat format) {
   require_root("Checkpoint");
+  if (format != SignatureFormat::seed && format != SignatureFormat::chunked)
+    throw Error(Status::invalid, fmt::format("unknown signature format {}", static_cast<int>(format)));
   if (container.id.empty()) throw Error(Status::invalid, "container id is empty");
   if (container.pid <= 0) throw Error(Status::invalid, fmt::format("PID {} is not a process", container.pid));
   const ProcessStatus process = read_process_status(container.pid, container.start_ticks);
@@ -303,8 +312,17 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
     const UniqueFd work = options.work_dir.empty() ? UniqueFd() : open_work_dir(options.work_dir);
     const int work_fd = work ? work.get() : cd.dir();
     const auto args = criu_dump_args(container.pid, proc_fd_path(child_fd(0)), proc_fd_path(child_fd(1)), options);
+    // With the tree left running, its images are hashed as CRIU writes them, on CPU CRIU leaves
+    // idle, and signing hashes only what is left. That relies on CRIU writing each image once,
+    // front to back. Without leave_running the tree dies once this returns, so there the
+    // signature is computed from the finished files alone (on every core): a wrong one would lose
+    // the process.
+    std::optional<LiveDigests> live;
+    if (format == SignatureFormat::chunked && options.leave_running)
+      live.emplace(cd.images(), ChunkedSignature::default_chunk_size);
     const ProcessResult r =
         run_process(binary_fd_, "criu", args, {cd.images(), work_fd}, criu_environment(), options.timeout);
+    StartedDigests started = live ? live->stop() : StartedDigests();
     if (!r.succeeded_by(r.status_lost ? log_tail(work_fd, "dump.log") : "", "Dumping finished successfully")) {
       // CRIU resumes the tree when it fails; killed, it may have left it stopped: resume it.
       signal_tree(process_tree(container.pid), SIGCONT);
@@ -323,7 +341,8 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
           std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
       make_tree_private(cd.dir());  // CRIU writes its images 0644; they hold process memory
       metadata.save(cd.dir());
-      HmacTree::sign(cd.dir(), key);
+      if (format == SignatureFormat::chunked) sign_chunked(cd.dir(), key, {}, &started);
+      else HmacTree::sign(cd.dir(), key, SignatureFormat::seed);
       cd.commit();
     } catch (...) {
       if (!options.leave_running) signal_tree(tree, SIGCONT);

@@ -78,6 +78,21 @@ std::vector<char*> c_strings(std::vector<std::string>& strings) {
   ::_exit(127);
 }
 
+// fork(), but with a pidfd for the child, so that it is waited for through that alone. clone3
+// first; where a seccomp filter refuses it (Docker's default profile answers ENOSYS), the older
+// clone(), which returns the pidfd through its parent_tid argument (the third on x86-64 and arm64).
+long fork_with_pidfd(int& pidfd) {
+  clone_args ca{};
+  ca.flags = CLONE_PIDFD;
+  ca.pidfd = reinterpret_cast<std::uint64_t>(&pidfd);
+  ca.exit_signal = SIGCHLD;
+  const long pid = ::syscall(SYS_clone3, &ca, sizeof ca);
+#if defined(__x86_64__) || defined(__aarch64__)
+  if (pid < 0 && errno == ENOSYS) return ::syscall(SYS_clone, CLONE_PIDFD | SIGCHLD, nullptr, &pidfd, nullptr, nullptr);
+#endif
+  return pid;
+}
+
 // Waits up to `timeout` (0: forever) for the process to exit; kills it once the timeout passes.
 bool wait_exit(int pidfd, std::chrono::milliseconds timeout) {
   if (timeout.count() <= 0) return true;
@@ -123,11 +138,7 @@ ProcessResult run_process(int program_fd, const std::string& program_name, const
   ::sigfillset(&all);
   ::pthread_sigmask(SIG_SETMASK, &all, &old);
   int pidfd_raw = -1;
-  clone_args ca{};
-  ca.flags = CLONE_PIDFD;
-  ca.pidfd = reinterpret_cast<std::uint64_t>(&pidfd_raw);
-  ca.exit_signal = SIGCHLD;
-  const long pid = ::syscall(SYS_clone3, &ca, sizeof ca);
+  const long pid = fork_with_pidfd(pidfd_raw);
   if (pid == 0)
     exec_child(null_high.get(), output_high.get(), program_high.get(), source_numbers.data(), source_numbers.size(),
                argv.data(), envp.data());

@@ -91,6 +91,8 @@ static void test_options_and_versions(void) {
   CHECK(nc_options_set_log_level(opts, 5) == NC_E_INVALID);
   CHECK(nc_options_add_external(opts, "--exec-cmd") == NC_E_INVALID);
   CHECK(nc_options_set_restore_mode(opts, NC_RESTORE_CHILD) == NC_OK);
+  CHECK(nc_options_set_signature_format(opts, NC_SIGNATURE_SEED) == NC_OK);
+  CHECK(nc_options_set_signature_format(opts, (nc_signature_format)0) == NC_E_INVALID);
   CHECK(nc_options_set_leave_running(NULL, 1) == NC_E_INVALID);
   CHECK(strstr(nc_last_error(), "options are NULL") != NULL);
   nc_options_free(opts);
@@ -116,10 +118,18 @@ static void test_sign_verify(void) {
   mkdir(dir, 0700);
   mkdir(images, 0700);
   write_text(file, "pages");
+  nc_signature_format format = NC_SIGNATURE_CHUNKED;
   CHECK(nc_verify(dir) == NC_E_INTEGRITY); /* unsigned */
-  CHECK(nc_sign(dir) == NC_OK);
+  CHECK(nc_signature_format_of(dir, &format) == NC_E_INTEGRITY);
+  CHECK(nc_sign_ex(dir, NC_SIGNATURE_CHUNKED, NULL, NULL) == NC_OK);
+  CHECK(nc_signature_format_of(dir, &format) == NC_OK && format == NC_SIGNATURE_CHUNKED);
+  CHECK(nc_verify(dir) == NC_OK);
+  CHECK(nc_sign(dir) == NC_OK); /* the seed's format, as before */
+  CHECK(nc_signature_format_of(dir, &format) == NC_OK && format == NC_SIGNATURE_SEED);
   CHECK(nc_verify(dir) == NC_OK);
   CHECK(strcmp(nc_last_error(), "") == 0);
+  CHECK(nc_sign_ex(dir, (nc_signature_format)3, NULL, NULL) == NC_E_INVALID);
+  CHECK(nc_signature_format_of(dir, NULL) == NC_E_INVALID);
   write_text(file, "PAGES");
   CHECK(nc_verify(dir) == NC_E_INTEGRITY);
   CHECK(strstr(nc_last_error(), "HMAC mismatch") != NULL);
@@ -147,6 +157,8 @@ static void test_checkpoint_restore(void) {
   CHECK(nc_runtime_new(&rt) == NC_OK);
   if (!rt) return;
   CHECK(nc_checkpoint(rt, "capi", pid, checkpoint, 0) == NC_OK);
+  nc_signature_format format = NC_SIGNATURE_SEED;
+  CHECK(nc_signature_format_of(checkpoint, &format) == NC_OK && format == NC_SIGNATURE_CHUNKED); /* the default */
   sleep_ms(100);
   while (waitpid(-1, NULL, WNOHANG) > 0) {
   }

@@ -118,6 +118,38 @@ TEST_CASE_METHOD(Fixture, "a tampered image is refused and nothing is restored",
   CHECK_FALSE(is_alive(pid));
 }
 
+TEST_CASE_METHOD(Fixture, "a dump's images hashed while CRIU wrote them give the signature hashed afterwards",
+                 "[e2e][signature]") {
+  CounterTree tree(tmp / "counter", 64);  // tens of MiB of images: most are hashed during the dump
+  rt->checkpoint(container("e2e", tree.pid()), checkpoint, true);
+  REQUIRE(HmacTree::format_of(checkpoint) == SignatureFormat::chunked);  // the default for dumps
+  const std::string streamed = read_file(checkpoint / HmacTree::signature_file);
+  CHECK_NOTHROW(HmacTree::verify(checkpoint, KeyStore().load()));
+  HmacTree::sign(checkpoint, KeyStore().load(), SignatureFormat::chunked);  // from scratch, after the fact
+  CHECK(read_file(checkpoint / HmacTree::signature_file) == streamed);
+
+  SECTION("a byte changed deep in the pages is refused") {
+    flip_byte(checkpoint / "images/pages-1.img", 40 << 20);
+    try {
+      HmacTree::verify(checkpoint, KeyStore().load());
+      FAIL("a changed page verified");
+    } catch (const Error& e) {
+      CHECK(e.status() == Status::integrity);
+    }
+  }
+}
+
+TEST_CASE_METHOD(Fixture, "a dump signed in the seed format restores", "[e2e][signature]") {
+  CounterTree tree(tmp / "counter");
+  const pid_t pid = tree.pid();
+  rt->checkpoint(container("e2e", pid), checkpoint, CriuOptions(), SignatureFormat::seed);
+  REQUIRE(HmacTree::format_of(checkpoint) == SignatureFormat::seed);
+  CHECK(HmacTree::compute(checkpoint, KeyStore().load()) == read_file(checkpoint / HmacTree::signature_file));
+  REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));
+  CHECK(rt->restore(checkpoint) == pid);
+  CHECK(is_alive(pid));
+}
+
 namespace {
 
 // A child in its own session holding an established TCP connection to this process.

@@ -7,11 +7,16 @@
 #include <nucleus/checkpoint/metadata.hpp>
 
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstddef>
 #include <csignal>
 #include <optional>
 #include <fstream>
@@ -469,6 +474,50 @@ TEST_CASE("CRIU gets only its own descriptors and default signals, and its statu
   const std::string sig = read_file(tmp / "work/sig");
   const auto ignored = std::strtoull(sig.substr(sig.find(':') + 1).c_str(), nullptr, 16);
   CHECK((ignored & (1ull << (SIGCHLD - 1))) == 0);
+}
+
+namespace {
+
+// Makes clone3 fail with ENOSYS in this process from now on, as Docker's default seccomp profile
+// does, and allows everything else.
+void refuse_clone3() {
+  sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone3, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog program{static_cast<unsigned short>(std::size(filter)), filter};
+  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) != 0)
+    ::_exit(3);
+}
+
+}  // namespace
+
+TEST_CASE("where seccomp refuses clone3, CRIU is started with clone", "[criu_runtime][spawn]") {
+  TestKey key;
+  TempDir tmp;
+  const fs::path criu = write_fake_criu(tmp.path(), "echo '(00.3) Dumping finished successfully' > \"$work/dump.log\"");
+  // In a child, so that the filter stays there; it reports through its exit code.
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    refuse_clone3();
+    if (::syscall(SYS_clone3, nullptr, 0) != -1 || errno != ENOSYS) ::_exit(4);  // the filter works
+    try {
+      CriuRuntime rt(criu);
+      CriuOptions o;
+      o.leave_running = true;
+      rt.checkpoint(container("c", ::getppid()), tmp / "cp", o);
+      ::_exit(fs::exists(tmp / "cp/checkpoint.hmac") ? 0 : 5);
+    } catch (...) {
+      ::_exit(6);
+    }
+  }
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
 }
 
 TEST_CASE("with stdin closed, CRIU still gets the right descriptors", "[criu_runtime][spawn]") {

@@ -1,5 +1,6 @@
-// HmacTree: the MAC over a whole checkpoint folder, checked against seed_hmac.py (an
-// independent Python implementation of the seed's algorithm), and what sign/verify accept.
+// HmacTree: the MAC over a whole checkpoint folder in both signature formats, checked against
+// seed_hmac.py (an independent Python implementation of the seed's and the chunked format), and
+// what sign/verify/format_of accept.
 #include "test_support.hpp"
 
 #include <fcntl.h>
@@ -14,9 +15,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <optional>
 #include <set>
 #include <string>
@@ -25,9 +29,14 @@
 #include <utility>
 #include <vector>
 
+#include <sodium.h>
+
 #include <nucleus/checkpoint/error.hpp>
 #include <nucleus/checkpoint/hmac_tree.hpp>
 #include <nucleus/checkpoint/key_store.hpp>
+
+#include "chunked_signature.hpp"
+#include "unique_fd.hpp"
 
 extern char** environ;
 
@@ -66,19 +75,21 @@ mode_t mode_of(const fs::path& p) {
   return st.st_mode;
 }
 
-// Runs `python3 seed_hmac.py dir key_file`; returns its exit status and standard output.
-std::pair<int, std::string> run_seed(const fs::path& dir, const fs::path& key_file) {
+// Runs `python3 seed_hmac.py args...`; returns its exit status and standard output.
+std::pair<int, std::string> run_script(std::vector<std::string> args) {
   const char* script = std::getenv("NC_TEST_SEED_HMAC");
   REQUIRE(script != nullptr);  // set by tests/meson.build
+  args.insert(args.begin(), {"/usr/bin/python3", script});
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
   int out[2];
   REQUIRE(::pipe2(out, O_CLOEXEC) == 0);
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
-  std::string python = "/usr/bin/python3", script_arg = script, dir_arg = dir.native(), key_arg = key_file.native();
-  char* argv[] = {python.data(), script_arg.data(), dir_arg.data(), key_arg.data(), nullptr};
   pid_t pid = -1;
-  const int rc = ::posix_spawn(&pid, python.c_str(), &actions, nullptr, argv, environ);
+  const int rc = ::posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   ::close(out[1]);
   std::string output;
@@ -99,16 +110,73 @@ std::pair<int, std::string> run_seed(const fs::path& dir, const fs::path& key_fi
   return {WEXITSTATUS(status), output};
 }
 
-// The seed's MAC of dir under key, by seed_hmac.py; the key file lives outside dir.
-std::string seed_mac(const TempDir& tmp, const fs::path& dir, const HmacKey& key) {
+// The key's bytes in a file outside the checkpoint, for seed_hmac.py.
+fs::path script_key_file(const TempDir& tmp, const HmacKey& key) {
   const fs::path key_file = tmp / "seed-script.key";
   write_file(key_file, std::string(key.bytes().begin(), key.bytes().end()));
-  const auto [status, output] = run_seed(dir, key_file);
+  return key_file;
+}
+
+// The seed's MAC of dir under key, by seed_hmac.py.
+std::string seed_mac(const TempDir& tmp, const fs::path& dir, const HmacKey& key) {
+  const auto [status, output] = run_script({dir.native(), script_key_file(tmp, key).native()});
   INFO("seed_hmac.py printed: " << output);
   REQUIRE(status == 0);
   REQUIRE(output.size() == 65);
   REQUIRE(output.back() == '\n');
   return output.substr(0, 64);
+}
+
+// The chunked format's checkpoint.hmac for dir under key, by seed_hmac.py --format chunked.
+std::string chunked_text_by_script(const TempDir& tmp, const fs::path& dir, const HmacKey& key,
+                                   std::uint64_t chunk_size) {
+  const auto [status, output] = run_script({"--format", "chunked", "--chunk-size", std::to_string(chunk_size),
+                                            dir.native(), script_key_file(tmp, key).native()});
+  INFO("seed_hmac.py --format chunked printed: " << output);
+  REQUIRE(status == 0);
+  return output;
+}
+
+constexpr std::uint64_t small_chunk = ChunkedSignature::min_chunk_size;  // 4 KiB: many chunks in small files
+constexpr std::uint64_t default_chunk = ChunkedSignature::default_chunk_size;
+
+std::string hex_of(const HmacSha256::Mac& mac) {
+  char hex[2 * sizeof mac + 1];
+  sodium_bin2hex(hex, sizeof hex, mac.data(), mac.size());
+  return hex;
+}
+
+// checkpoint.hmac in the chunked format, spelled out here rather than by ChunkedSignature::to_text.
+std::string chunked_text(std::uint64_t chunk_size, const std::string& mac_hex) {
+  return "nucleus-checkpoint-signature 2\nchunk-size " + std::to_string(chunk_size) + "\nhmac-sha256 " + mac_hex + "\n";
+}
+
+UniqueFd open_folder(const fs::path& dir) {
+  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  REQUIRE(fd);
+  return fd;
+}
+
+// The library's chunked signature text for dir at any chunk size (HmacTree::sign uses the default).
+std::string chunked_text_of(const fs::path& dir, const HmacKey& key, std::uint64_t chunk_size) {
+  return chunked_text(chunk_size, hex_of(chunked_tree_mac(open_folder(dir).get(), key, chunk_size, {})));
+}
+
+// Signs dir in the chunked format: at the default chunk size through the public HmacTree::sign,
+// at any other by writing the text of chunked_tree_mac, which verify must accept as well.
+void sign_chunked_with(const fs::path& dir, const HmacKey& key, std::uint64_t chunk_size) {
+  if (chunk_size == default_chunk) return HmacTree::sign(dir, key, SignatureFormat::chunked);
+  const std::string text = chunked_text_of(dir, key, chunk_size);
+  write_file(dir / HmacTree::signature_file, text);
+}
+
+// Files whose sizes sit on either side of chunk boundaries: 0, 1, chunk-1, chunk, chunk+1 and
+// several chunks plus a piece, each with content that differs from chunk to chunk.
+void write_chunk_boundary_files(const fs::path& dir, std::uint64_t chunk) {
+  const std::pair<const char*, std::uint64_t> files[] = {
+      {"size-0", 0}, {"size-1", 1}, {"size-chunk-1", chunk - 1}, {"size-chunk", chunk},
+      {"size-chunk+1", chunk + 1}, {"size-3chunks+5", 3 * chunk + 5}};
+  for (const auto& [name, size] : files) write_file(dir / name, pattern(size));
 }
 
 // A checkpoint as CRIU and the library leave it, before signing.
@@ -140,53 +208,88 @@ void make_chain(const fs::path& dir, int levels) {
   write_file(p / "leaf", "bottom");
 }
 
+// Trees both formats are cross-checked with seed_hmac.py on, each built into an empty folder.
+struct AwkwardTree {
+  const char* name;
+  void (*build)(const fs::path& dir);
+};
+
+const std::vector<AwkwardTree>& awkward_trees() {
+  static const std::vector<AwkwardTree> trees = {
+      {"an empty folder", [](const fs::path&) {}},
+      {"empty files",
+       [](const fs::path& dir) {
+         write_file(dir / "a", "");
+         write_file(dir / "b", "");
+       }},
+      {"nested empty folders",
+       [](const fs::path& dir) {
+         fs::create_directories(dir / "x" / "y" / "z");
+         fs::create_directory(dir / "w");
+       }},
+      {"names with spaces, newlines and UTF-8",
+       [](const fs::path& dir) {
+         write_file(dir / "with space.img", "1");
+         write_file(dir / "new\nline", "2");
+         write_file(dir / "é.img", "3");
+         fs::create_directory(dir / "日本");
+         write_file(dir / "日本" / "ファイル", "4");
+       }},
+      {"names in byte order, not locale order",
+       [](const fs::path& dir) {
+         // "B" < "a" as bytes; "a" (a folder holding b) comes before "a.b" and "a-" before "a0",
+         // whereas sorting whole paths would put "a.b" before "a/b".
+         write_file(dir / "B", "upper");
+         fs::create_directory(dir / "a");
+         write_file(dir / "a" / "b", "in a");
+         write_file(dir / "a.b", "dot");
+         write_file(dir / "a-", "dash");
+         write_file(dir / "a0", "zero");
+         write_file(dir / "_", "underscore");
+       }},
+      {"a nested checkpoint.hmac is content, the top-level one is not",
+       [](const fs::path& dir) {
+         write_file(dir / "checkpoint.hmac", "not part of the MAC");
+         fs::create_directory(dir / "sub");
+         write_file(dir / "sub" / "checkpoint.hmac", "part of the MAC");
+       }},
+      {"files across the 1 MiB read buffer",
+       [](const fs::path& dir) {
+         write_file(dir / "big.img", pattern(3 << 20));
+         write_file(dir / "exact.img", pattern(1 << 20));
+         write_file(dir / "over.img", pattern((1 << 20) + 1));
+       }},
+      {"files at 4 KiB chunk boundaries, in a subfolder",
+       [](const fs::path& dir) {
+         fs::create_directory(dir / "images");
+         write_chunk_boundary_files(dir / "images", small_chunk);
+       }},
+      {"a folder nested max_depth - 1 levels", [](const fs::path& dir) { make_chain(dir, HmacTree::max_depth - 1); }},
+  };
+  return trees;
+}
+
+// Runs check(tmp, dir) for each awkward tree, built in a fresh folder, in a section of its own.
+template <typename Check>
+void on_awkward_trees(Check&& check) {
+  for (const AwkwardTree& tree : awkward_trees()) {
+    DYNAMIC_SECTION(tree.name) {
+      TempDir tmp;
+      const fs::path dir = tmp / "tree";
+      fs::create_directory(dir);
+      tree.build(dir);
+      check(tmp, dir);
+    }
+  }
+}
+
 }  // namespace
 
 TEST_CASE("compute agrees with seed_hmac.py on awkward trees", "[hmac_tree]") {
-  TempDir tmp;
-  const fs::path dir = tmp / "tree";
-  fs::create_directory(dir);
-  SECTION("an empty folder") {}
-  SECTION("empty files") {
-    write_file(dir / "a", "");
-    write_file(dir / "b", "");
-  }
-  SECTION("nested empty folders") {
-    fs::create_directories(dir / "x" / "y" / "z");
-    fs::create_directory(dir / "w");
-  }
-  SECTION("names with spaces, newlines and UTF-8") {
-    write_file(dir / "with space.img", "1");
-    write_file(dir / "new\nline", "2");
-    write_file(dir / "é.img", "3");
-    fs::create_directory(dir / "日本");
-    write_file(dir / "日本" / "ファイル", "4");
-  }
-  SECTION("names in byte order, not locale order") {
-    // "B" < "a" as bytes; "a" (a folder holding b) comes before "a.b" and "a-" before "a0",
-    // whereas sorting whole paths would put "a.b" before "a/b".
-    write_file(dir / "B", "upper");
-    fs::create_directory(dir / "a");
-    write_file(dir / "a" / "b", "in a");
-    write_file(dir / "a.b", "dot");
-    write_file(dir / "a-", "dash");
-    write_file(dir / "a0", "zero");
-    write_file(dir / "_", "underscore");
-  }
-  SECTION("a nested checkpoint.hmac is content, the top-level one is not") {
-    write_file(dir / "checkpoint.hmac", "not part of the MAC");
-    fs::create_directory(dir / "sub");
-    write_file(dir / "sub" / "checkpoint.hmac", "part of the MAC");
-  }
-  SECTION("files across the 1 MiB read buffer") {
-    write_file(dir / "big.img", pattern(3 << 20));
-    write_file(dir / "exact.img", pattern(1 << 20));
-    write_file(dir / "over.img", pattern((1 << 20) + 1));
-  }
-  SECTION("a folder nested max_depth - 1 levels") { make_chain(dir, HmacTree::max_depth - 1); }
-
-  const HmacKey key = key_of(32);
-  CHECK(HmacTree::compute(dir, key) == seed_mac(tmp, dir, key));
+  on_awkward_trees([](const TempDir& tmp, const fs::path& dir) {
+    const HmacKey key = key_of(32);
+    CHECK(HmacTree::compute(dir, key) == seed_mac(tmp, dir, key));
+  });
 }
 
 TEST_CASE("compute agrees with seed_hmac.py for keys of 32, 64, 65 and 200 bytes", "[hmac_tree]") {
@@ -204,16 +307,30 @@ TEST_CASE("compute agrees with seed_hmac.py for keys of 32, 64, 65 and 200 bytes
   CHECK(macs.size() == 4);
 }
 
-TEST_CASE("compute matches a known answer", "[hmac_tree]") {
-  // Computed once with seed_hmac.py (and by hand from the byte stream) for this tree and key.
-  TempDir tmp;
+namespace {
+
+// The known answers' tree: a seed checkpoint folder with an empty folder and a small pages image.
+fs::path known_answer_tree(const TempDir& tmp) {
   const fs::path dir = seed_checkpoint_dir(tmp);
   fs::create_directory(dir / "images" / "empty");
   write_file(dir / "images" / "pages-1.img", "snapshot");
+  return dir;
+}
+
+// The known answers' key: the bytes 0, 1, ..., 31.
+HmacKey counting_key() {
   std::vector<unsigned char> bytes(32);
   for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<unsigned char>(i);
-  const HmacKey key = HmacKey::from_bytes(bytes);
-  CHECK(HmacTree::compute(dir, key) == "4030dbce7de3ffb67e31558eb38c38c4437f536e6936c05e291e3b6cb2601a65");
+  return HmacKey::from_bytes(bytes);
+}
+
+}  // namespace
+
+TEST_CASE("compute matches a known answer", "[hmac_tree]") {
+  // Computed once with seed_hmac.py (and by hand from the byte stream) for this tree and key.
+  TempDir tmp;
+  const fs::path dir = known_answer_tree(tmp);
+  CHECK(HmacTree::compute(dir, counting_key()) == "4030dbce7de3ffb67e31558eb38c38c4437f536e6936c05e291e3b6cb2601a65");
 }
 
 TEST_CASE("only the top-level checkpoint.hmac is left out of the MAC", "[hmac_tree]") {
@@ -535,4 +652,363 @@ TEST_CASE("the same descriptor gives the same MAC twice", "[hmac_tree]") {
   CHECK_NOTHROW(HmacTree::verify(fd, key));
   ::close(fd);
   CHECK(first == HmacTree::compute(dir, key));
+}
+
+// ---- The chunked format (version 2) ----
+
+TEST_CASE("the chunked format agrees with seed_hmac.py --format chunked on awkward trees", "[hmac_tree][chunked]") {
+  on_awkward_trees([](const TempDir& tmp, const fs::path& dir) {
+    const HmacKey key = key_of(32);
+    // Small chunks through chunked_tree_mac, the default through the public sign.
+    CHECK(chunked_text_of(dir, key, small_chunk) == chunked_text_by_script(tmp, dir, key, small_chunk));
+    const std::string by_script = chunked_text_by_script(tmp, dir, key, default_chunk);
+    HmacTree::sign(dir, key, SignatureFormat::chunked);
+    CHECK(read_file(dir / HmacTree::signature_file) == by_script);
+    CHECK_NOTHROW(HmacTree::verify(dir, key));
+  });
+}
+
+TEST_CASE("sign(chunked) agrees with seed_hmac.py on files at 4 MiB chunk boundaries, under both engines",
+          "[hmac_tree][chunked]") {
+  TempDir tmp;
+  const fs::path dir = tmp / "tree";
+  fs::create_directories(dir / "images");
+  write_chunk_boundary_files(dir / "images", default_chunk);
+  write_file(dir / "metadata.json", "{}");
+  const HmacKey key = key_of(65, 3);  // longer than the HMAC block: hashed first
+  const std::string by_script = chunked_text_by_script(tmp, dir, key, default_chunk);
+
+  std::vector<std::string> signed_texts;
+  for (const bool sodium : {false, true}) {
+    INFO((sodium ? "libsodium" : "default engine"));
+    const auto engine = hash_engine_env(sodium);
+    HmacTree::sign(dir, key, SignatureFormat::chunked);
+    signed_texts.push_back(read_file(dir / HmacTree::signature_file));
+    CHECK(signed_texts.back() == by_script);
+    CHECK(chunked_text_of(dir, key, small_chunk) == chunked_text_by_script(tmp, dir, key, small_chunk));
+  }
+  CHECK(signed_texts.front() == signed_texts.back());
+
+  // Signed by one engine, verified by the other.
+  {
+    const auto engine = hash_engine_env(false);
+    CHECK_NOTHROW(HmacTree::verify(dir, key));
+  }
+  const auto engine = hash_engine_env(true);
+  CHECK_NOTHROW(HmacTree::verify(dir, key));
+}
+
+TEST_CASE("the chunked format matches known answers", "[hmac_tree][chunked]") {
+  // Computed once with seed_hmac.py --format chunked for these trees and this key (and again from
+  // the byte stream written out by hand), and kept here so that neither implementation can drift
+  // from the format unnoticed.
+  TempDir tmp;
+  const fs::path dir = known_answer_tree(tmp);
+  const HmacKey key = counting_key();
+
+  HmacTree::sign(dir, key, SignatureFormat::chunked);
+  CHECK(read_file(dir / HmacTree::signature_file) ==
+        "nucleus-checkpoint-signature 2\n"
+        "chunk-size 4194304\n"
+        "hmac-sha256 64a2375a9c471ccb243276145a72e1f97dd76d33dac35ef2193ff4f1c2df6249\n");
+
+  // Two chunks and a piece at 4 KiB: the chunk digests and their order are in the answer.
+  write_file(dir / "images" / "pages-2.img", std::string(4096, 'a') + std::string(4096, 'b') + "c");
+  CHECK(chunked_text_of(dir, key, small_chunk) ==
+        chunked_text(small_chunk, "5cb0218c4a3cf3e964ae81e8192807cf308cc1fd8fdec14cdb555436fe62e068"));
+}
+
+TEST_CASE("the chunk size is bound into the MAC, even where every file is a single chunk", "[hmac_tree][chunked]") {
+  // Every file shorter than both chunk sizes has the same digest at both: only the bound chunk
+  // size tells the MACs apart, so a signature cannot be passed off as one of another chunk size.
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  const HmacKey key = key_of(32);
+  const auto mac_at = [&](std::uint64_t chunk_size) {
+    return chunked_tree_mac(open_folder(dir).get(), key, chunk_size, {});
+  };
+  CHECK(mac_at(small_chunk) != mac_at(2 * small_chunk));
+  CHECK(mac_at(default_chunk) != mac_at(ChunkedSignature::max_chunk_size));
+}
+
+TEST_CASE("verify refuses a chunked checkpoint changed after signing", "[hmac_tree][chunked]") {
+  // Each change on a fresh tree, for small chunks and the default; the signature verifies before it.
+  struct Change {
+    const char* name;
+    void (*apply)(const fs::path& dir, std::uint64_t chunk);
+  };
+  const Change changes[] = {
+      {"a file's content changed, same size",
+       [](const fs::path& dir, std::uint64_t) { write_file(dir / "images/pages-1.img", "snapsh0t"); }},
+      {"a byte appended to a file",
+       [](const fs::path& dir, std::uint64_t) { write_file(dir / "images/pages-1.img", "snapshot!"); }},
+      {"a file cut short by a byte",
+       [](const fs::path& dir, std::uint64_t) { fs::resize_file(dir / "images/pages-1.img", 7); }},
+      {"an empty file given a byte", [](const fs::path& dir, std::uint64_t) { write_file(dir / "dump.log", "x"); }},
+      {"a file added", [](const fs::path& dir, std::uint64_t) { write_file(dir / "images/pages-9.img", ""); }},
+      {"a file removed", [](const fs::path& dir, std::uint64_t) { fs::remove(dir / "images/inventory.img"); }},
+      {"a file renamed",
+       [](const fs::path& dir, std::uint64_t) { fs::rename(dir / "images/core-1.img", dir / "images/core-2.img"); }},
+      {"a file moved into another folder",
+       [](const fs::path& dir, std::uint64_t) { fs::rename(dir / "metadata.json", dir / "images/metadata.json"); }},
+      {"an empty folder added", [](const fs::path& dir, std::uint64_t) { fs::create_directory(dir / "images/extra"); }},
+      {"an empty folder removed", [](const fs::path& dir, std::uint64_t) { fs::remove(dir / "images/empty"); }},
+      {"an empty folder renamed",
+       [](const fs::path& dir, std::uint64_t) { fs::rename(dir / "images/empty", dir / "images/emptz"); }},
+      {"a folder with files renamed", [](const fs::path& dir, std::uint64_t) { fs::rename(dir / "images", dir / "imagez"); }},
+      {"contents swapped between two files of one size",
+       [](const fs::path& dir, std::uint64_t) {
+         write_file(dir / "images/pages-1.img", "corecore");
+         write_file(dir / "images/core-1.img", "snapshot");
+       }},
+      {"a file's first and last whole chunks swapped",
+       [](const fs::path& dir, std::uint64_t chunk) {
+         // Same size and the same chunk digests, only in another order.
+         const std::string data = read_file(dir / "images/pages-2.img");
+         const std::string first = data.substr(0, chunk), last = data.substr(2 * chunk, chunk);
+         REQUIRE(first != last);
+         write_file(dir / "images/pages-2.img", last + data.substr(chunk, chunk) + first + data.substr(3 * chunk));
+       }},
+      {"the chunk-size line changed, the MAC kept",
+       [](const fs::path& dir, std::uint64_t chunk) {
+         std::string text = read_file(dir / HmacTree::signature_file);
+         const std::string line = "chunk-size " + std::to_string(chunk) + "\n";
+         text.replace(text.find(line), line.size(), "chunk-size " + std::to_string(chunk * 2) + "\n");
+         write_file(dir / HmacTree::signature_file, text);
+       }},
+      {"a digit of the MAC changed",
+       [](const fs::path& dir, std::uint64_t) {
+         std::string text = read_file(dir / HmacTree::signature_file);
+         char& digit = text[text.size() - 2];
+         digit = digit == '0' ? '1' : '0';
+         write_file(dir / HmacTree::signature_file, text);
+       }},
+  };
+  for (const std::uint64_t chunk : {small_chunk, default_chunk}) {
+    for (const Change& change : changes) {
+      INFO(change.name << ", chunk size " << chunk);
+      TempDir tmp;
+      const fs::path dir = make_checkpoint(tmp);
+      fs::create_directory(dir / "images/empty");
+      write_file(dir / "dump.log", "");
+      write_file(dir / "images/pages-2.img", pattern(3 * chunk + 1));
+      const HmacKey key = key_of(32);
+      sign_chunked_with(dir, key, chunk);
+      REQUIRE(HmacTree::format_of(dir) == SignatureFormat::chunked);
+      REQUIRE_NOTHROW(HmacTree::verify(dir, key));
+      change.apply(dir, chunk);
+      require_integrity_error([&] { HmacTree::verify(dir, key); }, "HMAC mismatch");
+    }
+  }
+}
+
+TEST_CASE("verify of a chunked signature fails for every changed byte and with another key", "[hmac_tree][chunked]") {
+  TempDir tmp;
+  const fs::path dir = tmp / "tree";
+  fs::create_directory(dir);
+  write_chunk_boundary_files(dir, small_chunk);
+  const HmacKey key = key_of(32);
+  sign_chunked_with(dir, key, small_chunk);
+  REQUIRE_NOTHROW(HmacTree::verify(dir, key));
+
+  require_integrity_error([&] { HmacTree::verify(dir, key_of(32, 1)); }, "HMAC mismatch");
+  require_integrity_error([&] { HmacTree::verify(dir, key_of(33)); }, "HMAC mismatch");
+
+  // The first byte, the bytes on either side of each chunk boundary, and the last byte of every
+  // file, each flipped alone and put back.
+  int flipped = 0;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const fs::path file = entry.path();
+    if (file.filename() == HmacTree::signature_file) continue;
+    const std::string original = read_file(file);
+    std::set<std::size_t> offsets;
+    for (std::size_t boundary = 0; boundary <= original.size(); boundary += small_chunk) {
+      if (boundary > 0) offsets.insert(boundary - 1);
+      if (boundary < original.size()) offsets.insert(boundary);
+    }
+    if (!original.empty()) offsets.insert(original.size() - 1);
+    for (const std::size_t at : offsets) {
+      INFO(file.filename() << " byte " << at);
+      std::string changed = original;
+      changed[at] = static_cast<char>(changed[at] ^ 0x01);
+      write_file(file, changed);
+      require_integrity_error([&] { HmacTree::verify(dir, key); }, "HMAC mismatch");
+      ++flipped;
+    }
+    write_file(file, original);
+  }
+  CHECK(flipped > 10);
+  CHECK_NOTHROW(HmacTree::verify(dir, key));
+}
+
+TEST_CASE("ChunkedSignature::parse accepts the three lines and nothing else", "[hmac_tree][chunked]") {
+  const std::string hex = hex_of(HmacSha256::Mac{0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe});
+  REQUIRE(hex.size() == 64);
+  const std::string header = "nucleus-checkpoint-signature 2\n", mac_line = "hmac-sha256 " + hex + "\n";
+  const auto with_size = [&](const std::string& size) { return header + "chunk-size " + size + "\n" + mac_line; };
+
+  SECTION("well-formed texts parse, and to_text writes them back byte for byte") {
+    for (const std::uint64_t size : {ChunkedSignature::min_chunk_size, std::uint64_t{65536}, default_chunk,
+                                     ChunkedSignature::max_chunk_size}) {
+      const std::string text = with_size(std::to_string(size));
+      INFO(text);
+      const ChunkedSignature parsed = ChunkedSignature::parse(text);
+      CHECK(parsed.chunk_size == size);
+      CHECK(hex_of(parsed.mac) == hex);
+      CHECK(parsed.to_text() == text);
+    }
+  }
+
+  SECTION("malformed texts are integrity errors, by parse and by verify") {
+    std::string upper_hex = hex;
+    std::transform(upper_hex.begin(), upper_hex.end(), upper_hex.begin(), [](char c) { return static_cast<char>(std::toupper(c)); });
+    const std::pair<std::string, std::string> malformed[] = {
+        // {text, part of the message}
+        {header, "'chunk-size' line is missing"},
+        {header.substr(0, header.size() - 1), "malformed"},  // the header alone, unterminated
+        {header + "chunk-size 4096\n", "'hmac-sha256' line is missing"},
+        {header + "chunk-size 4096", "'chunk-size' line is missing or unterminated"},
+        {header + "chunk-size 4096\nhmac-sha256 " + hex, "'hmac-sha256' line is missing or unterminated"},
+        {header + mac_line + "chunk-size 4096\n", "expected a 'chunk-size' line"},
+        {header + "chunk-size:4096\n" + mac_line, "expected a 'chunk-size' line"},
+        {header + "chunk-size 4096\nhmac-sha512 " + hex + "\n", "expected a 'hmac-sha256' line"},
+        {with_size("4096") + "x", "unexpected text"},
+        {with_size("4096") + "\n", "unexpected text"},
+        {with_size("4096") + mac_line, "unexpected text"},
+        {with_size("4096") + std::string(1, '\0'), "unexpected text"},
+        {header + "chunk-size 4096\r\n" + mac_line, "chunk-size must be a power of two"},
+        {header + "chunk-size 4096\nhmac-sha256 " + hex + "\r\n", "lowercase hex"},
+        {header + "chunk-size 4096\nhmac-sha256 " + upper_hex + "\n", "lowercase hex"},
+        {header + "chunk-size 4096\nhmac-sha256 " + hex.substr(1) + "\n", "lowercase hex"},
+        {header + "chunk-size 4096\nhmac-sha256 " + hex + "0\n", "lowercase hex"},
+        {header + "chunk-size 4096\nhmac-sha256 " + std::string(64, 'g') + "\n", "lowercase hex"},
+        {header + "chunk-size 4096\nhmac-sha256  " + hex + "\n", "lowercase hex"},
+        {header + "chunk-size 4096\nhmac-sha256 \n", "lowercase hex"},
+        {header + "chunk-size 4096\nhmac-sha256\n", "expected a 'hmac-sha256' line"},
+        {with_size(""), "power of two"},
+        {with_size("04096"), "power of two"},
+        {with_size("0"), "power of two"},
+        {with_size("4097"), "power of two"},
+        {with_size("12288"), "power of two"},
+        {with_size("2048"), "power of two"},
+        {with_size("1"), "power of two"},
+        {with_size("2147483648"), "power of two"},
+        {with_size("18446744073709551616"), "power of two"},  // 2^64: out of range
+        {with_size("-4096"), "power of two"},
+        {with_size("+4096"), "power of two"},
+        {with_size(" 4096"), "power of two"},
+        {with_size("4096 "), "power of two"},
+        {with_size("0x1000"), "power of two"},
+    };
+    TempDir tmp;
+    const fs::path dir = make_checkpoint(tmp);
+    for (const auto& [text, part] : malformed) {
+      INFO("text: " << text);
+      require_integrity_error([&] { (void)ChunkedSignature::parse(text); }, part);
+      write_file(dir / HmacTree::signature_file, text);
+      require_integrity_error([&] { HmacTree::verify(dir, key_of(32)); }, part);
+      require_integrity_error([&] { (void)HmacTree::format_of(dir); }, part);
+    }
+  }
+
+  SECTION("CRLF line ends, and a header not exactly version 2, are refused") {
+    const std::string crlf = "nucleus-checkpoint-signature 2\r\nchunk-size 4096\r\nhmac-sha256 " + hex + "\r\n";
+    for (const std::string& text : {crlf, "nucleus-checkpoint-signature 2 \n" + with_size("4096").substr(header.size()),
+                                    "nucleus-checkpoint-signature 02\n" + with_size("4096").substr(header.size())}) {
+      INFO("text: " << text);
+      require_integrity_error([&] { (void)ChunkedSignature::parse(text); }, "");
+    }
+  }
+}
+
+TEST_CASE("a signature of an unknown version is refused as unknown", "[hmac_tree][chunked]") {
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  const HmacKey key = key_of(32);
+  sign_chunked_with(dir, key, small_chunk);
+  std::string text = read_file(dir / HmacTree::signature_file);
+  text[text.find('2')] = '3';
+  REQUIRE(text.starts_with("nucleus-checkpoint-signature 3\n"));
+  write_file(dir / HmacTree::signature_file, text);
+  for (const auto& check : {+[](const fs::path& d, const HmacKey& k) { HmacTree::verify(d, k); },
+                            +[](const fs::path& d, const HmacKey&) { (void)HmacTree::format_of(d); }}) {
+    const auto e = error_of([&] { check(dir, key); });
+    REQUIRE(e.has_value());
+    INFO("message: " << e->what());
+    CHECK(e->status() == Status::integrity);
+    CHECK(contains(e->what(), "'nucleus-checkpoint-signature 3'"));
+    CHECK(contains(e->what(), "does not know"));
+  }
+}
+
+TEST_CASE("format_of tells the two formats apart, and refuses an unsigned folder", "[hmac_tree][chunked]") {
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  const HmacKey key = key_of(32);
+  require_integrity_error([&] { (void)HmacTree::format_of(dir); }, "not signed");
+
+  HmacTree::sign(dir, key);  // no format given: the seed format, as before
+  CHECK(HmacTree::format_of(dir) == SignatureFormat::seed);
+  HmacTree::sign(dir, key, SignatureFormat::chunked);
+  CHECK(HmacTree::format_of(dir) == SignatureFormat::chunked);
+  CHECK(HmacTree::format_of(open_folder(dir).get()) == SignatureFormat::chunked);
+  HmacTree::sign(dir, key, SignatureFormat::seed);
+  CHECK(HmacTree::format_of(dir) == SignatureFormat::seed);
+  write_file(dir / HmacTree::signature_file, read_file(dir / HmacTree::signature_file) + "\n");
+  CHECK(HmacTree::format_of(dir) == SignatureFormat::seed);
+
+  // format_of reads the text only: a chunked signature by another key is still chunked.
+  sign_chunked_with(dir, key_of(32, 9), small_chunk);
+  CHECK(HmacTree::format_of(dir) == SignatureFormat::chunked);
+}
+
+TEST_CASE("a seed-format checkpoint still verifies", "[hmac_tree][chunked]") {
+  // An old checkpoint: signed by the seed's algorithm (seed_hmac.py), not by this library.
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  const HmacKey key = key_of(32);
+  write_file(dir / HmacTree::signature_file, seed_mac(tmp, dir, key) + "\n");
+  CHECK(HmacTree::format_of(dir) == SignatureFormat::seed);
+  CHECK_NOTHROW(HmacTree::verify(dir, key));
+  write_file(dir / "images/pages-1.img", "snapsh0t");
+  require_integrity_error([&] { HmacTree::verify(dir, key); }, "HMAC mismatch");
+}
+
+TEST_CASE("sign(chunked) writes checkpoint.hmac 0600, atomically, the same again, and reports progress",
+          "[hmac_tree][chunked]") {
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  write_file(dir / "images/pages-2.img", pattern(default_chunk + 5));
+  write_file(dir / "checkpoint.hmac.tmp", "left by an interrupted sign");
+  const HmacKey key = key_of(32);
+  std::uint64_t total = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file() && e.path().filename() != "checkpoint.hmac.tmp") total += e.file_size();
+
+  std::vector<std::uint64_t> reports;
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  HmacTree::sign(fd, key, SignatureFormat::chunked, [&](std::uint64_t bytes) { reports.push_back(bytes); });
+  ::close(fd);
+
+  const fs::path sig = dir / HmacTree::signature_file;
+  const std::string text = read_file(sig);
+  CHECK(text == chunked_text_by_script(tmp, dir, key, default_chunk));
+  CHECK(mode_of(sig) == (S_IFREG | 0600));
+  CHECK_FALSE(fs::exists(fs::symlink_status(dir / "checkpoint.hmac.tmp")));
+  REQUIRE_FALSE(reports.empty());
+  CHECK(std::is_sorted(reports.begin(), reports.end()));
+  CHECK(reports.back() == total);
+  CHECK_NOTHROW(HmacTree::verify(dir, key));
+  HmacTree::sign(dir, key, SignatureFormat::chunked);
+  CHECK(read_file(sig) == text);
+}
+
+TEST_CASE("sign refuses a SignatureFormat it does not know", "[hmac_tree][chunked]") {
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  const auto e = error_of([&] { HmacTree::sign(dir, key_of(32), static_cast<SignatureFormat>(3)); });
+  REQUIRE(e.has_value());
+  CHECK(e->status() == Status::invalid);
+  CHECK_FALSE(fs::exists(fs::symlink_status(dir / HmacTree::signature_file)));
 }

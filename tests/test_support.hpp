@@ -100,6 +100,31 @@ class KeyFileEnv {
   std::optional<std::string> previous_;
 };
 
+// Sets the environment variable `name` to `value` (unset when value is null) for the guard's
+// lifetime, then puts back what was there.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) previous_ = old;
+    if (value) ::setenv(name, value, 1);
+    else ::unsetenv(name);
+  }
+  ~ScopedEnv() {
+    if (previous_) ::setenv(name_.c_str(), previous_->c_str(), 1);
+    else ::unsetenv(name_.c_str());
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  std::string name_;
+  std::optional<std::string> previous_;
+};
+
+// Hashing with libsodium (true) or the default engine, OpenSSL where built in (false): the
+// engine is chosen from NUCLEUS_CHECKPOINT_HMAC_ENGINE each time a hash is set up.
+inline ScopedEnv hash_engine_env(bool sodium) { return ScopedEnv("NUCLEUS_CHECKPOINT_HMAC_ENGINE", sodium ? "sodium" : nullptr); }
+
 // A 0700 folder `keys` in dir, the seed tests' prepare_secure_checkpoint_key_dir.
 inline fs::path secure_key_dir(const TempDir& dir) {
   const fs::path keys = dir / "keys";

@@ -48,13 +48,27 @@ NC_EXPORT nc_status nc_checkpoint(nc_runtime *rt, const char *container_id, pid_
  * the restored root's PID. The tree runs on detached (reparented to the nearest subreaper). */
 NC_EXPORT nc_status nc_restore(nc_runtime *rt, const char *dir, pid_t *restored_pid);
 
-/* Called as nc_sign_progress/nc_verify_progress hash file bytes, about once a MiB. */
+/* Called as signing and verifying hash file bytes, with the running total: at most once a MiB,
+ * always from the calling thread. */
 typedef void (*nc_progress_fn)(unsigned long long bytes_hashed, void *user);
 
-NC_EXPORT nc_status nc_sign(const char *dir);   /* writes dir/checkpoint.hmac with the key store's key */
+/* The two signature formats (the README specifies both); verification recognises either. */
+typedef enum nc_signature_format {
+  NC_SIGNATURE_SEED = 1,   /* nucleus-container 0.3.3's: one serial HMAC-SHA256 over the sorted tree */
+  NC_SIGNATURE_CHUNKED = 2 /* per-file chunked SHA-256 digests bound by one HMAC-SHA256: hashed on
+                              every core, and during the dump itself; what dumps write by default */
+} nc_signature_format;
+
+/* Write dir/checkpoint.hmac with the key store's key (created if there is none); nc_sign and
+ * nc_sign_progress in the seed format, nc_sign_ex in the one given. */
+NC_EXPORT nc_status nc_sign(const char *dir);
 NC_EXPORT nc_status nc_verify(const char *dir); /* NC_OK, or NC_E_INTEGRITY if dir does not verify */
 NC_EXPORT nc_status nc_sign_progress(const char *dir, nc_progress_fn progress, void *user);
 NC_EXPORT nc_status nc_verify_progress(const char *dir, nc_progress_fn progress, void *user);
+NC_EXPORT nc_status nc_sign_ex(const char *dir, nc_signature_format format, nc_progress_fn progress, void *user);
+/* The format dir is signed in, from its checkpoint.hmac alone (nothing is verified):
+ * NC_E_INTEGRITY if it is unsigned or the signature is malformed. */
+NC_EXPORT nc_status nc_signature_format_of(const char *dir, nc_signature_format *format_out);
 
 /* The checkpoint's metadata.json, checked and re-serialised, in *json_out (free it with nc_free).
  * It is only as trustworthy as the checkpoint: verify first. */
@@ -83,7 +97,8 @@ typedef enum nc_restore_mode {
   NC_RESTORE_CHILD = 1     /* the caller's child, which it can waitpid() for (CRIU's --restore-sibling) */
 } nc_restore_mode;
 
-NC_EXPORT nc_status nc_options_new(nc_options **out); /* defaults: shell-job on, log level 4, no timeout */
+NC_EXPORT nc_status nc_options_new(nc_options **out); /* defaults: shell-job on, log level 4, no timeout,
+                                                         chunked signature */
 NC_EXPORT void nc_options_free(nc_options *opts);     /* accepts NULL */
 NC_EXPORT nc_status nc_options_set_leave_running(nc_options *opts, int on);
 NC_EXPORT nc_status nc_options_set_shell_job(nc_options *opts, int on);
@@ -100,6 +115,8 @@ NC_EXPORT nc_status nc_options_set_restore_mode(nc_options *opts, nc_restore_mod
 /* The dumped process's start time (field 22 of /proc/PID/stat) as the caller recorded it: if the
  * PID now belongs to a process that started at another time, the dump is refused (NC_E_NOT_FOUND). */
 NC_EXPORT nc_status nc_options_set_start_ticks(nc_options *opts, unsigned long long start_ticks);
+/* The format nc_checkpoint_ex signs in (default NC_SIGNATURE_CHUNKED). */
+NC_EXPORT nc_status nc_options_set_signature_format(nc_options *opts, nc_signature_format format);
 
 /* nc_checkpoint and nc_restore with options; opts may be NULL for the defaults. */
 NC_EXPORT nc_status nc_checkpoint_ex(nc_runtime *rt, const char *container_id, pid_t pid, const char *dir,

@@ -1,21 +1,28 @@
-// The signature parser, through HmacTree::verify: a small fixed tree whose checkpoint.hmac holds
+// The signature parsers, through HmacTree::verify: a small fixed tree whose checkpoint.hmac holds
 // the input. verify must succeed or throw Error(Status::integrity), and it must succeed exactly
-// when the input is the tree's MAC (64 lowercase hex digits) with only " \t\r\n" around it.
+// when the input is the tree's seed-format MAC (64 lowercase hex digits) with only " \t\r\n"
+// around it, or exactly the tree's chunked-format signature text. The chunked parser is also run
+// on the input directly: what it accepts must be in its one canonical form, byte for byte.
 #include <sys/stat.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <string_view>
 
 #include <nucleus/checkpoint/hmac_tree.hpp>
 
+#include "chunked_signature.hpp"
 #include "fuzz_support.hpp"
 
 namespace {
 
 using nc_fuzz::expect;
+using nucleus::checkpoint::ChunkedSignature;
 using nucleus::checkpoint::HmacTree;
+using nucleus::checkpoint::SignatureFormat;
 
 // The library reads at most this much of checkpoint.hmac: a longer file never verifies.
 constexpr std::size_t signature_read_limit = 4096;
@@ -29,13 +36,18 @@ std::string_view trim(std::string_view s) {
 
 struct Tree {
   nc_fuzz::ScratchDir dir;
-  std::string mac;
+  std::string seed_mac;      // the seed format's 64 hex digits
+  std::string chunked_text;  // the chunked format's checkpoint.hmac, as sign writes it
   Tree() {
     ::mkdir((dir.path() / "images").c_str(), 0700);
     nc_fuzz::write_file(dir.path() / "images/pages-1.img", "pages");
     nc_fuzz::write_file(dir.path() / "metadata.json", "{}\n");
     nc_fuzz::write_file(dir.path() / "dump.log", "");
-    mac = HmacTree::compute(dir.path(), nc_fuzz::fixed_key());
+    seed_mac = HmacTree::compute(dir.path(), nc_fuzz::fixed_key());
+    HmacTree::sign(dir.path(), nc_fuzz::fixed_key(), SignatureFormat::chunked);
+    std::ifstream in(dir.path() / HmacTree::signature_file, std::ios::binary);
+    chunked_text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    expect(chunked_text.starts_with(ChunkedSignature::header), "sign(chunked) wrote no chunked signature");
   }
 };
 
@@ -44,14 +56,21 @@ struct Tree {
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   static const Tree tree;
   const std::string_view input(reinterpret_cast<const char*>(data), size);
+
+  const auto parse_status = nc_fuzz::status_of([&] {
+    expect(ChunkedSignature::parse(input).to_text() == input, "parse accepted a text that to_text does not give back");
+  });
+  expect(!parse_status || *parse_status == nucleus::checkpoint::Status::integrity,
+         "parse threw an Error other than Status::integrity");
+
   nc_fuzz::write_file(tree.dir.path() / HmacTree::signature_file, input);
   const auto status = nc_fuzz::status_of([&] { HmacTree::verify(tree.dir.path(), nc_fuzz::fixed_key()); });
-  const bool should_pass = size <= signature_read_limit && trim(input) == tree.mac;
+  const bool should_pass = size <= signature_read_limit && (trim(input) == tree.seed_mac || input == tree.chunked_text);
   if (status) {
     expect(*status == nucleus::checkpoint::Status::integrity, "verify threw an Error other than Status::integrity");
-    expect(!should_pass, "verify refused the tree's own MAC");
+    expect(!should_pass, "verify refused the tree's own signature");
   } else {
-    expect(should_pass, "verify accepted a signature that is not the tree's MAC");
+    expect(should_pass, "verify accepted a signature that is not the tree's");
   }
   return 0;
 }

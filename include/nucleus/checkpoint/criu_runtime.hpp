@@ -15,6 +15,7 @@
 
 #include <nucleus/checkpoint/checkpoint_state.hpp>
 #include <nucleus/checkpoint/criu_options.hpp>
+#include <nucleus/checkpoint/hmac_tree.hpp>
 #include <nucleus/checkpoint/key_store.hpp>
 
 namespace nucleus::checkpoint {
@@ -71,10 +72,13 @@ class NC_EXPORT CriuRuntime {
   void set_key(HmacKey key);
 
   // Creates dir and dir/images (0700, never through a symlink), dumps the tree into them with
-  // CRIU logging to dir/dump.log, writes metadata.json, then signs the folder. On any failure the
+  // CRIU logging to dir/dump.log, writes metadata.json, then signs the folder: in the chunked
+  // format unless another is given, its images hashed while CRIU writes them. On any failure the
   // state returns to None and the message carries CRIU's own errors.
   void checkpoint(const ContainerInfo& container, const std::filesystem::path& dir, bool leave_running);
   void checkpoint(const ContainerInfo& container, const std::filesystem::path& dir, const CriuOptions& options);
+  void checkpoint(const ContainerInfo& container, const std::filesystem::path& dir, const CriuOptions& options,
+                  SignatureFormat format);
   // Verifies dir (nothing of CRIU runs if it does not verify), then restores the tree detached
   // and returns the restored root's PID as soon as it runs.
   pid_t restore(const std::filesystem::path& dir);

@@ -1,11 +1,16 @@
-// HMAC-SHA256 over a whole checkpoint folder, in nucleus-container's format.
+// HMAC-SHA256 over a whole checkpoint folder, in one of two signature formats (the README's
+// "Signature formats" specifies both). Verification recognises either.
 //
-// The MAC covers a depth-first walk in byte order of names: for a folder "D\0" + relative path
+// The seed format (nucleus-container 0.3.3's, byte for byte): the MAC covers a depth-first walk in byte order of names: for a folder "D\0" + relative path
 // + "\0", then its contents; for a file "F\0" + relative path + "\0" + its size as u64
 // little-endian + its bytes. Only the top-level checkpoint.hmac is left out. The MAC is stored
 // there as 64 lowercase hex digits. Symlinks, FIFOs, sockets, devices and names that are not
 // UTF-8 are integrity failures; everything is opened relative to its parent's descriptor with
 // O_NOFOLLOW, so a walk never leaves the tree.
+//
+// The chunked format (version 2): an HMAC over the list of (kind, path, size, digest) of every
+// entry, where a file's digest is SHA-256 over the SHA-256 of each 4 MiB chunk. Chunks are hashed
+// on every core, and a dump hashes its images while CRIU writes them: what new checkpoints get.
 #pragma once
 
 #include <cstddef>
@@ -18,6 +23,11 @@
 
 namespace nucleus::checkpoint {
 
+enum class SignatureFormat : int {
+  seed = 1,     // nucleus-container 0.3.3's serial MAC over the sorted tree
+  chunked = 2,  // per-file chunked SHA-256 digests bound by one HMAC; the default for dumps
+};
+
 class NC_EXPORT HmacTree {
  public:
   static constexpr const char* signature_file = "checkpoint.hmac";
@@ -28,21 +38,31 @@ class NC_EXPORT HmacTree {
   // Called as file bytes are hashed, with the running total, about once a MiB.
   using Progress = std::function<void(std::uint64_t bytes_hashed)>;
 
-  // Lowercase hex HMAC of the folder at dir. Throws Error(Status::integrity) for a tree it
+  // Lowercase hex seed-format HMAC of the folder at dir. Throws Error(Status::integrity) for a tree it
   // refuses, Error(Status::not_found/io) when dir cannot be read.
   static std::string compute(const std::filesystem::path& dir, const HmacKey& key,
                      const Progress& progress = {});
   static std::string compute(int dir_fd, const HmacKey& key,
                      const Progress& progress = {});
 
-  // Writes dir/checkpoint.hmac atomically (temp file 0600, fsync, rename, fsync the folder).
+  // Writes dir/checkpoint.hmac atomically (temp file 0600, fsync, rename, fsync the folder), in
+  // the seed format unless another is given.
   static void sign(const std::filesystem::path& dir, const HmacKey& key,
                      const Progress& progress = {});
   static void sign(int dir_fd, const HmacKey& key,
                      const Progress& progress = {});
+  static void sign(const std::filesystem::path& dir, const HmacKey& key, SignatureFormat format,
+                     const Progress& progress = {});
+  static void sign(int dir_fd, const HmacKey& key, SignatureFormat format,
+                     const Progress& progress = {});
 
-  // Throws Error(Status::integrity) unless dir/checkpoint.hmac holds the folder's MAC; compared
-  // in constant time.
+  // The format dir/checkpoint.hmac is written in, from its text alone (nothing is verified).
+  // Throws Error(Status::integrity) if the folder is unsigned or the signature malformed.
+  static SignatureFormat format_of(const std::filesystem::path& dir);
+  static SignatureFormat format_of(int dir_fd);
+
+  // Throws Error(Status::integrity) unless dir/checkpoint.hmac holds the folder's MAC, in either
+  // format; compared in constant time.
   static void verify(const std::filesystem::path& dir, const HmacKey& key,
                      const Progress& progress = {});
   static void verify(int dir_fd, const HmacKey& key,

@@ -1,0 +1,43 @@
+// A file's digest in the chunked signature format: SHA-256 over the SHA-256 digests of its
+// consecutive chunk_size-byte chunks (the last may be shorter; an empty file has none). Chunks
+// are independent, so a file is hashed on several cores at once, and in steps: whole chunks
+// while the file is still being written, the rest once it is complete.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string_view>
+
+#include "sha256.hpp"
+
+namespace nucleus::checkpoint {
+
+// Threads worth hashing on: the CPUs this process may run on, at most 8.
+unsigned hash_threads();
+
+class ChunkedFileDigest {
+ public:
+  using BytesHashed = std::function<void(std::uint64_t bytes)>;  // after each step, the bytes it hashed
+
+  explicit ChunkedFileDigest(std::uint64_t chunk_size);
+
+  std::uint64_t hashed() const noexcept { return hashed_; }  // a multiple of the chunk size until finish
+  std::uint64_t chunk_size() const noexcept { return chunk_size_; }
+
+  // Hashes the whole chunks from hashed() up to `end`, rounded down to a chunk. `rel` names the
+  // file in errors.
+  void advance(int fd, std::uint64_t end, unsigned threads, std::string_view rel, const BytesHashed& done = {});
+  // Hashes the rest of a file of `size` bytes and returns its digest. Integrity failure if the
+  // file turns out shorter or longer than `size`.
+  Sha256::Digest finish(int fd, std::uint64_t size, unsigned threads, std::string_view rel,
+                        const BytesHashed& done = {});
+
+ private:
+  void hash_chunks(int fd, std::uint64_t end, unsigned threads, std::string_view rel, const BytesHashed& done);
+
+  std::uint64_t chunk_size_;
+  std::uint64_t hashed_ = 0;
+  Sha256 outer_;
+};
+
+}  // namespace nucleus::checkpoint

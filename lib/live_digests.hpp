@@ -1,0 +1,55 @@
+// Hashes the files of a folder while another process (CRIU) writes them, so that signing after
+// a dump has little left to do. inotify says when files appear and grow; only whole chunks are
+// hashed, and a file's digest is handed over only if the file was written once, front to back,
+// as CRIU writes images: a file written through a second open, renamed, deleted, shortened, or
+// any lost event, and signing hashes it again from scratch. It never fails a dump: if inotify is
+// unavailable it follows nothing. What it cannot see is a write behind what it has hashed through
+// the same open (a pwrite, or a truncate and regrow between two looks): it relies on the writer
+// appending, as CRIU does, so it is used only where a wrong digest would cost a checkpoint (it
+// fails to verify), never a process.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <thread>
+
+#include "chunked_signature.hpp"
+#include "unique_fd.hpp"
+
+namespace nucleus::checkpoint {
+
+class LiveDigests {
+ public:
+  // Follows the files that appear in the folder open at dir_fd from now on.
+  LiveDigests(int dir_fd, std::uint64_t chunk_size);
+  ~LiveDigests();
+  LiveDigests(const LiveDigests&) = delete;
+  LiveDigests& operator=(const LiveDigests&) = delete;
+
+  // Stops following (the writer must have finished) and hands over the digests begun.
+  StartedDigests stop();
+
+ private:
+  struct File {
+    UniqueFd fd;
+    dev_t dev = 0;
+    ino_t ino = 0;
+    ChunkedFileDigest digest;
+    int write_closes = 0;
+  };
+
+  void halt() noexcept;  // stops and joins the follower thread
+  void follow(const std::stop_token& stop);
+  bool drain_events();  // false once events were lost
+  bool hash_some();     // at most a step of each file's new whole chunks; false if none
+
+  int dir_fd_;
+  std::uint64_t chunk_size_;
+  UniqueFd inotify_, wake_;
+  std::map<std::string, File> files_;  // by name; only the follower thread touches it until stop
+  bool lost_ = false;
+  std::jthread follower_;
+};
+
+}  // namespace nucleus::checkpoint
