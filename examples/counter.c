@@ -2,11 +2,16 @@
  * every 50 ms: DIR/parent and DIR/child. It starts its own session, so the whole tree is one
  * process group. Restored from a checkpoint, both counters go on from where they stopped.
  *
- *   counter DIR [MIB]    with MIB, the parent first fills MIB MiB of memory, for large dumps */
+ *   counter DIR [MIB [private]]
+ *
+ * With MIB, the parent fills MIB MiB of memory, for large dumps: before it forks, so the child
+ * shares it copy-on-write (and CRIU writes it once for each), or with `private` after, so only
+ * the parent has it. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,14 +30,24 @@ static void count_forever(int dir_fd, const char *name) {
   }
 }
 
-int main(int argc, char **argv) {
-  if (argc != 2 && argc != 3) {
-    fprintf(stderr, "usage: %s DIR [MIB]\n", argv[0]);
-    return 2;
-  }
-  size_t size = argc == 3 ? (size_t)strtoul(argv[2], NULL, 10) << 20 : 0;
+/* Kept where the compiler must assume it is read, so the filled memory is never optimised away. */
+static char *volatile filled;
+
+/* size bytes of memory that is really there: a byte written in every page. */
+static void fill(size_t size) {
   char *memory = size ? malloc(size) : NULL;
   for (size_t i = 0; memory && i < size; i += 4096) memory[i] = (char)(i >> 12);
+  filled = memory;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2 || argc > 4 || (argc == 4 && strcmp(argv[3], "private") != 0)) {
+    fprintf(stderr, "usage: %s DIR [MIB [private]]\n", argv[0]);
+    return 2;
+  }
+  size_t size = argc >= 3 ? (size_t)strtoul(argv[2], NULL, 10) << 20 : 0;
+  int shared = argc != 4;
+  if (shared) fill(size);
   int dir_fd = open(argv[1], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dir_fd < 0) {
     perror(argv[1]);
@@ -44,5 +59,6 @@ int main(int argc, char **argv) {
     perror("fork");
     return 1;
   }
+  if (!shared && child != 0) fill(size);
   count_forever(dir_fd, child == 0 ? "child" : "parent");
 }

@@ -30,13 +30,7 @@ Error changed_size(std::string_view rel) {
 
 // Reads exactly size bytes at offset (fewer only at the end of the file: then a size error).
 void read_exactly(int fd, unsigned char* buffer, std::size_t size, std::uint64_t offset, std::string_view rel) {
-  for (std::size_t done = 0; done < size;) {
-    const ssize_t n = ::pread(fd, buffer + done, size - done, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw system_error(Status::io, errno, fmt::format("cannot read checkpoint file '{}'", rel));
-    if (n == 0) throw changed_size(rel);
-    done += static_cast<std::size_t>(n);
-  }
+  if (pread_full(fd, buffer, size, offset, fmt::format("checkpoint file '{}'", rel)) != size) throw changed_size(rel);
 }
 
 }  // namespace
@@ -51,14 +45,14 @@ unsigned hash_threads() {
 ChunkedFileDigest::ChunkedFileDigest(std::uint64_t chunk_size) : chunk_size_(chunk_size) {}
 
 void ChunkedFileDigest::advance(int fd, std::uint64_t end, unsigned threads, std::string_view rel,
-                                const BytesHashed& done) {
-  hash_chunks(fd, end - end % chunk_size_, threads, rel, done);
+                                const BytesHashed& done, TwinChunks* twins) {
+  hash_chunks(fd, end - end % chunk_size_, threads, rel, done, twins);
 }
 
 Sha256::Digest ChunkedFileDigest::finish(int fd, std::uint64_t size, unsigned threads, std::string_view rel,
-                                         const BytesHashed& done) {
+                                         const BytesHashed& done, TwinChunks* twins) {
   if (hashed_ > size) throw changed_size(rel);
-  hash_chunks(fd, size, threads, rel, done);
+  hash_chunks(fd, size, threads, rel, done, twins);
   unsigned char past_end = 0;
   ssize_t n;
   while ((n = ::pread(fd, &past_end, 1, static_cast<off_t>(size))) < 0 && errno == EINTR) {
@@ -70,7 +64,12 @@ Sha256::Digest ChunkedFileDigest::finish(int fd, std::uint64_t size, unsigned th
 // Hashes chunks from hashed_ to end, a window at a time: each window's chunks on up to `threads`
 // threads, then their digests folded into the file digest in order.
 void ChunkedFileDigest::hash_chunks(int fd, std::uint64_t end, unsigned threads, std::string_view rel,
-                                    const BytesHashed& done) {
+                                    const BytesHashed& done, TwinChunks* twins) {
+  TwinChunks::FileId file{};
+  if (twins && hashed_ < end) {
+    const struct stat st = stat_fd(fd, rel);
+    file = {st.st_dev, st.st_ino};
+  }
   while (hashed_ < end) {
     const std::uint64_t left = (end - hashed_ + chunk_size_ - 1) / chunk_size_;
     const std::uint64_t count = std::min(left, window_chunks);
@@ -82,9 +81,16 @@ void ChunkedFileDigest::hash_chunks(int fd, std::uint64_t end, unsigned threads,
     auto worker = [&] {
       try {
         Sha256 sha;
-        std::vector<unsigned char> buffer(read_size);
+        std::vector<unsigned char> buffer(read_size), twin_buffer(twins ? read_size : 0);
         for (std::uint64_t i; (i = next++) < count;) {
           const std::uint64_t from = base + i * chunk_size_, to = std::min(from + chunk_size_, end);
+          const TwinChunks::Chunk chunk{file, from / chunk_size_, from, to - from};
+          if (twins) {
+            if (const auto digest = twins->find(fd, chunk, buffer, twin_buffer)) {
+              digests[i] = *digest;
+              continue;
+            }
+          }
           for (std::uint64_t at = from; at < to;) {
             const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(read_size, to - at));
             read_exactly(fd, buffer.data(), n, at, rel);
@@ -92,6 +98,7 @@ void ChunkedFileDigest::hash_chunks(int fd, std::uint64_t end, unsigned threads,
             at += n;
           }
           digests[i] = sha.final();
+          if (twins) twins->remember(fd, chunk, digests[i]);
         }
       } catch (...) {
         next = count;  // the others stop too

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "sha256.hpp"
+#include "twin_chunks.hpp"
 
 namespace nucleus::checkpoint {
 
@@ -26,14 +27,17 @@ class ChunkedFileDigest {
 
   // Hashes the whole chunks from hashed() up to `end`, rounded down to a chunk. `rel` names the
   // file in errors.
-  void advance(int fd, std::uint64_t end, unsigned threads, std::string_view rel, const BytesHashed& done = {});
+  // With twins, chunks equal to one remembered there are taken over, and hashed ones remembered.
+  void advance(int fd, std::uint64_t end, unsigned threads, std::string_view rel, const BytesHashed& done = {},
+               TwinChunks* twins = nullptr);
   // Hashes the rest of a file of `size` bytes and returns its digest. Integrity failure if the
   // file turns out shorter or longer than `size`.
   Sha256::Digest finish(int fd, std::uint64_t size, unsigned threads, std::string_view rel,
-                        const BytesHashed& done = {});
+                        const BytesHashed& done = {}, TwinChunks* twins = nullptr);
 
  private:
-  void hash_chunks(int fd, std::uint64_t end, unsigned threads, std::string_view rel, const BytesHashed& done);
+  void hash_chunks(int fd, std::uint64_t end, unsigned threads, std::string_view rel, const BytesHashed& done,
+                   TwinChunks* twins);
 
   std::uint64_t chunk_size_;
   std::uint64_t hashed_ = 0;

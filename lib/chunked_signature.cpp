@@ -73,7 +73,7 @@ ChunkedSignature ChunkedSignature::parse(std::string_view text) {
 }
 
 HmacSha256::Mac chunked_tree_mac(int root_fd, const HmacKey& key, std::uint64_t chunk_size,
-                                 const HmacTree::Progress& progress, StartedDigests* started) {
+                                 const HmacTree::Progress& progress, StartedDigests* started, TwinChunks* twins) {
   HmacSha256 mac(key.bytes());
   mac.update(ChunkedSignature::header.data(), ChunkedSignature::header.size());
   mac.update("", 1);
@@ -99,18 +99,19 @@ HmacSha256::Mac chunked_tree_mac(int root_fd, const HmacKey& key, std::uint64_t 
           it != started->end() && it->second.chunk_size() == chunk_size && it->second.hashed() <= size)
         digest = std::move(it->second);
     }
-    const Sha256::Digest d = digest.finish(fd, size, threads, rel, done);
+    const Sha256::Digest d = digest.finish(fd, size, threads, rel, done, twins);
     put_u64(mac, size);
     mac.update(d.data(), d.size());
   }, HmacTree::signature_file);
   return mac.final();
 }
 
-void sign_chunked(int root_fd, const HmacKey& key, const HmacTree::Progress& progress, StartedDigests* started) {
+void sign_chunked(int root_fd, const HmacKey& key, const HmacTree::Progress& progress, StartedDigests* started,
+                  TwinChunks* twins) {
   // A stale temp file from an interrupted sign must not become part of what is signed.
   remove_stale_temp_at(root_fd, HmacTree::signature_file);
   ChunkedSignature s;
-  s.mac = chunked_tree_mac(root_fd, key, s.chunk_size, progress, started);
+  s.mac = chunked_tree_mac(root_fd, key, s.chunk_size, progress, started, twins);
   write_file_atomic_at(root_fd, HmacTree::signature_file, s.to_text(), 0600);
 }
 

@@ -38,12 +38,14 @@ struct ChunkedSignature {
 // inode; signing takes them over and hashes only the rest.
 using StartedDigests = std::map<std::pair<dev_t, ino_t>, ChunkedFileDigest>;
 
-// The chunked-format MAC of the folder at root_fd (its top-level checkpoint.hmac left out).
+// The chunked-format MAC of the folder at root_fd (its top-level checkpoint.hmac left out). Only
+// signing a dump passes started digests and twins; verification hashes every byte itself.
 HmacSha256::Mac chunked_tree_mac(int root_fd, const HmacKey& key, std::uint64_t chunk_size,
-                                 const HmacTree::Progress& progress, StartedDigests* started = nullptr);
+                                 const HmacTree::Progress& progress, StartedDigests* started = nullptr,
+                                 TwinChunks* twins = nullptr);
 
 // Writes root_fd/checkpoint.hmac in the chunked format, atomically.
 void sign_chunked(int root_fd, const HmacKey& key, const HmacTree::Progress& progress,
-                  StartedDigests* started = nullptr);
+                  StartedDigests* started = nullptr, TwinChunks* twins = nullptr);
 
 }  // namespace nucleus::checkpoint

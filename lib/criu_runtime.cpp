@@ -317,9 +317,12 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
     // front to back. Without leave_running the tree dies once this returns, so there the
     // signature is computed from the finished files alone (on every core): a wrong one would lose
     // the process.
+    // Either way, chunks that equal one already hashed (pages a forked child shares with its
+    // parent, which CRIU writes for each) are compared instead of hashed again.
+    TwinChunks twins;
     std::optional<LiveDigests> live;
     if (format == SignatureFormat::chunked && options.leave_running)
-      live.emplace(cd.images(), ChunkedSignature::default_chunk_size);
+      live.emplace(cd.images(), ChunkedSignature::default_chunk_size, &twins);
     const ProcessResult r =
         run_process(binary_fd_, "criu", args, {cd.images(), work_fd}, criu_environment(), options.timeout);
     StartedDigests started = live ? live->stop() : StartedDigests();
@@ -341,7 +344,7 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
           std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
       make_tree_private(cd.dir());  // CRIU writes its images 0644; they hold process memory
       metadata.save(cd.dir());
-      if (format == SignatureFormat::chunked) sign_chunked(cd.dir(), key, {}, &started);
+      if (format == SignatureFormat::chunked) sign_chunked(cd.dir(), key, {}, &started, &twins);
       else HmacTree::sign(cd.dir(), key, SignatureFormat::seed);
       cd.commit();
     } catch (...) {

@@ -154,6 +154,19 @@ std::string read_file_at(int dir_fd, const std::string& name, std::size_t max_si
   return data;
 }
 
+std::size_t pread_full(int fd, void* data, std::size_t size, std::uint64_t offset, std::string_view what) {
+  auto* bytes = static_cast<unsigned char*>(data);
+  std::size_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::pread(fd, bytes + done, size - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw system_error(Status::io, errno, fmt::format("cannot read {}", what));
+    if (n == 0) break;
+    done += static_cast<std::size_t>(n);
+  }
+  return done;
+}
+
 void write_all(int fd, const void* data, std::size_t size, std::string_view what) {
   const auto* p = static_cast<const char*>(data);
   while (size > 0) {

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -50,6 +51,8 @@ void remove_stale_temp_at(int dir_fd, const std::string& name);
 // renamed over name, then the folder fsynced. A stale name.tmp is removed first.
 void write_file_atomic_at(int dir_fd, const std::string& name, std::string_view data, mode_t mode);
 void write_all(int fd, const void* data, std::size_t size, std::string_view what);
+// Reads size bytes at offset, fewer only at the end of the file; returns how many it read.
+std::size_t pread_full(int fd, void* data, std::size_t size, std::uint64_t offset, std::string_view what);
 void fsync_fd(int fd, std::string_view what);
 
 }  // namespace nucleus::checkpoint

@@ -2,8 +2,6 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <pthread.h>
-#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
@@ -21,7 +19,8 @@ constexpr std::uint64_t step_chunks = 2;  // hashed per file before events (and 
 
 }  // namespace
 
-LiveDigests::LiveDigests(int dir_fd, std::uint64_t chunk_size) : dir_fd_(dir_fd), chunk_size_(chunk_size) {
+LiveDigests::LiveDigests(int dir_fd, std::uint64_t chunk_size, TwinChunks* twins)
+    : dir_fd_(dir_fd), chunk_size_(chunk_size), twins_(twins) {
   inotify_.reset(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
   wake_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   const std::string dir = fmt::format("/proc/self/fd/{}", dir_fd);
@@ -55,10 +54,6 @@ StartedDigests LiveDigests::stop() {
 }
 
 void LiveDigests::follow(const std::stop_token& stop) {
-  // Only CPU time nobody else wants: the tree is frozen while CRIU runs, and following must never
-  // make that longer. What it does not get done, signing does afterwards on every core.
-  const sched_param idle{};
-  ::pthread_setschedparam(::pthread_self(), SCHED_IDLE, &idle);
   while (!stop.stop_requested()) {
     if (!drain_events()) {
       lost_ = true;
@@ -108,7 +103,7 @@ bool LiveDigests::hash_some() {
     try {
       if (usable)
         file.digest.advance(file.fd.get(), std::min<std::uint64_t>(st.st_size, before + step_chunks * chunk_size_), 1,
-                            it->first);
+                            it->first, {}, twins_);
     } catch (const std::exception&) {
       usable = false;
     }

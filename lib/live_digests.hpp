@@ -21,8 +21,9 @@ namespace nucleus::checkpoint {
 
 class LiveDigests {
  public:
-  // Follows the files that appear in the folder open at dir_fd from now on.
-  LiveDigests(int dir_fd, std::uint64_t chunk_size);
+  // Follows the files that appear in the folder open at dir_fd from now on; with twins, chunks
+  // equal to one hashed before are taken over (see TwinChunks).
+  LiveDigests(int dir_fd, std::uint64_t chunk_size, TwinChunks* twins = nullptr);
   ~LiveDigests();
   LiveDigests(const LiveDigests&) = delete;
   LiveDigests& operator=(const LiveDigests&) = delete;
@@ -46,6 +47,7 @@ class LiveDigests {
 
   int dir_fd_;
   std::uint64_t chunk_size_;
+  TwinChunks* twins_;
   UniqueFd inotify_, wake_;
   std::map<std::string, File> files_;  // by name; only the follower thread touches it until stop
   bool lost_ = false;

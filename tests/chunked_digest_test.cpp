@@ -26,13 +26,6 @@ namespace {
 constexpr std::uint64_t chunk = 4096;
 constexpr std::uint64_t window = 64;  // chunks the digest hashes in parallel at a time (chunked_digest.cpp)
 
-// Bytes that differ from chunk to chunk (no period of a power of two), so order and boundaries show.
-std::string bytes_of_size(std::uint64_t size, unsigned salt = 0) {
-  std::string s(size, '\0');
-  for (std::uint64_t i = 0; i < size; ++i) s[i] = static_cast<char>((i * 131 + i / 251 + salt) % 251);
-  return s;
-}
-
 // The format's definition: SHA-256 over the SHA-256 of each chunk_size piece, with libsodium.
 Sha256::Digest spec_digest(std::string_view data, std::uint64_t chunk_size) {
   crypto_hash_sha256_state outer;

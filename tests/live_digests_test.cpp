@@ -35,13 +35,6 @@ namespace {
 constexpr std::uint64_t chunk = 64 << 10;  // small chunks keep the files, and the test, small
 constexpr std::size_t piece = 40 << 10;    // the writer's writes: not aligned to chunks
 
-// Bytes that differ from chunk to chunk; another salt gives other bytes at every offset.
-std::string bytes_of_size(std::size_t size, unsigned salt = 0) {
-  std::string s(size, '\0');
-  for (std::size_t i = 0; i < size; ++i) s[i] = static_cast<char>((i * 131 + i / 251 + salt) % 251);
-  return s;
-}
-
 HmacKey test_key() {
   std::vector<unsigned char> bytes(32);
   for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<unsigned char>(i * 13 + 5);

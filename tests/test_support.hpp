@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -74,6 +75,14 @@ inline void write_file(const fs::path& p, const std::string& data) {
   std::ofstream out(p, std::ios::binary | std::ios::trunc);
   out << data;
   if (!out) throw std::runtime_error("cannot write " + p.native());
+}
+
+// Bytes that differ from chunk to chunk (no period of a power of two), so order and boundaries
+// show; another salt gives other bytes at every offset.
+inline std::string bytes_of_size(std::uint64_t size, unsigned salt = 0) {
+  std::string s(size, '\0');
+  for (std::uint64_t i = 0; i < size; ++i) s[i] = static_cast<char>((i * 131 + i / 251 + salt) % 251);
+  return s;
 }
 
 inline std::string read_file(const fs::path& p) {

@@ -211,12 +211,15 @@ void kill_and_reap(pid_t pid) {
 }
 
 // examples/counter DIR MIB: a parent and a child counting in DIR, the parent holding MIB MiB of
-// filled memory. Killed and reaped when it goes out of scope.
+// filled memory, which the child shares copy-on-write unless `shared` is false. Killed and reaped
+// when it goes out of scope.
 class Counter {
  public:
-  Counter(const Config& c, const fs::path& dir, int mib) {
+  Counter(const Config& c, const fs::path& dir, int mib, bool shared = true) {
     fs::create_directories(dir);
-    pid_ = spawn({c.counter.native(), dir.native(), std::to_string(mib)}, criu_environment(), dir);
+    std::vector<std::string> argv{c.counter.native(), dir.native(), std::to_string(mib)};
+    if (!shared) argv.emplace_back("private");
+    pid_ = spawn(argv, criu_environment(), dir);
     // Recorded so that scripts/bench.sh can kill it (or its restored copy: same PIDs) if we die.
     std::ofstream(c.work / "counter.pids", std::ios::app) << pid_ << '\n';
     // It counts only once its memory is filled and it has its own session.
@@ -677,6 +680,25 @@ void bench_criu(const Config& c, nc::CriuRuntime& rt, int mib, std::vector<Row>&
   fs::remove_all(base);
 }
 
+// At the judged size, a tree whose memory is the parent's alone: CRIU writes it once, so there is
+// nothing shared that the library could hash once. Dumps only; informative.
+void bench_unshared_dump(const Config& c, nc::CriuRuntime& rt, std::vector<Row>& dump_rows) {
+  const fs::path base = c.work / "criu-unshared";
+  fs::create_directory(base);
+  fs::permissions(base, fs::perms::owner_all, fs::perm_options::replace);
+  Counter counter(c, base / "counter", judged_mib, /*shared=*/false);
+  const pid_t pid = counter.pid();
+  Timing bare = discarded_dump("CRIU", base / "bare", [&](const fs::path& dir) { return bare_dump(c, pid, dir); });
+  Timing library = discarded_dump("library", base / "library", [&](const fs::path& dir) {
+    return library_dump(rt, pid, dir, nc::SignatureFormat::chunked);
+  });
+  warm_up({&bare, &library});
+  time_rounds(fmt::format("dump {} MiB unshared", judged_mib), {&bare, &library}, dump_runs, Order::reversed_on_odd_runs);
+  dump_rows.push_back(criu_row(fmt::format("dump {} MiB, not shared with the child", judged_mib), library, bare, false));
+  counter.stop();
+  fs::remove_all(base);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The report.
 
@@ -702,10 +724,11 @@ void print_table(const std::vector<Row>& rows, const nc::CriuRuntime& rt, double
       "seed format's records. The all-core ceiling: OpenSSL SHA-256 of the same bytes on every core (1.00x: the\n"
       "chunked format hashes as fast as that).\n"
       "dump/restore N MiB: examples/counter, a parent holding N MiB and a forked child sharing it copy-on-write; CRIU\n"
-      "writes both copies, about 2N MiB of pages. Runs alternate which goes first, bare CRIU or the library. A\n"
-      "library dump also writes metadata, signs the whole folder (chunked format: images hashed while CRIU writes\n"
-      "them; the seed-format row signs serially afterwards), syncs and renames it; a library restore first verifies\n"
-      "the whole folder. Bare CRIU does neither.\n\n");
+      "writes both copies, about 2N MiB of pages (\"not shared\": the parent fills its memory after the fork, N MiB\n"
+      "of pages). Runs alternate which goes first, bare CRIU or the library. A library dump also writes metadata,\n"
+      "signs the whole folder (chunked format: images hashed while CRIU writes them, chunks equal to one already\n"
+      "hashed compared instead; the seed-format row signs serially afterwards), syncs and renames it; a library\n"
+      "restore first verifies the whole folder, every byte. Bare CRIU does neither.\n\n");
   const Row header{"measure", "library", "baseline", "ratio", "target", ""};
   std::vector<const Row*> lines{&header};
   for (const Row& r : rows) lines.push_back(&r);
@@ -774,6 +797,8 @@ int run(int argc, char** argv) {
 
   std::vector<Row> dump_rows, restore_rows;
   for (int mib : c.sizes_mib) bench_criu(c, rt, mib, dump_rows, restore_rows);
+  if (std::find(c.sizes_mib.begin(), c.sizes_mib.end(), judged_mib) != c.sizes_mib.end())
+    bench_unshared_dump(c, rt, dump_rows);
   rows.insert(rows.end(), dump_rows.begin(), dump_rows.end());
   rows.insert(rows.end(), restore_rows.begin(), restore_rows.end());
 
