@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include <fmt/format.h>
@@ -15,12 +16,13 @@ namespace nucleus::checkpoint {
 
 namespace {
 
-constexpr std::uint64_t step_chunks = 2;  // hashed per file before events (and stop) are looked at again
+constexpr std::uint64_t step_chunks = 2;  // per thread: hashed per file before events (and stop) are looked at again
 
 }  // namespace
 
 LiveDigests::LiveDigests(int dir_fd, std::uint64_t chunk_size, TwinChunks* twins)
-    : dir_fd_(dir_fd), chunk_size_(chunk_size), twins_(twins) {
+    // CRIU keeps about one core busy while it writes; the others are free to hash.
+    : dir_fd_(dir_fd), chunk_size_(chunk_size), twins_(twins), threads_(std::max(1U, hash_threads() - 1)) {
   inotify_.reset(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC));
   wake_.reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   const std::string dir = fmt::format("/proc/self/fd/{}", dir_fd);
@@ -102,8 +104,8 @@ bool LiveDigests::hash_some() {
     bool usable = ::fstat(file.fd.get(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) >= before;
     try {
       if (usable)
-        file.digest.advance(file.fd.get(), std::min<std::uint64_t>(st.st_size, before + step_chunks * chunk_size_), 1,
-                            it->first, {}, twins_);
+        file.digest.advance(file.fd.get(), std::min<std::uint64_t>(st.st_size, before + step_chunks * threads_ * chunk_size_),
+                            threads_, it->first, {}, twins_);
     } catch (const std::exception&) {
       usable = false;
     }

@@ -48,6 +48,7 @@ class LiveDigests {
   int dir_fd_;
   std::uint64_t chunk_size_;
   TwinChunks* twins_;
+  unsigned threads_;  // hashing threads while following
   UniqueFd inotify_, wake_;
   std::map<std::string, File> files_;  // by name; only the follower thread touches it until stop
   bool lost_ = false;
