@@ -151,7 +151,7 @@ nc_status nc_sign_ex(const char* dir, nc_signature_format format, nc_progress_fn
   return guard([&] {
     require(dir != nullptr && *dir != '\0', "sign: dir is NULL or empty");
     const nc::SignatureFormat f = signature_format(format, "nc_sign_ex");
-    nc::HmacTree::sign(dir, nc::KeyStore().load_or_create(), f, progress_of(progress, user));
+    nc::HmacTree::sign_as(dir, nc::KeyStore().load_or_create(), f, progress_of(progress, user));
   });
 }
 

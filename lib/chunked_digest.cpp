@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -85,7 +86,9 @@ void ChunkedFileDigest::hash_chunks(int fd, std::uint64_t end, unsigned threads,
         for (std::uint64_t i; (i = next++) < count;) {
           const std::uint64_t from = base + i * chunk_size_, to = std::min(from + chunk_size_, end);
           const TwinChunks::Chunk chunk{file, from / chunk_size_, from, to - from};
-          if (twins) {
+          // Only whole chunks are twinned: a small file's only chunk must not take an index.
+          const bool twinned = twins && to - from == chunk_size_;
+          if (twinned) {
             if (const auto digest = twins->find(fd, chunk, buffer, twin_buffer)) {
               digests[i] = *digest;
               continue;
@@ -98,7 +101,7 @@ void ChunkedFileDigest::hash_chunks(int fd, std::uint64_t end, unsigned threads,
             at += n;
           }
           digests[i] = sha.final();
-          if (twins) twins->remember(fd, chunk, digests[i]);
+          if (twinned) twins->remember(fd, chunk, digests[i]);
         }
       } catch (...) {
         next = count;  // the others stop too
@@ -108,7 +111,11 @@ void ChunkedFileDigest::hash_chunks(int fd, std::uint64_t end, unsigned threads,
     };
     {
       std::vector<std::jthread> helpers;
-      for (unsigned t = 1; t < std::min<std::uint64_t>(threads, count); ++t) helpers.emplace_back(worker);
+      try {
+        for (unsigned t = 1; t < std::min<std::uint64_t>(threads, count); ++t) helpers.emplace_back(worker);
+      } catch (const std::system_error&) {
+        // No more threads to be had (a pids limit): the ones there are, this one included, do it all.
+      }
       worker();
     }
     if (failure) std::rethrow_exception(failure);

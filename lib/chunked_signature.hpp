@@ -1,4 +1,4 @@
-// The chunked signature format (version 2), specified in the README ("Signature formats"): an
+// The chunked signature format (version 2), specified in the README ("Signatures"): an
 // HMAC-SHA256 over the list of (kind, path, size, chunked digest) of every entry, in the tree
 // walk's order. File digests are independent, so they are computed on every core, and even
 // while CRIU is still writing the files (LiveDigests).

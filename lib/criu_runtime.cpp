@@ -345,7 +345,7 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
       make_tree_private(cd.dir());  // CRIU writes its images 0644; they hold process memory
       metadata.save(cd.dir());
       if (format == SignatureFormat::chunked) sign_chunked(cd.dir(), key, {}, &started, &twins);
-      else HmacTree::sign(cd.dir(), key, SignatureFormat::seed);
+      else HmacTree::sign_as(cd.dir(), key, SignatureFormat::seed);
       cd.commit();
     } catch (...) {
       if (!options.leave_running) signal_tree(tree, SIGCONT);

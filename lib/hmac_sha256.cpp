@@ -2,6 +2,8 @@
 
 #include <sodium.h>
 
+#include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <string>
 
@@ -75,6 +77,28 @@ void HmacSha256::update(const void* data, std::size_t size) {
   }
 #endif
   crypto_auth_hmacsha256_update(&state_->sodium, bytes, size);
+}
+
+void HmacSha256::update_u64le(std::uint64_t value) {
+  std::array<unsigned char, 8> le{};
+  for (std::size_t i = 0; i < le.size(); ++i) le[i] = static_cast<unsigned char>(value >> (8 * i));
+  update(le.data(), le.size());
+}
+
+std::string HmacSha256::to_hex(const Mac& mac) {
+  std::array<char, 2 * std::tuple_size_v<Mac> + 1> hex{};
+  sodium_bin2hex(hex.data(), hex.size(), mac.data(), mac.size());
+  return hex.data();
+}
+
+std::optional<HmacSha256::Mac> HmacSha256::from_hex(std::string_view hex) {
+  Mac mac{};
+  const bool lower_hex = std::all_of(hex.begin(), hex.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+  std::size_t len = 0;
+  if (hex.size() != 2 * mac.size() || !lower_hex ||
+      sodium_hex2bin(mac.data(), mac.size(), hex.data(), hex.size(), nullptr, &len, nullptr) != 0 || len != mac.size())
+    return std::nullopt;
+  return mac;
 }
 
 HmacSha256::Mac HmacSha256::final() {

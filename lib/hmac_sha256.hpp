@@ -6,8 +6,11 @@
 
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 
 namespace nucleus::checkpoint {
@@ -28,7 +31,12 @@ class HmacSha256 {
   HmacSha256& operator=(const HmacSha256&) = delete;
 
   void update(const void* data, std::size_t size);
+  void update_u64le(std::uint64_t value);  // 8 bytes, little-endian: how both formats encode sizes
   Mac final();
+
+  // 64 lowercase hex digits, the way both formats store a MAC; from_hex accepts nothing else.
+  static std::string to_hex(const Mac& mac);
+  static std::optional<Mac> from_hex(std::string_view hex);
 
  private:
   struct State;

@@ -49,9 +49,7 @@ class SeedTreeMac {
 
  private:
   void hash_file(int fd, const std::string& rel, std::uint64_t size) {
-    std::array<unsigned char, 8> le{};
-    for (std::size_t i = 0; i < le.size(); ++i) le[i] = static_cast<unsigned char>(size >> (8 * i));
-    mac_.update(le.data(), le.size());
+    mac_.update_u64le(size);
     std::uint64_t total = 0;
     for (;;) {
       const ssize_t n = ::read(fd, buffer_.data(), buffer_.size());
@@ -73,12 +71,6 @@ class SeedTreeMac {
   std::uint64_t hashed_ = 0;
 };
 
-std::string to_hex(const Mac& mac) {
-  std::array<char, crypto_auth_hmacsha256_BYTES * 2 + 1> hex{};
-  sodium_bin2hex(hex.data(), hex.size(), mac.data(), mac.size());
-  return hex.data();
-}
-
 // The seed format's stored MAC: 64 lowercase hex digits; surrounding ASCII white space is
 // tolerated, as the seed trims it.
 Mac parse_seed_signature(std::string_view text) {
@@ -86,16 +78,11 @@ Mac parse_seed_signature(std::string_view text) {
   while (!text.empty() && ws(text.front())) text.remove_prefix(1);
   while (!text.empty() && ws(text.back())) text.remove_suffix(1);
   if (text.empty()) throw integrity(fmt::format("Checkpoint HMAC {} is empty", HmacTree::signature_file));
-  const bool lower_hex = std::all_of(text.begin(), text.end(),
-                                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
-  if (text.size() != 2 * crypto_auth_hmacsha256_BYTES || !lower_hex)
+  const auto mac = HmacSha256::from_hex(text);
+  if (!mac)
     throw integrity(fmt::format("Checkpoint HMAC {} is malformed: expected {} lowercase hex digits",
                                 HmacTree::signature_file, 2 * crypto_auth_hmacsha256_BYTES));
-  Mac mac{};
-  std::size_t len = 0;
-  if (sodium_hex2bin(mac.data(), mac.size(), text.data(), text.size(), nullptr, &len, nullptr) != 0 || len != mac.size())
-    throw integrity(fmt::format("Checkpoint HMAC {} is malformed", HmacTree::signature_file));
-  return mac;
+  return *mac;
 }
 
 // What checkpoint.hmac holds, in either format, told apart by its first bytes.
@@ -134,14 +121,14 @@ UniqueFd open_checkpoint(const std::filesystem::path& dir) { return open_dir(dir
 }  // namespace
 
 std::string HmacTree::compute(int dir_fd, const HmacKey& key, const Progress& progress) {
-  return to_hex(SeedTreeMac(key, progress).run(dir_fd));
+  return HmacSha256::to_hex(SeedTreeMac(key, progress).run(dir_fd));
 }
 
 std::string HmacTree::compute(const std::filesystem::path& dir, const HmacKey& key, const Progress& progress) {
   return compute(open_checkpoint(dir).get(), key, progress);
 }
 
-void HmacTree::sign(int dir_fd, const HmacKey& key, SignatureFormat format, const Progress& progress) {
+void HmacTree::sign_as(int dir_fd, const HmacKey& key, SignatureFormat format, const Progress& progress) {
   if (format == SignatureFormat::chunked) return sign_chunked(dir_fd, key, progress);
   if (format != SignatureFormat::seed)
     throw Error(Status::invalid, fmt::format("unknown signature format {}", static_cast<int>(format)));
@@ -150,17 +137,17 @@ void HmacTree::sign(int dir_fd, const HmacKey& key, SignatureFormat format, cons
   write_file_atomic_at(dir_fd, signature_file, compute(dir_fd, key, progress), 0600);
 }
 
-void HmacTree::sign(int dir_fd, const HmacKey& key, const Progress& progress) {
-  sign(dir_fd, key, SignatureFormat::seed, progress);
+void HmacTree::sign_as(const std::filesystem::path& dir, const HmacKey& key, SignatureFormat format,
+                       const Progress& progress) {
+  sign_as(open_checkpoint(dir).get(), key, format, progress);
 }
 
-void HmacTree::sign(const std::filesystem::path& dir, const HmacKey& key, SignatureFormat format,
-                    const Progress& progress) {
-  sign(open_checkpoint(dir).get(), key, format, progress);
+void HmacTree::sign(int dir_fd, const HmacKey& key, const Progress& progress) {
+  sign_as(dir_fd, key, SignatureFormat::seed, progress);
 }
 
 void HmacTree::sign(const std::filesystem::path& dir, const HmacKey& key, const Progress& progress) {
-  sign(open_checkpoint(dir).get(), key, SignatureFormat::seed, progress);
+  sign_as(open_checkpoint(dir).get(), key, SignatureFormat::seed, progress);
 }
 
 SignatureFormat HmacTree::format_of(int dir_fd) {

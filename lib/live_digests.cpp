@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <system_error>
 
 #include <fmt/format.h>
 
@@ -31,7 +32,11 @@ LiveDigests::LiveDigests(int dir_fd, std::uint64_t chunk_size, TwinChunks* twins
     inotify_.reset();  // follows nothing: signing hashes everything itself
     return;
   }
-  follower_ = std::jthread([this](const std::stop_token& stop) { follow(stop); });
+  try {
+    follower_ = std::jthread([this](const std::stop_token& stop) { follow(stop); });
+  } catch (const std::system_error&) {
+    inotify_.reset();  // no thread to be had: the same
+  }
 }
 
 LiveDigests::~LiveDigests() { halt(); }
@@ -47,45 +52,55 @@ void LiveDigests::halt() noexcept {
 StartedDigests LiveDigests::stop() {
   halt();
   StartedDigests started;
+  if (!inotify_) return started;
   // The writer has finished, so its last events are all queued now.
-  if (!inotify_ || lost_ || !drain_events()) return started;
-  for (auto& [name, file] : files_)
-    if (file.write_closes <= 1) started.emplace(std::pair{file.dev, file.ino}, std::move(file.digest));
+  if (trusted_) drain_events();
+  for (const auto& [name, file] : files_)
+    if (file.write_closes > 1) trusted_ = false;
+  if (!trusted_) {
+    // Not written the way CRIU writes: nothing hashed so far counts, chunks shared with other files
+    // included; signing hashes every file from scratch.
+    if (twins_) twins_->forget_all();
+    files_.clear();
+    return started;
+  }
+  for (auto& [name, file] : files_) started.emplace(std::pair{file.dev, file.ino}, std::move(file.digest));
   files_.clear();
   return started;
 }
 
 void LiveDigests::follow(const std::stop_token& stop) {
-  while (!stop.stop_requested()) {
-    if (!drain_events()) {
-      lost_ = true;
-      return;
+  try {
+    while (!stop.stop_requested() && trusted_) {
+      drain_events();
+      if (!trusted_ || hash_some()) continue;
+      pollfd fds[] = {{inotify_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
+      while (::poll(fds, 2, -1) < 0 && errno == EINTR) {
+      }
     }
-    if (hash_some()) continue;
-    pollfd fds[] = {{inotify_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
-    while (::poll(fds, 2, -1) < 0 && errno == EINTR) {
-    }
+  } catch (...) {
+    trusted_ = false;  // out of memory, say: signing does it all
   }
 }
 
-bool LiveDigests::drain_events() {
+void LiveDigests::drain_events() {
   alignas(inotify_event) char buffer[64 * 1024];
   for (;;) {
     const ssize_t n = ::read(inotify_.get(), buffer, sizeof buffer);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return true;  // EAGAIN: nothing more queued
+    if (n <= 0) return;  // EAGAIN: nothing more queued
     for (const char* p = buffer; p < buffer + n;) {
       const auto* event = reinterpret_cast<const inotify_event*>(p);
       p += sizeof(inotify_event) + event->len;
-      if (event->mask & IN_Q_OVERFLOW) return false;
+      if (event->mask & IN_Q_OVERFLOW) trusted_ = false;  // events were lost
       if (event->len == 0) continue;
       const std::string name(event->name);
       if (event->mask & (IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)) {
-        files_.erase(name);
+        if (files_.erase(name) != 0) trusted_ = false;
       } else if (event->mask & IN_CLOSE_WRITE) {
         if (const auto it = files_.find(name); it != files_.end()) ++it->second.write_closes;
       } else if ((event->mask & IN_CREATE) && !(event->mask & IN_ISDIR)) {
-        files_.erase(name);
+        if (files_.erase(name) != 0) trusted_ = false;
         UniqueFd fd(::openat(dir_fd_, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
         struct stat st {};
         if (fd && ::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode))
@@ -110,8 +125,8 @@ bool LiveDigests::hash_some() {
       usable = false;
     }
     if (!usable) {  // shortened or unreadable: signing hashes it from scratch, and reports what is wrong
-      it = files_.erase(it);
-      continue;
+      trusted_ = false;
+      return false;
     }
     progressed |= file.digest.hashed() != before;
     ++it;

@@ -1,9 +1,9 @@
 // Hashes the files of a folder while another process (CRIU) writes them, so that signing after
 // a dump has little left to do. inotify says when files appear and grow; only whole chunks are
-// hashed, and a file's digest is handed over only if the file was written once, front to back,
-// as CRIU writes images: a file written through a second open, renamed, deleted, shortened, or
-// any lost event, and signing hashes it again from scratch. It never fails a dump: if inotify is
-// unavailable it follows nothing. What it cannot see is a write behind what it has hashed through
+// hashed. The digests are handed over only if every file was written once, front to back, as CRIU
+// writes images: a file written through a second open, renamed, deleted, recreated or shortened,
+// or any lost event, and nothing is handed over (and the twins are forgotten), so signing hashes
+// everything from scratch. It never fails a dump: without inotify or a thread it follows nothing. What it cannot see is a write behind what it has hashed through
 // the same open (a pwrite, or a truncate and regrow between two looks): it relies on the writer
 // appending, as CRIU does, so it is used only where a wrong digest would cost a checkpoint (it
 // fails to verify), never a process.
@@ -42,7 +42,7 @@ class LiveDigests {
 
   void halt() noexcept;  // stops and joins the follower thread
   void follow(const std::stop_token& stop);
-  bool drain_events();  // false once events were lost
+  void drain_events();
   bool hash_some();     // at most a step of each file's new whole chunks; false if none
 
   int dir_fd_;
@@ -51,7 +51,7 @@ class LiveDigests {
   unsigned threads_;  // hashing threads while following
   UniqueFd inotify_, wake_;
   std::map<std::string, File> files_;  // by name; only the follower thread touches it until stop
-  bool lost_ = false;
+  bool trusted_ = true;  // false once anything was not written the way CRIU writes
   std::jthread follower_;
 };
 

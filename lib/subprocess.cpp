@@ -79,8 +79,9 @@ std::vector<char*> c_strings(std::vector<std::string>& strings) {
 }
 
 // fork(), but with a pidfd for the child, so that it is waited for through that alone. clone3
-// first; where a seccomp filter refuses it (Docker's default profile answers ENOSYS), the older
-// clone(), which returns the pidfd through its parent_tid argument (the third on x86-64 and arm64).
+// first; where a seccomp filter refuses it (Docker's default profile answers ENOSYS, older ones
+// EPERM), the older clone(), which returns the pidfd through its parent_tid argument (the third
+// on x86-64 and arm64).
 long fork_with_pidfd(int& pidfd) {
   clone_args ca{};
   ca.flags = CLONE_PIDFD;
@@ -88,7 +89,7 @@ long fork_with_pidfd(int& pidfd) {
   ca.exit_signal = SIGCHLD;
   const long pid = ::syscall(SYS_clone3, &ca, sizeof ca);
 #if defined(__x86_64__) || defined(__aarch64__)
-  if (pid < 0 && errno == ENOSYS) return ::syscall(SYS_clone, CLONE_PIDFD | SIGCHLD, nullptr, &pidfd, nullptr, nullptr);
+  if (pid < 0 && (errno == ENOSYS || errno == EPERM)) return ::syscall(SYS_clone, CLONE_PIDFD | SIGCHLD, nullptr, &pidfd, nullptr, nullptr);
 #endif
   return pid;
 }

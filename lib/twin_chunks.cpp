@@ -60,4 +60,10 @@ void TwinChunks::remember(int fd, const Chunk& chunk, const Sha256::Digest& dige
   by_index_.emplace(chunk.index, Known{chunk, file->second.get(), digest});
 }
 
+void TwinChunks::forget_all() {
+  const std::lock_guard lock(mutex_);
+  by_index_.clear();
+  files_.clear();
+}
+
 }  // namespace nucleus::checkpoint

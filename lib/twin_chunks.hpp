@@ -34,6 +34,8 @@ class TwinChunks {
                                      std::span<unsigned char> theirs);
   // Offers a hashed chunk to later find()s; the first at each index is kept.
   void remember(int fd, const Chunk& chunk, const Sha256::Digest& digest);
+  // Drops everything remembered: its digests may no longer be those of the files' bytes.
+  void forget_all();
 
  private:
   struct Known {

@@ -125,7 +125,7 @@ TEST_CASE_METHOD(Fixture, "a dump's images hashed while CRIU wrote them give the
   REQUIRE(HmacTree::format_of(checkpoint) == SignatureFormat::chunked);  // the default for dumps
   const std::string streamed = read_file(checkpoint / HmacTree::signature_file);
   CHECK_NOTHROW(HmacTree::verify(checkpoint, KeyStore().load()));
-  HmacTree::sign(checkpoint, KeyStore().load(), SignatureFormat::chunked);  // from scratch, after the fact
+  HmacTree::sign_as(checkpoint, KeyStore().load(), SignatureFormat::chunked);  // from scratch, after the fact
   CHECK(read_file(checkpoint / HmacTree::signature_file) == streamed);
 
   SECTION("a byte changed deep in the pages is refused") {

@@ -165,7 +165,7 @@ std::string chunked_text_of(const fs::path& dir, const HmacKey& key, std::uint64
 // Signs dir in the chunked format: at the default chunk size through the public HmacTree::sign,
 // at any other by writing the text of chunked_tree_mac, which verify must accept as well.
 void sign_chunked_with(const fs::path& dir, const HmacKey& key, std::uint64_t chunk_size) {
-  if (chunk_size == default_chunk) return HmacTree::sign(dir, key, SignatureFormat::chunked);
+  if (chunk_size == default_chunk) return HmacTree::sign_as(dir, key, SignatureFormat::chunked);
   const std::string text = chunked_text_of(dir, key, chunk_size);
   write_file(dir / HmacTree::signature_file, text);
 }
@@ -662,7 +662,7 @@ TEST_CASE("the chunked format agrees with seed_hmac.py --format chunked on awkwa
     // Small chunks through chunked_tree_mac, the default through the public sign.
     CHECK(chunked_text_of(dir, key, small_chunk) == chunked_text_by_script(tmp, dir, key, small_chunk));
     const std::string by_script = chunked_text_by_script(tmp, dir, key, default_chunk);
-    HmacTree::sign(dir, key, SignatureFormat::chunked);
+    HmacTree::sign_as(dir, key, SignatureFormat::chunked);
     CHECK(read_file(dir / HmacTree::signature_file) == by_script);
     CHECK_NOTHROW(HmacTree::verify(dir, key));
   });
@@ -682,7 +682,7 @@ TEST_CASE("sign(chunked) agrees with seed_hmac.py on files at 4 MiB chunk bounda
   for (const bool sodium : {false, true}) {
     INFO((sodium ? "libsodium" : "default engine"));
     const auto engine = hash_engine_env(sodium);
-    HmacTree::sign(dir, key, SignatureFormat::chunked);
+    HmacTree::sign_as(dir, key, SignatureFormat::chunked);
     signed_texts.push_back(read_file(dir / HmacTree::signature_file));
     CHECK(signed_texts.back() == by_script);
     CHECK(chunked_text_of(dir, key, small_chunk) == chunked_text_by_script(tmp, dir, key, small_chunk));
@@ -706,7 +706,7 @@ TEST_CASE("the chunked format matches known answers", "[hmac_tree][chunked]") {
   const fs::path dir = known_answer_tree(tmp);
   const HmacKey key = counting_key();
 
-  HmacTree::sign(dir, key, SignatureFormat::chunked);
+  HmacTree::sign_as(dir, key, SignatureFormat::chunked);
   CHECK(read_file(dir / HmacTree::signature_file) ==
         "nucleus-checkpoint-signature 2\n"
         "chunk-size 4194304\n"
@@ -902,7 +902,9 @@ TEST_CASE("ChunkedSignature::parse accepts the three lines and nothing else", "[
     };
     TempDir tmp;
     const fs::path dir = make_checkpoint(tmp);
-    for (const auto& [text, part] : malformed) {
+    for (const auto& entry : malformed) {
+      const std::string& text = entry.first;  // not a structured binding: lambdas capture it (clang 14)
+      const std::string& part = entry.second;
       INFO("text: " << text);
       require_integrity_error([&] { (void)ChunkedSignature::parse(text); }, part);
       write_file(dir / HmacTree::signature_file, text);
@@ -949,10 +951,13 @@ TEST_CASE("format_of tells the two formats apart, and refuses an unsigned folder
 
   HmacTree::sign(dir, key);  // no format given: the seed format, as before
   CHECK(HmacTree::format_of(dir) == SignatureFormat::seed);
-  HmacTree::sign(dir, key, SignatureFormat::chunked);
+  HmacTree::sign_as(dir, key, SignatureFormat::chunked);
   CHECK(HmacTree::format_of(dir) == SignatureFormat::chunked);
   CHECK(HmacTree::format_of(open_folder(dir).get()) == SignatureFormat::chunked);
-  HmacTree::sign(dir, key, SignatureFormat::seed);
+  HmacTree::sign_as(dir, key, SignatureFormat::seed);
+  CHECK(HmacTree::format_of(dir) == SignatureFormat::seed);
+  HmacTree::sign_as(dir, key, SignatureFormat::chunked);
+  HmacTree::sign(dir, key, {});  // an empty progress, as callers wrote it before there were formats
   CHECK(HmacTree::format_of(dir) == SignatureFormat::seed);
   write_file(dir / HmacTree::signature_file, read_file(dir / HmacTree::signature_file) + "\n");
   CHECK(HmacTree::format_of(dir) == SignatureFormat::seed);
@@ -988,7 +993,7 @@ TEST_CASE("sign(chunked) writes checkpoint.hmac 0600, atomically, the same again
   std::vector<std::uint64_t> reports;
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   REQUIRE(fd >= 0);
-  HmacTree::sign(fd, key, SignatureFormat::chunked, [&](std::uint64_t bytes) { reports.push_back(bytes); });
+  HmacTree::sign_as(fd, key, SignatureFormat::chunked, [&](std::uint64_t bytes) { reports.push_back(bytes); });
   ::close(fd);
 
   const fs::path sig = dir / HmacTree::signature_file;
@@ -1000,14 +1005,14 @@ TEST_CASE("sign(chunked) writes checkpoint.hmac 0600, atomically, the same again
   CHECK(std::is_sorted(reports.begin(), reports.end()));
   CHECK(reports.back() == total);
   CHECK_NOTHROW(HmacTree::verify(dir, key));
-  HmacTree::sign(dir, key, SignatureFormat::chunked);
+  HmacTree::sign_as(dir, key, SignatureFormat::chunked);
   CHECK(read_file(sig) == text);
 }
 
 TEST_CASE("sign refuses a SignatureFormat it does not know", "[hmac_tree][chunked]") {
   TempDir tmp;
   const fs::path dir = make_checkpoint(tmp);
-  const auto e = error_of([&] { HmacTree::sign(dir, key_of(32), static_cast<SignatureFormat>(3)); });
+  const auto e = error_of([&] { HmacTree::sign_as(dir, key_of(32), static_cast<SignatureFormat>(3)); });
   REQUIRE(e.has_value());
   CHECK(e->status() == Status::invalid);
   CHECK_FALSE(fs::exists(fs::symlink_status(dir / HmacTree::signature_file)));

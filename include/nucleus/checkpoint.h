@@ -48,8 +48,9 @@ NC_EXPORT nc_status nc_checkpoint(nc_runtime *rt, const char *container_id, pid_
  * the restored root's PID. The tree runs on detached (reparented to the nearest subreaper). */
 NC_EXPORT nc_status nc_restore(nc_runtime *rt, const char *dir, pid_t *restored_pid);
 
-/* Called as signing and verifying hash file bytes, with the running total: at most once a MiB,
- * always from the calling thread. */
+/* Called from the calling thread as signing and verifying hash file bytes, with the running
+ * total: after each read of up to 1 MiB in the seed format, each window of up to 64 chunks
+ * (256 MiB) in the chunked one. */
 typedef void (*nc_progress_fn)(unsigned long long bytes_hashed, void *user);
 
 /* The two signature formats (the README specifies both); verification recognises either. */

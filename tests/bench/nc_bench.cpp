@@ -498,7 +498,7 @@ void bench_hmac(const fs::path& dir, std::vector<Row>& rows) {
   const std::uint64_t bytes = tree_bytes(dir);
   const double gb = static_cast<double>(bytes) / 1e9;
   const auto sign_as = [&](nc::SignatureFormat format) {
-    nc::HmacTree::sign(dir, key, format);
+    nc::HmacTree::sign_as(dir, key, format);
     if (nc::HmacTree::format_of(dir) != format) fail("the library signed in another format than it was asked for");
   };
 

@@ -44,7 +44,7 @@ struct Tree {
     nc_fuzz::write_file(dir.path() / "metadata.json", "{}\n");
     nc_fuzz::write_file(dir.path() / "dump.log", "");
     seed_mac = HmacTree::compute(dir.path(), nc_fuzz::fixed_key());
-    HmacTree::sign(dir.path(), nc_fuzz::fixed_key(), SignatureFormat::chunked);
+    HmacTree::sign_as(dir.path(), nc_fuzz::fixed_key(), SignatureFormat::chunked);
     std::ifstream in(dir.path() / HmacTree::signature_file, std::ios::binary);
     chunked_text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
     expect(chunked_text.starts_with(ChunkedSignature::header), "sign(chunked) wrote no chunked signature");

@@ -1,16 +1,18 @@
 // HMAC-SHA256 over a whole checkpoint folder, in one of two signature formats (the README's
-// "Signature formats" specifies both). Verification recognises either.
+// "Signatures" specifies both). Verification recognises either.
 //
-// The seed format (nucleus-container 0.3.3's, byte for byte): the MAC covers a depth-first walk in byte order of names: for a folder "D\0" + relative path
-// + "\0", then its contents; for a file "F\0" + relative path + "\0" + its size as u64
-// little-endian + its bytes. Only the top-level checkpoint.hmac is left out. The MAC is stored
-// there as 64 lowercase hex digits. Symlinks, FIFOs, sockets, devices and names that are not
-// UTF-8 are integrity failures; everything is opened relative to its parent's descriptor with
-// O_NOFOLLOW, so a walk never leaves the tree.
+// The seed format (nucleus-container 0.3.3's, byte for byte): the MAC covers a depth-first walk
+// in byte order of names: for a folder "D\0" + relative path + "\0", then its contents; for a
+// file "F\0" + relative path + "\0" + its size as u64 little-endian + its bytes. Only the
+// top-level checkpoint.hmac is left out. The MAC is stored there as 64 lowercase hex digits.
+// Symlinks, FIFOs, sockets, devices and names that are not UTF-8 are integrity failures;
+// everything is opened relative to its parent's descriptor with O_NOFOLLOW, so a walk never
+// leaves the tree.
 //
 // The chunked format (version 2): an HMAC over the list of (kind, path, size, digest) of every
-// entry, where a file's digest is SHA-256 over the SHA-256 of each 4 MiB chunk. Chunks are hashed
-// on every core, and a dump hashes its images while CRIU writes them: what new checkpoints get.
+// entry, where a file's digest is SHA-256 over the SHA-256 of each chunk (4 MiB as written here).
+// Chunks are hashed on every core, and a dump hashes its images while CRIU writes them: what new
+// checkpoints get.
 #pragma once
 
 #include <cstddef>
@@ -35,7 +37,8 @@ class NC_EXPORT HmacTree {
   static constexpr int max_depth = 64;                   // folders nested below the checkpoint folder
   static constexpr std::size_t max_entries = 1000000;    // files and folders in the whole tree
   static constexpr std::size_t max_path_length = 4096;   // bytes of a relative path
-  // Called as file bytes are hashed, with the running total, about once a MiB.
+  // Called from the calling thread as file bytes are hashed, with the running total: after each
+  // read of up to 1 MiB in the seed format, each window of up to 64 chunks in the chunked one.
   using Progress = std::function<void(std::uint64_t bytes_hashed)>;
 
   // Lowercase hex seed-format HMAC of the folder at dir. Throws Error(Status::integrity) for a tree it
@@ -45,15 +48,15 @@ class NC_EXPORT HmacTree {
   static std::string compute(int dir_fd, const HmacKey& key,
                      const Progress& progress = {});
 
-  // Writes dir/checkpoint.hmac atomically (temp file 0600, fsync, rename, fsync the folder), in
-  // the seed format unless another is given.
+  // Writes dir/checkpoint.hmac atomically (temp file 0600, fsync, rename, fsync the folder): sign
+  // in the seed format, sign_as in the one given.
   static void sign(const std::filesystem::path& dir, const HmacKey& key,
                      const Progress& progress = {});
   static void sign(int dir_fd, const HmacKey& key,
                      const Progress& progress = {});
-  static void sign(const std::filesystem::path& dir, const HmacKey& key, SignatureFormat format,
+  static void sign_as(const std::filesystem::path& dir, const HmacKey& key, SignatureFormat format,
                      const Progress& progress = {});
-  static void sign(int dir_fd, const HmacKey& key, SignatureFormat format,
+  static void sign_as(int dir_fd, const HmacKey& key, SignatureFormat format,
                      const Progress& progress = {});
 
   // The format dir/checkpoint.hmac is written in, from its text alone (nothing is verified).
