@@ -323,8 +323,11 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
     std::optional<LiveDigests> live;
     if (format == SignatureFormat::chunked && options.leave_running)
       live.emplace(cd.images(), ChunkedSignature::default_chunk_size, &twins);
-    const ProcessResult r =
-        run_process(binary_fd_, "criu", args, {cd.images(), work_fd}, criu_environment(), options.timeout);
+    // In a process group of its own: killed at its timeout, CRIU can leave a stopped helper of
+    // its own behind, which goes with it. (Not for restores: with shell_job, CRIU puts the
+    // restored tree into its own process group.)
+    const ProcessResult r = run_process(binary_fd_, "criu", args, {cd.images(), work_fd}, criu_environment(),
+                                        options.timeout, ProcessGroup::own);
     StartedDigests started = live ? live->stop() : StartedDigests();
     if (!r.succeeded_by(r.status_lost ? log_tail(work_fd, "dump.log") : "", "Dumping finished successfully")) {
       // CRIU resumes the tree when it fails; killed, it may have left it stopped: resume it.

@@ -59,7 +59,8 @@ std::vector<char*> c_strings(std::vector<std::string>& strings) {
 
 // In the new process: only async-signal-safe calls from here to execveat.
 [[noreturn]] void exec_child(int null_fd, int output_fd, int program_fd, const int* sources, std::size_t count,
-                             char* const* argv, char* const* envp) {
+                             char* const* argv, char* const* envp, ProcessGroup group) {
+  if (group == ProcessGroup::own && ::setpgid(0, 0) != 0) ::_exit(127);
   for (int sig = 1; sig < NSIG; ++sig) {
     struct sigaction dfl {};
     dfl.sa_handler = SIG_DFL;
@@ -114,7 +115,7 @@ bool wait_exit(int pidfd, std::chrono::milliseconds timeout) {
 
 ProcessResult run_process(int program_fd, const std::string& program_name, const std::vector<std::string>& args,
                           const std::vector<int>& inherited_fds, const std::vector<std::string>& env,
-                          std::chrono::milliseconds timeout) {
+                          std::chrono::milliseconds timeout, ProcessGroup group) {
   UniqueFd output(::memfd_create("nucleus-checkpoint-output", MFD_CLOEXEC));
   if (!output) throw system_error(Status::io, errno, "cannot create a memfd for CRIU's output");
   UniqueFd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
@@ -142,7 +143,7 @@ ProcessResult run_process(int program_fd, const std::string& program_name, const
   const long pid = fork_with_pidfd(pidfd_raw);
   if (pid == 0)
     exec_child(null_high.get(), output_high.get(), program_high.get(), source_numbers.data(), source_numbers.size(),
-               argv.data(), envp.data());
+               argv.data(), envp.data(), group);
   const int clone_errno = errno;
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid < 0) throw system_error(Status::internal, clone_errno, fmt::format("cannot start {}", program_name));
@@ -160,6 +161,8 @@ ProcessResult run_process(int program_fd, const std::string& program_name, const
   if (rc < 0) result.status_lost = true;
   else if (info.si_code == CLD_EXITED) result.exit_code = info.si_status;
   else result.signal = info.si_status;
+  // The group outlives its leader while any member does; none belongs to anyone else.
+  if (group == ProcessGroup::own) ::kill(-static_cast<pid_t>(pid), SIGKILL);
   result.output.resize(64 * 1024);
   const ssize_t n = ::pread(output.get(), result.output.data(), result.output.size(), 0);
   result.output.resize(n > 0 ? static_cast<std::size_t>(n) : 0);

@@ -23,6 +23,11 @@ struct ProcessResult {
   bool succeeded_by(std::string_view log, std::string_view marker) const noexcept;
 };
 
+// Whether the program stays in the caller's process group, or gets one of its own whose every
+// member still there once the program has ended (helpers it forked, left behind when it was
+// killed) is killed too.
+enum class ProcessGroup { caller, own };
+
 // The descriptor number the child sees for inherited_fds[i].
 constexpr int child_fd(std::size_t i) { return 3 + static_cast<int>(i); }
 
@@ -34,6 +39,7 @@ constexpr int child_fd(std::size_t i) { return 3 + static_cast<int>(i); }
 // first, status_lost says so. With a non-zero timeout it is killed (SIGKILL) once that passes.
 ProcessResult run_process(int program_fd, const std::string& program_name, const std::vector<std::string>& args,
                           const std::vector<int>& inherited_fds, const std::vector<std::string>& env,
-                          std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
+                          std::chrono::milliseconds timeout = std::chrono::milliseconds(0),
+                          ProcessGroup group = ProcessGroup::caller);
 
 }  // namespace nucleus::checkpoint

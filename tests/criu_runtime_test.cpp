@@ -443,6 +443,21 @@ TEST_CASE("a CRIU that hangs is killed at the timeout", "[criu_runtime][options]
   CHECK_FALSE(fs::exists(tmp / "cp/checkpoint.hmac"));
 }
 
+TEST_CASE("a helper a killed CRIU leaves behind, stopped, is killed with it", "[criu_runtime][options]") {
+  TestKey key;
+  TempDir tmp;
+  // The helper stops itself, as CRIU's own helpers were found stopped after CRIU was killed.
+  // (Stopping again when continued: the library resumes what it finds of a dumped tree.)
+  CriuRuntime rt(write_fake_criu(tmp.path(), "sh -c 'echo $$ > \"" + (tmp / "helper.pid").native() +
+                                                 "\"; while :; do kill -STOP $$; done' & sleep 30"));
+  CriuOptions o;
+  o.timeout = std::chrono::milliseconds(500);
+  const auto e = require_error([&] { rt.checkpoint(container("c", ::getpid()), tmp / "cp", o); });
+  CHECK(contains(e.what(), "timed out"));
+  const pid_t helper = static_cast<pid_t>(std::stol(read_file(tmp / "helper.pid")));
+  CHECK(wait_until([&] { reap_all(); return !is_alive(helper); }));
+}
+
 TEST_CASE("CRIU gets only its own descriptors and default signals, and its status is ours", "[criu_runtime][spawn]") {
   TestKey key;
   TempDir tmp;
