@@ -1,9 +1,7 @@
 #include "chunked_signature.hpp"
 
-#include <sodium.h>
 
 #include <algorithm>
-#include <array>
 #include <bit>
 #include <charconv>
 

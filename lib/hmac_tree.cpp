@@ -1,12 +1,9 @@
 #include <nucleus/checkpoint/hmac_tree.hpp>
 
-#include <fcntl.h>
 #include <sodium.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <array>
 #include <cerrno>
 #include <variant>
 #include <vector>
