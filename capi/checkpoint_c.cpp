@@ -16,7 +16,7 @@
 #include <nucleus/checkpoint/key_store.hpp>
 #include <nucleus/checkpoint/metadata.hpp>
 
-#include "fs_util.hpp"
+#include "fs/fs_util.hpp"
 
 namespace nc = nucleus::checkpoint;
 

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Installs a CRIU that works on this kernel (>= 4.1) as /usr/local/sbin/criu, unless one is there.
+# Installs a CRIU that works on this kernel (>= 4.2) as /usr/local/sbin/criu, unless one is there.
 # Debian bookworm ships CRIU 3.17, which fails `criu check` on kernels with a [vvar_vclock]
-# mapping; CRIU 4.1.1 is built from the upstream tarball that Debian trixie's source package carries.
+# mapping; 4.1 cannot dump a TCP or UDP socket on kernels >= 6.16 (SO_PASSCRED, criu#2718). CRIU
+# 4.2.1 is built from the upstream tarball that Debian sid's source package carries.
 # Fails loudly (non-zero) when no working CRIU can be set up.
 set -euo pipefail
 
-want_major=4 want_minor=1
+want_major=4 want_minor=2
+# The tarball Debian sid's criu 4.2.1-1 carries; apt's signed index must list the same digest.
+tarball_name=criu_4.2.1.orig.tar.xz
+tarball_sha256=29ec0ee09e296479fe7048c80980e8ef1d0684d0b0204c2b101dfea19f6725b9
 target=/usr/local/sbin/criu
 cache=/var/cache/nucleus-checkpoint/criu
 die() { echo "install-criu: $*" >&2; exit 1; }
@@ -43,22 +47,23 @@ apt_get install --no-install-recommends build-essential pkg-config xz-utils \
   >/dev/null || die "cannot install CRIU's build dependencies"
 
 mkdir -p "$cache"
-tarball=$(ls "$cache"/criu_4.*.orig.tar.xz 2>/dev/null | sort -V | tail -n1 || true)
-if [[ -z $tarball ]]; then
-  # deb-src entry for trixie, with the URI this machine already uses for Debian.
+tarball="$cache/$tarball_name"
+if [[ ! -f $tarball ]] || [[ $(sha256sum "$tarball" | cut -d' ' -f1) != "$tarball_sha256" ]]; then
+  rm -f "$tarball"
+  # deb-src entry for sid, with the URI this machine already uses for Debian.
   uri=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
   [[ -n $uri ]] || uri=$(sed -n 's/^deb \(http[^ ]*\) .*/\1/p' /etc/apt/sources.list 2>/dev/null | head -n1)
   [[ -n $uri ]] || die "no Debian mirror URI found in /etc/apt/sources.list.d/debian.sources"
-  printf 'Types: deb-src\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+  printf 'Types: deb-src\nURIs: %s\nSuites: sid\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
     "$uri" > /etc/apt/sources.list.d/nucleus-criu-src.sources
   apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null || die "apt-get update failed"
-  (cd "$cache" && apt-get source --download-only criu >/dev/null 2>&1) || true  # .dsc answers 404; the tarball arrives
-  tarball=$(ls "$cache"/criu_4.*.orig.tar.xz 2>/dev/null | sort -V | tail -n1 || true)
-  [[ -n $tarball ]] || die "could not download CRIU's source (criu_4.x.orig.tar.xz) from Debian trixie"
+  (cd "$cache" && apt-get source --download-only criu >/dev/null 2>&1) || true  # .debian.tar.xz answers 404; the tarball arrives
+  [[ -f $tarball ]] || die "could not download CRIU's source ($tarball_name) from Debian sid; is a Debian mirror reachable?"
   # The .dsc is unavailable, so check the tarball against the sha256 apt's signed index lists.
   want=$(apt-cache showsrc criu | awk -v f="$(basename "$tarball")" '/^Checksums-Sha256:/{s=1;next} /^[^ ]/{s=0} s && $3==f {print $1; exit}')
   have=$(sha256sum "$tarball" | cut -d' ' -f1)
-  [[ -n $want && $want == "$have" ]] || { rm -f "$tarball"; die "checksum of $(basename "$tarball") does not match Debian's index"; }
+  [[ -n $want && $want == "$have" && $have == "$tarball_sha256" ]] ||
+    { rm -f "$tarball"; die "checksum of $tarball_name ($have) does not match Debian's index (${want:-not listed}) and $tarball_sha256"; }
 fi
 
 src="$cache/src"

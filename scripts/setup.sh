@@ -7,7 +7,11 @@ cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || { echo "setup: run as root (apt-get, and CRIU needs root anyway)" >&2; exit 1; }
 
 packages=(meson ninja-build g++ gcc pkg-config python3 binutils abigail-tools libsodium-dev rapidjson-dev libfmt-dev catch2 libcli11-dev
-  clang libclang-rt-dev valgrind)
+  clang libclang-rt-dev valgrind
+  # What CRIU runs for containers: network locking, addresses and routes, tmpfs contents.
+  iptables nftables iproute2 tar
+  # What the container tests run: a static busybox for rootfs, Debian's runc, curl.
+  busybox-static runc curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

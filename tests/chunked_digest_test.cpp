@@ -15,8 +15,8 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
-#include "chunked_digest.hpp"
-#include "unique_fd.hpp"
+#include "signature/chunked_digest.hpp"
+#include "fs/unique_fd.hpp"
 
 using namespace nucleus::checkpoint;
 using namespace nucleus::checkpoint::test;

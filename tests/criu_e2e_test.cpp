@@ -15,7 +15,7 @@
 #include <thread>
 
 #include "process_support.hpp"
-#include "unique_fd.hpp"
+#include "fs/unique_fd.hpp"
 
 using namespace nucleus::checkpoint;
 using namespace nucleus::checkpoint::test;

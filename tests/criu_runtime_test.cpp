@@ -22,7 +22,7 @@
 #include <fstream>
 #include <thread>
 
-#include "checkpoint_dir.hpp"
+#include "fs/checkpoint_dir.hpp"
 #include "process_support.hpp"
 
 using namespace nucleus::checkpoint;

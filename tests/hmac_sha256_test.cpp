@@ -12,7 +12,7 @@
 #include <nucleus/checkpoint/hmac_tree.hpp>
 #include <nucleus/checkpoint/key_store.hpp>
 
-#include "hmac_sha256.hpp"
+#include "signature/hmac_sha256.hpp"
 
 using namespace nucleus::checkpoint;
 using namespace nucleus::checkpoint::test;

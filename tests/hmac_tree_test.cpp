@@ -35,8 +35,8 @@
 #include <nucleus/checkpoint/hmac_tree.hpp>
 #include <nucleus/checkpoint/key_store.hpp>
 
-#include "chunked_signature.hpp"
-#include "unique_fd.hpp"
+#include "signature/chunked_signature.hpp"
+#include "fs/unique_fd.hpp"
 
 extern char** environ;
 

@@ -23,9 +23,9 @@
 #include <nucleus/checkpoint/hmac_tree.hpp>
 #include <nucleus/checkpoint/key_store.hpp>
 
-#include "chunked_signature.hpp"
-#include "live_digests.hpp"
-#include "unique_fd.hpp"
+#include "signature/chunked_signature.hpp"
+#include "signature/live_digests.hpp"
+#include "fs/unique_fd.hpp"
 
 using namespace nucleus::checkpoint;
 using namespace nucleus::checkpoint::test;

@@ -15,9 +15,9 @@
 
 #include <nucleus/checkpoint/hmac_tree.hpp>
 
-#include "chunked_signature.hpp"
-#include "twin_chunks.hpp"
-#include "unique_fd.hpp"
+#include "signature/chunked_signature.hpp"
+#include "signature/twin_chunks.hpp"
+#include "fs/unique_fd.hpp"
 
 using namespace nucleus::checkpoint;
 using namespace nucleus::checkpoint::test;

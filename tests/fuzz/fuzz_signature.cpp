@@ -14,7 +14,7 @@
 
 #include <nucleus/checkpoint/hmac_tree.hpp>
 
-#include "chunked_signature.hpp"
+#include "signature/chunked_signature.hpp"
 #include "fuzz_support.hpp"
 
 namespace {

@@ -15,8 +15,8 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
-#include "fs_util.hpp"
-#include "sodium.hpp"
+#include "fs/fs_util.hpp"
+#include "signature/sodium.hpp"
 
 namespace nucleus::checkpoint {
 

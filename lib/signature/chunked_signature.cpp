@@ -1,4 +1,4 @@
-#include "chunked_signature.hpp"
+#include "signature/chunked_signature.hpp"
 
 
 #include <algorithm>
@@ -9,8 +9,8 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
-#include "fs_util.hpp"
-#include "tree_walk.hpp"
+#include "fs/fs_util.hpp"
+#include "fs/tree_walk.hpp"
 
 namespace nucleus::checkpoint {
 

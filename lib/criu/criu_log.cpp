@@ -1,4 +1,4 @@
-#include "criu_log.hpp"
+#include "criu/criu_log.hpp"
 
 #include <charconv>
 #include <vector>
@@ -7,7 +7,7 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
-#include "fs_util.hpp"
+#include "fs/fs_util.hpp"
 
 namespace nucleus::checkpoint {
 

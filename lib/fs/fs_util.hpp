@@ -15,7 +15,7 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
-#include "unique_fd.hpp"
+#include "fs/unique_fd.hpp"
 
 namespace nucleus::checkpoint {
 

@@ -1,4 +1,4 @@
-#include "proc.hpp"
+#include "criu/proc.hpp"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -13,7 +13,7 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
-#include "fs_util.hpp"
+#include "fs/fs_util.hpp"
 
 namespace nucleus::checkpoint {
 

@@ -1,4 +1,4 @@
-#include "subprocess.hpp"
+#include "criu/subprocess.hpp"
 
 #include <fcntl.h>
 #include <linux/sched.h>
@@ -19,7 +19,7 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
-#include "fs_util.hpp"
+#include "fs/fs_util.hpp"
 
 #ifndef P_PIDFD
 #define P_PIDFD 3

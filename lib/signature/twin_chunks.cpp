@@ -1,4 +1,4 @@
-#include "twin_chunks.hpp"
+#include "signature/twin_chunks.hpp"
 
 #include <unistd.h>
 #include <fcntl.h>
@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "fs_util.hpp"
+#include "fs/fs_util.hpp"
 
 namespace nucleus::checkpoint {
 

@@ -1,4 +1,4 @@
-#include "live_digests.hpp"
+#include "signature/live_digests.hpp"
 
 #include <fcntl.h>
 #include <poll.h>

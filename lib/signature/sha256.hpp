@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <memory>
 
-#include "hmac_sha256.hpp"
+#include "signature/hmac_sha256.hpp"
 
 namespace nucleus::checkpoint {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-#include "unique_fd.hpp"
+#include "fs/unique_fd.hpp"
 
 namespace nucleus::checkpoint {
 

@@ -15,8 +15,8 @@
 #include <unordered_map>
 #include <utility>
 
-#include "sha256.hpp"
-#include "unique_fd.hpp"
+#include "signature/sha256.hpp"
+#include "fs/unique_fd.hpp"
 
 namespace nucleus::checkpoint {
 

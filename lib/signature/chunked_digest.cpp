@@ -1,4 +1,4 @@
-#include "chunked_digest.hpp"
+#include "signature/chunked_digest.hpp"
 
 #include <sched.h>
 #include <unistd.h>
@@ -16,7 +16,7 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
-#include "fs_util.hpp"
+#include "fs/fs_util.hpp"
 
 namespace nucleus::checkpoint {
 

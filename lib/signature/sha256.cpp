@@ -1,10 +1,10 @@
-#include "sha256.hpp"
+#include "signature/sha256.hpp"
 
 #include <sodium.h>
 
 #include <nucleus/checkpoint/error.hpp>
 
-#include "sodium.hpp"
+#include "signature/sodium.hpp"
 
 #if NC_HAVE_OPENSSL
 #include <openssl/evp.h>

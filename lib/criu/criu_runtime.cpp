@@ -20,15 +20,15 @@
 #include <nucleus/checkpoint/hmac_tree.hpp>
 #include <nucleus/checkpoint/metadata.hpp>
 
-#include "checkpoint_dir.hpp"
-#include "chunked_signature.hpp"
-#include "criu_args.hpp"
-#include "criu_log.hpp"
-#include "fs_util.hpp"
-#include "live_digests.hpp"
-#include "proc.hpp"
-#include "subprocess.hpp"
-#include "utf8.hpp"
+#include "fs/checkpoint_dir.hpp"
+#include "signature/chunked_signature.hpp"
+#include "criu/criu_args.hpp"
+#include "criu/criu_log.hpp"
+#include "fs/fs_util.hpp"
+#include "signature/live_digests.hpp"
+#include "criu/proc.hpp"
+#include "criu/subprocess.hpp"
+#include "checkpoint/utf8.hpp"
 #include <nucleus/checkpoint_version.h>
 
 namespace nucleus::checkpoint {

@@ -12,11 +12,11 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
-#include "chunked_signature.hpp"
-#include "fs_util.hpp"
-#include "hmac_sha256.hpp"
-#include "sodium.hpp"
-#include "tree_walk.hpp"
+#include "signature/chunked_signature.hpp"
+#include "fs/fs_util.hpp"
+#include "signature/hmac_sha256.hpp"
+#include "signature/sodium.hpp"
+#include "fs/tree_walk.hpp"
 
 namespace nucleus::checkpoint {
 

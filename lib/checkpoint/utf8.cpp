@@ -1,4 +1,4 @@
-#include "utf8.hpp"
+#include "checkpoint/utf8.hpp"
 
 namespace nucleus::checkpoint {
 

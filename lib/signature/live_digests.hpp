@@ -14,8 +14,8 @@
 #include <string>
 #include <thread>
 
-#include "chunked_signature.hpp"
-#include "unique_fd.hpp"
+#include "signature/chunked_signature.hpp"
+#include "fs/unique_fd.hpp"
 
 namespace nucleus::checkpoint {
 

@@ -1,4 +1,4 @@
-#include "checkpoint_dir.hpp"
+#include "fs/checkpoint_dir.hpp"
 
 #include <fcntl.h>
 #include <sodium.h>
@@ -13,9 +13,9 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
-#include "fs_util.hpp"
-#include "sodium.hpp"
-#include "tree_walk.hpp"
+#include "fs/fs_util.hpp"
+#include "signature/sodium.hpp"
+#include "fs/tree_walk.hpp"
 
 namespace nucleus::checkpoint {
 

@@ -1,4 +1,4 @@
-#include "criu_args.hpp"
+#include "criu/criu_args.hpp"
 
 #include <fmt/format.h>
 

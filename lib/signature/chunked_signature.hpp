@@ -14,8 +14,8 @@
 
 #include <nucleus/checkpoint/hmac_tree.hpp>
 
-#include "chunked_digest.hpp"
-#include "hmac_sha256.hpp"
+#include "signature/chunked_digest.hpp"
+#include "signature/hmac_sha256.hpp"
 
 namespace nucleus::checkpoint {
 

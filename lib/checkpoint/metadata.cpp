@@ -13,8 +13,8 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
-#include "fs_util.hpp"
-#include "utf8.hpp"
+#include "fs/fs_util.hpp"
+#include "checkpoint/utf8.hpp"
 
 namespace nucleus::checkpoint {
 

@@ -1,4 +1,4 @@
-#include "hmac_sha256.hpp"
+#include "signature/hmac_sha256.hpp"
 
 #include <sodium.h>
 
@@ -11,7 +11,7 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
-#include "sodium.hpp"
+#include "signature/sodium.hpp"
 
 #if NC_HAVE_OPENSSL
 #include <openssl/core_names.h>

@@ -1,4 +1,4 @@
-#include "fs_util.hpp"
+#include "fs/fs_util.hpp"
 
 #include <dirent.h>
 #include <fcntl.h>

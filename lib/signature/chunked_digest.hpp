@@ -8,8 +8,8 @@
 #include <functional>
 #include <string_view>
 
-#include "sha256.hpp"
-#include "twin_chunks.hpp"
+#include "signature/sha256.hpp"
+#include "signature/twin_chunks.hpp"
 
 namespace nucleus::checkpoint {
 

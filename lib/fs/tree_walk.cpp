@@ -1,4 +1,4 @@
-#include "tree_walk.hpp"
+#include "fs/tree_walk.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -13,8 +13,8 @@
 #include <nucleus/checkpoint/error.hpp>
 #include <nucleus/checkpoint/hmac_tree.hpp>
 
-#include "fs_util.hpp"
-#include "utf8.hpp"
+#include "fs/fs_util.hpp"
+#include "checkpoint/utf8.hpp"
 
 namespace nucleus::checkpoint {
 
