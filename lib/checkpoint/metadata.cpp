@@ -20,6 +20,9 @@ namespace nucleus::checkpoint {
 
 namespace {
 
+// The object holding the library's own fields.
+constexpr const char* extension_name = "nucleus";
+
 Error malformed(std::string_view what) {
   return Error(Status::invalid, fmt::format("{} is malformed: {}", CheckpointMetadata::file_name, what));
 }
@@ -56,6 +59,12 @@ std::uint64_t uint_field(const rapidjson::Value& root, const char* name, std::ui
   return v.GetUint64();
 }
 
+int int_field(const rapidjson::Value& root, const char* name) {
+  const auto& v = field(root, name);
+  if (!v.IsInt()) throw malformed(fmt::format("field \"{}\" must be a whole number", name));
+  return v.GetInt();
+}
+
 // serde_json writes \u escapes with lowercase hex digits, RapidJSON with uppercase ones.
 std::string lowercase_unicode_escapes(std::string json) {
   for (std::size_t i = 0; i + 1 < json.size(); ++i) {
@@ -70,6 +79,169 @@ std::string lowercase_unicode_escapes(std::string json) {
 
 void require_utf8(const std::string& value, const char* field) {
   if (!is_valid_utf8(value)) throw malformed(fmt::format("field \"{}\" is not valid UTF-8", field));
+}
+
+template <typename Writer>
+void write_string(Writer& w, const std::string& s) {
+  w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+
+// The library's own fields, in an object of their own so that the seed's stay exactly as they are.
+template <typename Writer>
+void write_extension(Writer& w, const CheckpointMetadata& m) {
+  const DumpRecord& r = m.record;
+  const auto str = [&w](const char* key, const std::string& value) {
+    w.Key(key);
+    write_string(w, value);
+  };
+  const auto flag = [&w](const char* key, bool value) {
+    w.Key(key);
+    w.Bool(value);
+  };
+  w.Key(extension_name);
+  w.StartObject();
+  w.Key("dump");
+  w.StartObject();
+  flag("shell_job", r.shell_job);
+  flag("tcp_established", r.tcp_established);
+  flag("ext_unix_sk", r.ext_unix_sk);
+  flag("file_locks", r.file_locks);
+  flag("evasive_devices", r.evasive_devices);
+  str("manage_cgroups", r.manage_cgroups);
+  str("network_lock", r.network_lock);
+  str("file_validation", r.file_validation);
+  w.EndObject();
+  w.Key("container");
+  w.StartObject();
+  flag("own_mount_namespace", r.own_mount_namespace);
+  flag("own_network_namespace", r.own_network_namespace);
+  str("root", r.root);
+  w.Key("mounts");
+  w.StartArray();
+  for (const auto& mount : r.mounts) {
+    w.StartObject();
+    str("mountpoint", mount.mountpoint);
+    str("key", mount.key);
+    str("source", mount.source);
+    str("fstype", mount.fstype);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("namespaces");
+  w.StartArray();
+  for (const auto& ns : r.namespaces) {
+    w.StartObject();
+    str("type", ns.type);
+    w.Key("inode");
+    w.Uint64(ns.inode);
+    str("key", ns.key);
+    str("path", ns.path);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("descriptors");
+  w.StartArray();
+  for (const auto& d : r.descriptors) {
+    w.StartObject();
+    w.Key("fd");
+    w.Int(d.fd);
+    str("key", d.key);
+    str("path", d.path);
+    w.Key("flags");
+    w.Int(d.flags);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.Key("cgroups");
+  w.StartArray();
+  for (const auto& line : r.cgroups) write_string(w, line);
+  w.EndArray();
+  w.EndObject();
+  w.Key("annotations");
+  w.StartObject();
+  for (const auto& [name, value] : m.annotations) str(name.c_str(), value);
+  w.EndObject();
+  w.Key("runtime_files");
+  w.StartArray();
+  for (const auto& name : m.runtime_files) write_string(w, name);
+  w.EndArray();
+  w.EndObject();
+}
+
+void require_unique_members(const rapidjson::Value& object) {
+  // serde_json refuses a field given twice; so does this, rather than pick one.
+  std::unordered_set<std::string_view> seen;
+  for (const auto& member : object.GetObject()) {
+    const std::string_view name(member.name.GetString(), member.name.GetStringLength());
+    if (!seen.insert(name).second) throw malformed(fmt::format("field \"{}\" appears twice", name));
+  }
+}
+
+const rapidjson::Value& object_field(const rapidjson::Value& root, const char* name) {
+  const auto& v = field(root, name);
+  if (!v.IsObject()) throw malformed(fmt::format("field \"{}\" must be an object", name));
+  require_unique_members(v);
+  return v;
+}
+
+const rapidjson::Value::ConstArray array_field(const rapidjson::Value& root, const char* name) {
+  const auto& v = field(root, name);
+  if (!v.IsArray()) throw malformed(fmt::format("field \"{}\" must be an array", name));
+  return v.GetArray();
+}
+
+std::vector<std::string> string_array(const rapidjson::Value& root, const char* name) {
+  std::vector<std::string> out;
+  for (const auto& item : array_field(root, name)) {
+    if (!item.IsString()) throw malformed(fmt::format("field \"{}\" must be an array of strings", name));
+    out.push_back(utf8_string(item, name));
+  }
+  return out;
+}
+
+const rapidjson::Value& array_object(const rapidjson::Value& item, const char* name) {
+  if (!item.IsObject()) throw malformed(fmt::format("field \"{}\" must be an array of objects", name));
+  require_unique_members(item);
+  return item;
+}
+
+void read_extension(const rapidjson::Value& ext, CheckpointMetadata& m) {
+  DumpRecord& r = m.record;
+  const auto& dump = object_field(ext, "dump");
+  r.shell_job = bool_field(dump, "shell_job");
+  r.tcp_established = bool_field(dump, "tcp_established");
+  r.ext_unix_sk = bool_field(dump, "ext_unix_sk");
+  r.file_locks = bool_field(dump, "file_locks");
+  r.evasive_devices = bool_field(dump, "evasive_devices");
+  r.manage_cgroups = string_field(dump, "manage_cgroups");
+  r.network_lock = string_field(dump, "network_lock");
+  r.file_validation = string_field(dump, "file_validation");
+  const auto& container = object_field(ext, "container");
+  r.own_mount_namespace = bool_field(container, "own_mount_namespace");
+  r.own_network_namespace = bool_field(container, "own_network_namespace");
+  r.root = string_field(container, "root");
+  for (const auto& item : array_field(container, "mounts")) {
+    const auto& o = array_object(item, "mounts");
+    r.mounts.push_back({string_field(o, "mountpoint"), string_field(o, "key"), string_field(o, "source"),
+                        string_field(o, "fstype")});
+  }
+  for (const auto& item : array_field(container, "namespaces")) {
+    const auto& o = array_object(item, "namespaces");
+    r.namespaces.push_back({string_field(o, "type"),
+                            uint_field(o, "inode", std::numeric_limits<std::uint64_t>::max()),
+                            string_field(o, "key"), string_field(o, "path")});
+  }
+  for (const auto& item : array_field(container, "descriptors")) {
+    const auto& o = array_object(item, "descriptors");
+    r.descriptors.push_back({int_field(o, "fd"), string_field(o, "key"), string_field(o, "path"), int_field(o, "flags")});
+  }
+  r.cgroups = string_array(container, "cgroups");
+  for (const auto& a : object_field(ext, "annotations").GetObject()) {
+    if (!a.value.IsString()) throw malformed("field \"annotations\" must map names to strings");
+    m.annotations.emplace_back(utf8_string(a.name, "annotations"), utf8_string(a.value, "annotations"));
+  }
+  m.runtime_files = string_array(ext, "runtime_files");
+  m.has_record = true;
 }
 
 }  // namespace
@@ -95,9 +267,13 @@ std::string CheckpointMetadata::to_json() const {
   w.Key("version"); str(version);
   w.Key("using_gvisor"); w.Bool(using_gvisor);
   w.Key("rootless"); w.Bool(rootless);
+  if (has_record) write_extension(w, *this);
   w.EndObject();
   if (out.GetSize() > max_size)
     throw malformed(fmt::format("it would be {} bytes, more than the {} allowed", out.GetSize(), max_size));
+  // Paths, keys and annotations in the library's own fields must be UTF-8 as well.
+  if (has_record && !is_valid_utf8({out.GetString(), out.GetSize()}))
+    throw malformed("a path, key or annotation of the container is not valid UTF-8");
   return lowercase_unicode_escapes({out.GetString(), out.GetSize()});
 }
 
@@ -109,12 +285,7 @@ CheckpointMetadata CheckpointMetadata::from_json(std::string_view json) {
   if (doc.HasParseError())
     throw malformed(fmt::format("{} at byte {}", rapidjson::GetParseError_En(doc.GetParseError()), doc.GetErrorOffset()));
   if (!doc.IsObject()) throw malformed("the top level must be a JSON object");
-  // serde_json refuses a field given twice; so does this, rather than pick one.
-  std::unordered_set<std::string_view> seen;
-  for (const auto& member : doc.GetObject()) {
-    const std::string_view name(member.name.GetString(), member.name.GetStringLength());
-    if (!seen.insert(name).second) throw malformed(fmt::format("field \"{}\" appears twice", name));
-  }
+  require_unique_members(doc);
   CheckpointMetadata m;
   m.container_id = string_field(doc, "container_id");
   m.container_name = string_field(doc, "container_name");
@@ -129,6 +300,7 @@ CheckpointMetadata CheckpointMetadata::from_json(std::string_view json) {
   m.version = string_field(doc, "version");
   m.using_gvisor = bool_field(doc, "using_gvisor");
   m.rootless = bool_field(doc, "rootless");
+  if (doc.HasMember(extension_name)) read_extension(object_field(doc, extension_name), m);
   return m;
 }
 

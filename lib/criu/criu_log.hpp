@@ -14,6 +14,10 @@ namespace nucleus::checkpoint {
 // the library knows (a CRIU too old for the kernel's vDSO).
 std::string criu_errors(int dir_fd, const std::string& log_name, std::string_view console_output);
 
+// What a known failure among criu_errors' lines means and what fixes it, in the caller's terms
+// (which mount, descriptor or option); "" for one the library does not know.
+std::string criu_hint(std::string_view criu_errors);
+
 // The last 4 KiB of log_name in dir_fd ("" if unreadable): where CRIU says how it ended.
 std::string log_tail(int dir_fd, const std::string& log_name);
 

@@ -26,7 +26,9 @@
 #include "criu/criu_log.hpp"
 #include "fs/fs_util.hpp"
 #include "signature/live_digests.hpp"
+#include "criu/criu_tools.hpp"
 #include "criu/proc.hpp"
+#include "criu/runtime_support.hpp"
 #include "criu/subprocess.hpp"
 #include "checkpoint/utf8.hpp"
 #include <nucleus/checkpoint_version.h>
@@ -39,49 +41,13 @@ namespace {
 
 // CRIU's first version that understands the [vvar_vclock] mapping of newer kernels.
 const CriuVersion first_vvar_vclock_version{4, 1, 0, "4.1"};
-constexpr const char* restore_run_dir = "/run/nucleus-checkpoint";
-constexpr auto zombie_grace = std::chrono::seconds(5);
 
-// CRIU runs with a fixed environment: nothing of the caller's PATH or LD_* reaches it.
-// CRIU_FAULT=130 is CRIU's switch to step the parasite's sigreturn with PTRACE_SYSCALL instead of
-// a hardware breakpoint: under hypervisors that do not forward debug exceptions (this project's
-// machines among them) a breakpoint never fires and CRIU waits forever. It costs microseconds.
-std::vector<std::string> criu_environment() {
-  return {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C", "CRIU_FAULT=130"};
-}
+}  // namespace
 
-std::string proc_fd_path(int fd) { return fmt::format("/proc/self/fd/{}", fd); }
-
-// A process's command line as metadata.json records it: valid UTF-8 (bytes that are not become
-// U+FFFD), and at most 64 KiB of it, so the metadata always fits.
-std::vector<std::string> recorded_command(const std::vector<std::string>& cmdline) {
-  constexpr std::size_t budget = 64 * 1024;
-  std::vector<std::string> command;
-  std::size_t used = 0;
-  for (const auto& arg : cmdline) {
-    if (used + arg.size() > budget) {
-      command.push_back(fmt::format("[{} more arguments left out]", cmdline.size() - command.size()));
-      break;
-    }
-    used += arg.size();
-    command.push_back(to_valid_utf8(arg));
-  }
-  return command;
-}
-
-// A failed dump's staging folder is removed, but its log is worth keeping: it moves beside the
-// target as NAME.failed-dump.log. Returns where it is.
-// CRIU, as root, writes its log (and pidfile) there, following symlinks: the folder must be ours.
 UniqueFd open_work_dir(const fs::path& path) {
   UniqueFd fd = open_or_create_dir(path, 0700, "CRIU work directory");
   require_private_dir(fd.get(), path, "CRIU work directory");
   return fd;
-}
-
-std::string keep_failed_log(const CheckpointDir& cd) {
-  const std::string kept = cd.target_name() + ".failed-dump.log";
-  if (::renameat(cd.dir(), "dump.log", cd.parent(), kept.c_str()) != 0) return "(CRIU wrote no log)";
-  return (cd.target().parent_path() / kept).native();
 }
 
 void require_root(std::string_view operation) {
@@ -89,8 +55,6 @@ void require_root(std::string_view operation) {
     throw Error(Status::permission, fmt::format("{} requires root (CRIU needs CAP_SYS_ADMIN and CAP_SYS_PTRACE); "
                                                 "run it as root", operation));
 }
-
-}  // namespace
 
 const std::vector<fs::path>& CriuRuntime::trusted_paths() {
   static const std::vector<fs::path> paths{"/usr/sbin/criu", "/usr/bin/criu", "/usr/local/sbin/criu"};
@@ -259,230 +223,6 @@ CheckpointState CriuRuntime::begin(CheckpointState target) {
 void CriuRuntime::finish(CheckpointState target) {
   std::lock_guard lock(mutex_);
   state_ = transition(state_, target);
-}
-
-namespace {
-
-// Runs `body`; whatever it throws, the state first returns to None (the seed left it stuck).
-template <typename Body>
-auto guarded(CriuRuntime& rt, void (CriuRuntime::*finish)(CheckpointState), Body&& body) {
-  try {
-    return body();
-  } catch (...) {
-    (rt.*finish)(CheckpointState::None);
-    throw;
-  }
-}
-
-}  // namespace
-
-void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir, bool leave_running) {
-  CriuOptions options;
-  options.leave_running = leave_running;
-  checkpoint(container, dir, options);
-}
-
-void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options) {
-  checkpoint(container, dir, options, SignatureFormat::chunked);
-}
-
-void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options,
-                             SignatureFormat format) {
-  require_root("Checkpoint");
-  if (format != SignatureFormat::seed && format != SignatureFormat::chunked)
-    throw Error(Status::invalid, fmt::format("unknown signature format {}", static_cast<int>(format)));
-  if (container.id.empty()) throw Error(Status::invalid, "container id is empty");
-  if (container.pid <= 0) throw Error(Status::invalid, fmt::format("PID {} is not a process", container.pid));
-  const ProcessStatus process = read_process_status(container.pid, container.start_ticks);
-  // Built, and checked, before CRIU runs: a dump must never end unsignable.
-  CheckpointMetadata metadata;
-  metadata.container_id = container.id;
-  metadata.container_name = container.name.empty() ? container.id : container.name;
-  metadata.original_pid = static_cast<std::uint32_t>(container.pid);
-  metadata.command = container.command.empty() ? recorded_command(process.cmdline) : container.command;
-  metadata.version = NC_VERSION_STRING;
-  metadata.using_gvisor = container.using_gvisor;
-  metadata.rootless = container.rootless;
-  metadata.to_json();
-  const HmacKey key = signing_key();  // before CRIU touches the tree: a key problem loses nothing
-  begin(CheckpointState::Dumping);
-  guarded(*this, &CriuRuntime::finish, [&] {
-    CheckpointDir cd = CheckpointDir::prepare(dir);
-    // CRIU's log goes into the checkpoint, and so is signed with it, unless a work dir is given.
-    const UniqueFd work = options.work_dir.empty() ? UniqueFd() : open_work_dir(options.work_dir);
-    const int work_fd = work ? work.get() : cd.dir();
-    const auto args = criu_dump_args(container.pid, proc_fd_path(child_fd(0)), proc_fd_path(child_fd(1)), options);
-    // With the tree left running, its images are hashed as CRIU writes them, on CPU CRIU leaves
-    // idle, and signing hashes only what is left. That relies on CRIU writing each image once,
-    // front to back. Without leave_running the tree dies once this returns, so there the
-    // signature is computed from the finished files alone (on every core): a wrong one would lose
-    // the process.
-    // Either way, chunks that equal one already hashed (pages a forked child shares with its
-    // parent, which CRIU writes for each) are compared instead of hashed again.
-    TwinChunks twins;
-    std::optional<LiveDigests> live;
-    if (format == SignatureFormat::chunked && options.leave_running)
-      live.emplace(cd.images(), ChunkedSignature::default_chunk_size, &twins);
-    // In a process group of its own: killed at its timeout, CRIU can leave a stopped helper of
-    // its own behind, which goes with it. (Not for restores: with shell_job, CRIU puts the
-    // restored tree into its own process group.)
-    const ProcessResult r = run_process(binary_fd_, "criu", args, {cd.images(), work_fd}, criu_environment(),
-                                        options.timeout, ProcessGroup::own);
-    StartedDigests started = live ? live->stop() : StartedDigests();
-    if (!r.succeeded_by(r.status_lost ? log_tail(work_fd, "dump.log") : "", "Dumping finished successfully")) {
-      // CRIU resumes the tree when it fails; killed, it may have left it stopped: resume it.
-      signal_tree(process_tree(container.pid), SIGCONT);
-      const std::string errors = criu_errors(work_fd, "dump.log", r.output);
-      throw Error(Status::criu, fmt::format("criu dump of PID {} ({}) failed ({}): {}. Full log: {}{}", container.pid,
-                                            process.comm, r.describe(), errors,
-                                            work ? (options.work_dir / "dump.log").native() : keep_failed_log(cd),
-                                            r.timed_out ? ". The tree runs on: CRIU's parasite code removes itself "
-                                                          "when CRIU goes away" : ""));
-    }
-    // The tree is now stopped (or running, with leave_running); it ends only once the checkpoint
-    // is safely in place, and runs on if anything fails first.
-    const std::vector<pid_t> tree = process_tree(container.pid);
-    try {
-      metadata.checkpoint_at = static_cast<std::uint64_t>(
-          std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
-      make_tree_private(cd.dir());  // CRIU writes its images 0644; they hold process memory
-      metadata.save(cd.dir());
-      if (format == SignatureFormat::chunked) sign_chunked(cd.dir(), key, {}, &started, &twins);
-      else HmacTree::sign_as(cd.dir(), key, SignatureFormat::seed);
-      cd.commit();
-    } catch (...) {
-      if (!options.leave_running) signal_tree(tree, SIGCONT);
-      throw;
-    }
-    if (!options.leave_running) kill_tree(tree);
-  });
-  finish(CheckpointState::Dumped);
-}
-
-namespace {
-
-// The folder for one restore's log and pidfile; never the checkpoint folder, which must stay
-// exactly as signed so that it verifies and restores again. By default a private folder under
-// /run, removed when done unless a failure's log is kept there for the operator; or the caller's
-// work dir, where the log stays.
-struct RestoreWorkDir {
-  UniqueFd parent;
-  UniqueFd dir;
-  std::string name;
-  fs::path given;
-  bool keep_log = false;
-
-  explicit RestoreWorkDir(const fs::path& work_dir) : given(work_dir) {
-    if (!given.empty()) {
-      dir = open_work_dir(given);
-      return;
-    }
-    parent = open_or_create_dir(restore_run_dir, 0700, "restore work directory");
-    const struct stat st = stat_fd(parent.get(), restore_run_dir);
-    if (st.st_uid != 0 || (st.st_mode & 077) != 0)
-      throw Error(Status::permission, fmt::format("{} must be owned by root with mode 0700", restore_run_dir));
-    name = fmt::format("restore-{:08x}", randombytes_random());
-    if (::mkdirat(parent.get(), name.c_str(), 0700) != 0)
-      throw system_error(status_of_errno(errno), errno, fmt::format("cannot create {}/{}", restore_run_dir, name));
-    dir = open_dir_at(parent.get(), name, "restore work directory");
-  }
-  std::string path() const { return given.empty() ? fmt::format("{}/{}", restore_run_dir, name) : given.native(); }
-  RestoreWorkDir(const RestoreWorkDir&) = delete;
-  RestoreWorkDir& operator=(const RestoreWorkDir&) = delete;
-  ~RestoreWorkDir() {
-    ::unlinkat(dir.get(), "restore.pid", 0);
-    if (!given.empty() || keep_log) return;
-    for (const char* f : {"restore.log", "stats-restore"}) ::unlinkat(dir.get(), f, 0);
-    ::unlinkat(parent.get(), name.c_str(), AT_REMOVEDIR);
-  }
-  // Keeps the folder after a failure if CRIU left a log in it; says where.
-  std::string keep_failure_log() {
-    struct stat st {};
-    keep_log = ::fstatat(dir.get(), "restore.log", &st, AT_SYMLINK_NOFOLLOW) == 0;
-    return keep_log ? fmt::format("Full log: {}/restore.log", path()) : "CRIU wrote no log";
-  }
-};
-
-pid_t read_restored_pid(int work_fd) {
-  std::string text;
-  try {
-    text = read_file_at(work_fd, "restore.pid", 64, "CRIU pidfile");
-  } catch (const Error& e) {
-    throw Error(Status::criu, fmt::format("criu restore succeeded but its pidfile cannot be read: {}", e.what()));
-  }
-  const auto pid = CriuRuntime::parse_pidfile(text);
-  if (!pid) throw Error(Status::criu, fmt::format("criu restore succeeded but its pidfile holds no PID: '{}'", text));
-  return *pid;
-}
-
-bool restored_tree_runs(int work_fd) {
-  try {
-    const pid_t pid = read_restored_pid(work_fd);
-    return process_exists(pid) && !process_is_zombie(pid);
-  } catch (const Error&) {
-    return false;
-  }
-}
-
-}  // namespace
-
-pid_t CriuRuntime::restore(const fs::path& dir) { return restore(dir, CriuOptions()); }
-
-pid_t CriuRuntime::restore(const fs::path& dir, const CriuOptions& options) {
-  require_root("Restore");
-  begin(CheckpointState::Restoring);
-  const pid_t pid = guarded(*this, &CriuRuntime::finish, [&] {
-    const UniqueFd dir_fd = open_dir(dir, "checkpoint directory");
-    // Nothing but root may be able to change what is verified, or it could change before CRIU
-    // reads it; nothing of the checkpoint is parsed, and nothing of CRIU runs, before it verifies.
-    require_private_tree(dir_fd.get());
-    if (key_) HmacTree::verify(dir_fd.get(), *key_);
-    else HmacTree::verify(dir_fd.get(), KeyStore());
-    const CheckpointMetadata metadata = CheckpointMetadata::load(dir_fd.get());
-    UniqueFd images;
-    try {
-      images = open_dir_at(dir_fd.get(), CheckpointDir::images_name, "checkpoint images directory");
-    } catch (const Error& e) {
-      throw Error(e.status(), fmt::format("Images directory not found in {}: {}", dir.native(), e.what()));
-    }
-
-    RestoreWorkDir work(options.work_dir);
-    const auto args = criu_restore_args(proc_fd_path(child_fd(0)), proc_fd_path(child_fd(1)), options);
-    const auto deadline = std::chrono::steady_clock::now() + zombie_grace;
-    for (;;) {
-      ::unlinkat(work.dir.get(), "restore.pid", 0);
-      const ProcessResult r =
-          run_process(binary_fd_, "criu", args, {images.get(), work.dir.get()}, criu_environment(), options.timeout);
-      // CRIU writes the pidfile once the tree is restored; killed at its timeout after that, the
-      // tree runs and the restore has succeeded.
-      if (r.succeeded_by(r.status_lost ? log_tail(work.dir.get(), "restore.log") : "", "Restore finished successfully") ||
-          (r.timed_out && restored_tree_runs(work.dir.get()))) {
-        return read_restored_pid(work.dir.get());
-      }
-      // The failed restore's log stays for the operator; CRIU has already killed what it restored.
-      const std::string failure =
-          fmt::format("criu restore of {} (container {}, originally PID {}) failed ({}): {}. {}{}",
-                      dir.native(), metadata.container_id, metadata.original_pid, r.describe(),
-                      criu_errors(work.dir.get(), "restore.log", r.output), work.keep_failure_log(),
-                      r.timed_out ? ". What CRIU had restored dies with it; the checkpoint is unchanged and can be "
-                                    "restored again" : "");
-      const auto taken = taken_pid(failure);
-      if (!taken || r.timed_out) throw Error(Status::criu, failure);
-      if (process_exists(*taken) && !process_is_zombie(*taken))
-        throw Error(Status::criu, fmt::format("cannot restore: PID {} that the checkpoint needs is taken by {}; stop "
-                                              "that process (or restore into a new PID namespace) and retry. {}",
-                                              *taken, describe_process(*taken), failure));
-      // The PID is held by an exited process not yet reaped: a zombie, or a zombie's process group
-      // or session. Its parent (or PID 1) reaps it soon; retry until then, bounded.
-      if (std::chrono::steady_clock::now() > deadline)
-        throw Error(Status::criu, fmt::format("cannot restore: PID {} that the checkpoint needs is still held by an "
-                                              "exited process nobody has reaped (its parent must wait() for it). {}",
-                                              *taken, failure));
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-  });
-  finish(CheckpointState::Restored);
-  return pid;
 }
 
 }  // namespace nucleus::checkpoint

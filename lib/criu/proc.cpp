@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -66,6 +68,15 @@ ProcessStatus read_process_status(pid_t pid, std::uint64_t expected_start_ticks)
     throw Error(Status::not_found, fmt::format("process {} ({}) is a zombie: it has exited and there is nothing to "
                                                "checkpoint", pid, st->comm));
   return std::move(*st);
+}
+
+int open_pidfd(pid_t pid) noexcept { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
+std::uint64_t boot_ticks_now() noexcept {
+  struct timespec now {};
+  ::clock_gettime(CLOCK_BOOTTIME, &now);
+  const auto hz = static_cast<std::uint64_t>(::sysconf(_SC_CLK_TCK));
+  return static_cast<std::uint64_t>(now.tv_sec) * hz + static_cast<std::uint64_t>(now.tv_nsec) * hz / 1000000000u;
 }
 
 bool process_exists(pid_t pid) { return stat_of(pid).has_value(); }

@@ -29,6 +29,11 @@ void signal_tree(const std::vector<pid_t>& tree, int sig) noexcept;
 // zombie for its parent to reap. As `criu dump` without --leave-running would have returned.
 void kill_tree(const std::vector<pid_t>& tree) noexcept;
 
+// A pidfd for pid (-1 with errno set if there is no such process).
+int open_pidfd(pid_t pid) noexcept;
+// Clock ticks since boot now, as /proc/PID/stat counts a process's start time.
+std::uint64_t boot_ticks_now() noexcept;
+
 // "process 123 (sleep, state S)", or "no process" if it is gone.
 std::string describe_process(pid_t pid);
 

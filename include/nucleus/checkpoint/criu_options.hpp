@@ -1,8 +1,11 @@
-// CRIU's options for a dump or a restore: those a container runtime reaches for (runc's and
-// libcriu's names), with the library's defaults.
+// CRIU's options for a dump or a restore: those a container runtime reaches for (CRIU's, runc's
+// and libcriu's names), with the library's defaults. Each says whether it applies to the dump, the
+// restore or both; the options a dump used that restore must repeat are recorded in the signed
+// metadata and applied by a plain restore.
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -14,20 +17,60 @@ enum class RestoreMode : int {
   detached = 0,  // reparented to the nearest subreaper or PID 1 (--restore-detached)
   child = 1,     // the caller's child, which it can wait for (--restore-sibling)
 };
+// How CRIU keeps the network of a tree in its own network namespace quiet while it works.
+enum class NetworkLock : int { criu_default = 0, iptables = 1, nftables = 2, skip = 3 };
+
+// Restore: the caller's descriptor `fd` stands for what the dump recorded as `key`: CRIU's own
+// form ("pipe:[12345]", "socket:[678]", the key of an external namespace), or "stdin", "stdout",
+// "stderr" for what the tree's root held at those numbers when it was dumped. Only these
+// descriptors reach CRIU, each under a number of its own.
+struct InheritedFd {
+  int fd = -1;
+  std::string key;
+};
 
 struct CriuOptions {
   bool leave_running = false;    // dump: the tree keeps running afterwards
-  bool shell_job = true;         // the tree may belong to an outside session or terminal (seed default)
-  bool tcp_established = false;  // dump and restore established TCP connections
-  bool tcp_close = false;        // restore: close established TCP connections instead
-  bool ext_unix_sk = false;      // allow UNIX sockets connected outside the tree
-  bool file_locks = false;       // dump and restore file locks
-  CgroupMode manage_cgroups = CgroupMode::criu_default;
-  std::vector<std::string> external;  // --external values, e.g. "mnt[/data]:data"
-  std::filesystem::path work_dir;     // CRIU's logs (and pidfile) here instead of the default
-  int log_level = 4;                  // CRIU's -v, 0 to 4
-  std::chrono::milliseconds timeout{0};  // 0: none; past it CRIU is stopped and the call fails
+  bool shell_job = true;         // both: the tree may belong to an outside session or terminal (seed default)
+  bool tcp_established = false;  // both: established TCP connections
+  bool tcp_close = false;        // both: do not dump (dump) or restore closed (restore) established connections
+  bool ext_unix_sk = false;      // both: allow UNIX sockets connected outside the tree
+  bool file_locks = false;       // both: file locks
+  CgroupMode manage_cgroups = CgroupMode::criu_default;  // both
+  // --external values, as CRIU takes them. Dump: "mnt[MOUNTPOINT]:KEY", "net[INODE]:KEY",
+  // "pid[INODE]:KEY", "dev[MAJOR/MINOR]:KEY". Restore: "mnt[KEY]:HOST_PATH", "dev[KEY]:HOST_PATH".
+  std::vector<std::string> external;
+  std::filesystem::path work_dir;        // both: CRIU's logs (and pidfile) here instead of the default
+  int log_level = 4;                     // both: CRIU's -v, 0 to 4
+  std::chrono::milliseconds timeout{0};  // both: 0: none; past it CRIU is stopped and the call fails
   RestoreMode restore_mode = RestoreMode::detached;
+
+  // --- Containers ---
+  // Dump: read the tree's mount table and namespaces, declare external what lies outside the
+  // container (bind mounts from the host, a pod's network namespace), and record the rootfs, the
+  // mount map, the namespaces and the descriptors in the signed metadata. Restore: apply what was
+  // recorded, with anything given here taking precedence.
+  bool detect_container = true;
+  std::filesystem::path root;             // restore: the container's rootfs (CRIU's --root); default: recorded
+  std::vector<InheritedFd> inherit_fds;   // restore: --inherit-fd
+  std::vector<std::string> join_ns;       // restore: --join-ns "NS:PATH[,EXTRA]"
+  std::vector<std::string> empty_ns;      // restore: --empty-ns (CRIU accepts "net")
+  NetworkLock network_lock = NetworkLock::criu_default;  // both
+  std::vector<std::string> cgroup_root;   // restore (and dump): --cgroup-root "[CONTROLLER:]/PATH"
+  std::string cgroup_yard;                // both: --cgroup-yard PATH
+  std::string cgroup_props;               // restore: --cgroup-props (YAML text)
+  std::string freeze_cgroup;              // dump: --freeze-cgroup PATH
+  std::string lsm_profile;                // restore: --lsm-profile TYPE:NAME
+  std::string lsm_mount_context;          // restore: --lsm-mount-context CONTEXT
+  bool skip_in_flight = false;            // dump: --skip-in-flight
+  bool link_remap = false;                // dump: --link-remap
+  std::uint64_t ghost_limit = 0;          // dump: --ghost-limit in bytes (0: CRIU's default)
+  bool ghost_fiemap = false;              // dump: --ghost-fiemap
+  bool evasive_devices = false;           // both: --evasive-devices
+  std::string file_validation;            // both: --file-validation "filesize" or "buildid"
+  // CRIU reads /etc/criu/default.conf (and ~/.criu/default.conf) only if this is set: a config
+  // file nobody sees must not change a dump.
+  bool use_default_config = false;
 };
 
 }  // namespace nucleus::checkpoint

@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <nucleus/checkpoint/checkpoint_state.hpp>
@@ -31,6 +32,18 @@ struct ContainerInfo {
   std::uint64_t start_ticks = 0;
   bool using_gvisor = false;
   bool rootless = false;
+  // The runtime's own description, signed with the checkpoint: string annotations in
+  // metadata.json, and files (its config, spec, descriptor list) written under runtime/ before
+  // the folder is signed. Names are plain file names (no '/', not "." or "..").
+  std::vector<std::pair<std::string, std::string>> annotations;
+  std::vector<std::pair<std::string, std::string>> runtime_files;  // name, bytes
+};
+
+// A restored tree: its root's PID and a pidfd for it, opened while the root was known to be
+// the restored process (it cannot refer to a process that reused the PID later).
+struct RestoredTree {
+  pid_t pid = 0;
+  int pidfd = -1;  // the caller's to close
 };
 
 struct CriuVersion {
@@ -83,6 +96,8 @@ class NC_EXPORT CriuRuntime {
   // and returns the restored root's PID as soon as it runs.
   pid_t restore(const std::filesystem::path& dir);
   pid_t restore(const std::filesystem::path& dir, const CriuOptions& options);
+  // As restore, with a pidfd for the restored root as well.
+  RestoredTree restore_tree(const std::filesystem::path& dir, const CriuOptions& options);
   // Runs `criu check`; throws Error(Status::criu) with CRIU's words if it does not look good.
   void check() const;
 
@@ -90,6 +105,7 @@ class NC_EXPORT CriuRuntime {
   CheckpointState begin(CheckpointState target);
   void finish(CheckpointState target);
   HmacKey signing_key() const;
+  RestoredTree restore_tracked(const std::filesystem::path& dir, const CriuOptions& options, bool track);
 
   std::filesystem::path binary_;
   int binary_fd_ = -1;  // O_PATH: what was validated is what runs

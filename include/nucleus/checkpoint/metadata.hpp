@@ -4,11 +4,66 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <nucleus/checkpoint_export.h>
 
 namespace nucleus::checkpoint {
+
+// A bind mount from outside the container, declared external at dump: CRIU's key, where it is
+// mounted inside the container, its source as the host saw it then, and its file system type
+// (a cgroup's source is recreated by CRIU at restore).
+struct ExternalMount {
+  std::string mountpoint;
+  std::string key;
+  std::string source;
+  std::string fstype;
+  bool operator==(const ExternalMount&) const = default;
+};
+
+// A namespace the tree shared with processes outside it (a pod's network namespace): CRIU's key,
+// and where it was bound in the file system (e.g. /run/netns/pod), if anywhere.
+struct ExternalNamespace {
+  std::string type;  // "net" or "pid"
+  std::uint64_t inode = 0;
+  std::string key;
+  std::string path;
+  bool operator==(const ExternalNamespace&) const = default;
+};
+
+// A descriptor the tree held on something outside it: a pipe or socket of the root's stdio (a
+// launcher's), or a file on a mount outside the container (a log on the host). The number it
+// had in the root (-1 for another process's), CRIU's key for it ("pipe:[12345]",
+// "file[1b:a721d9]"), and for a file its host path and open flags, by which restore reopens it.
+struct RecordedFd {
+  int fd = 0;
+  std::string key;
+  std::string path;
+  int flags = 0;
+  bool operator==(const RecordedFd&) const = default;
+};
+
+// What restore must know of how the dump was made, in metadata.json's "nucleus" object (the
+// seed's fields stay as they are): the options CRIU must be given again, and the container.
+struct DumpRecord {
+  bool shell_job = true;
+  bool tcp_established = false;
+  bool ext_unix_sk = false;
+  bool file_locks = false;
+  bool evasive_devices = false;
+  std::string manage_cgroups;   // "", "soft", "full", "strict", "ignore"
+  std::string network_lock;     // "", "iptables", "nftables", "skip"
+  std::string file_validation;  // "", "filesize", "buildid"
+  bool own_mount_namespace = false;    // the tree had a mount namespace of its own
+  bool own_network_namespace = false;  // and a network namespace nobody outside it shared
+  std::string root;             // its rootfs as the host saw it; empty: not found (or the host's)
+  std::vector<ExternalMount> mounts;
+  std::vector<ExternalNamespace> namespaces;
+  std::vector<RecordedFd> descriptors;
+  std::vector<std::string> cgroups;  // /proc/PID/cgroup of the root, one line each
+  bool operator==(const DumpRecord&) const = default;
+};
 
 struct NC_EXPORT CheckpointMetadata {
   static constexpr const char* file_name = "metadata.json";
@@ -22,6 +77,13 @@ struct NC_EXPORT CheckpointMetadata {
   std::string version;              // of the library that wrote it
   bool using_gvisor = false;
   bool rootless = false;
+
+  // The library's own fields ("nucleus"); absent in checkpoints of nucleus-container and of
+  // earlier versions, which still load.
+  bool has_record = false;
+  DumpRecord record;
+  std::vector<std::pair<std::string, std::string>> annotations;  // sorted by name, unique
+  std::vector<std::string> runtime_files;                        // names under runtime/
 
   // Throws Error(Status::invalid) if a string is not UTF-8 or the JSON would exceed max_size.
   std::string to_json() const;

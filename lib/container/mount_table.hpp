@@ -1,0 +1,33 @@
+// A process's mount table, as /proc/PID/mountinfo describes it.
+#pragma once
+
+#include <sys/types.h>
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace nucleus::checkpoint {
+
+struct MountEntry {
+  int id = 0;
+  int parent = 0;
+  dev_t dev = 0;           // the file system (major:minor)
+  std::string root;        // the folder of that file system mounted here ("/" for all of it)
+  std::string mountpoint;  // as the process sees it, relative to its root
+  std::string fstype;
+  std::string source;
+};
+
+// Parses mountinfo text; octal escapes (\040 for a space) are decoded. Throws
+// Error(Status::invalid) naming the line if one is malformed.
+std::vector<MountEntry> parse_mount_table(std::string_view mountinfo);
+// /proc/PID/mountinfo.
+std::vector<MountEntry> read_mount_table(pid_t pid);
+
+// Whether `path` is `prefix` or lies below it, by whole components ("/a/b" is below "/a", not "/ab").
+bool path_is_within(std::string_view path, std::string_view prefix);
+// `path` with `from` (a component prefix of it) replaced by `to`.
+std::string rebase_path(std::string_view path, std::string_view from, std::string_view to);
+
+}  // namespace nucleus::checkpoint

@@ -1,0 +1,224 @@
+#include <nucleus/checkpoint/criu_runtime.hpp>
+
+#include <fcntl.h>
+#include <sodium.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <charconv>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <algorithm>
+#include <set>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include <nucleus/checkpoint/error.hpp>
+#include <nucleus/checkpoint/hmac_tree.hpp>
+#include <nucleus/checkpoint/metadata.hpp>
+
+#include "fs/checkpoint_dir.hpp"
+#include "signature/chunked_signature.hpp"
+#include "criu/criu_args.hpp"
+#include "criu/criu_log.hpp"
+#include "fs/fs_util.hpp"
+#include "signature/live_digests.hpp"
+#include "container/container_scan.hpp"
+#include "criu/criu_tools.hpp"
+#include "criu/proc.hpp"
+#include "criu/runtime_support.hpp"
+#include "criu/subprocess.hpp"
+#include "checkpoint/utf8.hpp"
+#include <nucleus/checkpoint_version.h>
+
+namespace nucleus::checkpoint {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// A process's command line as metadata.json records it: valid UTF-8 (bytes that are not become
+// U+FFFD), and at most 64 KiB of it, so the metadata always fits.
+std::vector<std::string> recorded_command(const std::vector<std::string>& cmdline) {
+  constexpr std::size_t budget = 64 * 1024;
+  std::vector<std::string> command;
+  std::size_t used = 0;
+  for (const auto& arg : cmdline) {
+    if (used + arg.size() > budget) {
+      command.push_back(fmt::format("[{} more arguments left out]", cmdline.size() - command.size()));
+      break;
+    }
+    used += arg.size();
+    command.push_back(to_valid_utf8(arg));
+  }
+  return command;
+}
+
+// A failed dump's staging folder is removed, but its log is worth keeping: it moves beside the
+// target as NAME.failed-dump.log. Returns where it is.
+std::string keep_failed_log(const CheckpointDir& cd) {
+  const std::string kept = cd.target_name() + ".failed-dump.log";
+  if (::renameat(cd.dir(), "dump.log", cd.parent(), kept.c_str()) != 0) return "(CRIU wrote no log)";
+  return (cd.target().parent_path() / kept).native();
+}
+
+constexpr const char* runtime_dir_name = "runtime";
+constexpr std::size_t max_runtime_file = 1 << 20;
+
+// A runtime file's name is one plain component: it cannot leave runtime/.
+void require_plain_name(const std::string& name) {
+  if (name.empty() || name == "." || name == ".." || name.size() > 255 || name.find('/') != std::string::npos ||
+      name.find('\0') != std::string::npos || !is_valid_utf8(name))
+    throw Error(Status::invalid, fmt::format("runtime file name '{}' must be one UTF-8 file name (no '/', not . or ..)",
+                                             to_valid_utf8(name)));
+}
+
+// Annotations sorted and unique, runtime files named, both bounded: checked before CRIU runs.
+void record_runtime_description(const ContainerInfo& c, CheckpointMetadata& m) {
+  m.annotations = c.annotations;
+  std::sort(m.annotations.begin(), m.annotations.end());
+  for (std::size_t i = 0; i < m.annotations.size(); ++i) {
+    if (m.annotations[i].first.empty()) throw Error(Status::invalid, "an annotation has an empty name");
+    if (i > 0 && m.annotations[i].first == m.annotations[i - 1].first)
+      throw Error(Status::invalid, fmt::format("annotation '{}' is given twice", to_valid_utf8(m.annotations[i].first)));
+  }
+  std::set<std::string> names;
+  for (const auto& [name, bytes] : c.runtime_files) {
+    require_plain_name(name);
+    if (!names.insert(name).second) throw Error(Status::invalid, fmt::format("runtime file '{}' is given twice", name));
+    if (bytes.size() > max_runtime_file)
+      throw Error(Status::invalid, fmt::format("runtime file '{}' is {} bytes, more than the {} allowed", name,
+                                               bytes.size(), max_runtime_file));
+  }
+  m.runtime_files.assign(names.begin(), names.end());
+}
+
+void write_runtime_files(int dir_fd, const std::vector<std::pair<std::string, std::string>>& files) {
+  if (files.empty()) return;
+  const UniqueFd runtime = open_or_create_dir_at(dir_fd, runtime_dir_name, 0700, "runtime files folder");
+  for (const auto& [name, bytes] : files) write_file_atomic_at(runtime.get(), name, bytes, 0600);
+}
+
+template <typename Enum>
+std::string name_of(Enum value, std::initializer_list<const char*> names) {
+  const auto i = static_cast<std::size_t>(value);
+  return i < names.size() ? names.begin()[i] : "";
+}
+
+// The options restore must repeat, by CRIU's names.
+void record_dump_options(const CriuOptions& o, DumpRecord& r) {
+  r.shell_job = o.shell_job;
+  r.tcp_established = o.tcp_established;
+  r.ext_unix_sk = o.ext_unix_sk;
+  r.file_locks = o.file_locks;
+  r.evasive_devices = o.evasive_devices;
+  r.manage_cgroups = name_of(o.manage_cgroups, {"", "soft", "full", "strict", "ignore"});
+  r.network_lock = name_of(o.network_lock, {"", "iptables", "nftables", "skip"});
+  r.file_validation = o.file_validation;
+}
+
+}  // namespace
+
+void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir, bool leave_running) {
+  CriuOptions options;
+  options.leave_running = leave_running;
+  checkpoint(container, dir, options);
+}
+
+void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options) {
+  checkpoint(container, dir, options, SignatureFormat::chunked);
+}
+
+void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options,
+                             SignatureFormat format) {
+  require_root("Checkpoint");
+  if (format != SignatureFormat::seed && format != SignatureFormat::chunked)
+    throw Error(Status::invalid, fmt::format("unknown signature format {}", static_cast<int>(format)));
+  if (container.id.empty()) throw Error(Status::invalid, "container id is empty");
+  if (container.pid <= 0) throw Error(Status::invalid, fmt::format("PID {} is not a process", container.pid));
+  const ProcessStatus process = read_process_status(container.pid, container.start_ticks);
+  // Built, and checked, before CRIU runs: a dump must never end unsignable.
+  CheckpointMetadata metadata;
+  metadata.container_id = container.id;
+  metadata.container_name = container.name.empty() ? container.id : container.name;
+  metadata.original_pid = static_cast<std::uint32_t>(container.pid);
+  metadata.command = container.command.empty() ? recorded_command(process.cmdline) : container.command;
+  metadata.version = NC_VERSION_STRING;
+  metadata.using_gvisor = container.using_gvisor;
+  metadata.rootless = container.rootless;
+  record_runtime_description(container, metadata);
+  // What lies outside a container is found, declared to CRIU and recorded for restore before
+  // anything is frozen; so is what CRIU would need and not find.
+  CriuOptions effective = options;
+  metadata.has_record = true;
+  if (options.detect_container) {
+    ContainerScan scan = scan_container(container.pid, process_tree(container.pid), options.external);
+    metadata.record = std::move(scan.found);
+    effective.external.insert(effective.external.end(), scan.externals.begin(), scan.externals.end());
+    if (metadata.record.own_network_namespace && options.network_lock != NetworkLock::skip)
+      require_network_tools(options.network_lock, "dump");
+  }
+  record_dump_options(options, metadata.record);
+  metadata.to_json();
+  const HmacKey key = signing_key();  // before CRIU touches the tree: a key problem loses nothing
+  begin(CheckpointState::Dumping);
+  guarded(*this, &CriuRuntime::finish, [&] {
+    CheckpointDir cd = CheckpointDir::prepare(dir);
+    // CRIU's log goes into the checkpoint, and so is signed with it, unless a work dir is given.
+    const UniqueFd work = options.work_dir.empty() ? UniqueFd() : open_work_dir(options.work_dir);
+    const int work_fd = work ? work.get() : cd.dir();
+    const auto args = criu_dump_args(container.pid, proc_fd_path(child_fd(0)), proc_fd_path(child_fd(1)), effective);
+    // With the tree left running, its images are hashed as CRIU writes them, on CPU CRIU leaves
+    // idle, and signing hashes only what is left. That relies on CRIU writing each image once,
+    // front to back. Without leave_running the tree dies once this returns, so there the
+    // signature is computed from the finished files alone (on every core): a wrong one would lose
+    // the process.
+    // Either way, chunks that equal one already hashed (pages a forked child shares with its
+    // parent, which CRIU writes for each) are compared instead of hashed again.
+    TwinChunks twins;
+    std::optional<LiveDigests> live;
+    if (format == SignatureFormat::chunked && options.leave_running)
+      live.emplace(cd.images(), ChunkedSignature::default_chunk_size, &twins);
+    // In a process group of its own: killed at its timeout, CRIU can leave a stopped helper of
+    // its own behind, which goes with it. (Not for restores: with shell_job, CRIU puts the
+    // restored tree into its own process group.)
+    const ProcessResult r = run_process(binary_fd_, "criu", args, {cd.images(), work_fd}, criu_environment(),
+                                        options.timeout, ProcessGroup::own);
+    StartedDigests started = live ? live->stop() : StartedDigests();
+    if (!r.succeeded_by(r.status_lost ? log_tail(work_fd, "dump.log") : "", "Dumping finished successfully")) {
+      // CRIU resumes the tree when it fails; killed, it may have left it stopped: resume it.
+      signal_tree(process_tree(container.pid), SIGCONT);
+      const std::string errors = criu_errors(work_fd, "dump.log", r.output);
+      const std::string hint = criu_hint(errors);
+      throw Error(Status::criu, fmt::format("criu dump of PID {} ({}) failed ({}): {}{}. Full log: {}{}", container.pid,
+                                            process.comm, r.describe(), hint.empty() ? "" : hint + ". CRIU said: ", errors,
+                                            work ? (options.work_dir / "dump.log").native() : keep_failed_log(cd),
+                                            r.timed_out ? ". The tree runs on: CRIU's parasite code removes itself "
+                                                          "when CRIU goes away" : ""));
+    }
+    // The tree is now stopped (or running, with leave_running); it ends only once the checkpoint
+    // is safely in place, and runs on if anything fails first.
+    const std::vector<pid_t> tree = process_tree(container.pid);
+    try {
+      metadata.checkpoint_at = static_cast<std::uint64_t>(
+          std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+      make_tree_private(cd.dir());  // CRIU writes its images 0644; they hold process memory
+      write_runtime_files(cd.dir(), container.runtime_files);
+      metadata.save(cd.dir());
+      if (format == SignatureFormat::chunked) sign_chunked(cd.dir(), key, {}, &started, &twins);
+      else HmacTree::sign_as(cd.dir(), key, SignatureFormat::seed);
+      cd.commit();
+    } catch (...) {
+      if (!options.leave_running) signal_tree(tree, SIGCONT);
+      throw;
+    }
+    if (!options.leave_running) kill_tree(tree);
+  });
+  finish(CheckpointState::Dumped);
+}
+
+}  // namespace nucleus::checkpoint

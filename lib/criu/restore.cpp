@@ -1,0 +1,203 @@
+#include <nucleus/checkpoint/criu_runtime.hpp>
+
+#include <fcntl.h>
+#include <sodium.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <charconv>
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include <nucleus/checkpoint/error.hpp>
+#include <nucleus/checkpoint/hmac_tree.hpp>
+#include <nucleus/checkpoint/metadata.hpp>
+
+#include "fs/checkpoint_dir.hpp"
+#include "signature/chunked_signature.hpp"
+#include "criu/criu_args.hpp"
+#include "criu/criu_log.hpp"
+#include "fs/fs_util.hpp"
+#include "signature/live_digests.hpp"
+#include "container/restore_plan.hpp"
+#include "criu/criu_tools.hpp"
+#include "criu/proc.hpp"
+#include "criu/runtime_support.hpp"
+#include "criu/subprocess.hpp"
+#include "checkpoint/utf8.hpp"
+#include <nucleus/checkpoint_version.h>
+
+namespace nucleus::checkpoint {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* restore_run_dir = "/run/nucleus-checkpoint";
+constexpr auto zombie_grace = std::chrono::seconds(5);
+
+}  // namespace
+
+namespace {
+
+// The folder for one restore's log and pidfile; never the checkpoint folder, which must stay
+// exactly as signed so that it verifies and restores again. By default a private folder under
+// /run, removed when done unless a failure's log is kept there for the operator; or the caller's
+// work dir, where the log stays.
+struct RestoreWorkDir {
+  UniqueFd parent;
+  UniqueFd dir;
+  std::string name;
+  fs::path given;
+  bool keep_log = false;
+
+  explicit RestoreWorkDir(const fs::path& work_dir) : given(work_dir) {
+    if (!given.empty()) {
+      dir = open_work_dir(given);
+      return;
+    }
+    parent = open_or_create_dir(restore_run_dir, 0700, "restore work directory");
+    const struct stat st = stat_fd(parent.get(), restore_run_dir);
+    if (st.st_uid != 0 || (st.st_mode & 077) != 0)
+      throw Error(Status::permission, fmt::format("{} must be owned by root with mode 0700", restore_run_dir));
+    name = fmt::format("restore-{:08x}", randombytes_random());
+    if (::mkdirat(parent.get(), name.c_str(), 0700) != 0)
+      throw system_error(status_of_errno(errno), errno, fmt::format("cannot create {}/{}", restore_run_dir, name));
+    dir = open_dir_at(parent.get(), name, "restore work directory");
+  }
+  std::string path() const { return given.empty() ? fmt::format("{}/{}", restore_run_dir, name) : given.native(); }
+  RestoreWorkDir(const RestoreWorkDir&) = delete;
+  RestoreWorkDir& operator=(const RestoreWorkDir&) = delete;
+  ~RestoreWorkDir() {
+    ::unlinkat(dir.get(), "restore.pid", 0);
+    if (!given.empty() || keep_log) return;
+    for (const char* f : {"restore.log", "stats-restore"}) ::unlinkat(dir.get(), f, 0);
+    ::unlinkat(parent.get(), name.c_str(), AT_REMOVEDIR);
+  }
+  // Keeps the folder after a failure if CRIU left a log in it; says where.
+  std::string keep_failure_log() {
+    struct stat st {};
+    keep_log = ::fstatat(dir.get(), "restore.log", &st, AT_SYMLINK_NOFOLLOW) == 0;
+    return keep_log ? fmt::format("Full log: {}/restore.log", path()) : "CRIU wrote no log";
+  }
+};
+
+pid_t read_restored_pid(int work_fd) {
+  std::string text;
+  try {
+    text = read_file_at(work_fd, "restore.pid", 64, "CRIU pidfile");
+  } catch (const Error& e) {
+    throw Error(Status::criu, fmt::format("criu restore succeeded but its pidfile cannot be read: {}", e.what()));
+  }
+  const auto pid = CriuRuntime::parse_pidfile(text);
+  if (!pid) throw Error(Status::criu, fmt::format("criu restore succeeded but its pidfile holds no PID: '{}'", text));
+  return *pid;
+}
+
+bool restored_tree_runs(int work_fd) {
+  try {
+    const pid_t pid = read_restored_pid(work_fd);
+    return process_exists(pid) && !process_is_zombie(pid);
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+// A pidfd for the restored root, taken only if the process at that PID started after CRIU did:
+// a root that exited at once and whose PID was reused is reported, never handed over.
+RestoredTree track_restored(pid_t pid, std::uint64_t restore_started_ticks) {
+  UniqueFd pidfd(open_pidfd(pid));
+  if (!pidfd || read_process_status(pid).start_ticks + 1 < restore_started_ticks)
+    throw Error(Status::criu, fmt::format("the restored tree's root, PID {}, exited as soon as it was restored", pid));
+  return RestoredTree{pid, pidfd.release()};
+}
+
+}  // namespace
+
+pid_t CriuRuntime::restore(const fs::path& dir) { return restore(dir, CriuOptions()); }
+
+pid_t CriuRuntime::restore(const fs::path& dir, const CriuOptions& options) {
+  return restore_tracked(dir, options, false).pid;
+}
+
+RestoredTree CriuRuntime::restore_tree(const fs::path& dir, const CriuOptions& options) {
+  return restore_tracked(dir, options, true);
+}
+
+RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions& options, bool track) {
+  require_root("Restore");
+  begin(CheckpointState::Restoring);
+  const RestoredTree restored = guarded(*this, &CriuRuntime::finish, [&] {
+    const UniqueFd dir_fd = open_dir(dir, "checkpoint directory");
+    // Nothing but root may be able to change what is verified, or it could change before CRIU
+    // reads it; nothing of the checkpoint is parsed, and nothing of CRIU runs, before it verifies.
+    require_private_tree(dir_fd.get());
+    if (key_) HmacTree::verify(dir_fd.get(), *key_);
+    else HmacTree::verify(dir_fd.get(), KeyStore());
+    const CheckpointMetadata metadata = CheckpointMetadata::load(dir_fd.get());
+    UniqueFd images;
+    try {
+      images = open_dir_at(dir_fd.get(), CheckpointDir::images_name, "checkpoint images directory");
+    } catch (const Error& e) {
+      throw Error(e.status(), fmt::format("Images directory not found in {}: {}", dir.native(), e.what()));
+    }
+
+    // What the dump recorded (its options, the container's rootfs, volumes and namespaces) applied
+    // under the caller's options, and checked to be there before CRIU runs.
+    const RestorePlan plan = plan_restore(metadata, options, child_fd(2));
+    if (plan.options.detect_container && metadata.record.own_network_namespace && plan.options.network_lock != NetworkLock::skip)
+      require_network_tools(plan.options.network_lock, "restore");
+    std::vector<int> fds{images.get(), -1};
+    fds.insert(fds.end(), plan.fds.begin(), plan.fds.end());
+    RestoreWorkDir work(options.work_dir);
+    fds[1] = work.dir.get();
+    const auto args = criu_restore_args(proc_fd_path(child_fd(0)), proc_fd_path(child_fd(1)), plan.options, plan.inherited);
+    const std::uint64_t started = boot_ticks_now();
+    const auto deadline = std::chrono::steady_clock::now() + zombie_grace;
+    for (;;) {
+      ::unlinkat(work.dir.get(), "restore.pid", 0);
+      const ProcessResult r =
+          run_process(binary_fd_, "criu", args, fds, criu_environment(), options.timeout);
+      // CRIU writes the pidfile once the tree is restored; killed at its timeout after that, the
+      // tree runs and the restore has succeeded.
+      if (r.succeeded_by(r.status_lost ? log_tail(work.dir.get(), "restore.log") : "", "Restore finished successfully") ||
+          (r.timed_out && restored_tree_runs(work.dir.get()))) {
+        const pid_t pid = read_restored_pid(work.dir.get());
+        return track ? track_restored(pid, started) : RestoredTree{pid, -1};
+      }
+      // The failed restore's log stays for the operator; CRIU has already killed what it restored.
+      const std::string errors = criu_errors(work.dir.get(), "restore.log", r.output);
+      const std::string hint = criu_hint(errors);
+      const std::string failure =
+          fmt::format("criu restore of {} (container {}, originally PID {}) failed ({}): {}{}. {}{}",
+                      dir.native(), metadata.container_id, metadata.original_pid, r.describe(),
+                      hint.empty() ? "" : hint + ". CRIU said: ", errors, work.keep_failure_log(),
+                      r.timed_out ? ". What CRIU had restored dies with it; the checkpoint is unchanged and can be "
+                                    "restored again" : "");
+      const auto taken = taken_pid(failure);
+      if (!taken || r.timed_out) throw Error(Status::criu, failure);
+      if (process_exists(*taken) && !process_is_zombie(*taken))
+        throw Error(Status::criu, fmt::format("cannot restore: PID {} that the checkpoint needs is taken by {}; stop "
+                                              "that process (or restore into a new PID namespace) and retry. {}",
+                                              *taken, describe_process(*taken), failure));
+      // The PID is held by an exited process not yet reaped: a zombie, or a zombie's process group
+      // or session. Its parent (or PID 1) reaps it soon; retry until then, bounded.
+      if (std::chrono::steady_clock::now() > deadline)
+        throw Error(Status::criu, fmt::format("cannot restore: PID {} that the checkpoint needs is still held by an "
+                                              "exited process nobody has reaped (its parent must wait() for it). {}",
+                                              *taken, failure));
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+  finish(CheckpointState::Restored);
+  return restored;
+}
+
+}  // namespace nucleus::checkpoint

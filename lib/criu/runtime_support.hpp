@@ -1,0 +1,38 @@
+// What the runtime's dump and restore share: how CRIU is reached, its work folder, the root check
+// and the state guard.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+#include <fmt/format.h>
+
+#include <nucleus/checkpoint/checkpoint_state.hpp>
+#include <nucleus/checkpoint/criu_runtime.hpp>
+
+#include "fs/unique_fd.hpp"
+
+namespace nucleus::checkpoint {
+
+// How CRIU, which gets only the descriptors it is handed, opens one of them by path.
+inline std::string proc_fd_path(int fd) { return fmt::format("/proc/self/fd/{}", fd); }
+
+// CRIU, as root, writes its log (and pidfile) there, following symlinks: the folder must be ours.
+UniqueFd open_work_dir(const std::filesystem::path& path);
+
+// Throws Error(Status::permission) unless the caller is root.
+void require_root(std::string_view operation);
+
+// Runs `body`; whatever it throws, the state first returns to None (the seed left it stuck).
+template <typename Body>
+auto guarded(CriuRuntime& rt, void (CriuRuntime::*finish)(CheckpointState), Body&& body) {
+  try {
+    return body();
+  } catch (...) {
+    (rt.*finish)(CheckpointState::None);
+    throw;
+  }
+}
+
+}  // namespace nucleus::checkpoint

@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""Containers with the real CRIU, one command each way: `nucleus-checkpoint dump --pid P --dir D`
+and `nucleus-checkpoint restore --dir D`, with nothing else but the descriptors to inherit.
+ - the project's own launcher (tests/container/launcher.c): new namespaces, a busybox rootfs,
+   pivot_root, a bind-mounted volume, /dev binds from the host, pipe stdio, a TCP server: the
+   counter goes on in the volume, the restored stdout reaches a new pipe, the server answers;
+ - a container in a pre-made network namespace (ip netns add): restored into the same one;
+ - a container of Debian's runc, its stdout a log file on the host;
+ - the restore options the dump used are applied by a plain restore (file locks);
+ - failures that say what to do: a rootfs gone, a volume gone.
+Usage: container_test.py NUCLEUS_CHECKPOINT LAUNCHER SOURCE_DIR TMPDIR"""
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+cli, launcher, source, tmp_root = sys.argv[1:5]
+os.makedirs(tmp_root, exist_ok=True)
+tmp = tempfile.mkdtemp(prefix="container-", dir=tmp_root)
+os.makedirs(os.path.join(tmp, "keys"), mode=0o700)
+env = dict(os.environ, NUCLEUS_CHECKPOINT_HMAC_KEY_FILE=os.path.join(tmp, "keys", "key"))
+# A child subreaper: restored trees are reparented here and their zombies reaped at once.
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+checks = failures = 0
+to_kill = []
+cgroups = []
+
+
+def check(ok, what, detail=""):
+    global checks, failures
+    checks += 1
+    if not ok:
+        failures += 1
+        print(f"FAILED: {what}\n{detail}", file=sys.stderr)
+    return ok
+
+
+def run(*args, pass_fds=()):
+    return subprocess.run([cli, "--json", *args], env=env, capture_output=True, text=True, timeout=180,
+                          pass_fds=pass_fds)
+
+
+def result(r):
+    try:
+        return json.loads(r.stdout)
+    except json.JSONDecodeError:
+        return {"status": "unparsable", "error": r.stdout + r.stderr}
+
+
+def reap():
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+
+def kill(pid):
+    if pid <= 0:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)  # a PID-namespace init ignores SIGTERM
+    except ProcessLookupError:
+        pass
+
+
+def wait_for(pred, seconds=10):
+    end = time.time() + seconds
+    while time.time() < end:
+        reap()
+        if pred():
+            return True
+        time.sleep(0.1)
+    return pred()
+
+
+def read_int(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or -1)
+    except (OSError, ValueError):
+        return -1
+
+
+def make_rootfs(path):
+    subprocess.run(["sh", os.path.join(source, "tests/container/make_rootfs.sh"), path], check=True,
+                   capture_output=True)
+
+
+def launch(name, *extra):
+    """Starts a container; returns (launcher process, init PID, its folder)."""
+    base = os.path.join(tmp, name)
+    os.makedirs(os.path.join(base, "volume"))
+    make_rootfs(os.path.join(base, "rootfs"))
+    # A cgroup of its own, as runtimes give each container (in CRIU's own cgroups, a tree with a
+    # cgroup namespace of its own does not restore: "cg: No set 1 found").
+    cgroup = f"/sys/fs/cgroup/unified/nc-test-{name}-{os.getpid()}"
+    cgroups.append(cgroup)
+    proc = subprocess.Popen([launcher, "--rootfs", os.path.join(base, "rootfs"), "--volume",
+                             os.path.join(base, "volume"), "--cgroup2", cgroup, *extra], stdout=subprocess.PIPE,
+                            text=True)
+    first = proc.stdout.readline().split()
+    pid = int(first[1])
+    to_kill.append(pid)
+    counter = os.path.join(base, "volume", "counter")
+    wait_for(lambda: read_int(counter) > 3)
+    return proc, pid, base
+
+
+def answers(pid, port):
+    """What the TCP server in PID's network namespace answers."""
+    r = subprocess.run(["nsenter", f"--net=/proc/{pid}/ns/net", "curl", "-s", "--http0.9", "--max-time", "5",
+                        f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=20)
+    return r.stdout.strip()
+
+
+def restored_pid(r):
+    pid = result(r).get("pid", 0)
+    if pid:
+        to_kill.append(pid)
+    return pid
+
+
+# --- The launcher's container: volume, /dev binds, pipe stdio, TCP server; dumped and killed ---
+proc, pid, base = launch("box", "--tcp-port", "8080")
+counter = os.path.join(base, "volume", "counter")
+check(answers(pid, 8080).isdigit(), "the container's TCP server answers before the dump")
+d = os.path.join(tmp, "ckpt-box")
+r = run("dump", "--pid", str(pid), "--dir", d, "--id", "box")
+if check(r.returncode == 0, "dump of a container with one command", r.stdout + r.stderr):
+    meta = json.load(open(os.path.join(d, "metadata.json")))["nucleus"]
+    c = meta["container"]
+    check(c["own_mount_namespace"] and os.path.samefile(c["root"], os.path.join(base, "rootfs")),
+          "the rootfs as the host sees it is recorded", json.dumps(c))
+    mounts = {m["mountpoint"]: m for m in c["mounts"]}
+    check("/data" in mounts and os.path.samefile(mounts["/data"]["source"], os.path.join(base, "volume")),
+          "the volume is declared external with its host source", json.dumps(c["mounts"]))
+    check("/dev/null" in mounts and mounts["/dev/null"]["source"] == "/dev/null",
+          "the /dev binds from the host are declared external", json.dumps(c["mounts"]))
+    check(any(x["fd"] == 1 and x["key"].startswith("pipe:[") for x in c["descriptors"]),
+          "the root's stdout pipe is recorded", json.dumps(c["descriptors"]))
+    check(c["own_network_namespace"], "the container's own network namespace is recorded", json.dumps(c))
+proc.wait(timeout=30)  # the tree was killed once the checkpoint was in place: its pipes closed
+before = read_int(counter)
+reap()
+
+out_r, out_w = os.pipe()
+r = run("restore", "--dir", d, "--inherit-fd", f"fd[{out_w}]:stdout", pass_fds=(out_w,))
+os.close(out_w)
+new_pid = restored_pid(r)
+if check(r.returncode == 0 and new_pid > 0, "restore of a container with one command (plus its stdout)",
+         r.stdout + r.stderr):
+    check(wait_for(lambda: read_int(counter) > before + 3), "the counter goes on in the volume",
+          f"{before} -> {read_int(counter)}")
+    os.set_blocking(out_r, False)
+    got = b""
+    end = time.time() + 5
+    while time.time() < end and b"\n" not in got:
+        try:
+            got += os.read(out_r, 4096)
+        except BlockingIOError:
+            time.sleep(0.1)
+    line = got.split(b"\n")[0].strip()
+    check(line.isdigit() and int(line) > before, "the restored container's stdout reaches the new pipe", repr(got))
+    check(answers(new_pid, 8080).isdigit(), "the TCP server answers inside the restored network namespace")
+    check(os.readlink(f"/proc/{new_pid}/ns/net") != os.readlink("/proc/self/ns/net"),
+          "the restored container has a network namespace of its own")
+    kill(new_pid)
+os.close(out_r)
+
+# --- Failures that say what to do, from the same checkpoint ---
+wait_for(lambda: not os.path.exists(f"/proc/{new_pid}/stat") or open(f"/proc/{new_pid}/stat").read().split()[2] == "Z")
+reap()
+os.rename(os.path.join(base, "rootfs"), os.path.join(base, "rootfs.moved"))
+r = run("restore", "--dir", d)
+check(r.returncode != 0 and "rootfs" in result(r).get("error", "") and "--root" in result(r).get("error", ""),
+      "a rootfs gone: the error names it and --root", r.stdout)
+os.rename(os.path.join(base, "rootfs.moved"), os.path.join(base, "rootfs"))
+os.rename(os.path.join(base, "volume"), os.path.join(base, "volume.moved"))
+r = run("restore", "--dir", d)
+err = result(r).get("error", "")
+check(r.returncode != 0 and "/data" in err and "external mnt[/data]:" in err,
+      "a volume gone: the error names the mount and the option", r.stdout)
+r = run("restore", "--dir", d, "--external", f"mnt[/data]:{os.path.join(base, 'volume.moved')}")
+moved_pid = restored_pid(r)
+check(r.returncode == 0 and wait_for(lambda: read_int(os.path.join(base, "volume.moved", "counter")) > before + 3),
+      "a volume in a new place, given at restore", r.stdout + r.stderr)
+kill(moved_pid)
+
+# --- A container in a pod's pre-made network namespace, left running at dump ---
+netns = f"nc-test-{os.getpid()}"
+subprocess.run(["ip", "netns", "add", netns], check=True)
+try:
+    ns_path = f"/run/netns/{netns}"
+    proc, pid, base = launch("pod", "--netns", ns_path)
+    d = os.path.join(tmp, "ckpt-pod")
+    r = run("dump", "--pid", str(pid), "--dir", d, "--leave-running")
+    if check(r.returncode == 0, "dump of a container in a pre-made network namespace", r.stdout + r.stderr):
+        ns = json.load(open(os.path.join(d, "metadata.json")))["nucleus"]["container"]["namespaces"]
+        check(len(ns) == 1 and ns[0]["type"] == "net" and ns[0]["path"] == ns_path,
+              "the pod's network namespace is declared external", json.dumps(ns))
+    kill(pid)
+    proc.wait(timeout=30)
+    reap()
+    r = run("restore", "--dir", d)
+    new_pid = restored_pid(r)
+    if check(r.returncode == 0, "restore into the pod's network namespace", r.stdout + r.stderr):
+        check(os.stat(f"/proc/{new_pid}/ns/net").st_ino == os.stat(ns_path).st_ino,
+              "the restored container is in the same network namespace (same inode)")
+        kill(new_pid)
+finally:
+    subprocess.run(["ip", "netns", "del", netns])
+
+# --- Options the dump used are applied by a plain restore: file locks ---
+proc, pid, base = launch("locks", "--extra", "exec 9>/data/lockfile; flock 9; sleep 1000")
+d = os.path.join(tmp, "ckpt-locks")
+r = run("dump", "--pid", str(pid), "--dir", d, "--file-locks")
+check(r.returncode == 0, "dump of a container holding a file lock (--file-locks)", r.stdout + r.stderr)
+proc.wait(timeout=30)
+reap()
+r = run("restore", "--dir", d)
+new_pid = restored_pid(r)
+if check(r.returncode == 0, "a plain restore of a dump made with --file-locks", r.stdout + r.stderr):
+    with open("/proc/locks") as f:
+        locks = f.read()
+    lock_inode = os.stat(os.path.join(base, "volume", "lockfile")).st_ino
+    check(f":{lock_inode} " in locks, "the file lock is held again after a plain restore", locks)
+    kill(new_pid)
+
+# --- A container of Debian's runc, its stdout a log file on the host ---
+bundle = os.path.join(tmp, "runc")
+runc_root = os.path.join(tmp, "runc-state")
+cid = f"nc-{os.getpid()}"
+subprocess.run(["bash", os.path.join(source, "tests/container/runc_bundle.sh"), bundle], check=True,
+               capture_output=True)
+log = open(os.path.join(bundle, "out.log"), "ab")
+r = subprocess.run(["runc", "--root", runc_root, "run", "-d", "--bundle", bundle, cid], stdin=subprocess.DEVNULL,
+                   stdout=log, stderr=log, timeout=60)
+log.close()
+try:
+    if check(r.returncode == 0, "runc runs the bundle"):
+        state = json.loads(subprocess.run(["runc", "--root", runc_root, "state", cid], capture_output=True,
+                                          text=True).stdout)
+        pid = state["pid"]
+        to_kill.append(pid)
+        counter = os.path.join(bundle, "volume", "counter")
+        wait_for(lambda: read_int(counter) > 3)
+        d = os.path.join(tmp, "ckpt-runc")
+        r = run("dump", "--pid", str(pid), "--dir", d)
+        check(r.returncode == 0, "dump of a runc container with one command", r.stdout + r.stderr)
+        subprocess.run(["runc", "--root", runc_root, "delete", "-f", cid], capture_output=True)
+        reap()
+        before = read_int(counter)
+        r = run("restore", "--dir", d)
+        new_pid = restored_pid(r)
+        if check(r.returncode == 0, "restore of a runc container with one command", r.stdout + r.stderr):
+            check(wait_for(lambda: read_int(counter) > before + 3), "the runc container's counter goes on",
+                  f"{before} -> {read_int(counter)}")
+            size = os.path.getsize(os.path.join(bundle, "out.log"))
+            check(wait_for(lambda: os.path.getsize(os.path.join(bundle, "out.log")) > size),
+                  "the restored runc container writes on into its log on the host")
+finally:
+    subprocess.run(["runc", "--root", runc_root, "delete", "-f", cid], capture_output=True)
+    for p in to_kill:
+        kill(p)
+    reap()
+    time.sleep(0.5)
+    for cg in cgroups:
+        try:
+            os.rmdir(cg)
+        except OSError:
+            pass
+    shutil.rmtree(tmp, ignore_errors=True)
+
+print(f"container: {checks} checks, {failures} failed")
+sys.exit(1 if failures else 0)
