@@ -3,12 +3,18 @@
 #include <nucleus/checkpoint.h>
 #include <nucleus/checkpoint_version.h>
 
+#include <fcntl.h>
+
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include <nucleus/checkpoint/criu_runtime.hpp>
 #include <nucleus/checkpoint/error.hpp>
@@ -16,6 +22,8 @@
 #include <nucleus/checkpoint/key_store.hpp>
 #include <nucleus/checkpoint/metadata.hpp>
 
+#include "checkpoint/utf8.hpp"
+#include "criu/criu_args.hpp"
 #include "fs/fs_util.hpp"
 
 namespace nc = nucleus::checkpoint;
@@ -28,7 +36,10 @@ struct nc_runtime {
 
 struct nc_options {
   nc::CriuOptions criu;
-  std::uint64_t start_ticks = 0;  // of the container, not of CRIU: kept beside its options
+  // Of the container, not of CRIU: kept beside its options, for nc_checkpoint_ex's ContainerInfo.
+  std::uint64_t start_ticks = 0;
+  std::vector<std::pair<std::string, std::string>> annotations;
+  std::vector<std::pair<std::string, std::string>> runtime_files;  // name, bytes
   nc::SignatureFormat signature_format = nc::SignatureFormat::chunked;
 };
 
@@ -36,6 +47,9 @@ namespace {
 
 static_assert(static_cast<int>(nc::Status::internal) == NC_E_INTERNAL && static_cast<int>(nc::Status::key) == NC_E_KEY &&
               static_cast<int>(nc::Status::integrity) == NC_E_INTEGRITY && static_cast<int>(nc::Status::ok) == NC_OK);
+static_assert(static_cast<int>(nc::CriuNotification::pre_dump) == NC_NOTIFY_PRE_DUMP &&
+              static_cast<int>(nc::CriuNotification::pre_resume) == NC_NOTIFY_PRE_RESUME &&
+              static_cast<int>(nc::CriuNotification::status_ready) == NC_NOTIFY_STATUS_READY);
 
 thread_local std::string last_error;
 
@@ -65,8 +79,8 @@ nc_status guard(Body&& body) noexcept {
   }
 }
 
-void require(bool ok, const char* what) {
-  if (!ok) throw nc::Error(nc::Status::invalid, what);
+void require(bool ok, std::string_view what) {
+  if (!ok) throw nc::Error(nc::Status::invalid, std::string(what));
 }
 
 // A C caller may pass any int as an enum; in C++ reading an out-of-range enum is undefined, so
@@ -79,14 +93,58 @@ int enum_bits(const Enum& e) {  // by reference: copying the enum would already 
   return bits;
 }
 
+// Runs body; an Error it throws names `name` (the C function) first.
+template <typename Body>
+void named(const char* name, Body&& body) {
+  try {
+    body();
+  } catch (const nc::Error& e) {
+    throw nc::Error(e.status(), std::string(name) + ": " + e.what());
+  }
+}
+
 // Every setter: check the handle, then change one field.
 template <typename Set>
 nc_status set_option(nc_options* opts, const char* name, Set&& set) {
   return guard([&] {
     if (opts == nullptr) throw nc::Error(nc::Status::invalid, std::string(name) + ": options are NULL");
-    if constexpr (std::is_invocable_v<Set, nc::CriuOptions&>) set(opts->criu);
-    else set(*opts);
+    named(name, [&] {
+      if constexpr (std::is_invocable_v<Set, nc::CriuOptions&>) set(opts->criu);
+      else set(*opts);
+    });
   });
+}
+
+// A setter of what CRIU is given: the changed options are checked whole, as CRIU would get them,
+// and kept only if they pass.
+template <typename Set>
+nc_status set_criu_option(nc_options* opts, const char* name, Set&& set) {
+  return set_option(opts, name, [&](nc::CriuOptions& current) {
+    nc::CriuOptions changed = current;
+    set(changed);
+    nc::validate_criu_options(changed);
+    current = std::move(changed);
+  });
+}
+
+// A string setter's value: NULL goes back to the default, "" is refused (CRIU would get it as a
+// value).
+std::string optional_value(const char* value) {
+  if (value == nullptr) return {};
+  require(*value != '\0', "the value is empty (NULL goes back to the default)");
+  return value;
+}
+
+// An add_* setter's value, which must be given.
+std::string required_value(const char* value, const char* what = "the value") {
+  require(value != nullptr, std::string(what) + " is NULL");
+  return value;
+}
+
+// Names added once: a second value for a name would leave which one counts unclear.
+void require_new_name(const std::vector<std::pair<std::string, std::string>>& entries, const std::string& name) {
+  const bool taken = std::any_of(entries.begin(), entries.end(), [&](const auto& e) { return e.first == name; });
+  require(!taken, "'" + nc::to_valid_utf8(name) + "' was already added");
 }
 
 }  // namespace
@@ -134,10 +192,10 @@ nc::HmacTree::Progress progress_of(nc_progress_fn fn, void* user) {
 }
 
 // A C caller's format, checked before it is used as the enum.
-nc::SignatureFormat signature_format(const nc_signature_format& format, const char* caller) {
+nc::SignatureFormat signature_format(const nc_signature_format& format) {
   const int f = enum_bits(format);
   if (f != NC_SIGNATURE_SEED && f != NC_SIGNATURE_CHUNKED)
-    throw nc::Error(nc::Status::invalid, std::string(caller) + ": unknown signature format " + std::to_string(f));
+    throw nc::Error(nc::Status::invalid, "unknown signature format " + std::to_string(f));
   return static_cast<nc::SignatureFormat>(f);
 }
 
@@ -150,7 +208,8 @@ nc_status nc_sign_progress(const char* dir, nc_progress_fn progress, void* user)
 nc_status nc_sign_ex(const char* dir, nc_signature_format format, nc_progress_fn progress, void* user) {
   return guard([&] {
     require(dir != nullptr && *dir != '\0', "sign: dir is NULL or empty");
-    const nc::SignatureFormat f = signature_format(format, "nc_sign_ex");
+    nc::SignatureFormat f{};
+    named("nc_sign_ex", [&] { f = signature_format(format); });
     nc::HmacTree::sign_as(dir, nc::KeyStore().load_or_create(), f, progress_of(progress, user));
   });
 }
@@ -236,22 +295,19 @@ nc_status nc_options_set_file_locks(nc_options* o, int on) {
 nc_status nc_options_set_manage_cgroups(nc_options* o, nc_cgroup_mode mode) {
   return set_option(o, __func__, [&](nc::CriuOptions& c) {
     const int m = enum_bits(mode);
-    require(m >= NC_CGROUP_DEFAULT && m <= NC_CGROUP_IGNORE, "nc_options_set_manage_cgroups: unknown mode");
+    require(m >= NC_CGROUP_DEFAULT && m <= NC_CGROUP_IGNORE, "unknown mode " + std::to_string(m));
     c.manage_cgroups = static_cast<nc::CgroupMode>(m);
   });
 }
 nc_status nc_options_add_external(nc_options* o, const char* spec) {
-  return set_option(o, __func__, [&](nc::CriuOptions& c) {
-    require(spec != nullptr && *spec != '\0' && *spec != '-', "nc_options_add_external: spec is NULL, empty or an option");
-    c.external.emplace_back(spec);
-  });
+  return set_criu_option(o, __func__, [&](nc::CriuOptions& c) { c.external.push_back(required_value(spec)); });
 }
 nc_status nc_options_set_work_dir(nc_options* o, const char* dir) {
   return set_option(o, __func__, [&](nc::CriuOptions& c) { c.work_dir = dir ? dir : ""; });
 }
 nc_status nc_options_set_log_level(nc_options* o, int level) {
   return set_option(o, __func__, [&](nc::CriuOptions& c) {
-    require(level >= 0 && level <= 4, "nc_options_set_log_level: the level must be 0 to 4");
+    require(level >= 0 && level <= 4, "the level must be 0 to 4");
     c.log_level = level;
   });
 }
@@ -261,7 +317,7 @@ nc_status nc_options_set_timeout_ms(nc_options* o, unsigned int ms) {
 nc_status nc_options_set_restore_mode(nc_options* o, nc_restore_mode mode) {
   return set_option(o, __func__, [&](nc::CriuOptions& c) {
     const int m = enum_bits(mode);
-    require(m == NC_RESTORE_DETACHED || m == NC_RESTORE_CHILD, "nc_options_set_restore_mode: unknown mode");
+    require(m == NC_RESTORE_DETACHED || m == NC_RESTORE_CHILD, "unknown mode " + std::to_string(m));
     c.restore_mode = static_cast<nc::RestoreMode>(m);
   });
 }
@@ -271,7 +327,120 @@ nc_status nc_options_set_start_ticks(nc_options* o, unsigned long long start_tic
 }
 
 nc_status nc_options_set_signature_format(nc_options* o, nc_signature_format format) {
-  return set_option(o, __func__, [&](nc_options& all) { all.signature_format = signature_format(format, __func__); });
+  return set_option(o, __func__, [&](nc_options& all) { all.signature_format = signature_format(format); });
+}
+
+nc_status nc_options_set_detect_container(nc_options* o, int on) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.detect_container = on != 0; });
+}
+nc_status nc_options_set_root(nc_options* o, const char* path) {
+  return set_criu_option(o, __func__, [&](nc::CriuOptions& c) { c.root = optional_value(path); });
+}
+nc_status nc_options_add_inherit_fd(nc_options* o, int fd, const char* key) {
+  return set_criu_option(o, __func__, [&](nc::CriuOptions& c) {
+    // Checked now, where the caller can still tell which descriptor it meant.
+    require(fd < 0 || ::fcntl(fd, F_GETFD) != -1, "descriptor " + std::to_string(fd) + " is not open in this process");
+    c.inherit_fds.push_back({fd, required_value(key, "the key")});
+  });
+}
+nc_status nc_options_add_join_ns(nc_options* o, const char* spec) {
+  return set_criu_option(o, __func__, [&](nc::CriuOptions& c) { c.join_ns.push_back(required_value(spec)); });
+}
+nc_status nc_options_add_empty_ns(nc_options* o, const char* ns) {
+  return set_criu_option(o, __func__, [&](nc::CriuOptions& c) { c.empty_ns.push_back(required_value(ns)); });
+}
+nc_status nc_options_set_network_lock(nc_options* o, nc_network_lock lock) {
+  return set_criu_option(o, __func__, [&](nc::CriuOptions& c) {
+    const int l = enum_bits(lock);
+    require(l >= NC_NETWORK_LOCK_DEFAULT && l <= NC_NETWORK_LOCK_SKIP, "unknown method " + std::to_string(l));
+    c.network_lock = static_cast<nc::NetworkLock>(l);
+  });
+}
+nc_status nc_options_add_cgroup_root(nc_options* o, const char* spec) {
+  return set_criu_option(o, __func__, [&](nc::CriuOptions& c) { c.cgroup_root.push_back(required_value(spec)); });
+}
+nc_status nc_options_set_cgroup_yard(nc_options* o, const char* path) {
+  return set_criu_option(o, __func__, [&](nc::CriuOptions& c) { c.cgroup_yard = optional_value(path); });
+}
+nc_status nc_options_set_cgroup_props(nc_options* o, const char* yaml) {
+  return set_criu_option(o, __func__, [&](nc::CriuOptions& c) { c.cgroup_props = optional_value(yaml); });
+}
+nc_status nc_options_set_freeze_cgroup(nc_options* o, const char* path) {
+  return set_criu_option(o, __func__, [&](nc::CriuOptions& c) { c.freeze_cgroup = optional_value(path); });
+}
+nc_status nc_options_set_lsm_profile(nc_options* o, const char* profile) {
+  return set_criu_option(o, __func__, [&](nc::CriuOptions& c) { c.lsm_profile = optional_value(profile); });
+}
+nc_status nc_options_set_lsm_mount_context(nc_options* o, const char* context) {
+  return set_criu_option(o, __func__,
+                         [&](nc::CriuOptions& c) { c.lsm_mount_context = optional_value(context); });
+}
+nc_status nc_options_set_skip_in_flight(nc_options* o, int on) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.skip_in_flight = on != 0; });
+}
+nc_status nc_options_set_link_remap(nc_options* o, int on) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.link_remap = on != 0; });
+}
+nc_status nc_options_set_ghost_limit(nc_options* o, unsigned long long bytes) {
+  return set_criu_option(o, __func__, [&](nc::CriuOptions& c) { c.ghost_limit = bytes; });
+}
+nc_status nc_options_set_ghost_fiemap(nc_options* o, int on) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.ghost_fiemap = on != 0; });
+}
+nc_status nc_options_set_evasive_devices(nc_options* o, int on) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.evasive_devices = on != 0; });
+}
+nc_status nc_options_set_file_validation(nc_options* o, const char* method) {
+  return set_criu_option(o, __func__,
+                         [&](nc::CriuOptions& c) { c.file_validation = optional_value(method); });
+}
+nc_status nc_options_set_use_default_config(nc_options* o, int on) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.use_default_config = on != 0; });
+}
+
+nc_status nc_options_set_notify(nc_options* o, nc_notify_fn fn, void* user) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) {
+    if (!fn) {
+      c.notify = nullptr;
+      return;
+    }
+    c.notify = [fn, user](const nc::NotifyEvent& e) {
+      return fn(static_cast<nc_notification>(static_cast<int>(e.what)), e.pid, user) == 0;
+    };
+  });
+}
+
+nc_status nc_options_add_annotation(nc_options* o, const char* name, const char* value) {
+  return set_option(o, __func__, [&](nc_options& all) {
+    const std::string n = required_value(name, "the name"), v = required_value(value);
+    require(!n.empty(), "the name is empty");
+    // metadata.json holds UTF-8 alone: refused now rather than by the dump.
+    require(nc::is_valid_utf8(n) && nc::is_valid_utf8(v),
+            "'" + nc::to_valid_utf8(n) + "': the name and the value must be UTF-8");
+    require(v.size() <= NC_ANNOTATION_VALUE_MAX, "the value of '" + n + "' is " + std::to_string(v.size()) +
+                                                     " bytes; at most " + std::to_string(NC_ANNOTATION_VALUE_MAX) +
+                                                     " are recorded");
+    require_new_name(all.annotations, n);
+    all.annotations.emplace_back(n, v);
+  });
+}
+
+nc_status nc_options_add_runtime_file(nc_options* o, const char* name, const void* data, size_t size) {
+  return set_option(o, __func__, [&](nc_options& all) {
+    const std::string n = required_value(name, "the name");
+    const std::string shown = nc::to_valid_utf8(n);
+    // A plain name: the file lands in runtime/ of the checkpoint and nowhere else; the signature
+    // covers UTF-8 names alone.
+    require(!n.empty() && n != "." && n != ".." && n.find('/') == std::string::npos && nc::is_valid_utf8(n) &&
+                n.size() <= NC_RUNTIME_FILE_NAME_MAX,
+            "'" + shown + "' is not a plain file name (UTF-8, no '/', not . or .., at most " +
+                std::to_string(NC_RUNTIME_FILE_NAME_MAX) + " bytes)");
+    require(size <= NC_RUNTIME_FILE_MAX, "'" + shown + "' is " + std::to_string(size) + " bytes; at most " +
+                                             std::to_string(NC_RUNTIME_FILE_MAX) + " are recorded");
+    require(data != nullptr || size == 0, "data is NULL");
+    require_new_name(all.runtime_files, n);
+    all.runtime_files.emplace_back(n, size == 0 ? std::string() : std::string(static_cast<const char*>(data), size));
+  });
 }
 
 nc_status nc_checkpoint_ex(nc_runtime* rt, const char* container_id, pid_t pid, const char* dir, const nc_options* opts) {
@@ -285,17 +454,39 @@ nc_status nc_checkpoint_ex(nc_runtime* rt, const char* container_id, pid_t pid, 
     const nc_options defaults;
     const nc_options& o = opts ? *opts : defaults;
     info.start_ticks = o.start_ticks;
+    info.annotations = o.annotations;
+    info.runtime_files = o.runtime_files;
     rt->criu.checkpoint(info, dir, o.criu, o.signature_format);
   });
 }
 
+namespace {
+
+// What both restore entry points require; clears *restored_pid.
+void check_restore(const nc_runtime* rt, const char* dir, pid_t* restored_pid) {
+  require(restored_pid != nullptr, "restore: restored_pid is NULL");
+  *restored_pid = 0;
+  require(rt != nullptr, "restore: the runtime is NULL");
+  require(dir != nullptr && *dir != '\0', "restore: dir is NULL or empty");
+}
+
+}  // namespace
+
 nc_status nc_restore_ex(nc_runtime* rt, const char* dir, const nc_options* opts, pid_t* restored_pid) {
   return guard([&] {
-    require(rt != nullptr, "restore: the runtime is NULL");
-    require(dir != nullptr && *dir != '\0', "restore: dir is NULL or empty");
-    require(restored_pid != nullptr, "restore: restored_pid is NULL");
-    *restored_pid = 0;
+    check_restore(rt, dir, restored_pid);
     *restored_pid = rt->criu.restore(dir, opts ? opts->criu : nc::CriuOptions());
+  });
+}
+
+nc_status nc_restore_pidfd(nc_runtime* rt, const char* dir, const nc_options* opts, pid_t* restored_pid, int* pidfd) {
+  return guard([&] {
+    require(pidfd != nullptr, "nc_restore_pidfd: pidfd is NULL");
+    *pidfd = -1;
+    check_restore(rt, dir, restored_pid);
+    const nc::RestoredTree tree = rt->criu.restore_tree(dir, opts ? opts->criu : nc::CriuOptions());
+    *restored_pid = tree.pid;
+    *pidfd = tree.pidfd;
   });
 }
 

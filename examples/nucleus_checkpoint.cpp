@@ -3,20 +3,30 @@
 //   nucleus-checkpoint check | dump | restore | sign | verify | inspect | keygen  [--json]
 //
 // Exit codes: 0 on success, else the nc_status value of the failure (1 to 10), 64 for a usage
-// error. Human output by default; --json prints one JSON object on stdout for scripts.
+// error; restore --wait exits as the restored root did (its status, or 128+signal). Human output
+// by default; --json prints one JSON object on stdout for scripts.
 #include <nucleus/checkpoint.h>
 
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -65,20 +75,42 @@ class Report {
       writer_.RawValue(json.c_str(), json.size(), rapidjson::kObjectType);
     }
   }
-  // Ends the report with the outcome; returns the exit code.
-  int finish(nc_status status) {
+  // Fields grouped under key in JSON; for a person, the fields alone.
+  void object(const char* key, const std::function<void()>& fields) {
+    if (json_) {
+      writer_.Key(key);
+      writer_.StartObject();
+    }
+    fields();
+    if (json_) writer_.EndObject();
+  }
+  void list(const char* key, const std::vector<std::string>& values, const char* label = nullptr) {
+    if (json_) {
+      writer_.Key(key);
+      writer_.StartArray();
+      for (const auto& v : values) writer_.String(v.c_str(), static_cast<rapidjson::SizeType>(v.size()));
+      writer_.EndArray();
+    } else {
+      fmt::print("{:<18} {}\n", fmt::format("{}:", label ? label : key), fmt::join(values, ", "));
+    }
+  }
+  // Ends the report with the outcome; returns the exit code. The message is nc_last_error()'s
+  // unless one is given.
+  int finish(nc_status status, const std::string& message = {}) {
+    const std::string error = message.empty() ? nc_last_error() : message;
     if (json_) {
       writer_.Key("status");
       writer_.String(nc_status_name(status));
       if (status != NC_OK) {
         writer_.Key("error");
-        writer_.String(nc_last_error());
+        writer_.String(error.c_str(), static_cast<rapidjson::SizeType>(error.size()));
       }
       writer_.EndObject();
       fmt::print("{}\n", buffer_.GetString());
     } else if (status != NC_OK) {
-      fmt::print(stderr, "nucleus-checkpoint: {}: {}\n", nc_status_name(status), nc_last_error());
+      fmt::print(stderr, "nucleus-checkpoint: {}: {}\n", nc_status_name(status), error);
     }
+    std::fflush(stdout);
     return static_cast<int>(status);
   }
 
@@ -103,38 +135,181 @@ nc_status open_runtime(const std::string& criu, Runtime& out) {
 struct OptionsFree {
   void operator()(nc_options* o) const { nc_options_free(o); }
 };
+using Options = std::unique_ptr<nc_options, OptionsFree>;
 
-// What dump and restore take from the command line, turned into nc_options.
+// The first failure of a run of calls, with its message: a later call that succeeds clears
+// nc_last_error().
+struct Outcome {
+  nc_status status = NC_OK;
+  std::string message;
+
+  void operator()(nc_status s, const std::string& own_message = {}) {
+    if (status != NC_OK || s == NC_OK) return;
+    status = s;
+    message = own_message.empty() ? nc_last_error() : own_message;
+  }
+  bool ok() const { return status == NC_OK; }
+};
+
+// CRIU's fd[N]:KEY.
+std::optional<std::pair<int, std::string>> split_inherit_fd(const std::string& spec) {
+  const auto close = spec.find("]:");
+  if (spec.rfind("fd[", 0) != 0 || close == std::string::npos || close + 2 == spec.size()) return std::nullopt;
+  int fd = -1;
+  const char* last = spec.data() + close;
+  const auto [end, error] = std::from_chars(spec.data() + 3, last, fd);
+  if (error != std::errc() || end != last || fd < 0) return std::nullopt;
+  return std::pair{fd, spec.substr(close + 2)};
+}
+
+// NAME=VALUE, split at the first '=' (a value may hold more); the name is not empty.
+std::optional<std::pair<std::string, std::string>> split_assignment(const std::string& text) {
+  const auto eq = text.find('=');
+  if (eq == 0 || eq == std::string::npos) return std::nullopt;
+  return std::pair{text.substr(0, eq), text.substr(eq + 1)};
+}
+
+// N must be open here: the restored tree gets what this command inherited from its caller.
+const CLI::Validator inherited_descriptor(
+    [](std::string& spec) -> std::string {
+      const auto parsed = split_inherit_fd(spec);
+      if (!parsed) return "expected fd[N]:KEY (N: a descriptor this command inherited; KEY: CRIU's key, or stdin, "
+                          "stdout, stderr)";
+      if (::fcntl(parsed->first, F_GETFD) == -1)
+        return fmt::format("descriptor {0} is not open: nucleus-checkpoint must inherit it from its caller (in a "
+                           "shell: {0}<FILE or {0}<&FD)", parsed->first);
+      return {};
+    },
+    "fd[N]:KEY");
+
+const CLI::Validator assignment(
+    [](std::string& text) -> std::string { return split_assignment(text) ? "" : "expected NAME=VALUE with a name"; },
+    "NAME=VALUE");
+
+// PATH's bytes, refused (not cut) beyond `limit`.
+Outcome read_bounded(const std::string& path, std::size_t limit, std::string& bytes) {
+  Outcome outcome;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int error = errno;
+    outcome(error == ENOENT ? NC_E_NOT_FOUND : NC_E_IO, fmt::format("cannot open {}: {}", path, std::strerror(error)));
+    return outcome;
+  }
+  char buffer[1 << 16];
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) outcome(NC_E_IO, fmt::format("cannot read {}: {}", path, std::strerror(errno)));
+    if (n <= 0) break;
+    bytes.append(buffer, static_cast<std::size_t>(n));
+    if (bytes.size() > limit) {
+      outcome(NC_E_INVALID, fmt::format("{} is larger than {} bytes, the most a checkpoint records", path, limit));
+      break;
+    }
+  }
+  ::close(fd);
+  return outcome;
+}
+
+// The actions a flag applies to, as CRIU reads it.
+enum Action : unsigned { dump_action = 1, restore_action = 2 };
+
+// What dump and restore take from the command line (each flag only where it applies, named as
+// CRIU names it), turned into nc_options.
 struct CriuFlags {
   bool no_shell_job = false, tcp_established = false, tcp_close = false, ext_unix_sk = false, file_locks = false;
   std::string manage_cgroups, work_dir;
   std::vector<std::string> external;
   int log_level = 4;
   double timeout_s = 0;
+  // Containers.
+  bool no_detect_container = false, use_default_config = false, evasive_devices = false;
+  std::vector<std::string> cgroup_root;
+  std::string cgroup_yard, file_validation;
+  // Dump.
+  nc_network_lock network_lock = NC_NETWORK_LOCK_DEFAULT;
+  std::string cgroup_props, freeze_cgroup;
+  bool skip_in_flight = false, link_remap = false, ghost_fiemap = false;
+  std::uint64_t ghost_limit = 0;
+  std::vector<std::string> annotations, runtime_files;  // NAME=VALUE, NAME=PATH
+  // Restore.
+  std::string root, lsm_profile, lsm_mount_context;
+  std::vector<std::string> inherit_fds, join_ns, empty_ns;
+  bool restore_sibling = false, wait = false;
 
-  void add_to(CLI::App* cmd) {
+  void add_to(CLI::App* cmd, Action action) {
     cmd->add_flag("--no-shell-job", no_shell_job, "The tree is not attached to an outside session or terminal");
     cmd->add_flag("--tcp-established", tcp_established, "Checkpoint/restore established TCP connections");
+    cmd->add_flag("--tcp-close", tcp_close,
+                  action == dump_action ? "Do not dump established TCP connections (restore them closed)"
+                                        : "Restore established TCP connections closed (needed if dumped with it)");
     cmd->add_flag("--ext-unix-sk", ext_unix_sk, "Allow UNIX sockets connected outside the tree");
     cmd->add_flag("--file-locks", file_locks, "Checkpoint/restore file locks");
     cmd->add_option("--manage-cgroups", manage_cgroups, "CRIU's cgroup mode")
         ->check(CLI::IsMember({"soft", "full", "strict", "ignore"}));
-    cmd->add_option("--external", external, "CRIU --external resource (repeatable), e.g. mnt[/data]:data");
+    cmd->add_option("--external", external,
+                    action == dump_action
+                        ? "CRIU --external resource (repeatable): mnt[MOUNTPOINT]:KEY, e.g. mnt[/data]:data; "
+                          "net[INODE]:KEY, pid[INODE]:KEY, dev[MAJOR/MINOR]:KEY"
+                        : "CRIU --external resource (repeatable): mnt[KEY]:HOST_PATH, e.g. mnt[data]:/srv/data; "
+                          "dev[KEY]:HOST_PATH");
     cmd->add_option("--work-dir", work_dir, "Write CRIU's log here instead of the default place");
     cmd->add_option("--log-level", log_level, "CRIU's log level")->check(CLI::Range(0, 4));
     cmd->add_option("--timeout", timeout_s, "Stop CRIU and fail after this many seconds (0: none)")
         ->check(CLI::Range(0.0, 86400.0));
+
+    cmd->add_flag("--no-detect-container", no_detect_container,
+                  action == dump_action ? "Do not read and record the tree's mounts, namespaces and descriptors"
+                                        : "Do not apply what the dump recorded of the container");
+    cmd->add_flag("--use-default-config", use_default_config,
+                  "Let CRIU read /etc/criu/default.conf (by default it reads no configuration file)");
+    cmd->add_option("--cgroup-root", cgroup_root,
+                    action == dump_action ? "Dump cgroups from this root: /PATH or CONTROLLER:/PATH (repeatable)"
+                                          : "Restore cgroups under this root: /PATH or CONTROLLER:/PATH (repeatable)");
+    cmd->add_option("--cgroup-yard", cgroup_yard, "An already mounted cgroup yard (absolute path) CRIU uses");
+    cmd->add_flag("--evasive-devices", evasive_devices, "Reach a device file by any path when its own is gone");
+    cmd->add_option("--file-validation", file_validation, "How CRIU checks files are those dumped")
+        ->check(CLI::IsMember({"filesize", "buildid"}));
+
+    if (action == dump_action) {
+      cmd->add_option("--network-lock", network_lock, "How CRIU keeps a network namespace quiet (default iptables)")
+          ->transform(CLI::CheckedTransformer(std::map<std::string, nc_network_lock>{
+              {"iptables", NC_NETWORK_LOCK_IPTABLES}, {"nftables", NC_NETWORK_LOCK_NFTABLES}, {"skip", NC_NETWORK_LOCK_SKIP}}));
+      cmd->add_option("--cgroup-props", cgroup_props, "Cgroup controllers and properties to dump (CRIU's YAML)");
+      cmd->add_option("--freeze-cgroup", freeze_cgroup, "Freeze the tree through this cgroup (absolute path)");
+      cmd->add_flag("--skip-in-flight", skip_in_flight, "Leave out TCP connections not yet accepted");
+      cmd->add_flag("--link-remap", link_remap, "Link open but deleted files back where possible");
+      cmd->add_option("--ghost-limit", ghost_limit, "Largest deleted file whose contents are dumped (e.g. 10M)")
+          ->transform(CLI::AsSizeValue(false));
+      cmd->add_flag("--ghost-fiemap", ghost_fiemap, "Dump deleted files' contents sparsely (fiemap)");
+      cmd->add_option("--annotation", annotations, "Record NAME=VALUE in the signed metadata (repeatable)")
+          ->check(assignment);
+      cmd->add_option("--runtime-file", runtime_files,
+                      "Store the file at PATH as runtime/NAME in the checkpoint, signed: NAME=PATH (repeatable)")
+          ->check(assignment);
+    } else {
+      cmd->add_option("--root", root, "The container's rootfs (default: the one the dump recorded)");
+      cmd->add_option("--inherit-fd", inherit_fds,
+                      "fd[N]:KEY: this command's descriptor N stands for KEY (CRIU's, or stdin, stdout, stderr of "
+                      "the tree's root) (repeatable)")
+          ->check(inherited_descriptor);
+      cmd->add_option("--join-ns", join_ns, "Join a namespace: NS:PID or NS:PATH, user:PID,UID,GID (repeatable)");
+      cmd->add_option("--empty-ns", empty_ns, "Create the namespace but leave it unconfigured (net)");
+      cmd->add_option("--lsm-profile", lsm_profile, "apparmor:NAME, selinux:CONTEXT or none:");
+      cmd->add_option("--lsm-mount-context", lsm_mount_context, "SELinux context to restore mounts with");
+      auto* sibling = cmd->add_flag("--restore-sibling", restore_sibling,
+                                    "Restore the tree as this command's child (default: detached)");
+      cmd->add_flag("--wait", wait, "Wait for the restored root; exit with its status, or 128+signal")->needs(sibling);
+    }
   }
 
-  // nc_options from the flags; a failing setter's status is returned.
-  nc_status build(std::unique_ptr<nc_options, OptionsFree>& out, bool leave_running) const {
+  // nc_options from the flags.
+  Outcome build(Options& out, bool leave_running) const {
+    Outcome set;
     nc_options* raw = nullptr;
-    nc_status s = nc_options_new(&raw);
+    set(nc_options_new(&raw));
     out.reset(raw);
-    const auto set = [&s](nc_status r) {
-      if (s == NC_OK) s = r;
-    };
-    if (s != NC_OK) return s;
+    if (!set.ok()) return set;
     set(nc_options_set_leave_running(raw, leave_running));
     set(nc_options_set_shell_job(raw, !no_shell_job));
     set(nc_options_set_tcp_established(raw, tcp_established));
@@ -148,17 +323,55 @@ struct CriuFlags {
     if (!work_dir.empty()) set(nc_options_set_work_dir(raw, work_dir.c_str()));
     set(nc_options_set_log_level(raw, log_level));
     set(nc_options_set_timeout_ms(raw, static_cast<unsigned>(timeout_s * 1000)));
-    return s;
+
+    set(nc_options_set_detect_container(raw, !no_detect_container));
+    set(nc_options_set_use_default_config(raw, use_default_config));
+    for (const auto& r : cgroup_root) set(nc_options_add_cgroup_root(raw, r.c_str()));
+    set(nc_options_set_evasive_devices(raw, evasive_devices));
+    // Optional strings: the library's default unless given.
+    const auto given = [](const std::string& v) { return v.empty() ? nullptr : v.c_str(); };
+    set(nc_options_set_cgroup_yard(raw, given(cgroup_yard)));
+    set(nc_options_set_file_validation(raw, given(file_validation)));
+
+    set(nc_options_set_network_lock(raw, network_lock));
+    set(nc_options_set_cgroup_props(raw, given(cgroup_props)));
+    set(nc_options_set_freeze_cgroup(raw, given(freeze_cgroup)));
+    set(nc_options_set_skip_in_flight(raw, skip_in_flight));
+    set(nc_options_set_link_remap(raw, link_remap));
+    set(nc_options_set_ghost_limit(raw, ghost_limit));
+    set(nc_options_set_ghost_fiemap(raw, ghost_fiemap));
+    for (const auto& a : annotations) {
+      const auto [name, value] = *split_assignment(a);  // checked by the parser
+      set(nc_options_add_annotation(raw, name.c_str(), value.c_str()));
+    }
+    for (const auto& f : runtime_files) {
+      const auto [name, path] = *split_assignment(f);
+      std::string bytes;
+      const Outcome read = read_bounded(path, NC_RUNTIME_FILE_MAX, bytes);
+      set(read.status, read.message);
+      if (set.ok()) set(nc_options_add_runtime_file(raw, name.c_str(), bytes.data(), bytes.size()));
+    }
+
+    set(nc_options_set_root(raw, given(root)));
+    for (const auto& spec : inherit_fds) {
+      const auto [fd, key] = *split_inherit_fd(spec);  // checked by the parser
+      set(nc_options_add_inherit_fd(raw, fd, key.c_str()));
+    }
+    for (const auto& ns : join_ns) set(nc_options_add_join_ns(raw, ns.c_str()));
+    for (const auto& ns : empty_ns) set(nc_options_add_empty_ns(raw, ns.c_str()));
+    set(nc_options_set_lsm_profile(raw, given(lsm_profile)));
+    set(nc_options_set_lsm_mount_context(raw, given(lsm_mount_context)));
+    set(nc_options_set_restore_mode(raw, restore_sibling ? NC_RESTORE_CHILD : NC_RESTORE_DETACHED));
+    return set;
   }
 };
 
-using Options = std::unique_ptr<nc_options, OptionsFree>;
-
 // The runtime and the options a dump or restore needs.
-nc_status open_runtime_with(const std::string& criu, const CriuFlags& flags, bool leave_running, Runtime& rt,
-                            Options& opts) {
-  const nc_status s = open_runtime(criu, rt);
-  return s != NC_OK ? s : flags.build(opts, leave_running);
+Outcome open_runtime_with(const std::string& criu, const CriuFlags& flags, bool leave_running, Runtime& rt,
+                          Options& opts) {
+  Outcome outcome;
+  outcome(open_runtime(criu, rt));
+  return outcome.ok() ? flags.build(opts, leave_running) : outcome;
 }
 
 // "\r hashed 1.2 GiB at 840 MB/s" on a terminal, about ten times a second.
@@ -231,6 +444,43 @@ void count_tree(const std::string& dir, std::int64_t& files, std::int64_t& bytes
   ::closedir(d);
 }
 
+// The programs CRIU runs for containers, each with its Debian package; CRIU finds them in the
+// PATH the library gives it.
+struct CriuTool {
+  const char* name;
+  const char* package;
+  const char* used_for;
+};
+constexpr CriuTool criu_tools[] = {
+    {"iptables-restore", "iptables", "network lock, iptables"},
+    {"ip6tables-restore", "iptables", "network lock, iptables, IPv6"},
+    {"nft", "nftables", "network lock, nftables"},
+    {"ip", "iproute2", "a network namespace's addresses and routes"},
+    {"tar", "tar", "tmpfs contents"},
+};
+constexpr const char* criu_path[] = {"/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"};
+
+std::optional<std::string> find_criu_tool(const char* name) {
+  for (const char* dir : criu_path) {
+    std::string candidate = fmt::format("{}/{}", dir, name);
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return std::nullopt;
+}
+
+// The running kernel's release, and its version (0.0 if unreadable).
+struct Kernel {
+  std::string release;
+  int major = 0, minor = 0;
+};
+Kernel running_kernel() {
+  struct utsname u {};
+  if (::uname(&u) != 0) return {};
+  Kernel k{u.release};
+  if (std::sscanf(u.release, "%d.%d", &k.major, &k.minor) != 2) k.major = k.minor = 0;
+  return k;
+}
+
 int cmd_check(const std::string& criu, bool json) {
   Report r(json);
   r.field("library", nc_version_string(), "library version");
@@ -241,15 +491,60 @@ int cmd_check(const std::string& criu, bool json) {
     r.flag("key_exists", ::lstat(key_path, &st) == 0, "key present");
   }
   Runtime rt;
-  nc_status s = open_runtime(criu, rt);
+  const nc_status s = open_runtime(criu, rt);
   if (s != NC_OK) return r.finish(s);
   int major = 0, minor = 0, patch = 0;
   nc_criu_version(rt.get(), &major, &minor, &patch);
   r.field("criu_version", fmt::format("{}.{}.{}", major, minor, patch), "CRIU version");
-  s = nc_criu_check(rt.get());
-  r.flag("criu_check", s == NC_OK, "criu check");
-  if (!json && s == NC_OK) fmt::print("ready: checkpoints can be taken, signed and restored here\n");
-  return r.finish(s);
+  const nc_status checked = nc_criu_check(rt.get());
+  const std::string check_error = checked == NC_OK ? "" : nc_last_error();
+  r.flag("criu_check", checked == NC_OK, "criu check");
+
+  std::vector<std::string> missing_tools, missing_packages;
+  r.object("tools", [&] {
+    for (const auto& tool : criu_tools) {
+      const auto path = find_criu_tool(tool.name);
+      if (!path) {
+        missing_tools.emplace_back(tool.name);
+        if (std::find(missing_packages.begin(), missing_packages.end(), tool.package) == missing_packages.end())
+          missing_packages.emplace_back(tool.package);
+      }
+      if (json) {
+        r.object(tool.name, [&] {
+          r.flag("found", path.has_value());
+          r.field("path", path.value_or(""));
+          r.field("package", tool.package);
+          r.field("used_for", tool.used_for);
+        });
+      } else {
+        r.field(tool.name, path ? fmt::format("{} ({})", *path, tool.used_for)
+                                : fmt::format("MISSING: install {} ({})", tool.package, tool.used_for));
+      }
+    }
+  });
+  if (json || !missing_packages.empty()) r.list("missing_packages", missing_packages, "to install");
+
+  // CRIU before 4.2 cannot dump a TCP or UDP socket on Linux 6.16 and later (criu#2718).
+  const Kernel kernel = running_kernel();
+  const bool sockets = std::pair(major, minor) >= std::pair(4, 2) || std::pair(kernel.major, kernel.minor) < std::pair(6, 16);
+  r.field("kernel", kernel.release);
+  r.flag("tcp_udp_sockets", sockets, "TCP/UDP sockets");
+
+  std::vector<std::string> problems;
+  if (checked != NC_OK) problems.push_back(check_error);
+  if (!missing_tools.empty())
+    problems.push_back(fmt::format("CRIU runs {} for containers; not found in CRIU's PATH ({}): install the Debian "
+                                   "package{} {} (scripts/setup.sh does)",
+                                   fmt::join(missing_tools, ", "), fmt::join(criu_path, ":"),
+                                   missing_packages.size() > 1 ? "s" : "", fmt::join(missing_packages, " ")));
+  if (!sockets)
+    problems.push_back(fmt::format("CRIU {}.{} cannot dump TCP or UDP sockets on Linux {} (6.16 and later, "
+                                   "criu#2718): install CRIU 4.2 or later (scripts/install-criu.sh)",
+                                   major, minor, kernel.release));
+  r.flag("ready", problems.empty());
+  if (!problems.empty()) return r.finish(checked != NC_OK ? checked : NC_E_CRIU, fmt::format("{}", fmt::join(problems, "; ")));
+  if (!json) fmt::print("ready: checkpoints can be taken, signed and restored here\n");
+  return r.finish(NC_OK);
 }
 
 int cmd_dump(const std::string& criu, pid_t pid, const std::string& dir, const std::string& id, bool leave_running,
@@ -257,11 +552,12 @@ int cmd_dump(const std::string& criu, pid_t pid, const std::string& dir, const s
   Report r(json);
   Runtime rt;
   Options opts;
-  nc_status s = open_runtime_with(criu, flags, leave_running, rt, opts);
-  if (s == NC_OK) s = nc_options_set_signature_format(opts.get(), format);
-  if (s != NC_OK) return r.finish(s);
+  Outcome opened = open_runtime_with(criu, flags, leave_running, rt, opts);
+  if (opened.ok()) opened(nc_options_set_signature_format(opts.get(), format));
+  if (!opened.ok()) return r.finish(opened.status, opened.message);
   const auto start = std::chrono::steady_clock::now();
-  s = nc_checkpoint_ex(rt.get(), id.empty() ? std::to_string(pid).c_str() : id.c_str(), pid, dir.c_str(), opts.get());
+  const nc_status s =
+      nc_checkpoint_ex(rt.get(), id.empty() ? std::to_string(pid).c_str() : id.c_str(), pid, dir.c_str(), opts.get());
   if (s != NC_OK) return r.finish(s);
   std::int64_t files = 0, bytes = 0;
   count_tree(dir, files, bytes);
@@ -275,19 +571,41 @@ int cmd_dump(const std::string& criu, pid_t pid, const std::string& dir, const s
   return r.finish(s);
 }
 
+// Waits for the restored root, this command's child, through its pidfd (which it closes): the
+// root's exit status, or 128+signal as a shell reports it.
+int wait_for_exit(int pidfd) {
+  siginfo_t info{};
+  int waited = 0;
+  while ((waited = ::waitid(P_PIDFD, static_cast<id_t>(pidfd), &info, WEXITED)) != 0 && errno == EINTR) {
+  }
+  const int error = errno;
+  ::close(pidfd);
+  if (waited != 0) {
+    fmt::print(stderr, "nucleus-checkpoint: cannot wait for the restored tree: {}\n", std::strerror(error));
+    return NC_E_INTERNAL;
+  }
+  return info.si_code == CLD_EXITED ? info.si_status : 128 + info.si_status;
+}
+
 int cmd_restore(const std::string& criu, const std::string& dir, const CriuFlags& flags, bool json) {
   Report r(json);
   Runtime rt;
   Options opts;
-  nc_status s = open_runtime_with(criu, flags, false, rt, opts);
-  if (s != NC_OK) return r.finish(s);
+  const Outcome opened = open_runtime_with(criu, flags, false, rt, opts);
+  if (!opened.ok()) return r.finish(opened.status, opened.message);
   pid_t restored = 0;
-  s = nc_restore_ex(rt.get(), dir.c_str(), opts.get(), &restored);
-  if (s == NC_OK) {
-    r.field("dir", dir, "checkpoint");
-    r.field("pid", restored, "restored PID");
+  int pidfd = -1;
+  const nc_status s = nc_restore_pidfd(rt.get(), dir.c_str(), opts.get(), &restored, &pidfd);
+  if (s != NC_OK) return r.finish(s);
+  r.field("dir", dir, "checkpoint");
+  r.field("pid", restored, "restored PID");
+  r.flag("child", flags.restore_sibling, "our child");
+  const int code = r.finish(s);  // printed now: the PID is wanted while the tree runs
+  if (!flags.wait) {
+    ::close(pidfd);
+    return code;
   }
-  return r.finish(s);
+  return wait_for_exit(pidfd);
 }
 
 int cmd_inspect(const std::string& dir, bool json) {
@@ -353,7 +671,8 @@ int cmd_keygen(bool json) {
 
 int main(int argc, char** argv) {
   CLI::App app{"Checkpoint and restore process trees through CRIU; every checkpoint signed with HMAC-SHA256.\n"
-               "Exit code: 0, the failure's nc_status (1-10), or 64 for a usage error.",
+               "Exit code: 0, the failure's nc_status (1-10), or 64 for a usage error (restore --wait: the "
+               "restored root's).",
                "nucleus-checkpoint"};
   app.require_subcommand(1);
   bool json = false;
@@ -363,7 +682,8 @@ int main(int argc, char** argv) {
   CriuFlags flags;
   app.add_flag("--json", json, "Print one JSON object for scripts");
 
-  auto* check = app.add_subcommand("check", "Is this machine ready? CRIU found, its version, criu check, the key");
+  auto* check = app.add_subcommand("check", "Is this machine ready? CRIU found, its version, criu check, the key, the "
+                                            "tools CRIU runs for containers");
   check->add_option("--criu", criu, "CRIU binary to use instead of the trusted paths");
 
   auto* dump = app.add_subcommand("dump", "Checkpoint the process tree rooted at --pid into --dir, signed");
@@ -375,13 +695,12 @@ int main(int argc, char** argv) {
   nc_signature_format dump_format = NC_SIGNATURE_CHUNKED;
   dump->add_option("--signature-format", dump_format, "Signature format (default chunked; seed: nucleus-container's)")
       ->transform(CLI::CheckedTransformer(signature_formats));
-  flags.add_to(dump);
+  flags.add_to(dump, dump_action);
 
   auto* restore = app.add_subcommand("restore", "Verify --dir and restore its tree; prints the restored PID");
   restore->add_option("--dir", dir, "Checkpoint folder")->required();
   restore->add_option("--criu", criu, "CRIU binary to use instead of the trusted paths");
-  restore->add_flag("--tcp-close", flags.tcp_close, "Close established TCP connections instead of restoring them");
-  flags.add_to(restore);
+  flags.add_to(restore, restore_action);
 
   auto* sign = app.add_subcommand("sign", "Write --dir/checkpoint.hmac with this machine's key");
   sign->add_option("--dir", dir, "Checkpoint folder")->required();

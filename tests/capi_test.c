@@ -110,6 +110,131 @@ static void test_options_and_versions(void) {
   nc_runtime_free(rt);
 }
 
+/* Every container setter: a NULL handle, bad values (naming CRIU's option), good values. */
+static void test_container_options(void) {
+  nc_options *opts = NULL;
+  CHECK(nc_options_new(&opts) == NC_OK);
+
+  CHECK(nc_options_set_root(NULL, "/rootfs") == NC_E_INVALID);
+  CHECK(strstr(nc_last_error(), "nc_options_set_root: options are NULL") != NULL);
+  CHECK(nc_options_add_inherit_fd(NULL, 0, "stdin") == NC_E_INVALID);
+  CHECK(nc_options_add_join_ns(NULL, "net:/run/netns/a") == NC_E_INVALID);
+  CHECK(nc_options_add_empty_ns(NULL, "net") == NC_E_INVALID);
+  CHECK(nc_options_set_network_lock(NULL, NC_NETWORK_LOCK_SKIP) == NC_E_INVALID);
+  CHECK(nc_options_add_cgroup_root(NULL, "/a") == NC_E_INVALID);
+  CHECK(nc_options_set_cgroup_yard(NULL, "/a") == NC_E_INVALID);
+  CHECK(nc_options_set_cgroup_props(NULL, "a") == NC_E_INVALID);
+  CHECK(nc_options_set_freeze_cgroup(NULL, "/a") == NC_E_INVALID);
+  CHECK(nc_options_set_lsm_profile(NULL, "apparmor:a") == NC_E_INVALID);
+  CHECK(nc_options_set_lsm_mount_context(NULL, "a") == NC_E_INVALID);
+  CHECK(nc_options_set_skip_in_flight(NULL, 1) == NC_E_INVALID);
+  CHECK(nc_options_set_link_remap(NULL, 1) == NC_E_INVALID);
+  CHECK(nc_options_set_ghost_limit(NULL, 1) == NC_E_INVALID);
+  CHECK(nc_options_set_ghost_fiemap(NULL, 1) == NC_E_INVALID);
+  CHECK(nc_options_set_evasive_devices(NULL, 1) == NC_E_INVALID);
+  CHECK(nc_options_set_file_validation(NULL, "filesize") == NC_E_INVALID);
+  CHECK(nc_options_set_detect_container(NULL, 0) == NC_E_INVALID);
+  CHECK(nc_options_set_use_default_config(NULL, 1) == NC_E_INVALID);
+  CHECK(nc_options_add_annotation(NULL, "a", "b") == NC_E_INVALID);
+  CHECK(nc_options_add_runtime_file(NULL, "a", "b", 1) == NC_E_INVALID);
+
+  CHECK(nc_options_set_root(opts, "rootfs") == NC_E_INVALID);
+  CHECK(strstr(nc_last_error(), "--root") != NULL && strstr(nc_last_error(), "absolute") != NULL);
+  CHECK(nc_options_set_root(opts, "") == NC_E_INVALID);
+  CHECK(nc_options_set_root(opts, "/var/lib/c/rootfs") == NC_OK);
+  CHECK(nc_options_set_root(opts, NULL) == NC_OK); /* back to the recorded rootfs */
+
+  int pipe_fds[2];
+  CHECK(pipe(pipe_fds) == 0);
+  close(pipe_fds[1]);
+  CHECK(nc_options_add_inherit_fd(opts, pipe_fds[1], "stdout") == NC_E_INVALID); /* closed */
+  CHECK(strstr(nc_last_error(), "not open") != NULL);
+  CHECK(nc_options_add_inherit_fd(opts, -1, "stdout") == NC_E_INVALID);
+  CHECK(nc_options_add_inherit_fd(opts, pipe_fds[0], NULL) == NC_E_INVALID);
+  CHECK(nc_options_add_inherit_fd(opts, pipe_fds[0], "bad\nkey") == NC_E_INVALID);
+  CHECK(nc_options_add_inherit_fd(opts, pipe_fds[0], "stdin") == NC_OK);
+  close(pipe_fds[0]);
+
+  CHECK(nc_options_add_join_ns(opts, "pid:1") == NC_E_INVALID);
+  CHECK(strstr(nc_last_error(), "--join-ns") != NULL);
+  CHECK(nc_options_add_join_ns(opts, NULL) == NC_E_INVALID);
+  CHECK(nc_options_add_join_ns(opts, "net:/run/netns/pod") == NC_OK);
+  CHECK(nc_options_add_empty_ns(opts, "ipc") == NC_E_INVALID);
+  CHECK(strstr(nc_last_error(), "--empty-ns") != NULL);
+  CHECK(nc_options_add_empty_ns(opts, "net") == NC_OK);
+  CHECK(nc_options_set_network_lock(opts, (nc_network_lock)4) == NC_E_INVALID);
+  CHECK(nc_options_set_network_lock(opts, (nc_network_lock)-1) == NC_E_INVALID);
+  CHECK(NC_NETWORK_LOCK_DEFAULT == 0 && NC_NETWORK_LOCK_IPTABLES == 1 && NC_NETWORK_LOCK_NFTABLES == 2 &&
+        NC_NETWORK_LOCK_SKIP == 3);
+  CHECK(nc_options_set_network_lock(opts, NC_NETWORK_LOCK_NFTABLES) == NC_OK);
+  CHECK(nc_options_add_cgroup_root(opts, "pods") == NC_E_INVALID);
+  CHECK(strstr(nc_last_error(), "--cgroup-root") != NULL);
+  CHECK(nc_options_add_cgroup_root(opts, "memory:/pods/c") == NC_OK);
+  CHECK(nc_options_set_cgroup_yard(opts, "yard") == NC_E_INVALID);
+  CHECK(nc_options_set_cgroup_yard(opts, "/run/yard") == NC_OK);
+  CHECK(nc_options_set_cgroup_props(opts, "a:\n--config=/tmp/x") == NC_E_INVALID);
+  CHECK(strstr(nc_last_error(), "--cgroup-props") != NULL);
+  CHECK(nc_options_set_cgroup_props(opts, "\"cpu\":\n  \"strategy\": \"replace\"\n") == NC_OK);
+  CHECK(nc_options_set_freeze_cgroup(opts, "-x") == NC_E_INVALID);
+  CHECK(nc_options_set_freeze_cgroup(opts, "/sys/fs/cgroup/pods/c") == NC_OK);
+  CHECK(nc_options_set_lsm_profile(opts, "smack:x") == NC_E_INVALID);
+  CHECK(strstr(nc_last_error(), "--lsm-profile") != NULL);
+  CHECK(nc_options_set_lsm_profile(opts, "apparmor:container-default") == NC_OK);
+  CHECK(nc_options_set_lsm_mount_context(opts, "a\nb") == NC_E_INVALID);
+  CHECK(nc_options_set_lsm_mount_context(opts, "system_u:object_r:container_file_t:s0") == NC_OK);
+  CHECK(nc_options_set_ghost_limit(opts, ~0ULL) == NC_E_INVALID);
+  CHECK(strstr(nc_last_error(), "--ghost-limit") != NULL);
+  CHECK(nc_options_set_ghost_limit(opts, 1ULL << 20) == NC_OK);
+  CHECK(nc_options_set_file_validation(opts, "md5") == NC_E_INVALID);
+  CHECK(strstr(nc_last_error(), "filesize or buildid") != NULL);
+  CHECK(nc_options_set_file_validation(opts, "buildid") == NC_OK);
+  CHECK(nc_options_set_file_validation(opts, NULL) == NC_OK);
+  CHECK(nc_options_set_skip_in_flight(opts, 1) == NC_OK);
+  CHECK(nc_options_set_link_remap(opts, 1) == NC_OK);
+  CHECK(nc_options_set_ghost_fiemap(opts, 1) == NC_OK);
+  CHECK(nc_options_set_evasive_devices(opts, 1) == NC_OK);
+  CHECK(nc_options_set_detect_container(opts, 0) == NC_OK);
+  CHECK(nc_options_set_use_default_config(opts, 1) == NC_OK);
+
+  static char big[NC_RUNTIME_FILE_MAX + 1];
+  char long_name[NC_RUNTIME_FILE_NAME_MAX + 2];
+  memset(long_name, 'n', sizeof long_name - 1);
+  long_name[sizeof long_name - 1] = '\0';
+  memset(big, 'v', sizeof big - 1);
+  big[NC_ANNOTATION_VALUE_MAX + 1] = '\0';
+  CHECK(nc_options_add_annotation(opts, "", "v") == NC_E_INVALID);
+  CHECK(nc_options_add_annotation(opts, NULL, "v") == NC_E_INVALID);
+  CHECK(nc_options_add_annotation(opts, "a", NULL) == NC_E_INVALID);
+  CHECK(nc_options_add_annotation(opts, "a", big) == NC_E_INVALID); /* one byte too many */
+  CHECK(nc_options_add_annotation(opts, "a", "\xff") == NC_E_INVALID);
+  CHECK(nc_options_add_annotation(opts, "io.example.owner", "") == NC_OK);
+  CHECK(nc_options_add_annotation(opts, "io.example.owner", "again") == NC_E_INVALID);
+  big[NC_ANNOTATION_VALUE_MAX] = '\0';
+  CHECK(nc_options_add_annotation(opts, "io.example.big", big) == NC_OK);
+  CHECK(nc_options_add_runtime_file(opts, "a/b", "x", 1) == NC_E_INVALID);
+  CHECK(strstr(nc_last_error(), "plain file name") != NULL);
+  CHECK(nc_options_add_runtime_file(opts, ".", "x", 1) == NC_E_INVALID);
+  CHECK(nc_options_add_runtime_file(opts, "..", "x", 1) == NC_E_INVALID);
+  CHECK(nc_options_add_runtime_file(opts, "", "x", 1) == NC_E_INVALID);
+  CHECK(nc_options_add_runtime_file(opts, NULL, "x", 1) == NC_E_INVALID);
+  CHECK(nc_options_add_runtime_file(opts, long_name, "x", 1) == NC_E_INVALID);
+  CHECK(nc_options_add_runtime_file(opts, "big", big, NC_RUNTIME_FILE_MAX + 1) == NC_E_INVALID);
+  CHECK(nc_options_add_runtime_file(opts, "null", NULL, 1) == NC_E_INVALID);
+  CHECK(nc_options_add_runtime_file(opts, "empty", NULL, 0) == NC_OK);
+  CHECK(nc_options_add_runtime_file(opts, "big", big, NC_RUNTIME_FILE_MAX) == NC_OK);
+  long_name[NC_RUNTIME_FILE_NAME_MAX] = '\0';
+  CHECK(nc_options_add_runtime_file(opts, long_name, "x", 1) == NC_OK);
+  CHECK(nc_options_add_runtime_file(opts, "big", "x", 1) == NC_E_INVALID); /* added once */
+  nc_options_free(opts);
+
+  pid_t restored = 1;
+  int pidfd = 7;
+  CHECK(nc_restore_pidfd(NULL, "/x", NULL, &restored, &pidfd) == NC_E_INVALID);
+  CHECK(restored == 0 && pidfd == -1);
+  CHECK(nc_restore_pidfd(NULL, "/x", NULL, &restored, NULL) == NC_E_INVALID);
+  CHECK(nc_restore_pidfd(NULL, "/x", NULL, NULL, &pidfd) == NC_E_INVALID);
+}
+
 static void test_sign_verify(void) {
   char dir[4200], images[4300], file[4400];
   path_of(dir, sizeof dir, "signed");
@@ -135,6 +260,20 @@ static void test_sign_verify(void) {
   CHECK(strstr(nc_last_error(), "HMAC mismatch") != NULL);
   path_of(dir, sizeof dir, "missing");
   CHECK(nc_verify(dir) == NC_E_NOT_FOUND);
+}
+
+struct notified {
+  int pre_resume;
+  pid_t pid;
+};
+
+static int count_pre_resume(nc_notification what, pid_t pid, void *user) {
+  struct notified *seen = user;
+  if (what == NC_NOTIFY_PRE_RESUME) {
+    ++seen->pre_resume;
+    seen->pid = pid;
+  }
+  return 0;
 }
 
 static void test_checkpoint_restore(void) {
@@ -171,6 +310,43 @@ static void test_checkpoint_restore(void) {
   CHECK(restored == pid);
   for (int i = 0; i < 500 && count_of(parent_count) <= at_dump + 3; ++i) sleep_ms(20);
   CHECK(count_of(parent_count) > at_dump + 3);
+
+  /* Again with the runtime's description, restored as this process's child with a pidfd. */
+  char again[4200], runtime_file[4400];
+  path_of(again, sizeof again, "again");
+  snprintf(runtime_file, sizeof runtime_file, "%s/runtime/config.json", again);
+  nc_options *opts = NULL;
+  CHECK(nc_options_new(&opts) == NC_OK);
+  CHECK(nc_options_add_annotation(opts, "io.example.owner", "capi") == NC_OK);
+  CHECK(nc_options_add_runtime_file(opts, "config.json", "{}", 2) == NC_OK);
+  CHECK(nc_checkpoint_ex(rt, "capi", restored, again, opts) == NC_OK);
+  sleep_ms(100);
+  while (waitpid(-1, NULL, WNOHANG) > 0) {
+  }
+  char *metadata = NULL;
+  CHECK(nc_read_metadata(again, &metadata) == NC_OK);
+  CHECK(metadata != NULL && strstr(metadata, "io.example.owner") != NULL);
+  nc_free(metadata);
+  struct stat st;
+  CHECK(stat(runtime_file, &st) == 0 && st.st_size == 2);
+  CHECK(nc_options_set_restore_mode(opts, NC_RESTORE_CHILD) == NC_OK);
+  struct notified seen = {0, 0};
+  CHECK(nc_options_set_notify(NULL, count_pre_resume, &seen) == NC_E_INVALID);
+  CHECK(nc_options_set_notify(opts, count_pre_resume, &seen) == NC_OK);
+  int pidfd = -1;
+  restored = 0;
+  CHECK(nc_restore_pidfd(rt, again, opts, &restored, &pidfd) == NC_OK);
+  CHECK(restored == pid && pidfd >= 0);
+  CHECK(seen.pre_resume == 1 && seen.pid == restored); /* CRIU's notification, on this thread */
+  nc_options_free(opts);
+  if (pidfd >= 0) {
+    kill(-restored, SIGKILL);
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    CHECK(waitid(P_PIDFD, (id_t)pidfd, &info, WEXITED) == 0); /* the caller's child */
+    CHECK(info.si_pid == restored && info.si_code == CLD_KILLED && info.si_status == SIGKILL);
+    close(pidfd);
+  }
   kill(-restored, SIGKILL);
   sleep_ms(100);
   while (waitpid(-1, NULL, WNOHANG) > 0) {
@@ -203,6 +379,7 @@ int main(void) {
   test_arguments();
   test_status_names();
   test_options_and_versions();
+  test_container_options();
   test_sign_verify();
   test_checkpoint_restore();
   nftw(base, remove_entry, 16, FTW_DEPTH | FTW_PHYS);

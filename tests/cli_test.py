@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""The nucleus-checkpoint command as an operator uses it, with the real CRIU: check, dump,
-inspect, verify, restore, keygen, --json, and clear failures with exit codes by status on bad
-input (missing folder, unsigned or tampered checkpoint, wrong PID, not root, bad usage).
+"""The nucleus-checkpoint command as an operator uses it, with the real CRIU: check (with the
+tools CRIU runs for containers), dump, inspect, verify, restore (as a child, waited for), keygen,
+--json, the container flags as CRIU gets them (through a fake criu), and clear failures with exit
+codes by status on bad input (missing folder, unsigned or tampered checkpoint, wrong PID, closed
+inherited descriptor, not root, bad usage).
 Usage: cli_test.py NUCLEUS_CHECKPOINT COUNTER TMPDIR"""
 import ctypes
 import json
@@ -49,9 +51,9 @@ def reap():
             return
 
 
-def count(name):
+def count(name, folder="counter"):
     try:
-        with open(os.path.join(tmp, "counter", name)) as f:
+        with open(os.path.join(tmp, folder, name)) as f:
             return int(f.read())
     except (OSError, ValueError):
         return -1
@@ -72,7 +74,27 @@ wait_for(lambda: count("parent") >= 3)
 ckpt = os.path.join(tmp, "ckpt")
 
 r = run("check")
-check(r.returncode == 0 and "criu check:" in r.stdout, "check says the machine is ready", r.stdout + r.stderr)
+check(r.returncode == 0 and "criu check:" in r.stdout and "ready:" in r.stdout, "check says the machine is ready",
+      r.stdout + r.stderr)
+for tool in ["iptables-restore", "ip6tables-restore", "nft", "ip", "tar"]:
+    check(f"{tool}:" in r.stdout and "MISSING" not in r.stdout, f"check reports {tool}", r.stdout)
+check("TCP/UDP sockets:   yes" in r.stdout, "check reports that CRIU can dump sockets here", r.stdout)
+r = run("check", "--json")
+report = json.loads(r.stdout) if r.stdout else {}
+tools = report.get("tools", {})
+check(r.returncode == 0 and report.get("ready") is True and report.get("missing_packages") == []
+      and sorted(tools) == sorted(["iptables-restore", "ip6tables-restore", "nft", "ip", "tar"])
+      and all(t["found"] and t["path"].startswith("/") and t["package"] for t in tools.values())
+      and report.get("tcp_udp_sockets") is True and report.get("kernel") == os.uname().release,
+      "check --json has the tools, the packages and the socket support", r.stdout + r.stderr)
+# With nft hidden (in a mount namespace of its own), check says what to install and is not ready.
+nft = shutil.which("nft", path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+r = subprocess.run(["unshare", "-m", "sh", "-c", f'mount --bind /dev/null {nft} && exec "$0" check --json', cli],
+                   env=env, capture_output=True, text=True, timeout=120)
+report = json.loads(r.stdout) if r.stdout.startswith("{") else {}
+check(r.returncode == 5 and report.get("ready") is False and report.get("missing_packages") == ["nftables"]
+      and report["tools"]["nft"]["found"] is False and "install the Debian package nftables" in report.get("error", ""),
+      "check without nft: NC_E_CRIU, and what to install", r.stdout + r.stderr)
 r = run("keygen", "--json")
 check(r.returncode == 0 and json.loads(r.stdout)["created"] is True, "keygen creates the key", r.stdout + r.stderr)
 r = run("--json", "keygen")
@@ -150,6 +172,143 @@ r = run("dump", "--pid", str(os.getpid()), "--dir", os.path.join(tmp, "notroot")
 check(r.returncode == 2 and "requires root" in r.stderr, "not root: exit 2", r.stderr)
 r = run("dump", "--dir", os.path.join(tmp, "x"))
 check(r.returncode == 64 and "--pid is required" in r.stderr, "usage error: exit 64", r.stderr)
+# The container flags on a real tree: dumped with them, with the runtime's description, then
+# restored as this command's child and waited for: the exit code is the root's (128+SIGKILL).
+os.makedirs(os.path.join(tmp, "counter2"))
+tree2 = subprocess.Popen([counter, os.path.join(tmp, "counter2")])
+wait_for(lambda: count("parent", "counter2") >= 3)
+ckpt2 = os.path.join(tmp, "ckpt2")
+config = os.path.join(tmp, "config.json")
+with open(config, "w") as f:
+    f.write('{"id": "demo2"}')
+r = run("dump", "--pid", str(tree2.pid), "--dir", ckpt2, "--json", "--tcp-close", "--skip-in-flight", "--link-remap",
+        "--ghost-limit", "10M", "--ghost-fiemap", "--evasive-devices", "--file-validation", "filesize",
+        "--network-lock", "skip", "--annotation", "owner=cli=test", "--runtime-file", f"config.json={config}")
+check(r.returncode == 0, "dump with the container flags", r.stdout + r.stderr)
+wait_for(lambda: (reap(), tree2.poll() is not None)[1])
+r = run("inspect", "--dir", ckpt2, "--json")
+check(r.returncode == 0 and "cli=test" in r.stdout, "the annotation is in the signed metadata", r.stdout + r.stderr)
+try:
+    with open(os.path.join(ckpt2, "runtime", "config.json")) as f:
+        stored = f.read()
+except OSError as e:
+    stored = str(e)
+check(stored == '{"id": "demo2"}', "the runtime file is stored in the checkpoint", stored)
+at_dump2 = count("parent", "counter2")
+waiting = subprocess.Popen([cli, "restore", "--dir", ckpt2, "--json", "--tcp-close", "--evasive-devices",
+                            "--restore-sibling", "--wait"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+line = waiting.stdout.readline()
+restored2 = json.loads(line).get("pid", 0) if line.startswith("{") else 0
+check(restored2 == tree2.pid and json.loads(line).get("child") is True, "restore --restore-sibling --wait reports first",
+      line + (waiting.stderr.read() if not restored2 else ""))
+check(restored2 > 0 and wait_for(lambda: count("parent", "counter2") > at_dump2 + 3), "the child tree runs on")
+if restored2 > 0:
+    os.killpg(restored2, signal.SIGKILL)
+try:
+    code = waiting.wait(timeout=30)
+except subprocess.TimeoutExpired:
+    waiting.kill()
+    code = waiting.wait()
+check(code == 128 + signal.SIGKILL, "--wait exits with 128+signal of the restored root", f"exit {code}")
+reap()
+
+# Flags CRIU would get, seen through a fake criu that records its arguments.
+fake_dir = os.path.join(tmp, "fake")
+os.makedirs(fake_dir)
+fake = os.path.join(fake_dir, "criu")
+with open(fake, "w") as f:
+    f.write(f"""#!/bin/sh
+if [ "$1" = --version ]; then echo 'Version: 4.2.1'; exit 0; fi
+op=$1
+printf '%s\\n' "$@" > '{fake_dir}/'$op.args
+while [ $# -gt 0 ]; do case $1 in --images-dir) img=$2;; --work-dir) work=$2;; esac; shift; done
+if [ $op = dump ]; then touch "$img/core-1.img"; fi
+if [ $op = restore ]; then sleep 30 </dev/null >/dev/null 2>&1 & echo $! > "$work/restore.pid"; fi
+exit 0
+""")
+os.chmod(fake, 0o755)
+
+
+def criu_args(op):
+    try:
+        with open(os.path.join(fake_dir, op + ".args")) as f:
+            return f.read().split("\n")[:-1]
+    except OSError:
+        return []
+
+
+def has(args, *part):
+    return any(args[i:i + len(part)] == list(part) for i in range(len(args)))
+
+
+sleeper = subprocess.Popen(["sleep", "60"])
+r = run("dump", "--criu", fake, "--pid", str(sleeper.pid), "--dir", os.path.join(tmp, "fake-ckpt"), "--tcp-close",
+        "--ghost-limit", "10M", "--network-lock", "nftables", "--cgroup-root", "memory:/pods/c", "--cgroup-yard",
+        "/run/yard", "--cgroup-props", "cpu:\n  strategy: replace", "--freeze-cgroup", "/sys/fs/cgroup/pods/c",
+        "--link-remap", "--skip-in-flight", "--ghost-fiemap", "--evasive-devices", "--file-validation", "buildid")
+args = criu_args("dump")
+check(r.returncode == 0, "dump through the fake criu", r.stdout + r.stderr)
+for part in [["--no-default-config"], ["--tcp-close"], ["--ghost-limit", "10485760"], ["--network-lock", "nftables"],
+             ["--cgroup-root", "memory:/pods/c"], ["--cgroup-yard", "/run/yard"], ["--freeze-cgroup", "/sys/fs/cgroup/pods/c"],
+             ["--link-remap"], ["--skip-in-flight"], ["--ghost-fiemap"], ["--evasive-devices"],
+             ["--file-validation", "buildid"]]:
+    check(has(args, *part), f"dump gives CRIU {' '.join(part)}", "\n".join(args))
+check(has(args, "--cgroup-props") and any(a.startswith("cpu:") for a in args), "dump gives CRIU --cgroup-props (YAML)",
+      "\n".join(args))
+sleeper.kill()
+sleeper.wait()
+
+rd, wr = os.pipe()
+r = subprocess.run([cli, "restore", "--criu", fake, "--dir", os.path.join(tmp, "fake-ckpt"), "--json",
+                    "--root", fake_dir, "--lsm-profile", "none:", "--lsm-mount-context", "system_u:object_r:c:s0",
+                    "--empty-ns", "net", "--cgroup-root", "/pods/c", "--use-default-config", "--tcp-close",
+                    "--inherit-fd", f"fd[{rd}]:pipe:[12345]"],
+                   env=env, capture_output=True, text=True, timeout=120, pass_fds=[rd])
+os.close(rd)
+os.close(wr)
+args = criu_args("restore")
+check(r.returncode == 0, "restore through the fake criu", r.stdout + r.stderr)
+for part in [["--root", fake_dir], ["--lsm-profile", "none:"], ["--lsm-mount-context", "system_u:object_r:c:s0"],
+             ["--empty-ns", "net"], ["--cgroup-root", "/pods/c"], ["--tcp-close"], ["--restore-detached"]]:
+    check(has(args, *part), f"restore gives CRIU {' '.join(part)}", "\n".join(args))
+check(not has(args, "--no-default-config"), "--use-default-config lets CRIU read its configuration", "\n".join(args))
+check(any(a.endswith("]:pipe:[12345]") and a.startswith("fd[") for a in args), "restore gives CRIU --inherit-fd",
+      "\n".join(args))
+restored_fake = json.loads(r.stdout).get("pid", 0) if r.stdout.startswith("{") else 0
+if restored_fake > 0:
+    os.kill(restored_fake, signal.SIGKILL)
+reap()
+
+# Flags refused clearly, before anything runs.
+closed = os.open(os.devnull, os.O_RDONLY)
+os.close(closed)
+r = run("restore", "--dir", ckpt2, "--inherit-fd", f"fd[{closed}]:stdin")
+check(r.returncode == 64 and f"descriptor {closed} is not open" in r.stderr, "--inherit-fd with a closed descriptor",
+      r.stderr)
+r = run("restore", "--dir", ckpt2, "--inherit-fd", "3:stdin")
+check(r.returncode == 64 and "fd[N]:KEY" in r.stderr, "--inherit-fd in another form", r.stderr)
+r = run("restore", "--dir", ckpt2, "--wait")
+check(r.returncode == 64 and "--restore-sibling" in r.stderr, "--wait needs --restore-sibling", r.stderr)
+r = run("dump", "--pid", "1", "--dir", os.path.join(tmp, "x"), "--network-lock", "ebtables")
+check(r.returncode == 64, "an unknown network lock is a usage error", r.stderr)
+r = run("restore", "--dir", ckpt2, "--join-ns", "pid:1")
+check(r.returncode == 1 and "--join-ns" in r.stderr, "a namespace CRIU cannot join is refused", r.stderr)
+r = run("restore", "--dir", ckpt2, "--root", "rootfs")
+check(r.returncode == 1 and "absolute path" in r.stderr, "a relative --root is refused", r.stderr)
+big = os.path.join(tmp, "big")
+with open(big, "wb") as f:
+    f.write(b"x" * ((1 << 20) + 1))
+r = run("dump", "--pid", str(os.getpid()), "--dir", os.path.join(tmp, "x"), "--runtime-file", f"big={big}")
+check(r.returncode == 1 and "larger than 1048576 bytes" in r.stderr, "a runtime file over 1 MiB is refused", r.stderr)
+r = run("dump", "--pid", str(os.getpid()), "--dir", os.path.join(tmp, "x"), "--runtime-file", "a/b=" + config)
+check(r.returncode == 1 and "plain file name" in r.stderr, "a runtime file's name is a plain name", r.stderr)
+r = run("dump", "--pid", str(os.getpid()), "--dir", os.path.join(tmp, "x"), "--annotation", "novalue")
+check(r.returncode == 64 and "NAME=VALUE" in r.stderr, "an annotation is NAME=VALUE", r.stderr)
+r = run("restore", "--help")
+check("mnt[KEY]:HOST_PATH" in r.stdout and "mnt[/data]" not in r.stdout, "restore's help shows the restore form",
+      r.stdout)
+
 for sub in ["check", "dump", "restore", "sign", "verify", "inspect", "keygen"]:
     r = run(sub, "--help")
     check(r.returncode == 0 and "Usage:" in r.stdout, f"{sub} --help", r.stdout + r.stderr)

@@ -6,7 +6,7 @@ and `nucleus-checkpoint restore --dir D`, with nothing else but the descriptors 
    counter goes on in the volume, the restored stdout reaches a new pipe, the server answers;
  - a container in a pre-made network namespace (ip netns add): restored into the same one;
  - a container of Debian's runc, its stdout a log file on the host;
- - the restore options the dump used are applied by a plain restore (file locks);
+ - the options the dump used are applied by a plain restore (an established TCP connection);
  - failures that say what to do: a rootfs gone, a volume gone.
 Usage: container_test.py NUCLEUS_CHECKPOINT LAUNCHER SOURCE_DIR TMPDIR"""
 import ctypes
@@ -194,20 +194,21 @@ check(r.returncode == 0 and wait_for(lambda: read_int(os.path.join(base, "volume
       "a volume in a new place, given at restore", r.stdout + r.stderr)
 kill(moved_pid)
 
-# --- A container in a pod's pre-made network namespace, left running at dump ---
+# --- A container in a pod's pre-made network namespace ---
 netns = f"nc-test-{os.getpid()}"
 subprocess.run(["ip", "netns", "add", netns], check=True)
 try:
     ns_path = f"/run/netns/{netns}"
     proc, pid, base = launch("pod", "--netns", ns_path)
     d = os.path.join(tmp, "ckpt-pod")
-    r = run("dump", "--pid", str(pid), "--dir", d, "--leave-running")
+    r = run("dump", "--pid", str(pid), "--dir", d)
     if check(r.returncode == 0, "dump of a container in a pre-made network namespace", r.stdout + r.stderr):
         ns = json.load(open(os.path.join(d, "metadata.json")))["nucleus"]["container"]["namespaces"]
         check(len(ns) == 1 and ns[0]["type"] == "net" and ns[0]["path"] == ns_path,
               "the pod's network namespace is declared external", json.dumps(ns))
-    kill(pid)
     proc.wait(timeout=30)
+    rules = subprocess.run(["ip", "netns", "exec", netns, "iptables-save"], capture_output=True, text=True).stdout
+    check("CRIU" not in rules, "the pod's network is not left locked while its container is checkpointed", rules)
     reap()
     r = run("restore", "--dir", d)
     new_pid = restored_pid(r)
@@ -218,21 +219,36 @@ try:
 finally:
     subprocess.run(["ip", "netns", "del", netns])
 
-# --- Options the dump used are applied by a plain restore: file locks ---
-proc, pid, base = launch("locks", "--extra", "exec 9>/data/lockfile; flock 9; sleep 1000")
-d = os.path.join(tmp, "ckpt-locks")
-r = run("dump", "--pid", str(pid), "--dir", d, "--file-locks")
-check(r.returncode == 0, "dump of a container holding a file lock (--file-locks)", r.stdout + r.stderr)
+# --- Options the dump used are applied by a plain restore: an established TCP connection ---
+# (A restore without tcp-established refuses such an image: "Connected TCP socket in image".)
+talk = "nc -ll -p 9000 -e cat & sleep 0.3; i=0; while :; do i=$((i+1)); echo tcp$i; sleep 0.2; done | nc 127.0.0.1 9000"
+proc, pid, base = launch("tcp", "--extra", talk)
+
+
+def established(p):
+    r = subprocess.run(["nsenter", f"--net=/proc/{p}/ns/net", "cat", "/proc/net/tcp"], capture_output=True, text=True)
+    return [line for line in r.stdout.splitlines()[1:] if line.split()[3] == "01"]  # TCP_ESTABLISHED
+
+
+wait_for(lambda: len(established(pid)) == 2)
+d = os.path.join(tmp, "ckpt-tcp")
+r = run("dump", "--pid", str(pid), "--dir", d, "--tcp-established")
+check(r.returncode == 0, "dump of a container with an established connection (--tcp-established)",
+      r.stdout + r.stderr)
 proc.wait(timeout=30)
 reap()
-r = run("restore", "--dir", d)
+# Its stdout given a reader again: a container writing into a pipe nobody reads dies of SIGPIPE.
+out_r, out_w = os.pipe()
+r = run("restore", "--dir", d, "--inherit-fd", f"fd[{out_w}]:stdout", pass_fds=(out_w,))
+os.close(out_w)
+os.set_blocking(out_r, False)
 new_pid = restored_pid(r)
-if check(r.returncode == 0, "a plain restore of a dump made with --file-locks", r.stdout + r.stderr):
-    with open("/proc/locks") as f:
-        locks = f.read()
-    lock_inode = os.stat(os.path.join(base, "volume", "lockfile")).st_ino
-    check(f":{lock_inode} " in locks, "the file lock is held again after a plain restore", locks)
+if check(r.returncode == 0, "a restore of a dump made with --tcp-established, without repeating it", r.stdout + r.stderr):
+    check(wait_for(lambda: any(line.split()[2].endswith(":2328") for line in established(new_pid)), 5),
+          "the client's established connection to port 9000 survives in the restored namespace",
+          repr(established(new_pid)))
     kill(new_pid)
+os.close(out_r)
 
 # --- A container of Debian's runc, its stdout a log file on the host ---
 bundle = os.path.join(tmp, "runc")

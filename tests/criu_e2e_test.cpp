@@ -12,7 +12,13 @@
 #include <sys/socket.h>
 
 #include <memory>
+#include <algorithm>
+#include <stdexcept>
 #include <thread>
+#include <vector>
+
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "process_support.hpp"
 #include "fs/unique_fd.hpp"
@@ -257,4 +263,82 @@ TEST_CASE_METHOD(Fixture, "restore waits for a zombie that still holds a PID of 
   reaper.join();
   CHECK(restored == pid);
   CHECK(is_alive(pid));
+}
+
+TEST_CASE_METHOD(Fixture, "CRIU's notifications reach the caller's callback on its own thread", "[e2e][notify]") {
+  CounterTree tree(tmp / "counter");
+  const auto caller = std::this_thread::get_id();
+  std::vector<NotifyEvent> seen;
+  bool other_thread = false;
+  CriuOptions options;
+  options.notify = [&](const NotifyEvent& e) {
+    seen.push_back(e);
+    other_thread |= std::this_thread::get_id() != caller;
+    return true;
+  };
+  rt->checkpoint(container("notify", tree.pid()), checkpoint, options);
+  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  CHECK_FALSE(other_thread);
+  const auto has = [&](CriuNotification what) {
+    return std::any_of(seen.begin(), seen.end(), [&](const NotifyEvent& e) { return e.what == what; });
+  };
+  CHECK(has(CriuNotification::post_dump));
+  for (const auto& e : seen)
+    if (e.what == CriuNotification::post_dump) CHECK(e.pid == tree.pid());
+
+  seen.clear();
+  const RestoredTree restored = rt->restore_tree(checkpoint, options);
+  UniqueFd pidfd(restored.pidfd);
+  CHECK(restored.pid == tree.pid());
+  CHECK(has(CriuNotification::pre_resume));
+  CHECK(has(CriuNotification::post_resume));
+  CHECK(has(CriuNotification::post_restore));
+  for (const auto& e : seen)
+    if (e.what == CriuNotification::pre_resume) CHECK(e.pid == restored.pid);
+  CHECK(::syscall(SYS_pidfd_send_signal, pidfd.get(), 0, nullptr, 0) == 0);
+}
+
+TEST_CASE_METHOD(Fixture, "a callback that refuses post-dump fails the dump and the tree runs on", "[e2e][notify]") {
+  CounterTree tree(tmp / "counter");
+  CriuOptions options;
+  options.notify = [](const NotifyEvent& e) { return e.what != CriuNotification::post_dump; };
+  try {
+    rt->checkpoint(container("notify", tree.pid()), checkpoint, options);
+    FAIL("the dump succeeded although the callback refused it");
+  } catch (const Error& e) {
+    CHECK(e.status() == Status::criu);
+    CHECK(std::string(e.what()).find("notification callback refused post-dump") != std::string::npos);
+  }
+  CHECK_FALSE(fs::exists(checkpoint));
+  const long now = tree.count("parent");
+  CHECK(wait_until([&] { return tree.count("parent") > now + 3; }));  // resumed, running
+}
+
+TEST_CASE_METHOD(Fixture, "a callback that throws at pre-resume: nothing restored ever runs", "[e2e][notify]") {
+  CounterTree tree(tmp / "counter");
+  const pid_t pid = tree.pid();
+  rt->checkpoint(container("notify", pid), checkpoint, false);
+  REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));
+  const long at_dump = tree.count("parent");
+  CriuOptions options;
+  bool asked = false;
+  options.notify = [&](const NotifyEvent& e) {
+    if (e.what != CriuNotification::pre_resume) return true;
+    asked = true;
+    throw std::runtime_error("the runtime's network is not ready");
+  };
+  try {
+    rt->restore(checkpoint, options);
+    FAIL("the restore succeeded although the callback failed");
+  } catch (const Error& e) {
+    CHECK(std::string(e.what()).find("failed at pre-resume: the runtime's network is not ready") != std::string::npos);
+  }
+  CHECK(asked);
+  reap_all();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(tree.count("parent") == at_dump);  // it never ran
+  // The checkpoint is untouched and restores once the callback agrees.
+  REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));
+  CHECK(rt->restore(checkpoint) == pid);
+  CHECK(wait_until([&] { return tree.count("parent") > at_dump + 3; }));
 }

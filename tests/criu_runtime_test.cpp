@@ -229,7 +229,9 @@ TEST_CASE("checkpoint passes CRIU its folders as descriptors and a clean environ
   ::unsetenv("NC_TEST_SECRET_VARIABLE");
 
   const std::string args = read_file(tmp / "args");
-  CHECK(args.starts_with(fmt::format("dump --tree {} --images-dir /proc/self/fd/", ::getpid())));
+  CHECK(args.starts_with("dump "));
+  CHECK(contains(args, fmt::format("--tree {} ", ::getpid())));
+  CHECK(contains(args, "--images-dir /proc/self/fd/"));
   CHECK(contains(args, "--work-dir /proc/self/fd/"));
   CHECK(contains(args, "--log-file dump.log"));
   CHECK(contains(args, "--shell-job"));
@@ -336,7 +338,8 @@ TEST_CASE("restore verifies before CRIU runs", "[criu_runtime]") {
     CHECK(rt.restore(dir) == 4242);
     CHECK(rt.state() == CheckpointState::Restored);
     const std::string args = read_file(tmp / "args");
-    CHECK(args.starts_with("restore --images-dir /proc/self/fd/"));
+    CHECK(args.starts_with("restore "));
+    CHECK(contains(args, "--images-dir /proc/self/fd/"));
     CHECK(contains(args, "--restore-detached"));
     CHECK(contains(args, "--pidfile restore.pid"));
     CHECK_NOTHROW(HmacTree::verify(dir, KeyStore().load()));

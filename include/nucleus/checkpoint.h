@@ -124,6 +124,115 @@ NC_EXPORT nc_status nc_checkpoint_ex(nc_runtime *rt, const char *container_id, p
                                      const nc_options *opts);
 NC_EXPORT nc_status nc_restore_ex(nc_runtime *rt, const char *dir, const nc_options *opts, pid_t *restored_pid);
 
+/* --- Containers: the options a container runtime passes CRIU (CRIU's names) ---
+ *
+ * Each says whether it applies to the dump, the restore or both; an option set for an action it
+ * does not apply to is still checked, and otherwise ignored. Values are checked when set
+ * (NC_E_INVALID, naming the option and what is accepted): no empty strings, nothing starting
+ * with '-', no newlines. String setters take NULL to go back to the default. The options a dump
+ * used that its restore must repeat are recorded in the signed metadata and applied by a plain
+ * restore; what is set here takes precedence. */
+
+typedef enum nc_network_lock {
+  NC_NETWORK_LOCK_DEFAULT = 0,  /* CRIU's default (iptables) */
+  NC_NETWORK_LOCK_IPTABLES = 1, /* needs iptables-restore and ip6tables-restore */
+  NC_NETWORK_LOCK_NFTABLES = 2,
+  NC_NETWORK_LOCK_SKIP = 3      /* the caller keeps the network quiet itself */
+} nc_network_lock;
+
+/* Upper bounds of what a dump records of the runtime's own description. */
+#define NC_ANNOTATION_VALUE_MAX 65536u /* bytes of one annotation's value */
+#define NC_RUNTIME_FILE_MAX 1048576u   /* bytes of one runtime file */
+#define NC_RUNTIME_FILE_NAME_MAX 255u  /* bytes of a runtime file's name */
+
+/* Both: read the tree's mount table and namespaces at dump, declare external what lies outside
+ * the container, and record it; apply the record at restore. On by default. */
+NC_EXPORT nc_status nc_options_set_detect_container(nc_options *opts, int on);
+/* Restore: the container's rootfs, an absolute path (CRIU's --root); default: the recorded one. */
+NC_EXPORT nc_status nc_options_set_root(nc_options *opts, const char *path);
+/* Restore: this process's open descriptor fd stands for what the dump recorded as key: CRIU's
+ * form ("pipe:[12345]", "socket:[678]", an external namespace's key), or "stdin", "stdout",
+ * "stderr" for what the tree's root held at 0, 1, 2 (CRIU's --inherit-fd). fd must stay open
+ * until the restore; only these descriptors reach CRIU. */
+NC_EXPORT nc_status nc_options_add_inherit_fd(nc_options *opts, int fd, const char *key);
+/* Restore: join an existing namespace, "NS:PID" or "NS:/PATH" with NS one of net, uts, time, ipc,
+ * user, mnt; "user:PID,UID,GID" (CRIU's --join-ns). */
+NC_EXPORT nc_status nc_options_add_join_ns(nc_options *opts, const char *spec);
+/* Restore: create the namespace but leave it unconfigured, for the caller to set up; CRIU accepts
+ * "net" (CRIU's --empty-ns). */
+NC_EXPORT nc_status nc_options_add_empty_ns(nc_options *opts, const char *ns);
+/* Dump: how CRIU keeps a network namespace's traffic out while it works (CRIU's --network-lock);
+ * the restore uses the method the dump did. */
+NC_EXPORT nc_status nc_options_set_network_lock(nc_options *opts, nc_network_lock lock);
+/* Both: "/PATH" or "CONTROLLER:/PATH": at dump, the cgroup root to dump from; at restore, the one
+ * to restore into (CRIU's --cgroup-root). */
+NC_EXPORT nc_status nc_options_add_cgroup_root(nc_options *opts, const char *spec);
+/* Both: an absolute path to an already mounted cgroup yard, so CRIU mounts none (--cgroup-yard). */
+NC_EXPORT nc_status nc_options_set_cgroup_yard(nc_options *opts, const char *path);
+/* Dump: which cgroup controllers and properties to dump, CRIU's simplified YAML; newlines
+ * allowed here alone (CRIU's --cgroup-props). */
+NC_EXPORT nc_status nc_options_set_cgroup_props(nc_options *opts, const char *yaml);
+/* Dump: freeze the tree through this cgroup (absolute path) rather than process by process
+ * (CRIU's --freeze-cgroup). */
+NC_EXPORT nc_status nc_options_set_freeze_cgroup(nc_options *opts, const char *path);
+/* Restore: "apparmor:NAME", "selinux:CONTEXT" or "none:" for the restored tree (--lsm-profile). */
+NC_EXPORT nc_status nc_options_set_lsm_profile(nc_options *opts, const char *profile);
+/* Restore: the SELinux context mounts are restored with (CRIU's --lsm-mount-context). */
+NC_EXPORT nc_status nc_options_set_lsm_mount_context(nc_options *opts, const char *context);
+/* Dump: leave out TCP connections not yet accepted (CRIU's --skip-in-flight). */
+NC_EXPORT nc_status nc_options_set_skip_in_flight(nc_options *opts, int on);
+/* Dump: link open but deleted files back where the file system allows (CRIU's --link-remap). */
+NC_EXPORT nc_status nc_options_set_link_remap(nc_options *opts, int on);
+/* Dump: the largest open but deleted file whose contents go into the images; 0: CRIU's default
+ * (CRIU's --ghost-limit; at most 2^63 - 1). */
+NC_EXPORT nc_status nc_options_set_ghost_limit(nc_options *opts, unsigned long long bytes);
+/* Dump: store deleted files' contents sparsely, by fiemap (CRIU's --ghost-fiemap). */
+NC_EXPORT nc_status nc_options_set_ghost_fiemap(nc_options *opts, int on);
+/* Both: reach a device file by any path when its own is gone (CRIU's --evasive-devices). */
+NC_EXPORT nc_status nc_options_set_evasive_devices(nc_options *opts, int on);
+/* Both: how CRIU checks that files are those dumped: "filesize" or "buildid" (CRIU's default)
+ * (CRIU's --file-validation). */
+NC_EXPORT nc_status nc_options_set_file_validation(nc_options *opts, const char *method);
+/* Both: let CRIU read /etc/criu/default.conf and ~/.criu/default.conf. Off by default: a file
+ * nobody sees must not change a dump (the library passes --no-default-config). */
+NC_EXPORT nc_status nc_options_set_use_default_config(nc_options *opts, int on);
+/* CRIU's notifications (its action scripts), by the values of nucleus::checkpoint::CriuNotification. */
+typedef enum nc_notification {
+  NC_NOTIFY_PRE_DUMP = 1,
+  NC_NOTIFY_POST_DUMP = 2,             /* the images are written; the tree is still frozen */
+  NC_NOTIFY_PRE_RESTORE = 3,
+  NC_NOTIFY_POST_RESTORE = 4,          /* the tree is restored, not yet running */
+  NC_NOTIFY_NETWORK_LOCK = 5,
+  NC_NOTIFY_NETWORK_UNLOCK = 6,
+  NC_NOTIFY_SETUP_NAMESPACES = 7,      /* the namespaces exist: configure them */
+  NC_NOTIFY_POST_SETUP_NAMESPACES = 8,
+  NC_NOTIFY_PRE_RESUME = 9,            /* the last moment before the restored tree runs */
+  NC_NOTIFY_POST_RESUME = 10,
+  NC_NOTIFY_STATUS_READY = 11
+} nc_notification;
+
+/* Called on the calling thread while CRIU waits for the answer; pid is the tree's root as the host
+ * sees it once CRIU knows it (0 before). Return 0 to go on; anything else stops CRIU: a dump fails
+ * and the tree runs on; a restore fails and what CRIU made is killed (at pre-resume, before it
+ * ever runs). Values not listed above may be added later: return 0 for those. */
+typedef int (*nc_notify_fn)(nc_notification what, pid_t pid, void *user);
+/* Both: CRIU's notifications for this options' dumps and restores (fn NULL: none). */
+NC_EXPORT nc_status nc_options_set_notify(nc_options *opts, nc_notify_fn fn, void *user);
+/* Dump: a string annotation (name non-empty, both UTF-8, value at most NC_ANNOTATION_VALUE_MAX
+ * bytes) recorded in the signed metadata.json; a name may be added once. */
+NC_EXPORT nc_status nc_options_add_annotation(nc_options *opts, const char *name, const char *value);
+/* Dump: a file of the runtime's own (its config, the container's spec) written as
+ * runtime/NAME into the checkpoint before it is signed. name: a plain UTF-8 file name (no '/',
+ * not "." or "..", at most NC_RUNTIME_FILE_NAME_MAX bytes), added once; size at most
+ * NC_RUNTIME_FILE_MAX; data may be NULL when size is 0. The bytes are copied. */
+NC_EXPORT nc_status nc_options_add_runtime_file(nc_options *opts, const char *name, const void *data, size_t size);
+
+/* As nc_restore_ex, with a pidfd for the restored root as well, opened while the root was known
+ * to be the restored process: unlike the PID, it can never come to mean another process. Close
+ * it when done. With NC_RESTORE_CHILD the root is the caller's child: waitid(P_PIDFD, ...) it. */
+NC_EXPORT nc_status nc_restore_pidfd(nc_runtime *rt, const char *dir, const nc_options *opts, pid_t *restored_pid,
+                                     int *pidfd);
+
 /* --- Versions and probes --- */
 
 NC_EXPORT const char *nc_version_string(void); /* this library's version, "0.1.0" */

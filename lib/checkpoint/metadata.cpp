@@ -104,6 +104,7 @@ void write_extension(Writer& w, const CheckpointMetadata& m) {
   w.StartObject();
   flag("shell_job", r.shell_job);
   flag("tcp_established", r.tcp_established);
+  flag("tcp_close", r.tcp_close);
   flag("ext_unix_sk", r.ext_unix_sk);
   flag("file_locks", r.file_locks);
   flag("evasive_devices", r.evasive_devices);
@@ -210,6 +211,7 @@ void read_extension(const rapidjson::Value& ext, CheckpointMetadata& m) {
   const auto& dump = object_field(ext, "dump");
   r.shell_job = bool_field(dump, "shell_job");
   r.tcp_established = bool_field(dump, "tcp_established");
+  r.tcp_close = bool_field(dump, "tcp_close");
   r.ext_unix_sk = bool_field(dump, "ext_unix_sk");
   r.file_locks = bool_field(dump, "file_locks");
   r.evasive_devices = bool_field(dump, "evasive_devices");

@@ -32,6 +32,7 @@ Enum recorded_enum(const std::string& name, std::initializer_list<std::pair<cons
 void apply_dump_options(const DumpRecord& r, CriuOptions& o) {
   o.shell_job = o.shell_job || r.shell_job;
   o.tcp_established = o.tcp_established || r.tcp_established;
+  o.tcp_close = o.tcp_close || r.tcp_close;
   o.ext_unix_sk = o.ext_unix_sk || r.ext_unix_sk;
   o.file_locks = o.file_locks || r.file_locks;
   o.evasive_devices = o.evasive_devices || r.evasive_devices;

@@ -10,10 +10,18 @@
 
 namespace nucleus::checkpoint {
 
-// images_dir and work_dir are paths CRIU can open (the library passes /proc/self/fd/N).
+// images_dir and work_dir are paths CRIU can open (the library passes /proc/self/fd/N). Every
+// option is checked, whichever action it applies to; a bad one throws Error(Status::invalid)
+// naming CRIU's option, the value and what is accepted, before anything runs.
 std::vector<std::string> criu_dump_args(pid_t pid, const std::string& images_dir, const std::string& work_dir,
                                         const CriuOptions& options);
+// `inherited`: the descriptors as CRIU will see them (their numbers in CRIU) with CRIU's keys,
+// resolved by the caller from options.inherit_fds and the checkpoint's record; options.inherit_fds
+// itself is checked but not read.
 std::vector<std::string> criu_restore_args(const std::string& images_dir, const std::string& work_dir,
-                                           const CriuOptions& options);
+                                           const CriuOptions& options, const std::vector<InheritedFd>& inherited);
+
+// The checks the two above make of options, alone: for setters that refuse a bad value at once.
+void validate_criu_options(const CriuOptions& options);
 
 }  // namespace nucleus::checkpoint

@@ -50,6 +50,20 @@ UniqueFd open_work_dir(const fs::path& path) {
   return fd;
 }
 
+PrivateRunDir make_private_run_dir(const std::string& parent_path, std::string_view prefix, std::string_view what) {
+  PrivateRunDir run;
+  run.parent_path = parent_path;
+  run.parent = open_or_create_dir(parent_path, 0700, what);
+  const struct stat st = stat_fd(run.parent.get(), parent_path);
+  if (st.st_uid != 0 || (st.st_mode & 077) != 0)
+    throw Error(Status::permission, fmt::format("{} must be owned by root with mode 0700", parent_path));
+  run.name = fmt::format("{}-{:08x}", prefix, randombytes_random());
+  if (::mkdirat(run.parent.get(), run.name.c_str(), 0700) != 0)
+    throw system_error(status_of_errno(errno), errno, fmt::format("cannot create {}", run.path()));
+  run.dir = open_dir_at(run.parent.get(), run.name, what);
+  return run;
+}
+
 void require_root(std::string_view operation) {
   if (geteuid() != 0)
     throw Error(Status::permission, fmt::format("{} requires root (CRIU needs CAP_SYS_ADMIN and CAP_SYS_PTRACE); "

@@ -40,11 +40,10 @@ void require_network_tools(NetworkLock lock, std::string_view action) {
                                           action, tool, why, criu_path, package, instead));
   };
   missing("ip", "iproute2", "save and restore the namespace's addresses and routes", "");
+  // (The nftables lock is CRIU's own, through libnftables: it runs no program.)
   if (lock == NetworkLock::criu_default || lock == NetworkLock::iptables)
     missing("iptables-restore", "iptables", "lock its network while it works",
-            ", or choose network-lock nftables (needs nft) or skip");
-  else if (lock == NetworkLock::nftables)
-    missing("nft", "nftables", "lock its network while it works", ", or choose network-lock iptables or skip");
+            ", or choose network-lock nftables or skip");
 }
 
 }  // namespace nucleus::checkpoint

@@ -16,9 +16,10 @@ std::vector<std::string> criu_environment();
 // Where `name` is in the PATH CRIU runs with, if anywhere.
 std::optional<std::string> find_criu_tool(std::string_view name);
 
-// For a tree in a network namespace of its own, CRIU locks its network (iptables-restore, or nft
-// with nftables) and saves and restores its addresses and routes (ip): refuses, before anything
-// is frozen, when one of them is missing, naming the package and the option that avoids it.
+// For a tree in a network namespace of its own, CRIU locks its network (iptables-restore, unless
+// nftables or skip is chosen) and saves and restores its addresses and routes (ip): refuses,
+// before anything is frozen, when one of them is missing, naming the package and the option that
+// avoids it.
 void require_network_tools(NetworkLock lock, std::string_view action);
 
 }  // namespace nucleus::checkpoint

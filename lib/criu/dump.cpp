@@ -25,6 +25,7 @@
 #include "signature/chunked_signature.hpp"
 #include "criu/criu_args.hpp"
 #include "criu/criu_log.hpp"
+#include "criu/criu_notify.hpp"
 #include "fs/fs_util.hpp"
 #include "signature/live_digests.hpp"
 #include "container/container_scan.hpp"
@@ -113,6 +114,7 @@ std::string name_of(Enum value, std::initializer_list<const char*> names) {
 void record_dump_options(const CriuOptions& o, DumpRecord& r) {
   r.shell_job = o.shell_job;
   r.tcp_established = o.tcp_established;
+  r.tcp_close = o.tcp_close;
   r.ext_unix_sk = o.ext_unix_sk;
   r.file_locks = o.file_locks;
   r.evasive_devices = o.evasive_devices;
@@ -161,8 +163,15 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
     effective.external.insert(effective.external.end(), scan.externals.begin(), scan.externals.end());
     if (metadata.record.own_network_namespace && options.network_lock != NetworkLock::skip)
       require_network_tools(options.network_lock, "dump");
+    // CRIU would lock a pod's network namespace too, and only a successful restore unlocks it:
+    // the pod's other members would be cut off meanwhile. Its connections are the pod's, not
+    // the tree's, unless the caller dumps them (tcp-established), which needs the lock.
+    const bool shares_net = std::any_of(metadata.record.namespaces.begin(), metadata.record.namespaces.end(),
+                                        [](const ExternalNamespace& ns) { return ns.type == "net"; });
+    if (shares_net && options.network_lock == NetworkLock::criu_default && !options.tcp_established)
+      effective.network_lock = NetworkLock::skip;
   }
-  record_dump_options(options, metadata.record);
+  record_dump_options(effective, metadata.record);
   metadata.to_json();
   const HmacKey key = signing_key();  // before CRIU touches the tree: a key problem loses nothing
   begin(CheckpointState::Dumping);
@@ -171,7 +180,9 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
     // CRIU's log goes into the checkpoint, and so is signed with it, unless a work dir is given.
     const UniqueFd work = options.work_dir.empty() ? UniqueFd() : open_work_dir(options.work_dir);
     const int work_fd = work ? work.get() : cd.dir();
-    const auto args = criu_dump_args(container.pid, proc_fd_path(child_fd(0)), proc_fd_path(child_fd(1)), effective);
+    auto args = criu_dump_args(container.pid, proc_fd_path(child_fd(0)), proc_fd_path(child_fd(1)), effective);
+    const Notifications notifications(options.notify);
+    notifications.add_args(args);
     // With the tree left running, its images are hashed as CRIU writes them, on CPU CRIU leaves
     // idle, and signing hashes only what is left. That relies on CRIU writing each image once,
     // front to back. Without leave_running the tree dies once this returns, so there the
@@ -187,13 +198,14 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
     // its own behind, which goes with it. (Not for restores: with shell_job, CRIU puts the
     // restored tree into its own process group.)
     const ProcessResult r = run_process(binary_fd_, "criu", args, {cd.images(), work_fd}, criu_environment(),
-                                        options.timeout, ProcessGroup::own);
+                                        options.timeout, ProcessGroup::own, notifications.watch());
     StartedDigests started = live ? live->stop() : StartedDigests();
     if (!r.succeeded_by(r.status_lost ? log_tail(work_fd, "dump.log") : "", "Dumping finished successfully")) {
       // CRIU resumes the tree when it fails; killed, it may have left it stopped: resume it.
       signal_tree(process_tree(container.pid), SIGCONT);
       const std::string errors = criu_errors(work_fd, "dump.log", r.output);
-      const std::string hint = criu_hint(errors);
+      const std::string refusal = notifications.refusal();
+      const std::string hint = refusal.empty() ? criu_hint(errors) : refusal;
       throw Error(Status::criu, fmt::format("criu dump of PID {} ({}) failed ({}): {}{}. Full log: {}{}", container.pid,
                                             process.comm, r.describe(), hint.empty() ? "" : hint + ". CRIU said: ", errors,
                                             work ? (options.work_dir / "dump.log").native() : keep_failed_log(cd),

@@ -24,6 +24,7 @@
 #include "signature/chunked_signature.hpp"
 #include "criu/criu_args.hpp"
 #include "criu/criu_log.hpp"
+#include "criu/criu_notify.hpp"
 #include "fs/fs_util.hpp"
 #include "signature/live_digests.hpp"
 #include "container/restore_plan.hpp"
@@ -52,39 +53,34 @@ namespace {
 // /run, removed when done unless a failure's log is kept there for the operator; or the caller's
 // work dir, where the log stays.
 struct RestoreWorkDir {
-  UniqueFd parent;
-  UniqueFd dir;
-  std::string name;
+  PrivateRunDir run;
+  int dir = -1;
+  UniqueFd given_dir;
   fs::path given;
   bool keep_log = false;
 
   explicit RestoreWorkDir(const fs::path& work_dir) : given(work_dir) {
     if (!given.empty()) {
-      dir = open_work_dir(given);
+      given_dir = open_work_dir(given);
+      dir = given_dir.get();
       return;
     }
-    parent = open_or_create_dir(restore_run_dir, 0700, "restore work directory");
-    const struct stat st = stat_fd(parent.get(), restore_run_dir);
-    if (st.st_uid != 0 || (st.st_mode & 077) != 0)
-      throw Error(Status::permission, fmt::format("{} must be owned by root with mode 0700", restore_run_dir));
-    name = fmt::format("restore-{:08x}", randombytes_random());
-    if (::mkdirat(parent.get(), name.c_str(), 0700) != 0)
-      throw system_error(status_of_errno(errno), errno, fmt::format("cannot create {}/{}", restore_run_dir, name));
-    dir = open_dir_at(parent.get(), name, "restore work directory");
+    run = make_private_run_dir(restore_run_dir, "restore", "restore work directory");
+    dir = run.dir.get();
   }
-  std::string path() const { return given.empty() ? fmt::format("{}/{}", restore_run_dir, name) : given.native(); }
+  std::string path() const { return given.empty() ? run.path() : given.native(); }
   RestoreWorkDir(const RestoreWorkDir&) = delete;
   RestoreWorkDir& operator=(const RestoreWorkDir&) = delete;
   ~RestoreWorkDir() {
-    ::unlinkat(dir.get(), "restore.pid", 0);
+    ::unlinkat(dir, "restore.pid", 0);
     if (!given.empty() || keep_log) return;
-    for (const char* f : {"restore.log", "stats-restore"}) ::unlinkat(dir.get(), f, 0);
-    ::unlinkat(parent.get(), name.c_str(), AT_REMOVEDIR);
+    for (const char* f : {"restore.log", "stats-restore"}) ::unlinkat(dir, f, 0);
+    ::unlinkat(run.parent.get(), run.name.c_str(), AT_REMOVEDIR);
   }
   // Keeps the folder after a failure if CRIU left a log in it; says where.
   std::string keep_failure_log() {
     struct stat st {};
-    keep_log = ::fstatat(dir.get(), "restore.log", &st, AT_SYMLINK_NOFOLLOW) == 0;
+    keep_log = ::fstatat(dir, "restore.log", &st, AT_SYMLINK_NOFOLLOW) == 0;
     return keep_log ? fmt::format("Full log: {}/restore.log", path()) : "CRIU wrote no log";
   }
 };
@@ -157,24 +153,28 @@ RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions
     std::vector<int> fds{images.get(), -1};
     fds.insert(fds.end(), plan.fds.begin(), plan.fds.end());
     RestoreWorkDir work(options.work_dir);
-    fds[1] = work.dir.get();
-    const auto args = criu_restore_args(proc_fd_path(child_fd(0)), proc_fd_path(child_fd(1)), plan.options, plan.inherited);
+    fds[1] = work.dir;
+    auto args = criu_restore_args(proc_fd_path(child_fd(0)), proc_fd_path(child_fd(1)), plan.options, plan.inherited);
+    const Notifications notifications(options.notify);
+    notifications.add_args(args);
     const std::uint64_t started = boot_ticks_now();
     const auto deadline = std::chrono::steady_clock::now() + zombie_grace;
     for (;;) {
-      ::unlinkat(work.dir.get(), "restore.pid", 0);
+      ::unlinkat(work.dir, "restore.pid", 0);
       const ProcessResult r =
-          run_process(binary_fd_, "criu", args, fds, criu_environment(), options.timeout);
+          run_process(binary_fd_, "criu", args, fds, criu_environment(), options.timeout, ProcessGroup::caller,
+                      notifications.watch());
       // CRIU writes the pidfile once the tree is restored; killed at its timeout after that, the
       // tree runs and the restore has succeeded.
-      if (r.succeeded_by(r.status_lost ? log_tail(work.dir.get(), "restore.log") : "", "Restore finished successfully") ||
-          (r.timed_out && restored_tree_runs(work.dir.get()))) {
-        const pid_t pid = read_restored_pid(work.dir.get());
+      if (r.succeeded_by(r.status_lost ? log_tail(work.dir, "restore.log") : "", "Restore finished successfully") ||
+          (r.timed_out && restored_tree_runs(work.dir))) {
+        const pid_t pid = read_restored_pid(work.dir);
         return track ? track_restored(pid, started) : RestoredTree{pid, -1};
       }
       // The failed restore's log stays for the operator; CRIU has already killed what it restored.
-      const std::string errors = criu_errors(work.dir.get(), "restore.log", r.output);
-      const std::string hint = criu_hint(errors);
+      const std::string errors = criu_errors(work.dir, "restore.log", r.output);
+      const std::string refusal = notifications.refusal();
+      const std::string hint = refusal.empty() ? criu_hint(errors) : refusal;
       const std::string failure =
           fmt::format("criu restore of {} (container {}, originally PID {}) failed ({}): {}{}. {}{}",
                       dir.native(), metadata.container_id, metadata.original_pid, r.describe(),

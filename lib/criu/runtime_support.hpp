@@ -21,6 +21,15 @@ inline std::string proc_fd_path(int fd) { return fmt::format("/proc/self/fd/{}",
 // CRIU, as root, writes its log (and pidfile) there, following symlinks: the folder must be ours.
 UniqueFd open_work_dir(const std::filesystem::path& path);
 
+// A new folder of the library's own (0700) for one operation, `parent/prefix-XXXXXXXX`, in a parent
+// that only root can change (created 0700 if missing, refused otherwise).
+struct PrivateRunDir {
+  UniqueFd parent, dir;
+  std::string parent_path, name;
+  std::string path() const { return parent_path + "/" + name; }
+};
+PrivateRunDir make_private_run_dir(const std::string& parent_path, std::string_view prefix, std::string_view what);
+
 // Throws Error(Status::permission) unless the caller is root.
 void require_root(std::string_view operation);
 

@@ -95,17 +95,22 @@ long fork_with_pidfd(int& pidfd) {
   return pid;
 }
 
-// Waits up to `timeout` (0: forever) for the process to exit; kills it once the timeout passes.
-bool wait_exit(int pidfd, std::chrono::milliseconds timeout) {
-  if (timeout.count() <= 0) return true;
+// Waits up to `timeout` (0: forever) for the process to exit, serving `watch` meanwhile; kills
+// the process once the timeout passes.
+bool wait_exit(int pidfd, std::chrono::milliseconds timeout, const ProcessWatch* watch) {
+  if (timeout.count() <= 0 && !watch) return true;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    pollfd p{pidfd, POLLIN, 0};
-    const int n = ::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(left.count(), 0)));
-    if (n > 0) return true;
+    pollfd p[2] = {{pidfd, POLLIN, 0}, {watch ? watch->fd : -1, POLLIN, 0}};
+    const int n = ::poll(p, 2, timeout.count() <= 0 ? -1 : static_cast<int>(std::max<std::int64_t>(left.count(), 0)));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw system_error(Status::internal, errno, "poll on a pidfd failed");
+    if (n > 0 && p[0].revents != 0) return true;
+    if (n > 0 && p[1].revents != 0) {
+      watch->on_readable();
+      continue;
+    }
     ::syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0);
     return false;
   }
@@ -115,7 +120,7 @@ bool wait_exit(int pidfd, std::chrono::milliseconds timeout) {
 
 ProcessResult run_process(int program_fd, const std::string& program_name, const std::vector<std::string>& args,
                           const std::vector<int>& inherited_fds, const std::vector<std::string>& env,
-                          std::chrono::milliseconds timeout, ProcessGroup group) {
+                          std::chrono::milliseconds timeout, ProcessGroup group, const ProcessWatch* watch) {
   UniqueFd output(::memfd_create("nucleus-checkpoint-output", MFD_CLOEXEC));
   if (!output) throw system_error(Status::io, errno, "cannot create a memfd for CRIU's output");
   UniqueFd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
@@ -150,7 +155,7 @@ ProcessResult run_process(int program_fd, const std::string& program_name, const
   const UniqueFd pidfd(pidfd_raw);
 
   ProcessResult result;
-  result.timed_out = !wait_exit(pidfd.get(), timeout);
+  result.timed_out = !wait_exit(pidfd.get(), timeout, watch);
   siginfo_t info{};
   int rc;
   while ((rc = ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd.get()), &info, WEXITED | __WALL)) < 0 &&

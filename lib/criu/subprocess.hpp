@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -23,6 +24,12 @@ struct ProcessResult {
   bool succeeded_by(std::string_view log, std::string_view marker) const noexcept;
 };
 
+// A descriptor watched while the program runs, and what to do each time it is readable.
+struct ProcessWatch {
+  int fd = -1;
+  std::function<void()> on_readable;
+};
+
 // Whether the program stays in the caller's process group, or gets one of its own whose every
 // member still there once the program has ended (helpers it forked, left behind when it was
 // killed) is killed too.
@@ -40,6 +47,6 @@ constexpr int child_fd(std::size_t i) { return 3 + static_cast<int>(i); }
 ProcessResult run_process(int program_fd, const std::string& program_name, const std::vector<std::string>& args,
                           const std::vector<int>& inherited_fds, const std::vector<std::string>& env,
                           std::chrono::milliseconds timeout = std::chrono::milliseconds(0),
-                          ProcessGroup group = ProcessGroup::caller);
+                          ProcessGroup group = ProcessGroup::caller, const ProcessWatch* watch = nullptr);
 
 }  // namespace nucleus::checkpoint

@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <sys/types.h>
 #include <string>
 #include <vector>
 
@@ -28,6 +30,30 @@ struct InheritedFd {
   int fd = -1;
   std::string key;
 };
+
+// CRIU's notifications, as its action scripts name them (pre-dump, post-dump, ...).
+enum class CriuNotification : int {
+  pre_dump = 1,
+  post_dump = 2,               // the images are written; the tree is still frozen
+  pre_restore = 3,
+  post_restore = 4,            // the tree is restored, not yet running
+  network_lock = 5,
+  network_unlock = 6,
+  setup_namespaces = 7,        // the namespaces exist: configure them (a veth into the new netns)
+  post_setup_namespaces = 8,
+  pre_resume = 9,              // the last moment before the restored tree runs
+  post_resume = 10,
+  status_ready = 11,
+};
+
+struct NotifyEvent {
+  CriuNotification what;
+  pid_t pid = 0;  // the tree's root as the host sees it, once CRIU knows it (0 before)
+};
+
+// Called on the caller's thread while CRIU waits. Returning false (or throwing) stops CRIU: a
+// dump fails and the tree runs on, a restore fails and what CRIU made is killed before it runs.
+using NotifyCallback = std::function<bool(const NotifyEvent&)>;
 
 struct CriuOptions {
   bool leave_running = false;    // dump: the tree keeps running afterwards
@@ -55,10 +81,11 @@ struct CriuOptions {
   std::vector<InheritedFd> inherit_fds;   // restore: --inherit-fd
   std::vector<std::string> join_ns;       // restore: --join-ns "NS:PATH[,EXTRA]"
   std::vector<std::string> empty_ns;      // restore: --empty-ns (CRIU accepts "net")
-  NetworkLock network_lock = NetworkLock::criu_default;  // both
+  // Dump: CRIU writes the method into its images and a restore unlocks with the same one.
+  NetworkLock network_lock = NetworkLock::criu_default;
   std::vector<std::string> cgroup_root;   // restore (and dump): --cgroup-root "[CONTROLLER:]/PATH"
   std::string cgroup_yard;                // both: --cgroup-yard PATH
-  std::string cgroup_props;               // restore: --cgroup-props (YAML text)
+  std::string cgroup_props;               // dump: --cgroup-props (YAML text): which properties to save
   std::string freeze_cgroup;              // dump: --freeze-cgroup PATH
   std::string lsm_profile;                // restore: --lsm-profile TYPE:NAME
   std::string lsm_mount_context;          // restore: --lsm-mount-context CONTEXT
@@ -66,11 +93,12 @@ struct CriuOptions {
   bool link_remap = false;                // dump: --link-remap
   std::uint64_t ghost_limit = 0;          // dump: --ghost-limit in bytes (0: CRIU's default)
   bool ghost_fiemap = false;              // dump: --ghost-fiemap
-  bool evasive_devices = false;           // both: --evasive-devices
+  bool evasive_devices = false;           // dump: --evasive-devices (passed at restore too, harmless)
   std::string file_validation;            // both: --file-validation "filesize" or "buildid"
   // CRIU reads /etc/criu/default.conf (and ~/.criu/default.conf) only if this is set: a config
   // file nobody sees must not change a dump.
   bool use_default_config = false;
+  NotifyCallback notify;  // both: CRIU's notifications (see NotifyCallback)
 };
 
 }  // namespace nucleus::checkpoint

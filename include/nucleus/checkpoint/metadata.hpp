@@ -49,6 +49,7 @@ struct RecordedFd {
 struct DumpRecord {
   bool shell_job = true;
   bool tcp_established = false;
+  bool tcp_close = false;  // CRIU refuses to restore such a dump without it
   bool ext_unix_sk = false;
   bool file_locks = false;
   bool evasive_devices = false;
