@@ -121,6 +121,11 @@ def answers(pid, port):
     return r.stdout.strip()
 
 
+def cgroup2_of(pid):
+    with open(f"/proc/{pid}/cgroup") as f:
+        return next((line.strip()[3:] for line in f if line.startswith("0::")), "")
+
+
 def restored_pid(r):
     pid = result(r).get("pid", 0)
     if pid:
@@ -172,6 +177,8 @@ if check(r.returncode == 0 and new_pid > 0, "restore of a container with one com
     check(answers(new_pid, 8080).isdigit(), "the TCP server answers inside the restored network namespace")
     check(os.readlink(f"/proc/{new_pid}/ns/net") != os.readlink("/proc/self/ns/net"),
           "the restored container has a network namespace of its own")
+    check(cgroup2_of(new_pid) == f"/nc-test-box-{os.getpid()}", "the container's cgroup is kept",
+          cgroup2_of(new_pid))
     kill(new_pid)
 os.close(out_r)
 
@@ -188,10 +195,15 @@ r = run("restore", "--dir", d)
 err = result(r).get("error", "")
 check(r.returncode != 0 and "/data" in err and "external mnt[/data]:" in err,
       "a volume gone: the error names the mount and the option", r.stdout)
-r = run("restore", "--dir", d, "--external", f"mnt[/data]:{os.path.join(base, 'volume.moved')}")
+moved_cgroup = f"/nc-test-moved-{os.getpid()}"
+cgroups.append("/sys/fs/cgroup/unified" + moved_cgroup)
+r = run("restore", "--dir", d, "--external", f"mnt[/data]:{os.path.join(base, 'volume.moved')}",
+        "--cgroup-root", f":{moved_cgroup}")
 moved_pid = restored_pid(r)
 check(r.returncode == 0 and wait_for(lambda: read_int(os.path.join(base, "volume.moved", "counter")) > before + 3),
       "a volume in a new place, given at restore", r.stdout + r.stderr)
+check(moved_pid > 0 and cgroup2_of(moved_pid) == moved_cgroup, "the container moved to another cgroup (cgroup-root)",
+      cgroup2_of(moved_pid) if moved_pid > 0 else "")
 kill(moved_pid)
 
 # --- A container in a pod's pre-made network namespace ---

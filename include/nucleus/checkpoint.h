@@ -164,8 +164,9 @@ NC_EXPORT nc_status nc_options_add_empty_ns(nc_options *opts, const char *ns);
 /* Dump: how CRIU keeps a network namespace's traffic out while it works (CRIU's --network-lock);
  * the restore uses the method the dump did. */
 NC_EXPORT nc_status nc_options_set_network_lock(nc_options *opts, nc_network_lock lock);
-/* Both: "/PATH" or "CONTROLLER:/PATH": at dump, the cgroup root to dump from; at restore, the one
- * to restore into (CRIU's --cgroup-root). */
+/* Both: "/PATH", "CONTROLLER:/PATH" or ":/PATH": at dump, the cgroup root to dump from; at restore,
+ * the one to restore into (CRIU's --cgroup-root). ":/PATH" is the cgroup v2 hierarchy alone; a
+ * bare "/PATH" moves every hierarchy, cgroup v1 ones included. */
 NC_EXPORT nc_status nc_options_add_cgroup_root(nc_options *opts, const char *spec);
 /* Both: an absolute path to an already mounted cgroup yard, so CRIU mounts none (--cgroup-yard). */
 NC_EXPORT nc_status nc_options_set_cgroup_yard(nc_options *opts, const char *path);

@@ -65,15 +65,15 @@ void check_join_ns(std::string_view value) {
     throw refused("--join-ns", value, "only a user namespace takes options (user:PID,UID,GID)");
 }
 
-// "[CONTROLLER:]/PATH": CRIU splits at the first ':'.
+// "[CONTROLLER:]/PATH": CRIU splits at the first ':'; an empty CONTROLLER (":/PATH") is the cgroup
+// v2 hierarchy alone, where no prefix at all moves every hierarchy, v1 ones included.
 void check_cgroup_root(std::string_view value) {
   check_value("--cgroup-root", value);
   const auto colon = value.find(':');
   const std::string_view controller = colon == std::string_view::npos ? std::string_view() : value.substr(0, colon);
   const std::string_view path = colon == std::string_view::npos ? value : value.substr(colon + 1);
-  if ((colon != std::string_view::npos && (controller.empty() || controller.find('/') != std::string_view::npos)) ||
-      path.empty() || path.front() != '/')
-    throw refused("--cgroup-root", value, "it must be /PATH or CONTROLLER:/PATH");
+  if (controller.find('/') != std::string_view::npos || path.empty() || path.front() != '/')
+    throw refused("--cgroup-root", value, "it must be /PATH, CONTROLLER:/PATH or :/PATH (cgroup v2 alone)");
 }
 
 // "TYPE:NAME" with TYPE apparmor or selinux, or "none:" for no profile.
