@@ -410,6 +410,17 @@ nc_status nc_options_set_notify(nc_options* o, nc_notify_fn fn, void* user) {
   });
 }
 
+nc_status nc_options_set_expected_container_id(nc_options* o, const char* container_id) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.expected_container_id = container_id ? container_id : ""; });
+}
+
+nc_status nc_options_expect_annotation(nc_options* o, const char* name, const char* value) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) {
+    require(name != nullptr && *name != '\0' && value != nullptr, "the name is NULL or empty, or the value is NULL");
+    c.expected_annotations.emplace_back(name, value);
+  });
+}
+
 nc_status nc_options_add_annotation(nc_options* o, const char* name, const char* value) {
   return set_option(o, __func__, [&](nc_options& all) {
     const std::string n = required_value(name, "the name"), v = required_value(value);

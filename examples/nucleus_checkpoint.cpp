@@ -26,6 +26,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -39,7 +40,67 @@ namespace {
 
 constexpr int exit_usage = 64;
 
-// One JSON object (--json) or lines of text for a person.
+// The code point of the UTF-8 sequence at s[i] and its length, or length 0 where the bytes are
+// not UTF-8 (overlong forms, surrogates and anything above U+10FFFF are not).
+std::size_t utf8_at(std::string_view s, std::size_t i, std::uint32_t& code) {
+  const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char lead = byte(i);
+  const std::size_t n = lead < 0x80 ? 1 : lead < 0xc2 ? 0 : lead < 0xe0 ? 2 : lead < 0xf0 ? 3 : lead < 0xf5 ? 4 : 0;
+  if (n == 0 || i + n > s.size()) return 0;
+  code = n == 1 ? lead : lead & (0x7f >> n);
+  for (std::size_t k = 1; k < n; ++k) {
+    if ((byte(i + k) & 0xc0) != 0x80) return 0;
+    code = code << 6 | (byte(i + k) & 0x3f);
+  }
+  constexpr std::uint32_t shortest[] = {0, 0, 0x80, 0x800, 0x10000};
+  return code < shortest[n] || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff) ? 0 : n;
+}
+
+// Text from a checkpoint folder, CRIU or an error message, fit to show: bytes that are not UTF-8
+// as \xNN; for a terminal also whatever it would act on (a folder someone else made must not move
+// the cursor, rewrite a line or retitle the window): C0 controls and DEL as \n, \r, \t or \xNN,
+// C1 controls and bidirectional overrides as \uNNNN, the backslash doubled so that no escape can
+// be forged. For JSON (terminal false) the bytes that are not UTF-8 alone: the writer escapes
+// the rest.
+std::string printable(std::string_view s, bool terminal = true) {
+  std::string out;
+  for (std::size_t i = 0; i < s.size();) {
+    std::uint32_t c = 0;
+    const std::size_t n = utf8_at(s, i, c);
+    if (n == 0) {
+      out += fmt::format("\\x{:02x}", static_cast<unsigned char>(s[i++]));
+      continue;
+    }
+    const bool bidi = c == 0x61c || c == 0x200e || c == 0x200f || (c >= 0x202a && c <= 0x202e) || (c >= 0x2066 && c <= 0x2069);
+    if (!terminal) out.append(s, i, n);
+    else if (c == '\\') out += "\\\\";
+    else if (c == '\n') out += "\\n";
+    else if (c == '\r') out += "\\r";
+    else if (c == '\t') out += "\\t";
+    else if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
+    else if ((c >= 0x80 && c <= 0x9f) || bidi) out += fmt::format("\\u{:04x}", c);
+    else out.append(s, i, n);
+    i += n;
+  }
+  return out;
+}
+
+// The first failure of a run of calls, with its message taken when it happened: a later call
+// that succeeds clears nc_last_error().
+struct Outcome {
+  nc_status status = NC_OK;
+  std::string message;
+
+  void operator()(nc_status s, const std::string& own_message = {}) {
+    if (status != NC_OK || s == NC_OK) return;
+    status = s;
+    message = own_message.empty() ? nc_last_error() : own_message;
+  }
+  bool ok() const { return status == NC_OK; }
+};
+
+// One JSON object (--json) or lines of text for a person; every string in it through printable,
+// and the JSON all ASCII (\uNNNN beyond), so that neither can carry a control to a terminal.
 class Report {
  public:
   explicit Report(bool json) : json_(json), writer_(buffer_) {
@@ -48,9 +109,9 @@ class Report {
   void field(const char* key, const std::string& value, const char* label = nullptr) {
     if (json_) {
       writer_.Key(key);
-      writer_.String(value.c_str(), static_cast<rapidjson::SizeType>(value.size()));
+      string(value);
     } else {
-      fmt::print("{:<18} {}\n", fmt::format("{}:", label ? label : key), value);
+      line(label ? label : key, printable(value));
     }
   }
   void field(const char* key, std::int64_t value, const char* label = nullptr) {
@@ -58,7 +119,7 @@ class Report {
       writer_.Key(key);
       writer_.Int64(value);
     } else {
-      fmt::print("{:<18} {}\n", fmt::format("{}:", label ? label : key), value);
+      line(label ? label : key, std::to_string(value));
     }
   }
   void flag(const char* key, bool value, const char* label = nullptr) {
@@ -66,13 +127,13 @@ class Report {
       writer_.Key(key);
       writer_.Bool(value);
     } else {
-      fmt::print("{:<18} {}\n", fmt::format("{}:", label ? label : key), value ? "yes" : "no");
+      line(label ? label : key, value ? "yes" : "no");
     }
   }
-  void raw_json(const char* key, const std::string& json) {  // already valid JSON
+  void value(const char* key, const rapidjson::Value& v) {  // JSON only
     if (json_) {
       writer_.Key(key);
-      writer_.RawValue(json.c_str(), json.size(), rapidjson::kObjectType);
+      v.Accept(writer_);
     }
   }
   // Fields grouped under key in JSON; for a person, the fields alone.
@@ -88,36 +149,45 @@ class Report {
     if (json_) {
       writer_.Key(key);
       writer_.StartArray();
-      for (const auto& v : values) writer_.String(v.c_str(), static_cast<rapidjson::SizeType>(v.size()));
+      for (const auto& v : values) string(v);
       writer_.EndArray();
     } else {
-      fmt::print("{:<18} {}\n", fmt::format("{}:", label ? label : key), fmt::join(values, ", "));
+      std::vector<std::string> shown;
+      for (const auto& v : values) shown.push_back(printable(v));
+      line(label ? label : key, fmt::format("{}", fmt::join(shown, ", ")));
     }
   }
-  // Ends the report with the outcome; returns the exit code. The message is nc_last_error()'s
-  // unless one is given.
-  int finish(nc_status status, const std::string& message = {}) {
-    const std::string error = message.empty() ? nc_last_error() : message;
+  // Ends the report with the outcome, whose message was taken when its call failed; returns the
+  // exit code.
+  int finish(const Outcome& outcome) {
     if (json_) {
       writer_.Key("status");
-      writer_.String(nc_status_name(status));
-      if (status != NC_OK) {
+      writer_.String(nc_status_name(outcome.status));
+      if (!outcome.ok()) {
         writer_.Key("error");
-        writer_.String(error.c_str(), static_cast<rapidjson::SizeType>(error.size()));
+        string(outcome.message);
       }
       writer_.EndObject();
       fmt::print("{}\n", buffer_.GetString());
-    } else if (status != NC_OK) {
-      fmt::print(stderr, "nucleus-checkpoint: {}: {}\n", nc_status_name(status), error);
+    } else if (!outcome.ok()) {
+      fmt::print(stderr, "nucleus-checkpoint: {}: {}\n", nc_status_name(outcome.status), printable(outcome.message));
     }
     std::fflush(stdout);
-    return static_cast<int>(status);
+    return static_cast<int>(outcome.status);
   }
 
  private:
+  void line(const std::string& label, const std::string& text) {
+    fmt::print("{:<18} {}\n", printable(label) + ":", text);
+  }
+  void string(const std::string& value) {
+    const std::string utf8 = printable(value, false);
+    writer_.String(utf8.c_str(), static_cast<rapidjson::SizeType>(utf8.size()));
+  }
+
   bool json_;
   rapidjson::StringBuffer buffer_;
-  rapidjson::Writer<rapidjson::StringBuffer> writer_;
+  rapidjson::Writer<rapidjson::StringBuffer, rapidjson::UTF8<>, rapidjson::ASCII<>> writer_;
 };
 
 struct RuntimeFree {
@@ -136,20 +206,6 @@ struct OptionsFree {
   void operator()(nc_options* o) const { nc_options_free(o); }
 };
 using Options = std::unique_ptr<nc_options, OptionsFree>;
-
-// The first failure of a run of calls, with its message: a later call that succeeds clears
-// nc_last_error().
-struct Outcome {
-  nc_status status = NC_OK;
-  std::string message;
-
-  void operator()(nc_status s, const std::string& own_message = {}) {
-    if (status != NC_OK || s == NC_OK) return;
-    status = s;
-    message = own_message.empty() ? nc_last_error() : own_message;
-  }
-  bool ok() const { return status == NC_OK; }
-};
 
 // CRIU's fd[N]:KEY.
 std::optional<std::pair<int, std::string>> split_inherit_fd(const std::string& spec) {
@@ -236,6 +292,8 @@ struct CriuFlags {
   std::string root, lsm_profile, lsm_mount_context;
   std::vector<std::string> inherit_fds, join_ns, empty_ns;
   bool restore_sibling = false, wait = false;
+  std::string expected_id;
+  std::vector<std::string> expected_annotations;  // NAME=VALUE
 
   void add_to(CLI::App* cmd, Action action) {
     cmd->add_flag("--no-shell-job", no_shell_job, "The tree is not attached to an outside session or terminal");
@@ -297,6 +355,11 @@ struct CriuFlags {
       cmd->add_option("--empty-ns", empty_ns, "Create the namespace but leave it unconfigured (net)");
       cmd->add_option("--lsm-profile", lsm_profile, "apparmor:NAME, selinux:CONTEXT or none:");
       cmd->add_option("--lsm-mount-context", lsm_mount_context, "SELinux context to restore mounts with");
+      cmd->add_option("--id", expected_id,
+                      "Refuse the checkpoint unless it was signed for this container id (a swapped folder)");
+      cmd->add_option("--expect-annotation", expected_annotations,
+                      "Refuse the checkpoint unless it carries annotation NAME=VALUE, e.g. a generation (repeatable)")
+          ->check(assignment);
       auto* sibling = cmd->add_flag("--restore-sibling", restore_sibling,
                                     "Restore the tree as this command's child (default: detached)");
       cmd->add_flag("--wait", wait, "Wait for the restored root; exit with its status, or 128+signal")->needs(sibling);
@@ -362,6 +425,11 @@ struct CriuFlags {
     set(nc_options_set_lsm_profile(raw, given(lsm_profile)));
     set(nc_options_set_lsm_mount_context(raw, given(lsm_mount_context)));
     set(nc_options_set_restore_mode(raw, restore_sibling ? NC_RESTORE_CHILD : NC_RESTORE_DETACHED));
+    set(nc_options_set_expected_container_id(raw, given(expected_id)));
+    for (const auto& text : expected_annotations) {
+      const auto [name, value] = *split_assignment(text);  // checked by the parser
+      set(nc_options_expect_annotation(raw, name.c_str(), value.c_str()));
+    }
     return set;
   }
 };
@@ -491,14 +559,15 @@ int cmd_check(const std::string& criu, bool json) {
     r.flag("key_exists", ::lstat(key_path, &st) == 0, "key present");
   }
   Runtime rt;
-  const nc_status s = open_runtime(criu, rt);
-  if (s != NC_OK) return r.finish(s);
+  Outcome opened;
+  opened(open_runtime(criu, rt));
+  if (!opened.ok()) return r.finish(opened);
   int major = 0, minor = 0, patch = 0;
   nc_criu_version(rt.get(), &major, &minor, &patch);
   r.field("criu_version", fmt::format("{}.{}.{}", major, minor, patch), "CRIU version");
-  const nc_status checked = nc_criu_check(rt.get());
-  const std::string check_error = checked == NC_OK ? "" : nc_last_error();
-  r.flag("criu_check", checked == NC_OK, "criu check");
+  Outcome checked;
+  checked(nc_criu_check(rt.get()));
+  r.flag("criu_check", checked.ok(), "criu check");
 
   std::vector<std::string> missing_tools, missing_packages;
   r.object("tools", [&] {
@@ -531,7 +600,7 @@ int cmd_check(const std::string& criu, bool json) {
   r.flag("tcp_udp_sockets", sockets, "TCP/UDP sockets");
 
   std::vector<std::string> problems;
-  if (checked != NC_OK) problems.push_back(check_error);
+  if (!checked.ok()) problems.push_back(checked.message);
   if (!missing_tools.empty())
     problems.push_back(fmt::format("CRIU runs {} for containers; not found in CRIU's PATH ({}): install the Debian "
                                    "package{} {} (scripts/setup.sh does)",
@@ -542,9 +611,10 @@ int cmd_check(const std::string& criu, bool json) {
                                    "criu#2718): install CRIU 4.2 or later (scripts/install-criu.sh)",
                                    major, minor, kernel.release));
   r.flag("ready", problems.empty());
-  if (!problems.empty()) return r.finish(checked != NC_OK ? checked : NC_E_CRIU, fmt::format("{}", fmt::join(problems, "; ")));
+  if (!problems.empty())
+    return r.finish({checked.ok() ? NC_E_CRIU : checked.status, fmt::format("{}", fmt::join(problems, "; "))});
   if (!json) fmt::print("ready: checkpoints can be taken, signed and restored here\n");
-  return r.finish(NC_OK);
+  return r.finish({});
 }
 
 int cmd_dump(const std::string& criu, pid_t pid, const std::string& dir, const std::string& id, bool leave_running,
@@ -554,11 +624,11 @@ int cmd_dump(const std::string& criu, pid_t pid, const std::string& dir, const s
   Options opts;
   Outcome opened = open_runtime_with(criu, flags, leave_running, rt, opts);
   if (opened.ok()) opened(nc_options_set_signature_format(opts.get(), format));
-  if (!opened.ok()) return r.finish(opened.status, opened.message);
+  if (!opened.ok()) return r.finish(opened);
   const auto start = std::chrono::steady_clock::now();
-  const nc_status s =
-      nc_checkpoint_ex(rt.get(), id.empty() ? std::to_string(pid).c_str() : id.c_str(), pid, dir.c_str(), opts.get());
-  if (s != NC_OK) return r.finish(s);
+  Outcome dumped;
+  dumped(nc_checkpoint_ex(rt.get(), id.empty() ? std::to_string(pid).c_str() : id.c_str(), pid, dir.c_str(), opts.get()));
+  if (!dumped.ok()) return r.finish(dumped);
   std::int64_t files = 0, bytes = 0;
   count_tree(dir, files, bytes);
   r.field("dir", dir, "checkpoint");
@@ -568,7 +638,7 @@ int cmd_dump(const std::string& criu, pid_t pid, const std::string& dir, const s
   report_format(r, dir);
   r.field("milliseconds", std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count(),
           "took (ms)");
-  return r.finish(s);
+  return r.finish(dumped);
 }
 
 // Waits for the restored root, this command's child, through its pidfd (which it closes): the
@@ -592,15 +662,16 @@ int cmd_restore(const std::string& criu, const std::string& dir, const CriuFlags
   Runtime rt;
   Options opts;
   const Outcome opened = open_runtime_with(criu, flags, false, rt, opts);
-  if (!opened.ok()) return r.finish(opened.status, opened.message);
+  if (!opened.ok()) return r.finish(opened);
   pid_t restored = 0;
   int pidfd = -1;
-  const nc_status s = nc_restore_pidfd(rt.get(), dir.c_str(), opts.get(), &restored, &pidfd);
-  if (s != NC_OK) return r.finish(s);
+  Outcome restoring;
+  restoring(nc_restore_pidfd(rt.get(), dir.c_str(), opts.get(), &restored, &pidfd));
+  if (!restoring.ok()) return r.finish(restoring);
   r.field("dir", dir, "checkpoint");
   r.field("pid", restored, "restored PID");
   r.flag("child", flags.restore_sibling, "our child");
-  const int code = r.finish(s);  // printed now: the PID is wanted while the tree runs
+  const int code = r.finish(restoring);  // printed now: the PID is wanted while the tree runs
   if (!flags.wait) {
     ::close(pidfd);
     return code;
@@ -615,56 +686,68 @@ int cmd_inspect(const std::string& dir, bool json) {
   r.field("dir", dir, "checkpoint");
   r.field("files", files);
   r.field("bytes", bytes, "size (bytes)");
-  const nc_status verified = hash_with_progress(std::nullopt, dir, json);
-  r.field("signature", verified == NC_OK ? "valid" : fmt::format("INVALID ({})", nc_last_error()));
+  Outcome outcome;
+  outcome(hash_with_progress(std::nullopt, dir, json));
+  const bool verified = outcome.ok();
+  r.field("signature", verified ? "valid" : fmt::format("INVALID ({})", outcome.message));
   report_format(r, dir);
   char* metadata = nullptr;
-  const nc_status s = nc_read_metadata(dir.c_str(), &metadata);
-  if (s == NC_OK) {
+  const nc_status read = nc_read_metadata(dir.c_str(), &metadata);
+  outcome(read);
+  // Shown even when the signature does not verify (it is what was asked for), but marked: then
+  // anyone who can write the folder may have written it. (Read after verifying, by path: its
+  // owner could swap it in between; only the library could read the very bytes it verified.)
+  if (json) r.flag("metadata_verified", verified && read == NC_OK);
+  if (read == NC_OK) {
     rapidjson::Document doc;
     doc.Parse(metadata);
     if (json) {
-      r.raw_json("metadata", metadata);
+      r.value("metadata", doc);
     } else {
+      r.field("metadata", verified ? "verified (signed)"
+                                   : "UNVERIFIED: the signature does not verify, anyone may have written what follows");
       for (auto& m : doc.GetObject()) {
-        const std::string key = m.name.GetString();
-        if (m.value.IsString()) r.field(key.c_str(), m.value.GetString());
-        else if (m.value.IsBool()) r.flag(key.c_str(), m.value.GetBool());
-        else if (m.value.IsUint64()) r.field(key.c_str(), static_cast<std::int64_t>(m.value.GetUint64()));
+        const char* key = m.name.GetString();
+        const std::string label = (verified ? "" : "UNVERIFIED ") + std::string(key);
+        if (m.value.IsString()) r.field(key, m.value.GetString(), label.c_str());
+        else if (m.value.IsBool()) r.flag(key, m.value.GetBool(), label.c_str());
+        else if (m.value.IsUint64()) r.field(key, static_cast<std::int64_t>(m.value.GetUint64()), label.c_str());
         else if (m.value.IsArray()) {
           std::string joined;
           for (auto& a : m.value.GetArray()) joined += (joined.empty() ? "" : " ") + std::string(a.GetString());
-          r.field(key.c_str(), joined);
+          r.field(key, joined, label.c_str());
         }
       }
     }
   }
   nc_free(metadata);
   // An invalid signature is the answer inspect was asked for; the exit code says it too.
-  return r.finish(verified != NC_OK ? verified : s);
+  return r.finish(outcome);
 }
 
 int cmd_hash(std::optional<nc_signature_format> sign_format, const std::string& dir, bool json) {
   Report r(json);
-  const nc_status s = hash_with_progress(sign_format, dir, json);
-  if (s == NC_OK) {
+  Outcome hashed;
+  hashed(hash_with_progress(sign_format, dir, json));
+  if (hashed.ok()) {
     r.field("dir", dir, "checkpoint");
     r.field("signature", sign_format ? "written" : "valid");
     report_format(r, dir);
   }
-  return r.finish(s);
+  return r.finish(hashed);
 }
 
 int cmd_keygen(bool json) {
   Report r(json);
   int created = 0;
-  const nc_status s = nc_keygen(&created);
+  Outcome made;
+  made(nc_keygen(&created));
   char key_path[4096];
-  if (s == NC_OK && nc_key_path(key_path, sizeof key_path) == NC_OK) {
+  if (made.ok() && nc_key_path(key_path, sizeof key_path) == NC_OK) {
     r.field("key_path", key_path, "key file");
     r.flag("created", created != 0, "created now");
   }
-  return r.finish(s);
+  return r.finish(made);
 }
 
 }  // namespace

@@ -3,7 +3,9 @@
 tools CRIU runs for containers), dump, inspect, verify, restore (as a child, waited for), keygen,
 --json, the container flags as CRIU gets them (through a fake criu), and clear failures with exit
 codes by status on bad input (missing folder, unsigned or tampered checkpoint, wrong PID, closed
-inherited descriptor, not root, bad usage).
+inherited descriptor, not root, bad usage); a folder someone else made (forged metadata, names
+with escape sequences or not UTF-8) and CRIU's own output shown escaped, unverified metadata
+marked so, and each error line the message of the call that failed.
 Usage: cli_test.py NUCLEUS_CHECKPOINT COUNTER TMPDIR"""
 import ctypes
 import json
@@ -138,6 +140,85 @@ r = run("restore", "--dir", tampered)
 check(r.returncode == 6, "a tampered checkpoint is not restored", r.stdout + r.stderr)
 r = run("inspect", "--dir", tampered)
 check(r.returncode == 6 and "INVALID" in r.stdout, "inspect shows the broken signature", r.stdout + r.stderr)
+# The error line is the failure's own message, not the empty one of a later call that succeeded.
+check("HMAC mismatch" in r.stderr, "inspect's error line says why", r.stderr)
+r = run("inspect", "--dir", tampered, "--json")
+check("HMAC mismatch" in json.loads(r.stdout or "{}").get("error", ""), "inspect --json's error says why", r.stdout)
+check(json.loads(r.stdout or "{}").get("metadata_verified") is False, "inspect --json: the metadata is not verified",
+      r.stdout)
+r = run("inspect", "--dir", ckpt, "--json")
+check(json.loads(r.stdout or "{}").get("metadata_verified") is True, "inspect --json: the signed metadata is verified",
+      r.stdout)
+r = run("inspect", "--dir", ckpt)
+check(r.returncode == 0 and "UNVERIFIED" not in r.stdout, "inspect: signed metadata is not marked", r.stdout)
+
+# A folder someone else made, shown to root: what it holds cannot reach the terminal raw (escape
+# sequences, C1 controls, bidi overrides, bytes that are not UTF-8), and --json stays JSON.
+BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def run_bytes(*args):
+    return subprocess.run([cli, *args], env=env, capture_output=True, timeout=120)
+
+
+def raw_controls(out):
+    """What a terminal would act on in out: controls but the newline, C1, bidi, bytes not UTF-8."""
+    text = out.decode("utf-8", errors="surrogateescape")
+    return [c for c in text if (ord(c) < 0x20 and c != "\n") or 0x7f <= ord(c) <= 0x9f or 0xdc80 <= ord(c) <= 0xdcff
+            or c in BIDI]
+
+
+def json_of(out):
+    try:
+        return json.loads(out.decode("utf-8"))
+    except ValueError:  # not UTF-8, or not JSON
+        return None
+
+
+lure = "\x1b[1A\x1b[2K\rsignature:          valid\x1b]0;owned\x07\n\u009b2J\u202e"
+forged = os.path.join(tmp, "forged")
+shutil.copytree(ckpt, forged)
+with open(os.path.join(forged, "metadata.json")) as f:
+    meta = json.load(f)
+meta["container_id"] = lure
+with open(os.path.join(forged, "metadata.json"), "w") as f:
+    json.dump(meta, f)
+r = run_bytes("inspect", "--dir", forged)
+out = r.stdout.decode(errors="replace")
+check(r.returncode == 6 and not raw_controls(r.stdout + r.stderr), "inspect: forged metadata is shown escaped",
+      repr(r.stdout + r.stderr))
+check("\\x1b[1A\\x1b[2K\\rsignature:" in out and "valid\\x1b]0;owned\\x07\\n\\u009b2J\\u202e" in out,
+      "inspect: the escapes are visible", out)
+check(b"HMAC mismatch" in r.stderr, "inspect: forged metadata, the error says why", repr(r.stderr))
+lines = out.splitlines()
+check(any(l.startswith("metadata:") and "UNVERIFIED" in l for l in lines)
+      and all(l.startswith("UNVERIFIED ") for l in lines if "container_id" in l or "original_pid" in l),
+      "inspect: unverified metadata is marked so", out)
+r = run_bytes("inspect", "--dir", forged, "--json")
+info = json_of(r.stdout) or {}
+check(info.get("metadata_verified") is False and info.get("metadata", {}).get("container_id") == lure
+      and not raw_controls(r.stdout), "inspect --json: forged metadata, unverified, escaped as JSON", repr(r.stdout))
+
+# Entry names: one not UTF-8 with escapes, a symlink with C1 and bidi; the errors quote them.
+named = os.path.join(tmp, "named")
+shutil.copytree(ckpt, named)
+os.close(os.open(os.path.join(os.fsencode(named), b"images", b"\x1b[2J\x1b]0;owned\x07\xff"), os.O_CREAT | os.O_WRONLY))
+for sub in [["verify"], ["inspect"], ["restore"]]:
+    r = run_bytes(*sub, "--dir", named)
+    check(r.returncode == 6 and not raw_controls(r.stdout + r.stderr)
+          and b"images/\\x1b[2J\\x1b]0;owned\\x07\\xff" in r.stderr,
+          f"{sub[0]}: an entry's name is quoted escaped", repr(r.stdout + r.stderr))
+    r = run_bytes(*sub, "--dir", named, "--json")
+    error = (json_of(r.stdout) or {}).get("error", "")
+    check(r.returncode == 6 and "images/\x1b[2J\x1b]0;owned\x07\\xff" in error and not raw_controls(r.stdout),
+          f"{sub[0]} --json: valid JSON whatever the name", repr(r.stdout))
+linked = os.path.join(tmp, "linked")
+shutil.copytree(ckpt, linked)
+os.symlink("/etc/shadow", os.path.join(linked, "x\u009b31m\u202e\x7f"))
+r = run_bytes("inspect", "--dir", linked)
+check(r.returncode == 6 and not raw_controls(r.stdout + r.stderr) and b"x\\u009b31m\\u202e\\x7f" in r.stdout
+      and b"x\\u009b31m\\u202e\\x7f" in r.stderr, "inspect: a symlink's name is quoted escaped",
+      repr(r.stdout + r.stderr))
 
 r = run("restore", "--dir", ckpt, "--json")
 restored = json.loads(r.stdout).get("pid", 0) if r.stdout else 0
@@ -279,6 +360,22 @@ restored_fake = json.loads(r.stdout).get("pid", 0) if r.stdout.startswith("{") e
 if restored_fake > 0:
     os.kill(restored_fake, signal.SIGKILL)
 reap()
+
+# What CRIU says reaches the terminal escaped too.
+noisy = os.path.join(fake_dir, "criu-noisy")
+with open(noisy, "w") as f:
+    f.write("#!/bin/sh\n"
+            "if [ \"$1\" = --version ]; then echo 'Version: 4.2.1'; exit 0; fi\n"
+            "printf '\\033[2J\\033]0;owned\\007\\302\\233 CRIU \\377 says\\n'; exit 1\n")
+os.chmod(noisy, 0o755)
+r = run_bytes("check", "--criu", noisy)
+check(r.returncode == 5 and not raw_controls(r.stdout + r.stderr)
+      and b"\\x1b[2J\\x1b]0;owned\\x07\\u009b CRIU \\xff says\\n" in r.stderr, "check: CRIU's output is escaped",
+      repr(r.stdout + r.stderr))
+r = run_bytes("check", "--criu", noisy, "--json")
+error = (json_of(r.stdout) or {}).get("error", "")
+check(r.returncode == 5 and "\x1b[2J\x1b]0;owned\x07\u009b CRIU \\xff says\n" in error and not raw_controls(r.stdout),
+      "check --json: CRIU's output in valid JSON", repr(r.stdout))
 
 # Flags refused clearly, before anything runs.
 closed = os.open(os.devnull, os.O_RDONLY)

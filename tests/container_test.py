@@ -20,8 +20,9 @@ import tempfile
 import time
 
 cli, launcher, source, tmp_root = sys.argv[1:5]
-os.makedirs(tmp_root, exist_ok=True)
-tmp = tempfile.mkdtemp(prefix="container-", dir=tmp_root)
+# Under /var/tmp (root's, sticky), not the build folder: a restore refuses rootfs and volume paths
+# below a folder another user could change, and a clone may live in anyone's home.
+tmp = tempfile.mkdtemp(prefix="nucleus-container-test-", dir="/var/tmp")
 os.makedirs(os.path.join(tmp, "keys"), mode=0o700)
 env = dict(os.environ, NUCLEUS_CHECKPOINT_HMAC_KEY_FILE=os.path.join(tmp, "keys", "key"))
 # A child subreaper: restored trees are reparented here and their zombies reaped at once.
@@ -94,23 +95,22 @@ def make_rootfs(path):
                    capture_output=True)
 
 
-def launch(name, *extra):
+def launch(name, *extra, volume=None):
     """Starts a container; returns (launcher process, init PID, its folder)."""
     base = os.path.join(tmp, name)
-    os.makedirs(os.path.join(base, "volume"))
+    volume = volume or os.path.join(base, "volume")
+    os.makedirs(volume)
     make_rootfs(os.path.join(base, "rootfs"))
     # A cgroup of its own, as runtimes give each container (in CRIU's own cgroups, a tree with a
     # cgroup namespace of its own does not restore: "cg: No set 1 found").
     cgroup = f"/sys/fs/cgroup/unified/nc-test-{name}-{os.getpid()}"
     cgroups.append(cgroup)
-    proc = subprocess.Popen([launcher, "--rootfs", os.path.join(base, "rootfs"), "--volume",
-                             os.path.join(base, "volume"), "--cgroup2", cgroup, *extra], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([launcher, "--rootfs", os.path.join(base, "rootfs"), "--volume", volume,
+                             "--cgroup2", cgroup, *extra], stdout=subprocess.PIPE, text=True)
     first = proc.stdout.readline().split()
     pid = int(first[1])
     to_kill.append(pid)
-    counter = os.path.join(base, "volume", "counter")
-    wait_for(lambda: read_int(counter) > 3)
+    wait_for(lambda: read_int(os.path.join(volume, "counter")) > 3)
     return proc, pid, base
 
 
@@ -156,8 +156,11 @@ proc.wait(timeout=30)  # the tree was killed once the checkpoint was in place: i
 before = read_int(counter)
 reap()
 
+r = run("restore", "--dir", d, "--id", "db")
+check(r.returncode == 6 and "checkpoint of container 'box', not of 'db'" in result(r).get("error", ""),
+      "another container's checkpoint is refused (--id)", r.stdout)
 out_r, out_w = os.pipe()
-r = run("restore", "--dir", d, "--inherit-fd", f"fd[{out_w}]:stdout", pass_fds=(out_w,))
+r = run("restore", "--dir", d, "--id", "box", "--inherit-fd", f"fd[{out_w}]:stdout", pass_fds=(out_w,))
 os.close(out_w)
 new_pid = restored_pid(r)
 if check(r.returncode == 0 and new_pid > 0, "restore of a container with one command (plus its stdout)",
@@ -179,12 +182,18 @@ if check(r.returncode == 0 and new_pid > 0, "restore of a container with one com
           "the restored container has a network namespace of its own")
     check(cgroup2_of(new_pid) == f"/nc-test-box-{os.getpid()}", "the container's cgroup is kept",
           cgroup2_of(new_pid))
-    kill(new_pid)
+    # The restored container dumped again: the volume then stays as this checkpoint left it (a
+    # file open at dump must have the same size at restore, and the first checkpoint's run has
+    # changed it since).
+    d = os.path.join(tmp, "ckpt-box-again")
+    r = run("dump", "--pid", str(new_pid), "--dir", d, "--id", "box")
+    check(r.returncode == 0, "a restored container dumps again", r.stdout + r.stderr)
+    wait_for(lambda: not os.path.exists(f"/proc/{new_pid}/stat") or open(f"/proc/{new_pid}/stat").read().split()[2] == "Z")
+    before = read_int(counter)
 os.close(out_r)
-
-# --- Failures that say what to do, from the same checkpoint ---
-wait_for(lambda: not os.path.exists(f"/proc/{new_pid}/stat") or open(f"/proc/{new_pid}/stat").read().split()[2] == "Z")
 reap()
+
+# --- Failures that say what to do ---
 os.rename(os.path.join(base, "rootfs"), os.path.join(base, "rootfs.moved"))
 r = run("restore", "--dir", d)
 check(r.returncode != 0 and "rootfs" in result(r).get("error", "") and "--root" in result(r).get("error", ""),
@@ -261,6 +270,32 @@ if check(r.returncode == 0, "a restore of a dump made with --tcp-established, wi
           repr(established(new_pid)))
     kill(new_pid)
 os.close(out_r)
+
+# --- A volume below a folder another user owns is never bound by its name alone: the signature
+# covers the recorded name, not what the name leads to, and that user could swap the folder for a
+# symlink to anything of root's ---
+home = os.path.join(tmp, "userhome")
+os.makedirs(home)
+os.chown(home, 65534, 65534)
+secret = os.path.join(tmp, "secret")
+os.makedirs(secret, mode=0o700)
+proc, pid, base = launch("home", volume=os.path.join(home, "vol"))
+d = os.path.join(tmp, "ckpt-home")
+r = run("dump", "--pid", str(pid), "--dir", d)
+check(r.returncode == 0, "dump of a container whose volume is in a user's folder", r.stdout + r.stderr)
+proc.wait(timeout=30)
+reap()
+r = run("restore", "--dir", d)
+err = result(r).get("error", "")
+check(r.returncode != 0 and f"below {home}, which someone other than root can change" in err and
+      "external mnt[/data]:" in err, "a volume below a user's folder is refused, naming the folder and the option",
+      r.stdout)
+os.rename(os.path.join(home, "vol"), os.path.join(home, "vol.old"))  # what the folder's owner may do
+os.symlink(secret, os.path.join(home, "vol"))
+r = run("restore", "--dir", d)
+check(r.returncode != 0 and "has a symlink in its path" in result(r).get("error", ""),
+      "a volume swapped for a symlink to root's folder is refused", r.stdout)
+check(not os.path.exists(os.path.join(secret, "counter")), "nothing was written into root's folder")
 
 # --- A container of Debian's runc, its stdout a log file on the host ---
 bundle = os.path.join(tmp, "runc")

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "process_support.hpp"
@@ -341,4 +342,87 @@ TEST_CASE_METHOD(Fixture, "a callback that throws at pre-resume: nothing restore
   REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));
   CHECK(rt->restore(checkpoint) == pid);
   CHECK(wait_until([&] { return tree.count("parent") > at_dump + 3; }));
+}
+
+TEST_CASE_METHOD(Fixture, "checkpoints swapped between containers are refused by the expected id", "[e2e][security]") {
+  // A user who can write the store swaps store/web and store/db with two renames.
+  CounterTree web(tmp / "web-counter"), db(tmp / "db-counter");
+  const fs::path store = tmp / "store";
+  ContainerInfo web_info = container("web", web.pid()), db_info = container("db", db.pid());
+  web_info.annotations = {{"generation", "7"}};
+  rt->checkpoint(web_info, store / "web", false);
+  rt->checkpoint(db_info, store / "db", false);
+  REQUIRE(wait_until([&] { reap_all(); return !is_alive(web.pid()) && !is_alive(db.pid()); }));
+  fs::rename(store / "web", store / "tmp");
+  fs::rename(store / "db", store / "web");
+  fs::rename(store / "tmp", store / "db");
+
+  CriuOptions expect_web;
+  expect_web.expected_container_id = "web";
+  try {
+    rt->restore(store / "web", expect_web);
+    FAIL("the db container's checkpoint was restored as web");
+  } catch (const Error& e) {
+    CHECK(e.status() == Status::integrity);
+    CHECK(std::string(e.what()).find("checkpoint of container 'db', not of 'web'") != std::string::npos);
+  }
+  CHECK_FALSE(is_alive(db.pid()));  // nothing ran
+
+  SECTION("an older generation is refused; the expected one restores") {
+    expect_web.expected_annotations = {{"generation", "8"}};
+    try {
+      rt->restore(store / "db", expect_web);
+      FAIL("an older generation was restored");
+    } catch (const Error& e) {
+      CHECK(e.status() == Status::integrity);
+      CHECK(std::string(e.what()).find("generation=7, not the 8 expected") != std::string::npos);
+    }
+    expect_web.expected_annotations = {{"generation", "7"}};
+    CHECK(rt->restore(store / "db", expect_web) == web.pid());
+  }
+}
+
+TEST_CASE_METHOD(Fixture, "a writer holding a descriptor from before the chown cannot get bytes restored", "[e2e][security]") {
+  // The attack: an unprivileged user owns the checkpoint, opens a page image for writing and keeps
+  // the descriptor; root takes the folder over (chown, chmod) and restores; the user writes after
+  // verification, before CRIU reads.
+  CounterTree tree(tmp / "counter");
+  rt->checkpoint(container("victim", tree.pid()), checkpoint, false);
+  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  fs::path pages;
+  for (const auto& e : fs::directory_iterator(checkpoint / "images"))
+    if (e.path().filename().native().starts_with("pages-")) pages = e.path();
+  REQUIRE(!pages.empty());
+  const auto chown_tree = [&](uid_t uid) {
+    REQUIRE(::chown(checkpoint.c_str(), uid, uid) == 0);
+    for (const auto& e : fs::recursive_directory_iterator(checkpoint)) REQUIRE(::lchown(e.path().c_str(), uid, uid) == 0);
+  };
+  chown_tree(65534);
+  int ready[2];
+  REQUIRE(::pipe(ready) == 0);
+  const pid_t attacker = ::fork();
+  if (attacker == 0) {
+    // Opened while the file was the attacker's (the folders above are root's here, so the open
+    // is done before the uid drops; the descriptor is the same either way).
+    const int fd = ::open(pages.c_str(), O_WRONLY);
+    if (fd < 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0 || ::write(ready[1], "x", 1) != 1) ::_exit(1);
+    ::pause();  // keeps the descriptor
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  char c = 0;
+  REQUIRE(::read(ready[0], &c, 1) == 1);
+  chown_tree(0);  // the README's old advice: make it yours alone
+  try {
+    rt->restore(checkpoint);
+    FAIL("restored while another process could still write a page image");
+  } catch (const Error& e) {
+    CHECK(e.status() == Status::permission);
+    CHECK(std::string(e.what()).find("is open for writing by some process") != std::string::npos);
+  }
+  CHECK_FALSE(is_alive(tree.pid()));
+  ::kill(attacker, SIGKILL);
+  ::waitpid(attacker, nullptr, 0);
+  ::close(ready[0]);
+  CHECK(rt->restore(checkpoint) == tree.pid());  // with the writer gone it restores
 }

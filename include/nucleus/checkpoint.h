@@ -219,6 +219,13 @@ typedef enum nc_notification {
 typedef int (*nc_notify_fn)(nc_notification what, pid_t pid, void *user);
 /* Both: CRIU's notifications for this options' dumps and restores (fn NULL: none). */
 NC_EXPORT nc_status nc_options_set_notify(nc_options *opts, nc_notify_fn fn, void *user);
+/* Restore: the container the checkpoint must have been signed for (nc_checkpoint's container_id);
+ * another container's checkpoint is refused with NC_E_INTEGRITY, naming both. NULL: not checked. */
+NC_EXPORT nc_status nc_options_set_expected_container_id(nc_options *opts, const char *container_id);
+/* Restore: an annotation the checkpoint must carry with exactly this value (e.g. a generation the
+ * runtime bumps at every dump, so that an older signed checkpoint cannot be replayed in place of
+ * the newest); refused with NC_E_INTEGRITY otherwise. May be called for several names. */
+NC_EXPORT nc_status nc_options_expect_annotation(nc_options *opts, const char *name, const char *value);
 /* Dump: a string annotation (name non-empty, both UTF-8, value at most NC_ANNOTATION_VALUE_MAX
  * bytes) recorded in the signed metadata.json; a name may be added once. */
 NC_EXPORT nc_status nc_options_add_annotation(nc_options *opts, const char *name, const char *value);

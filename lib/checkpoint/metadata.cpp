@@ -88,6 +88,14 @@ void write_string(Writer& w, const std::string& s) {
 
 // The library's own fields, in an object of their own so that the seed's stay exactly as they are.
 template <typename Writer>
+void write_identity(Writer& w, const FileIdentity& id) {
+  w.Key("dev");
+  w.Uint64(id.dev);
+  w.Key("ino");
+  w.Uint64(id.ino);
+}
+
+template <typename Writer>
 void write_extension(Writer& w, const CheckpointMetadata& m) {
   const DumpRecord& r = m.record;
   const auto str = [&w](const char* key, const std::string& value) {
@@ -117,6 +125,10 @@ void write_extension(Writer& w, const CheckpointMetadata& m) {
   flag("own_mount_namespace", r.own_mount_namespace);
   flag("own_network_namespace", r.own_network_namespace);
   str("root", r.root);
+  w.Key("root_identity");
+  w.StartObject();
+  write_identity(w, r.root_identity);
+  w.EndObject();
   w.Key("mounts");
   w.StartArray();
   for (const auto& mount : r.mounts) {
@@ -125,6 +137,7 @@ void write_extension(Writer& w, const CheckpointMetadata& m) {
     str("key", mount.key);
     str("source", mount.source);
     str("fstype", mount.fstype);
+    write_identity(w, mount.identity);
     w.EndObject();
   }
   w.EndArray();
@@ -150,6 +163,7 @@ void write_extension(Writer& w, const CheckpointMetadata& m) {
     str("path", d.path);
     w.Key("flags");
     w.Int(d.flags);
+    write_identity(w, d.identity);
     w.EndObject();
   }
   w.EndArray();
@@ -206,6 +220,11 @@ const rapidjson::Value& array_object(const rapidjson::Value& item, const char* n
   return item;
 }
 
+FileIdentity identity_of(const rapidjson::Value& o) {
+  constexpr auto max = std::numeric_limits<std::uint64_t>::max();
+  return FileIdentity{uint_field(o, "dev", max), uint_field(o, "ino", max)};
+}
+
 void read_extension(const rapidjson::Value& ext, CheckpointMetadata& m) {
   DumpRecord& r = m.record;
   const auto& dump = object_field(ext, "dump");
@@ -222,10 +241,11 @@ void read_extension(const rapidjson::Value& ext, CheckpointMetadata& m) {
   r.own_mount_namespace = bool_field(container, "own_mount_namespace");
   r.own_network_namespace = bool_field(container, "own_network_namespace");
   r.root = string_field(container, "root");
+  r.root_identity = identity_of(object_field(container, "root_identity"));
   for (const auto& item : array_field(container, "mounts")) {
     const auto& o = array_object(item, "mounts");
     r.mounts.push_back({string_field(o, "mountpoint"), string_field(o, "key"), string_field(o, "source"),
-                        string_field(o, "fstype")});
+                        string_field(o, "fstype"), identity_of(o)});
   }
   for (const auto& item : array_field(container, "namespaces")) {
     const auto& o = array_object(item, "namespaces");
@@ -235,7 +255,8 @@ void read_extension(const rapidjson::Value& ext, CheckpointMetadata& m) {
   }
   for (const auto& item : array_field(container, "descriptors")) {
     const auto& o = array_object(item, "descriptors");
-    r.descriptors.push_back({int_field(o, "fd"), string_field(o, "key"), string_field(o, "path"), int_field(o, "flags")});
+    r.descriptors.push_back(
+        {int_field(o, "fd"), string_field(o, "key"), string_field(o, "path"), int_field(o, "flags"), identity_of(o)});
   }
   r.cgroups = string_array(container, "cgroups");
   for (const auto& a : object_field(ext, "annotations").GetObject()) {

@@ -82,6 +82,11 @@ std::vector<MountEntry> read_mount_table(pid_t pid) {
   return parse_mount_table(read_file_at(proc.get(), "mountinfo", 16 << 20, "mount table"));
 }
 
+FileIdentity identity_of(const struct stat& st) {
+  if (S_ISCHR(st.st_mode)) return {static_cast<std::uint64_t>(st.st_rdev), 0};
+  return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
+}
+
 bool path_is_within(std::string_view path, std::string_view prefix) {
   if (prefix == "/") return path.starts_with('/');
   return path.starts_with(prefix) && (path.size() == prefix.size() || path[prefix.size()] == '/');

@@ -1,11 +1,14 @@
 // A process's mount table, as /proc/PID/mountinfo describes it.
 #pragma once
 
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <nucleus/checkpoint/metadata.hpp>
 
 namespace nucleus::checkpoint {
 
@@ -24,6 +27,10 @@ struct MountEntry {
 std::vector<MountEntry> parse_mount_table(std::string_view mountinfo);
 // /proc/PID/mountinfo.
 std::vector<MountEntry> read_mount_table(pid_t pid);
+
+// Which file a stat describes, as a checkpoint records it: a character device by its device number
+// (the same /dev/null on any boot and host), anything else by st_dev and st_ino.
+FileIdentity identity_of(const struct stat& st);
 
 // Whether `path` is `prefix` or lies below it, by whole components ("/a/b" is below "/a", not "/ab").
 bool path_is_within(std::string_view path, std::string_view prefix);

@@ -13,6 +13,7 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
+#include "container/mount_table.hpp"
 #include "fs/fs_util.hpp"
 
 namespace nucleus::checkpoint {
@@ -47,9 +48,21 @@ void apply_dump_options(const DumpRecord& r, CriuOptions& o) {
   if (o.file_validation.empty()) o.file_validation = r.file_validation;
 }
 
-bool is_dir(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+// A path the dump recorded, opened the way root may act on it for others (no symlink anywhere,
+// nothing above it that another user could change) and checked to lead to the file it led to then:
+// the signature covers the name, not what it leads to.
+UniqueFd open_recorded(const std::string& path, int flags, const FileIdentity& recorded, std::string_view what,
+                       std::string_view instead) {
+  UniqueFd fd;
+  try {
+    fd = open_trusted_path(path, flags, what);
+  } catch (const Error& e) {
+    throw Error(e.status(), fmt::format("{}; {}", e.what(), instead));
+  }
+  if (identity_of(stat_fd(fd.get(), what)) != recorded)
+    throw Error(Status::integrity, fmt::format("{} {} is not the one the checkpoint was made with (it was replaced "
+                                               "since); {}", what, path, instead));
+  return fd;
 }
 
 bool caller_maps(const CriuOptions& o, const std::string& prefix) {
@@ -57,13 +70,16 @@ bool caller_maps(const CriuOptions& o, const std::string& prefix) {
 }
 
 void apply_root(const DumpRecord& r, CriuOptions& o) {
-  if (!o.root.empty() || !r.own_mount_namespace) return;
+  if (!o.root.empty()) {  // the caller's: still no name another user could redirect
+    open_trusted_path(o.root.native(), O_PATH | O_DIRECTORY, "the rootfs");
+    return;
+  }
+  if (!r.own_mount_namespace) return;
   if (r.root.empty())
     throw Error(Status::invalid, "the checkpoint is of a container with a mount namespace of its own whose rootfs was "
                                  "not found from the host at dump time: give its rootfs (root, CLI --root PATH)");
-  if (!is_dir(r.root))
-    throw Error(Status::not_found, fmt::format("the container's rootfs {} (recorded at dump) is not a folder any more: "
-                                               "recreate it, or give another rootfs (root, CLI --root PATH)", r.root));
+  open_recorded(r.root, O_PATH | O_DIRECTORY, r.root_identity, "the container's rootfs",
+                "recreate it, or give the rootfs to use (root, CLI --root PATH)");
   o.root = r.root;
 }
 
@@ -71,12 +87,9 @@ void apply_mounts(const DumpRecord& r, CriuOptions& o) {
   for (const auto& m : r.mounts) {
     if (caller_maps(o, fmt::format("mnt[{}]:", m.key))) continue;
     // A cgroup folder is CRIU's to recreate (it restores cgroups before it mounts).
-    const bool recreated = m.fstype == "cgroup" || m.fstype == "cgroup2";
-    struct stat st {};
-    if (!recreated && ::stat(m.source.c_str(), &st) != 0)
-      throw Error(Status::not_found, fmt::format("the container's mount {} was bound from {}, which is missing now: "
-                                                 "recreate it, or give its new place (external mnt[{}]:NEW_PATH)",
-                                                 m.mountpoint, m.source, m.key));
+    if (m.fstype != "cgroup" && m.fstype != "cgroup2")
+      open_recorded(m.source, O_PATH, m.identity, fmt::format("the source of the container's mount {}", m.mountpoint),
+                    fmt::format("recreate it, or give the source to use (external mnt[{}]:NEW_PATH)", m.key));
     o.external.push_back(fmt::format("mnt[{}]:{}", m.key, m.source));
   }
 }
@@ -94,11 +107,13 @@ void apply_namespaces(const DumpRecord& r, RestorePlan& plan) {
       throw Error(Status::invalid, fmt::format("the tree shared its {} namespace (inode {}) with processes outside it, "
                                                "and it was not bound in the file system: give a descriptor of the "
                                                "namespace to restore into (inherit-fd fd[N]:{})", ns.type, ns.inode, ns.key));
-    UniqueFd fd(::open(ns.path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd)
-      throw system_error(status_of_errno(errno), errno,
-                         fmt::format("the tree's {} namespace was {} at dump time and cannot be opened now (recreate "
-                                     "it, e.g. ip netns add, or give one: inherit-fd fd[N]:{})", ns.type, ns.path, ns.key));
+    UniqueFd fd;
+    try {
+      fd = open_trusted_path(ns.path, O_RDONLY, fmt::format("the tree's {} namespace", ns.type));
+    } catch (const Error& e) {
+      throw Error(e.status(), fmt::format("{} (recreate it, e.g. ip netns add, or give one: inherit-fd fd[N]:{})",
+                                          e.what(), ns.key));
+    }
     if (::ioctl(fd.get(), NS_GET_NSTYPE) != ns_type_flag(ns.type))
       throw Error(Status::invalid, fmt::format("{} is not a {} namespace; give the namespace to restore into with "
                                                "inherit-fd fd[N]:{}", ns.path, ns.type, ns.key));
@@ -124,19 +139,21 @@ std::string resolved_key(const DumpRecord& r, const std::string& key) {
 }
 
 // Files outside the container that the tree held, reopened where the dump found them unless the
-// caller hands in its own: never through a symlink, never created or truncated.
+// caller hands in its own: never through a symlink, never created or truncated, never blocking
+// (a FIFO put in its place), and only the very file the tree held.
 void reopen_outside_files(const DumpRecord& r, RestorePlan& plan) {
   for (const auto& d : r.descriptors) {
     if (d.path.empty()) continue;
     const bool given = std::any_of(plan.options.inherit_fds.begin(), plan.options.inherit_fds.end(),
                                    [&](const InheritedFd& f) { return resolved_key(r, f.key) == d.key; });
     if (given) continue;
-    UniqueFd fd(::open(d.path.c_str(), (d.flags & (O_ACCMODE | O_APPEND)) | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC));
-    if (!fd)
-      throw system_error(status_of_errno(errno), errno,
-                         fmt::format("the tree held {} open{} outside its container, and it cannot be reopened (give "
-                                     "a descriptor for it: inherit-fd fd[N]:{})", d.path,
-                                     d.fd >= 0 ? fmt::format(" as descriptor {}", d.fd) : "", d.key));
+    const int access = d.flags & (O_ACCMODE | O_APPEND);
+    UniqueFd fd = open_recorded(d.path, access | O_NONBLOCK, d.identity,
+                                fmt::format("the file the tree held open{} outside its container",
+                                            d.fd >= 0 ? fmt::format(" as descriptor {}", d.fd) : ""),
+                                fmt::format("give a descriptor for it (inherit-fd fd[N]:{})", d.key));
+    if (::fcntl(fd.get(), F_SETFL, access) != 0)  // O_NONBLOCK only guarded the open
+      throw system_error(Status::io, errno, fmt::format("cannot set the flags of {}", d.path));
     plan.inherited.push_back({-1, d.key});
     plan.fds.push_back(fd.get());
     plan.opened.push_back(std::move(fd));
@@ -160,9 +177,9 @@ void apply_inherited(const DumpRecord& r, RestorePlan& plan) {
 RestorePlan plan_restore(const CheckpointMetadata& metadata, const CriuOptions& caller, int first_fd) {
   RestorePlan plan;
   plan.options = caller;
+  if (metadata.has_record) apply_dump_options(metadata.record, plan.options);
   if (metadata.has_record && caller.detect_container) {
     const DumpRecord& r = metadata.record;
-    apply_dump_options(r, plan.options);
     apply_root(r, plan.options);
     apply_mounts(r, plan.options);
     apply_namespaces(r, plan);

@@ -25,7 +25,7 @@ namespace {
 
 // CRIU executes the script itself, so it must live where programs may run: /run is often
 // mounted noexec, /var/lib seldom.
-constexpr std::array notify_parents{"/run/nucleus-checkpoint", "/var/lib/nucleus-checkpoint"};
+constexpr std::array notify_parents{run_dir, "/var/lib/nucleus-checkpoint"};
 
 constexpr std::string_view script = R"(#!/bin/sh
 # Written by libnucleuscheckpoint: tells it which notification CRIU gives, and waits for its answer.

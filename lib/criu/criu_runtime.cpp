@@ -92,15 +92,13 @@ void check_binary(int fd, const fs::path& path) {
                                                 "to execute", path.native(), st.st_uid, geteuid()));
   std::error_code ec;
   const fs::path real = fs::read_symlink(fmt::format("/proc/self/fd/{}", fd), ec);
-  for (fs::path dir = real.parent_path(); !ec && !dir.empty(); dir = dir.parent_path()) {
+  if (ec) return;
+  if (const auto dir = folder_others_can_change(real)) {
     struct stat ds {};
-    if (::lstat(dir.c_str(), &ds) != 0) break;
-    // A sticky folder such as /tmp is fine: others cannot rename or remove what they do not own.
-    if ((ds.st_uid != 0 && ds.st_uid != geteuid()) || ((ds.st_mode & 022) != 0 && (ds.st_mode & S_ISVTX) == 0))
-      throw Error(Status::permission, fmt::format("criu binary {} is in {}, which others can change (owner {}, mode {:o}); "
-                                                  "refusing to execute it", path.native(), dir.native(), ds.st_uid,
-                                                  ds.st_mode & 07777));
-    if (dir == dir.root_path()) break;
+    ::lstat(dir->c_str(), &ds);
+    throw Error(Status::permission, fmt::format("criu binary {} is in {}, which others can change (owner {}, mode {:o}); "
+                                                "refusing to execute it", path.native(), dir->native(), ds.st_uid,
+                                                ds.st_mode & 07777));
   }
 }
 

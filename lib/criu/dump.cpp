@@ -83,7 +83,9 @@ void record_runtime_description(const ContainerInfo& c, CheckpointMetadata& m) {
   m.annotations = c.annotations;
   std::sort(m.annotations.begin(), m.annotations.end());
   for (std::size_t i = 0; i < m.annotations.size(); ++i) {
-    if (m.annotations[i].first.empty()) throw Error(Status::invalid, "an annotation has an empty name");
+    const std::string& name = m.annotations[i].first;
+    if (name.empty() || name.find('\0') != std::string::npos)
+      throw Error(Status::invalid, "an annotation's name is empty or holds a NUL byte");
     if (i > 0 && m.annotations[i].first == m.annotations[i - 1].first)
       throw Error(Status::invalid, fmt::format("annotation '{}' is given twice", to_valid_utf8(m.annotations[i].first)));
   }

@@ -37,6 +37,7 @@ std::optional<ProcessStatus> stat_of(pid_t pid) {
   ProcessStatus st;
   st.comm = stat.substr(open + 1, close - open - 1);
   st.state = stat[close + 2];
+  st.parent = static_cast<pid_t>(std::strtol(stat.c_str() + close + 4, nullptr, 10));  // field 4
   // Field 22 of /proc/<pid>/stat; fields are counted from pid (1) and comm (2).
   std::size_t at = close + 2;
   for (int field = 3; field < 22 && at != std::string::npos; ++field) at = stat.find(' ', at + 1);
@@ -68,6 +69,16 @@ ProcessStatus read_process_status(pid_t pid, std::uint64_t expected_start_ticks)
     throw Error(Status::not_found, fmt::format("process {} ({}) is a zombie: it has exited and there is nothing to "
                                                "checkpoint", pid, st->comm));
   return std::move(*st);
+}
+
+bool descends_from(pid_t pid, pid_t ancestor) {
+  for (int depth = 0; depth < 4096 && pid > 1; ++depth) {
+    if (pid == ancestor) return true;
+    const auto st = stat_of(pid);
+    if (!st) return false;
+    pid = st->parent;
+  }
+  return pid == ancestor;
 }
 
 int open_pidfd(pid_t pid) noexcept { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }

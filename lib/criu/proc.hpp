@@ -12,6 +12,7 @@ namespace nucleus::checkpoint {
 struct ProcessStatus {
   std::string comm;
   char state = '?';  // R, S, D, Z, T, ...
+  pid_t parent = 0;
   std::uint64_t start_ticks = 0;  // start time after boot, in clock ticks: tells a reused PID apart
   std::vector<std::string> cmdline;
 };
@@ -28,6 +29,9 @@ void signal_tree(const std::vector<pid_t>& tree, int sig) noexcept;
 // SIGKILL to every process of the tree, then waits (up to 5 s) until each has died: gone, or a
 // zombie for its parent to reap. As `criu dump` without --leave-running would have returned.
 void kill_tree(const std::vector<pid_t>& tree) noexcept;
+
+// Whether pid is `ancestor` or descends from it now (a process forked since a tree was listed).
+bool descends_from(pid_t pid, pid_t ancestor);
 
 // A pidfd for pid (-1 with errno set if there is no such process).
 int open_pidfd(pid_t pid) noexcept;

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <charconv>
@@ -41,7 +42,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* restore_run_dir = "/run/nucleus-checkpoint";
 constexpr auto zombie_grace = std::chrono::seconds(5);
 
 }  // namespace
@@ -65,7 +65,7 @@ struct RestoreWorkDir {
       dir = given_dir.get();
       return;
     }
-    run = make_private_run_dir(restore_run_dir, "restore", "restore work directory");
+    run = make_private_run_dir(run_dir, "restore", "restore work directory");
     dir = run.dir.get();
   }
   std::string path() const { return given.empty() ? run.path() : given.native(); }
@@ -106,6 +106,23 @@ bool restored_tree_runs(int work_fd) {
   }
 }
 
+// The checkpoint is the one the caller means: signed for its container, with its generation.
+void require_expected(const CheckpointMetadata& m, const CriuOptions& o, const fs::path& dir) {
+  if (!o.expected_container_id.empty() && m.container_id != o.expected_container_id)
+    throw Error(Status::integrity, fmt::format("{} is a checkpoint of container '{}', not of '{}': refusing to restore "
+                                               "another container's checkpoint in its place", dir.native(),
+                                               to_valid_utf8(m.container_id), to_valid_utf8(o.expected_container_id)));
+  for (const auto& [name, value] : o.expected_annotations) {
+    const auto found = std::find_if(m.annotations.begin(), m.annotations.end(), [&](const auto& a) { return a.first == name; });
+    if (found == m.annotations.end() || found->second != value)
+      throw Error(Status::integrity, fmt::format("{} carries annotation {}={}, not the {} expected: it is not the "
+                                                 "checkpoint asked for (an older or another one)", dir.native(),
+                                                 to_valid_utf8(name),
+                                                 found == m.annotations.end() ? "(none)" : to_valid_utf8(found->second),
+                                                 to_valid_utf8(value)));
+  }
+}
+
 // A pidfd for the restored root, taken only if the process at that PID started after CRIU did:
 // a root that exited at once and whose PID was reused is reported, never handed over.
 RestoredTree track_restored(pid_t pid, std::uint64_t restore_started_ticks) {
@@ -138,6 +155,7 @@ RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions
     if (key_) HmacTree::verify(dir_fd.get(), *key_);
     else HmacTree::verify(dir_fd.get(), KeyStore());
     const CheckpointMetadata metadata = CheckpointMetadata::load(dir_fd.get());
+    require_expected(metadata, options, dir);
     UniqueFd images;
     try {
       images = open_dir_at(dir_fd.get(), CheckpointDir::images_name, "checkpoint images directory");
@@ -168,6 +186,10 @@ RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions
       // tree runs and the restore has succeeded.
       if (r.succeeded_by(r.status_lost ? log_tail(work.dir, "restore.log") : "", "Restore finished successfully") ||
           (r.timed_out && restored_tree_runs(work.dir))) {
+        // CRIU lets the tree run whatever a post-resume script answers; the library killed it.
+        if (const std::string refusal = notifications.refusal(); !refusal.empty())
+          throw Error(Status::criu, fmt::format("{}; the restored tree was killed. The checkpoint is unchanged and can "
+                                                "be restored again", refusal));
         const pid_t pid = read_restored_pid(work.dir);
         return track ? track_restored(pid, started) : RestoredTree{pid, -1};
       }

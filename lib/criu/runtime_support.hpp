@@ -21,6 +21,9 @@ inline std::string proc_fd_path(int fd) { return fmt::format("/proc/self/fd/{}",
 // CRIU, as root, writes its log (and pidfile) there, following symlinks: the folder must be ours.
 UniqueFd open_work_dir(const std::filesystem::path& path);
 
+// Where the library keeps its per-operation folders: root's alone, emptied at boot.
+inline constexpr const char* run_dir = "/run/nucleus-checkpoint";
+
 // A new folder of the library's own (0700) for one operation, `parent/prefix-XXXXXXXX`, in a parent
 // that only root can change (created 0700 if missing, refused otherwise).
 struct PrivateRunDir {

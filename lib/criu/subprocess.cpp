@@ -41,11 +41,10 @@ std::string ProcessResult::describe() const {
 
 namespace {
 
-// Above every number the child's descriptors are moved to, so no dup2 there overwrites a source.
-constexpr int high_fd = 64;
-
-UniqueFd high_copy(int fd) {
-  UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, high_fd));
+// A copy numbered above every number the child's descriptors are moved to (3 + count, and the
+// program after them), so no dup2 there overwrites a source.
+UniqueFd high_copy(int fd, std::size_t count) {
+  UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, static_cast<int>(std::max<std::size_t>(64, 3 + count + 1))));
   if (!copy) throw system_error(Status::io, errno, "cannot duplicate a descriptor for CRIU");
   return copy;
 }
@@ -125,12 +124,13 @@ ProcessResult run_process(int program_fd, const std::string& program_name, const
   if (!output) throw system_error(Status::io, errno, "cannot create a memfd for CRIU's output");
   UniqueFd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
   if (!null) throw system_error(Status::io, errno, "cannot open /dev/null");
-  const UniqueFd null_high = high_copy(null.get()), output_high = high_copy(output.get()),
-                 program_high = high_copy(program_fd);
+  const std::size_t count = inherited_fds.size();
+  const UniqueFd null_high = high_copy(null.get(), count), output_high = high_copy(output.get(), count),
+                 program_high = high_copy(program_fd, count);
   std::vector<UniqueFd> sources;
   std::vector<int> source_numbers;
   for (int fd : inherited_fds) {
-    sources.push_back(high_copy(fd));
+    sources.push_back(high_copy(fd, count));
     source_numbers.push_back(sources.back().get());
   }
 

@@ -88,8 +88,29 @@ void check_private(const struct stat& st, std::string_view what) {
   if (st.st_uid != ::geteuid() || (st.st_mode & 022) != 0)
     throw Error(Status::permission,
                 fmt::format("{} can be changed by others than uid {} (owner {}, mode {:o}), so it could change between "
-                            "verification and restore; if you trust it, make it yours alone: chown -R {} and "
-                            "chmod -R go-w the checkpoint", what, ::geteuid(), st.st_uid, st.st_mode & 07777, ::geteuid()));
+                            "verification and restore; if you trust it, copy it into a new folder of your own "
+                            "(cp -r as uid {}) and restore the copy", what, ::geteuid(), st.st_uid, st.st_mode & 07777,
+                            ::geteuid()));
+}
+
+// Nobody may hold a file of the checkpoint open for writing: a descriptor opened while someone
+// else owned the file survives any chown or chmod, and could change it after verification. A read
+// lease cannot be taken on a file open for writing anywhere (a writable mapping included), and
+// once the tree is the caller's alone nobody else can open it for writing, so taking one and
+// letting it go proves there is no writer now and can be none later.
+void check_no_writer(int fd, std::string_view rel) {
+  if (::fcntl(fd, F_SETLEASE, F_RDLCK) == 0) {
+    ::fcntl(fd, F_SETLEASE, F_UNLCK);
+    return;
+  }
+  if (errno == EAGAIN)
+    throw Error(Status::permission, fmt::format("checkpoint file '{}' is open for writing by some process (a descriptor "
+                                                "kept from before the checkpoint was made private, or a writable "
+                                                "mapping), so it could change after verification; copy the checkpoint "
+                                                "into a new folder and restore the copy", rel));
+  throw system_error(Status::permission, errno,
+                     fmt::format("cannot tell whether checkpoint file '{}' is open for writing elsewhere (no read lease "
+                                 "on this file system); restore from a local file system", rel));
 }
 
 }  // namespace
@@ -100,12 +121,13 @@ void require_private_dir(int dir_fd, const fs::path& path, std::string_view what
 
 void require_private_tree(int dir_fd) {
   check_private(stat_fd(dir_fd, "checkpoint directory"), "the checkpoint directory");
-  walk_checkpoint_tree(dir_fd, [](int, const struct stat& st, const std::string& rel) {
+  walk_checkpoint_tree(dir_fd, [](int fd, const struct stat& st, const std::string& rel) {
     check_private(st, fmt::format("checkpoint entry '{}'", rel));
     if (S_ISREG(st.st_mode) && st.st_nlink != 1)
       throw Error(Status::permission, fmt::format("checkpoint file '{}' has {} hard links: it may be changed through "
                                                   "another name; copy the checkpoint instead of linking it", rel,
                                                   st.st_nlink));
+    if (S_ISREG(st.st_mode)) check_no_writer(fd, rel);
   });
 }
 

@@ -43,8 +43,9 @@ class CheckpointDir {
 };
 
 // Refuses (Status::permission) a checkpoint tree that anyone but the effective uid could change:
-// a folder or file not owned by it, writable by group or others, or a file with other hard
-// links. Restore requires this, so that nothing can change between verification and CRIU.
+// a folder or file not owned by it, writable by group or others, a file with other hard links,
+// or one that some process holds open for writing. Restore requires this, so that nothing can
+// change between verification and CRIU.
 void require_private_tree(int dir_fd);
 // Folders 0700 and files 0600 below dir_fd: images hold process memory.
 void make_tree_private(int dir_fd);

@@ -2,6 +2,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -48,6 +50,37 @@ Error open_error(int err, std::string_view what, int dir_fd, const char* name, s
 constexpr int dir_flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
 
 }  // namespace
+
+std::optional<std::filesystem::path> folder_others_can_change(const std::filesystem::path& real_path) {
+  for (std::filesystem::path dir = real_path.parent_path(); !dir.empty(); dir = dir.parent_path()) {
+    struct stat ds {};
+    if (::lstat(dir.c_str(), &ds) != 0) return dir;
+    // A sticky folder such as /tmp is fine: others cannot rename or remove what they do not own.
+    if ((ds.st_uid != 0 && ds.st_uid != ::geteuid()) || ((ds.st_mode & 022) != 0 && (ds.st_mode & S_ISVTX) == 0))
+      return dir;
+    if (dir == dir.root_path()) break;
+  }
+  return std::nullopt;
+}
+
+UniqueFd open_trusted_path(const std::string& path, int flags, std::string_view what) {
+  if (path.empty() || path.front() != '/')
+    throw Error(Status::invalid, fmt::format("{} '{}' is not an absolute path", what, path));
+  open_how how{};
+  // openat2 refuses O_PATH with any flag O_PATH ignores.
+  how.flags = static_cast<std::uint64_t>(flags | O_CLOEXEC | ((flags & O_PATH) ? 0 : O_NOCTTY));
+  how.resolve = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  UniqueFd fd(static_cast<int>(::syscall(SYS_openat2, AT_FDCWD, path.c_str(), &how, sizeof how)));
+  if (!fd && errno == ELOOP)
+    throw Error(Status::permission, fmt::format("{} {} has a symlink in its path: give the real path (realpath {})",
+                                                what, path, path));
+  if (!fd) throw system_error(status_of_errno(errno), errno, fmt::format("cannot open {} {}", what, path));
+  if (const auto dir = folder_others_can_change(path))
+    throw Error(Status::permission, fmt::format("{} {} is below {}, which someone other than root can change (and so "
+                                                "put something else under that name); move it to a folder only root "
+                                                "can change", what, path, dir->native()));
+  return fd;
+}
 
 UniqueFd open_dir(const std::filesystem::path& path, std::string_view what) {
   UniqueFd fd(::open(path.c_str(), dir_flags));

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -23,6 +24,16 @@ namespace nucleus::checkpoint {
 Error system_error(Status status, int err, std::string_view what);
 // The status an errno stands for: ENOENT -> not_found, EACCES/EPERM -> permission, else io.
 Status status_of_errno(int err) noexcept;
+
+// The first folder above `real_path` (an absolute path without symlinks) that someone other than
+// root or the effective uid could change: owned by another user, or writable by group or others
+// without the sticky bit. Such a folder lets its owner put anything under the path's name later.
+std::optional<std::filesystem::path> folder_others_can_change(const std::filesystem::path& real_path);
+
+// Opens an absolute path as root may act on it for someone else: no symlink in any component
+// (openat2's RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS), and no folder above it that another user
+// could change (so what was opened stays what the name means). `what` names it in errors.
+UniqueFd open_trusted_path(const std::string& path, int flags, std::string_view what);
 
 // Opens an existing folder; the last component must not be a symlink. `what` names it in errors.
 UniqueFd open_dir(const std::filesystem::path& path, std::string_view what);

@@ -10,6 +10,7 @@
 #include <functional>
 #include <sys/types.h>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace nucleus::checkpoint {
@@ -99,6 +100,14 @@ struct CriuOptions {
   // file nobody sees must not change a dump.
   bool use_default_config = false;
   NotifyCallback notify;  // both: CRIU's notifications (see NotifyCallback)
+
+  // --- What a restore requires of the checkpoint, checked once it verifies ---
+  // The container it was signed for: another one's checkpoint (a folder swapped with a
+  // neighbour's) is refused with Status::integrity. Empty: not checked.
+  std::string expected_container_id;
+  // Annotations it must carry with exactly these values, e.g. a generation counter the runtime
+  // bumps with every dump, so that an older signed checkpoint cannot be replayed in its place.
+  std::vector<std::pair<std::string, std::string>> expected_annotations;
 };
 
 }  // namespace nucleus::checkpoint

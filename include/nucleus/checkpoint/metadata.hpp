@@ -11,6 +11,14 @@
 
 namespace nucleus::checkpoint {
 
+// Which file a path led to at dump (st_dev, st_ino): a restore that finds something else under
+// the recorded name refuses it, since the signature covers the name, not what it leads to.
+struct FileIdentity {
+  std::uint64_t dev = 0;
+  std::uint64_t ino = 0;
+  bool operator==(const FileIdentity&) const = default;
+};
+
 // A bind mount from outside the container, declared external at dump: CRIU's key, where it is
 // mounted inside the container, its source as the host saw it then, and its file system type
 // (a cgroup's source is recreated by CRIU at restore).
@@ -19,6 +27,7 @@ struct ExternalMount {
   std::string key;
   std::string source;
   std::string fstype;
+  FileIdentity identity;
   bool operator==(const ExternalMount&) const = default;
 };
 
@@ -41,6 +50,7 @@ struct RecordedFd {
   std::string key;
   std::string path;
   int flags = 0;
+  FileIdentity identity;
   bool operator==(const RecordedFd&) const = default;
 };
 
@@ -59,6 +69,7 @@ struct DumpRecord {
   bool own_mount_namespace = false;    // the tree had a mount namespace of its own
   bool own_network_namespace = false;  // and a network namespace nobody outside it shared
   std::string root;             // its rootfs as the host saw it; empty: not found (or the host's)
+  FileIdentity root_identity;
   std::vector<ExternalMount> mounts;
   std::vector<ExternalNamespace> namespaces;
   std::vector<RecordedFd> descriptors;
