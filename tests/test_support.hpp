@@ -47,7 +47,7 @@ Error require_error(F&& f) {
 
 inline bool contains(std::string_view text, std::string_view part) { return text.find(part) != std::string_view::npos; }
 
-// A fresh 0700 folder under $NC_TEST_TMPDIR (the build tree; never /tmp), removed at the end.
+// A fresh 0700 folder under $NC_TEST_TMPDIR (root's, under /var/tmp; never /tmp), removed at the end.
 class TempDir {
  public:
   TempDir() {

@@ -77,7 +77,8 @@ std::uint64_t ns_inode(pid_t pid, const std::string& type) {
 
 // A namespace of the tree's that a process outside the tree is in too, or that is bound in the
 // host's file system (`ip netns add` binds /run/netns/NAME): its path there, or "" if only shared.
-// A process forked inside the tree after it was listed is no outsider.
+// A process forked inside the tree after it was listed is no outsider, nor is an ancestor that
+// made the namespace and waits for the tree (`unshare --net --fork` stays in it).
 std::optional<std::string> shared_namespace(const std::string& type, std::uint64_t inode, pid_t root,
                                             const std::set<pid_t>& tree, const std::vector<MountEntry>& host) {
   const std::string bound = fmt::format("{}:[{}]", type, inode);
@@ -88,7 +89,8 @@ std::optional<std::string> shared_namespace(const std::string& type, std::uint64
     pid_t other = 0;
     const auto [end, ec] = std::from_chars(name.data(), name.data() + name.size(), other);
     if (ec != std::errc() || end != name.data() + name.size() || tree.contains(other)) continue;
-    if (ns_inode(other, type) == inode && !descends_from(other, root)) return std::string();
+    if (ns_inode(other, type) == inode && !descends_from(other, root) && !descends_from(root, other))
+      return std::string();
   }
   return std::nullopt;
 }

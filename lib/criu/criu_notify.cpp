@@ -129,7 +129,7 @@ void NotifyChannel::serve() noexcept {
     const bool resuming = name == "pre-resume" || name == "post-resume";
     if (!go_on && resuming && pid > 0) {
       try {
-        signal_tree(process_tree(pid), SIGKILL);
+        ProcessTree::open(pid).signal(SIGKILL);  // stopped by CRIU: none of its PIDs can be reused
       } catch (...) {
         ::kill(pid, SIGKILL);  // the root at least; CRIU fails once its tasks are gone
       }

@@ -144,6 +144,9 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
     throw Error(Status::invalid, fmt::format("unknown signature format {}", static_cast<int>(format)));
   if (container.id.empty()) throw Error(Status::invalid, "container id is empty");
   if (container.pid <= 0) throw Error(Status::invalid, fmt::format("PID {} is not a process", container.pid));
+  // The root held by a pidfd from here on, checked to be the process meant: no signal of the
+  // library's can reach a process that took one of the tree's PIDs later.
+  const UniqueFd root_pidfd = open_process(container.pid, container.start_ticks);
   const ProcessStatus process = read_process_status(container.pid, container.start_ticks);
   // Built, and checked, before CRIU runs: a dump must never end unsignable.
   CheckpointMetadata metadata;
@@ -204,7 +207,7 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
     StartedDigests started = live ? live->stop() : StartedDigests();
     if (!r.succeeded_by(r.status_lost ? log_tail(work_fd, "dump.log") : "", "Dumping finished successfully")) {
       // CRIU resumes the tree when it fails; killed, it may have left it stopped: resume it.
-      signal_tree(process_tree(container.pid), SIGCONT);
+      ProcessTree::open(container.pid, root_pidfd.get()).signal(SIGCONT);
       const std::string errors = criu_errors(work_fd, "dump.log", r.output);
       const std::string refusal = notifications.refusal();
       const std::string hint = refusal.empty() ? criu_hint(errors) : refusal;
@@ -216,7 +219,7 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
     }
     // The tree is now stopped (or running, with leave_running); it ends only once the checkpoint
     // is safely in place, and runs on if anything fails first.
-    const std::vector<pid_t> tree = process_tree(container.pid);
+    const ProcessTree tree = ProcessTree::open(container.pid, root_pidfd.get());
     try {
       metadata.checkpoint_at = static_cast<std::uint64_t>(
           std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
@@ -227,10 +230,10 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
       else HmacTree::sign_as(cd.dir(), key, SignatureFormat::seed);
       cd.commit();
     } catch (...) {
-      if (!options.leave_running) signal_tree(tree, SIGCONT);
+      if (!options.leave_running) tree.signal(SIGCONT);
       throw;
     }
-    if (!options.leave_running) kill_tree(tree);
+    if (!options.leave_running) tree.kill();
   });
   finish(CheckpointState::Dumped);
 }

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <poll.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -127,16 +128,45 @@ std::vector<pid_t> process_tree(pid_t pid) {
   return tree;
 }
 
-void signal_tree(const std::vector<pid_t>& tree, int sig) noexcept {
-  for (const pid_t pid : tree) ::kill(pid, sig);
+namespace {
+
+bool pidfd_alive(int pidfd) noexcept { return ::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0) == 0; }
+
+}  // namespace
+
+ProcessTree ProcessTree::open(pid_t pid, int root_pidfd) {
+  ProcessTree tree;
+  if (root_pidfd >= 0 && !pidfd_alive(root_pidfd)) return tree;
+  for (const pid_t p : process_tree(pid)) {
+    const auto before = stat_of(p);
+    UniqueFd fd(open_pidfd(p));
+    const auto after = stat_of(p);
+    if (fd && before && after && before->start_ticks == after->start_ticks) tree.pidfds_.push_back(std::move(fd));
+  }
+  return tree;
 }
 
-void kill_tree(const std::vector<pid_t>& tree) noexcept {
-  signal_tree(tree, SIGKILL);
+void ProcessTree::signal(int sig) const noexcept {
+  for (const auto& fd : pidfds_) ::syscall(SYS_pidfd_send_signal, fd.get(), sig, nullptr, 0);
+}
+
+void ProcessTree::kill() const noexcept {
+  signal(SIGKILL);
+  // A pidfd turns readable once its process has exited (a zombie counts).
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  for (const pid_t pid : tree)
-    while (process_exists(pid) && !process_is_zombie(pid) && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  for (const auto& fd : pidfds_) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    pollfd p{fd.get(), POLLIN, 0};
+    ::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(left.count(), 0)));
+  }
+}
+
+UniqueFd open_process(pid_t pid, std::uint64_t expected_start_ticks) {
+  UniqueFd fd(open_pidfd(pid));
+  if (!fd) throw Error(Status::not_found, fmt::format("process {} does not exist; check the PID", pid));
+  // Read after the pidfd is open: if this is the process expected, the pidfd is its.
+  read_process_status(pid, expected_start_ticks);
+  return fd;
 }
 
 std::string describe_process(pid_t pid) {

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "fs/unique_fd.hpp"
+
 namespace nucleus::checkpoint {
 
 struct ProcessStatus {
@@ -24,11 +26,30 @@ bool process_exists(pid_t pid);
 bool process_is_zombie(pid_t pid);
 // pid and all its descendants (through /proc/<pid>/task/<tid>/children), parents first.
 std::vector<pid_t> process_tree(pid_t pid);
-// Sends sig to every process of a tree collected by process_tree.
-void signal_tree(const std::vector<pid_t>& tree, int sig) noexcept;
-// SIGKILL to every process of the tree, then waits (up to 5 s) until each has died: gone, or a
-// zombie for its parent to reap. As `criu dump` without --leave-running would have returned.
-void kill_tree(const std::vector<pid_t>& tree) noexcept;
+// A process tree held by pidfds, so that a signal can only ever reach the processes that were
+// listed, never one that reused a PID of theirs since.
+class ProcessTree {
+ public:
+  ProcessTree() = default;
+  // pid and its descendants: each PID's pidfd is kept only if the process it refers to started
+  // when the listed one did (checked after the pidfd is open). `root`, if given, is the root's
+  // pidfd taken earlier: if that process is gone, the tree is empty.
+  static ProcessTree open(pid_t pid, int root_pidfd = -1);
+
+  bool empty() const noexcept { return pidfds_.empty(); }
+  // Sends sig to every process of the tree that still lives.
+  void signal(int sig) const noexcept;
+  // SIGKILL to every process, then waits (up to 5 s) until each has died: gone, or a zombie for its
+  // parent to reap. As `criu dump` without --leave-running would have returned.
+  void kill() const noexcept;
+
+ private:
+  std::vector<UniqueFd> pidfds_;
+};
+
+// A pidfd for pid, refused (Status::not_found) unless the process started at expected_start_ticks
+// (0: not checked) and is alive: what a dump acts on from then on.
+UniqueFd open_process(pid_t pid, std::uint64_t expected_start_ticks);
 
 // Whether pid is `ancestor` or descends from it now (a process forked since a tree was listed).
 bool descends_from(pid_t pid, pid_t ancestor);
