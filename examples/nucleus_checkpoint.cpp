@@ -617,13 +617,29 @@ int cmd_check(const std::string& criu, bool json) {
   return r.finish({});
 }
 
+// The start time of PID (field 22 of /proc/PID/stat), 0 if there is no such process: taken as the
+// command starts, so that the library refuses a PID reused while it got ready.
+unsigned long long start_ticks_of(pid_t pid) {
+  std::FILE* f = std::fopen(fmt::format("/proc/{}/stat", pid).c_str(), "re");
+  if (!f) return 0;
+  char buf[4096];
+  const std::size_t n = std::fread(buf, 1, sizeof buf - 1, f);
+  std::fclose(f);
+  const std::string stat(buf, n);
+  std::size_t at = stat.rfind(')');
+  for (int field = 2; field < 22 && at != std::string::npos; ++field) at = stat.find(' ', at + 1);
+  return at == std::string::npos ? 0 : std::strtoull(stat.c_str() + at + 1, nullptr, 10);
+}
+
 int cmd_dump(const std::string& criu, pid_t pid, const std::string& dir, const std::string& id, bool leave_running,
              const CriuFlags& flags, nc_signature_format format, bool json) {
+  const unsigned long long start_ticks = start_ticks_of(pid);
   Report r(json);
   Runtime rt;
   Options opts;
   Outcome opened = open_runtime_with(criu, flags, leave_running, rt, opts);
   if (opened.ok()) opened(nc_options_set_signature_format(opts.get(), format));
+  if (opened.ok() && start_ticks != 0) opened(nc_options_set_start_ticks(opts.get(), start_ticks));
   if (!opened.ok()) return r.finish(opened);
   const auto start = std::chrono::steady_clock::now();
   Outcome dumped;

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "process_support.hpp"
+#include "fs/fs_util.hpp"
 #include "fs/unique_fd.hpp"
 
 using namespace nucleus::checkpoint;
@@ -425,4 +426,38 @@ TEST_CASE_METHOD(Fixture, "a writer holding a descriptor from before the chown c
   ::waitpid(attacker, nullptr, 0);
   ::close(ready[0]);
   CHECK(rt->restore(checkpoint) == tree.pid());  // with the writer gone it restores
+}
+
+TEST_CASE_METHOD(Fixture, "a dump into a folder another user can change is refused before CRIU runs", "[e2e][security]") {
+  // Its owner could swap the staging folder or the finished checkpoint for another: a replay of an
+  // older signed checkpoint, or a folder of root's that the cleanup would then remove.
+  CounterTree tree(tmp / "counter");
+  const fs::path shared = tmp / "shared";
+  fs::create_directory(shared);
+  REQUIRE(::chown(shared.c_str(), 65534, 65534) == 0);
+  try {
+    rt->checkpoint(container("shared", tree.pid()), shared / "c1", true);
+    FAIL("a dump was made in a folder another user owns");
+  } catch (const Error& e) {
+    CHECK(e.status() == Status::permission);
+    CHECK(std::string(e.what()).find("can be changed by someone other than root") != std::string::npos);
+  }
+  CHECK(fs::is_empty(shared));
+  const long now = tree.count("parent");
+  CHECK(wait_until([&] { return tree.count("parent") > now + 2; }));  // never frozen
+}
+
+TEST_CASE("cleaning up a deep tree is iterative and stays bounded", "[security]") {
+  TempDir tmp;
+  const UniqueFd top(::open(tmp.path().c_str(), O_RDONLY | O_DIRECTORY));
+  int fd = ::dup(top.get());
+  for (int i = 0; i < 20000; ++i) {  // the recursive cleanup ran out of stack at 19,000 levels
+    REQUIRE(::mkdirat(fd, "d", 0700) == 0);
+    const int next = ::openat(fd, "d", O_RDONLY | O_DIRECTORY);
+    ::close(fd);
+    fd = next;
+  }
+  ::close(fd);
+  remove_contents(top.get());  // returns; what lies past its depth bound is left, not followed
+  CHECK(fs::exists(tmp / "d"));
 }

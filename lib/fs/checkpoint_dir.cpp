@@ -42,6 +42,15 @@ CheckpointDir CheckpointDir::prepare(const fs::path& target_path) {
   cd.target_name_ = name;
   cd.parent_ = target.has_parent_path() ? open_or_create_dir(target.parent_path(), 0700, "checkpoint parent directory")
                                         : open_dir(".", "current directory");
+  // Its folder, and every folder above, only root (or the caller) can change: otherwise their owner
+  // could swap the staging folder or the finished checkpoint for another (a replay, or a folder
+  // root then removes).
+  const fs::path real_parent = fs::read_symlink(fmt::format("/proc/self/fd/{}", cd.parent_.get()));
+  if (const auto dir = folder_others_can_change(real_parent / name))
+    throw Error(Status::permission, fmt::format("the checkpoint would be made in {}, and {} can be changed by someone "
+                                                "other than root (who could swap the checkpoint for another); "
+                                                "checkpoint into a folder only root can change", real_parent.native(),
+                                                dir->native()));
   struct stat st {};
   if (::fstatat(cd.parent_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
     if (S_ISLNK(st.st_mode))
@@ -64,13 +73,26 @@ CheckpointDir CheckpointDir::prepare(const fs::path& target_path) {
   return cd;
 }
 
+// Whether parent_fd/name is still the folder open at dir_fd (the one this library created).
+bool same_folder(int parent_fd, const std::string& name, int dir_fd) {
+  struct stat named {}, held {};
+  return ::fstatat(parent_fd, name.c_str(), &named, AT_SYMLINK_NOFOLLOW) == 0 && ::fstat(dir_fd, &held) == 0 &&
+         named.st_dev == held.st_dev && named.st_ino == held.st_ino;
+}
+
 CheckpointDir::~CheckpointDir() {
-  if (parent_ && !committed_ && !staging_name_.empty()) remove_tree_at(parent_.get(), staging_name_);
+  if (!parent_ || committed_ || staging_name_.empty()) return;
+  remove_contents(dir_.get());
+  if (same_folder(parent_.get(), staging_name_, dir_.get()))
+    ::unlinkat(parent_.get(), staging_name_.c_str(), AT_REMOVEDIR);
 }
 
 void CheckpointDir::commit() {
   // CRIU does not fsync its images; one syncfs makes the whole staging folder durable.
   if (::syncfs(dir_.get()) != 0) throw system_error(Status::io, errno, "cannot sync the checkpoint to disk");
+  if (!same_folder(parent_.get(), staging_name_, dir_.get()))
+    throw Error(Status::permission, fmt::format("the staging folder {} beside {} was replaced while the dump ran; the "
+                                                "checkpoint is not moved into place", staging_name_, target_.native()));
   // An empty target folder is replaced; an absent one must stay absent until now.
   const int rc = target_was_empty_dir_
                      ? ::renameat(parent_.get(), staging_name_.c_str(), parent_.get(), target_name_.c_str())

@@ -142,16 +142,43 @@ std::vector<std::string> list_dir(int dir_fd, std::string_view what) {
   return names;
 }
 
-void remove_tree_at(int parent_fd, const std::string& name) noexcept {
-  if (::unlinkat(parent_fd, name.c_str(), 0) == 0 || errno != EISDIR) return;
-  const UniqueFd fd(::openat(parent_fd, name.c_str(), dir_flags));
-  if (!fd) return;
-  try {
-    for (const auto& n : list_dir(fd.get(), name)) remove_tree_at(fd.get(), n);
-  } catch (const Error&) {
-    return;  // best effort
+void remove_contents(int dir_fd) noexcept {
+  constexpr std::size_t max_entries = 2'000'000, max_depth = 128;
+  struct stat top {};
+  if (::fstat(dir_fd, &top) != 0) return;
+  // Iterative and depth first: a folder goes once it is empty, on the way back up. Never onto
+  // another file system, never through a symlink, never deeper than max_depth or past max_entries.
+  struct Level {
+    UniqueFd fd;
+    std::vector<std::string> names;
+    std::string name;  // in its parent
+  };
+  std::vector<Level> stack;
+  const auto enter = [&](UniqueFd fd, std::string name) {
+    try {
+      auto names = list_dir(fd.get(), "folder to remove");
+      stack.push_back({std::move(fd), std::move(names), std::move(name)});
+    } catch (...) {
+      // unreadable: left as it is
+    }
+  };
+  enter(UniqueFd(::fcntl(dir_fd, F_DUPFD_CLOEXEC, 0)), {});
+  for (std::size_t seen = 0; !stack.empty() && seen < max_entries;) {
+    Level& level = stack.back();
+    if (level.names.empty()) {
+      const std::string name = std::move(level.name);
+      stack.pop_back();
+      if (!stack.empty()) ::unlinkat(stack.back().fd.get(), name.c_str(), AT_REMOVEDIR);
+      continue;
+    }
+    std::string name = std::move(level.names.back());
+    level.names.pop_back();
+    ++seen;
+    if (::unlinkat(level.fd.get(), name.c_str(), 0) == 0 || errno != EISDIR || stack.size() > max_depth) continue;
+    UniqueFd sub(::openat(level.fd.get(), name.c_str(), dir_flags));
+    struct stat st {};
+    if (sub && ::fstat(sub.get(), &st) == 0 && st.st_dev == top.st_dev) enter(std::move(sub), std::move(name));
   }
-  ::unlinkat(parent_fd, name.c_str(), AT_REMOVEDIR);
 }
 
 struct stat stat_fd(int fd, std::string_view what) {

@@ -49,9 +49,10 @@ struct stat stat_fd(int fd, std::string_view what);
 // reads from the start through its own duplicate, whatever the caller's descriptor offset.
 std::vector<std::string> list_dir(int dir_fd, std::string_view what);
 
-// Removes parent_fd/name and everything below it, never following a symlink. Best effort: used
-// to clean up, it reports nothing.
-void remove_tree_at(int parent_fd, const std::string& name) noexcept;
+// Removes everything below the folder open at dir_fd (not the folder itself), never following a
+// symlink, never onto another file system, iteratively and bounded. Best effort: used to clean
+// up, it reports nothing.
+void remove_contents(int dir_fd) noexcept;
 
 // Reads a regular file of at most max_size bytes.
 std::string read_file_at(int dir_fd, const std::string& name, std::size_t max_size,
