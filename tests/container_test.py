@@ -253,9 +253,12 @@ def established(p):
 
 wait_for(lambda: len(established(pid)) == 2)
 d = os.path.join(tmp, "ckpt-tcp")
-r = run("dump", "--pid", str(pid), "--dir", d, "--tcp-established")
-check(r.returncode == 0, "dump of a container with an established connection (--tcp-established)",
+r = run("dump", "--pid", str(pid), "--dir", d, "--tcp-established", "--leave-running")
+check(r.returncode == 0, "dump of a container with an established connection (--tcp-established --leave-running)",
       r.stdout + r.stderr)
+check(wait_for(lambda: any(line.split()[2].endswith(":2328") for line in established(pid)), 5),
+      "left running, the container keeps its connection", repr(established(pid)))
+kill(pid)
 proc.wait(timeout=30)
 reap()
 # Its stdout given a reader again: a container writing into a pipe nobody reads dies of SIGPIPE.
