@@ -8,6 +8,8 @@
 #define _GNU_SOURCE
 #include <nucleus/checkpoint.h>
 
+#include "capi_support.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -26,36 +28,14 @@
 #include <time.h>
 #include <unistd.h>
 
-static int failures, checks;
 
-#define CHECK(cond)                                                                                   \
-  do {                                                                                                \
-    ++checks;                                                                                         \
-    if (!(cond)) {                                                                                    \
-      ++failures;                                                                                     \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, __LINE__, #cond,        \
-              nc_last_error());                                                                       \
-    }                                                                                                 \
-  } while (0)
-
-static char base[4096], rootfs[4200], volume[4200], counter_file[4300], cgroup[4200], checkpoint[4200];
+static char rootfs[4200], volume[4200], counter_file[4300], cgroup[4200], checkpoint[4200];
 static pid_t launcher = -1, container = -1;
 static int launcher_out = -1;
 /* Restored trees, killed through their pidfds at the end whatever happened. */
 static int restored_pidfd[4] = {-1, -1, -1, -1};
 static pid_t restored_pid[4];
 static int restored_count;
-
-static void sleep_ms(long ms) {
-  struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
-  nanosleep(&t, NULL);
-}
-
-/* As a child subreaper this process reaps the dumped and restored trees at once. */
-static void reap(void) {
-  while (waitpid(-1, NULL, WNOHANG) > 0) {
-  }
-}
 
 static int pidfd_send(int pidfd, int sig) { return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0); }
 
@@ -395,31 +375,12 @@ static void test_container(nc_runtime *rt) {
   close(out[0]);
 }
 
-static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
-  (void)st, (void)type, (void)ftw;
-  return remove(path);
-}
-
 int main(void) {
-  const char *tmp = getenv("NC_TEST_TMPDIR");
-  char templ[4096];
-  snprintf(templ, sizeof templ, "%s/capi-container-XXXXXX", tmp && *tmp ? tmp : ".");
-  mkdir(tmp && *tmp ? tmp : ".", 0700);
-  if (!mkdtemp(templ)) {
-    perror("mkdtemp");
-    return 1;
-  }
-  snprintf(base, sizeof base, "%s", templ);
+  if (enter_test_folder("capi-container") != 0) return 1;
   snprintf(rootfs, sizeof rootfs, "%s/rootfs", base);
   snprintf(volume, sizeof volume, "%s/volume", base);
   snprintf(counter_file, sizeof counter_file, "%s/counter", volume);
   snprintf(checkpoint, sizeof checkpoint, "%s/checkpoint", base);
-  char keys[4200], key[4300];
-  snprintf(keys, sizeof keys, "%s/keys", base);
-  mkdir(keys, 0700);
-  snprintf(key, sizeof key, "%s/checkpoint.key", keys);
-  setenv("NUCLEUS_CHECKPOINT_HMAC_KEY_FILE", key, 1);
-  prctl(PR_SET_CHILD_SUBREAPER, 1);
 
   CHECK(geteuid() == 0); /* CRIU needs root */
   nc_runtime *rt = NULL;
@@ -427,7 +388,5 @@ int main(void) {
   if (rt) test_container(rt);
   cleanup();
   nc_runtime_free(rt);
-  nftw(base, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-  printf("capi_container: %d checks, %d failed\n", checks, failures);
-  return failures == 0 ? 0 : 1;
+  return leave_test_folder("capi_container");
 }

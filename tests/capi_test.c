@@ -4,6 +4,8 @@
 #include <nucleus/checkpoint.h>
 #include <nucleus/checkpoint_version.h>
 
+#include "capi_support.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -17,19 +19,6 @@
 #include <time.h>
 #include <unistd.h>
 
-static int failures, checks;
-
-#define CHECK(cond)                                                                 \
-  do {                                                                              \
-    ++checks;                                                                       \
-    if (!(cond)) {                                                                  \
-      ++failures;                                                                   \
-      fprintf(stderr, "%s:%d: CHECK(%s) failed; last error: %s\n", __FILE__, __LINE__, #cond, \
-              nc_last_error());                                                     \
-    }                                                                               \
-  } while (0)
-
-static char base[4096];
 
 static void path_of(char *out, size_t size, const char *name) { snprintf(out, size, "%s/%s", base, name); }
 
@@ -49,11 +38,6 @@ static long count_of(const char *path) {
     fclose(f);
   }
   return n;
-}
-
-static void sleep_ms(long ms) {
-  struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
-  nanosleep(&t, NULL);
 }
 
 static void test_arguments(void) {
@@ -299,8 +283,7 @@ static void test_checkpoint_restore(void) {
   nc_signature_format format = NC_SIGNATURE_SEED;
   CHECK(nc_signature_format_of(checkpoint, &format) == NC_OK && format == NC_SIGNATURE_CHUNKED); /* the default */
   sleep_ms(100);
-  while (waitpid(-1, NULL, WNOHANG) > 0) {
-  }
+  reap();
   long at_dump = count_of(parent_count);
   CHECK(nc_verify(checkpoint) == NC_OK);
   CHECK(nc_checkpoint(rt, "capi", pid, checkpoint, 0) != NC_OK); /* the tree is gone */
@@ -321,8 +304,7 @@ static void test_checkpoint_restore(void) {
   CHECK(nc_options_add_runtime_file(opts, "config.json", "{}", 2) == NC_OK);
   CHECK(nc_checkpoint_ex(rt, "capi", restored, again, opts) == NC_OK);
   sleep_ms(100);
-  while (waitpid(-1, NULL, WNOHANG) > 0) {
-  }
+  reap();
   char *metadata = NULL;
   CHECK(nc_read_metadata(again, &metadata) == NC_OK);
   CHECK(metadata != NULL && strstr(metadata, "io.example.owner") != NULL);
@@ -349,40 +331,17 @@ static void test_checkpoint_restore(void) {
   }
   kill(-restored, SIGKILL);
   sleep_ms(100);
-  while (waitpid(-1, NULL, WNOHANG) > 0) {
-  }
+  reap();
   nc_runtime_free(rt);
 }
 
-static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
-  (void)st, (void)type, (void)ftw;
-  return remove(path);
-}
-
 int main(void) {
-  const char *tmp = getenv("NC_TEST_TMPDIR");
-  char templ[4096];
-  snprintf(templ, sizeof templ, "%s/capi-XXXXXX", tmp && *tmp ? tmp : ".");
-  mkdir(tmp && *tmp ? tmp : ".", 0700);
-  if (!mkdtemp(templ)) {
-    perror("mkdtemp");
-    return 1;
-  }
-  snprintf(base, sizeof base, "%s", templ);
-  char keys[4200], key[4300];
-  path_of(keys, sizeof keys, "keys");
-  mkdir(keys, 0700);
-  snprintf(key, sizeof key, "%s/checkpoint.key", keys);
-  setenv("NUCLEUS_CHECKPOINT_HMAC_KEY_FILE", key, 1);
-  prctl(PR_SET_CHILD_SUBREAPER, 1);
-
+  if (enter_test_folder("capi") != 0) return 1;
   test_arguments();
   test_status_names();
   test_options_and_versions();
   test_container_options();
   test_sign_verify();
   test_checkpoint_restore();
-  nftw(base, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-  printf("capi: %d checks, %d failed\n", checks, failures);
-  return failures == 0 ? 0 : 1;
+  return leave_test_folder("capi");
 }

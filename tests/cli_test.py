@@ -7,7 +7,6 @@ inherited descriptor, not root, bad usage); a folder someone else made (forged m
 with escape sequences or not UTF-8) and CRIU's own output shown escaped, unverified metadata
 marked so, and each error line the message of the call that failed.
 Usage: cli_test.py NUCLEUS_CHECKPOINT COUNTER TMPDIR"""
-import ctypes
 import json
 import os
 import pty
@@ -18,23 +17,15 @@ import sys
 import tempfile
 import time
 
+from test_support import become_subreaper, check, finish, reap, wait_for
+
 cli, counter, tmp_root = sys.argv[1:4]
 os.makedirs(tmp_root, exist_ok=True)
 tmp = tempfile.mkdtemp(prefix="cli-", dir=tmp_root)
 os.makedirs(os.path.join(tmp, "keys"), mode=0o700)
 env = dict(os.environ, NUCLEUS_CHECKPOINT_HMAC_KEY_FILE=os.path.join(tmp, "keys", "key"))
-# A child subreaper reaps the dumped tree at once (a zombie's PID cannot be restored).
-ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+become_subreaper()
 
-checks = failures = 0
-
-
-def check(ok, what, detail=""):
-    global checks, failures
-    checks += 1
-    if not ok:
-        failures += 1
-        print(f"FAILED: {what}\n{detail}", file=sys.stderr)
 
 
 def run(*args, user=None):
@@ -44,30 +35,12 @@ def run(*args, user=None):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
 
-def reap():
-    while True:
-        try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                return
-        except ChildProcessError:
-            return
-
-
 def count(name, folder="counter"):
     try:
         with open(os.path.join(tmp, folder, name)) as f:
             return int(f.read())
     except (OSError, ValueError):
         return -1
-
-
-def wait_for(pred, seconds=10):
-    end = time.time() + seconds
-    while time.time() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 os.makedirs(os.path.join(tmp, "counter"))
@@ -411,5 +384,4 @@ for sub in ["check", "dump", "restore", "sign", "verify", "inspect", "keygen"]:
     check(r.returncode == 0 and "Usage:" in r.stdout, f"{sub} --help", r.stdout + r.stderr)
 
 shutil.rmtree(tmp, ignore_errors=True)
-print(f"cli: {checks} checks, {failures} failed")
-sys.exit(1 if failures else 0)
+finish("cli")

@@ -9,7 +9,6 @@ and `nucleus-checkpoint restore --dir D`, with nothing else but the descriptors 
  - the options the dump used are applied by a plain restore (an established TCP connection);
  - failures that say what to do: a rootfs gone, a volume gone.
 Usage: container_test.py NUCLEUS_CHECKPOINT LAUNCHER SOURCE_DIR TMPDIR"""
-import ctypes
 import json
 import os
 import shutil
@@ -19,27 +18,18 @@ import sys
 import tempfile
 import time
 
+from test_support import become_subreaper, check, finish, reap, wait_for
+
 cli, launcher, source, tmp_root = sys.argv[1:5]
 # Under /var/tmp (root's, sticky), not the build folder: a restore refuses rootfs and volume paths
 # below a folder another user could change, and a clone may live in anyone's home.
 tmp = tempfile.mkdtemp(prefix="nucleus-container-test-", dir="/var/tmp")
 os.makedirs(os.path.join(tmp, "keys"), mode=0o700)
 env = dict(os.environ, NUCLEUS_CHECKPOINT_HMAC_KEY_FILE=os.path.join(tmp, "keys", "key"))
-# A child subreaper: restored trees are reparented here and their zombies reaped at once.
-ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+become_subreaper()
 
-checks = failures = 0
 to_kill = []
 cgroups = []
-
-
-def check(ok, what, detail=""):
-    global checks, failures
-    checks += 1
-    if not ok:
-        failures += 1
-        print(f"FAILED: {what}\n{detail}", file=sys.stderr)
-    return ok
 
 
 def run(*args, pass_fds=()):
@@ -54,15 +44,6 @@ def result(r):
         return {"status": "unparsable", "error": r.stdout + r.stderr}
 
 
-def reap():
-    while True:
-        try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                return
-        except ChildProcessError:
-            return
-
-
 def kill(pid):
     if pid <= 0:
         return
@@ -70,16 +51,6 @@ def kill(pid):
         os.kill(pid, signal.SIGKILL)  # a PID-namespace init ignores SIGTERM
     except ProcessLookupError:
         pass
-
-
-def wait_for(pred, seconds=10):
-    end = time.time() + seconds
-    while time.time() < end:
-        reap()
-        if pred():
-            return True
-        time.sleep(0.1)
-    return pred()
 
 
 def read_int(path):
@@ -345,5 +316,4 @@ finally:
             pass
     shutil.rmtree(tmp, ignore_errors=True)
 
-print(f"container: {checks} checks, {failures} failed")
-sys.exit(1 if failures else 0)
+finish("container")
