@@ -9,19 +9,31 @@
 //   dump        CriuRuntime::checkpoint (leave running)  vs  bare `criu dump --leave-running`; at
 //               1 GiB also the library's dump signed in the seed format
 //   restore     CriuRuntime::restore (verify + restore)  vs  bare `criu restore --restore-detached`
+//   containers  the same container dumped (left running) and restored three ways, side by side:
+//               CriuRuntime::checkpoint / restore (container detection on, as by default); bare
+//               CRIU given exactly the arguments the library gave it (recorded once through a
+//               wrapper, then replayed with the same descriptor numbers and environment); and, for
+//               a runc container, `runc checkpoint --leave-running` / `runc restore -d`. Two
+//               containers: the project's launcher (tests/container/launcher.c: its own PID,
+//               mount, network namespaces, a volume, /dev binds, pipe stdio, a TCP server) and
+//               Debian's runc with tests/container/runc_bundle.sh's bundle (a volume, its own
+//               network namespace).
 //
 // Ratios are library time / baseline time: 1.00 is the same speed, higher is slower. Needs root.
 // Run it through scripts/bench.sh, which builds it (release) and passes the paths it needs.
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -41,6 +53,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -67,6 +80,7 @@ using Clock = std::chrono::steady_clock;
 
 constexpr int runs = 3;                  // timed runs per measure; the median is reported
 constexpr int dump_runs = 5;             // more for dumps: bare CRIU's dump times are the noisiest here
+constexpr int container_runs = 11;      // containers are small and quick: more runs, a steadier median
 constexpr std::size_t chunk = 1 << 20;   // read size, the library's own (seed format)
 constexpr int judged_mib = 1024;         // the size the issue sets its dump and restore targets at
 constexpr double sign_target = 1.15;     // the issue's targets
@@ -81,6 +95,11 @@ struct Config {
   fs::path criu = "/usr/local/sbin/criu";
   std::vector<int> sizes_mib{64, 256, 1024};
   int hmac_mib = 1024;
+  // Containers: the launcher binary and the source tree (its tests/container scripts); "yes" runs
+  // them after the rest, "only" alone, "no" not at all.
+  fs::path launcher;
+  fs::path source;
+  std::string containers = "yes";
 };
 
 struct Row {
@@ -116,6 +135,8 @@ struct Timing {
   std::string name;
   std::function<double()> run;
   std::vector<double> seconds{};
+  // Containers: CRIU's own time in each run, from its log (the run's lambda appends to it).
+  std::shared_ptr<std::vector<double>> criu_seconds = std::make_shared<std::vector<double>>();
 };
 
 enum class Order {
@@ -700,6 +721,681 @@ void bench_unshared_dump(const Config& c, nc::CriuRuntime& rt, std::vector<Row>&
 }
 
 // ---------------------------------------------------------------------------------------------
+// Containers: one container dumped and restored by the library, by bare CRIU given exactly the
+// library's arguments, and (a runc container) by runc itself.
+//
+// Every process started here ends up the benchmark's child (it is a subreaper): the launcher,
+// runc's container inits once `runc run -d` returns, restored trees once CRIU exits. While
+// containers run, exit statuses are collected by reap_poll() alone and kept by PID, so waiting for
+// one process never takes another's status.
+
+std::map<pid_t, int>& exited_children() {
+  static std::map<pid_t, int> exited;
+  return exited;
+}
+
+void reap_poll() {
+  int status = 0;
+  pid_t pid;
+  while ((pid = ::waitpid(-1, &status, WNOHANG)) > 0) exited_children()[pid] = status;
+}
+
+// Waits until PID has exited and been reaped; its exit code (128 + signal), -1 if another parent
+// reaped it, nullopt if it still runs after `limit`.
+std::optional<int> await_exit(pid_t pid, std::chrono::milliseconds limit) {
+  const auto deadline = Clock::now() + limit;
+  for (;;) {
+    reap_poll();
+    auto& exited = exited_children();
+    if (const auto it = exited.find(pid); it != exited.end()) {
+      const int status = it->second;
+      exited.erase(it);
+      return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    if (::kill(pid, 0) != 0 && errno == ESRCH) return -1;
+    if (Clock::now() > deadline) return std::nullopt;
+    std::this_thread::sleep_for(std::chrono::microseconds(500));
+  }
+}
+
+int await_exit_or_fail(pid_t pid, const std::string& what, std::chrono::seconds limit = std::chrono::seconds(120)) {
+  const auto code = await_exit(pid, limit);
+  if (!code) fail(fmt::format("{} (PID {}) did not end within {} s", what, pid, limit.count()));
+  return *code;
+}
+
+bool is_running(pid_t pid) {
+  if (pid <= 0 || ::kill(pid, 0) != 0) return false;
+  const std::string stat = read_text(fmt::format("/proc/{}/stat", pid));
+  const auto paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] != 'Z';
+}
+
+// A restored container's init: SIGKILL (an init ignores SIGTERM), which ends its PID namespace,
+// then reaped.
+void kill_restored(pid_t pid) {
+  if (pid <= 0) return;
+  ::kill(pid, SIGKILL);
+  if (!await_exit(pid, std::chrono::seconds(30))) fail(fmt::format("restored container PID {} did not die", pid));
+}
+
+// Runs `program` as argv (argv[0] as given) with stdin, stdout and stderr (-1: /dev/null) and each
+// `extra` descriptor at its number, nothing else open.
+struct FdAt {
+  int target;
+  int source;
+};
+pid_t spawn_io(const fs::path& program, const std::vector<std::string>& argv, const std::vector<std::string>& env,
+               int in, int out, int err, const std::vector<FdAt>& extra = {}) {
+  constexpr int high = 512;  // every source is moved above every target first
+  for (const FdAt& f : extra)
+    if (f.target < 3 || f.target >= high) fail(fmt::format("descriptor number {} out of range", f.target));
+  std::vector<std::string> args_copy = argv, env_copy = env;
+  std::vector<char*> args, envp;
+  for (auto& a : args_copy) args.push_back(a.data());
+  args.push_back(nullptr);
+  for (auto& e : env_copy) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::vector<int> moved(3 + extra.size());
+  int top = 2;
+  for (const FdAt& f : extra) top = std::max(top, f.target);
+  const pid_t pid = ::fork();
+  if (pid < 0) fail(fmt::format("fork: {}", std::strerror(errno)));
+  if (pid == 0) {
+    const int null_fd = ::open("/dev/null", O_RDWR);
+    if (null_fd < 0) ::_exit(126);
+    const int stdio[3] = {in >= 0 ? in : null_fd, out >= 0 ? out : null_fd, err >= 0 ? err : null_fd};
+    for (int i = 0; i < 3; ++i)
+      if ((moved[i] = ::fcntl(stdio[i], F_DUPFD, high)) < 0) ::_exit(126);
+    for (std::size_t j = 0; j < extra.size(); ++j)
+      if ((moved[3 + j] = ::fcntl(extra[j].source, F_DUPFD, high)) < 0) ::_exit(126);
+    for (int i = 0; i < 3; ++i)
+      if (::dup2(moved[i], i) < 0) ::_exit(126);
+    for (std::size_t j = 0; j < extra.size(); ++j)
+      if (::dup2(moved[3 + j], extra[j].target) < 0) ::_exit(126);
+    for (int fd = 3; fd <= top; ++fd) {
+      bool keep = false;
+      for (const FdAt& f : extra) keep = keep || f.target == fd;
+      if (!keep) ::close(fd);
+    }
+    ::syscall(SYS_close_range, static_cast<unsigned>(top + 1), ~0U, 0U);
+    if (::chdir("/") != 0) ::_exit(126);
+    ::execve(program.c_str(), args.data(), envp.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+std::vector<std::string> plain_environment() {
+  std::vector<std::string> env;
+  for (char* const* e = criu_environment(); *e; ++e) env.emplace_back(*e);
+  return env;
+}
+
+int open_or_fail(const fs::path& path, int flags, mode_t mode = 0600) {
+  const int fd = ::open(path.c_str(), flags | O_CLOEXEC, mode);
+  if (fd < 0) fail(fmt::format("cannot open {}: {}", path.native(), std::strerror(errno)));
+  return fd;
+}
+
+void private_dir(const fs::path& dir) {
+  fs::create_directories(dir);
+  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace);
+}
+
+// A setup script, its output into `log`; fails with that output.
+void run_setup(const std::vector<std::string>& argv, const fs::path& log) {
+  const int fd = open_or_fail(log, O_WRONLY | O_CREAT | O_APPEND);
+  const pid_t pid = spawn_io(argv.front(), argv, plain_environment(), -1, fd, fd);
+  ::close(fd);
+  if (const int code = await_exit_or_fail(pid, argv[1]); code != 0)
+    fail(fmt::format("{} failed (exit {}): {}", fmt::join(argv, " "), code, read_text(log)));
+}
+
+long read_counter(const fs::path& file) {
+  const std::string text = read_text(file);
+  try {
+    return text.empty() ? -1 : std::stol(text);
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
+void wait_counting(const fs::path& counter, const std::string& what) {
+  const auto deadline = Clock::now() + std::chrono::seconds(30);
+  while (read_counter(counter) <= 3) {
+    if (Clock::now() > deadline) fail(what + " did not start counting in its volume");
+    reap_poll();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+// Where a cgroup v2 folder of our own goes: the hybrid layout's unified mount, or a pure v2 root.
+fs::path cgroup2_root() {
+  for (const char* p : {"/sys/fs/cgroup/unified", "/sys/fs/cgroup"}) {
+    struct statfs st {};
+    if (::statfs(p, &st) == 0 && st.f_type == CGROUP2_SUPER_MAGIC) return p;
+  }
+  fail("no cgroup v2 hierarchy mounted at /sys/fs/cgroup/unified or /sys/fs/cgroup");
+}
+
+// Every cgroup folder named TAG-... (the launcher's; runc's and what CRIU recreated of them, in
+// each hierarchy) and what is below it, deepest first, retried while the last processes leave
+// them. Best effort: scripts/bench.sh does it again.
+void collect_cgroups(const fs::path& dir, const std::string& tag, int depth, bool below_match, std::vector<fs::path>& found) {
+  std::error_code ec;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (!it->is_directory(ec) || it->is_symlink(ec)) continue;  // cgroup files, and errors, skipped
+    const bool match = below_match || it->path().filename().native().starts_with(tag + "-");
+    if (match) found.push_back(it->path());
+    if (depth < 6) collect_cgroups(it->path(), tag, depth + 1, match, found);
+  }
+}
+
+void remove_cgroups(const std::string& tag) {
+  std::vector<fs::path> found;
+  collect_cgroups("/sys/fs/cgroup", tag, 1, false, found);
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  for (auto it = found.rbegin(); it != found.rend(); ++it) {  // children were listed after their parents
+    while (::rmdir(it->c_str()) != 0 && errno == EBUSY && Clock::now() < deadline) {
+      reap_poll();
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+}
+
+// --- What the library gives CRIU, recorded once through a stand-in and replayed bare ---
+
+struct CriuCall {
+  std::vector<std::string> args;  // after argv[0]
+  std::vector<std::string> env;
+};
+
+// A stand-in for criu that records the arguments and the environment the library runs CRIU with
+// for a dump or a restore, then runs CRIU with them. Used untimed, once per container and action.
+fs::path write_capture_wrapper(const Config& c, const fs::path& dir) {
+  private_dir(dir);
+  const fs::path script = dir / "criu";
+  write_file(script, fmt::format(R"(#!/bin/sh
+# nc_bench: records what the library gives CRIU, then runs CRIU with it
+case "$1" in
+  dump|restore)
+    {{ echo "$#"; printf '%s\n' "$@"; }} > '{0}'/"$1".args
+    tr '\0' '\n' < /proc/$$/environ > '{0}'/"$1".env ;;
+esac
+exec '{1}' "$@"
+)",
+                                 dir.native(), c.criu.native()));
+  fs::permissions(script, fs::perms::owner_all, fs::perm_options::replace);
+  return script;
+}
+
+CriuCall take_capture(const fs::path& dir, const std::string& action) {
+  const fs::path args_file = dir / (action + ".args"), env_file = dir / (action + ".env");
+  if (!fs::exists(args_file)) fail(fmt::format("the library ran no criu {} through the recording stand-in", action));
+  CriuCall call;
+  std::istringstream args(read_text(args_file)), env(read_text(env_file));
+  std::string line;
+  std::getline(args, line);
+  const std::size_t count = std::stoul(line);
+  while (std::getline(args, line)) call.args.push_back(line);
+  while (std::getline(env, line))
+    if (!line.empty()) call.env.push_back(line);
+  if (call.args.size() != count || call.args.front() != action)
+    fail(fmt::format("cannot read back the library's criu {} arguments (an argument spanning lines?)", action));
+  fs::remove(args_file);
+  fs::remove(env_file);
+  note(fmt::format("the library ran: criu {}", fmt::join(call.args, " ")));
+  return call;
+}
+
+std::string call_value(const CriuCall& call, const std::string& option) {
+  for (std::size_t i = 0; i + 1 < call.args.size(); ++i)
+    if (call.args[i] == option) return call.args[i + 1];
+  return "";
+}
+
+// CRIU run exactly as the library ran it, with these images and work folders where the library had
+// its own: at the same descriptor numbers when it named them /proc/self/fd/N, as paths otherwise.
+// The seconds CRIU took.
+double replay(const Config& c, CriuCall call, const fs::path& images, const fs::path& work) {
+  std::vector<FdAt> fds;
+  std::vector<int> opened;
+  for (std::size_t i = 0; i < call.args.size(); ++i) {
+    const std::string& a = call.args[i];
+    if (a == "--inherit-fd" || a.starts_with("--inherit-fd="))
+      fail("the library handed CRIU descriptors of its own (--inherit-fd); the benchmark does not replay those");
+    if ((a != "--images-dir" && a != "--work-dir") || i + 1 >= call.args.size()) continue;
+    const fs::path& dir = a == "--images-dir" ? images : work;
+    std::string& value = call.args[i + 1];
+    constexpr std::string_view fd_prefix = "/proc/self/fd/";
+    if (value.starts_with(fd_prefix)) {
+      opened.push_back(open_or_fail(dir, O_RDONLY | O_DIRECTORY));
+      fds.push_back({std::stoi(value.substr(fd_prefix.size())), opened.back()});
+    } else {
+      value = dir.native();
+    }
+  }
+  std::vector<std::string> argv{"criu"};
+  argv.insert(argv.end(), call.args.begin(), call.args.end());
+  int code = 0;
+  const double seconds = timed([&] {
+    const pid_t pid = spawn_io(c.criu, argv, call.env, -1, -1, -1, fds);
+    code = await_exit_or_fail(pid, "criu");
+  });
+  for (int fd : opened) ::close(fd);
+  const std::string log = call_value(call, "--log-file");
+  if (code != 0)
+    fail(fmt::format("bare criu {} failed (exit {}): {}", call.args.front(), code, log_errors(work / log)));
+  return seconds;
+}
+
+// The restored root's PID from the pidfile a replayed restore wrote.
+pid_t replayed_pid(const CriuCall& call, const fs::path& work) {
+  const fs::path pidfile = call_value(call, "--pidfile");
+  const std::string text = read_text(pidfile.is_absolute() ? pidfile : work / pidfile);
+  const auto pid = nc::CriuRuntime::parse_pidfile(text);
+  if (!pid) fail(fmt::format("bare criu restore wrote no PID: '{}'", text));
+  return *pid;
+}
+
+// --- The two containers ---
+
+// The project's launcher (tests/container/launcher.c): new PID, mount, UTS, IPC, cgroup and
+// network namespaces, a busybox rootfs, a volume at /data, /dev binds from the host, pipe stdio
+// held by the launcher, a TCP server on port 8080, in a cgroup v2 folder of its own.
+class LauncherContainer {
+ public:
+  LauncherContainer(const Config& c, const fs::path& base, const fs::path& cgroup) : volume_(base / "volume") {
+    run_setup({"/bin/sh", (c.source / "tests/container/make_rootfs.sh").native(), (base / "rootfs").native()},
+              base / "setup.log");
+    fs::create_directory(volume_);
+    const fs::path out = base / "launcher.out";
+    const int out_fd = open_or_fail(out, O_WRONLY | O_CREAT | O_TRUNC);
+    launcher_ = spawn_io(c.launcher,
+                         {"container_launcher", "--rootfs", (base / "rootfs").native(), "--volume", volume_.native(),
+                          "--cgroup2", cgroup.native(), "--tcp-port", "8080"},
+                         plain_environment(), -1, out_fd, out_fd);
+    ::close(out_fd);
+    // Recorded so that scripts/bench.sh can kill it if we die (its command line names the folder).
+    std::ofstream(c.work / "counter.pids", std::ios::app) << launcher_ << '\n';
+    const auto deadline = Clock::now() + std::chrono::seconds(30);
+    for (;;) {
+      const std::string text = read_text(out);
+      if (text.starts_with("pid ") && text.find('\n') != std::string::npos) {
+        init_ = static_cast<pid_t>(std::stol(text.substr(4)));
+        break;
+      }
+      if (Clock::now() > deadline || !is_running(launcher_)) {
+        stop();
+        fail("the container launcher did not start: " + text);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    try {
+      wait_counting(volume_ / "counter", "the launcher's container");
+    } catch (...) {
+      stop();
+      throw;
+    }
+  }
+  ~LauncherContainer() { stop(); }
+  LauncherContainer(const LauncherContainer&) = delete;
+  LauncherContainer& operator=(const LauncherContainer&) = delete;
+
+  pid_t init() const { return init_; }
+  // Kills the container; the launcher then exits (its pipes closed) and is reaped.
+  void stop() noexcept {
+    if (init_ > 0) ::kill(init_, SIGKILL);
+    if (launcher_ > 0 && !await_exit(launcher_, std::chrono::seconds(20))) {
+      ::kill(launcher_, SIGKILL);
+      await_exit(launcher_, std::chrono::seconds(20));
+    }
+    init_ = launcher_ = -1;
+  }
+
+ private:
+  fs::path volume_;
+  pid_t launcher_ = -1;
+  pid_t init_ = -1;
+};
+
+fs::path find_runc() {
+  for (const char* p : {"/usr/sbin/runc", "/usr/bin/runc", "/usr/local/sbin/runc", "/usr/local/bin/runc"})
+    if (::access(p, X_OK) == 0) return p;
+  fail("runc not found (scripts/setup.sh installs Debian's)");
+}
+
+// Debian's runc with tests/container/runc_bundle.sh's bundle: a busybox loop counting in a volume
+// at /data, runc's default namespaces (its own network namespace). Its stdio are pipes held here
+// (`runc checkpoint` refuses a host file): stdin never written, stdout and stderr drained.
+class RuncContainer {
+ public:
+  RuncContainer(const Config& c, const fs::path& base, std::string id)
+      : runc_(find_runc()), bundle_(base / "bundle"), root_(base / "runc-state"), id_(std::move(id)) {
+    run_setup({"/bin/bash", (c.source / "tests/container/runc_bundle.sh").native(), bundle_.native()}, base / "setup.log");
+    private_dir(root_);
+    if (::pipe2(in_, O_CLOEXEC) != 0 || ::pipe2(out_, O_CLOEXEC) != 0) fail("pipe2 failed");
+    ::fcntl(out_[0], F_SETFL, O_NONBLOCK);
+  }
+  ~RuncContainer() {
+    remove();
+    for (int fd : {in_[0], in_[1], out_[0], out_[1]}) ::close(fd);
+  }
+  RuncContainer(const RuncContainer&) = delete;
+  RuncContainer& operator=(const RuncContainer&) = delete;
+
+  const fs::path& bundle() const { return bundle_; }
+  const std::string& id() const { return id_; }
+  pid_t init() const { return init_; }
+
+  // runc --root ROOT ARGS...: its exit code. CRIU comes from PATH (/usr/local/sbin first), with
+  // CRIU_FAULT=130.
+  int runc(const std::vector<std::string>& args, int out = -1) {
+    std::vector<std::string> argv{"runc", "--root", root_.native()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const pid_t pid = spawn_io(runc_, argv, plain_environment(), in_[0], out >= 0 ? out : out_[1], out_[1]);
+    const int code = await_exit_or_fail(pid, "runc " + args.front());
+    drain();
+    return code;
+  }
+  void must(const std::vector<std::string>& args) {
+    if (const int code = runc(args); code != 0)
+      fail(fmt::format("runc {} failed (exit {}): {}", fmt::join(args, " "), code, drained_));
+  }
+  // The container's init PID as `runc state` tells it; the container must be running.
+  pid_t state_pid() {
+    const int fd = ::memfd_create("runc-state", MFD_CLOEXEC);
+    const int code = runc({"state", id_}, fd);
+    std::string text(4096, '\0');
+    const ssize_t n = ::pread(fd, text.data(), text.size(), 0);
+    ::close(fd);
+    text.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+    const auto at = text.find("\"pid\":");
+    if (code != 0 || at == std::string::npos || text.find("\"running\"") == std::string::npos)
+      fail(fmt::format("runc state {}: the container does not run: {}", id_, text));
+    return static_cast<pid_t>(std::stol(text.substr(at + 6)));
+  }
+  void start() {
+    must({"run", "-d", "--bundle", bundle_.native(), id_});
+    init_ = state_pid();
+    wait_counting(bundle_ / "volume" / "counter", "the runc container");
+  }
+  void restore(const fs::path& images, const fs::path& work) {
+    must({"restore", "-d", "--image-path", images.native(), "--work-path", work.native(), "--bundle", bundle_.native(), id_});
+    init_ = state_pid();
+  }
+  // runc delete -f (kills the container, removes its state and cgroups); the init reaped.
+  void remove() noexcept {
+    try {
+      runc({"delete", "-f", id_});
+    } catch (const std::exception&) {
+    }
+    if (init_ > 0) {
+      ::kill(init_, SIGKILL);
+      await_exit(init_, std::chrono::seconds(20));
+    }
+    init_ = -1;
+  }
+
+ private:
+  void drain() {
+    char buffer[4096];
+    ssize_t n;
+    while ((n = ::read(out_[0], buffer, sizeof buffer)) > 0) {
+      drained_.append(buffer, static_cast<std::size_t>(n));
+      if (drained_.size() > 8192) drained_.erase(0, drained_.size() - 4096);
+    }
+  }
+
+  fs::path runc_, bundle_, root_;
+  std::string id_;
+  int in_[2] = {-1, -1}, out_[2] = {-1, -1};
+  std::string drained_;  // the end of what runc and the container wrote, for error messages
+  pid_t init_ = -1;
+};
+
+// --- The measures ---
+
+struct ContainerRow {
+  std::string container, operation;
+  double library = 0, bare = 0;
+  std::optional<double> runc;
+  // CRIU's own time, from its log: how much of each is CRIU running.
+  std::optional<double> library_criu, bare_criu, runc_criu;
+};
+
+// CRIU's own time from its log: the timestamp on its line saying it finished (it counts from the
+// moment CRIU started logging, just after it started).
+std::optional<double> criu_log_seconds(const fs::path& log) {
+  std::istringstream in(read_text(log));
+  for (std::string line; std::getline(in, line);)
+    if (line.starts_with("(") && (line.find("Dumping finished successfully") != std::string::npos ||
+                                  line.find("Restore finished successfully") != std::string::npos))
+      return std::stod(line.substr(1, line.find(')') - 1));
+  return std::nullopt;
+}
+
+// Warm-up runs, then the timed ones; CRIU's own times of the timed runs alone kept.
+void time_container_rounds(const std::string& what, const std::vector<Timing*>& timings) {
+  warm_up(timings);
+  for (Timing* t : timings) t->criu_seconds->clear();
+  time_rounds(what, timings, container_runs, Order::reversed_on_odd_runs);
+}
+
+// The untimed runtime that runs CRIU through the recording stand-in; same key as the timed one.
+struct Recorder {
+  nc::CriuRuntime& rt;
+  fs::path dir;
+};
+
+nc::CriuOptions left_running() {
+  nc::CriuOptions o;
+  o.leave_running = true;
+  return o;
+}
+
+Timing library_container_dump(nc::CriuRuntime& rt, const nc::ContainerInfo& box, const fs::path& dir) {
+  Timing t{"library", {}};
+  t.run = [&rt, box, dir, criu = t.criu_seconds] {
+    const double s = timed([&] { rt.checkpoint(box, dir, left_running()); });
+    if (const auto inner = criu_log_seconds(dir / "dump.log")) criu->push_back(*inner);  // signed with it
+    fs::remove_all(dir);
+    return s;
+  };
+  return t;
+}
+
+Timing bare_container_dump(const Config& c, const CriuCall& call, const fs::path& dir) {
+  Timing t{"CRIU", {}};
+  t.run = [&c, call, dir, criu = t.criu_seconds] {
+    private_dir(dir / "images");
+    const double s = replay(c, call, dir / "images", dir);
+    if (const auto inner = criu_log_seconds(dir / call_value(call, "--log-file"))) criu->push_back(*inner);
+    fs::remove_all(dir);
+    return s;
+  };
+  return t;
+}
+
+Timing library_container_restore(nc::CriuRuntime& rt, const fs::path& checkpoint, const fs::path& work) {
+  Timing t{"library", {}};
+  t.run = [&rt, checkpoint, work, criu = t.criu_seconds] {
+    private_dir(work);
+    nc::CriuOptions o;
+    o.work_dir = work;  // CRIU's log here, not in /run: all of the benchmark's files in one folder
+    pid_t pid = 0;
+    const double s = timed([&] { pid = rt.restore(checkpoint, o); });
+    const bool ran = is_running(pid);
+    kill_restored(pid);
+    if (!ran) fail(fmt::format("the library restored PID {}, but it does not run", pid));
+    if (const auto inner = criu_log_seconds(work / "restore.log")) criu->push_back(*inner);
+    fs::remove_all(work);
+    return s;
+  };
+  return t;
+}
+
+Timing bare_container_restore(const Config& c, const CriuCall& call, const fs::path& checkpoint, const fs::path& work) {
+  Timing t{"CRIU", {}};
+  t.run = [&c, call, checkpoint, work, criu = t.criu_seconds] {
+    private_dir(work);
+    const double s = replay(c, call, checkpoint / "images", work);
+    const pid_t pid = replayed_pid(call, work);
+    const bool ran = is_running(pid);
+    kill_restored(pid);
+    if (!ran) fail(fmt::format("bare criu restored PID {}, but it does not run", pid));
+    if (const auto inner = criu_log_seconds(work / call_value(call, "--log-file"))) criu->push_back(*inner);
+    fs::remove_all(work);
+    return s;
+  };
+  return t;
+}
+
+// The library's dump of the running container, untimed, through the recording stand-in: the
+// checkpoint every restore starts from, and the arguments bare CRIU's dumps get.
+CriuCall record_dump(const Recorder& rec, const nc::ContainerInfo& box, const fs::path& checkpoint) {
+  rec.rt.checkpoint(box, checkpoint, left_running());
+  return take_capture(rec.dir, "dump");
+}
+
+// The library's restore of the checkpoint, untimed, through the stand-in: bare CRIU's restore
+// arguments. The restored tree is killed at once.
+CriuCall record_restore(const Recorder& rec, const fs::path& checkpoint, const fs::path& work) {
+  private_dir(work);
+  nc::CriuOptions o;
+  o.work_dir = work;
+  const pid_t pid = rec.rt.restore(checkpoint, o);
+  const bool ran = is_running(pid);
+  kill_restored(pid);
+  if (!ran) fail(fmt::format("the library restored PID {}, but it does not run", pid));
+  fs::remove_all(work);
+  return take_capture(rec.dir, "restore");
+}
+
+ContainerRow container_row(std::string container, std::string operation, const Timing& library, const Timing& bare,
+                           const Timing* runc = nullptr) {
+  const auto criu_median = [](const Timing& t) -> std::optional<double> {
+    if (t.criu_seconds->empty()) return std::nullopt;
+    return median(*t.criu_seconds);
+  };
+  ContainerRow row{std::move(container), std::move(operation), median(library.seconds), median(bare.seconds),
+                   std::nullopt, criu_median(library), criu_median(bare), std::nullopt};
+  if (runc) {
+    row.runc = median(runc->seconds);
+    row.runc_criu = criu_median(*runc);
+  }
+  return row;
+}
+
+void bench_launcher_container(const Config& c, nc::CriuRuntime& rt, const Recorder& rec, const std::string& tag,
+                              std::vector<ContainerRow>& rows) {
+  const fs::path base = c.work / "containers" / "launcher";
+  private_dir(base);
+  const fs::path checkpoint = base / "checkpoint";
+  const std::string name = "launcher (volume, own netns)";
+  {
+    LauncherContainer box(c, base, cgroup2_root() / (tag + "-launcher"));
+    nc::ContainerInfo info;
+    info.id = "bench-launcher";
+    info.pid = box.init();
+    const CriuCall dump_call = record_dump(rec, info, checkpoint);
+    Timing library = library_container_dump(rt, info, base / "library-dump");
+    Timing bare = bare_container_dump(c, dump_call, base / "bare-dump");
+    time_container_rounds("launcher container dump", {&library, &bare});
+    rows.push_back(container_row(name, "dump (leave running)", library, bare));
+  }  // the original gone before any restore
+  const CriuCall restore_call = record_restore(rec, checkpoint, base / "record-restore-work");
+  Timing library = library_container_restore(rt, checkpoint, base / "library-restore-work");
+  Timing bare = bare_container_restore(c, restore_call, checkpoint, base / "bare-restore-work");
+  time_container_rounds("launcher container restore", {&library, &bare});
+  rows.push_back(container_row(name, "restore", library, bare));
+  fs::remove_all(base);
+}
+
+void bench_runc_container(const Config& c, nc::CriuRuntime& rt, const Recorder& rec, const std::string& tag,
+                          std::vector<ContainerRow>& rows) {
+  const fs::path base = c.work / "containers" / "runc";
+  private_dir(base);
+  const fs::path checkpoint = base / "checkpoint", runc_checkpoint = base / "runc-checkpoint";
+  const std::string name = "runc (volume, own netns)";
+  RuncContainer box(c, base, tag + "-runc");
+  box.start();
+  nc::ContainerInfo info;
+  info.id = "bench-runc";
+  info.pid = box.init();
+  const CriuCall dump_call = record_dump(rec, info, checkpoint);
+  box.must({"checkpoint", "--leave-running", "--image-path", runc_checkpoint.native(), "--work-path",
+            (base / "runc-checkpoint-work").native(), box.id()});
+  Timing library = library_container_dump(rt, info, base / "library-dump");
+  Timing bare = bare_container_dump(c, dump_call, base / "bare-dump");
+  Timing runc{"runc", {}};
+  runc.run = [&, criu = runc.criu_seconds] {
+    const fs::path images = base / "runc-dump", work = base / "runc-dump-work";
+    const double s = timed([&] {
+      box.must({"checkpoint", "--leave-running", "--image-path", images.native(), "--work-path",
+                work.native(), box.id()});
+    });
+    if (const auto inner = criu_log_seconds(work / "dump.log")) criu->push_back(*inner);
+    fs::remove_all(images);
+    fs::remove_all(work);
+    return s;
+  };
+  time_container_rounds("runc container dump", {&library, &bare, &runc});
+  rows.push_back(container_row(name, "dump (leave running)", library, bare, &runc));
+
+  box.remove();  // the original gone before any restore
+  const CriuCall restore_call = record_restore(rec, checkpoint, base / "record-restore-work");
+  Timing library_restore = library_container_restore(rt, checkpoint, base / "library-restore-work");
+  Timing bare_restore = bare_container_restore(c, restore_call, checkpoint, base / "bare-restore-work");
+  Timing runc_restore{"runc", {}};
+  runc_restore.run = [&, criu = runc_restore.criu_seconds] {
+    const fs::path work = base / "runc-restore-work";
+    const double s = timed([&] { box.restore(runc_checkpoint, work); });
+    const pid_t pid = box.init();
+    const bool ran = is_running(pid);
+    box.remove();
+    if (!ran) fail(fmt::format("runc restored PID {}, but it does not run", pid));
+    if (const auto inner = criu_log_seconds(work / "restore.log")) criu->push_back(*inner);
+    fs::remove_all(work);
+    return s;
+  };
+  time_container_rounds("runc container restore", {&library_restore, &bare_restore, &runc_restore});
+  rows.push_back(container_row(name, "restore", library_restore, bare_restore, &runc_restore));
+}
+
+std::string runc_version() {
+  const int fd = ::memfd_create("runc-version", MFD_CLOEXEC);
+  const pid_t pid = spawn_io(find_runc(), {"runc", "--version"}, plain_environment(), -1, fd, -1);
+  await_exit_or_fail(pid, "runc --version");
+  std::string text(256, '\0');
+  const ssize_t n = ::pread(fd, text.data(), text.size(), 0);
+  ::close(fd);
+  text.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+  return text.substr(0, text.find('\n'));
+}
+
+void bench_containers(const Config& c, nc::CriuRuntime& rt, const nc::HmacKey& key, std::vector<ContainerRow>& rows) {
+  // Names of ours in the host's shared places (cgroups, runc's container ID) carry the work
+  // folder's unique name, so that scripts/bench.sh finds them whatever happens.
+  const std::string tag = c.work.filename().native();
+  const fs::path record_dir = c.work / "criu-record";
+  nc::CriuRuntime recording(write_capture_wrapper(c, record_dir));
+  recording.set_key(nc::HmacKey::from_bytes(key.bytes()));
+  const Recorder rec{recording, record_dir};
+  try {
+    bench_launcher_container(c, rt, rec, tag, rows);
+    bench_runc_container(c, rt, rec, tag, rows);
+  } catch (...) {
+    remove_cgroups(tag);
+    throw;
+  }
+  remove_cgroups(tag);
+  fs::remove_all(c.work / "containers");
+  fs::remove_all(record_dir);
+}
+
+// ---------------------------------------------------------------------------------------------
 // The report.
 
 std::string cpu_model() {
@@ -709,40 +1405,67 @@ std::string cpu_model() {
   return "unknown CPU";
 }
 
-void print_table(const std::vector<Row>& rows, const nc::CriuRuntime& rt, double total_seconds) {
+// Columns as wide as their widest cell: the first left-aligned, the figures right-aligned.
+void print_columns(const std::vector<std::vector<std::string>>& lines) {
+  std::vector<std::size_t> width(lines.front().size());
+  for (const auto& line : lines)
+    for (std::size_t i = 0; i < width.size(); ++i) width[i] = std::max(width[i], line[i].size());
+  for (const auto& line : lines) {
+    std::string text = fmt::format("{:<{}}", line[0], width[0]);
+    for (std::size_t i = 1; i < width.size(); ++i) text += fmt::format("  {:>{}}", line[i], width[i]);
+    fmt::print("{}\n", trim(text));
+    if (&line == &lines.front()) fmt::print("{}\n", std::string(text.size(), '-'));
+  }
+}
+
+void print_table(const std::vector<Row>& rows, const std::vector<ContainerRow>& container_rows,
+                 const std::string& runc, const nc::CriuRuntime& rt, double total_seconds) {
   struct utsname u {};
   ::uname(&u);
-  fmt::print("\nlibnucleuscheckpoint {} benchmark (release build; median of {} runs for dumps, {} for the rest, after a "
-             "warm-up)\n", nc_version_string(), dump_runs, runs);
-  fmt::print("machine: {}, {} cores, kernel {}, CRIU {}.{}.{}, {}\n", cpu_model(), usable_cores(), u.release,
-             rt.version().major, rt.version().minor, rt.version().patch, OpenSSL_version(OPENSSL_VERSION));
+  fmt::print("\nlibnucleuscheckpoint {} benchmark (release build; median of {} runs for dumps, {} for the rest, {} for "
+             "containers, after a warm-up)\n", nc_version_string(), dump_runs, runs, container_runs);
+  fmt::print("machine: {}, {} cores, kernel {}, CRIU {}.{}.{}, {}{}\n", cpu_model(), usable_cores(), u.release,
+             rt.version().major, rt.version().minor, rt.version().patch, OpenSSL_version(OPENSSL_VERSION),
+             runc.empty() ? "" : ", " + runc);
   if (const char* engine = std::getenv("NUCLEUS_CHECKPOINT_HMAC_ENGINE"))
     fmt::print("NUCLEUS_CHECKPOINT_HMAC_ENGINE={}\n", engine);
-  fmt::print(
-      "ratio = library time / baseline time (1.00x: as fast; higher: slower). Checkpoints on tmpfs (/dev/shm).\n"
-      "HMAC: one checkpoint-shaped folder, warm in the page cache. Baseline: OpenSSL's serial HMAC-SHA256 over the\n"
-      "seed format's records. The all-core ceiling: OpenSSL SHA-256 of the same bytes on every core (1.00x: the\n"
-      "chunked format hashes as fast as that).\n"
-      "dump/restore N MiB: examples/counter, a parent holding N MiB and a forked child sharing it copy-on-write; CRIU\n"
-      "writes both copies, about 2N MiB of pages (\"not shared\": the parent fills its memory after the fork, N MiB\n"
-      "of pages). Runs alternate which goes first, bare CRIU or the library. A library dump also writes metadata,\n"
-      "signs the whole folder (chunked format: images hashed while CRIU writes them, chunks equal to one already\n"
-      "hashed compared instead; the seed-format row signs serially afterwards), syncs and renames it; a library\n"
-      "restore first verifies the whole folder, every byte. Bare CRIU does neither.\n\n");
-  const Row header{"measure", "library", "baseline", "ratio", "target", ""};
-  std::vector<const Row*> lines{&header};
-  for (const Row& r : rows) lines.push_back(&r);
-  // Each column as wide as its widest cell: the measure left-aligned, the figures right-aligned.
-  const auto cells = [](const Row& r) { return std::array{&r.measure, &r.library, &r.baseline, &r.ratio, &r.target, &r.result}; };
-  std::array<std::size_t, 6> width{};
-  for (const Row* r : lines)
-    for (std::size_t i = 0; i < width.size(); ++i) width[i] = std::max(width[i], cells(*r)[i]->size());
-  for (const Row* r : lines) {
-    const auto cell = cells(*r);
-    std::string text = fmt::format("{:<{}}", *cell[0], width[0]);
-    for (std::size_t i = 1; i < width.size(); ++i) text += fmt::format("  {:>{}}", *cell[i], width[i]);
-    fmt::print("{}\n", trim(text));
-    if (r == &header) fmt::print("{}\n", std::string(text.size(), '-'));
+  fmt::print("ratio = library time / baseline time (1.00x: as fast; higher: slower). Checkpoints on tmpfs (/dev/shm).\n");
+  if (!rows.empty()) {
+    fmt::print(
+        "HMAC: one checkpoint-shaped folder, warm in the page cache. Baseline: OpenSSL's serial HMAC-SHA256 over the\n"
+        "seed format's records. The all-core ceiling: OpenSSL SHA-256 of the same bytes on every core (1.00x: the\n"
+        "chunked format hashes as fast as that).\n"
+        "dump/restore N MiB: examples/counter, a parent holding N MiB and a forked child sharing it copy-on-write; CRIU\n"
+        "writes both copies, about 2N MiB of pages (\"not shared\": the parent fills its memory after the fork, N MiB\n"
+        "of pages). Runs alternate which goes first, bare CRIU or the library. A library dump also writes metadata,\n"
+        "signs the whole folder (chunked format: images hashed while CRIU writes them, chunks equal to one already\n"
+        "hashed compared instead; the seed-format row signs serially afterwards), syncs and renames it; a library\n"
+        "restore first verifies the whole folder, every byte. Bare CRIU does neither.\n\n");
+    std::vector<std::vector<std::string>> lines{{"measure", "library", "baseline", "ratio", "target", ""}};
+    for (const Row& r : rows) lines.push_back({r.measure, r.library, r.baseline, r.ratio, r.target, r.result});
+    print_columns(lines);
+  }
+  if (!container_rows.empty()) {
+    fmt::print(
+        "\nContainers (ms, median): the same container dumped (left running) and restored by the library's C++ API\n"
+        "(CriuRuntime::checkpoint / restore: container detection, metadata, chunked signature; restore verifies first),\n"
+        "by bare CRIU given exactly the arguments and environment the library gave it, and by runc (`runc checkpoint\n"
+        "--leave-running`, `runc restore -d`, CRIU through its RPC). Each restore follows the previous instance's\n"
+        "SIGKILL. Runs alternate which goes first.\n\n");
+    std::vector<std::vector<std::string>> lines{
+        {"container", "operation", "library", "bare CRIU", "runc", "library/CRIU", "runc/CRIU"}};
+    const auto ms = [](double s) { return fmt::format("{:.1f}", s * 1000); };
+    const auto cell = [&](std::optional<double> total, std::optional<double> criu) -> std::string {
+      if (!total) return "-";
+      return criu ? fmt::format("{} ({:.0f})", ms(*total), *criu * 1000) : ms(*total);
+    };
+    for (const ContainerRow& r : container_rows)
+      lines.push_back({r.container, r.operation, cell(r.library, r.library_criu), cell(r.bare, r.bare_criu),
+                       cell(r.runc, r.runc_criu), ratio_text(r.library / r.bare),
+                       r.runc ? ratio_text(*r.runc / r.bare) : "-"});
+    print_columns(lines);
+    fmt::print("(in parentheses: CRIU's own time in the same runs, median, from its log: from its start to its\n"
+               "\"finished successfully\" line)\n");
   }
   fmt::print("\nbenchmark took {:.0f} s\n", total_seconds);
 }
@@ -767,13 +1490,21 @@ Config parse_args(int argc, char** argv) {
     else if (flag == "--criu") c.criu = value;
     else if (flag == "--sizes") c.sizes_mib = parse_sizes(value);  // e.g. 64 for a quick try
     else if (flag == "--hmac-mib") c.hmac_mib = std::stoi(value);
+    else if (flag == "--launcher") c.launcher = value;
+    else if (flag == "--source") c.source = value;
+    else if (flag == "--containers") c.containers = value;  // yes, no, only
     else fail("unknown option " + flag);
   }
-  if (c.counter.empty() || c.cli.empty() || c.key_file.empty() || c.work.empty())
+  if (c.counter.empty() || c.cli.empty() || c.key_file.empty() || c.work.empty() ||
+      (c.containers != "yes" && c.containers != "no" && c.containers != "only") ||
+      (c.containers != "no" && (c.launcher.empty() || c.source.empty())))
     fail("usage: nc_bench --counter PATH --cli PATH --key-file PATH --work TMPFS_DIR [--criu PATH] "
-         "[--sizes 64,256,1024] [--hmac-mib 1024]");
+         "[--sizes 64,256,1024] [--hmac-mib 1024] [--containers yes|no|only --launcher PATH --source SOURCE_DIR]");
   // The children run elsewhere (cwd "/"): every path they get must be absolute.
-  for (fs::path* p : {&c.counter, &c.cli, &c.key_file, &c.work}) *p = fs::absolute(*p);
+  for (fs::path* p : {&c.counter, &c.cli, &c.key_file, &c.work, &c.launcher, &c.source})
+    if (!p->empty()) *p = fs::absolute(*p);
+  c.work = c.work.lexically_normal();
+  if (!c.work.has_filename()) c.work = c.work.parent_path();  // "DIR/": its name tags what the benchmark creates
   return c;
 }
 
@@ -785,24 +1516,34 @@ int run(int argc, char** argv) {
   if (::prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) fail(fmt::format("PR_SET_CHILD_SUBREAPER: {}", std::strerror(errno)));
 
   nc::CriuRuntime rt(c.criu);  // the same binary the bare runs use
-  rt.set_key(nc::HmacKey::generate());
+  const nc::HmacKey key = nc::HmacKey::generate();
+  rt.set_key(nc::HmacKey::from_bytes(key.bytes()));
   std::vector<Row> rows;
 
-  const fs::path hmac_dir = c.work / "hmac";
-  note(fmt::format("writing a {} MiB checkpoint-shaped folder to {}", c.hmac_mib, hmac_dir.native()));
-  make_checkpoint_folder(hmac_dir, c.hmac_mib);
-  bench_hmac(hmac_dir, rows);
-  bench_rss(c, hmac_dir, rows);
-  fs::remove_all(hmac_dir);
+  if (c.containers != "only") {
+    const fs::path hmac_dir = c.work / "hmac";
+    note(fmt::format("writing a {} MiB checkpoint-shaped folder to {}", c.hmac_mib, hmac_dir.native()));
+    make_checkpoint_folder(hmac_dir, c.hmac_mib);
+    bench_hmac(hmac_dir, rows);
+    bench_rss(c, hmac_dir, rows);
+    fs::remove_all(hmac_dir);
 
-  std::vector<Row> dump_rows, restore_rows;
-  for (int mib : c.sizes_mib) bench_criu(c, rt, mib, dump_rows, restore_rows);
-  if (std::find(c.sizes_mib.begin(), c.sizes_mib.end(), judged_mib) != c.sizes_mib.end())
-    bench_unshared_dump(c, rt, dump_rows);
-  rows.insert(rows.end(), dump_rows.begin(), dump_rows.end());
-  rows.insert(rows.end(), restore_rows.begin(), restore_rows.end());
+    std::vector<Row> dump_rows, restore_rows;
+    for (int mib : c.sizes_mib) bench_criu(c, rt, mib, dump_rows, restore_rows);
+    if (std::find(c.sizes_mib.begin(), c.sizes_mib.end(), judged_mib) != c.sizes_mib.end())
+      bench_unshared_dump(c, rt, dump_rows);
+    rows.insert(rows.end(), dump_rows.begin(), dump_rows.end());
+    rows.insert(rows.end(), restore_rows.begin(), restore_rows.end());
+  }
 
-  print_table(rows, rt, std::chrono::duration<double>(Clock::now() - start).count());
+  std::vector<ContainerRow> container_rows;
+  std::string runc;
+  if (c.containers != "no") {
+    runc = runc_version();
+    bench_containers(c, rt, key, container_rows);
+  }
+
+  print_table(rows, container_rows, runc, rt, std::chrono::duration<double>(Clock::now() - start).count());
   return 0;
 }
 
