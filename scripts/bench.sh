@@ -15,9 +15,7 @@ if ! dpkg-query -W -f='${Status}' libssl-dev 2>/dev/null | grep -q "install ok i
   DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends libssl-dev >/dev/null
 fi
 
-# Not -Werror: GCC 12 at -O3 warns falsely (-Wrestrict, inside std::string) on capi/checkpoint_c.cpp;
-# the dev build keeps warnings fatal.
-options=(-Dbuildtype=release -Dbench=true -Dtests=false -Dwerror=false)
+options=(-Dbuildtype=release -Dbench=true -Dtests=false)
 if [[ -f build-bench/build.ninja ]]; then
   meson configure build-bench "${options[@]}" >/dev/null
 else
