@@ -184,6 +184,10 @@ nc_status nc_restore(nc_runtime* rt, const char* dir, pid_t* restored_pid) {
   return nc_restore_ex(rt, dir, nullptr, restored_pid);
 }
 
+nc_status nc_set_max_checkpoint_bytes(unsigned long long bytes) {
+  return guard([&] { nc::HmacTree::set_max_total_bytes(bytes); });
+}
+
 nc_status nc_sign(const char* dir) { return nc_sign_progress(dir, nullptr, nullptr); }
 
 nc_status nc_verify(const char* dir) { return nc_verify_progress(dir, nullptr, nullptr); }

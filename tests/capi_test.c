@@ -237,6 +237,10 @@ static void test_sign_verify(void) {
   CHECK(nc_signature_format_of(dir, &format) == NC_OK && format == NC_SIGNATURE_SEED);
   CHECK(nc_verify(dir) == NC_OK);
   CHECK(strcmp(nc_last_error(), "") == 0);
+  CHECK(nc_set_max_checkpoint_bytes(4) == NC_OK); /* the folder holds 5 bytes and a few of metadata */
+  CHECK(nc_verify(dir) == NC_E_INTEGRITY);
+  CHECK(nc_set_max_checkpoint_bytes(0) == NC_OK); /* back to the default */
+  CHECK(nc_verify(dir) == NC_OK);
   CHECK(nc_sign_ex(dir, (nc_signature_format)3, NULL, NULL) == NC_E_INVALID);
   CHECK(nc_signature_format_of(dir, NULL) == NC_E_INVALID);
   write_text(file, "PAGES");

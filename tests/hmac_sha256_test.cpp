@@ -2,9 +2,16 @@
 // same streams and on whole checkpoint trees.
 #include "test_support.hpp"
 
+#include <fcntl.h>
+#include <signal.h>
 #include <sodium.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdlib>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -91,4 +98,75 @@ TEST_CASE("a checkpoint tree has the same MAC under both engines", "[hmac_sha256
   ::unsetenv("NUCLEUS_CHECKPOINT_HMAC_ENGINE");
   CHECK(by_default == by_sodium);
   CHECK_NOTHROW(HmacTree::verify(tmp / "cp", key));  // signed by one engine, verified by the other
+}
+
+TEST_CASE("a MAC in progress keeps the process non-dumpable, under both engines", "[hmac_sha256]") {
+  REQUIRE(::prctl(PR_GET_DUMPABLE) == 1);
+  for (const Engine engine : engines()) {
+    INFO(HmacSha256::name(engine));
+    std::optional<HmacSha256> mac;
+    {
+      const HmacKey key = HmacKey::generate();
+      mac.emplace(key.bytes(), engine);
+      mac->update("data", 4);
+    }
+    CHECK(::prctl(PR_GET_DUMPABLE) == 0);  // the key is gone, its keyed state is not
+    (void)mac->final();
+    mac.reset();
+    CHECK(::prctl(PR_GET_DUMPABLE) == 1);
+  }
+}
+
+namespace {
+
+// The key file's bytes, one at a time: the test itself never holds the key whole in memory (which
+// a forked child would inherit), so a copy found in a core is the library's.
+unsigned char known_key_byte(std::size_t i) { return static_cast<unsigned char>(0xa5 ^ (i * 29 + 11)); }
+
+}  // namespace
+
+TEST_CASE("a crash while a key is loaded and a MAC runs writes no core holding the key", "[hmac_sha256]") {
+  // The child loads the key from its file, starts a MAC and aborts, with RLIMIT_CORE unlimited in
+  // a folder of its own (core_pattern here is "core": a file in the working folder; if it names a
+  // program, only the wait status tells that a core was written).
+  for (const Engine engine : engines()) {
+    INFO(HmacSha256::name(engine));
+    TempDir tmp;
+    const fs::path key_file = secure_key_dir(tmp) / "checkpoint.key";
+    const int fd = ::open(key_file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    for (std::size_t i = 0; i < HmacKey::min_size; ++i) {
+      const unsigned char byte = known_key_byte(i);
+      REQUIRE(::write(fd, &byte, 1) == 1);
+    }
+    ::close(fd);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      // Child: no Catch2 here.
+      const rlimit unlimited{RLIM_INFINITY, RLIM_INFINITY};
+      if (::chdir(tmp.path().c_str()) != 0 || ::setrlimit(RLIMIT_CORE, &unlimited) != 0) ::_exit(2);
+      try {
+        const HmacKey key = KeyStore(key_file).load();
+        HmacSha256 mac(key.bytes(), engine);
+        mac.update("in progress", 11);
+        ::signal(SIGABRT, SIG_DFL);
+        ::raise(SIGABRT);
+      } catch (...) {
+      }
+      ::_exit(3);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGABRT);
+    CHECK_FALSE(WCOREDUMP(status));
+    std::string needle;
+    for (std::size_t i = 0; i < HmacKey::min_size; ++i) needle += static_cast<char>(known_key_byte(i));
+    for (const auto& entry : fs::directory_iterator(tmp.path())) {
+      if (!entry.path().filename().native().starts_with("core")) continue;
+      INFO("core file " << entry.path());
+      CHECK_FALSE(contains(read_file(entry.path()), needle));
+    }
+  }
 }

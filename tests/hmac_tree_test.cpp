@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <chrono>
 #include <cerrno>
 #include <cstdint>
 #include <cstdlib>
@@ -36,6 +37,7 @@
 #include <nucleus/checkpoint/key_store.hpp>
 
 #include "signature/chunked_signature.hpp"
+#include "fs/tree_walk.hpp"
 #include "fs/unique_fd.hpp"
 
 extern char** environ;
@@ -137,7 +139,10 @@ std::string chunked_text_by_script(const TempDir& tmp, const fs::path& dir, cons
   return output;
 }
 
-constexpr std::uint64_t small_chunk = ChunkedSignature::min_chunk_size;  // 4 KiB: many chunks in small files
+// 4 KiB: many chunks in small files, for the MAC's arithmetic (chunked_tree_mac takes any chunk
+// size). A signature must not have it: verification refuses chunks below min_chunk.
+constexpr std::uint64_t small_chunk = 4096;
+constexpr std::uint64_t min_chunk = ChunkedSignature::min_chunk_size;  // the smallest a signature may have
 constexpr std::uint64_t default_chunk = ChunkedSignature::default_chunk_size;
 
 std::string hex_of(const HmacSha256::Mac& mac) {
@@ -784,7 +789,7 @@ TEST_CASE("verify refuses a chunked checkpoint changed after signing", "[hmac_tr
          write_file(dir / HmacTree::signature_file, text);
        }},
   };
-  for (const std::uint64_t chunk : {small_chunk, default_chunk}) {
+  for (const std::uint64_t chunk : {min_chunk, default_chunk}) {
     for (const Change& change : changes) {
       INFO(change.name << ", chunk size " << chunk);
       TempDir tmp;
@@ -806,9 +811,9 @@ TEST_CASE("verify of a chunked signature fails for every changed byte and with a
   TempDir tmp;
   const fs::path dir = tmp / "tree";
   fs::create_directory(dir);
-  write_chunk_boundary_files(dir, small_chunk);
+  write_chunk_boundary_files(dir, min_chunk);
   const HmacKey key = key_of(32);
-  sign_chunked_with(dir, key, small_chunk);
+  sign_chunked_with(dir, key, min_chunk);
   REQUIRE_NOTHROW(HmacTree::verify(dir, key));
 
   require_integrity_error([&] { HmacTree::verify(dir, key_of(32, 1)); }, "HMAC mismatch");
@@ -822,7 +827,7 @@ TEST_CASE("verify of a chunked signature fails for every changed byte and with a
     if (file.filename() == HmacTree::signature_file) continue;
     const std::string original = read_file(file);
     std::set<std::size_t> offsets;
-    for (std::size_t boundary = 0; boundary <= original.size(); boundary += small_chunk) {
+    for (std::size_t boundary = 0; boundary <= original.size(); boundary += min_chunk) {
       if (boundary > 0) offsets.insert(boundary - 1);
       if (boundary < original.size()) offsets.insert(boundary);
     }
@@ -846,9 +851,10 @@ TEST_CASE("ChunkedSignature::parse accepts the three lines and nothing else", "[
   REQUIRE(hex.size() == 64);
   const std::string header = "nucleus-checkpoint-signature 2\n", mac_line = "hmac-sha256 " + hex + "\n";
   const auto with_size = [&](const std::string& size) { return header + "chunk-size " + size + "\n" + mac_line; };
+  const std::string min = std::to_string(min_chunk);
 
   SECTION("well-formed texts parse, and to_text writes them back byte for byte") {
-    for (const std::uint64_t size : {ChunkedSignature::min_chunk_size, std::uint64_t{65536}, default_chunk,
+    for (const std::uint64_t size : {min_chunk, 2 * min_chunk, default_chunk,
                                      ChunkedSignature::max_chunk_size}) {
       const std::string text = with_size(std::to_string(size));
       INFO(text);
@@ -866,39 +872,40 @@ TEST_CASE("ChunkedSignature::parse accepts the three lines and nothing else", "[
         // {text, part of the message}
         {header, "'chunk-size' line is missing"},
         {header.substr(0, header.size() - 1), "malformed"},  // the header alone, unterminated
-        {header + "chunk-size 4096\n", "'hmac-sha256' line is missing"},
-        {header + "chunk-size 4096", "'chunk-size' line is missing or unterminated"},
-        {header + "chunk-size 4096\nhmac-sha256 " + hex, "'hmac-sha256' line is missing or unterminated"},
-        {header + mac_line + "chunk-size 4096\n", "expected a 'chunk-size' line"},
-        {header + "chunk-size:4096\n" + mac_line, "expected a 'chunk-size' line"},
-        {header + "chunk-size 4096\nhmac-sha512 " + hex + "\n", "expected a 'hmac-sha256' line"},
-        {with_size("4096") + "x", "unexpected text"},
-        {with_size("4096") + "\n", "unexpected text"},
-        {with_size("4096") + mac_line, "unexpected text"},
-        {with_size("4096") + std::string(1, '\0'), "unexpected text"},
-        {header + "chunk-size 4096\r\n" + mac_line, "chunk-size must be a power of two"},
-        {header + "chunk-size 4096\nhmac-sha256 " + hex + "\r\n", "lowercase hex"},
-        {header + "chunk-size 4096\nhmac-sha256 " + upper_hex + "\n", "lowercase hex"},
-        {header + "chunk-size 4096\nhmac-sha256 " + hex.substr(1) + "\n", "lowercase hex"},
-        {header + "chunk-size 4096\nhmac-sha256 " + hex + "0\n", "lowercase hex"},
-        {header + "chunk-size 4096\nhmac-sha256 " + std::string(64, 'g') + "\n", "lowercase hex"},
-        {header + "chunk-size 4096\nhmac-sha256  " + hex + "\n", "lowercase hex"},
-        {header + "chunk-size 4096\nhmac-sha256 \n", "lowercase hex"},
-        {header + "chunk-size 4096\nhmac-sha256\n", "expected a 'hmac-sha256' line"},
+        {header + "chunk-size " + min + "\n", "'hmac-sha256' line is missing"},
+        {header + "chunk-size " + min, "'chunk-size' line is missing or unterminated"},
+        {header + "chunk-size " + min + "\nhmac-sha256 " + hex, "'hmac-sha256' line is missing or unterminated"},
+        {header + mac_line + "chunk-size " + min + "\n", "expected a 'chunk-size' line"},
+        {header + "chunk-size:" + min + "\n" + mac_line, "expected a 'chunk-size' line"},
+        {header + "chunk-size " + min + "\nhmac-sha512 " + hex + "\n", "expected a 'hmac-sha256' line"},
+        {with_size(min) + "x", "unexpected text"},
+        {with_size(min) + "\n", "unexpected text"},
+        {with_size(min) + mac_line, "unexpected text"},
+        {with_size(min) + std::string(1, '\0'), "unexpected text"},
+        {header + "chunk-size " + min + "\r\n" + mac_line, "chunk-size must be a power of two"},
+        {header + "chunk-size " + min + "\nhmac-sha256 " + hex + "\r\n", "lowercase hex"},
+        {header + "chunk-size " + min + "\nhmac-sha256 " + upper_hex + "\n", "lowercase hex"},
+        {header + "chunk-size " + min + "\nhmac-sha256 " + hex.substr(1) + "\n", "lowercase hex"},
+        {header + "chunk-size " + min + "\nhmac-sha256 " + hex + "0\n", "lowercase hex"},
+        {header + "chunk-size " + min + "\nhmac-sha256 " + std::string(64, 'g') + "\n", "lowercase hex"},
+        {header + "chunk-size " + min + "\nhmac-sha256  " + hex + "\n", "lowercase hex"},
+        {header + "chunk-size " + min + "\nhmac-sha256 \n", "lowercase hex"},
+        {header + "chunk-size " + min + "\nhmac-sha256\n", "expected a 'hmac-sha256' line"},
         {with_size(""), "power of two"},
-        {with_size("04096"), "power of two"},
+        {with_size("0" + min), "power of two"},
         {with_size("0"), "power of two"},
         {with_size("4097"), "power of two"},
-        {with_size("12288"), "power of two"},
-        {with_size("2048"), "power of two"},
+        {with_size(std::to_string(3 * min_chunk / 2)), "power of two"},
+        {with_size(std::to_string(min_chunk / 2)), "power of two from 1048576"},
+        {with_size("4096"), "power of two from 1048576"},  // a power of two, but chunks too small
         {with_size("1"), "power of two"},
         {with_size("2147483648"), "power of two"},
         {with_size("18446744073709551616"), "power of two"},  // 2^64: out of range
-        {with_size("-4096"), "power of two"},
-        {with_size("+4096"), "power of two"},
-        {with_size(" 4096"), "power of two"},
-        {with_size("4096 "), "power of two"},
-        {with_size("0x1000"), "power of two"},
+        {with_size("-" + min), "power of two"},
+        {with_size("+" + min), "power of two"},
+        {with_size(" " + min), "power of two"},
+        {with_size(min + " "), "power of two"},
+        {with_size("0x100000"), "power of two"},
     };
     TempDir tmp;
     const fs::path dir = make_checkpoint(tmp);
@@ -914,9 +921,9 @@ TEST_CASE("ChunkedSignature::parse accepts the three lines and nothing else", "[
   }
 
   SECTION("CRLF line ends, and a header not exactly version 2, are refused") {
-    const std::string crlf = "nucleus-checkpoint-signature 2\r\nchunk-size 4096\r\nhmac-sha256 " + hex + "\r\n";
-    for (const std::string& text : {crlf, "nucleus-checkpoint-signature 2 \n" + with_size("4096").substr(header.size()),
-                                    "nucleus-checkpoint-signature 02\n" + with_size("4096").substr(header.size())}) {
+    const std::string crlf = "nucleus-checkpoint-signature 2\r\nchunk-size " + min + "\r\nhmac-sha256 " + hex + "\r\n";
+    for (const std::string& text : {crlf, "nucleus-checkpoint-signature 2 \n" + with_size(min).substr(header.size()),
+                                    "nucleus-checkpoint-signature 02\n" + with_size(min).substr(header.size())}) {
       INFO("text: " << text);
       require_integrity_error([&] { (void)ChunkedSignature::parse(text); }, "");
     }
@@ -927,7 +934,7 @@ TEST_CASE("a signature of an unknown version is refused as unknown", "[hmac_tree
   TempDir tmp;
   const fs::path dir = make_checkpoint(tmp);
   const HmacKey key = key_of(32);
-  sign_chunked_with(dir, key, small_chunk);
+  sign_chunked_with(dir, key, min_chunk);
   std::string text = read_file(dir / HmacTree::signature_file);
   text[text.find('2')] = '3';
   REQUIRE(text.starts_with("nucleus-checkpoint-signature 3\n"));
@@ -963,7 +970,7 @@ TEST_CASE("format_of tells the two formats apart, and refuses an unsigned folder
   CHECK(HmacTree::format_of(dir) == SignatureFormat::seed);
 
   // format_of reads the text only: a chunked signature by another key is still chunked.
-  sign_chunked_with(dir, key_of(32, 9), small_chunk);
+  sign_chunked_with(dir, key_of(32, 9), min_chunk);
   CHECK(HmacTree::format_of(dir) == SignatureFormat::chunked);
 }
 
@@ -1016,4 +1023,191 @@ TEST_CASE("sign refuses a SignatureFormat it does not know", "[hmac_tree][chunke
   REQUIRE(e.has_value());
   CHECK(e->status() == Status::invalid);
   CHECK_FALSE(fs::exists(fs::symlink_status(dir / HmacTree::signature_file)));
+}
+
+// ---- Hostile trees are bounded before any work ----
+
+namespace {
+
+// HmacTree::set_max_total_bytes for the guard's lifetime, then back to the default.
+class MaxTotalBytes {
+ public:
+  explicit MaxTotalBytes(std::uint64_t bytes) { HmacTree::set_max_total_bytes(bytes); }
+  ~MaxTotalBytes() { HmacTree::set_max_total_bytes(0); }
+  MaxTotalBytes(const MaxTotalBytes&) = delete;
+  MaxTotalBytes& operator=(const MaxTotalBytes&) = delete;
+};
+
+// A progress callback that fails the test the moment anything is hashed: a refusal must come
+// first. It throws, so that a tree that would take days to hash fails the test at once.
+const HmacTree::Progress must_not_hash = [](std::uint64_t) -> void {
+  FAIL("hashing started before the tree was refused");
+};
+
+// Each way a tree gets read, with must_not_hash: verify in both formats, compute and sign.
+void require_refused_unread(const fs::path& dir, const HmacKey& key, std::string_view part) {
+  for (const bool chunked : {false, true}) {
+    INFO((chunked ? "chunked" : "seed") << " signature");
+    write_file(dir / HmacTree::signature_file, chunked ? chunked_text(default_chunk, std::string(64, '0')) : std::string(64, '0'));
+    require_integrity_error([&] { HmacTree::verify(dir, key, must_not_hash); }, part);
+    require_integrity_error([&] { HmacTree::sign_as(dir, key, chunked ? SignatureFormat::chunked : SignatureFormat::seed, must_not_hash); }, part);
+  }
+  require_integrity_error([&] { (void)HmacTree::compute(dir, key, must_not_hash); }, part);
+}
+
+std::uint64_t file_bytes(const fs::path& dir) {
+  std::uint64_t total = 0;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (e.is_regular_file() && e.path() != dir / HmacTree::signature_file) total += e.file_size();
+  return total;
+}
+
+}  // namespace
+
+TEST_CASE("a chunk size below 1 MiB is refused before anything is hashed, even under the right MAC",
+          "[hmac_tree][chunked][limits]") {
+  // The chunk size is read from the unverified checkpoint.hmac: tiny chunks would slow verification.
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  write_file(dir / "images/pages-2.img", pattern(3 * min_chunk + 1));
+  const HmacKey key = key_of(32);
+  for (const std::uint64_t chunk : {small_chunk, min_chunk / 2}) {
+    INFO("chunk size " << chunk);
+    sign_chunked_with(dir, key, chunk);
+    require_integrity_error([&] { HmacTree::verify(dir, key, must_not_hash); }, "power of two from 1048576 to");
+  }
+  for (const std::uint64_t chunk : {min_chunk, default_chunk}) {
+    INFO("chunk size " << chunk);
+    sign_chunked_with(dir, key, chunk);
+    CHECK_NOTHROW(HmacTree::verify(dir, key));
+  }
+}
+
+TEST_CASE("a tree whose files add up to more than the byte limit is refused before a byte is hashed",
+          "[hmac_tree][limits]") {
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  write_file(dir / "images/pages-2.img", pattern(2 << 20));
+  const std::uint64_t total = file_bytes(dir);
+  const HmacKey key = key_of(32);
+  CHECK(HmacTree::max_total_bytes() == HmacTree::default_max_total_bytes);
+
+  SECTION("set by set_max_total_bytes") {
+    const MaxTotalBytes limit(total - 1);
+    const std::string named_total = "(" + std::to_string(total) + " bytes)";
+    require_refused_unread(dir, key, "more than the 2.0 MiB (" + std::to_string(total - 1) + " bytes) limit");
+    require_refused_unread(dir, key, named_total);
+    require_refused_unread(dir, key, "NUCLEUS_CHECKPOINT_MAX_BYTES");
+    {
+      const MaxTotalBytes enough(total);
+      HmacTree::sign_as(dir, key, SignatureFormat::chunked);
+      CHECK_NOTHROW(HmacTree::verify(dir, key));
+    }
+  }
+  SECTION("set by NUCLEUS_CHECKPOINT_MAX_BYTES") {
+    const std::string low = std::to_string(total - 1);
+    const ScopedEnv env("NUCLEUS_CHECKPOINT_MAX_BYTES", low.c_str());
+    CHECK(HmacTree::max_total_bytes() == total - 1);
+    require_refused_unread(dir, key, "more than the");
+    const MaxTotalBytes wins(total);  // the setter wins over the variable
+    HmacTree::sign(dir, key);
+    CHECK_NOTHROW(HmacTree::verify(dir, key));
+  }
+  SECTION("a malformed NUCLEUS_CHECKPOINT_MAX_BYTES is an error, not no limit") {
+    for (const char* bad : {"lots", "0", "-1", "1T", "18446744073709551616"}) {
+      INFO(bad);
+      const ScopedEnv env("NUCLEUS_CHECKPOINT_MAX_BYTES", bad);
+      const auto e = error_of([&] { (void)HmacTree::compute(dir, key); });
+      REQUIRE(e.has_value());
+      CHECK(e->status() == Status::invalid);
+      CHECK(contains(e->what(), "NUCLEUS_CHECKPOINT_MAX_BYTES"));
+    }
+  }
+}
+
+TEST_CASE("a sparse file is refused before a byte is hashed", "[hmac_tree][limits]") {
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  const fs::path sparse = dir / "images/pages-2.img";
+  const HmacKey key = key_of(32);
+
+  SECTION("terabytes of holes, at the default limit") {
+    // The issue's file: a petabyte (or as much as this file system allows) of nothing on disk.
+    write_file(sparse, "");
+    bool made = false;
+    for (const std::uint64_t size : {std::uint64_t{1} << 50, std::uint64_t{8} << 40, std::uint64_t{100} << 30})
+      if (!made) made = ::truncate(sparse.c_str(), static_cast<off_t>(size)) == 0;
+    REQUIRE(made);
+    require_refused_unread(dir, key, "checkpoint file 'images/pages-2.img' is sparse");
+    require_refused_unread(dir, key, "NUCLEUS_CHECKPOINT_MAX_BYTES");
+  }
+  SECTION("more holes than a sixteenth of a lowered limit") {
+    const MaxTotalBytes limit(32 << 20);  // 2 MiB of holes allowed
+    write_file(sparse, "data");
+    REQUIRE(::truncate(sparse.c_str(), 3 << 20) == 0);
+    require_refused_unread(dir, key, "is sparse: 3.0 MiB (3145728 bytes) long");
+    // Within the allowance: a checkpoint as usual.
+    REQUIRE(::truncate(sparse.c_str(), 1 << 20) == 0);
+    HmacTree::sign_as(dir, key, SignatureFormat::chunked);
+    CHECK_NOTHROW(HmacTree::verify(dir, key));
+  }
+}
+
+TEST_CASE("a folder of more names than the walk allows is refused without being read whole", "[hmac_tree][limits]") {
+  // 2.5 million names used to be read and sorted before the limit was looked at. The limit here is
+  // small and the folder large: refusing it must cost a few names' reading, not the folder's.
+  TempDir tmp;
+  const fs::path dir = tmp / "tree";
+  fs::create_directory(dir);
+  const UniqueFd fd = open_folder(dir);
+  constexpr std::size_t names = 30000, limit = 100;
+  // Hard links to one file: quicker to make than files (ext4 allows 65,000 of them).
+  write_file(tmp / "page", "");
+  for (std::size_t i = 0; i < names; ++i)
+    REQUIRE(::link((tmp / "page").c_str(), (dir / ("pages-" + std::to_string(i) + ".img")).c_str()) == 0);
+  using Clock = std::chrono::steady_clock;
+  const auto fastest = [](auto&& run) {
+    auto best = Clock::duration::max();
+    for (int i = 0; i < 5; ++i) {
+      const auto start = Clock::now();
+      run();
+      best = std::min(best, Clock::now() - start);
+    }
+    return best;
+  };
+  std::size_t visited = 0;
+  const auto count = [&](int, const struct stat&, const std::string&) { ++visited; };
+  const auto refused = fastest([&] {
+    require_integrity_error([&] { walk_checkpoint_tree(fd.get(), count, {}, limit); }, "more than 100 entries");
+  });
+  CHECK(visited == 0);  // refused before any entry of the folder is looked at
+  const auto listed = fastest([&] {
+    std::size_t n = 0;
+    for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir)) ++n;
+    REQUIRE(n == names);
+  });
+  const auto micros = [](Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); };
+  INFO("refused in " << micros(refused) << " us, listed in " << micros(listed) << " us");
+  CHECK(refused * 10 < listed);
+
+  // The limit itself is exact.
+  CHECK_NOTHROW(walk_checkpoint_tree(fd.get(), count, {}, names));
+  CHECK(visited == names);
+  require_integrity_error([&] { walk_checkpoint_tree(fd.get(), count, {}, names - 1); }, "more than");
+}
+
+TEST_CASE("files that grow between the measuring walk and the reading walk are refused", "[hmac_tree][limits]") {
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  const UniqueFd fd = open_folder(dir);
+  std::vector<std::string> read;
+  const auto grow_later_file = [&](int, const struct stat& st, const std::string& rel) {
+    read.push_back(rel);
+    // metadata.json comes after images/ in the walk: grown once the first walk has measured it.
+    if (S_ISDIR(st.st_mode)) write_file(dir / "metadata.json", std::string(4096, 'x'));
+  };
+  require_integrity_error([&] { walk_checkpoint_files(fd.get(), grow_later_file, {}, 1 << 20); },
+                          "'metadata.json' changed during the integrity scan");
+  CHECK(read == std::vector<std::string>{"dump.log", "images", "images/core-1.img", "images/inventory.img",
+                                         "images/pages-1.img"});
 }

@@ -2,6 +2,7 @@
 // concurrent creators agree on one key. The suite runs as root (chown, the root default path).
 #include "test_support.hpp"
 
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,6 +18,8 @@
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include <nucleus/checkpoint/error.hpp>
 #include <nucleus/checkpoint/key_store.hpp>
@@ -177,17 +180,82 @@ TEST_CASE("load_or_create makes a 32-byte owner-only key, creating missing folde
   CHECK(bytes_of(KeyStore(keys / "other.key").load_or_create()) != created);
 }
 
-TEST_CASE("load accepts an existing key of any allowed length", "[key_store]") {
+TEST_CASE("load accepts a 32-byte raw key, and keys of any allowed length in the marked hex format", "[key_store]") {
   TempDir tmp;
   const fs::path path = secure_key_dir(tmp) / "checkpoint.key";
+  std::string raw(32, '\0');
+  for (std::size_t i = 0; i < raw.size(); ++i) raw[i] = static_cast<char>(i * 7 + 1);
+  write_key(path, raw);  // as keygen and nucleus-container write it
+  CHECK(bytes_of(KeyStore(path).load()) == raw);
+  CHECK(bytes_of(KeyStore(path).load_or_create()) == raw);
   for (const std::size_t size : {std::size_t{32}, std::size_t{65}, HmacKey::max_size}) {
-    INFO(size << " bytes");
-    std::string data(size, '\0');
-    for (std::size_t i = 0; i < size; ++i) data[i] = static_cast<char>(i * 7 + 1);
-    write_key(path, data);
-    CHECK(bytes_of(KeyStore(path).load()) == data);
-    CHECK(bytes_of(KeyStore(path).load_or_create()) == data);
+    for (const char* end : {"\n", ""}) {
+      INFO(size << " bytes, " << (*end ? "with" : "without") << " a final newline");
+      std::string data(size, '\0'), hex;
+      for (std::size_t i = 0; i < size; ++i) data[i] = static_cast<char>(i * 7 + 1);
+      for (const char c : data) hex += fmt::format("{:02x}", static_cast<unsigned char>(c));
+      write_key(path, "nucleus-checkpoint-hmac-key 1\n" + hex + end);
+      CHECK(bytes_of(KeyStore(path).load()) == data);
+      CHECK(bytes_of(KeyStore(path).load_or_create()) == data);
+    }
   }
+}
+
+TEST_CASE("a private file that is not a key file is refused, saying what a key file looks like", "[key_store]") {
+  // As root, any root-owned 0600 file used to be taken as a key: a dump's metadata.json, say.
+  TempDir tmp;
+  const fs::path path = secure_key_dir(tmp) / "checkpoint.key";
+  const std::string hex64(64, 'a');
+  const std::string not_keys[] = {
+      R"({"container_id":"abc","container_name":"web","original_pid":4242,"command":"/bin/sh","version":"0.3.3"})",
+      std::string(33, 'k'),
+      std::string(64, 'k'),
+      std::string(HmacKey::max_size, 'k'),
+      hex64,                                                  // hex without the header line
+      "nucleus-checkpoint-hmac-key 2\n" + hex64 + "\n",       // another version
+      "nucleus-checkpoint-hmac-key 1\n" + hex64.substr(2) + "\n",  // 31 bytes
+      "nucleus-checkpoint-hmac-key 1\n" + hex64 + "a\n",      // an odd number of digits
+      "nucleus-checkpoint-hmac-key 1\n" + std::string(64, 'A') + "\n",
+      "nucleus-checkpoint-hmac-key 1\n" + hex64 + "\n\n",
+      "nucleus-checkpoint-hmac-key 1\n" + hex64 + "\r\n",
+      "nucleus-checkpoint-hmac-key 1\r\n" + hex64 + "\n",
+      "nucleus-checkpoint-hmac-key 1\n" + hex64.substr(0, 32) + "\n" + hex64.substr(32) + "\n",
+      "nucleus-checkpoint-hmac-key 1\n" + std::string(2 * HmacKey::max_size + 2, 'a') + "\n",
+  };
+  for (const std::string& data : not_keys) {
+    INFO("key file: " << data.substr(0, 100));
+    write_key(path, data);
+    for (const bool create : {false, true}) {
+      const auto e = error_of([&] { (void)(create ? KeyStore(path).load_or_create() : KeyStore(path).load()); });
+      REQUIRE(e.has_value());
+      INFO("message: " << e->what());
+      CHECK(e->status() == Status::key);
+      CHECK(contains(e->what(), fmt::format("({} bytes) is not a key file", data.size())));
+      CHECK(contains(e->what(), "nucleus-checkpoint keygen"));
+      CHECK(contains(e->what(), "'nucleus-checkpoint-hmac-key 1'"));
+    }
+    CHECK(read_file(path) == data);  // refused, not replaced
+  }
+}
+
+TEST_CASE("the refusal's recipe for a longer key makes a key file that loads", "[key_store]") {
+  TempDir tmp;
+  const fs::path keys = secure_key_dir(tmp), path = keys / "checkpoint.key", raw = keys / "raw";
+  std::string data(65, '\0');
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(255 - i * 3);
+  write_key(path, data);
+  const auto e = error_of([&] { (void)KeyStore(path).load(); });
+  REQUIRE(e.has_value());
+  const std::string message = e->what();
+  const auto at = message.find("{ echo");
+  REQUIRE(at != std::string::npos);
+  std::string recipe = message.substr(at);
+  recipe.replace(recipe.find("RAW_KEY"), 7, raw.native());
+  recipe.replace(recipe.find("KEY_FILE"), 8, path.native());
+  fs::rename(path, raw);
+  INFO("recipe: " << recipe);
+  REQUIRE(std::system(("umask 077; " + recipe).c_str()) == 0);
+  CHECK(bytes_of(KeyStore(path).load()) == data);
 }
 
 TEST_CASE("load without a key file fails with Status::key naming the path", "[key_store]") {
@@ -328,4 +396,51 @@ TEST_CASE("two concurrent creators of a fresh key agree on one key", "[key_store
     REQUIRE(entries(dir) == std::vector<std::string>{"checkpoint.key"});
     REQUIRE(read_file(dir / "checkpoint.key") == keys[0]);
   }
+}
+
+TEST_CASE("the process is not dumpable while a key lives, and is again once the last one goes", "[key_store]") {
+  // OpenSSL keeps keyed HMAC state in ordinary heap, so no core file may be written meanwhile.
+  REQUIRE(::prctl(PR_GET_DUMPABLE) == 1);
+  {
+    const HmacKey generated = HmacKey::generate();
+    CHECK(::prctl(PR_GET_DUMPABLE) == 0);
+    {
+      const HmacKey copy = HmacKey::from_bytes(generated.bytes());
+      HmacKey moved = HmacKey::from_bytes(copy.bytes());
+      const HmacKey taken = std::move(moved);
+      CHECK(::prctl(PR_GET_DUMPABLE) == 0);
+    }
+    CHECK(::prctl(PR_GET_DUMPABLE) == 0);
+  }
+  CHECK(::prctl(PR_GET_DUMPABLE) == 1);
+
+  SECTION("a key loaded from its file, and one refused") {
+    TempDir tmp;
+    const fs::path path = secure_key_dir(tmp) / "checkpoint.key";
+    {
+      const HmacKey key = KeyStore(path).load_or_create();
+      CHECK(::prctl(PR_GET_DUMPABLE) == 0);
+    }
+    CHECK(::prctl(PR_GET_DUMPABLE) == 1);
+    write_key(path, "nucleus-checkpoint-hmac-key 1\n" + std::string(63, 'a') + "\n");
+    CHECK(error_of([&] { (void)KeyStore(path).load(); }).has_value());
+  }
+  SECTION("keys made and dropped on many threads at once") {
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t)
+      threads.emplace_back([] {
+        for (int i = 0; i < 200; ++i) {
+          const HmacKey key = HmacKey::generate();
+          const HmacKey copy = HmacKey::from_bytes(key.bytes());
+        }
+      });
+    for (auto& t : threads) t.join();
+  }
+  SECTION("a process its caller made non-dumpable stays so") {
+    REQUIRE(::prctl(PR_SET_DUMPABLE, 0) == 0);
+    { const HmacKey key = HmacKey::generate(); }
+    CHECK(::prctl(PR_GET_DUMPABLE) == 0);
+    REQUIRE(::prctl(PR_SET_DUMPABLE, 1) == 0);
+  }
+  CHECK(::prctl(PR_GET_DUMPABLE) == 1);
 }

@@ -11,7 +11,9 @@ Usage:
         nucleus-checkpoint-signature 2\\n
         chunk-size N\\n
         hmac-sha256 <64 lowercase hex digits>\\n
-      N is a power of two from 4096 to 2**30 (default 4 MiB). The MAC is HMAC-SHA256(key) over
+      N is a power of two from 4096 to 2**30 (default 4 MiB). A signature's N must be at least
+      1 MiB (2**20), or verification refuses it; smaller ones are for checking the arithmetic
+      on small files. The MAC is HMAC-SHA256(key) over
         b"nucleus-checkpoint-signature 2" b"\\0" u64le(N)
       then, for each entry in the seed's walk order,
         a folder: b"D" u64le(len(path)) path
@@ -41,7 +43,7 @@ SIGNATURE = b"checkpoint.hmac"
 READ_SIZE = 64 * 1024
 CHUNKED_HEADER = b"nucleus-checkpoint-signature 2"
 DEFAULT_CHUNK_SIZE = 4 << 20
-MIN_CHUNK_SIZE, MAX_CHUNK_SIZE = 4 << 10, 1 << 30
+MIN_CHUNK_SIZE, MAX_CHUNK_SIZE = 4 << 10, 1 << 30  # a signature's chunks: from 1 << 20
 
 
 class Refused(Exception):
@@ -135,7 +137,7 @@ def chunked_signature(key, root, chunk_size):
 
 
 def parse_chunk_size(text):
-    # The format's own rule: decimal, no leading zero, a power of two within the bounds.
+    # The format's rule (decimal, no leading zero, a power of two), down to 4 KiB.
     if not text.isdigit() or text.startswith("0"):
         raise Usage("chunk size %r is not a decimal number" % text)
     n = int(text)

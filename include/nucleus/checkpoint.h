@@ -76,6 +76,11 @@ NC_EXPORT nc_status nc_signature_format_of(const char *dir, nc_signature_format 
 NC_EXPORT nc_status nc_read_metadata(const char *dir, char **json_out);
 NC_EXPORT void nc_free(void *p); /* accepts NULL */
 
+/* Process-wide: signing and verifying hash at most `bytes` of files (the sum of their sizes) for
+ * one checkpoint, and at most 1/16 of that in holes of sparse files; beyond either, NC_E_INTEGRITY
+ * before any byte is read. 0 goes back to the default: $NUCLEUS_CHECKPOINT_MAX_BYTES, else 1 TiB. */
+NC_EXPORT nc_status nc_set_max_checkpoint_bytes(unsigned long long bytes);
+
 /* The key store: its path (copied into buf, NUL-terminated), and creating its key if there is
  * none (*created is set to 1 if this call created it). */
 NC_EXPORT nc_status nc_key_path(char *buf, size_t size);

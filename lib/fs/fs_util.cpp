@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -121,24 +122,28 @@ UniqueFd open_or_create_dir(const std::filesystem::path& path, mode_t mode, std:
   }
 }
 
-std::vector<std::string> list_dir(int dir_fd, std::string_view what) {
-  const int dup_fd = ::fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);
-  DIR* d = dup_fd >= 0 ? ::fdopendir(dup_fd) : nullptr;
+void for_each_name(int dir_fd, std::string_view what, const std::function<void(std::string_view)>& fn) {
+  // A description of its own, read from the start, whatever the offset of dir_fd's.
+  const int own = ::openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR* d = own >= 0 ? ::fdopendir(own) : nullptr;
   if (!d) {
     const int err = errno;
-    if (dup_fd >= 0) ::close(dup_fd);
+    if (own >= 0) ::close(own);
     throw system_error(status_of_errno(err), err, fmt::format("cannot read {}", what));
   }
   const std::unique_ptr<DIR, int (*)(DIR*)> closer(d, ::closedir);
-  ::rewinddir(d);  // the duplicate shares the caller's offset, which may be at the end
-  std::vector<std::string> names;
   errno = 0;
   while (const dirent* e = ::readdir(d)) {
     const std::string_view n = e->d_name;
-    if (n != "." && n != "..") names.emplace_back(n);
+    if (n != "." && n != "..") fn(n);
     errno = 0;
   }
   if (errno != 0) throw system_error(status_of_errno(errno), errno, fmt::format("cannot read {}", what));
+}
+
+std::vector<std::string> list_dir(int dir_fd, std::string_view what) {
+  std::vector<std::string> names;
+  for_each_name(dir_fd, what, [&](std::string_view n) { names.emplace_back(n); });
   return names;
 }
 

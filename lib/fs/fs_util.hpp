@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -45,8 +46,11 @@ UniqueFd open_or_create_dir_at(int parent_fd, const std::string& name, mode_t mo
 
 struct stat stat_fd(int fd, std::string_view what);
 
-// The names in the folder open at dir_fd, without "." and "..", in the order readdir gives. It
-// reads from the start through its own duplicate, whatever the caller's descriptor offset.
+// Calls fn with each name in the folder open at dir_fd, without "." and "..", in the order
+// readdir gives, as it reads them (fn may throw to stop). It reads from the start through a
+// description of its own, whatever the caller's descriptor offset.
+void for_each_name(int dir_fd, std::string_view what, const std::function<void(std::string_view)>& fn);
+// The names of for_each_name, collected.
 std::vector<std::string> list_dir(int dir_fd, std::string_view what);
 
 // Removes everything below the folder open at dir_fd (not the folder itself), never following a

@@ -4,14 +4,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include <fmt/format.h>
 
 #include <nucleus/checkpoint/error.hpp>
-#include <nucleus/checkpoint/hmac_tree.hpp>
 
 #include "fs/fs_util.hpp"
 #include "checkpoint/utf8.hpp"
@@ -22,21 +23,37 @@ namespace {
 
 Error integrity(std::string message) { return Error(Status::integrity, std::move(message)); }
 
+// The names in the folder open at dir_fd, but for ".", ".." and `skip`; an integrity failure as
+// soon as there are more than `room`, so that a folder of millions of names is never read whole.
+std::vector<std::string> read_names(int dir_fd, const std::string& prefix, const std::string& skip, std::size_t room,
+                                    std::size_t max_entries) {
+  std::vector<std::string> names;
+  for_each_name(dir_fd, fmt::format("checkpoint folder '{}'", prefix), [&](std::string_view n) {
+    if (n == skip) return;
+    if (names.size() == room)
+      throw integrity(fmt::format("checkpoint tree has more than {} entries (found reading '{}')", max_entries,
+                                  prefix.empty() ? "." : prefix));
+    names.emplace_back(n);
+  });
+  return names;
+}
+
 class Walk {
  public:
-  Walk(const TreeVisitor& visit, const std::string& skip) : visit_(visit), skip_(skip) {}
+  Walk(const TreeVisitor& visit, const std::string& skip, std::size_t max_entries)
+      : visit_(visit), skip_(skip), max_entries_(max_entries) {}
 
   void folder(int dir_fd, const std::string& prefix, int depth) {
     if (depth > HmacTree::max_depth)
       throw integrity(fmt::format("checkpoint tree is nested deeper than {} levels at '{}'", HmacTree::max_depth, prefix));
+    // Counted as read: every name read is visited unless the walk fails first.
+    std::vector<std::string> names =
+        read_names(dir_fd, prefix, depth == 0 ? skip_ : std::string(), max_entries_ - entries_, max_entries_);
+    entries_ += names.size();
     // std::string compares as unsigned char: byte order, like Rust's Path.
-    std::vector<std::string> names = list_dir(dir_fd, fmt::format("checkpoint folder '{}'", prefix));
     std::sort(names.begin(), names.end());
     for (const std::string& name : names) {
-      if (depth == 0 && name == skip_) continue;
       const std::string rel = prefix.empty() ? name : prefix + "/" + name;
-      if (++entries_ > HmacTree::max_entries)
-        throw integrity(fmt::format("checkpoint tree has more than {} entries", HmacTree::max_entries));
       if (rel.size() > HmacTree::max_path_length)
         throw integrity(fmt::format("checkpoint path '{}...' is longer than {} bytes", rel.substr(0, 64),
                                     HmacTree::max_path_length));
@@ -64,13 +81,84 @@ class Walk {
  private:
   const TreeVisitor& visit_;
   const std::string& skip_;
+  std::size_t max_entries_;
   std::size_t entries_ = 0;
 };
 
+// What reading a tree's files costs, from their fstat alone.
+struct FileBytes {
+  std::uint64_t bytes = 0;  // their sizes
+  std::uint64_t holes = 0;  // the parts of them not allocated on disk
+
+  static FileBytes of(const struct stat& st) {
+    const auto size = static_cast<std::uint64_t>(st.st_size), blocks = static_cast<std::uint64_t>(st.st_blocks);
+    return {size, blocks >= size / 512 ? 0 : size - blocks * 512};
+  }
+  FileBytes& operator+=(const FileBytes& f) {
+    // Saturating: a file system (FUSE) may claim any sizes.
+    const auto add = [](std::uint64_t a, std::uint64_t b) { return b > UINT64_MAX - a ? UINT64_MAX : a + b; };
+    bytes = add(bytes, f.bytes);
+    holes = add(holes, f.holes);
+    return *this;
+  }
+};
+
+std::string human(std::uint64_t bytes) {
+  static constexpr std::array units = {"bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  auto value = static_cast<double>(bytes);
+  std::size_t unit = 0;
+  for (; value >= 1024 && unit + 1 < units.size(); ++unit) value /= 1024;
+  return unit == 0 ? fmt::format("{} bytes", bytes) : fmt::format("{:.1f} {} ({} bytes)", value, units[unit], bytes);
+}
+
+constexpr std::string_view how_to_raise =
+    "set NUCLEUS_CHECKPOINT_MAX_BYTES to a number of bytes (C++: HmacTree::set_max_total_bytes)";
+
+// The first walk of walk_checkpoint_files: refuses a tree too costly to read, before reading it.
+FileBytes measure(int root_fd, const std::string& skip, std::uint64_t max_bytes) {
+  FileBytes total;
+  std::string sparsest;  // the file with the most holes
+  FileBytes sparsest_bytes;
+  walk_checkpoint_tree(root_fd, [&](int, const struct stat& st, const std::string& rel) {
+    if (!S_ISREG(st.st_mode)) return;
+    const FileBytes file = FileBytes::of(st);
+    total += file;
+    if (file.holes > sparsest_bytes.holes) {
+      sparsest = rel;
+      sparsest_bytes = file;
+    }
+  }, skip);
+  if (const std::uint64_t allowed = max_bytes / HmacTree::max_holes_share; total.holes > allowed)
+    throw integrity(fmt::format(
+        "checkpoint file '{}' is sparse: {} long, {} of it not on disk. Holes read as zeros and cost nothing to "
+        "make, so a checkpoint may hold at most {} of them (1/{} of the {} limit); this one holds {}. CRIU writes "
+        "its images densely: if this checkpoint is genuine (kept on a file system that stores zeros as holes, such "
+        "as ZFS with compression), raise the limit: {}",
+        sparsest, human(sparsest_bytes.bytes), human(sparsest_bytes.holes), human(allowed), HmacTree::max_holes_share,
+        human(max_bytes), human(total.holes), how_to_raise));
+  if (total.bytes > max_bytes)
+    throw integrity(fmt::format("checkpoint files add up to {}, more than the {} limit on what is hashed for one "
+                                "checkpoint; if this checkpoint is genuine, raise the limit: {}",
+                                human(total.bytes), human(max_bytes), how_to_raise));
+  return total;
+}
+
 }  // namespace
 
-void walk_checkpoint_tree(int root_fd, const TreeVisitor& visit, const std::string& skip) {
-  Walk(visit, skip).folder(root_fd, "", 0);
+void walk_checkpoint_tree(int root_fd, const TreeVisitor& visit, const std::string& skip, std::size_t max_entries) {
+  Walk(visit, skip, max_entries).folder(root_fd, "", 0);
+}
+
+void walk_checkpoint_files(int root_fd, const TreeVisitor& visit, const std::string& skip, std::uint64_t max_bytes) {
+  const FileBytes measured = measure(root_fd, skip, max_bytes);
+  // The tree may change between the walks (its owner may write to it): what is read stays within
+  // what was measured.
+  FileBytes read;
+  walk_checkpoint_tree(root_fd, [&](int fd, const struct stat& st, const std::string& rel) {
+    if (S_ISREG(st.st_mode) && ((read += FileBytes::of(st)).bytes > measured.bytes || read.holes > measured.holes))
+      throw integrity(fmt::format("checkpoint file '{}' changed during the integrity scan", rel));
+    visit(fd, st, rel);
+  }, skip);
 }
 
 }  // namespace nucleus::checkpoint

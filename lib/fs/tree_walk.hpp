@@ -8,8 +8,12 @@
 
 #include <sys/stat.h>
 
+#include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
+
+#include <nucleus/checkpoint/hmac_tree.hpp>
 
 namespace nucleus::checkpoint {
 
@@ -18,6 +22,17 @@ namespace nucleus::checkpoint {
 using TreeVisitor = std::function<void(int fd, const struct stat& st, const std::string& rel)>;
 
 // Walks everything below root_fd, leaving out the top-level entry named `skip` (if not empty).
-void walk_checkpoint_tree(int root_fd, const TreeVisitor& visit, const std::string& skip = {});
+// A folder's names are counted against max_entries as they are read: reading stops, and the walk
+// fails, as soon as the tree has more.
+void walk_checkpoint_tree(int root_fd, const TreeVisitor& visit, const std::string& skip = {},
+                          std::size_t max_entries = HmacTree::max_entries);
+
+// The walk of whatever reads every file's bytes (signing, verifying). It walks the tree twice:
+// first reading nothing but names and sizes, and refusing (an integrity failure, before a byte
+// is read) a tree whose files add up to more than max_bytes, or whose sparse files hold more than
+// max_bytes / HmacTree::max_holes_share of holes (bytes not allocated on disk: they read as zeros
+// and cost whoever made them nothing); then again, calling visit, and failing if the files grew
+// past what the first walk saw.
+void walk_checkpoint_files(int root_fd, const TreeVisitor& visit, const std::string& skip, std::uint64_t max_bytes);
 
 }  // namespace nucleus::checkpoint

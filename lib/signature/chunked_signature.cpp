@@ -1,6 +1,5 @@
 #include "signature/chunked_signature.hpp"
 
-
 #include <algorithm>
 #include <bit>
 #include <charconv>
@@ -76,7 +75,7 @@ HmacSha256::Mac chunked_tree_mac(int root_fd, const HmacKey& key, std::uint64_t 
     hashed += bytes;
     if (progress) progress(hashed);
   };
-  walk_checkpoint_tree(root_fd, [&](int fd, const struct stat& st, const std::string& rel) {
+  walk_checkpoint_files(root_fd, [&](int fd, const struct stat& st, const std::string& rel) {
     const bool folder = S_ISDIR(st.st_mode);
     mac.update(folder ? "D" : "F", 1);
     mac.update_u64le(rel.size());
@@ -95,7 +94,7 @@ HmacSha256::Mac chunked_tree_mac(int root_fd, const HmacKey& key, std::uint64_t 
     const Sha256::Digest d = digest.finish(fd, size, threads, rel, done, twins);
     mac.update_u64le(size);
     mac.update(d.data(), d.size());
-  }, HmacTree::signature_file);
+  }, HmacTree::signature_file, HmacTree::max_total_bytes());
   return mac.final();
 }
 

@@ -23,7 +23,9 @@ struct ChunkedSignature {
   static constexpr std::string_view header = "nucleus-checkpoint-signature 2";
   static constexpr std::string_view family = "nucleus-checkpoint-signature ";  // any version
   static constexpr std::uint64_t default_chunk_size = 4 << 20;
-  static constexpr std::uint64_t min_chunk_size = 4 << 10, max_chunk_size = 1 << 30;
+  // From 1 MiB: the chunk size is read before anything is verified, and tiny chunks (a read and a
+  // digest per 4 KiB) nearly triple verification's time. This library writes 4 MiB.
+  static constexpr std::uint64_t min_chunk_size = 1 << 20, max_chunk_size = 1 << 30;
 
   std::uint64_t chunk_size = default_chunk_size;
   HmacSha256::Mac mac{};

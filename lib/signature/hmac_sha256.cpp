@@ -22,6 +22,8 @@
 namespace nucleus::checkpoint {
 
 struct HmacSha256::State {
+  // First, so that it goes last: both engines' states are keyed, OpenSSL's hold the key itself.
+  KeyMaterialGuard key_material;
   Engine engine;
   crypto_auth_hmacsha256_state sodium{};
 #if NC_HAVE_OPENSSL

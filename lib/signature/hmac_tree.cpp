@@ -4,7 +4,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <charconv>
+#include <cstdlib>
 #include <variant>
 #include <vector>
 
@@ -33,14 +36,14 @@ class SeedTreeMac {
       : mac_(key.bytes()), buffer_(1 << 20), progress_(progress) {}
 
   Mac run(int root_fd) {
-    walk_checkpoint_tree(root_fd, [this](int fd, const struct stat& st, const std::string& rel) {
+    walk_checkpoint_files(root_fd, [this](int fd, const struct stat& st, const std::string& rel) {
       const bool folder = S_ISDIR(st.st_mode);
       const char head[2] = {folder ? 'D' : 'F', '\0'};
       mac_.update(head, 2);
       mac_.update(rel.data(), rel.size());
       mac_.update("", 1);
       if (!folder) hash_file(fd, rel, static_cast<std::uint64_t>(st.st_size));
-    }, HmacTree::signature_file);
+    }, HmacTree::signature_file, HmacTree::max_total_bytes());
     return mac_.final();
   }
 
@@ -115,7 +118,25 @@ void check(const Signature& signature, int dir_fd, const HmacKey& key, const Hma
 
 UniqueFd open_checkpoint(const std::filesystem::path& dir) { return open_dir(dir, "checkpoint directory"); }
 
+constexpr const char* env_max_bytes = "NUCLEUS_CHECKPOINT_MAX_BYTES";
+std::atomic<std::uint64_t> max_bytes_set{0};  // set_max_total_bytes's; 0: none
+
 }  // namespace
+
+std::uint64_t HmacTree::max_total_bytes() {
+  if (const std::uint64_t set = max_bytes_set.load()) return set;
+  const char* env = std::getenv(env_max_bytes);
+  if (!env || !*env) return default_max_total_bytes;
+  const std::string_view text = env;
+  std::uint64_t bytes = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), bytes);
+  if (ec != std::errc() || end != text.data() + text.size() || bytes == 0)
+    throw Error(Status::invalid, fmt::format("{} is '{}': it must be a positive number of bytes, such as {} for 2 TiB",
+                                             env_max_bytes, text.substr(0, 64), 2 * default_max_total_bytes));
+  return bytes;
+}
+
+void HmacTree::set_max_total_bytes(std::uint64_t bytes) noexcept { max_bytes_set = bytes; }
 
 std::string HmacTree::compute(int dir_fd, const HmacKey& key, const Progress& progress) {
   return HmacSha256::to_hex(SeedTreeMac(key, progress).run(dir_fd));

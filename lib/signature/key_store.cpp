@@ -3,13 +3,17 @@
 #include <fcntl.h>
 #include <pwd.h>
 #include <sodium.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <optional>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -26,9 +30,54 @@ void init_sodium() {
   if (sodium_init() < 0) throw Error(Status::internal, "libsodium could not be initialised");
 }
 
+// --- Key material ---
+
+namespace {
+
+std::mutex key_material_mutex;
+std::size_t key_material_holders = 0;  // under the mutex
+int dumpable_before = 0;               // PR_GET_DUMPABLE when the first holder came
+
+void hold_key_material() {
+  const std::lock_guard lock(key_material_mutex);
+  if (key_material_holders == 0) {
+    dumpable_before = ::prctl(PR_GET_DUMPABLE);
+    if (dumpable_before != 0 && ::prctl(PR_SET_DUMPABLE, 0) != 0)
+      throw system_error(Status::internal, errno, "cannot make the process non-dumpable while it holds the HMAC key");
+  }
+  ++key_material_holders;
+}
+
+void release_key_material() noexcept {
+  const std::lock_guard lock(key_material_mutex);
+  if (--key_material_holders == 0 && dumpable_before == 1) ::prctl(PR_SET_DUMPABLE, 1);
+}
+
+}  // namespace
+
+KeyMaterialGuard::KeyMaterialGuard() { hold_key_material(); }
+KeyMaterialGuard::~KeyMaterialGuard() { release_key_material(); }
+
+unsigned char* alloc_key_bytes(std::size_t size) {
+  init_sodium();
+  hold_key_material();
+  auto* bytes = static_cast<unsigned char*>(sodium_malloc(size));
+  if (!bytes) {
+    release_key_material();
+    throw Error(Status::no_memory, "cannot allocate guarded memory for the HMAC key");
+  }
+  return bytes;
+}
+
+void free_key_bytes(unsigned char* bytes) noexcept {
+  if (!bytes) return;
+  sodium_free(bytes);  // wipes them
+  release_key_material();
+}
+
 // --- HmacKey ---
 
-void HmacKey::Deleter::operator()(unsigned char* p) const noexcept { sodium_free(p); }
+void HmacKey::Deleter::operator()(unsigned char* p) const noexcept { free_key_bytes(p); }
 
 HmacKey::HmacKey(std::unique_ptr<unsigned char[], Deleter> data, std::size_t size) noexcept
     : data_(std::move(data)), size_(size) {}
@@ -41,16 +90,13 @@ HmacKey HmacKey::from_bytes(std::span<const unsigned char> bytes) {
     throw Error(Status::key, fmt::format("HMAC key is {} bytes; at least {} are needed", bytes.size(), min_size));
   if (bytes.size() > max_size)
     throw Error(Status::key, fmt::format("HMAC key is {} bytes; at most {} are allowed", bytes.size(), max_size));
-  std::unique_ptr<unsigned char[], Deleter> data(static_cast<unsigned char*>(sodium_malloc(bytes.size())));
-  if (!data) throw Error(Status::no_memory, "cannot allocate guarded memory for the HMAC key");
+  std::unique_ptr<unsigned char[], Deleter> data(alloc_key_bytes(bytes.size()));
   std::memcpy(data.get(), bytes.data(), bytes.size());
   return HmacKey(std::move(data), bytes.size());
 }
 
 HmacKey HmacKey::generate() {
-  init_sodium();
-  std::unique_ptr<unsigned char[], Deleter> data(static_cast<unsigned char*>(sodium_malloc(min_size)));
-  if (!data) throw Error(Status::no_memory, "cannot allocate guarded memory for the HMAC key");
+  std::unique_ptr<unsigned char[], Deleter> data(alloc_key_bytes(min_size));
   randombytes_buf(data.get(), min_size);
   return HmacKey(std::move(data), min_size);
 }
@@ -97,6 +143,48 @@ UniqueFd open_key_dir(const fs::path& dir, bool create) {
   }
 }
 
+// Key material read from a file, in guarded memory.
+struct KeyBytesDeleter {
+  void operator()(unsigned char* bytes) const noexcept { free_key_bytes(bytes); }
+};
+using KeyBytes = std::unique_ptr<unsigned char[], KeyBytesDeleter>;
+
+// A key file must be recognisably a key, never just any private file (a dump's metadata.json,
+// say): either exactly HmacKey::min_size raw bytes (what load_or_create writes, and what
+// nucleus-container reads and writes), or this line and then the key in lowercase hex on one line.
+constexpr std::string_view key_file_header = "nucleus-checkpoint-hmac-key 1\n";
+constexpr std::size_t min_hex_file = key_file_header.size() + 2 * HmacKey::min_size,
+                      max_hex_file = key_file_header.size() + 2 * HmacKey::max_size + 1;  // + "\n"
+
+Error not_a_key_file(const fs::path& path, std::size_t size) {
+  return Error(Status::key,
+               fmt::format("checkpoint HMAC key {} ({} bytes) is not a key file. A key file holds exactly {} bytes, the "
+                           "raw key, as `nucleus-checkpoint keygen` writes it; or the line '{}' and then one line of the "
+                           "key in lowercase hex ({} to {} digits). Make a new key with `nucleus-checkpoint keygen` "
+                           "(it writes to {} if set), or write a longer key of your own as: {{ echo {}; od -An -v -tx1 "
+                           "RAW_KEY | tr -d ' \\n'; echo; }} > KEY_FILE",
+                           path.native(), size, HmacKey::min_size, key_file_header.substr(0, key_file_header.size() - 1),
+                           2 * HmacKey::min_size, 2 * HmacKey::max_size, env_key_file,
+                           key_file_header.substr(0, key_file_header.size() - 1)));
+}
+
+// The key in a key file's bytes (in guarded memory), or not_a_key_file.
+HmacKey parse_key_file(std::span<const unsigned char> file, const fs::path& path) {
+  if (file.size() == HmacKey::min_size) return HmacKey::from_bytes(file);
+  std::string_view text(reinterpret_cast<const char*>(file.data()), file.size());
+  if (!text.starts_with(key_file_header)) throw not_a_key_file(path, file.size());
+  text.remove_prefix(key_file_header.size());
+  if (text.ends_with('\n')) text.remove_suffix(1);
+  const bool lower_hex = std::all_of(text.begin(), text.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+  if (!lower_hex || text.size() % 2 != 0 || text.size() < 2 * HmacKey::min_size) throw not_a_key_file(path, file.size());
+  const KeyBytes key(alloc_key_bytes(text.size() / 2));
+  std::size_t size = 0;
+  if (sodium_hex2bin(key.get(), text.size() / 2, text.data(), text.size(), nullptr, &size, nullptr) != 0 ||
+      size != text.size() / 2)
+    throw not_a_key_file(path, file.size());
+  return HmacKey::from_bytes({key.get(), size});
+}
+
 // nullopt when there is no key file yet.
 std::optional<HmacKey> read_key(int dir_fd, const fs::path& path) {
   const std::string name = path.filename();
@@ -112,12 +200,9 @@ std::optional<HmacKey> read_key(int dir_fd, const fs::path& path) {
     throw Error(Status::key, fmt::format("checkpoint HMAC key {} is not a regular file", path.native()));
   check_private(st, "checkpoint HMAC key", path);
   const auto size = static_cast<std::size_t>(st.st_size);
-  if (size < HmacKey::min_size || size > HmacKey::max_size)
-    throw Error(Status::key, fmt::format("checkpoint HMAC key {} is {} bytes; it must be {} to {} bytes", path.native(),
-                                         size, HmacKey::min_size, HmacKey::max_size));
-  // Read straight into guarded memory through a short-lived key: no copy in ordinary heap.
-  std::unique_ptr<unsigned char[], void (*)(void*)> buf(static_cast<unsigned char*>(sodium_malloc(size)), sodium_free);
-  if (!buf) throw Error(Status::no_memory, "cannot allocate guarded memory for the HMAC key");
+  if (size != HmacKey::min_size && (size < min_hex_file || size > max_hex_file)) throw not_a_key_file(path, size);
+  // Read straight into guarded memory: no copy in ordinary heap.
+  const KeyBytes buf(alloc_key_bytes(size));
   std::size_t got = 0;
   while (got < size) {
     const ssize_t n = ::read(fd.get(), buf.get() + got, size - got);
@@ -128,7 +213,7 @@ std::optional<HmacKey> read_key(int dir_fd, const fs::path& path) {
   }
   if (got != size)
     throw Error(Status::key, fmt::format("checkpoint HMAC key {} changed while it was read", path.native()));
-  return HmacKey::from_bytes({buf.get(), size});
+  return parse_key_file({buf.get(), size}, path);
 }
 
 }  // namespace

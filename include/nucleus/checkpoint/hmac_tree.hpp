@@ -37,6 +37,19 @@ class NC_EXPORT HmacTree {
   static constexpr int max_depth = 64;                   // folders nested below the checkpoint folder
   static constexpr std::size_t max_entries = 1000000;    // files and folders in the whole tree
   static constexpr std::size_t max_path_length = 4096;   // bytes of a relative path
+  // Bytes of files (the sum of their sizes) that signing or verifying hashes for one tree, and the
+  // share of them that may be holes of sparse files (bytes not allocated on disk, which cost
+  // whoever made them nothing; CRIU writes its images densely). Both are checked from the sizes
+  // before any byte is hashed, so a hostile tree costs minutes at most: 1 TiB, more than the
+  // memory of nearly any machine whose processes a checkpoint holds, hashes in about 7 minutes at
+  // 2.7 GB/s; its holes allowance, a sixteenth (64 GiB), in about 25 s.
+  static constexpr std::uint64_t default_max_total_bytes = std::uint64_t{1} << 40;
+  static constexpr std::uint64_t max_holes_share = 16;
+  // The byte limit in force, for the whole process: the last set_max_total_bytes (0 goes back to
+  // the default), else $NUCLEUS_CHECKPOINT_MAX_BYTES (decimal bytes), else default_max_total_bytes.
+  // Throws Error(Status::invalid) if the variable is not a positive decimal number.
+  static std::uint64_t max_total_bytes();
+  static void set_max_total_bytes(std::uint64_t bytes) noexcept;
   // Called from the calling thread as file bytes are hashed, with the running total: after each
   // read of up to 1 MiB in the seed format, each window of up to 64 chunks in the chunked one.
   using Progress = std::function<void(std::uint64_t bytes_hashed)>;

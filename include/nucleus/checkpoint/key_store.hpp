@@ -10,7 +10,10 @@
 
 namespace nucleus::checkpoint {
 
-// Key bytes in libsodium's guarded memory: locked, never swapped, wiped when freed.
+// Key bytes in libsodium's guarded memory: locked, never swapped, left out of core dumps, wiped
+// when freed. While any key (or a MAC keyed with one) lives, the process is not dumpable
+// (PR_SET_DUMPABLE 0), since OpenSSL keeps its keyed state in ordinary heap; the last one to go
+// restores what was there.
 class NC_EXPORT HmacKey {
  public:
   static constexpr std::size_t min_size = 32;
@@ -45,7 +48,10 @@ class NC_EXPORT KeyStore {
   const std::filesystem::path& path() const noexcept { return path_; }
 
   // Reads the key. The file and its folder must be owned by the effective uid, carry no group or
-  // other permission bits and not be symlinks; the key must be at least HmacKey::min_size bytes.
+  // other permission bits and not be symlinks. The file must be recognisably a key: exactly
+  // HmacKey::min_size raw bytes (what load_or_create writes, as nucleus-container does), or the
+  // line "nucleus-checkpoint-hmac-key 1" and then the key in lowercase hex (min_size to max_size
+  // bytes) on one line; anything else is refused with Status::key.
   HmacKey load() const;
   // load(), or if there is no key file yet, a new key written O_EXCL 0600 and fsynced (its folder
   // created 0700). When two processes race, one key wins and both return it.
