@@ -87,6 +87,12 @@ FileIdentity identity_of(const struct stat& st) {
   return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
 }
 
+bool same_identity(const FileIdentity& recorded, const FileIdentity& found) {
+  const bool anonymous = recorded.ino != 0 && major(static_cast<dev_t>(recorded.dev)) == 0 &&
+                         major(static_cast<dev_t>(found.dev)) == 0;
+  return recorded.ino == found.ino && (recorded.dev == found.dev || anonymous);
+}
+
 bool path_is_within(std::string_view path, std::string_view prefix) {
   if (prefix == "/") return path.starts_with('/');
   return path.starts_with(prefix) && (path.size() == prefix.size() || path[prefix.size()] == '/');

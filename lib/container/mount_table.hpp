@@ -31,6 +31,10 @@ std::vector<MountEntry> read_mount_table(pid_t pid);
 // Which file a stat describes, as a checkpoint records it: a character device by its device number
 // (the same /dev/null on any boot and host), anything else by st_dev and st_ino.
 FileIdentity identity_of(const struct stat& st);
+// Whether two identities name the same file. A file system on an anonymous device (tmpfs, overlayfs,
+// btrfs subvolumes: major 0) gets a new device number each time it is mounted, so there the inode
+// alone is compared.
+bool same_identity(const FileIdentity& recorded, const FileIdentity& found);
 
 // Whether `path` is `prefix` or lies below it, by whole components ("/a/b" is below "/a", not "/ab").
 bool path_is_within(std::string_view path, std::string_view prefix);

@@ -59,7 +59,7 @@ UniqueFd open_recorded(const std::string& path, int flags, const FileIdentity& r
   } catch (const Error& e) {
     throw Error(e.status(), fmt::format("{}; {}", e.what(), instead));
   }
-  if (identity_of(stat_fd(fd.get(), what)) != recorded)
+  if (!same_identity(recorded, identity_of(stat_fd(fd.get(), what))))
     throw Error(Status::integrity, fmt::format("{} {} is not the one the checkpoint was made with (it was replaced "
                                                "since); {}", what, path, instead));
   return fd;

@@ -124,14 +124,19 @@ void NotifyChannel::serve() noexcept {
         refusal_ = fmt::format("the caller's notification callback failed at {}", name);
       }
     }
-    // CRIU only logs a failed pre-resume or post-resume script and lets the tree run: at pre-resume
-    // the tree is still stopped, so it is killed here, before it runs a single instruction.
-    const bool resuming = name == "pre-resume" || name == "post-resume";
-    if (!go_on && resuming && pid > 0) {
+    // CRIU only logs a failed pre-resume or post-resume script and lets the tree run. At pre-resume
+    // the tree is still stopped, so it is killed here before it runs a single instruction; at
+    // post-resume it runs, so it is stopped whole first (again while it still grows), then killed.
+    if (!go_on && (name == "pre-resume" || name == "post-resume") && pid > 0) {
       try {
-        ProcessTree::open(pid).signal(SIGKILL);  // stopped by CRIU: none of its PIDs can be reused
+        for (int round = 0; name == "post-resume" && round < 16; ++round) {
+          const ProcessTree seen = ProcessTree::open(pid);
+          seen.signal(SIGSTOP);
+          if (ProcessTree::open(pid).size() == seen.size()) break;
+        }
+        ProcessTree::open(pid).signal(SIGKILL);
       } catch (...) {
-        ::kill(pid, SIGKILL);  // the root at least; CRIU fails once its tasks are gone
+        ::kill(pid, SIGKILL);  // the root at least
       }
     }
     const std::string_view answer = go_on ? "ok\n" : "fail\n";

@@ -179,6 +179,7 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
   record_dump_options(effective, metadata.record);
   metadata.to_json();
   const HmacKey key = signing_key();  // before CRIU touches the tree: a key problem loses nothing
+  HmacTree::max_total_bytes();        // likewise a malformed NUCLEUS_CHECKPOINT_MAX_BYTES
   begin(CheckpointState::Dumping);
   guarded(*this, &CriuRuntime::finish, [&] {
     CheckpointDir cd = CheckpointDir::prepare(dir);

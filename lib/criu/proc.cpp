@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <chrono>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include <fmt/format.h>
@@ -136,25 +137,36 @@ bool pidfd_alive(int pidfd) noexcept { return ::syscall(SYS_pidfd_send_signal, p
 
 ProcessTree ProcessTree::open(pid_t pid, int root_pidfd) {
   ProcessTree tree;
-  if (root_pidfd >= 0 && !pidfd_alive(root_pidfd)) return tree;
+  std::set<pid_t> held;
   for (const pid_t p : process_tree(pid)) {
-    const auto before = stat_of(p);
-    UniqueFd fd(open_pidfd(p));
-    const auto after = stat_of(p);
-    if (fd && before && after && before->start_ticks == after->start_ticks) tree.pidfds_.push_back(std::move(fd));
+    const auto st = stat_of(p);
+    if (!st || (p != pid && !held.contains(st->parent))) continue;
+    held.insert(p);
+    tree.members_.push_back({p, st->start_ticks});
   }
+  if (root_pidfd >= 0 && !pidfd_alive(root_pidfd)) tree.members_.clear();
   return tree;
 }
 
+UniqueFd ProcessTree::reach(const Member& m) noexcept {
+  UniqueFd fd(open_pidfd(m.pid));
+  const auto st = fd ? stat_of(m.pid) : std::nullopt;  // read after the pidfd is open
+  if (!st || st->start_ticks != m.start_ticks) return UniqueFd();
+  return fd;
+}
+
 void ProcessTree::signal(int sig) const noexcept {
-  for (const auto& fd : pidfds_) ::syscall(SYS_pidfd_send_signal, fd.get(), sig, nullptr, 0);
+  for (const auto& m : members_)
+    if (const UniqueFd fd = reach(m)) ::syscall(SYS_pidfd_send_signal, fd.get(), sig, nullptr, 0);
 }
 
 void ProcessTree::kill() const noexcept {
   signal(SIGKILL);
   // A pidfd turns readable once its process has exited (a zombie counts).
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  for (const auto& fd : pidfds_) {
+  for (const auto& m : members_) {
+    const UniqueFd fd = reach(m);
+    if (!fd) continue;
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     pollfd p{fd.get(), POLLIN, 0};
     ::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(left.count(), 0)));

@@ -26,25 +26,34 @@ bool process_exists(pid_t pid);
 bool process_is_zombie(pid_t pid);
 // pid and all its descendants (through /proc/<pid>/task/<tid>/children), parents first.
 std::vector<pid_t> process_tree(pid_t pid);
-// A process tree held by pidfds, so that a signal can only ever reach the processes that were
-// listed, never one that reused a PID of theirs since.
+// A process tree signalled only through pidfds, so that a signal can only ever reach the processes
+// that were listed, never one that reused a PID of theirs since. Each member is kept as its PID and
+// start time, and reached through a pidfd opened when it is signalled and used only if the process
+// behind it started then (so a tree of any size needs one descriptor at a time).
 class ProcessTree {
  public:
   ProcessTree() = default;
-  // pid and its descendants: each PID's pidfd is kept only if the process it refers to started
-  // when the listed one did (checked after the pidfd is open). `root`, if given, is the root's
-  // pidfd taken earlier: if that process is gone, the tree is empty.
+  // pid and its descendants, each kept only if its parent is a member already (a stranger that took
+  // the PID of one that exited while the tree was listed is not). `root_pidfd`, if given, is the
+  // root's pidfd taken earlier: if that process is gone by the end of the listing, the tree is empty.
   static ProcessTree open(pid_t pid, int root_pidfd = -1);
 
-  bool empty() const noexcept { return pidfds_.empty(); }
-  // Sends sig to every process of the tree that still lives.
+  bool empty() const noexcept { return members_.empty(); }
+  std::size_t size() const noexcept { return members_.size(); }
+  // Sends sig to every member that still lives.
   void signal(int sig) const noexcept;
-  // SIGKILL to every process, then waits (up to 5 s) until each has died: gone, or a zombie for its
+  // SIGKILL to every member, then waits (up to 5 s) until each has died: gone, or a zombie for its
   // parent to reap. As `criu dump` without --leave-running would have returned.
   void kill() const noexcept;
 
  private:
-  std::vector<UniqueFd> pidfds_;
+  struct Member {
+    pid_t pid;
+    std::uint64_t start_ticks;
+  };
+  // A pidfd for m, or an empty one if m has exited (its PID free, or someone else's).
+  static UniqueFd reach(const Member& m) noexcept;
+  std::vector<Member> members_;
 };
 
 // A pidfd for pid, refused (Status::not_found) unless the process started at expected_start_ticks

@@ -112,7 +112,9 @@ void require_expected(const CheckpointMetadata& m, const CriuOptions& o, const f
     throw Error(Status::integrity, fmt::format("{} is a checkpoint of container '{}', not of '{}': refusing to restore "
                                                "another container's checkpoint in its place", dir.native(),
                                                to_valid_utf8(m.container_id), to_valid_utf8(o.expected_container_id)));
-  for (const auto& [name, value] : o.expected_annotations) {
+  for (const auto& expected : o.expected_annotations) {
+    const std::string& name = expected.first;
+    const std::string& value = expected.second;
     const auto found = std::find_if(m.annotations.begin(), m.annotations.end(), [&](const auto& a) { return a.first == name; });
     if (found == m.annotations.end() || found->second != value)
       throw Error(Status::integrity, fmt::format("{} carries annotation {}={}, not the {} expected: it is not the "

@@ -53,13 +53,20 @@ constexpr int dir_flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
 }  // namespace
 
 std::optional<std::filesystem::path> folder_others_can_change(const std::filesystem::path& real_path) {
+  const auto trusted_owner = [](const struct stat& st) { return st.st_uid == 0 || st.st_uid == ::geteuid(); };
+  std::filesystem::path child = real_path;
   for (std::filesystem::path dir = real_path.parent_path(); !dir.empty(); dir = dir.parent_path()) {
     struct stat ds {};
-    if (::lstat(dir.c_str(), &ds) != 0) return dir;
-    // A sticky folder such as /tmp is fine: others cannot rename or remove what they do not own.
-    if ((ds.st_uid != 0 && ds.st_uid != ::geteuid()) || ((ds.st_mode & 022) != 0 && (ds.st_mode & S_ISVTX) == 0))
-      return dir;
+    if (::lstat(dir.c_str(), &ds) != 0 || !trusted_owner(ds)) return dir;
+    if ((ds.st_mode & 022) != 0) {
+      // In a sticky folder such as /tmp others cannot rename or remove what they do not own; but
+      // what they do own there (the next component of the path) they can.
+      struct stat cs {};
+      if ((ds.st_mode & S_ISVTX) == 0) return dir;
+      if (::lstat(child.c_str(), &cs) == 0 && !trusted_owner(cs)) return child;
+    }
     if (dir == dir.root_path()) break;
+    child = dir;
   }
   return std::nullopt;
 }

@@ -27,8 +27,9 @@ Error system_error(Status status, int err, std::string_view what);
 Status status_of_errno(int err) noexcept;
 
 // The first folder above `real_path` (an absolute path without symlinks) that someone other than
-// root or the effective uid could change: owned by another user, or writable by group or others
-// without the sticky bit. Such a folder lets its owner put anything under the path's name later.
+// root or the effective uid could change: owned by another user, writable by group or others
+// without the sticky bit, or owned by another user inside a sticky one. Such a folder lets its
+// owner put anything under the path's name later.
 std::optional<std::filesystem::path> folder_others_can_change(const std::filesystem::path& real_path);
 
 // Opens an absolute path as root may act on it for someone else: no symlink in any component

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -37,11 +38,20 @@ namespace {
 std::mutex key_material_mutex;
 std::size_t key_material_holders = 0;  // under the mutex
 int dumpable_before = 0;               // PR_GET_DUMPABLE when the first holder came
+std::array<uid_t, 6> ids_before{};     // and the process's uids and gids then
+
+std::array<uid_t, 6> process_ids() noexcept {
+  std::array<uid_t, 6> ids{};
+  ::getresuid(&ids[0], &ids[1], &ids[2]);
+  ::getresgid(&ids[3], &ids[4], &ids[5]);
+  return ids;
+}
 
 void hold_key_material() {
   const std::lock_guard lock(key_material_mutex);
   if (key_material_holders == 0) {
     dumpable_before = ::prctl(PR_GET_DUMPABLE);
+    ids_before = process_ids();
     if (dumpable_before != 0 && ::prctl(PR_SET_DUMPABLE, 0) != 0)
       throw system_error(Status::internal, errno, "cannot make the process non-dumpable while it holds the HMAC key");
   }
@@ -50,7 +60,10 @@ void hold_key_material() {
 
 void release_key_material() noexcept {
   const std::lock_guard lock(key_material_mutex);
-  if (--key_material_holders == 0 && dumpable_before == 1) ::prctl(PR_SET_DUMPABLE, 1);
+  // Made dumpable again only as it was: not after a change of credentials meanwhile, after which
+  // the kernel's own reset (or the application's choice) stands.
+  if (--key_material_holders == 0 && dumpable_before == 1 && process_ids() == ids_before)
+    ::prctl(PR_SET_DUMPABLE, 1);
 }
 
 }  // namespace
