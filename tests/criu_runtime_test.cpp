@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "fs/checkpoint_dir.hpp"
+#include "criu/proc.hpp"
 #include "process_support.hpp"
 
 using namespace nucleus::checkpoint;
@@ -610,4 +611,39 @@ TEST_CASE("a dump's files are private, and a trailing slash names the folder", "
   CHECK(mode_of(tmp / "cp/images/pages-1.img") == 0600);
   CHECK(mode_of(tmp / "cp/metadata.json") == 0600);
   CHECK(mode_of(tmp / "cp/images") == 0700);
+}
+
+TEST_CASE("a process that took the PID of a tree's member is never signalled", "[security]") {
+  // The attack: a member of a dumped tree exits, and another process takes its PID before the
+  // library kills or resumes the tree. ns_last_pid makes the next fork get that very PID.
+  REQUIRE(::geteuid() == 0);
+  const auto park = [] {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::pause();
+      ::_exit(0);
+    }
+    return pid;
+  };
+  const pid_t member = park();
+  REQUIRE(member > 0);
+  const ProcessTree tree = ProcessTree::open(member);
+  REQUIRE(tree.size() == 1);
+  ::kill(member, SIGKILL);
+  REQUIRE(::waitpid(member, nullptr, 0) == member);
+  pid_t stranger = -1;
+  for (int attempt = 0; attempt < 200 && stranger != member; ++attempt) {
+    if (stranger > 0) {
+      ::kill(stranger, SIGKILL);
+      ::waitpid(stranger, nullptr, 0);
+    }
+    std::ofstream("/proc/sys/kernel/ns_last_pid") << member - 1;
+    stranger = park();
+  }
+  REQUIRE(stranger == member);  // the machine's other forks may win a few times, not 200
+  tree.signal(SIGKILL);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(::waitpid(stranger, nullptr, WNOHANG) == 0);  // still alive: not signalled
+  ::kill(stranger, SIGKILL);
+  ::waitpid(stranger, nullptr, 0);
 }

@@ -142,22 +142,27 @@ ProcessTree ProcessTree::open(pid_t pid, int root_pidfd) {
     const auto st = stat_of(p);
     if (!st || (p != pid && !held.contains(st->parent))) continue;
     held.insert(p);
-    tree.members_.push_back({p, st->start_ticks});
+    UniqueFd fd(open_pidfd(p));
+    const auto now = fd ? stat_of(p) : std::nullopt;  // read after the pidfd is open
+    if (fd && (!now || now->start_ticks != st->start_ticks)) continue;  // gone, its PID taken already
+    tree.members_.push_back({p, st->start_ticks, std::move(fd)});
   }
   if (root_pidfd >= 0 && !pidfd_alive(root_pidfd)) tree.members_.clear();
   return tree;
 }
 
-UniqueFd ProcessTree::reach(const Member& m) noexcept {
-  UniqueFd fd(open_pidfd(m.pid));
-  const auto st = fd ? stat_of(m.pid) : std::nullopt;  // read after the pidfd is open
-  if (!st || st->start_ticks != m.start_ticks) return UniqueFd();
-  return fd;
+int ProcessTree::reach(const Member& m, UniqueFd& opened) noexcept {
+  if (m.pidfd) return m.pidfd.get();
+  opened.reset(open_pidfd(m.pid));
+  const auto st = opened ? stat_of(m.pid) : std::nullopt;  // read after the pidfd is open
+  return st && st->start_ticks == m.start_ticks ? opened.get() : -1;
 }
 
 void ProcessTree::signal(int sig) const noexcept {
-  for (const auto& m : members_)
-    if (const UniqueFd fd = reach(m)) ::syscall(SYS_pidfd_send_signal, fd.get(), sig, nullptr, 0);
+  for (const auto& m : members_) {
+    UniqueFd opened;
+    if (const int fd = reach(m, opened); fd >= 0) ::syscall(SYS_pidfd_send_signal, fd, sig, nullptr, 0);
+  }
 }
 
 void ProcessTree::kill() const noexcept {
@@ -165,10 +170,11 @@ void ProcessTree::kill() const noexcept {
   // A pidfd turns readable once its process has exited (a zombie counts).
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   for (const auto& m : members_) {
-    const UniqueFd fd = reach(m);
-    if (!fd) continue;
+    UniqueFd opened;
+    const int fd = reach(m, opened);
+    if (fd < 0) continue;
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-    pollfd p{fd.get(), POLLIN, 0};
+    pollfd p{fd, POLLIN, 0};
     ::poll(&p, 1, static_cast<int>(std::max<std::int64_t>(left.count(), 0)));
   }
 }

@@ -27,9 +27,10 @@ bool process_is_zombie(pid_t pid);
 // pid and all its descendants (through /proc/<pid>/task/<tid>/children), parents first.
 std::vector<pid_t> process_tree(pid_t pid);
 // A process tree signalled only through pidfds, so that a signal can only ever reach the processes
-// that were listed, never one that reused a PID of theirs since. Each member is kept as its PID and
-// start time, and reached through a pidfd opened when it is signalled and used only if the process
-// behind it started then (so a tree of any size needs one descriptor at a time).
+// that were listed, never one that reused a PID of theirs since. Each member is held by a pidfd
+// opened as it is listed; past the descriptor limit (a tree of thousands), by its PID and start
+// time, reached through a pidfd opened when it is signalled and used only if the process behind it
+// started then (which a PID reused within the same clock tick could fool: the held pidfd cannot be).
 class ProcessTree {
  public:
   ProcessTree() = default;
@@ -50,9 +51,11 @@ class ProcessTree {
   struct Member {
     pid_t pid;
     std::uint64_t start_ticks;
+    UniqueFd pidfd;  // empty past the descriptor limit
   };
-  // A pidfd for m, or an empty one if m has exited (its PID free, or someone else's).
-  static UniqueFd reach(const Member& m) noexcept;
+  // A pidfd for m (its own, or one opened now), or -1 if m has exited (its PID free, or someone
+  // else's); `opened` keeps one opened now.
+  static int reach(const Member& m, UniqueFd& opened) noexcept;
   std::vector<Member> members_;
 };
 
