@@ -107,6 +107,12 @@ const KnownFailure known_failures[] = {
        return std::string("this CRIU cannot dump sockets on Linux 6.16 and newer (criu#2718): install CRIU 4.2.1 or newer "
                           "(scripts/install-criu.sh)");
      }},
+    // Before the dump's "Connected TCP socket": the restore-time line contains it.
+    {"Connected TCP socket in image",
+     [](std::string_view) {
+       return std::string("the checkpoint holds established TCP connections: restore with tcp-established (a plain "
+                          "restore of a checkpoint made by this library applies it), or tcp-close to drop them");
+     }},
     {"Connected TCP socket",
      [](std::string_view) {
        return std::string("the tree has established TCP connections: pass tcp-established (or tcp-close to drop them)");
@@ -122,6 +128,11 @@ const KnownFailure known_failures[] = {
        return std::string("the tree has a cgroup namespace of its own but stayed in CRIU's own cgroups, which CRIU "
                           "cannot restore: give the container a cgroup of its own (as runtimes do), or restore with "
                           "manage-cgroups ignore");
+     }},
+    {"is outside of its pid namespace",
+     [](std::string_view) {
+       return std::string("the tree's root leads a session that began outside its PID namespace, which CRIU cannot "
+                          "dump: start the session inside it (e.g. unshare --pid --fork ... setsid CMD)");
      }},
     {"BUG at criu/mount.c",
      [](std::string_view) {
