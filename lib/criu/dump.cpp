@@ -1,19 +1,14 @@
 #include <nucleus/checkpoint/criu_runtime.hpp>
 
 #include <fcntl.h>
-#include <sodium.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <csignal>
-#include <charconv>
 #include <chrono>
 #include <cstdlib>
-#include <fstream>
 #include <algorithm>
 #include <set>
-#include <thread>
 
 #include <fmt/format.h>
 
