@@ -309,6 +309,12 @@ finally:
         kill(p)
     reap()
     time.sleep(0.5)
+    # runc's container cgroups are named after it, in every hierarchy (the restore recreated them).
+    for top, dirs, _ in os.walk("/sys/fs/cgroup"):
+        if top.count("/") > 7:
+            dirs[:] = []
+        elif cid in dirs:
+            cgroups.append(os.path.join(top, cid))
     for cg in cgroups:
         try:
             os.rmdir(cg)
