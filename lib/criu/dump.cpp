@@ -141,8 +141,8 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
   if (container.pid <= 0) throw Error(Status::invalid, fmt::format("PID {} is not a process", container.pid));
   // The root held by a pidfd from here on, checked to be the process meant: no signal of the
   // library's can reach a process that took one of the tree's PIDs later.
-  const UniqueFd root_pidfd = open_process(container.pid, container.start_ticks);
-  const ProcessStatus process = read_process_status(container.pid, container.start_ticks);
+  const HeldProcess root = open_process(container.pid, container.start_ticks);
+  const ProcessStatus& process = root.status;
   // Built, and checked, before CRIU runs: a dump must never end unsignable.
   CheckpointMetadata metadata;
   metadata.container_id = container.id;
@@ -203,7 +203,7 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
     StartedDigests started = live ? live->stop() : StartedDigests();
     if (!r.succeeded_by(r.status_lost ? log_tail(work_fd, "dump.log") : "", "Dumping finished successfully")) {
       // CRIU resumes the tree when it fails; killed, it may have left it stopped: resume it.
-      ProcessTree::open(container.pid, root_pidfd.get()).signal(SIGCONT);
+      ProcessTree::open(container.pid, root.pidfd.get()).signal(SIGCONT);
       const std::string errors = criu_errors(work_fd, "dump.log", r.output);
       const std::string refusal = notifications.refusal();
       const std::string hint = refusal.empty() ? criu_hint(errors) : refusal;
@@ -215,7 +215,7 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
     }
     // The tree is now stopped (or running, with leave_running); it ends only once the checkpoint
     // is safely in place, and runs on if anything fails first.
-    const ProcessTree tree = ProcessTree::open(container.pid, root_pidfd.get());
+    const ProcessTree tree = ProcessTree::open(container.pid, root.pidfd.get());
     try {
       metadata.checkpoint_at = static_cast<std::uint64_t>(
           std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());

@@ -179,12 +179,12 @@ void ProcessTree::kill() const noexcept {
   }
 }
 
-UniqueFd open_process(pid_t pid, std::uint64_t expected_start_ticks) {
+HeldProcess open_process(pid_t pid, std::uint64_t expected_start_ticks) {
   UniqueFd fd(open_pidfd(pid));
   if (!fd) throw Error(Status::not_found, fmt::format("process {} does not exist; check the PID", pid));
   // Read after the pidfd is open: if this is the process expected, the pidfd is its.
-  read_process_status(pid, expected_start_ticks);
-  return fd;
+  ProcessStatus status = read_process_status(pid, expected_start_ticks);
+  return {std::move(fd), std::move(status)};
 }
 
 std::string describe_process(pid_t pid) {

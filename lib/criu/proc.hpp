@@ -59,9 +59,13 @@ class ProcessTree {
   std::vector<Member> members_;
 };
 
-// A pidfd for pid, refused (Status::not_found) unless the process started at expected_start_ticks
-// (0: not checked) and is alive: what a dump acts on from then on.
-UniqueFd open_process(pid_t pid, std::uint64_t expected_start_ticks);
+// A pidfd for pid and what /proc says of it, refused (Status::not_found) unless the process started
+// at expected_start_ticks (0: not checked) and is alive: what a dump acts on from then on.
+struct HeldProcess {
+  UniqueFd pidfd;
+  ProcessStatus status;  // read after the pidfd was open: the pidfd is this process's
+};
+HeldProcess open_process(pid_t pid, std::uint64_t expected_start_ticks);
 
 // Whether pid is `ancestor` or descends from it now (a process forked since a tree was listed).
 bool descends_from(pid_t pid, pid_t ancestor);
