@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || { echo "setup: run as root (apt-get, and CRIU needs root anyway)" >&2; exit 1; }
 
 packages=(meson ninja-build g++ gcc pkg-config python3 binutils abigail-tools libsodium-dev rapidjson-dev libfmt-dev catch2 libcli11-dev
+  libprotobuf-c-dev protobuf-c-compiler
   clang libclang-rt-dev valgrind
   # What CRIU runs for containers: network locking, addresses and routes, tmpfs contents.
   iptables nftables iproute2 tar
