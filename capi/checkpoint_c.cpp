@@ -1,5 +1,6 @@
 // The C ABI: a thin shim over the C++ core. Every entry point catches everything, records the
-// message for nc_last_error() and returns the status.
+// message for nc_last_error() (and, in the _e twins, in the caller's nc_error; in a setter, in the
+// options' own) and returns the status.
 #include <nucleus/checkpoint.h>
 #include <nucleus/checkpoint_version.h>
 
@@ -34,13 +35,22 @@ struct nc_runtime {
   nc::CriuRuntime criu;
 };
 
+// One call's outcome, owned by the caller: nothing ties it to a thread.
+struct nc_error {
+  nc_status status = NC_OK;
+  std::string message;
+  int criu_exit_code = -1;
+  std::string criu_lines;  // CRIU's Error lines, each ending in '\n'
+};
+
 struct nc_options {
   nc::CriuOptions criu;
   // Of the container, not of CRIU: kept beside its options, for nc_checkpoint_ex's ContainerInfo.
   std::uint64_t start_ticks = 0;
   std::vector<std::pair<std::string, std::string>> annotations;
   std::vector<std::pair<std::string, std::string>> runtime_files;  // name, bytes
-  nc::SignatureFormat signature_format = nc::SignatureFormat::chunked;
+  nc::SignatureFormat signature_format = nc::SignatureFormat::manifest;
+  nc_error error;  // the outcome of the latest setter called on this handle (nc_options_error)
 };
 
 namespace {
@@ -53,30 +63,51 @@ static_assert(static_cast<int>(nc::CriuNotification::pre_dump) == NC_NOTIFY_PRE_
 
 thread_local std::string last_error;
 
-nc_status fail(nc_status status, const char* message) noexcept {
+// A call's outcome, for nc_last_error() and, if given, the caller's nc_error (a success clears both).
+nc_status record(nc_error* err, nc_status status, const char* message, int criu_exit_code = -1,
+                 const std::vector<std::string>* criu_lines = nullptr) noexcept {
   try {
     last_error = message;
   } catch (...) {
     last_error.clear();
   }
+  if (err) {
+    err->status = status;
+    err->criu_exit_code = criu_exit_code;
+    try {
+      err->message = message;
+      err->criu_lines.clear();
+      if (criu_lines)
+        for (const std::string& line : *criu_lines) (err->criu_lines += line) += '\n';
+    } catch (...) {
+      err->message.clear();
+      err->criu_lines.clear();
+    }
+  }
   return status;
 }
 
 template <typename Body>
-nc_status guard(Body&& body) noexcept {
+nc_status guard(nc_error* err, Body&& body) noexcept {
   try {
     body();
-    last_error.clear();
-    return NC_OK;
+    return record(err, NC_OK, "");
+  } catch (const nc::CriuError& e) {
+    return record(err, static_cast<nc_status>(e.status()), e.what(), e.criu_exit_code(), &e.criu_lines());
   } catch (const nc::Error& e) {
-    return fail(static_cast<nc_status>(e.status()), e.what());
+    return record(err, static_cast<nc_status>(e.status()), e.what());
   } catch (const std::bad_alloc&) {
-    return fail(NC_E_NOMEM, "out of memory");
+    return record(err, NC_E_NOMEM, "out of memory");
   } catch (const std::exception& e) {
-    return fail(NC_E_INTERNAL, e.what());
+    return record(err, NC_E_INTERNAL, e.what());
   } catch (...) {
-    return fail(NC_E_INTERNAL, "unknown internal error");
+    return record(err, NC_E_INTERNAL, "unknown internal error");
   }
+}
+
+template <typename Body>
+nc_status guard(Body&& body) noexcept {
+  return guard(nullptr, std::forward<Body>(body));
 }
 
 void require(bool ok, std::string_view what) {
@@ -106,7 +137,7 @@ void named(const char* name, Body&& body) {
 // Every setter: check the handle, then change one field.
 template <typename Set>
 nc_status set_option(nc_options* opts, const char* name, Set&& set) {
-  return guard([&] {
+  return guard(opts ? &opts->error : nullptr, [&] {
     if (opts == nullptr) throw nc::Error(nc::Status::invalid, std::string(name) + ": options are NULL");
     named(name, [&] {
       if constexpr (std::is_invocable_v<Set, nc::CriuOptions&>) set(opts->criu);
@@ -151,12 +182,63 @@ void require_new_name(const std::vector<std::pair<std::string, std::string>>& en
   require(!taken, message);
 }
 
+nc::HmacTree::Progress progress_of(nc_progress_fn fn, void* user) {
+  if (!fn) return {};
+  return [fn, user](std::uint64_t bytes) { fn(bytes, user); };
+}
+
+// A C caller's format, checked before it is used as the enum.
+nc::SignatureFormat signature_format(const nc_signature_format& format) {
+  const int f = enum_bits(format);
+  if (f != NC_SIGNATURE_SEED && f != NC_SIGNATURE_CHUNKED && f != NC_SIGNATURE_MANIFEST)
+    throw nc::Error(nc::Status::invalid, "unknown signature format " + std::to_string(f));
+  return static_cast<nc::SignatureFormat>(f);
+}
+
+// nc_key_path's and nc_key_path_ex's body: with `needed`, buf may be NULL when size is 0 (a query).
+void key_path(const char* name, char* buf, size_t size, size_t* needed) {
+  if (needed) *needed = 0;
+  require(buf != nullptr || (needed != nullptr && size == 0),
+          std::string(name) + (needed ? ": buf is NULL and size is not 0" : ": buf is NULL"));
+  const std::string path = nc::KeyStore::default_path();
+  if (needed) *needed = path.size() + 1;
+  if (buf == nullptr) return;
+  if (path.size() + 1 > size) {
+    if (needed && size > 0) *buf = '\0';
+    throw nc::Error(nc::Status::invalid, std::string(name) + ": buf holds " + std::to_string(size) +
+                                             " bytes; the path needs " + std::to_string(path.size() + 1));
+  }
+  std::memcpy(buf, path.c_str(), path.size() + 1);
+}
+
 }  // namespace
 
 extern "C" {
 
-nc_status nc_runtime_new(nc_runtime** out) {
+nc_status nc_error_new(nc_error** out) {
   return guard([&] {
+    require(out != nullptr, "nc_error_new: out is NULL");
+    *out = nullptr;
+    *out = new nc_error();
+  });
+}
+
+void nc_error_free(nc_error* err) { delete err; }
+
+nc_status nc_error_status(const nc_error* err) { return err ? err->status : NC_OK; }
+
+const char* nc_error_message(const nc_error* err) { return err ? err->message.c_str() : ""; }
+
+int nc_error_criu_exit_code(const nc_error* err) { return err ? err->criu_exit_code : -1; }
+
+const char* nc_error_criu_lines(const nc_error* err) { return err ? err->criu_lines.c_str() : ""; }
+
+const nc_error* nc_options_error(const nc_options* opts) { return opts ? &opts->error : nullptr; }
+
+nc_status nc_runtime_new(nc_runtime** out) { return nc_runtime_new_e(out, nullptr); }
+
+nc_status nc_runtime_new_e(nc_runtime** out, nc_error* err) {
+  return guard(err, [&] {
     require(out != nullptr, "nc_runtime_new: out is NULL");
     *out = nullptr;
     *out = new nc_runtime(std::nullopt);
@@ -164,7 +246,11 @@ nc_status nc_runtime_new(nc_runtime** out) {
 }
 
 nc_status nc_runtime_new_with_criu(const char* criu_path, nc_runtime** out) {
-  return guard([&] {
+  return nc_runtime_new_with_criu_e(criu_path, out, nullptr);
+}
+
+nc_status nc_runtime_new_with_criu_e(const char* criu_path, nc_runtime** out, nc_error* err) {
+  return guard(err, [&] {
     require(out != nullptr, "nc_runtime_new_with_criu: out is NULL");
     *out = nullptr;
     require(criu_path != nullptr && *criu_path != '\0', "nc_runtime_new_with_criu: criu_path is NULL or empty");
@@ -175,46 +261,53 @@ nc_status nc_runtime_new_with_criu(const char* criu_path, nc_runtime** out) {
 void nc_runtime_free(nc_runtime* rt) { delete rt; }
 
 nc_status nc_checkpoint(nc_runtime* rt, const char* container_id, pid_t pid, const char* dir, int leave_running) {
+  return nc_checkpoint_e(rt, container_id, pid, dir, leave_running, nullptr);
+}
+
+nc_status nc_checkpoint_e(nc_runtime* rt, const char* container_id, pid_t pid, const char* dir, int leave_running,
+                          nc_error* err) {
   nc_options opts;
   opts.criu.leave_running = leave_running != 0;
-  return nc_checkpoint_ex(rt, container_id, pid, dir, &opts);
+  return nc_checkpoint_ex_e(rt, container_id, pid, dir, &opts, err);
 }
 
 nc_status nc_restore(nc_runtime* rt, const char* dir, pid_t* restored_pid) {
-  return nc_restore_ex(rt, dir, nullptr, restored_pid);
+  return nc_restore_ex_e(rt, dir, nullptr, restored_pid, nullptr);
 }
 
-nc_status nc_set_max_checkpoint_bytes(unsigned long long bytes) {
-  return guard([&] { nc::HmacTree::set_max_total_bytes(bytes); });
+nc_status nc_restore_e(nc_runtime* rt, const char* dir, pid_t* restored_pid, nc_error* err) {
+  return nc_restore_ex_e(rt, dir, nullptr, restored_pid, err);
 }
 
-nc_status nc_sign(const char* dir) { return nc_sign_progress(dir, nullptr, nullptr); }
+nc_status nc_set_max_checkpoint_bytes(unsigned long long bytes) { return nc_set_max_checkpoint_bytes_e(bytes, nullptr); }
 
-nc_status nc_verify(const char* dir) { return nc_verify_progress(dir, nullptr, nullptr); }
-
-namespace {
-
-nc::HmacTree::Progress progress_of(nc_progress_fn fn, void* user) {
-  if (!fn) return {};
-  return [fn, user](std::uint64_t bytes) { fn(bytes, user); };
+nc_status nc_set_max_checkpoint_bytes_e(unsigned long long bytes, nc_error* err) {
+  return guard(err, [&] { nc::HmacTree::set_max_total_bytes(bytes); });
 }
 
-// A C caller's format, checked before it is used as the enum.
-nc::SignatureFormat signature_format(const nc_signature_format& format) {
-  const int f = enum_bits(format);
-  if (f != NC_SIGNATURE_SEED && f != NC_SIGNATURE_CHUNKED)
-    throw nc::Error(nc::Status::invalid, "unknown signature format " + std::to_string(f));
-  return static_cast<nc::SignatureFormat>(f);
-}
+nc_status nc_sign(const char* dir) { return nc_sign_ex_e(dir, NC_SIGNATURE_SEED, nullptr, nullptr, nullptr); }
 
-}  // namespace
+nc_status nc_sign_e(const char* dir, nc_error* err) { return nc_sign_ex_e(dir, NC_SIGNATURE_SEED, nullptr, nullptr, err); }
+
+nc_status nc_verify(const char* dir) { return nc_verify_progress_e(dir, nullptr, nullptr, nullptr); }
+
+nc_status nc_verify_e(const char* dir, nc_error* err) { return nc_verify_progress_e(dir, nullptr, nullptr, err); }
 
 nc_status nc_sign_progress(const char* dir, nc_progress_fn progress, void* user) {
-  return nc_sign_ex(dir, NC_SIGNATURE_SEED, progress, user);
+  return nc_sign_ex_e(dir, NC_SIGNATURE_SEED, progress, user, nullptr);
+}
+
+nc_status nc_sign_progress_e(const char* dir, nc_progress_fn progress, void* user, nc_error* err) {
+  return nc_sign_ex_e(dir, NC_SIGNATURE_SEED, progress, user, err);
 }
 
 nc_status nc_sign_ex(const char* dir, nc_signature_format format, nc_progress_fn progress, void* user) {
-  return guard([&] {
+  return nc_sign_ex_e(dir, format, progress, user, nullptr);
+}
+
+nc_status nc_sign_ex_e(const char* dir, nc_signature_format format, nc_progress_fn progress, void* user,
+                       nc_error* err) {
+  return guard(err, [&] {
     require(dir != nullptr && *dir != '\0', "sign: dir is NULL or empty");
     nc::SignatureFormat f{};
     named("nc_sign_ex", [&] { f = signature_format(format); });
@@ -223,7 +316,11 @@ nc_status nc_sign_ex(const char* dir, nc_signature_format format, nc_progress_fn
 }
 
 nc_status nc_signature_format_of(const char* dir, nc_signature_format* format_out) {
-  return guard([&] {
+  return nc_signature_format_of_e(dir, format_out, nullptr);
+}
+
+nc_status nc_signature_format_of_e(const char* dir, nc_signature_format* format_out, nc_error* err) {
+  return guard(err, [&] {
     require(format_out != nullptr, "nc_signature_format_of: format_out is NULL");
     require(dir != nullptr && *dir != '\0', "nc_signature_format_of: dir is NULL or empty");
     *format_out = static_cast<nc_signature_format>(nc::HmacTree::format_of(dir));
@@ -231,14 +328,20 @@ nc_status nc_signature_format_of(const char* dir, nc_signature_format* format_ou
 }
 
 nc_status nc_verify_progress(const char* dir, nc_progress_fn progress, void* user) {
-  return guard([&] {
+  return nc_verify_progress_e(dir, progress, user, nullptr);
+}
+
+nc_status nc_verify_progress_e(const char* dir, nc_progress_fn progress, void* user, nc_error* err) {
+  return guard(err, [&] {
     require(dir != nullptr && *dir != '\0', "verify: dir is NULL or empty");
     nc::HmacTree::verify(dir, nc::KeyStore(), progress_of(progress, user));
   });
 }
 
-nc_status nc_read_metadata(const char* dir, char** json_out) {
-  return guard([&] {
+nc_status nc_read_metadata(const char* dir, char** json_out) { return nc_read_metadata_e(dir, json_out, nullptr); }
+
+nc_status nc_read_metadata_e(const char* dir, char** json_out, nc_error* err) {
+  return guard(err, [&] {
     require(json_out != nullptr, "nc_read_metadata: json_out is NULL");
     *json_out = nullptr;
     require(dir != nullptr && *dir != '\0', "nc_read_metadata: dir is NULL or empty");
@@ -252,19 +355,25 @@ nc_status nc_read_metadata(const char* dir, char** json_out) {
 
 void nc_free(void* p) { std::free(p); }
 
-nc_status nc_key_path(char* buf, size_t size) {
-  return guard([&] {
-    require(buf != nullptr, "nc_key_path: buf is NULL");
-    const std::string path = nc::KeyStore::default_path();
-    if (path.size() + 1 > size)
-      throw nc::Error(nc::Status::invalid, "nc_key_path: buf holds " + std::to_string(size) + " bytes; the path needs " +
-                                               std::to_string(path.size() + 1));
-    std::memcpy(buf, path.c_str(), path.size() + 1);
+nc_status nc_key_path(char* buf, size_t size) { return nc_key_path_e(buf, size, nullptr); }
+
+nc_status nc_key_path_e(char* buf, size_t size, nc_error* err) {
+  return guard(err, [&] { key_path("nc_key_path", buf, size, nullptr); });
+}
+
+nc_status nc_key_path_ex(char* buf, size_t size, size_t* needed) { return nc_key_path_ex_e(buf, size, needed, nullptr); }
+
+nc_status nc_key_path_ex_e(char* buf, size_t size, size_t* needed, nc_error* err) {
+  return guard(err, [&] {
+    require(needed != nullptr, "nc_key_path_ex: needed is NULL (nc_key_path takes none)");
+    key_path("nc_key_path_ex", buf, size, needed);
   });
 }
 
-nc_status nc_keygen(int* created) {
-  return guard([&] {
+nc_status nc_keygen(int* created) { return nc_keygen_e(created, nullptr); }
+
+nc_status nc_keygen_e(int* created, nc_error* err) {
+  return guard(err, [&] {
     const nc::KeyStore store;
     const bool existed = store.exists();
     store.load_or_create();
@@ -272,8 +381,10 @@ nc_status nc_keygen(int* created) {
   });
 }
 
-nc_status nc_options_new(nc_options** out) {
-  return guard([&] {
+nc_status nc_options_new(nc_options** out) { return nc_options_new_e(out, nullptr); }
+
+nc_status nc_options_new_e(nc_options** out, nc_error* err) {
+  return guard(err, [&] {
     require(out != nullptr, "nc_options_new: out is NULL");
     *out = nullptr;
     *out = new nc_options();
@@ -321,6 +432,9 @@ nc_status nc_options_set_log_level(nc_options* o, int level) {
 }
 nc_status nc_options_set_timeout_ms(nc_options* o, unsigned int ms) {
   return set_option(o, __func__, [&](nc::CriuOptions& c) { c.timeout = std::chrono::milliseconds(ms); });
+}
+nc_status nc_options_set_image_stream(nc_options* o, int enabled) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.stream_images = enabled != 0; });
 }
 nc_status nc_options_set_restore_mode(nc_options* o, nc_restore_mode mode) {
   return set_option(o, __func__, [&](nc::CriuOptions& c) {
@@ -463,7 +577,12 @@ nc_status nc_options_add_runtime_file(nc_options* o, const char* name, const voi
 }
 
 nc_status nc_checkpoint_ex(nc_runtime* rt, const char* container_id, pid_t pid, const char* dir, const nc_options* opts) {
-  return guard([&] {
+  return nc_checkpoint_ex_e(rt, container_id, pid, dir, opts, nullptr);
+}
+
+nc_status nc_checkpoint_ex_e(nc_runtime* rt, const char* container_id, pid_t pid, const char* dir,
+                             const nc_options* opts, nc_error* err) {
+  return guard(err, [&] {
     require(rt != nullptr, "checkpoint: the runtime is NULL");
     require(container_id != nullptr && *container_id != '\0', "checkpoint: container_id is NULL or empty");
     require(dir != nullptr && *dir != '\0', "checkpoint: dir is NULL or empty");
@@ -492,14 +611,23 @@ void check_restore(const nc_runtime* rt, const char* dir, pid_t* restored_pid) {
 }  // namespace
 
 nc_status nc_restore_ex(nc_runtime* rt, const char* dir, const nc_options* opts, pid_t* restored_pid) {
-  return guard([&] {
+  return nc_restore_ex_e(rt, dir, opts, restored_pid, nullptr);
+}
+
+nc_status nc_restore_ex_e(nc_runtime* rt, const char* dir, const nc_options* opts, pid_t* restored_pid, nc_error* err) {
+  return guard(err, [&] {
     check_restore(rt, dir, restored_pid);
     *restored_pid = rt->criu.restore(dir, opts ? opts->criu : nc::CriuOptions());
   });
 }
 
 nc_status nc_restore_pidfd(nc_runtime* rt, const char* dir, const nc_options* opts, pid_t* restored_pid, int* pidfd) {
-  return guard([&] {
+  return nc_restore_pidfd_e(rt, dir, opts, restored_pid, pidfd, nullptr);
+}
+
+nc_status nc_restore_pidfd_e(nc_runtime* rt, const char* dir, const nc_options* opts, pid_t* restored_pid, int* pidfd,
+                             nc_error* err) {
+  return guard(err, [&] {
     require(pidfd != nullptr, "nc_restore_pidfd: pidfd is NULL");
     *pidfd = -1;
     check_restore(rt, dir, restored_pid);
@@ -512,7 +640,11 @@ nc_status nc_restore_pidfd(nc_runtime* rt, const char* dir, const nc_options* op
 const char* nc_version_string(void) { return NC_VERSION_STRING; }
 
 nc_status nc_criu_version(const nc_runtime* rt, int* major, int* minor, int* patch) {
-  return guard([&] {
+  return nc_criu_version_e(rt, major, minor, patch, nullptr);
+}
+
+nc_status nc_criu_version_e(const nc_runtime* rt, int* major, int* minor, int* patch, nc_error* err) {
+  return guard(err, [&] {
     require(rt != nullptr, "nc_criu_version: runtime is NULL");
     const auto& v = rt->criu.version();
     if (major) *major = v.major;
@@ -521,8 +653,10 @@ nc_status nc_criu_version(const nc_runtime* rt, int* major, int* minor, int* pat
   });
 }
 
-nc_status nc_criu_check(const nc_runtime* rt) {
-  return guard([&] {
+nc_status nc_criu_check(const nc_runtime* rt) { return nc_criu_check_e(rt, nullptr); }
+
+nc_status nc_criu_check_e(const nc_runtime* rt, nc_error* err) {
+  return guard(err, [&] {
     require(rt != nullptr, "nc_criu_check: runtime is NULL");
     rt->criu.check();
   });

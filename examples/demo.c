@@ -441,6 +441,12 @@ int main(int argc, char **argv) {
     fprintf(stderr, "demo: the tampered copy was not refused\n");
     return 1;
   }
+  /* Refused while CRIU read it: what CRIU had made was killed before it ran an instruction, and
+   * this subreaper reaps it before the original is restored under the same PIDs. */
+  for (int i = 0; i < 250 && kill(pid, 0) == 0; ++i) {
+    reap();
+    sleep_ms(20);
+  }
 
   pid_t restored = 0;
   s = nc_restore(rt, checkpoint_dir, &restored);

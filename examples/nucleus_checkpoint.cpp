@@ -291,7 +291,7 @@ struct CriuFlags {
   // Restore.
   std::string root, lsm_profile, lsm_mount_context;
   std::vector<std::string> inherit_fds, join_ns, empty_ns;
-  bool restore_sibling = false, wait = false;
+  bool restore_sibling = false, wait = false, no_stream = false;
   std::string expected_id;
   std::vector<std::string> expected_annotations;  // NAME=VALUE
 
@@ -363,6 +363,9 @@ struct CriuFlags {
       auto* sibling = cmd->add_flag("--restore-sibling", restore_sibling,
                                     "Restore the tree as this command's child (default: detached)");
       cmd->add_flag("--wait", wait, "Wait for the restored root; exit with its status, or 128+signal")->needs(sibling);
+      cmd->add_flag("--no-stream", no_stream,
+                    "Verify the whole checkpoint first and let CRIU read the folder (slower; the default streams the "
+                    "images to CRIU through the library's checks)");
     }
   }
 
@@ -425,6 +428,7 @@ struct CriuFlags {
     set(nc_options_set_lsm_profile(raw, given(lsm_profile)));
     set(nc_options_set_lsm_mount_context(raw, given(lsm_mount_context)));
     set(nc_options_set_restore_mode(raw, restore_sibling ? NC_RESTORE_CHILD : NC_RESTORE_DETACHED));
+    if (no_stream) set(nc_options_set_image_stream(raw, 0));
     set(nc_options_set_expected_container_id(raw, given(expected_id)));
     for (const auto& text : expected_annotations) {
       const auto [name, value] = *split_assignment(text);  // checked by the parser
@@ -463,8 +467,8 @@ struct Progress {
 };
 
 // The signature formats by their command-line names.
-const std::map<std::string, nc_signature_format> signature_formats{{"seed", NC_SIGNATURE_SEED},
-                                                                   {"chunked", NC_SIGNATURE_CHUNKED}};
+const std::map<std::string, nc_signature_format> signature_formats{
+    {"seed", NC_SIGNATURE_SEED}, {"chunked", NC_SIGNATURE_CHUNKED}, {"manifest", NC_SIGNATURE_MANIFEST}};
 
 std::string signature_format_name(nc_signature_format format) {
   for (const auto& [name, f] : signature_formats)
@@ -722,7 +726,8 @@ int cmd_inspect(const std::string& dir, bool json) {
     } else {
       r.field("metadata", verified ? "verified (signed)"
                                    : "UNVERIFIED: the signature does not verify, anyone may have written what follows");
-      for (auto& m : doc.GetObject()) {
+      // Const: RapidJSON's non-const member iterators are ambiguous under C++20 (clang warns).
+      for (const auto& m : std::as_const(doc).GetObject()) {
         const char* key = m.name.GetString();
         const std::string label = (verified ? "" : "UNVERIFIED ") + std::string(key);
         if (m.value.IsString()) r.field(key, m.value.GetString(), label.c_str());
@@ -791,8 +796,9 @@ int main(int argc, char** argv) {
   dump->add_option("--id", id, "Container id recorded in metadata.json (default: the PID)");
   dump->add_flag("--leave-running", leave_running, "Keep the tree running after the dump");
   dump->add_option("--criu", criu, "CRIU binary to use instead of the trusted paths");
-  nc_signature_format dump_format = NC_SIGNATURE_CHUNKED;
-  dump->add_option("--signature-format", dump_format, "Signature format (default chunked; seed: nucleus-container's)")
+  nc_signature_format dump_format = NC_SIGNATURE_MANIFEST;
+  dump->add_option("--signature-format", dump_format,
+                   "Signature format (default manifest; chunked: without chunk digests; seed: nucleus-container's)")
       ->transform(CLI::CheckedTransformer(signature_formats));
   flags.add_to(dump, dump_action);
 
@@ -804,7 +810,8 @@ int main(int argc, char** argv) {
   auto* sign = app.add_subcommand("sign", "Write --dir/checkpoint.hmac with this machine's key");
   sign->add_option("--dir", dir, "Checkpoint folder")->required();
   nc_signature_format sign_format = NC_SIGNATURE_SEED;
-  sign->add_option("--format", sign_format, "Signature format (default seed, as nc_sign; chunked: parallel)")
+  sign->add_option("--format", sign_format,
+                   "Signature format (default seed, as nc_sign; chunked: parallel; manifest: also checkable by chunk)")
       ->transform(CLI::CheckedTransformer(signature_formats));
   auto* verify = app.add_subcommand("verify", "Check --dir against its checkpoint.hmac");
   verify->add_option("--dir", dir, "Checkpoint folder")->required();

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The benchmark (not a timed test): sets up, builds a release build into build-bench/, then runs
 # tests/bench/nc_bench, which measures the library against bare CRIU and OpenSSL side by side and
-# prints a table of ratios, then a table of container dumps and restores (the library, bare CRIU
-# with the library's own arguments, runc). Needs root (CRIU). Extra arguments go to nc_bench, e.g.
-# `--sizes 64`, `--containers no` (skip the containers) or `--containers only` (about a minute).
+# prints a table of hashing ratios; a table of dumps and restores at each size, of a tree whose
+# memory is shared and of one whose is not (the library's streamed restore, its restore from the
+# verified folder, bare `criu dump` / `criu restore -d`, the command's peak RSS); then a table of
+# container dumps and restores (the library, bare CRIU with the library's own arguments, runc).
+# Needs root (CRIU). Extra arguments go to nc_bench, e.g. `--sizes 64` (or `--sizes 64,256`),
+# `--containers no` (skip the containers) or `--containers only` (about a minute).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || { echo "bench: run as root (CRIU needs it)" >&2; exit 1; }
@@ -15,7 +18,7 @@ if ! dpkg-query -W -f='${Status}' libssl-dev 2>/dev/null | grep -q "install ok i
   DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends libssl-dev >/dev/null
 fi
 
-options=(-Dbuildtype=release -Dbench=true -Dtests=false)
+options=(-Dbuildtype=release -Dbench=true -Dtests=false -Dwerror=true)
 if [[ -f build-bench/build.ninja ]]; then
   meson configure build-bench "${options[@]}" >/dev/null
 else

@@ -9,10 +9,14 @@ cd "$(dirname "$0")/.."
 packages=(meson ninja-build g++ gcc pkg-config python3 binutils abigail-tools libsodium-dev rapidjson-dev libfmt-dev catch2 libcli11-dev
   libprotobuf-c-dev protobuf-c-compiler
   clang libclang-rt-dev valgrind
+  # The Go binding (bindings/go): Debian's Go, 1.19 on bookworm.
+  golang-go
   # What CRIU runs for containers: network locking, addresses and routes, tmpfs contents.
   iptables nftables iproute2 tar
   # What the container tests run: a static busybox for rootfs, Debian's runc, curl.
-  busybox-static runc curl)
+  busybox-static runc curl
+  # The Rust bindings (bindings/rust), built offline from Debian's crate registry.
+  rustc cargo librust-libc-dev librust-pkg-config-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

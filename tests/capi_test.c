@@ -1,5 +1,6 @@
-/* The C ABI from C: argument checks, status names, last-error messages, sign and verify, and a
- * real checkpoint and restore of the sample tree through nc_checkpoint/nc_restore. */
+/* The C ABI from C: argument checks, status names, last-error messages and nc_error objects (16
+ * threads failing at once included), sign and verify, CRIU's own failures at dump and restore,
+ * and a real checkpoint and restore of the sample tree through nc_checkpoint/nc_restore. */
 #define _GNU_SOURCE
 #include <nucleus/checkpoint.h>
 #include <nucleus/checkpoint_version.h>
@@ -9,11 +10,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -241,13 +244,321 @@ static void test_sign_verify(void) {
   CHECK(nc_verify(dir) == NC_E_INTEGRITY);
   CHECK(nc_set_max_checkpoint_bytes(0) == NC_OK); /* back to the default */
   CHECK(nc_verify(dir) == NC_OK);
-  CHECK(nc_sign_ex(dir, (nc_signature_format)3, NULL, NULL) == NC_E_INVALID);
+  CHECK(nc_sign_ex(dir, (nc_signature_format)4, NULL, NULL) == NC_E_INVALID);
   CHECK(nc_signature_format_of(dir, NULL) == NC_E_INVALID);
   write_text(file, "PAGES");
   CHECK(nc_verify(dir) == NC_E_INTEGRITY);
   CHECK(strstr(nc_last_error(), "HMAC mismatch") != NULL);
   path_of(dir, sizeof dir, "missing");
   CHECK(nc_verify(dir) == NC_E_NOT_FOUND);
+}
+
+/* nc_error: empty when made, filled by every _e twin, reset by a success, independent of the
+ * thread's nc_last_error(); NULL reads as empty. */
+static void test_error_objects(void) {
+  nc_error *err = NULL;
+  CHECK(nc_error_new(NULL) == NC_E_INVALID);
+  CHECK(nc_error_new(&err) == NC_OK && err != NULL);
+  if (!err) return;
+  CHECK(nc_error_status(err) == NC_OK && strcmp(nc_error_message(err), "") == 0);
+  CHECK(nc_error_criu_exit_code(err) == -1 && strcmp(nc_error_criu_lines(err), "") == 0);
+  CHECK(nc_error_status(NULL) == NC_OK && strcmp(nc_error_message(NULL), "") == 0);
+  CHECK(nc_error_criu_exit_code(NULL) == -1 && strcmp(nc_error_criu_lines(NULL), "") == 0);
+  nc_error_free(NULL);
+
+  char missing[4200];
+  path_of(missing, sizeof missing, "no-such-checkpoint");
+  CHECK(nc_verify_e(missing, err) == NC_E_NOT_FOUND);
+  CHECK(nc_error_status(err) == NC_E_NOT_FOUND);
+  CHECK(strstr(nc_error_message(err), missing) != NULL);
+  CHECK(strcmp(nc_error_message(err), nc_last_error()) == 0); /* the twin sets the thread's too */
+  CHECK(nc_error_criu_exit_code(err) == -1 && strcmp(nc_error_criu_lines(err), "") == 0);
+  CHECK(nc_verify("") == NC_E_INVALID); /* a call without err changes the thread's, not err */
+  CHECK(strstr(nc_error_message(err), missing) != NULL && strstr(nc_last_error(), missing) == NULL);
+  CHECK(nc_set_max_checkpoint_bytes_e(0, err) == NC_OK); /* a success resets both */
+  CHECK(nc_error_status(err) == NC_OK && strcmp(nc_error_message(err), "") == 0);
+  CHECK(strcmp(nc_last_error(), "") == 0);
+  CHECK(nc_verify_e(missing, NULL) == NC_E_NOT_FOUND); /* err NULL: the twin's behaviour */
+  CHECK(strstr(nc_last_error(), missing) != NULL);
+
+  /* Every twin fills err. */
+#define CHECK_E(call, status, text)                                                                  \
+  do {                                                                                              \
+    CHECK((call) == (status));                                                                      \
+    CHECK(nc_error_status(err) == (status) && strstr(nc_error_message(err), (text)) != NULL);       \
+  } while (0)
+  nc_runtime *rt = (nc_runtime *)1;
+  pid_t pid = 1;
+  int pidfd = 7, major = 0;
+  CHECK_E(nc_runtime_new_e(NULL, err), NC_E_INVALID, "nc_runtime_new: out is NULL");
+  CHECK_E(nc_runtime_new_with_criu_e("/nonexistent/criu", &rt, err), NC_E_NOT_FOUND, "");
+  CHECK(rt == NULL && strlen(nc_error_message(err)) > 0);
+  CHECK_E(nc_checkpoint_e(NULL, "id", 1, "/x", 0, err), NC_E_INVALID, "checkpoint: the runtime is NULL");
+  CHECK_E(nc_checkpoint_ex_e(NULL, "id", 1, "/x", NULL, err), NC_E_INVALID, "checkpoint: the runtime is NULL");
+  CHECK_E(nc_restore_e(NULL, "/x", &pid, err), NC_E_INVALID, "restore: the runtime is NULL");
+  CHECK(pid == 0);
+  CHECK_E(nc_restore_ex_e(NULL, "/x", NULL, NULL, err), NC_E_INVALID, "restored_pid is NULL");
+  CHECK_E(nc_restore_pidfd_e(NULL, "/x", NULL, &pid, &pidfd, err), NC_E_INVALID, "the runtime is NULL");
+  CHECK(pidfd == -1);
+  CHECK_E(nc_sign_e(NULL, err), NC_E_INVALID, "dir is NULL or empty");
+  CHECK_E(nc_verify_e("", err), NC_E_INVALID, "dir is NULL or empty");
+  CHECK_E(nc_sign_progress_e("", NULL, NULL, err), NC_E_INVALID, "dir is NULL or empty");
+  CHECK_E(nc_verify_progress_e(missing, NULL, NULL, err), NC_E_NOT_FOUND, missing);
+  CHECK_E(nc_sign_ex_e(missing, (nc_signature_format)42, NULL, NULL, err), NC_E_INVALID, "unknown signature format 42");
+  CHECK_E(nc_signature_format_of_e(missing, NULL, err), NC_E_INVALID, "format_out is NULL");
+  CHECK_E(nc_read_metadata_e(missing, NULL, err), NC_E_INVALID, "json_out is NULL");
+  CHECK_E(nc_key_path_e(NULL, 10, err), NC_E_INVALID, "nc_key_path: buf is NULL");
+  CHECK_E(nc_key_path_ex_e(NULL, 10, NULL, err), NC_E_INVALID, "needed is NULL");
+  CHECK_E(nc_options_new_e(NULL, err), NC_E_INVALID, "nc_options_new: out is NULL");
+  CHECK_E(nc_criu_version_e(NULL, &major, NULL, NULL, err), NC_E_INVALID, "nc_criu_version: runtime is NULL");
+  CHECK_E(nc_criu_check_e(NULL, err), NC_E_INVALID, "nc_criu_check: runtime is NULL");
+  int created = -1;
+  CHECK_E(nc_keygen_e(&created, err), NC_OK, "");
+  CHECK(created == 0 || created == 1);
+  CHECK_E(nc_set_max_checkpoint_bytes_e(0, err), NC_OK, "");
+  CHECK_E(nc_runtime_new_e(&rt, err), NC_OK, "");
+  CHECK_E(nc_criu_check_e(rt, err), NC_OK, "");
+  CHECK_E(nc_criu_version_e(rt, &major, NULL, NULL, err), NC_OK, "");
+  CHECK(major >= 4);
+  nc_runtime_free(rt);
+#undef CHECK_E
+  nc_error_free(err);
+}
+
+/* A setter's outcome is kept in its handle, whichever thread asks. */
+static void test_options_errors(void) {
+  nc_options *opts = NULL;
+  CHECK(nc_options_new(&opts) == NC_OK);
+  if (!opts) return;
+  const nc_error *e = nc_options_error(opts);
+  CHECK(e != NULL && nc_error_status(e) == NC_OK && strcmp(nc_error_message(e), "") == 0);
+  CHECK(nc_options_set_log_level(opts, 9) == NC_E_INVALID);
+  CHECK(nc_error_status(e) == NC_E_INVALID);
+  CHECK(strstr(nc_error_message(e), "nc_options_set_log_level") != NULL && strstr(nc_error_message(e), "0 to 4") != NULL);
+  CHECK(nc_verify("") == NC_E_INVALID); /* another call leaves the handle's alone */
+  CHECK(strstr(nc_error_message(e), "0 to 4") != NULL);
+  CHECK(nc_options_add_join_ns(opts, "pid:1") == NC_E_INVALID);
+  CHECK(strstr(nc_error_message(e), "--join-ns") != NULL);
+  CHECK(nc_options_set_image_stream(opts, 0) == NC_OK);
+  CHECK(nc_error_status(e) == NC_OK && strcmp(nc_error_message(e), "") == 0);
+  CHECK(nc_options_set_image_stream(opts, 1) == NC_OK);
+  CHECK(nc_options_set_image_stream(NULL, 1) == NC_E_INVALID);
+  CHECK(strstr(nc_last_error(), "nc_options_set_image_stream: options are NULL") != NULL);
+  CHECK(nc_options_error(NULL) == NULL);
+  nc_options_free(opts);
+}
+
+/* nc_key_path_ex reports the size the path needs; nc_key_path is unchanged. */
+static void test_key_path(void) {
+  char path[4096], small[4] = "xyz";
+  size_t needed = 0, again = 0;
+  CHECK(nc_key_path(path, sizeof path) == NC_OK);
+  CHECK(nc_key_path_ex(NULL, 0, &needed) == NC_OK && needed == strlen(path) + 1);
+  CHECK(nc_key_path_ex(small, sizeof small, &again) == NC_E_INVALID);
+  CHECK(again == needed && small[0] == '\0');
+  CHECK(strstr(nc_last_error(), "the path needs") != NULL);
+  char *buf = malloc(needed);
+  CHECK(buf != NULL);
+  if (buf) {
+    CHECK(nc_key_path_ex(buf, needed, &again) == NC_OK && strcmp(buf, path) == 0);
+    CHECK(nc_key_path_ex(buf, needed, NULL) == NC_E_INVALID);
+    free(buf);
+  }
+  CHECK(nc_key_path_ex(NULL, 5, &again) == NC_E_INVALID && again == 0);
+  strcpy(small, "xyz");
+  CHECK(nc_key_path(small, sizeof small) == NC_E_INVALID && strcmp(small, "xyz") == 0); /* nothing written */
+  CHECK(nc_key_path(NULL, 0) == NC_E_INVALID);
+}
+
+/* 16 threads, 1000 failing calls each, every one with a message of its own (its own path): each
+ * nc_error holds exactly its call's message, whole, whatever the other threads do meanwhile; and
+ * it is read as well from the thread that made none of those calls. */
+enum { error_threads = 16, error_calls = 1000 };
+static pthread_barrier_t error_start;
+static char reference_message[4096];
+static size_t reference_offset; /* where the path is in the message */
+
+struct error_worker {
+  int index;
+  int wrong;
+  nc_error *err;
+  char last_path[128];
+};
+
+static void nonexistent_path(char *out, size_t size, int thread, int call) {
+  snprintf(out, size, "/nonexistent-nc-capi/thread-%02d/call-%04d", thread, call);
+}
+
+static void *fail_many(void *arg) {
+  struct error_worker *w = arg;
+  pthread_barrier_wait(&error_start);
+  for (int i = 0; i < error_calls; ++i) {
+    char path[128], want[4096];
+    nonexistent_path(path, sizeof path, w->index, i);
+    /* The message this call must get: the reference one with this call's path (same length). */
+    memcpy(want, reference_message, sizeof want);
+    memcpy(want + reference_offset, path, strlen(path));
+    const nc_status s = nc_verify_e(path, w->err);
+    if (s != NC_E_NOT_FOUND || nc_error_status(w->err) != NC_E_NOT_FOUND || strcmp(nc_error_message(w->err), want) != 0)
+      ++w->wrong;
+    if (strcmp(nc_last_error(), want) != 0) ++w->wrong; /* the thread-local one agrees on this thread */
+    memcpy(w->last_path, path, sizeof path);
+  }
+  return NULL;
+}
+
+static void test_errors_across_threads(void) {
+  char path[128];
+  nonexistent_path(path, sizeof path, 99, 9999);
+  CHECK(nc_verify(path) == NC_E_NOT_FOUND);
+  snprintf(reference_message, sizeof reference_message, "%s", nc_last_error());
+  const char *at = strstr(reference_message, path);
+  CHECK(at != NULL);
+  if (!at) return;
+  reference_offset = (size_t)(at - reference_message);
+
+  struct error_worker workers[error_threads];
+  pthread_t threads[error_threads];
+  CHECK(pthread_barrier_init(&error_start, NULL, error_threads) == 0);
+  int started = 0;
+  for (int t = 0; t < error_threads; ++t) {
+    workers[t].index = t;
+    workers[t].wrong = 0;
+    workers[t].err = NULL;
+    workers[t].last_path[0] = '\0';
+    CHECK(nc_error_new(&workers[t].err) == NC_OK);
+  }
+  for (int t = 0; t < error_threads; ++t)
+    if (pthread_create(&threads[t], NULL, fail_many, &workers[t]) == 0) ++started;
+  CHECK(started == error_threads);
+  for (int t = 0; t < started; ++t) pthread_join(threads[t], NULL);
+  pthread_barrier_destroy(&error_start);
+  int wrong = 0;
+  for (int t = 0; t < error_threads; ++t) {
+    wrong += workers[t].wrong;
+    /* Read here, on a thread that made none of its calls. */
+    CHECK(strstr(nc_error_message(workers[t].err), workers[t].last_path) != NULL);
+    nc_error_free(workers[t].err);
+  }
+  if (wrong) fprintf(stderr, "%d of %d calls saw a message not their own\n", wrong, 2 * error_threads * error_calls);
+  CHECK(wrong == 0);
+}
+
+static pid_t start_counter(const char *counter_dir) {
+  const char *counter = getenv("NC_TEST_COUNTER");
+  CHECK(counter != NULL);
+  if (!counter) return -1;
+  pid_t pid = fork();
+  if (pid == 0) {
+    execl(counter, counter, counter_dir, (char *)NULL);
+    _exit(127);
+  }
+  return pid;
+}
+
+struct reentry {
+  nc_runtime *rt;
+  nc_error *err;
+  nc_status status;
+  int calls;
+};
+
+/* At pre-dump, a restore on the runtime that is dumping. */
+static int restore_while_dumping(nc_notification what, pid_t pid, void *user) {
+  struct reentry *r = user;
+  (void)pid;
+  if (what == NC_NOTIFY_PRE_DUMP) {
+    pid_t restored = 0;
+    r->status = nc_restore_e(r->rt, "/nonexistent", &restored, r->err);
+    ++r->calls;
+  }
+  return 0;
+}
+
+/* CRIU's own failures, at dump and at restore, with its exit code and Error lines; and a second
+ * operation on a busy runtime. */
+static void test_criu_failures(void) {
+  nc_runtime *rt = NULL;
+  nc_error *err = NULL;
+  CHECK(nc_runtime_new(&rt) == NC_OK && nc_error_new(&err) == NC_OK);
+  if (!rt || !err) return;
+
+  /* Dump: a UNIX socket connected outside the tree, which CRIU refuses without ext-unix-sk. */
+  int sv[2];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(sv[0]);
+    setsid();
+    for (;;) pause();
+  }
+  close(sv[1]);
+  sleep_ms(100);
+  char dir[4200];
+  path_of(dir, sizeof dir, "socket-outside");
+  CHECK(nc_checkpoint_e(rt, "capi", pid, dir, 0, err) == NC_E_CRIU);
+  CHECK(nc_error_status(err) == NC_E_CRIU);
+  CHECK(nc_error_criu_exit_code(err) == 1);
+  const char *lines = nc_error_criu_lines(err);
+  CHECK(strstr(lines, "Error (") != NULL && strstr(lines, "External socket is used") != NULL);
+  CHECK(strlen(lines) > 0 && lines[strlen(lines) - 1] == '\n');
+  CHECK(strstr(nc_error_message(err), "ext-unix-sk") != NULL);
+  CHECK(kill(pid, 0) == 0); /* CRIU resumed it */
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+  close(sv[0]);
+
+  /* Restore: a file the tree held open (its stdout) is gone. */
+  char out_path[4200];
+  path_of(out_path, sizeof out_path, "stdout.txt");
+  path_of(dir, sizeof dir, "file-gone");
+  pid = fork();
+  if (pid == 0) {
+    setsid();
+    int null = open("/dev/null", O_RDWR), out = open(out_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    dup2(null, 0);
+    dup2(out, 1);
+    dup2(null, 2);
+    for (;;) pause();
+  }
+  sleep_ms(100);
+  CHECK(nc_checkpoint_e(rt, "capi", pid, dir, 0, err) == NC_OK);
+  CHECK(nc_error_status(err) == NC_OK && nc_error_criu_exit_code(err) == -1);
+  CHECK(waitpid(pid, NULL, 0) == pid); /* killed once the checkpoint was signed: reaped here */
+  CHECK(unlink(out_path) == 0);
+  pid_t restored = 1;
+  CHECK(nc_restore_e(rt, dir, &restored, err) == NC_E_CRIU);
+  CHECK(restored == 0 && nc_error_criu_exit_code(err) == 1);
+  CHECK(strstr(nc_error_criu_lines(err), "Can't open file") != NULL);
+  CHECK(strstr(nc_error_message(err), "Can't open file") != NULL);
+
+  /* A second operation while one runs (re-entered from the dump's own notification). */
+  char counter_dir[4200];
+  path_of(counter_dir, sizeof counter_dir, "busy-counter");
+  path_of(dir, sizeof dir, "busy");
+  mkdir(counter_dir, 0700);
+  pid = start_counter(counter_dir);
+  nc_options *opts = NULL;
+  struct reentry reentry = {rt, NULL, NC_OK, 0};
+  CHECK(nc_error_new(&reentry.err) == NC_OK);
+  CHECK(nc_options_new(&opts) == NC_OK);
+  CHECK(nc_options_set_leave_running(opts, 1) == NC_OK);
+  CHECK(nc_options_set_notify(opts, restore_while_dumping, &reentry) == NC_OK);
+  CHECK(pid > 0 && nc_checkpoint_ex_e(rt, "capi", pid, dir, opts, err) == NC_OK);
+  CHECK(reentry.calls == 1 && reentry.status == NC_E_STATE);
+  CHECK(strcmp(nc_error_message(reentry.err),
+               "cannot restore: this runtime is already dumping; a runtime (nc_runtime, CriuRuntime) runs one "
+               "operation at a time: use one runtime per thread") == 0);
+  CHECK(nc_error_status(err) == NC_OK && strcmp(nc_last_error(), "") == 0); /* the dump's own outcome */
+  nc_options_free(opts);
+  nc_error_free(reentry.err);
+  if (pid > 0) {
+    kill(-pid, SIGKILL);
+    sleep_ms(100);
+    reap();
+  }
+  nc_error_free(err);
+  nc_runtime_free(rt);
 }
 
 struct notified {
@@ -285,7 +596,7 @@ static void test_checkpoint_restore(void) {
   if (!rt) return;
   CHECK(nc_checkpoint(rt, "capi", pid, checkpoint, 0) == NC_OK);
   nc_signature_format format = NC_SIGNATURE_SEED;
-  CHECK(nc_signature_format_of(checkpoint, &format) == NC_OK && format == NC_SIGNATURE_CHUNKED); /* the default */
+  CHECK(nc_signature_format_of(checkpoint, &format) == NC_OK && format == NC_SIGNATURE_MANIFEST); /* the default */
   sleep_ms(100);
   reap();
   long at_dump = count_of(parent_count);
@@ -316,6 +627,7 @@ static void test_checkpoint_restore(void) {
   struct stat st;
   CHECK(stat(runtime_file, &st) == 0 && st.st_size == 2);
   CHECK(nc_options_set_restore_mode(opts, NC_RESTORE_CHILD) == NC_OK);
+  CHECK(nc_options_set_image_stream(opts, 0) == NC_OK); /* from the folder, verified whole first */
   struct notified seen = {0, 0};
   CHECK(nc_options_set_notify(NULL, count_pre_resume, &seen) == NC_E_INVALID);
   CHECK(nc_options_set_notify(opts, count_pre_resume, &seen) == NC_OK);
@@ -346,6 +658,11 @@ int main(void) {
   test_options_and_versions();
   test_container_options();
   test_sign_verify();
+  test_error_objects();
+  test_options_errors();
+  test_key_path();
+  test_errors_across_threads();
+  test_criu_failures();
   test_checkpoint_restore();
   return leave_test_folder("capi");
 }

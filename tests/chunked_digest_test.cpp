@@ -1,6 +1,7 @@
 // ChunkedFileDigest: a file's digest in the chunked signature format, checked against the format's
 // definition composed here from libsodium's SHA-256, whether hashed in one go or in steps, on one
-// thread or several, and refused when the file changes size under it.
+// thread or several, and refused when the file changes size under it; and the chunk digests it
+// keeps for format 3's manifest.
 #include "test_support.hpp"
 
 #include <fcntl.h>
@@ -25,6 +26,17 @@ namespace {
 
 constexpr std::uint64_t chunk = 4096;
 constexpr std::uint64_t window = 64;  // chunks the digest hashes in parallel at a time (chunked_digest.cpp)
+
+// The SHA-256 of each chunk_size piece, with libsodium.
+std::vector<Sha256::Digest> spec_chunk_digests(std::string_view data, std::uint64_t chunk_size) {
+  std::vector<Sha256::Digest> digests;
+  for (std::uint64_t at = 0; at < data.size(); at += chunk_size) {
+    const std::string_view piece = data.substr(at, chunk_size);
+    crypto_hash_sha256(digests.emplace_back().data(), reinterpret_cast<const unsigned char*>(piece.data()),
+                       piece.size());
+  }
+  return digests;
+}
 
 // The format's definition: SHA-256 over the SHA-256 of each chunk_size piece, with libsodium.
 Sha256::Digest spec_digest(std::string_view data, std::uint64_t chunk_size) {
@@ -196,4 +208,38 @@ TEST_CASE("a file that changes size under the digest is an integrity error", "[c
     const TestFile grown(tmp, "x", "image.img");
     require_size_change_error([&] { (void)digest.finish(grown.fd.get(), 0, threads, "image.img"); });
   }
+}
+
+TEST_CASE("the digest keeps every chunk's digest, in order, for the manifest", "[chunked_digest]") {
+  TempDir tmp;
+  const std::uint64_t size = (window + 3) * chunk + 100;  // across a window, a short last chunk
+  const std::string data = bytes_of_size(size, 5);
+  const TestFile file(tmp, data);
+  const std::vector<Sha256::Digest> expected = spec_chunk_digests(data, chunk);
+  REQUIRE(expected.size() == window + 4);
+  for (const unsigned threads : {1u, 4u}) {
+    INFO(threads << " threads");
+    ChunkedFileDigest digest(chunk);
+    CHECK(digest.chunk_digests().empty());
+    digest.advance(file.fd.get(), 2 * chunk + 5, threads, "image.img");
+    CHECK(digest.chunk_digests() == std::vector<Sha256::Digest>(expected.begin(), expected.begin() + 2));
+    // Handed over, as LiveDigests hands its digests to signing.
+    ChunkedFileDigest handed_over = std::move(digest);
+    std::uint64_t hashed = 0;
+    const ChunkedFileDigest::BytesHashed each_window = [&](std::uint64_t bytes) {
+      // A window's digests are there by the time it is reported.
+      hashed += bytes;
+      CHECK(handed_over.chunk_digests().size() == 2 + (hashed + chunk - 1) / chunk);
+    };
+    const Sha256::Digest d = handed_over.finish(file.fd.get(), size, threads, "image.img", each_window);
+    CHECK(handed_over.chunk_digests() == expected);
+    CHECK(file_digest_of(handed_over.chunk_digests()) == d);
+    CHECK(d == spec_digest(data, chunk));
+  }
+  // An empty file has no chunks, and its digest is SHA-256 of nothing.
+  const TestFile empty(tmp, "", "empty.img");
+  ChunkedFileDigest none(chunk);
+  CHECK(none.finish(empty.fd.get(), 0, 2, "empty.img") == file_digest_of({}));
+  CHECK(none.chunk_digests().empty());
+  CHECK(file_digest_of({}) == spec_digest("", chunk));
 }

@@ -40,14 +40,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::unique_ptr<CriuRuntime> real_criu() {
-  REQUIRE(::geteuid() == 0);  // CRIU needs root; the suite runs as root
-  const char* path = std::getenv("NC_TEST_CRIU");
-  auto rt = path && *path ? std::make_unique<CriuRuntime>(path) : std::make_unique<CriuRuntime>();
-  REQUIRE(rt->version() >= CriuVersion{4, 1, 0, ""});
-  return rt;
-}
-
 std::string env_path(const char* name) {
   const char* value = std::getenv(name);
   INFO(name << " is set by tests/meson.build");

@@ -53,3 +53,22 @@ TEST_CASE("CRIU's cgroupd noise after a failed restore is left out of the messag
   CHECK_FALSE(contains(errors, "cgroupd"));
   CHECK(contains(errors, "Restoring FAILED"));
 }
+
+TEST_CASE("CRIU's own lines come back out of criu_errors' text, one each", "[criu_log]") {
+  TempDir tmp;
+  const UniqueFd dir(::open(tmp.path().c_str(), O_RDONLY | O_DIRECTORY));
+  write_file(tmp / "dump.log",
+             "(00.1) Info: fine\n"
+             "(00.2) Error (criu/sk-unix.c:874): unix: External socket is used. Consider using --ext-unix-sk option.\n"
+             "(00.3) Error (criu/vdso.c:1): vdso: Can't find rt vDSO\n"
+             "(00.4) Error (criu/cr-dump.c:1975): Dumping FAILED.\n");
+  const std::vector<std::string> lines = criu_error_lines(criu_errors(dir.get(), "dump.log", "console"));
+  CHECK(lines == std::vector<std::string>{
+                     "(00.2) Error (criu/sk-unix.c:874): unix: External socket is used. Consider using --ext-unix-sk option.",
+                     "(00.3) Error (criu/vdso.c:1): vdso: Can't find rt vDSO",  // the vDSO hint is the library's
+                     "(00.4) Error (criu/cr-dump.c:1975): Dumping FAILED."});
+  // No log: the console output's lines; nothing at all: none.
+  CHECK(criu_error_lines(criu_errors(dir.get(), "none.log", "  first\nsecond \n")) ==
+        std::vector<std::string>{"first", "second"});
+  CHECK(criu_error_lines(criu_errors(dir.get(), "none.log", "")).empty());
+}

@@ -387,7 +387,8 @@ TEST_CASE("one runtime runs one operation at a time", "[criu_runtime]") {
   const auto e = require_error([&] { rt.restore(tmp / "cp"); });
   dump.join();
   CHECK(e.status() == Status::state);
-  CHECK(std::string(e.what()) == "Invalid state transition: from Dumping to Restoring");
+  CHECK(std::string(e.what()) == "cannot restore: this runtime is already dumping; a runtime (nc_runtime, CriuRuntime) "
+                                "runs one operation at a time: use one runtime per thread");
   CHECK(done);
   CHECK(rt.state() == CheckpointState::Dumped);
 }

@@ -1,6 +1,6 @@
-// HmacTree: the MAC over a whole checkpoint folder in both signature formats, checked against
-// seed_hmac.py (an independent Python implementation of the seed's and the chunked format), and
-// what sign/verify/format_of accept.
+// HmacTree: the MAC over a whole checkpoint folder in the three signature formats, checked against
+// seed_hmac.py (an independent Python implementation of the seed's, the chunked and the manifest
+// format), what sign/verify/format_of accept, and format 3's SignedManifest.
 #include "test_support.hpp"
 
 #include <fcntl.h>
@@ -37,6 +37,7 @@
 #include <nucleus/checkpoint/key_store.hpp>
 
 #include "signature/chunked_signature.hpp"
+#include "signature/signed_manifest.hpp"
 #include "fs/tree_walk.hpp"
 #include "fs/unique_fd.hpp"
 
@@ -77,8 +78,9 @@ mode_t mode_of(const fs::path& p) {
   return st.st_mode;
 }
 
-// Runs `python3 seed_hmac.py args...`; returns its exit status and standard output.
-std::pair<int, std::string> run_script(std::vector<std::string> args) {
+// Runs `python3 seed_hmac.py args...`; returns its exit status and standard output (and error,
+// if asked for).
+std::pair<int, std::string> run_script(std::vector<std::string> args, bool with_stderr = false) {
   const char* script = std::getenv("NC_TEST_SEED_HMAC");
   REQUIRE(script != nullptr);  // set by tests/meson.build
   args.insert(args.begin(), {"/usr/bin/python3", script});
@@ -90,6 +92,7 @@ std::pair<int, std::string> run_script(std::vector<std::string> args) {
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+  if (with_stderr) posix_spawn_file_actions_adddup2(&actions, out[1], STDERR_FILENO);
   pid_t pid = -1;
   const int rc = ::posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
@@ -173,6 +176,32 @@ void sign_chunked_with(const fs::path& dir, const HmacKey& key, std::uint64_t ch
   if (chunk_size == default_chunk) return HmacTree::sign_as(dir, key, SignatureFormat::chunked);
   const std::string text = chunked_text_of(dir, key, chunk_size);
   write_file(dir / HmacTree::signature_file, text);
+}
+
+// The manifest format's checkpoint.hmac for dir under key, by seed_hmac.py --format manifest.
+std::string manifest_text_by_script(const TempDir& tmp, const fs::path& dir, const HmacKey& key,
+                                    std::uint64_t chunk_size) {
+  const auto [status, output] = run_script({"--format", "manifest", "--chunk-size", std::to_string(chunk_size),
+                                            dir.native(), script_key_file(tmp, key).native()});
+  INFO("seed_hmac.py --format manifest printed: " << output);
+  REQUIRE(status == 0);
+  return output;
+}
+
+// seed_hmac.py --verify of dir under key: its exit status, and "verified" or why it refused.
+std::pair<int, std::string> verify_by_script(const TempDir& tmp, const fs::path& dir, const HmacKey& key) {
+  return run_script({"--verify", dir.native(), script_key_file(tmp, key).native()}, true);
+}
+
+// The library's manifest signature text for dir at any chunk size.
+std::string manifest_text_of(const fs::path& dir, const HmacKey& key, std::uint64_t chunk_size) {
+  return chunked_signature_of(open_folder(dir).get(), key, SignatureFormat::manifest, chunk_size, {}).to_text();
+}
+
+// Signs dir in the manifest format, as sign_chunked_with does in the chunked one.
+void sign_manifest_with(const fs::path& dir, const HmacKey& key, std::uint64_t chunk_size) {
+  if (chunk_size == default_chunk) return HmacTree::sign_as(dir, key, SignatureFormat::manifest);
+  write_file(dir / HmacTree::signature_file, manifest_text_of(dir, key, chunk_size));
 }
 
 // Files whose sizes sit on either side of chunk boundaries: 0, 1, chunk-1, chunk, chunk+1 and
@@ -936,8 +965,8 @@ TEST_CASE("a signature of an unknown version is refused as unknown", "[hmac_tree
   const HmacKey key = key_of(32);
   sign_chunked_with(dir, key, min_chunk);
   std::string text = read_file(dir / HmacTree::signature_file);
-  text[text.find('2')] = '3';
-  REQUIRE(text.starts_with("nucleus-checkpoint-signature 3\n"));
+  text[text.find('2')] = '4';
+  REQUIRE(text.starts_with("nucleus-checkpoint-signature 4\n"));
   write_file(dir / HmacTree::signature_file, text);
   for (const auto& check : {+[](const fs::path& d, const HmacKey& k) { HmacTree::verify(d, k); },
                             +[](const fs::path& d, const HmacKey&) { (void)HmacTree::format_of(d); }}) {
@@ -945,7 +974,7 @@ TEST_CASE("a signature of an unknown version is refused as unknown", "[hmac_tree
     REQUIRE(e.has_value());
     INFO("message: " << e->what());
     CHECK(e->status() == Status::integrity);
-    CHECK(contains(e->what(), "'nucleus-checkpoint-signature 3'"));
+    CHECK(contains(e->what(), "'nucleus-checkpoint-signature 4'"));
     CHECK(contains(e->what(), "does not know"));
   }
 }
@@ -1019,7 +1048,7 @@ TEST_CASE("sign(chunked) writes checkpoint.hmac 0600, atomically, the same again
 TEST_CASE("sign refuses a SignatureFormat it does not know", "[hmac_tree][chunked]") {
   TempDir tmp;
   const fs::path dir = make_checkpoint(tmp);
-  const auto e = error_of([&] { HmacTree::sign_as(dir, key_of(32), static_cast<SignatureFormat>(3)); });
+  const auto e = error_of([&] { HmacTree::sign_as(dir, key_of(32), static_cast<SignatureFormat>(4)); });
   REQUIRE(e.has_value());
   CHECK(e->status() == Status::invalid);
   CHECK_FALSE(fs::exists(fs::symlink_status(dir / HmacTree::signature_file)));
@@ -1044,13 +1073,19 @@ const HmacTree::Progress must_not_hash = [](std::uint64_t) -> void {
   FAIL("hashing started before the tree was refused");
 };
 
-// Each way a tree gets read, with must_not_hash: verify in both formats, compute and sign.
+// Each way a tree gets read, with must_not_hash: verify in each format, compute and sign.
 void require_refused_unread(const fs::path& dir, const HmacKey& key, std::string_view part) {
-  for (const bool chunked : {false, true}) {
-    INFO((chunked ? "chunked" : "seed") << " signature");
-    write_file(dir / HmacTree::signature_file, chunked ? chunked_text(default_chunk, std::string(64, '0')) : std::string(64, '0'));
+  const std::string zero_mac(64, '0'), v2 = chunked_text(default_chunk, zero_mac);
+  const std::pair<SignatureFormat, std::string> signatures[] = {
+      {SignatureFormat::seed, zero_mac},
+      {SignatureFormat::chunked, v2},
+      // No manifest lines: the limits are refused before they are looked at.
+      {SignatureFormat::manifest, "nucleus-checkpoint-signature 3" + v2.substr(v2.find('\n'))}};
+  for (const auto& [format, text] : signatures) {
+    INFO("signature format " << static_cast<int>(format));
+    write_file(dir / HmacTree::signature_file, text);
     require_integrity_error([&] { HmacTree::verify(dir, key, must_not_hash); }, part);
-    require_integrity_error([&] { HmacTree::sign_as(dir, key, chunked ? SignatureFormat::chunked : SignatureFormat::seed, must_not_hash); }, part);
+    require_integrity_error([&, format = format] { HmacTree::sign_as(dir, key, format, must_not_hash); }, part);
   }
   require_integrity_error([&] { (void)HmacTree::compute(dir, key, must_not_hash); }, part);
 }
@@ -1210,4 +1245,516 @@ TEST_CASE("files that grow between the measuring walk and the reading walk are r
                           "'metadata.json' changed during the integrity scan");
   CHECK(read == std::vector<std::string>{"dump.log", "images", "images/core-1.img", "images/inventory.img",
                                          "images/pages-1.img"});
+}
+
+// ---- The manifest format (version 3) ----
+
+namespace {
+
+// A checkpoint with a 3-chunk-and-a-byte pages image at 1 MiB chunks (the smallest a signature
+// may have), signed in the manifest format at that size.
+fs::path make_manifest_checkpoint(const TempDir& tmp, const HmacKey& key) {
+  const fs::path dir = make_checkpoint(tmp);
+  fs::create_directory(dir / "images/empty");
+  write_file(dir / "dump.log", "");
+  write_file(dir / "images/pages-2.img", pattern(3 * min_chunk + 1));
+  sign_manifest_with(dir, key, min_chunk);
+  return dir;
+}
+
+// "checkpoint file 'REL' differs from what was signed in bytes FIRST–LAST"
+std::string differs_in(std::string_view rel, std::uint64_t first, std::uint64_t last) {
+  return "checkpoint file '" + std::string(rel) + "' differs from what was signed in bytes " + std::to_string(first) +
+         "\u2013" + std::to_string(last);
+}
+
+// The manifest lines of a checkpoint.hmac in the manifest format (after its three lines).
+std::vector<std::string> manifest_lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::size_t at = 0;
+  for (int skipped = 0; skipped < 3; ++skipped) at = text.find('\n', at) + 1;
+  for (std::size_t end; (end = text.find('\n', at)) != std::string::npos; at = end + 1)
+    lines.push_back(text.substr(at, end - at));
+  return lines;
+}
+
+// checkpoint.hmac with its manifest lines replaced.
+void write_manifest_lines(const fs::path& dir, const std::vector<std::string>& lines) {
+  std::string text = read_file(dir / HmacTree::signature_file);
+  std::size_t at = 0;
+  for (int kept = 0; kept < 3; ++kept) at = text.find('\n', at) + 1;
+  text.resize(at);
+  for (const std::string& line : lines) text += line + "\n";
+  write_file(dir / HmacTree::signature_file, text);
+}
+
+// The SHA-256 of each chunk_size piece of data, as libsodium computes it.
+std::vector<Sha256::Digest> spec_chunks(std::string_view data, std::uint64_t chunk_size) {
+  std::vector<Sha256::Digest> chunks;
+  for (std::uint64_t at = 0; at < data.size(); at += chunk_size) {
+    const std::string_view piece = data.substr(at, chunk_size);
+    Sha256::Digest d{};
+    crypto_hash_sha256(d.data(), reinterpret_cast<const unsigned char*>(piece.data()), piece.size());
+    chunks.push_back(d);
+  }
+  return chunks;
+}
+
+}  // namespace
+
+TEST_CASE("the manifest format agrees with seed_hmac.py --format manifest on awkward trees", "[hmac_tree][manifest]") {
+  on_awkward_trees([](const TempDir& tmp, const fs::path& dir) {
+    const HmacKey key = key_of(32);
+    CHECK(manifest_text_of(dir, key, small_chunk) == manifest_text_by_script(tmp, dir, key, small_chunk));
+    const std::string by_script = manifest_text_by_script(tmp, dir, key, default_chunk);
+    HmacTree::sign_as(dir, key, SignatureFormat::manifest);
+    CHECK(read_file(dir / HmacTree::signature_file) == by_script);
+    CHECK(HmacTree::format_of(dir) == SignatureFormat::manifest);
+    CHECK_NOTHROW(HmacTree::verify(dir, key));
+    const auto [status, output] = verify_by_script(tmp, dir, key);
+    INFO("seed_hmac.py --verify printed: " << output);
+    CHECK(status == 0);
+  });
+}
+
+TEST_CASE("sign(manifest) agrees with seed_hmac.py on files at chunk boundaries, under both engines",
+          "[hmac_tree][manifest]") {
+  TempDir tmp;
+  const fs::path dir = tmp / "tree";
+  fs::create_directories(dir / "images");
+  write_chunk_boundary_files(dir / "images", default_chunk);
+  // Enough files that the signature outgrows the 4096 bytes read of the other formats.
+  for (int i = 0; i < 100; ++i) write_file(dir / ("small-" + std::to_string(i)), std::to_string(i));
+  const HmacKey key = key_of(65, 3);
+  const std::string by_script = manifest_text_by_script(tmp, dir, key, default_chunk);
+  REQUIRE(by_script.size() > ChunkedSignature::max_text_size_without_manifest);
+  for (const bool sodium : {false, true}) {
+    INFO((sodium ? "libsodium" : "default engine"));
+    const auto engine = hash_engine_env(sodium);
+    HmacTree::sign_as(dir, key, SignatureFormat::manifest);
+    CHECK(read_file(dir / HmacTree::signature_file) == by_script);
+    CHECK_NOTHROW(HmacTree::verify(dir, key));
+  }
+  CHECK(verify_by_script(tmp, dir, key).first == 0);
+  // A 3-chunk-and-a-byte file at 1 MiB: its line lists 4 digests.
+  write_file(dir / "images/pages-9.img", pattern(3 * min_chunk + 1));
+  sign_manifest_with(dir, key, min_chunk);
+  CHECK(read_file(dir / HmacTree::signature_file) == manifest_text_by_script(tmp, dir, key, min_chunk));
+  CHECK_NOTHROW(HmacTree::verify(dir, key));
+  CHECK(verify_by_script(tmp, dir, key).first == 0);
+}
+
+TEST_CASE("the manifest format matches known answers", "[hmac_tree][manifest]") {
+  // Computed once with seed_hmac.py --format manifest (and the MAC again from the byte stream
+  // written out by hand) for the chunked format's known-answer trees and key.
+  TempDir tmp;
+  const fs::path dir = known_answer_tree(tmp);
+  const HmacKey key = counting_key();
+  HmacTree::sign_as(dir, key, SignatureFormat::manifest);
+  CHECK(read_file(dir / HmacTree::signature_file) ==
+        "nucleus-checkpoint-signature 3\n"
+        "chunk-size 4194304\n"
+        "hmac-sha256 f2496b1010a2e9c05404fa8d778f7576250ed10774fc7e50fc1250d43f19879f\n"
+        "16a0eeb0791b6c92451fd284dd9f599e0a7dbe7f6ebea6e2d2d06c7f74aec112\n"   // images/pages-1.img
+        "d2b93f12ee128bad970b0fea0d8c6a2e1f5f84d47fe2bac08a39808a04b43433\n");  // metadata.json
+
+  write_file(dir / "images" / "pages-2.img", std::string(4096, 'a') + std::string(4096, 'b') + "c");
+  CHECK(manifest_text_of(dir, key, small_chunk) ==
+        "nucleus-checkpoint-signature 3\n"
+        "chunk-size 4096\n"
+        "hmac-sha256 0ab4b02e625fddcd9cd1956119c0bdeef283b0340e0ebce969d19eed33566680\n"
+        "16a0eeb0791b6c92451fd284dd9f599e0a7dbe7f6ebea6e2d2d06c7f74aec112\n"
+        "c93eee2d0db02f10acc7460d9576e122dcf8cd53c4bf8dfcae1b3e74ebcfff5a"
+        "5389688abf55bc46639385085bfaf1fda3552f63303e4d4a55d664d0f515d6ac"
+        "2e7d2c03a9507ae265ecf5b5356885a53393a2029d241394997265a1a25aefc6\n"
+        "d2b93f12ee128bad970b0fea0d8c6a2e1f5f84d47fe2bac08a39808a04b43433\n");
+}
+
+TEST_CASE("the manifest format's MAC is the chunked one's records under its own header", "[hmac_tree][manifest]") {
+  // Domain separation: the same records, so a version 2 MAC cannot pass for version 3 or back.
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  const HmacKey key = key_of(32);
+  const UniqueFd fd = open_folder(dir);
+  const std::string v2_mac = hex_of(chunked_tree_mac(fd.get(), key, default_chunk, {}));
+  const std::string v3_mac =
+      hex_of(chunked_signature_of(fd.get(), key, SignatureFormat::manifest, default_chunk, {}).mac);
+  CHECK(v2_mac != v3_mac);
+  // Each signature with the other's MAC in its hmac-sha256 line.
+  for (const SignatureFormat format : {SignatureFormat::chunked, SignatureFormat::manifest}) {
+    INFO("format " << static_cast<int>(format));
+    HmacTree::sign_as(dir, key, format);
+    std::string text = read_file(dir / HmacTree::signature_file);
+    const std::string& own = format == SignatureFormat::chunked ? v2_mac : v3_mac;
+    const std::string& other = format == SignatureFormat::chunked ? v3_mac : v2_mac;
+    REQUIRE(text.find(own) != std::string::npos);
+    text.replace(text.find(own), own.size(), other);
+    write_file(dir / HmacTree::signature_file, text);
+    require_integrity_error([&] { HmacTree::verify(dir, key); }, "HMAC mismatch");
+  }
+}
+
+TEST_CASE("verify refuses a changed byte in chunk k, naming the chunk's bytes", "[hmac_tree][manifest]") {
+  TempDir tmp;
+  const HmacKey key = key_of(32);
+  const fs::path dir = make_manifest_checkpoint(tmp, key);
+  REQUIRE_NOTHROW(HmacTree::verify(dir, key));
+  const fs::path pages = dir / "images/pages-2.img";
+  const std::string original = read_file(pages);
+  const auto flipped = [&](std::initializer_list<std::uint64_t> offsets) {
+    std::string changed = original;
+    for (const std::uint64_t at : offsets) changed[at] = static_cast<char>(changed[at] ^ 0x01);
+    write_file(pages, changed);
+  };
+  for (std::uint64_t k = 0; k < 4; ++k) {
+    const std::uint64_t first = k * min_chunk, last = std::min(first + min_chunk, original.size()) - 1;
+    for (const std::uint64_t at : {first, last, (first + last) / 2}) {
+      INFO("chunk " << k << ", byte " << at);
+      flipped({at});
+      const std::string message = differs_in("images/pages-2.img", first, last);
+      require_integrity_error([&] { HmacTree::verify(dir, key); }, message);
+      const auto [status, output] = verify_by_script(tmp, dir, key);
+      CHECK(status == 1);
+      CHECK(contains(output, message));
+    }
+  }
+  // The first chunk that differs is the one named.
+  flipped({2 * min_chunk + 5, min_chunk + 7, 3 * min_chunk});
+  require_integrity_error([&] { HmacTree::verify(dir, key); }, differs_in("images/pages-2.img", min_chunk, 2 * min_chunk - 1));
+  // A small file: its only chunk.
+  write_file(pages, original);
+  write_file(dir / "images/pages-1.img", "snapsh0t");
+  require_integrity_error([&] { HmacTree::verify(dir, key); }, differs_in("images/pages-1.img", 0, 7));
+  write_file(dir / "images/pages-1.img", "snapshot");
+  CHECK_NOTHROW(HmacTree::verify(dir, key));
+}
+
+TEST_CASE("a manifest altered without the key is refused before any file is read", "[hmac_tree][manifest]") {
+  // Whoever changes a chunk's digest cannot compute the MAC again: the manifest fails to
+  // authenticate, from names and sizes alone.
+  TempDir tmp;
+  const HmacKey key = key_of(32);
+  const fs::path dir = make_manifest_checkpoint(tmp, key);
+  const std::vector<std::string> lines = manifest_lines(read_file(dir / HmacTree::signature_file));
+  // dump.log, images/core-1.img, images/inventory.img, images/pages-1.img, images/pages-2.img, metadata.json
+  REQUIRE(lines.size() == 6);
+  REQUIRE(lines[0].empty());
+  REQUIRE(lines[4].size() == 4 * 64);
+
+  SECTION("a digit of a chunk digest changed") {
+    std::vector<std::string> changed = lines;
+    changed[4][70] = changed[4][70] == '0' ? '1' : '0';
+    write_manifest_lines(dir, changed);
+  }
+  SECTION("two chunk digests of one file swapped") {
+    std::vector<std::string> changed = lines;
+    changed[4] = lines[4].substr(64, 64) + lines[4].substr(0, 64) + lines[4].substr(128);
+    write_manifest_lines(dir, changed);
+  }
+  SECTION("the lines of two files of one size swapped") {
+    std::vector<std::string> changed = lines;
+    std::swap(changed[1], changed[3]);  // core-1.img and pages-1.img: 8 bytes each
+    write_manifest_lines(dir, changed);
+  }
+  SECTION("a chunk digest replaced by that of the changed bytes") {
+    // The tampering a streaming restore must not take: new bytes, and the manifest made to match.
+    std::string pages = read_file(dir / "images/pages-2.img");
+    pages[5] = 'X';
+    write_file(dir / "images/pages-2.img", pages);
+    std::vector<std::string> changed = lines;
+    changed[4].replace(0, 64, hex_of(spec_chunks(pages, min_chunk)[0]));
+    write_manifest_lines(dir, changed);
+  }
+  require_integrity_error([&] { HmacTree::verify(dir, key, must_not_hash); }, "HMAC mismatch");
+  require_integrity_error([&] { (void)SignedManifest::load(open_folder(dir).get(), key); }, "HMAC mismatch");
+  CHECK(verify_by_script(tmp, dir, key).first == 1);
+}
+
+TEST_CASE("manifest lines that do not match the folder's files are refused before any file is read",
+          "[hmac_tree][manifest]") {
+  TempDir tmp;
+  const HmacKey key = key_of(32);
+  const fs::path dir = make_manifest_checkpoint(tmp, key);
+  const std::vector<std::string> lines = manifest_lines(read_file(dir / HmacTree::signature_file));
+  REQUIRE(lines.size() == 6);
+  std::vector<std::string> changed = lines;
+  std::string part;
+
+  SECTION("an extra line") {
+    changed.push_back("");
+    part = "lists the chunks of 7 files, but the folder holds 6";
+  }
+  SECTION("an extra line of digests") {
+    changed.push_back(lines[5]);
+    part = "lists the chunks of 7 files, but the folder holds 6";
+  }
+  SECTION("the last line missing") {
+    changed.pop_back();
+    part = "lists the chunks of 5 files, but the folder holds 6";
+  }
+  SECTION("no lines") {
+    changed.clear();
+    part = "lists the chunks of 0 files, but the folder holds 6";
+  }
+  SECTION("a file added to the folder") {
+    write_file(dir / "images/pages-3.img", pattern(2 * min_chunk));  // its line would be metadata.json's
+    part = "lists the chunks of 6 files, but the folder holds 7";
+  }
+  SECTION("a file removed from the folder") {
+    fs::remove(dir / "metadata.json");
+    part = "lists the chunks of 6 files, but the folder holds 5";
+  }
+  SECTION("a digest too many on a line") {
+    changed[4] += lines[4].substr(0, 64);
+    part = "lists 5 chunk digests for 'images/pages-2.img' (manifest line 5), but its 3145729 bytes make 4 chunks of 1048576";
+  }
+  SECTION("a digest too few on a line") {
+    changed[4].resize(3 * 64);
+    part = "lists 3 chunk digests for 'images/pages-2.img' (manifest line 5), but its 3145729 bytes make 4 chunks";
+  }
+  SECTION("a digest on an empty file's line") {
+    changed[0] = lines[5];
+    part = "lists 1 chunk digests for 'dump.log' (manifest line 1), but its 0 bytes make 0 chunks";
+  }
+  SECTION("a file grown by a chunk") {
+    write_file(dir / "images/pages-2.img", pattern(4 * min_chunk + 1));
+    part = "but its 4194305 bytes make 5 chunks";
+  }
+  if (changed != lines) write_manifest_lines(dir, changed);
+  require_integrity_error([&] { HmacTree::verify(dir, key, must_not_hash); }, part);
+  require_integrity_error([&] { (void)SignedManifest::load(open_folder(dir).get(), key); }, part);
+  CHECK(verify_by_script(tmp, dir, key).first == 1);
+}
+
+TEST_CASE("a malformed manifest is refused as malformed", "[hmac_tree][manifest]") {
+  TempDir tmp;
+  const HmacKey key = key_of(32);
+  const fs::path dir = make_manifest_checkpoint(tmp, key);
+  const std::string text = read_file(dir / HmacTree::signature_file);
+  const std::vector<std::string> lines = manifest_lines(text);
+  std::string upper = lines[4];
+  std::transform(upper.begin(), upper.end(), upper.begin(), [](char c) { return static_cast<char>(std::toupper(c)); });
+  REQUIRE(upper != lines[4]);
+  const auto with_line_4 = [&](const std::string& line) {
+    std::vector<std::string> changed = lines;
+    changed[4] = line;
+    return changed;
+  };
+  const std::pair<std::vector<std::string>, std::string> malformed[] = {
+      {with_line_4(lines[4].substr(1)), "manifest line 5 is 255 characters long, not 64 hex digits for each chunk"},
+      {with_line_4(lines[4] + " "), "manifest line 5 is 257 characters long"},
+      {with_line_4(lines[4].substr(0, 192) + std::string(64, 'g')), "manifest line 5 is not lowercase hex digits"},
+      {with_line_4(upper), "manifest line 5 is not lowercase hex digits"},
+      {with_line_4(lines[4].substr(0, 255) + "\r"), "manifest line 5 is not lowercase hex digits"},
+  };
+  for (const auto& entry : malformed) {
+    const std::string& part = entry.second;
+    INFO(part);
+    write_manifest_lines(dir, entry.first);
+    require_integrity_error([&] { HmacTree::verify(dir, key, must_not_hash); }, part);
+    require_integrity_error([&] { (void)HmacTree::format_of(dir); }, part);
+  }
+  // The last line unterminated, and text after the last.
+  write_file(dir / HmacTree::signature_file, text.substr(0, text.size() - 1));
+  require_integrity_error([&] { HmacTree::verify(dir, key, must_not_hash); }, "manifest line 6 is unterminated");
+  write_file(dir / HmacTree::signature_file, text + "x");
+  require_integrity_error([&] { HmacTree::verify(dir, key, must_not_hash); }, "manifest line 7 is unterminated");
+  // Parsed and written back byte for byte.
+  CHECK(ChunkedSignature::parse(text).to_text() == text);
+  CHECK(ChunkedSignature::parse(text).manifest.size() == 6);
+}
+
+TEST_CASE("an oversized checkpoint.hmac is refused without being read", "[hmac_tree][manifest][limits]") {
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  const fs::path sig = dir / HmacTree::signature_file;
+  const HmacKey key = key_of(32);
+  // A digest per MiB of the 1 TiB limit, a partial chunk and a newline per entry, and 4 KiB.
+  const std::uint64_t bound = ChunkedSignature::max_manifest_text_size();
+  CHECK(bound == 4096 + (std::uint64_t{1} << 20) * 64 + HmacTree::max_entries * 65);
+  {
+    const MaxTotalBytes raised(2 * HmacTree::default_max_total_bytes);
+    CHECK(ChunkedSignature::max_manifest_text_size() == bound + (std::uint64_t{1} << 20) * 64);
+  }
+  const int watch = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  REQUIRE(watch >= 0);
+  std::string part;
+  bool read_whole = false;  // small enough to be read, refused for its format
+
+  SECTION("a manifest signature past the bound") {
+    write_file(sig, std::string(ChunkedSignature::manifest_header) + "\n");
+    REQUIRE(::truncate(sig.c_str(), static_cast<off_t>(bound + 1)) == 0);  // sparse: nothing to write
+    part = "is " + std::to_string(bound + 1) + " bytes, more than the " + std::to_string(bound) + " allowed";
+  }
+  SECTION("a hundred gigabytes of one") {
+    write_file(sig, std::string(ChunkedSignature::manifest_header) + "\n");
+    REQUIRE(::truncate(sig.c_str(), static_cast<off_t>(std::uint64_t{100} << 30)) == 0);
+    part = "more than the " + std::to_string(bound) + " allowed";
+  }
+  SECTION("a signature of another format past 4096 bytes") {
+    write_file(sig, chunked_text(default_chunk, std::string(64, '0')) + std::string(4096, '\n'));
+    part = "more than the 4096 allowed for a signature without a manifest";
+    read_whole = true;
+  }
+  REQUIRE(::inotify_add_watch(watch, sig.c_str(), IN_ACCESS) >= 0);
+  require_integrity_error([&] { HmacTree::verify(dir, key, must_not_hash); }, part);
+  require_integrity_error([&] { (void)HmacTree::format_of(dir); }, part);
+  require_integrity_error([&] { (void)SignedManifest::load(open_folder(dir).get(), key); }, part);
+  if (!read_whole) {
+    char events[4096];
+    CHECK(::read(watch, events, sizeof events) < 0);  // not a byte of it was read
+  }
+  ::close(watch);
+}
+
+TEST_CASE("a tree changed between authenticating the manifest and hashing is refused", "[hmac_tree][manifest]") {
+  // verify walks twice: names and sizes first, bytes then. The MAC computed the second time must
+  // agree too, so that what changed in between (an empty folder, which no chunk shows) is caught.
+  TempDir tmp;
+  const HmacKey key = key_of(32);
+  const fs::path dir = make_manifest_checkpoint(tmp, key);
+  bool changed = false;
+  const HmacTree::Progress add_folder = [&](std::uint64_t) {
+    if (!std::exchange(changed, true)) fs::create_directory(dir / "images/empty/new");
+  };
+  // dump.log is empty: the first bytes hashed are images/core-1.img's, before images/empty is read.
+  require_integrity_error([&] { HmacTree::verify(dir, key, add_folder); }, "HMAC mismatch");
+  CHECK(changed);
+  fs::remove(dir / "images/empty/new");
+  CHECK_NOTHROW(HmacTree::verify(dir, key));
+}
+
+TEST_CASE("SignedManifest::load authenticates the manifest without reading a file", "[hmac_tree][manifest]") {
+  TempDir tmp;
+  const HmacKey key = key_of(32);
+  const fs::path dir = make_manifest_checkpoint(tmp, key);
+  // Walk order is not path order: "a/b" comes before "a.b" in the walk, after it as a string.
+  fs::create_directory(dir / "a");
+  write_file(dir / "a/b", "in a");
+  write_file(dir / "a.b", "dot");
+  sign_manifest_with(dir, key, min_chunk);
+
+  const int watch = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  REQUIRE(watch >= 0);
+  REQUIRE(::inotify_add_watch(watch, (dir / "images").c_str(), IN_ACCESS) >= 0);
+  const std::optional<SignedManifest> manifest = SignedManifest::load(open_folder(dir).get(), key);
+  alignas(inotify_event) char events[4096];
+  const ssize_t n = ::read(watch, events, sizeof events);
+  for (const char* p = events; n > 0 && p < events + n;) {
+    const auto* event = reinterpret_cast<const inotify_event*>(p);
+    p += sizeof(inotify_event) + event->len;
+    INFO("read: images/" << (event->len ? event->name : ""));
+    CHECK((event->len == 0 || (event->mask & IN_ISDIR)));  // the folder's names, never a file's bytes
+  }
+  ::close(watch);
+
+  REQUIRE(manifest.has_value());
+  CHECK(manifest->chunk_size() == min_chunk);
+  std::vector<std::string> paths;
+  for (const ManifestFile& file : manifest->files()) paths.push_back(file.path);
+  CHECK(paths == std::vector<std::string>{"a/b", "a.b", "dump.log", "images/core-1.img", "images/inventory.img",
+                                          "images/pages-1.img", "images/pages-2.img", "metadata.json"});
+  const std::string pages = read_file(dir / "images/pages-2.img");
+  const ManifestFile* file = manifest->find("images/pages-2.img");
+  REQUIRE(file != nullptr);
+  CHECK(file->size == pages.size());
+  CHECK(file->chunks == spec_chunks(pages, min_chunk));
+  for (const std::string& path : paths) {
+    INFO(path);
+    REQUIRE(manifest->find(path) != nullptr);
+    CHECK(manifest->find(path)->path == path);
+    CHECK(manifest->find(path)->chunks == spec_chunks(read_file(dir / path), min_chunk));
+  }
+  CHECK(manifest->find("dump.log")->chunks.empty());
+  CHECK(manifest->find("images") == nullptr);  // a folder
+  CHECK(manifest->find("images/pages-3.img") == nullptr);
+  CHECK(manifest->find("") == nullptr);
+  CHECK(manifest->find("checkpoint.hmac") == nullptr);
+}
+
+TEST_CASE("SignedManifest::load leaves formats 1 and 2 to HmacTree::verify, and refuses the rest",
+          "[hmac_tree][manifest]") {
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  const HmacKey key = key_of(32);
+  require_integrity_error([&] { (void)SignedManifest::load(open_folder(dir).get(), key); }, "not signed");
+  HmacTree::sign(dir, key);
+  CHECK_FALSE(SignedManifest::load(open_folder(dir).get(), key).has_value());
+  HmacTree::sign_as(dir, key, SignatureFormat::chunked);
+  CHECK_FALSE(SignedManifest::load(open_folder(dir).get(), key).has_value());
+  write_file(dir / HmacTree::signature_file, "nucleus-checkpoint-signature 4\n");
+  require_integrity_error([&] { (void)SignedManifest::load(open_folder(dir).get(), key); }, "does not know");
+  HmacTree::sign_as(dir, key, SignatureFormat::manifest);
+  CHECK(SignedManifest::load(open_folder(dir).get(), key).has_value());
+  require_integrity_error([&] { (void)SignedManifest::load(open_folder(dir).get(), key_of(32, 1)); }, "HMAC mismatch");
+}
+
+TEST_CASE("check_chunk and verify_file check against the authenticated manifest", "[hmac_tree][manifest]") {
+  TempDir tmp;
+  const HmacKey key = key_of(32);
+  const fs::path dir = make_manifest_checkpoint(tmp, key);
+  const SignedManifest manifest = *SignedManifest::load(open_folder(dir).get(), key);
+  const ManifestFile& file = *manifest.find("images/pages-2.img");
+  const std::string pages = read_file(dir / "images/pages-2.img");
+  const std::uint64_t chunk = manifest.chunk_size();
+  const std::string rel = "images/pages-2.img";
+
+  SECTION("check_chunk") {
+    for (std::uint64_t i = 0; i < 4; ++i) {
+      INFO("chunk " << i);
+      const std::string piece = pages.substr(i * chunk, chunk);
+      CHECK_NOTHROW(check_chunk(file, chunk, i, piece.data(), piece.size()));
+      std::string changed = piece;
+      changed.back() = static_cast<char>(changed.back() ^ 0x80);
+      require_integrity_error([&] { check_chunk(file, chunk, i, changed.data(), changed.size()); },
+                              differs_in(rel, i * chunk, i * chunk + piece.size() - 1));
+      // Another chunk's bytes, and the right bytes cut short, are not this chunk.
+      const std::string other = pages.substr(((i + 1) % 3) * chunk, chunk);
+      require_integrity_error([&] { check_chunk(file, chunk, i, other.data(), other.size()); },
+                              differs_in(rel, i * chunk, i * chunk + piece.size() - 1));
+      require_integrity_error([&] { check_chunk(file, chunk, i, piece.data(), piece.size() - 1); },
+                              differs_in(rel, i * chunk, i * chunk + piece.size() - 1));
+    }
+    require_integrity_error([&] { check_chunk(file, chunk, 4, pages.data(), 1); }, "has no chunk 4");
+    const ManifestFile& empty = *manifest.find("dump.log");
+    require_integrity_error([&] { check_chunk(empty, chunk, 0, "", 0); }, "'dump.log' differs from what was signed");
+  }
+  SECTION("verify_file") {
+    for (const unsigned threads : {1u, 3u}) {
+      INFO(threads << " threads");
+      for (const ManifestFile& f : manifest.files()) {
+        const UniqueFd fd(::open((dir / f.path).c_str(), O_RDONLY | O_CLOEXEC));
+        CHECK_NOTHROW(verify_file(fd.get(), f, chunk, threads));
+      }
+      std::string changed = pages;
+      changed[2 * chunk + 9] = 'X';
+      write_file(dir / rel, changed);
+      UniqueFd fd(::open((dir / rel).c_str(), O_RDONLY | O_CLOEXEC));
+      require_integrity_error([&] { verify_file(fd.get(), file, chunk, threads); }, differs_in(rel, 2 * chunk, 3 * chunk - 1));
+      write_file(dir / rel, pages + "!");
+      fd = UniqueFd(::open((dir / rel).c_str(), O_RDONLY | O_CLOEXEC));
+      require_integrity_error([&] { verify_file(fd.get(), file, chunk, threads); },
+                              "'images/pages-2.img' is 3145730 bytes, but was signed with 3145729");
+      write_file(dir / rel, pages);
+    }
+  }
+}
+
+TEST_CASE("all three formats sign and verify the same tree, here and by seed_hmac.py", "[hmac_tree][manifest]") {
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  write_file(dir / "images/pages-2.img", pattern(default_chunk + 5));
+  const HmacKey key = key_of(32);
+  for (const SignatureFormat format : {SignatureFormat::seed, SignatureFormat::chunked, SignatureFormat::manifest}) {
+    INFO("format " << static_cast<int>(format));
+    HmacTree::sign_as(dir, key, format);
+    CHECK(HmacTree::format_of(dir) == format);
+    CHECK_NOTHROW(HmacTree::verify(dir, key));
+    CHECK(verify_by_script(tmp, dir, key).first == 0);
+    write_file(dir / "images/pages-1.img", "snapsh0t");
+    require_integrity_error([&] { HmacTree::verify(dir, key); },
+                            format == SignatureFormat::manifest ? differs_in("images/pages-1.img", 0, 7) : "HMAC mismatch");
+    CHECK(verify_by_script(tmp, dir, key).first == 1);
+    write_file(dir / "images/pages-1.img", "snapshot");
+  }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A consumer of the installed library: install into a temporary root, build the C demo and the
-# C++ example from examples/ with nothing but `pkg-config nucleus-checkpoint`, and run them: a
-# real checkpoint and restore through the installed .so, and a C++ verify of the result.
+# C++ example from examples/ with nothing but `pkg-config nucleus-checkpoint` (no other package's
+# .pc visible), and run them: a real checkpoint and restore through the installed .so, and a C++
+# verify of the result.
 # Usage: installed_test.sh BUILD_DIR SOURCE_DIR TMP_DIR
 set -euo pipefail
 build=$1 src=$2
@@ -11,7 +12,12 @@ trap 'rm -rf "$root"' EXIT
 meson install -C "$build" --destdir "$root/sysroot" --no-rebuild --quiet >/dev/null
 pc=$(find "$root/sysroot" -name nucleus-checkpoint.pc | head -n1)
 [[ -n $pc ]] || { echo "no nucleus-checkpoint.pc was installed"; exit 1; }
-export PKG_CONFIG_PATH=$(dirname "$pc") PKG_CONFIG_SYSROOT_DIR="$root/sysroot"
+# pkg-config sees our .pc and nothing else (no libsodium.pc, fmt.pc, ...), as on a machine with
+# only the runtime packages: --cflags and --libs must not need any other package's .pc.
+mkdir "$root/pc" && cp "$pc" "$root/pc/"
+export PKG_CONFIG_LIBDIR="$root/pc" PKG_CONFIG_PATH='' PKG_CONFIG_SYSROOT_DIR="$root/sysroot"
+if pkg-config --exists libsodium; then echo "libsodium.pc is visible: the check would prove nothing"; exit 1; fi
+pkg-config --cflags --libs nucleus-checkpoint >/dev/null
 libdir=$(pkg-config --variable=libdir nucleus-checkpoint)  # sysroot included
 export LD_LIBRARY_PATH=$libdir
 cc -std=c11 -Wall -Werror "$src/examples/demo.c" $(pkg-config --cflags --libs nucleus-checkpoint) -o "$root/demo"

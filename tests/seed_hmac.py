@@ -21,13 +21,25 @@ Usage:
       where digest = SHA-256 over the concatenated SHA-256 digests of the file's consecutive
       N-byte chunks (the last may be shorter; an empty file has no chunks, so its digest is
       SHA-256 of nothing).
+  seed_hmac.py --format manifest [--chunk-size N] DIR KEYFILE
+      The manifest format (version 3). The same MAC as the chunked format's, but over
+        b"nucleus-checkpoint-signature 3" b"\\0" u64le(N) ...
+      and checkpoint.hmac holds the same three lines (with version 3), then one line for each file
+      in walk order (folders have none): the lowercase hex of its chunk digests, concatenated (64
+      digits a chunk, ceil(size / N) of them; an empty file's line is empty).
+  seed_hmac.py --verify DIR KEYFILE
+      Verifies DIR against its checkpoint.hmac, in any of the three formats; prints "verified".
+      Version 3 is checked as the library does: the manifest first, against the walk and the MAC,
+      without reading a file; then each file's chunks, refused at the first that differs, with
+      the message "checkpoint file 'PATH' differs from what was signed in bytes FIRST–LAST".
+      A signature's N must be at least 1 MiB here.
   seed_hmac.py --file-digest [--chunk-size N] FILE
       Prints the lowercase hex chunked digest of one file.
 
-Both formats walk the tree the same way: depth first, the names of each folder sorted as bytes,
+All formats walk the tree the same way: depth first, the names of each folder sorted as bytes,
 paths relative to DIR joined with "/", only the top-level checkpoint.hmac left out.
 Exit 1 when the tree is refused (symlink, special file, name not UTF-8, a file that changes size
-while read); exit 2 on a usage error.
+while read) or does not verify; exit 2 on a usage error.
 
 Kept apart from the library on purpose: Python's hmac does the key handling (keys longer
 than the 64-byte block are hashed first) and names are bytes from os.listdir, sorted as bytes.
@@ -36,14 +48,17 @@ than the 64-byte block are hashed first) and names are bytes from os.listdir, so
 import hashlib
 import hmac
 import os
+import re
 import stat
 import sys
 
 SIGNATURE = b"checkpoint.hmac"
 READ_SIZE = 64 * 1024
-CHUNKED_HEADER = b"nucleus-checkpoint-signature 2"
+FAMILY = b"nucleus-checkpoint-signature "
+CHUNKED_HEADERS = {"chunked": FAMILY + b"2", "manifest": FAMILY + b"3"}
 DEFAULT_CHUNK_SIZE = 4 << 20
-MIN_CHUNK_SIZE, MAX_CHUNK_SIZE = 4 << 10, 1 << 30  # a signature's chunks: from 1 << 20
+MIN_CHUNK_SIZE, MAX_CHUNK_SIZE = 4 << 10, 1 << 30
+MIN_SIGNED_CHUNK_SIZE = 1 << 20  # what a signature may have
 
 
 class Refused(Exception):
@@ -119,21 +134,107 @@ def seed_mac(key, root):
     return mac.hexdigest()
 
 
+def chunk_digests(path, size, chunk_size):
+    """The file's chunk digests, concatenated (32 bytes each)."""
+    return b"".join(hashlib.sha256(chunk).digest() for chunk in read_pieces(path, size, chunk_size))
+
+
 def chunked_file_digest(path, size, chunk_size):
-    outer = hashlib.sha256()
-    for chunk in read_pieces(path, size, chunk_size):
-        outer.update(hashlib.sha256(chunk).digest())
-    return outer.digest()
+    return hashlib.sha256(chunk_digests(path, size, chunk_size)).digest()
 
 
-def chunked_signature(key, root, chunk_size):
+def chunked_mac(key, header, chunk_size):
     mac = hmac.new(key, digestmod=hashlib.sha256)
-    mac.update(CHUNKED_HEADER + b"\0" + u64le(chunk_size))
+    mac.update(header + b"\0" + u64le(chunk_size))
+    return mac
+
+
+def record(kind, rel, size=None, file_digest=None):
+    if kind == "D":
+        return b"D" + u64le(len(rel)) + rel
+    return b"F" + u64le(len(rel)) + rel + u64le(size) + file_digest
+
+
+def chunked_signature(key, root, chunk_size, fmt="chunked"):
+    header = CHUNKED_HEADERS[fmt]
+    mac = chunked_mac(key, header, chunk_size)
+    manifest = []
     for kind, rel, path, size in walk(root):
-        mac.update(kind.encode() + u64le(len(rel)) + rel)
-        if kind == "F":
-            mac.update(u64le(size) + chunked_file_digest(path, size, chunk_size))
-    return "%s\nchunk-size %d\nhmac-sha256 %s\n" % (CHUNKED_HEADER.decode(), chunk_size, mac.hexdigest())
+        if kind == "D":
+            mac.update(record(kind, rel))
+        else:
+            digests = chunk_digests(path, size, chunk_size)
+            mac.update(record(kind, rel, size, hashlib.sha256(digests).digest()))
+            manifest.append(digests.hex() + "\n")
+    text = "%s\nchunk-size %d\nhmac-sha256 %s\n" % (header.decode(), chunk_size, mac.hexdigest())
+    return text + "".join(manifest) if fmt == "manifest" else text
+
+
+def signed_chunk_size(line):
+    if not line.startswith(b"chunk-size "):
+        raise Refused("expected a chunk-size line")
+    text = line[len(b"chunk-size "):].decode("ascii", "replace")
+    if not text.isdigit() or text.startswith("0"):
+        raise Refused("chunk size %r is not a decimal number" % text)
+    n = int(text)
+    if n & (n - 1) or not MIN_SIGNED_CHUNK_SIZE <= n <= MAX_CHUNK_SIZE:
+        raise Refused("chunk size must be a power of two from %d to %d" % (MIN_SIGNED_CHUNK_SIZE, MAX_CHUNK_SIZE))
+    return n
+
+
+def verify_manifest(key, root, text):
+    """Format 3: the manifest against the walk and the MAC, reading no file; then every chunk."""
+    if not text.endswith(b"\n"):
+        raise Refused("the last line is unterminated")
+    lines = text[:-1].split(b"\n")
+    if len(lines) < 3 or not lines[2].startswith(b"hmac-sha256 "):
+        raise Refused("expected the chunk-size and hmac-sha256 lines")
+    chunk_size = signed_chunk_size(lines[1])
+    signed_mac, manifest = lines[2][len(b"hmac-sha256 "):], lines[3:]
+    if not re.fullmatch(b"[0-9a-f]{64}", signed_mac):
+        raise Refused("hmac-sha256 is not 64 lowercase hex digits")
+    mac = chunked_mac(key, CHUNKED_HEADERS["manifest"], chunk_size)
+    files = []
+    for kind, rel, path, size in walk(root):
+        if kind == "D":
+            mac.update(record(kind, rel))
+            continue
+        if len(files) == len(manifest):
+            raise Refused("the manifest lists %d files, the folder holds more" % len(manifest))
+        line = manifest[len(files)]
+        chunks = -(-size // chunk_size)
+        if len(line) != 64 * chunks or not re.fullmatch(b"[0-9a-f]*", line):
+            raise Refused("manifest line %d is not %d chunk digests in lowercase hex" % (len(files) + 1, chunks))
+        digests = bytes.fromhex(line.decode("ascii"))
+        mac.update(record(kind, rel, size, hashlib.sha256(digests).digest()))
+        files.append((rel, path, size, digests))
+    if len(files) != len(manifest):
+        raise Refused("the manifest lists %d files, the folder holds %d" % (len(manifest), len(files)))
+    if not hmac.compare_digest(mac.hexdigest().encode(), signed_mac):
+        raise Refused("HMAC mismatch")
+    for rel, path, size, digests in files:
+        for i, chunk in enumerate(read_pieces(path, size, chunk_size)):
+            if hashlib.sha256(chunk).digest() != digests[32 * i:32 * (i + 1)]:
+                first = i * chunk_size
+                raise Refused("checkpoint file '%s' differs from what was signed in bytes %d\u2013%d"
+                              % (rel.decode(), first, first + len(chunk) - 1))
+
+
+def verify(key, root):
+    with open(os.path.join(root, SIGNATURE), "rb") as f:
+        text = f.read()
+    if text.startswith(CHUNKED_HEADERS["manifest"] + b"\n"):
+        verify_manifest(key, root, text)
+    elif text.startswith(CHUNKED_HEADERS["chunked"] + b"\n"):
+        lines = text.split(b"\n")
+        chunk_size = signed_chunk_size(lines[1]) if len(lines) > 1 else 0
+        if text != chunked_signature(key, root, chunk_size).encode():
+            raise Refused("HMAC mismatch, or not the one form of a version 2 signature")
+    elif text.startswith(FAMILY):
+        raise Refused("unknown signature version")
+    elif not hmac.compare_digest(text.strip(b" \t\r\n"), seed_mac(key, root).encode()):
+        raise Refused("HMAC mismatch")
+    return "verified\n"
 
 
 def parse_chunk_size(text):
@@ -159,12 +260,14 @@ def run(args):
         arg = args.pop(0)
         if arg == "--format" and args:
             mode = args.pop(0)
-            if mode not in ("seed", "chunked"):
+            if mode not in ("seed", "chunked", "manifest"):
                 raise Usage("unknown format %r" % mode)
         elif arg == "--chunk-size" and args:
             chunk_size = parse_chunk_size(args.pop(0))
         elif arg == "--file-digest":
             mode = "file-digest"
+        elif arg == "--verify":
+            mode = "verify"
         elif arg.startswith("--"):
             raise Usage("unknown option %r" % arg)
         else:
@@ -177,8 +280,10 @@ def run(args):
     if len(operands) != 2:
         raise Usage("expected DIR KEYFILE")
     root, key = os.fsencode(operands[0]), read_key(operands[1])
-    if mode == "chunked":
-        return chunked_signature(key, root, chunk_size)
+    if mode == "verify":
+        return verify(key, root)
+    if mode in CHUNKED_HEADERS:
+        return chunked_signature(key, root, chunk_size, mode)
     return seed_mac(key, root) + "\n"
 
 
@@ -187,7 +292,8 @@ def main(argv):
         sys.stdout.write(run(argv[1:]))
     except Usage as e:
         sys.stderr.write("seed_hmac.py: %s\n"
-                         "usage: seed_hmac.py [--format seed|chunked] [--chunk-size N] DIR KEYFILE\n"
+                         "usage: seed_hmac.py [--format seed|chunked|manifest] [--chunk-size N] DIR KEYFILE\n"
+                         "       seed_hmac.py --verify DIR KEYFILE\n"
                          "       seed_hmac.py --file-digest [--chunk-size N] FILE\n" % e)
         return 2
     except Refused as e:

@@ -2,8 +2,10 @@
  * checkpoint signed by HMAC-SHA256 over its whole folder and verified before CRIU reads it.
  *
  * The C ABI is stable: enum values are written out and never change, handles are opaque.
- * Every function returns an nc_status; on failure nc_last_error() says what went wrong and what
- * to do, for the calling thread. */
+ * Every function that can fail returns an nc_status. What went wrong and what to do is said in
+ * three places: in the nc_error the caller passes to the function's _e twin (nc_verify_e for
+ * nc_verify, ...; see "Errors" at the end), which nothing ties to a thread; in the nc_options
+ * handle for its setters (nc_options_error); and in nc_last_error(), the calling thread's. */
 #ifndef NUCLEUS_CHECKPOINT_H
 #define NUCLEUS_CHECKPOINT_H
 
@@ -17,6 +19,7 @@ extern "C" {
 #endif
 
 typedef struct nc_runtime nc_runtime;
+typedef struct nc_error nc_error; /* one call's outcome, owned by the caller (see "Errors" at the end) */
 
 typedef enum nc_status {
   NC_OK = 0,
@@ -39,13 +42,34 @@ NC_EXPORT nc_status nc_runtime_new_with_criu(const char *criu_path, nc_runtime *
 NC_EXPORT void nc_runtime_free(nc_runtime *rt); /* accepts NULL */
 
 /* Dumps the process tree rooted at pid into dir (created 0700; CRIU's images in dir/images),
- * writes metadata.json and signs the folder. Needs root. With leave_running the tree keeps
- * running; otherwise CRIU stops it once the dump is complete. */
+ * writes metadata.json and signs the folder. Needs root. The tree is frozen while CRIU dumps it.
+ * With leave_running it then runs on. Otherwise it stays stopped until the checkpoint is signed
+ * and in place, and is then killed (SIGKILL to every process of the tree); if anything fails
+ * before that, it is resumed and runs on. Killed processes that were the caller's children must
+ * be reaped by the caller (waitpid) before the tree can be restored: a zombie holds its PID.
+ * The tree's descriptors: see nc_restore. */
 NC_EXPORT nc_status nc_checkpoint(nc_runtime *rt, const char *container_id, pid_t pid, const char *dir,
                         int leave_running);
 
 /* Verifies dir and, only if it verifies, restores the tree; returns as soon as it runs, with
- * the restored root's PID. The tree runs on detached (reparented to the nearest subreaper). */
+ * the restored root's PID. The tree runs on detached (reparented to the nearest subreaper).
+ *
+ * PIDs: a tree in the caller's PID namespace gets its very PIDs back, so each must be free: held
+ * by a running process, the restore fails (NC_E_CRIU, naming it); held by a zombie, it is retried
+ * for up to 5 s, then fails. A tree with a PID namespace of its own (a container) gets its PIDs
+ * inside that namespace back, in a new namespace, while its host PIDs are new: *restored_pid is
+ * the root's PID as the caller's namespace sees it.
+ *
+ * Descriptors: CRIU reopens regular files at their paths (one removed since the dump fails the
+ * restore; one deleted before it travels in the images), /dev/null and other devices, and pipes
+ * and sockets between processes of the tree. What the tree shared with processes outside it
+ * cannot come back whole: a pipe to the caller (stdio inherited from a parent that is not a
+ * terminal included) is restored with nobody at the far end, so the tree's first write to it kills
+ * it with SIGPIPE, unless the restorer hands in a new far side (nc_options_add_inherit_fd, key
+ * "stdin", "stdout", "stderr" or CRIU's "pipe:[INODE]"); a UNIX socket connected outside fails the
+ * dump (NC_E_CRIU) unless ext-unix-sk. A terminal (stdio inherited from an interactive shell)
+ * fails the restore: CRIU runs without one. So start a tree to be checkpointed with stdio on
+ * /dev/null, on files, or on pipes its restorer will hand back. */
 NC_EXPORT nc_status nc_restore(nc_runtime *rt, const char *dir, pid_t *restored_pid);
 
 /* Called from the calling thread as signing and verifying hash file bytes, with the running
@@ -53,11 +77,13 @@ NC_EXPORT nc_status nc_restore(nc_runtime *rt, const char *dir, pid_t *restored_
  * (256 MiB) in the chunked one. */
 typedef void (*nc_progress_fn)(unsigned long long bytes_hashed, void *user);
 
-/* The two signature formats (the README specifies both); verification recognises either. */
+/* The signature formats (the README specifies them); verification recognises each. */
 typedef enum nc_signature_format {
   NC_SIGNATURE_SEED = 1,   /* nucleus-container 0.3.3's: one serial HMAC-SHA256 over the sorted tree */
-  NC_SIGNATURE_CHUNKED = 2 /* per-file chunked SHA-256 digests bound by one HMAC-SHA256: hashed on
-                              every core, and during the dump itself; what dumps write by default */
+  NC_SIGNATURE_CHUNKED = 2, /* per-file chunked SHA-256 digests bound by one HMAC-SHA256: hashed on
+                               every core, and during the dump itself */
+  NC_SIGNATURE_MANIFEST = 3 /* chunked, and every chunk's digest listed under the HMAC, so that a
+                               restore can check each chunk alone; what dumps write by default */
 } nc_signature_format;
 
 /* Write dir/checkpoint.hmac with the key store's key (created if there is none); nc_sign and
@@ -82,9 +108,15 @@ NC_EXPORT void nc_free(void *p); /* accepts NULL */
 NC_EXPORT nc_status nc_set_max_checkpoint_bytes(unsigned long long bytes);
 
 /* The key store: its path (copied into buf, NUL-terminated), and creating its key if there is
- * none (*created is set to 1 if this call created it). */
+ * none (*created is set to 1 if this call created it). nc_key_path fails with NC_E_INVALID,
+ * writing nothing, if buf is NULL or smaller than the path. */
 NC_EXPORT nc_status nc_key_path(char *buf, size_t size);
 NC_EXPORT nc_status nc_keygen(int *created);
+/* nc_key_path that reports the size the path needs, snprintf style: *needed (needed must not be
+ * NULL) is set to the path's length plus its NUL whenever the path is known. buf NULL with size 0
+ * asks for the size alone: NC_OK. A buf smaller than *needed: NC_E_INVALID, buf[0] = '\0' if size
+ * is not 0; call again with *needed bytes. Since 0.2. */
+NC_EXPORT nc_status nc_key_path_ex(char *buf, size_t size, size_t *needed);
 
 /* --- Options (ABI-stable: an opaque handle with setters; new options only add setters) --- */
 
@@ -103,25 +135,36 @@ typedef enum nc_restore_mode {
   NC_RESTORE_CHILD = 1     /* the caller's child, which it can waitpid() for (CRIU's --restore-sibling) */
 } nc_restore_mode;
 
+/* Every setter returns NC_E_INVALID for a NULL handle or a value it refuses, and records its outcome
+ * (NC_OK included) in the handle: nc_options_error. A handle may be read by several calls at once
+ * (nc_checkpoint_ex and nc_restore_ex take it const), but set by one thread at a time. Each setter
+ * says whether the option applies to the dump, the restore or both; one set for an action it does
+ * not apply to is ignored there. */
 NC_EXPORT nc_status nc_options_new(nc_options **out); /* defaults: shell-job on, log level 4, no timeout,
-                                                         chunked signature */
+                                                         the default signature, streamed restore */
 NC_EXPORT void nc_options_free(nc_options *opts);     /* accepts NULL */
-NC_EXPORT nc_status nc_options_set_leave_running(nc_options *opts, int on);
-NC_EXPORT nc_status nc_options_set_shell_job(nc_options *opts, int on);
-NC_EXPORT nc_status nc_options_set_tcp_established(nc_options *opts, int on);
-NC_EXPORT nc_status nc_options_set_tcp_close(nc_options *opts, int on);
-NC_EXPORT nc_status nc_options_set_ext_unix_sk(nc_options *opts, int on);
-NC_EXPORT nc_status nc_options_set_file_locks(nc_options *opts, int on);
-NC_EXPORT nc_status nc_options_set_manage_cgroups(nc_options *opts, nc_cgroup_mode mode);
-NC_EXPORT nc_status nc_options_add_external(nc_options *opts, const char *spec); /* CRIU's --external */
-NC_EXPORT nc_status nc_options_set_work_dir(nc_options *opts, const char *dir);  /* CRIU's logs there */
-NC_EXPORT nc_status nc_options_set_log_level(nc_options *opts, int level);       /* 0 to 4 */
-NC_EXPORT nc_status nc_options_set_timeout_ms(nc_options *opts, unsigned int ms); /* 0: none */
-NC_EXPORT nc_status nc_options_set_restore_mode(nc_options *opts, nc_restore_mode mode);
-/* The dumped process's start time (field 22 of /proc/PID/stat) as the caller recorded it: if the
- * PID now belongs to a process that started at another time, the dump is refused (NC_E_NOT_FOUND). */
+NC_EXPORT nc_status nc_options_set_leave_running(nc_options *opts, int on);  /* dump: the tree runs on */
+NC_EXPORT nc_status nc_options_set_shell_job(nc_options *opts, int on);      /* both (default on) */
+NC_EXPORT nc_status nc_options_set_tcp_established(nc_options *opts, int on); /* both */
+NC_EXPORT nc_status nc_options_set_tcp_close(nc_options *opts, int on);       /* both */
+NC_EXPORT nc_status nc_options_set_ext_unix_sk(nc_options *opts, int on);     /* both */
+NC_EXPORT nc_status nc_options_set_file_locks(nc_options *opts, int on);      /* both */
+NC_EXPORT nc_status nc_options_set_manage_cgroups(nc_options *opts, nc_cgroup_mode mode); /* both */
+/* Both: CRIU's --external; at dump "mnt[MOUNTPOINT]:KEY", "net[INODE]:KEY", "pid[INODE]:KEY",
+ * "dev[MAJOR/MINOR]:KEY", at restore "mnt[KEY]:HOST_PATH", "dev[KEY]:HOST_PATH". */
+NC_EXPORT nc_status nc_options_add_external(nc_options *opts, const char *spec);
+NC_EXPORT nc_status nc_options_set_work_dir(nc_options *opts, const char *dir);  /* both: CRIU's logs there */
+NC_EXPORT nc_status nc_options_set_log_level(nc_options *opts, int level);       /* both: 0 to 4 */
+NC_EXPORT nc_status nc_options_set_timeout_ms(nc_options *opts, unsigned int ms); /* both: 0: none */
+NC_EXPORT nc_status nc_options_set_restore_mode(nc_options *opts, nc_restore_mode mode); /* restore */
+/* Restore: 1 (the default) streams the images to CRIU through the library, which checks every
+ * chunk against the signature before CRIU reads it; 0 restores from the folder after verifying it
+ * whole (the older, slower path). Since 0.2. */
+NC_EXPORT nc_status nc_options_set_image_stream(nc_options *opts, int enabled);
+/* Dump: the dumped process's start time (field 22 of /proc/PID/stat) as the caller recorded it: if
+ * the PID now belongs to a process that started at another time, the dump is refused (NC_E_NOT_FOUND). */
 NC_EXPORT nc_status nc_options_set_start_ticks(nc_options *opts, unsigned long long start_ticks);
-/* The format nc_checkpoint_ex signs in (default NC_SIGNATURE_CHUNKED). */
+/* Dump: the format nc_checkpoint_ex signs in (default NC_SIGNATURE_MANIFEST). */
 NC_EXPORT nc_status nc_options_set_signature_format(nc_options *opts, nc_signature_format format);
 
 /* nc_checkpoint and nc_restore with options; opts may be NULL for the defaults. */
@@ -252,8 +295,71 @@ NC_EXPORT const char *nc_version_string(void); /* this library's version, "0.1.0
 NC_EXPORT nc_status nc_criu_version(const nc_runtime *rt, int *major, int *minor, int *patch);
 NC_EXPORT nc_status nc_criu_check(const nc_runtime *rt); /* runs `criu check`: NC_OK or NC_E_CRIU */
 
-NC_EXPORT const char *nc_last_error(void); /* this thread's last failure message; "" if none */
-NC_EXPORT const char *nc_status_name(nc_status s);
+NC_EXPORT const char *nc_status_name(nc_status s); /* "NC_E_INTEGRITY"; the library's, never freed */
+
+/* --- Errors ---
+ *
+ * nc_last_error(): the calling thread's message of its latest call that returned an nc_status
+ * (nc_error_status aside): "" if that call succeeded, or if there was none. Every such call, on
+ * this thread, replaces it; the other functions (the *_free ones, nc_free, nc_last_error,
+ * nc_status_name, nc_version_string, nc_error_message and the other nc_error_* readers,
+ * nc_options_error) leave it alone. The pointer is valid until the next such call on this thread,
+ * or the thread's exit. Where calls do not stay on one thread (Go's goroutines move between
+ * threads between two calls), use the _e twins instead. */
+NC_EXPORT const char *nc_last_error(void);
+
+/* An nc_error holds one call's outcome: made by nc_error_new, passed as the last argument of any
+ * _e function (which also sets nc_last_error() as its twin does), read with the functions below, and
+ * freed with nc_error_free. Each _e call resets it: on success it reads NC_OK, "", -1, "". Nothing
+ * ties it to a thread; it must not be used by two calls at once. An _e function accepts NULL for
+ * err (its twin's behaviour). The readers accept NULL as an empty error. Since 0.2. */
+NC_EXPORT nc_status nc_error_new(nc_error **out);
+NC_EXPORT void nc_error_free(nc_error *err); /* accepts NULL */
+NC_EXPORT nc_status nc_error_status(const nc_error *err);
+/* What went wrong and what to do; "" after a success. Valid until err is passed to another call or
+ * freed. */
+NC_EXPORT const char *nc_error_message(const nc_error *err);
+/* Where a dump's or a restore's run of CRIU failed (NC_E_CRIU): CRIU's exit code, or -1 if it did
+ * not exit (killed, timed out, its status taken by a reaper of the caller's). -1 for every other
+ * failure, NC_E_CRIU ones the library diagnoses itself included (a PID the tree needs is taken,
+ * CRIU too old). */
+NC_EXPORT int nc_error_criu_exit_code(const nc_error *err);
+/* With nc_error_criu_exit_code's failures: CRIU's own Error lines from its log (at most ten), else
+ * its console output, each ending in '\n'; "" for any other. The message quotes them too. Valid
+ * until err is passed to another call or freed. */
+NC_EXPORT const char *nc_error_criu_lines(const nc_error *err);
+/* The outcome of the latest setter called on opts (NC_OK and "" after a success, or before any);
+ * NULL if opts is NULL. Owned by opts: valid until opts is freed, its strings until its next setter
+ * call. */
+NC_EXPORT const nc_error *nc_options_error(const nc_options *opts);
+
+/* The _e twins: each does what the function without _e does, and fills err. */
+NC_EXPORT nc_status nc_runtime_new_e(nc_runtime **out, nc_error *err);
+NC_EXPORT nc_status nc_runtime_new_with_criu_e(const char *criu_path, nc_runtime **out, nc_error *err);
+NC_EXPORT nc_status nc_checkpoint_e(nc_runtime *rt, const char *container_id, pid_t pid, const char *dir,
+                                    int leave_running, nc_error *err);
+NC_EXPORT nc_status nc_checkpoint_ex_e(nc_runtime *rt, const char *container_id, pid_t pid, const char *dir,
+                                       const nc_options *opts, nc_error *err);
+NC_EXPORT nc_status nc_restore_e(nc_runtime *rt, const char *dir, pid_t *restored_pid, nc_error *err);
+NC_EXPORT nc_status nc_restore_ex_e(nc_runtime *rt, const char *dir, const nc_options *opts, pid_t *restored_pid,
+                                    nc_error *err);
+NC_EXPORT nc_status nc_restore_pidfd_e(nc_runtime *rt, const char *dir, const nc_options *opts, pid_t *restored_pid,
+                                       int *pidfd, nc_error *err);
+NC_EXPORT nc_status nc_sign_e(const char *dir, nc_error *err);
+NC_EXPORT nc_status nc_verify_e(const char *dir, nc_error *err);
+NC_EXPORT nc_status nc_sign_progress_e(const char *dir, nc_progress_fn progress, void *user, nc_error *err);
+NC_EXPORT nc_status nc_verify_progress_e(const char *dir, nc_progress_fn progress, void *user, nc_error *err);
+NC_EXPORT nc_status nc_sign_ex_e(const char *dir, nc_signature_format format, nc_progress_fn progress, void *user,
+                                 nc_error *err);
+NC_EXPORT nc_status nc_signature_format_of_e(const char *dir, nc_signature_format *format_out, nc_error *err);
+NC_EXPORT nc_status nc_read_metadata_e(const char *dir, char **json_out, nc_error *err);
+NC_EXPORT nc_status nc_set_max_checkpoint_bytes_e(unsigned long long bytes, nc_error *err);
+NC_EXPORT nc_status nc_key_path_e(char *buf, size_t size, nc_error *err);
+NC_EXPORT nc_status nc_key_path_ex_e(char *buf, size_t size, size_t *needed, nc_error *err);
+NC_EXPORT nc_status nc_keygen_e(int *created, nc_error *err);
+NC_EXPORT nc_status nc_options_new_e(nc_options **out, nc_error *err);
+NC_EXPORT nc_status nc_criu_version_e(const nc_runtime *rt, int *major, int *minor, int *patch, nc_error *err);
+NC_EXPORT nc_status nc_criu_check_e(const nc_runtime *rt, nc_error *err);
 
 #ifdef __cplusplus
 }

@@ -1,5 +1,6 @@
 #include "criu/criu_log.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <vector>
 
@@ -15,6 +16,9 @@ namespace {
 
 constexpr std::size_t max_log_read = 64u << 20;
 constexpr std::size_t max_lines = 10;
+constexpr std::string_view no_error = "CRIU logged no error";
+constexpr std::string_view vdso_hint =
+    ". This CRIU does not understand this kernel's vDSO layout: install CRIU >= 4.1 (scripts/install-criu.sh)";
 
 std::string_view trim(std::string_view s) {
   const auto first = s.find_first_not_of(" \t\r\n");
@@ -46,10 +50,23 @@ std::string criu_errors(int dir_fd, const std::string& log_name, std::string_vie
     if (errors.size() < max_lines) errors.push_back(trim(line));
   }
   std::string out = errors.empty() ? std::string(trim(console_output)) : fmt::format("{}", fmt::join(errors, "; "));
-  if (out.empty()) out = "CRIU logged no error";
-  if (vdso)
-    out += ". This CRIU does not understand this kernel's vDSO layout: install CRIU >= 4.1 (scripts/install-criu.sh)";
+  if (out.empty()) out = no_error;
+  if (vdso) out += vdso_hint;
   return out;
+}
+
+std::vector<std::string> criu_error_lines(std::string_view errors) {
+  if (errors.ends_with(vdso_hint)) errors.remove_suffix(vdso_hint.size());
+  std::vector<std::string> lines;
+  if (errors == no_error) return lines;
+  // criu_errors joins the log's lines with "; " (as criu_hint reads them); console output keeps its own.
+  while (!errors.empty()) {
+    const auto end = std::min(errors.find("; "), errors.find('\n'));
+    const std::string_view line = trim(errors.substr(0, end));
+    if (!line.empty()) lines.emplace_back(line);
+    errors = end == std::string_view::npos ? std::string_view{} : errors.substr(end + (errors[end] == '\n' ? 1 : 2));
+  }
+  return lines;
 }
 
 namespace {

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace nucleus::checkpoint {
 
@@ -13,6 +14,10 @@ namespace nucleus::checkpoint {
 // RLIMIT_NOFILE one left out), else its console output; with a hint when the failure is one
 // the library knows (a CRIU too old for the kernel's vDSO).
 std::string criu_errors(int dir_fd, const std::string& log_name, std::string_view console_output);
+
+// The lines of a criu_errors text, each CRIU's own (its log's "Error (...)" lines, or its
+// console output's lines), without the library's hint; none for "CRIU logged no error".
+std::vector<std::string> criu_error_lines(std::string_view criu_errors);
 
 // What a known failure among criu_errors' lines means and what fixes it, in the caller's terms
 // (which mount, descriptor or option); "" for one the library does not know.

@@ -147,7 +147,7 @@ void NotifyChannel::serve() noexcept {
 Notifications::Notifications(const NotifyCallback& callback) {
   if (!callback) return;
   channel_.emplace(callback);
-  watch_ = ProcessWatch{channel_->request_fd(), [this] { channel_->serve(); }};
+  watch_ = ProcessWatch{channel_->request_fd(), [this] { channel_->serve(); }, {}};
 }
 
 void Notifications::add_args(std::vector<std::string>& args) const {

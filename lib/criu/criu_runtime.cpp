@@ -227,6 +227,12 @@ CheckpointState CriuRuntime::begin(CheckpointState target) {
   std::lock_guard lock(mutex_);
   // A finished dump or restore is final for that operation; the next one starts from None.
   if (state_ == CheckpointState::Dumped || state_ == CheckpointState::Restored) state_ = CheckpointState::None;
+  // Busy: said in the caller's terms (transition() would say "from Dumping to Restoring").
+  if (state_ == CheckpointState::Dumping || state_ == CheckpointState::Restoring)
+    throw Error(Status::state, fmt::format("cannot {}: this runtime is already {}; a runtime (nc_runtime, CriuRuntime) runs "
+                                           "one operation at a time: use one runtime per thread",
+                                           target == CheckpointState::Dumping ? "dump" : "restore",
+                                           state_ == CheckpointState::Dumping ? "dumping" : "restoring"));
   state_ = transition(state_, target);
   return state_;
 }

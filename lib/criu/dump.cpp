@@ -25,6 +25,7 @@
 #include "signature/live_digests.hpp"
 #include "container/container_scan.hpp"
 #include "criu/criu_tools.hpp"
+#include "criu/dump_guardian.hpp"
 #include "criu/proc.hpp"
 #include "criu/runtime_support.hpp"
 #include "criu/subprocess.hpp"
@@ -129,13 +130,13 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
 }
 
 void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options) {
-  checkpoint(container, dir, options, SignatureFormat::chunked);
+  checkpoint(container, dir, options, SignatureFormat::manifest);
 }
 
 void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options,
                              SignatureFormat format) {
   require_root("Checkpoint");
-  if (format != SignatureFormat::seed && format != SignatureFormat::chunked)
+  if (format != SignatureFormat::seed && format != SignatureFormat::chunked && format != SignatureFormat::manifest)
     throw Error(Status::invalid, fmt::format("unknown signature format {}", static_cast<int>(format)));
   if (container.id.empty()) throw Error(Status::invalid, "container id is empty");
   if (container.pid <= 0) throw Error(Status::invalid, fmt::format("PID {} is not a process", container.pid));
@@ -193,13 +194,18 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
     // parent, which CRIU writes for each) are compared instead of hashed again.
     TwinChunks twins;
     std::optional<LiveDigests> live;
-    if (format == SignatureFormat::chunked && options.leave_running)
+    if (format != SignatureFormat::seed && options.leave_running)
       live.emplace(cd.images(), ChunkedSignature::default_chunk_size, &twins);
     // In a process group of its own: killed at its timeout, CRIU can leave a stopped helper of
     // its own behind, which goes with it. (Not for restores: with shell_job, CRIU puts the
     // restored tree into its own process group.)
+    // Should the caller die from here until the tree is dealt with, the guardian resumes the tree.
+    const DumpGuardian guardian(container.pid, root.pidfd.get(), cd);
+    ProcessWatch watch = notifications.watch() ? *notifications.watch() : ProcessWatch{};
+    watch.on_start = [&guardian](pid_t criu) { guardian.criu_started(criu); };
     const ProcessResult r = run_process(binary_fd_, "criu", args, {cd.images(), work_fd}, criu_environment(),
-                                        options.timeout, ProcessGroup::own, notifications.watch());
+                                        options.timeout, ProcessGroup::own, &watch);
+    guardian.criu_ended();
     StartedDigests started = live ? live->stop() : StartedDigests();
     if (!r.succeeded_by(r.status_lost ? log_tail(work_fd, "dump.log") : "", "Dumping finished successfully")) {
       // CRIU resumes the tree when it fails; killed, it may have left it stopped: resume it.
@@ -207,7 +213,7 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
       const std::string errors = criu_errors(work_fd, "dump.log", r.output);
       const std::string refusal = notifications.refusal();
       const std::string hint = refusal.empty() ? criu_hint(errors) : refusal;
-      throw Error(Status::criu, fmt::format("criu dump of PID {} ({}) failed ({}): {}{}. Full log: {}{}", container.pid,
+      throw CriuError(r.exit_code, criu_error_lines(errors), fmt::format("criu dump of PID {} ({}) failed ({}): {}{}. Full log: {}{}", container.pid,
                                             process.comm, r.describe(), hint.empty() ? "" : hint + ". CRIU said: ", errors,
                                             work ? (options.work_dir / "dump.log").native() : keep_failed_log(cd),
                                             r.timed_out ? ". The tree runs on: CRIU's parasite code removes itself "
@@ -222,8 +228,8 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
       make_tree_private(cd.dir());  // CRIU writes its images 0644; they hold process memory
       write_runtime_files(cd.dir(), container.runtime_files);
       metadata.save(cd.dir());
-      if (format == SignatureFormat::chunked) sign_chunked(cd.dir(), key, {}, &started, &twins);
-      else HmacTree::sign_as(cd.dir(), key, SignatureFormat::seed);
+      if (format == SignatureFormat::seed) HmacTree::sign_as(cd.dir(), key, SignatureFormat::seed);
+      else sign_chunked(cd.dir(), key, {}, &started, &twins, format);
       cd.commit();
     } catch (...) {
       if (!options.leave_running) tree.signal(SIGCONT);

@@ -29,6 +29,9 @@
 #include "criu/proc.hpp"
 #include "criu/runtime_support.hpp"
 #include "criu/subprocess.hpp"
+#include "signature/chunked_digest.hpp"
+#include "signature/signed_manifest.hpp"
+#include "stream/image_server.hpp"
 #include "checkpoint/utf8.hpp"
 #include <nucleus/checkpoint_version.h>
 
@@ -93,6 +96,40 @@ pid_t read_restored_pid(int work_fd) {
   return *pid;
 }
 
+// metadata.json as signed: read once, checked against the manifest, parsed from those bytes.
+CheckpointMetadata verified_metadata(int dir_fd, const SignedManifest& manifest) {
+  const ManifestFile* signed_file = manifest.find(CheckpointMetadata::file_name);
+  if (!signed_file)
+    throw Error(Status::integrity, fmt::format("the checkpoint has no signed {}", CheckpointMetadata::file_name));
+  const std::string text =
+      read_file_at(dir_fd, CheckpointMetadata::file_name, CheckpointMetadata::max_size, "checkpoint metadata");
+  const std::uint64_t chunk = manifest.chunk_size();
+  if (text.size() != signed_file->size)
+    throw Error(Status::integrity, fmt::format("{} changed since it was signed", CheckpointMetadata::file_name));
+  for (std::uint64_t i = 0; i < signed_file->chunks.size(); ++i)
+    check_chunk(*signed_file, chunk, i, text.data() + i * chunk,
+                static_cast<std::size_t>(std::min<std::uint64_t>(chunk, text.size() - i * chunk)));
+  // The rest outside images/ (CRIU's dump log, the runtime's files) is verified whole now: CRIU
+  // reads none of it, and a restore proceeds only if every file is as signed.
+  for (const ManifestFile& file : manifest.files())
+    if (!std::string_view(file.path).starts_with("images/") && file.path != CheckpointMetadata::file_name)
+      verify_file(open_beneath(dir_fd, file.path, "checkpoint file").get(), file, chunk, hash_threads());
+  return CheckpointMetadata::from_json(text);
+}
+
+// After a streamed restore: a chunk not as signed (met while CRIU read, or at pre-resume) is the
+// failure to report, whatever CRIU said. Nothing of the tree ran: CRIU stopped, or the tree was
+// killed at pre-resume, before it resumed.
+void refuse_unverified(ImageServer& stream, const fs::path& dir) {
+  if (stream.verified()) return;  // at pre-resume: the tree resumed as signed
+  try {
+    stream.rethrow_failure();
+  } catch (const Error& e) {
+    throw Error(e.status(), fmt::format("{} was refused while CRIU restored it: {}. Nothing of it ran", dir.native(),
+                                        e.what()));
+  }
+}
+
 bool restored_tree_runs(int work_fd) {
   try {
     const pid_t pid = read_restored_pid(work_fd);
@@ -147,12 +184,21 @@ RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions
   begin(CheckpointState::Restoring);
   const RestoredTree restored = guarded(*this, &CriuRuntime::finish, [&] {
     const UniqueFd dir_fd = open_dir(dir, "checkpoint directory");
-    // Nothing but root may be able to change what is verified, or it could change before CRIU
-    // reads it; nothing of the checkpoint is parsed, and nothing of CRIU runs, before it verifies.
-    require_private_tree(dir_fd.get());
-    if (key_) HmacTree::verify(dir_fd.get(), *key_);
-    else HmacTree::verify(dir_fd.get(), KeyStore());
-    const CheckpointMetadata metadata = CheckpointMetadata::load(dir_fd.get());
+    // Nothing of the checkpoint is parsed, and nothing of CRIU runs, before it verifies. Streamed:
+    // the signature's manifest is authenticated first (no file read), the files CRIU does not read
+    // are verified whole, and the images are checked chunk by chunk before CRIU reads them.
+    // Otherwise (asked for, or an older signature format) the whole folder verifies first, and
+    // nothing but root may be able to change it before CRIU reads it.
+    // An unsigned or malformed folder is refused as such, before a missing key could be reported.
+    const SignatureFormat format = HmacTree::format_of(dir_fd.get());
+    std::optional<HmacKey> loaded;
+    const HmacKey& key = key_ ? *key_ : loaded.emplace(KeyStore().load());
+    std::optional<SignedManifest> manifest;
+    if (options.stream_images && format == SignatureFormat::manifest) manifest = SignedManifest::load(dir_fd.get(), key);
+    require_private_tree(dir_fd.get(), manifest ? OpenWriters::allow : OpenWriters::refuse);
+    if (!manifest) HmacTree::verify(dir_fd.get(), key);
+    const CheckpointMetadata metadata =
+        manifest ? verified_metadata(dir_fd.get(), *manifest) : CheckpointMetadata::load(dir_fd.get());
     require_expected(metadata, options, dir);
     UniqueFd images;
     try {
@@ -171,15 +217,31 @@ RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions
     RestoreWorkDir work(options.work_dir);
     fds[1] = work.dir;
     auto args = criu_restore_args(proc_fd_path(child_fd(0)), proc_fd_path(child_fd(1)), plan.options, plan.inherited);
-    const Notifications notifications(options.notify);
+    if (manifest) args.emplace_back("--stream");
+    // While the restored tree is still stopped (pre-resume), whatever CRIU did not read whole is
+    // verified too: the tree runs only if the whole checkpoint is as signed.
+    ImageServer* server = nullptr;
+    const NotifyCallback notify = !manifest ? options.notify : [&](const NotifyEvent& event) {
+      if (event.what == CriuNotification::pre_resume) server->verify_rest();
+      return !options.notify || options.notify(event);
+    };
+    const Notifications notifications(notify);
     notifications.add_args(args);
     const std::uint64_t started = boot_ticks_now();
     const auto deadline = std::chrono::steady_clock::now() + zombie_grace;
     for (;;) {
       ::unlinkat(work.dir, "restore.pid", 0);
+      std::optional<ImageServer> stream;
+      if (manifest) {
+        stream.emplace(images.get(), *manifest);
+        server = &*stream;
+        fds[0] = stream->dir();
+      }
       const ProcessResult r =
           run_process(binary_fd_, "criu", args, fds, criu_environment(), options.timeout, ProcessGroup::caller,
                       notifications.watch());
+      // A byte not as signed stopped the restore before the tree ran, whatever CRIU reports.
+      if (stream) refuse_unverified(*stream, dir);
       // CRIU writes the pidfile once the tree is restored; killed at its timeout after that, the
       // tree runs and the restore has succeeded.
       if (r.succeeded_by(r.status_lost ? log_tail(work.dir, "restore.log") : "", "Restore finished successfully") ||
@@ -202,17 +264,18 @@ RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions
                       r.timed_out ? ". What CRIU had restored dies with it; the checkpoint is unchanged and can be "
                                     "restored again" : "");
       const auto taken = taken_pid(failure);
-      if (!taken || r.timed_out) throw Error(Status::criu, failure);
+      if (!taken || r.timed_out) throw CriuError(r.exit_code, criu_error_lines(errors), failure);
       if (process_exists(*taken) && !process_is_zombie(*taken))
-        throw Error(Status::criu, fmt::format("cannot restore: PID {} that the checkpoint needs is taken by {}; stop "
-                                              "that process (or restore into a new PID namespace) and retry. {}",
-                                              *taken, describe_process(*taken), failure));
+        throw CriuError(r.exit_code, criu_error_lines(errors),
+                        fmt::format("cannot restore: PID {} that the checkpoint needs is taken by {}; stop that process "
+                                    "(or restore into a new PID namespace) and retry. {}",
+                                    *taken, describe_process(*taken), failure));
       // The PID is held by an exited process not yet reaped: a zombie, or a zombie's process group
       // or session. Its parent (or PID 1) reaps it soon; retry until then, bounded.
       if (std::chrono::steady_clock::now() > deadline)
-        throw Error(Status::criu, fmt::format("cannot restore: PID {} that the checkpoint needs is still held by an "
-                                              "exited process nobody has reaped (its parent must wait() for it). {}",
-                                              *taken, failure));
+        throw CriuError(r.exit_code, criu_error_lines(errors),
+                        fmt::format("cannot restore: PID {} that the checkpoint needs is still held by an exited "
+                                    "process nobody has reaped (its parent must wait() for it). {}", *taken, failure));
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   });

@@ -106,7 +106,7 @@ bool wait_exit(int pidfd, std::chrono::milliseconds timeout, const ProcessWatch*
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw system_error(Status::internal, errno, "poll on a pidfd failed");
     if (n > 0 && p[0].revents != 0) return true;
-    if (n > 0 && p[1].revents != 0) {
+    if (n > 0 && p[1].revents != 0 && watch->fd >= 0) {
       watch->on_readable();
       continue;
     }
@@ -153,6 +153,7 @@ ProcessResult run_process(int program_fd, const std::string& program_name, const
   ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid < 0) throw system_error(Status::internal, clone_errno, fmt::format("cannot start {}", program_name));
   const UniqueFd pidfd(pidfd_raw);
+  if (watch && watch->on_start) watch->on_start(static_cast<pid_t>(pid));
 
   ProcessResult result;
   result.timed_out = !wait_exit(pidfd.get(), timeout, watch);

@@ -2,6 +2,8 @@
 // its exit status and output.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <functional>
 #include <string>
@@ -24,10 +26,12 @@ struct ProcessResult {
   bool succeeded_by(std::string_view log, std::string_view marker) const noexcept;
 };
 
-// A descriptor watched while the program runs, and what to do each time it is readable.
+// A descriptor watched while the program runs, and what to do each time it is readable
+// (fd -1: none), and who to tell the program's PID as soon as it is started.
 struct ProcessWatch {
   int fd = -1;
   std::function<void()> on_readable;
+  std::function<void(pid_t)> on_start;
 };
 
 // Whether the program stays in the caller's process group, or gets one of its own whose every

@@ -81,10 +81,15 @@ bool same_folder(int parent_fd, const std::string& name, int dir_fd) {
 }
 
 CheckpointDir::~CheckpointDir() {
-  if (!parent_ || committed_ || staging_name_.empty()) return;
+  if (!committed_) discard();
+}
+
+void CheckpointDir::discard() const noexcept {
+  // Only while it is still the staging folder: once renamed into place it is the checkpoint (a
+  // guardian acting for a caller that died right after commit must leave it).
+  if (!parent_ || staging_name_.empty() || !same_folder(parent_.get(), staging_name_, dir_.get())) return;
   remove_contents(dir_.get());
-  if (same_folder(parent_.get(), staging_name_, dir_.get()))
-    ::unlinkat(parent_.get(), staging_name_.c_str(), AT_REMOVEDIR);
+  ::unlinkat(parent_.get(), staging_name_.c_str(), AT_REMOVEDIR);
 }
 
 void CheckpointDir::commit() {
@@ -141,15 +146,15 @@ void require_private_dir(int dir_fd, const fs::path& path, std::string_view what
   check_private(stat_fd(dir_fd, what), fmt::format("{} {}", what, path.native()));
 }
 
-void require_private_tree(int dir_fd) {
+void require_private_tree(int dir_fd, OpenWriters open_writers) {
   check_private(stat_fd(dir_fd, "checkpoint directory"), "the checkpoint directory");
-  walk_checkpoint_tree(dir_fd, [](int fd, const struct stat& st, const std::string& rel) {
+  walk_checkpoint_tree(dir_fd, [open_writers](int fd, const struct stat& st, const std::string& rel) {
     check_private(st, fmt::format("checkpoint entry '{}'", rel));
     if (S_ISREG(st.st_mode) && st.st_nlink != 1)
       throw Error(Status::permission, fmt::format("checkpoint file '{}' has {} hard links: it may be changed through "
                                                   "another name; copy the checkpoint instead of linking it", rel,
                                                   st.st_nlink));
-    if (S_ISREG(st.st_mode)) check_no_writer(fd, rel);
+    if (S_ISREG(st.st_mode) && open_writers == OpenWriters::refuse) check_no_writer(fd, rel);
   });
 }
 

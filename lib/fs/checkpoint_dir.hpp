@@ -32,6 +32,9 @@ class CheckpointDir {
   // Makes everything durable (syncfs), renames the staging folder to the target and fsyncs the
   // parent.
   void commit();
+  // Removes the staging folder (as the destructor does unless committed) if its name still holds
+  // the folder created, iteratively and never onto another file system; never the committed one.
+  void discard() const noexcept;
 
  private:
   CheckpointDir() = default;
@@ -42,11 +45,15 @@ class CheckpointDir {
   bool committed_ = false;
 };
 
+// Whether a file some process holds open for writing is refused. A restore that verifies the
+// folder before CRIU reads it must refuse them (the bytes could change in between); one that
+// streams the images through its own checks need not: a change can only fail it.
+enum class OpenWriters { refuse, allow };
+
 // Refuses (Status::permission) a checkpoint tree that anyone but the effective uid could change:
 // a folder or file not owned by it, writable by group or others, a file with other hard links,
-// or one that some process holds open for writing. Restore requires this, so that nothing can
-// change between verification and CRIU.
-void require_private_tree(int dir_fd);
+// or (unless allowed) one that some process holds open for writing.
+void require_private_tree(int dir_fd, OpenWriters open_writers);
 // Folders 0700 and files 0600 below dir_fd: images hold process memory.
 void make_tree_private(int dir_fd);
 // A folder given to CRIU to write in (a work dir) must be the caller's alone.

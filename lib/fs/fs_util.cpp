@@ -90,6 +90,15 @@ UniqueFd open_trusted_path(const std::string& path, int flags, std::string_view 
   return fd;
 }
 
+UniqueFd open_beneath(int dir_fd, const std::string& rel, std::string_view what) {
+  open_how how{};
+  how.flags = static_cast<std::uint64_t>(O_RDONLY | O_NOCTTY | O_CLOEXEC);
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  UniqueFd fd(static_cast<int>(::syscall(SYS_openat2, dir_fd, rel.c_str(), &how, sizeof how)));
+  if (!fd) throw system_error(status_of_errno(errno), errno, fmt::format("cannot open {} '{}'", what, rel));
+  return fd;
+}
+
 UniqueFd open_dir(const std::filesystem::path& path, std::string_view what) {
   UniqueFd fd(::open(path.c_str(), dir_flags));
   if (!fd) throw open_error(errno, what, AT_FDCWD, path.c_str(), path.native());

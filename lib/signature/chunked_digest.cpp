@@ -43,6 +43,12 @@ unsigned hash_threads() {
   return static_cast<unsigned>(std::clamp(count, 1, 8));
 }
 
+Sha256::Digest file_digest_of(std::span<const Sha256::Digest> chunk_digests) {
+  Sha256 outer;
+  for (const auto& d : chunk_digests) outer.update(d.data(), d.size());
+  return outer.final();
+}
+
 ChunkedFileDigest::ChunkedFileDigest(std::uint64_t chunk_size) : chunk_size_(chunk_size) {}
 
 void ChunkedFileDigest::advance(int fd, std::uint64_t end, unsigned threads, std::string_view rel,
@@ -59,11 +65,11 @@ Sha256::Digest ChunkedFileDigest::finish(int fd, std::uint64_t size, unsigned th
   while ((n = ::pread(fd, &past_end, 1, static_cast<off_t>(size))) < 0 && errno == EINTR) {
   }
   if (n != 0) throw changed_size(rel);
-  return outer_.final();
+  return file_digest_of(chunks_);
 }
 
 // Hashes chunks from hashed_ to end, a window at a time: each window's chunks on up to `threads`
-// threads, then their digests folded into the file digest in order.
+// threads, then their digests appended to chunks_ in order.
 void ChunkedFileDigest::hash_chunks(int fd, std::uint64_t end, unsigned threads, std::string_view rel,
                                     const BytesHashed& done, TwinChunks* twins) {
   TwinChunks::FileId file{};
@@ -119,7 +125,7 @@ void ChunkedFileDigest::hash_chunks(int fd, std::uint64_t end, unsigned threads,
       worker();
     }
     if (failure) std::rethrow_exception(failure);
-    for (const auto& d : digests) outer_.update(d.data(), d.size());
+    chunks_.insert(chunks_.end(), digests.begin(), digests.end());
     hashed_ = std::min(base + count * chunk_size_, end);
     if (done) done(hashed_ - base);
   }

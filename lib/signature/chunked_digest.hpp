@@ -6,7 +6,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string_view>
+#include <vector>
 
 #include "signature/sha256.hpp"
 #include "signature/twin_chunks.hpp"
@@ -16,14 +18,20 @@ namespace nucleus::checkpoint {
 // Threads worth hashing on: the CPUs this process may run on, at most 8.
 unsigned hash_threads();
 
+// A file's digest from its chunk digests, in order: SHA-256 of their concatenation.
+Sha256::Digest file_digest_of(std::span<const Sha256::Digest> chunk_digests);
+
 class ChunkedFileDigest {
  public:
-  using BytesHashed = std::function<void(std::uint64_t bytes)>;  // after each step, the bytes it hashed
+  // After each window of chunks, the bytes it hashed; their digests are in chunk_digests() by then.
+  using BytesHashed = std::function<void(std::uint64_t bytes)>;
 
   explicit ChunkedFileDigest(std::uint64_t chunk_size);
 
   std::uint64_t hashed() const noexcept { return hashed_; }  // a multiple of the chunk size until finish
   std::uint64_t chunk_size() const noexcept { return chunk_size_; }
+  // The digests of the chunks hashed so far, in order: what format 3's manifest lists.
+  const std::vector<Sha256::Digest>& chunk_digests() const noexcept { return chunks_; }
 
   // Hashes the whole chunks from hashed() up to `end`, rounded down to a chunk. `rel` names the
   // file in errors.
@@ -41,7 +49,7 @@ class ChunkedFileDigest {
 
   std::uint64_t chunk_size_;
   std::uint64_t hashed_ = 0;
-  Sha256 outer_;
+  std::vector<Sha256::Digest> chunks_;
 };
 
 }  // namespace nucleus::checkpoint

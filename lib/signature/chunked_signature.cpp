@@ -1,8 +1,11 @@
 #include "signature/chunked_signature.hpp"
 
+#include <sodium.h>
+
 #include <algorithm>
 #include <bit>
 #include <charconv>
+#include <type_traits>
 
 #include <fmt/format.h>
 
@@ -10,6 +13,7 @@
 
 #include "fs/fs_util.hpp"
 #include "fs/tree_walk.hpp"
+#include "signature/signed_manifest.hpp"
 
 namespace nucleus::checkpoint {
 
@@ -30,27 +34,80 @@ std::string_view take_line(std::string_view& text, std::string_view key) {
   return line.substr(key.size() + 1);
 }
 
+// Format 3's manifest: a line per file of its chunk digests, each as 64 lowercase hex digits.
+std::vector<std::vector<Sha256::Digest>> parse_manifest(std::string_view text) {
+  static_assert(std::is_same_v<Sha256::Digest, HmacSha256::Mac>, "digests are read as MACs are");
+  constexpr std::size_t digits = 2 * std::tuple_size_v<Sha256::Digest>;
+  std::vector<std::vector<Sha256::Digest>> manifest;
+  for (std::size_t line = 1; !text.empty(); ++line) {
+    const auto end = text.find('\n');
+    if (end == std::string_view::npos) throw malformed(fmt::format("manifest line {} is unterminated", line));
+    const std::string_view hex = text.substr(0, end);
+    text.remove_prefix(end + 1);
+    if (hex.size() % digits != 0)
+      throw malformed(fmt::format("manifest line {} is {} characters long, not {} hex digits for each chunk", line,
+                                  hex.size(), digits));
+    auto& chunks = manifest.emplace_back();
+    chunks.reserve(hex.size() / digits);
+    for (std::size_t at = 0; at < hex.size(); at += digits) {
+      const auto digest = HmacSha256::from_hex(hex.substr(at, digits));
+      if (!digest) throw malformed(fmt::format("manifest line {} is not lowercase hex digits", line));
+      chunks.push_back(*digest);
+    }
+  }
+  return manifest;
+}
+
+// The file the authenticated manifest lists at `index`, which a later walk must come to again.
+const ManifestFile& listed_file(const SignedManifest& manifest, std::size_t index, const std::string& rel,
+                                std::uint64_t size) {
+  const auto& files = manifest.files();
+  if (index >= files.size() || files[index].path != rel || files[index].size != size)
+    throw Error(Status::integrity, fmt::format("checkpoint file '{}' changed during the integrity scan", rel));
+  return files[index];
+}
+
 }  // namespace
 
+std::uint64_t ChunkedSignature::max_manifest_text_size() {
+  constexpr std::uint64_t digits = 64, head = 4096;
+  return head + (HmacTree::max_total_bytes() / min_chunk_size + HmacTree::max_entries) * digits + HmacTree::max_entries;
+}
+
+std::string_view ChunkedSignature::header_of(SignatureFormat format) {
+  if (format == SignatureFormat::chunked) return header;
+  if (format == SignatureFormat::manifest) return manifest_header;
+  throw Error(Status::invalid, fmt::format("signature format {} is not a chunked one", static_cast<int>(format)));
+}
+
 std::string ChunkedSignature::to_text() const {
-  return fmt::format("{}\nchunk-size {}\nhmac-sha256 {}\n", header, chunk_size, HmacSha256::to_hex(mac));
+  std::string text =
+      fmt::format("{}\nchunk-size {}\nhmac-sha256 {}\n", header_of(format), chunk_size, HmacSha256::to_hex(mac));
+  if (format != SignatureFormat::manifest) return text;
+  for (const auto& chunks : manifest) {
+    for (const auto& digest : chunks) text += HmacSha256::to_hex(digest);
+    text += '\n';
+  }
+  return text;
 }
 
 ChunkedSignature ChunkedSignature::parse(std::string_view text) {
   const auto first_end = text.find('\n');
   const std::string_view first = text.substr(0, first_end);
-  if (first != header) {
+  ChunkedSignature s;
+  if (first == manifest_header) {
+    s.format = SignatureFormat::manifest;
+  } else if (first != header) {
     // Quoted for the operator, but only as printable ASCII: the text is the checkpoint's, not ours.
     std::string shown(first.substr(0, 64));
     std::replace_if(shown.begin(), shown.end(), [](char c) { return c < 0x20 || c > 0x7e; }, '?');
     throw Error(Status::integrity,
                 fmt::format("checkpoint is signed in the format '{}', which this library does not know (it knows "
-                            "'{}' and nucleus-container's): verify it with the version that wrote it, or upgrade",
-                            shown, header));
+                            "'{}', '{}' and nucleus-container's): verify it with the version that wrote it, or upgrade",
+                            shown, header, manifest_header));
   }
   if (first_end == std::string_view::npos) throw malformed("the header line is unterminated");
   text.remove_prefix(first_end + 1);
-  ChunkedSignature s;
   const std::string_view size = take_line(text, "chunk-size");
   const auto [end, ec] = std::from_chars(size.data(), size.data() + size.size(), s.chunk_size);
   if (ec != std::errc() || end != size.data() + size.size() || size.front() == '0' || !std::has_single_bit(s.chunk_size) ||
@@ -59,29 +116,78 @@ ChunkedSignature ChunkedSignature::parse(std::string_view text) {
   const auto mac = HmacSha256::from_hex(take_line(text, "hmac-sha256"));
   if (!mac) throw malformed(fmt::format("hmac-sha256 must be {} lowercase hex digits", 2 * s.mac.size()));
   s.mac = *mac;
-  if (!text.empty()) throw malformed("unexpected text after the hmac-sha256 line");
+  if (s.format == SignatureFormat::manifest) s.manifest = parse_manifest(text);
+  else if (!text.empty()) throw malformed("unexpected text after the hmac-sha256 line");
   return s;
 }
 
-HmacSha256::Mac chunked_tree_mac(int root_fd, const HmacKey& key, std::uint64_t chunk_size,
-                                 const HmacTree::Progress& progress, StartedDigests* started, TwinChunks* twins) {
-  HmacSha256 mac(key.bytes());
-  mac.update(ChunkedSignature::header.data(), ChunkedSignature::header.size());
-  mac.update("", 1);
-  mac.update_u64le(chunk_size);
+ChunkedTreeMac::ChunkedTreeMac(const HmacKey& key, SignatureFormat format, std::uint64_t chunk_size)
+    : mac_(key.bytes()) {
+  const std::string_view header = ChunkedSignature::header_of(format);
+  mac_.update(header.data(), header.size());
+  mac_.update("", 1);
+  mac_.update_u64le(chunk_size);
+}
+
+void ChunkedTreeMac::folder(std::string_view rel) { path_record('D', rel); }
+
+void ChunkedTreeMac::file(std::string_view rel, std::uint64_t size, const Sha256::Digest& file_digest) {
+  path_record('F', rel);
+  mac_.update_u64le(size);
+  mac_.update(file_digest.data(), file_digest.size());
+}
+
+void ChunkedTreeMac::path_record(char kind, std::string_view rel) {
+  mac_.update(&kind, 1);
+  mac_.update_u64le(rel.size());
+  mac_.update(rel.data(), rel.size());
+}
+
+std::string read_signature_text(int dir_fd) {
+  const std::uint64_t max_size = ChunkedSignature::max_manifest_text_size();
+  std::string text;
+  try {
+    text = read_file_at(dir_fd, HmacTree::signature_file, max_size, "checkpoint signature");
+  } catch (const Error& e) {
+    if (e.status() == Status::not_found)
+      throw Error(Status::integrity, fmt::format("checkpoint is not signed: it has no {}", HmacTree::signature_file));
+    throw Error(Status::integrity, fmt::format("cannot read the checkpoint's signature: {}", e.what()));
+  }
+  // Only a manifest makes the file long: the other formats keep their bound.
+  constexpr std::size_t short_max = ChunkedSignature::max_text_size_without_manifest;
+  if (text.size() > short_max && !text.starts_with(ChunkedSignature::manifest_header))
+    throw Error(Status::integrity,
+                fmt::format("cannot read the checkpoint's signature: {} is {} bytes, more than the {} allowed for a "
+                            "signature without a manifest",
+                            HmacTree::signature_file, text.size(), short_max));
+  return text;
+}
+
+void require_same_mac(const HmacSha256::Mac& signed_mac, const HmacSha256::Mac& computed) {
+  if (sodium_memcmp(signed_mac.data(), computed.data(), computed.size()) != 0)
+    throw Error(Status::integrity,
+                "Checkpoint integrity verification failed: HMAC mismatch (the folder changed since it was signed, or "
+                "it was signed with another key)");
+}
+
+ChunkedSignature chunked_signature_of(int root_fd, const HmacKey& key, SignatureFormat format,
+                                      std::uint64_t chunk_size, const HmacTree::Progress& progress,
+                                      StartedDigests* started, TwinChunks* twins, const SignedManifest* expected) {
+  ChunkedSignature s;
+  s.format = format;
+  s.chunk_size = chunk_size;
+  ChunkedTreeMac mac(key, format, chunk_size);
   const unsigned threads = hash_threads();
   std::uint64_t hashed = 0;
   const ChunkedFileDigest::BytesHashed done = [&](std::uint64_t bytes) {
     hashed += bytes;
     if (progress) progress(hashed);
   };
+  std::size_t files = 0;
   walk_checkpoint_files(root_fd, [&](int fd, const struct stat& st, const std::string& rel) {
-    const bool folder = S_ISDIR(st.st_mode);
-    mac.update(folder ? "D" : "F", 1);
-    mac.update_u64le(rel.size());
-    mac.update(rel.data(), rel.size());
-    if (folder) return;
+    if (S_ISDIR(st.st_mode)) return mac.folder(rel);
     const auto size = static_cast<std::uint64_t>(st.st_size);
+    const ManifestFile* listed = expected ? &listed_file(*expected, files++, rel, size) : nullptr;
     ChunkedFileDigest digest(chunk_size);
     if (started) {
       // Begun while the file was written; unusable in another chunk size, or if the file is now
@@ -91,19 +197,26 @@ HmacSha256::Mac chunked_tree_mac(int root_fd, const HmacKey& key, std::uint64_t 
           !node.empty() && node.mapped().chunk_size() == chunk_size && node.mapped().hashed() <= size)
         digest = std::move(node.mapped());
     }
-    const Sha256::Digest d = digest.finish(fd, size, threads, rel, done, twins);
-    mac.update_u64le(size);
-    mac.update(d.data(), d.size());
+    const Sha256::Digest d =
+        digest.finish(fd, size, threads, rel, listed ? checking_chunks(*listed, chunk_size, digest, done) : done, twins);
+    mac.file(rel, size, d);
+    if (format == SignatureFormat::manifest && !expected) s.manifest.push_back(digest.chunk_digests());
   }, HmacTree::signature_file, HmacTree::max_total_bytes());
-  return mac.final();
+  s.mac = mac.final();
+  return s;
+}
+
+HmacSha256::Mac chunked_tree_mac(int root_fd, const HmacKey& key, std::uint64_t chunk_size,
+                                 const HmacTree::Progress& progress, StartedDigests* started, TwinChunks* twins) {
+  return chunked_signature_of(root_fd, key, SignatureFormat::chunked, chunk_size, progress, started, twins).mac;
 }
 
 void sign_chunked(int root_fd, const HmacKey& key, const HmacTree::Progress& progress, StartedDigests* started,
-                  TwinChunks* twins) {
+                  TwinChunks* twins, SignatureFormat format) {
   // A stale temp file from an interrupted sign must not become part of what is signed.
   remove_stale_temp_at(root_fd, HmacTree::signature_file);
-  ChunkedSignature s;
-  s.mac = chunked_tree_mac(root_fd, key, s.chunk_size, progress, started, twins);
+  const ChunkedSignature s =
+      chunked_signature_of(root_fd, key, format, ChunkedSignature::default_chunk_size, progress, started, twins);
   write_file_atomic_at(root_fd, HmacTree::signature_file, s.to_text(), 0600);
 }
 

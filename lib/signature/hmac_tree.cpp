@@ -18,6 +18,7 @@
 #include "signature/chunked_signature.hpp"
 #include "fs/fs_util.hpp"
 #include "signature/hmac_sha256.hpp"
+#include "signature/signed_manifest.hpp"
 #include "signature/sodium.hpp"
 #include "fs/tree_walk.hpp"
 
@@ -85,35 +86,24 @@ Mac parse_seed_signature(std::string_view text) {
   return *mac;
 }
 
-// What checkpoint.hmac holds, in either format, told apart by its first bytes.
+// What checkpoint.hmac holds, in any format, told apart by its first bytes: the seed format's
+// MAC or a chunked signature (format 2 or 3).
 using Signature = std::variant<Mac, ChunkedSignature>;
 
 Signature read_signature(int dir_fd) {
-  std::string stored;
-  try {
-    stored = read_file_at(dir_fd, HmacTree::signature_file, 4096, "checkpoint signature");
-  } catch (const Error& e) {
-    if (e.status() == Status::not_found)
-      throw integrity(fmt::format("checkpoint is not signed: it has no {}", HmacTree::signature_file));
-    throw integrity(fmt::format("cannot read the checkpoint's signature: {}", e.what()));
-  }
-  if (std::string_view(stored).starts_with(ChunkedSignature::family)) return ChunkedSignature::parse(stored);
+  const std::string stored = read_signature_text(dir_fd);
+  if (stored.starts_with(ChunkedSignature::family)) return ChunkedSignature::parse(stored);
   return parse_seed_signature(stored);
 }
 
-void check(const Signature& signature, int dir_fd, const HmacKey& key, const HmacTree::Progress& progress) {
-  Mac expected{}, actual{};
-  if (const auto* chunked = std::get_if<ChunkedSignature>(&signature)) {
-    expected = chunked->mac;
-    actual = chunked_tree_mac(dir_fd, key, chunked->chunk_size, progress);
+void check(Signature signature, int dir_fd, const HmacKey& key, const HmacTree::Progress& progress) {
+  if (auto* chunked = std::get_if<ChunkedSignature>(&signature)) {
+    if (chunked->format == SignatureFormat::manifest)
+      return verify_with_manifest(dir_fd, key, std::move(*chunked), progress);
+    require_same_mac(chunked->mac, chunked_tree_mac(dir_fd, key, chunked->chunk_size, progress));
   } else {
-    expected = std::get<Mac>(signature);
-    actual = SeedTreeMac(key, progress).run(dir_fd);
+    require_same_mac(std::get<Mac>(signature), SeedTreeMac(key, progress).run(dir_fd));
   }
-  if (sodium_memcmp(expected.data(), actual.data(), actual.size()) != 0)
-    throw integrity(
-        "Checkpoint integrity verification failed: HMAC mismatch (the folder changed since it was signed, or it "
-        "was signed with another key)");
 }
 
 UniqueFd open_checkpoint(const std::filesystem::path& dir) { return open_dir(dir, "checkpoint directory"); }
@@ -147,7 +137,8 @@ std::string HmacTree::compute(const std::filesystem::path& dir, const HmacKey& k
 }
 
 void HmacTree::sign_as(int dir_fd, const HmacKey& key, SignatureFormat format, const Progress& progress) {
-  if (format == SignatureFormat::chunked) return sign_chunked(dir_fd, key, progress);
+  if (format == SignatureFormat::chunked || format == SignatureFormat::manifest)
+    return sign_chunked(dir_fd, key, progress, nullptr, nullptr, format);
   if (format != SignatureFormat::seed)
     throw Error(Status::invalid, fmt::format("unknown signature format {}", static_cast<int>(format)));
   // A stale temp file from an interrupted sign must not become part of what is signed.
@@ -169,7 +160,9 @@ void HmacTree::sign(const std::filesystem::path& dir, const HmacKey& key, const 
 }
 
 SignatureFormat HmacTree::format_of(int dir_fd) {
-  return std::holds_alternative<Mac>(read_signature(dir_fd)) ? SignatureFormat::seed : SignatureFormat::chunked;
+  const Signature signature = read_signature(dir_fd);
+  const auto* chunked = std::get_if<ChunkedSignature>(&signature);
+  return chunked ? chunked->format : SignatureFormat::seed;
 }
 
 SignatureFormat HmacTree::format_of(const std::filesystem::path& dir) { return format_of(open_checkpoint(dir).get()); }
@@ -179,8 +172,8 @@ void HmacTree::verify(int dir_fd, const HmacKey& key, const Progress& progress) 
 }
 
 void HmacTree::verify(int dir_fd, const KeyStore& store, const Progress& progress) {
-  const Signature signature = read_signature(dir_fd);
-  check(signature, dir_fd, store.load(), progress);
+  Signature signature = read_signature(dir_fd);
+  check(std::move(signature), dir_fd, store.load(), progress);
 }
 
 void HmacTree::verify(const std::filesystem::path& dir, const HmacKey& key, const Progress& progress) {

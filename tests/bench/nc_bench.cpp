@@ -6,9 +6,13 @@
 //               the same bytes shared out to every core
 //   peak RSS    `nucleus-checkpoint sign --format F` and `verify` on a 1 GiB checkpoint, in both
 //               formats (ru_maxrss from wait4)
-//   dump        CriuRuntime::checkpoint (leave running)  vs  bare `criu dump --leave-running`; at
-//               1 GiB also the library's dump signed in the seed format
-//   restore     CriuRuntime::restore (verify + restore)  vs  bare `criu restore --restore-detached`
+//   dump        CriuRuntime::checkpoint (leave running)  vs  bare `criu dump --leave-running`
+//   restore     CriuRuntime::restore streamed (the default: CRIU reads the images through the
+//               library, each chunk checked as it goes) and from the folder after verifying it
+//               whole (stream_images=false)  vs  bare `criu restore --restore-detached`
+//               Both at each size (--sizes), for a tree whose memory the child shares and for one
+//               whose memory is the parent's alone; with the peak RSS of `nucleus-checkpoint dump`
+//               and `restore` doing the same (VmHWM of its process, and ru_maxrss from wait4)
 //   containers  the same container dumped (left running) and restored three ways, side by side:
 //               CriuRuntime::checkpoint / restore (container detection on, as by default); bare
 //               CRIU given exactly the arguments the library gave it (recorded once through a
@@ -79,13 +83,17 @@ namespace nc = nucleus::checkpoint;
 using Clock = std::chrono::steady_clock;
 
 constexpr int runs = 3;                  // timed runs per measure; the median is reported
-constexpr int dump_runs = 5;             // more for dumps: bare CRIU's dump times are the noisiest here
+constexpr int dump_runs = 5;             // more for dumps and restores: this machine is noisy
+constexpr int restore_runs = 5;
+constexpr int rss_runs = 1;              // the command's peak RSS during a dump or restore (steady: one run)
 constexpr int container_runs = 11;      // containers are small and quick: more runs, a steadier median
 constexpr std::size_t chunk = 1 << 20;   // read size, the library's own (seed format)
-constexpr int judged_mib = 1024;         // the size the issue sets its dump and restore targets at
-constexpr double sign_target = 1.15;     // the issue's targets
-constexpr double criu_target = 1.25;
-constexpr double rss_target_mib = 16;
+constexpr int judged_mib = 1024;         // the size (of a tree not shared) the issue sets its targets at
+constexpr double sign_target = 1.15;     // the issues' targets
+constexpr double dump_target = 1.25;
+constexpr double restore_target = 1.10;
+constexpr double rss_target_mib = 16;       // the command signing or verifying
+constexpr double criu_rss_target_mib = 32;  // the command dumping or restoring
 
 struct Config {
   fs::path counter;   // examples/counter
@@ -108,7 +116,11 @@ struct Row {
 
 [[noreturn]] void fail(const std::string& what) { throw std::runtime_error(what); }
 
-void note(const std::string& line) { std::fprintf(stderr, "nc_bench: %s\n", line.c_str()); }
+void note(const std::string& line) {
+  static const auto start = std::chrono::steady_clock::now();
+  const double at = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "nc_bench [%.0f s]: %s\n", at, line.c_str());
+}
 
 template <typename F>
 double timed(F&& f) {
@@ -137,11 +149,14 @@ struct Timing {
   std::vector<double> seconds{};
   // Containers: CRIU's own time in each run, from its log (the run's lambda appends to it).
   std::shared_ptr<std::vector<double>> criu_seconds = std::make_shared<std::vector<double>>();
+  // Dumps and restores: the CPU time each run took (the run's lambda appends to it; see cpu_now).
+  std::shared_ptr<std::vector<double>> cpu_seconds = std::make_shared<std::vector<double>>();
 };
 
 enum class Order {
   fixed,                 // every round in the given order (when one measure needs another's result)
   reversed_on_odd_runs,  // reversed on odd rounds, so an edge for going first (or last) cancels out
+  rotated,               // round r starts with measure r (mod their number): each goes first in turn
 };
 
 void warm_up(const std::vector<Timing*>& timings) {
@@ -153,6 +168,8 @@ void time_rounds(const std::string& what, const std::vector<Timing*>& timings, i
   for (int round = 0; round < rounds; ++round) {
     std::vector<Timing*> sequence = timings;
     if (order == Order::reversed_on_odd_runs && round % 2 == 1) std::reverse(sequence.begin(), sequence.end());
+    if (order == Order::rotated)
+      std::rotate(sequence.begin(), sequence.begin() + round % static_cast<int>(sequence.size()), sequence.end());
     std::string line = fmt::format("{} run {}/{}:", what, round + 1, rounds);
     for (Timing* t : sequence) {
       t->seconds.push_back(t->run());
@@ -607,7 +624,61 @@ void bench_rss(const Config& c, const fs::path& dir, std::vector<Row>& rows) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Dump and restore: the library against bare CRIU on the same tree.
+// Dump and restore: the library against bare CRIU on the same tree, at each size, for a tree
+// whose memory the child shares copy-on-write (CRIU writes it once for each: about 2N MiB of
+// pages) and for one whose memory is the parent's alone (N MiB). Each operation's variants run
+// side by side, once each per round, the first of them rotating from round to round.
+
+void private_dir(const fs::path& dir) {
+  fs::create_directories(dir);
+  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace);
+}
+
+// CRIU's own time from its log: the timestamp on its line saying it finished (it counts from the
+// moment CRIU started logging, just after it started).
+std::optional<double> criu_log_seconds(const fs::path& log) {
+  std::istringstream in(read_text(log));
+  for (std::string line; std::getline(in, line);)
+    if (line.starts_with("(") && (line.find("Dumping finished successfully") != std::string::npos ||
+                                  line.find("Restore finished successfully") != std::string::npos))
+      return std::stod(line.substr(1, line.find(')') - 1));
+  return std::nullopt;
+}
+
+// CPU seconds used so far by this process (all its threads: the library's hashing and serving)
+// and by its children once reaped: CRIU, and a restored tree, which does its own part of the
+// restore (reading its pages) and is reaped when killed. Unlike wall time, hardly affected by how
+// busy the machine is: what a run costs, whatever else runs.
+double cpu_now() {
+  struct rusage self {}, children {};
+  ::getrusage(RUSAGE_SELF, &self);
+  ::getrusage(RUSAGE_CHILDREN, &children);
+  const auto s = [](const timeval& t) { return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6; };
+  return s(self.ru_utime) + s(self.ru_stime) + s(children.ru_utime) + s(children.ru_stime);
+}
+
+// What CRIU logs at -v4 once it is done with the image stream: only a streamed restore has it.
+constexpr std::string_view streamer_line = "Dismissing the image streamer";
+
+enum class Tree { shared, not_shared };
+
+std::string tree_name(Tree tree) { return tree == Tree::shared ? "shared" : "not shared"; }
+
+// A dump timed into dir, which is then removed: every run writes its images afresh. CRIU's own
+// time comes from the dump.log it left there.
+Timing discarded_dump(std::string name, const fs::path& dir, std::function<double(const fs::path&)> dump) {
+  Timing t{std::move(name), {}};
+  t.run = [dir, dump = std::move(dump), criu = t.criu_seconds, cpu = t.cpu_seconds] {
+    const double cpu_before = cpu_now();
+    const double seconds = dump(dir);
+    cpu->push_back(cpu_now() - cpu_before);  // the dumped tree's part (CRIU's parasite) is left out, as it runs on
+    if (const auto inner = criu_log_seconds(dir / "dump.log")) criu->push_back(*inner);
+    fs::remove_all(dir);
+    reap_exited();
+    return seconds;
+  };
+  return t;
+}
 
 double bare_dump(const Config& c, pid_t pid, const fs::path& dir) {
   fs::create_directory(dir);
@@ -617,106 +688,301 @@ double bare_dump(const Config& c, pid_t pid, const fs::path& dir) {
   });
 }
 
-double library_dump(nc::CriuRuntime& rt, pid_t pid, const fs::path& dir, nc::SignatureFormat format) {
+// The library's dump, left running, in the library's default signature format (what its
+// restores stream from).
+double library_dump(nc::CriuRuntime& rt, pid_t pid, const fs::path& dir) {
   nc::ContainerInfo box;
   box.id = "bench";
   box.pid = pid;
   nc::CriuOptions options;  // the defaults match the bare dump's: -v4 --shell-job
   options.leave_running = true;
-  return timed([&] { rt.checkpoint(box, dir, options, format); });
-}
-
-// A dump timed into dir, which is then removed: every run writes its images afresh.
-Timing discarded_dump(std::string name, const fs::path& dir, std::function<double(const fs::path&)> dump) {
-  return {std::move(name), [dir, dump = std::move(dump)] {
-            const double seconds = dump(dir);
-            fs::remove_all(dir);
-            reap_exited();
-            return seconds;
-          }};
+  return timed([&] { rt.checkpoint(box, dir, options); });
 }
 
 // Restores the images of the library's checkpoint with bare CRIU. Its log and pidfile go to a
 // work folder of their own, so the checkpoint stays exactly as signed for the library's restores.
-double bare_restore(const Config& c, const fs::path& checkpoint, const fs::path& work) {
-  fs::create_directory(work);
-  const double seconds = timed([&] {
-    run_criu(c, {"restore", "-D", (checkpoint / "images").native(), "-W", work.native(), "-o", "restore.log", "-v4",
-                 "--shell-job", "--restore-detached", "--pidfile", (work / "restore.pid").native()}, work / "restore.log");
-  });
-  const pid_t pid = static_cast<pid_t>(std::stol(read_text(work / "restore.pid")));
-  if (::kill(pid, 0) != 0) fail(fmt::format("bare criu restored PID {}, but it does not run", pid));
-  kill_and_reap(pid);
-  fs::remove_all(work);
-  return seconds;
-}
-
-double library_restore(nc::CriuRuntime& rt, const fs::path& checkpoint) {
-  pid_t pid = 0;
-  const double seconds = timed([&] { pid = rt.restore(checkpoint); });
-  if (::kill(pid, 0) != 0) fail(fmt::format("the library restored PID {}, but it does not run", pid));
-  kill_and_reap(pid);
-  return seconds;
-}
-
-// The library against bare CRIU; judged against the issue's target at its size only, smaller
-// sizes (and informative variants) are context.
-Row criu_row(const std::string& measure, const Timing& library, const Timing& bare, bool judged) {
-  const double r = median(library.seconds) / median(bare.seconds);
-  return {measure, fmt::format("{:.3f} s", median(library.seconds)), fmt::format("{:.3f} s CRIU", median(bare.seconds)),
-          ratio_text(r), judged ? fmt::format("<= {:.2f}x", criu_target) : "-", judged ? verdict(r <= criu_target) : "-"};
-}
-
-void bench_criu(const Config& c, nc::CriuRuntime& rt, int mib, std::vector<Row>& dump_rows,
-                std::vector<Row>& restore_rows) {
-  const fs::path base = c.work / fmt::format("criu-{}", mib);
-  fs::create_directory(base);
-  fs::permissions(base, fs::perms::owner_all, fs::perm_options::replace);
-  const fs::path source = base / "checkpoint";  // the library's checkpoint both restores start from
-  Counter counter(c, base / "counter", mib);
-  const pid_t pid = counter.pid();
-  const bool judged = mib == judged_mib;
-
-  library_dump(rt, pid, source, nc::SignatureFormat::chunked);  // untimed; what both restores restore
-  const auto library_dump_as = [&](nc::SignatureFormat format) {
-    return [&rt, pid, format](const fs::path& dir) { return library_dump(rt, pid, dir, format); };
+Timing bare_restore(const Config& c, const fs::path& checkpoint, const fs::path& work) {
+  Timing t{"CRIU", {}};
+  t.run = [&c, checkpoint, work, criu = t.criu_seconds, cpu = t.cpu_seconds] {
+    private_dir(work);
+    const double cpu_before = cpu_now();
+    const double seconds = timed([&] {
+      run_criu(c, {"restore", "-D", (checkpoint / "images").native(), "-W", work.native(), "-o", "restore.log", "-v4",
+                   "--shell-job", "--restore-detached", "--pidfile", (work / "restore.pid").native()},
+               work / "restore.log");
+    });
+    const pid_t pid = static_cast<pid_t>(std::stol(read_text(work / "restore.pid")));
+    if (::kill(pid, 0) != 0) fail(fmt::format("bare criu restored PID {}, but it does not run", pid));
+    kill_and_reap(pid);
+    cpu->push_back(cpu_now() - cpu_before);
+    if (const auto inner = criu_log_seconds(work / "restore.log")) criu->push_back(*inner);
+    fs::remove_all(work);
+    return seconds;
   };
-  Timing bare = discarded_dump("CRIU", base / "bare", [&](const fs::path& dir) { return bare_dump(c, pid, dir); });
-  Timing library = discarded_dump("library", base / "library", library_dump_as(nc::SignatureFormat::chunked));
-  // What the chunked format buys a dump, shown at the judged size only (it costs a dump a run).
-  Timing library_seed = discarded_dump("library seed", base / "library-seed", library_dump_as(nc::SignatureFormat::seed));
-  std::vector<Timing*> dumps{&bare, &library};
-  if (judged) dumps.push_back(&library_seed);
-  warm_up(dumps);
-  time_rounds(fmt::format("dump {} MiB", mib), dumps, dump_runs, Order::reversed_on_odd_runs);
-  dump_rows.push_back(criu_row(fmt::format("dump {} MiB", mib), library, bare, judged));
-  if (judged) dump_rows.push_back(criu_row(fmt::format("dump {} MiB, seed-format signature", mib), library_seed, bare, false));
-
-  counter.stop();  // its PIDs must be free for the restores
-  Timing bare_restores{"CRIU", [&] { return bare_restore(c, source, base / "restore-work"); }};
-  Timing library_restores{"library", [&] { return library_restore(rt, source); }};
-  warm_up({&bare_restores, &library_restores});
-  time_rounds(fmt::format("restore {} MiB", mib), {&bare_restores, &library_restores}, runs, Order::reversed_on_odd_runs);
-  restore_rows.push_back(criu_row(fmt::format("restore {} MiB", mib), library_restores, bare_restores, judged));
-  fs::remove_all(base);
+  return t;
 }
 
-// At the judged size, a tree whose memory is the parent's alone: CRIU writes it once, so there is
-// nothing shared that the library could hash once. Dumps only; informative.
-void bench_unshared_dump(const Config& c, nc::CriuRuntime& rt, std::vector<Row>& dump_rows) {
-  const fs::path base = c.work / "criu-unshared";
-  fs::create_directory(base);
-  fs::permissions(base, fs::perms::owner_all, fs::perm_options::replace);
-  Counter counter(c, base / "counter", judged_mib, /*shared=*/false);
-  const pid_t pid = counter.pid();
-  Timing bare = discarded_dump("CRIU", base / "bare", [&](const fs::path& dir) { return bare_dump(c, pid, dir); });
-  Timing library = discarded_dump("library", base / "library", [&](const fs::path& dir) {
-    return library_dump(rt, pid, dir, nc::SignatureFormat::chunked);
-  });
-  warm_up({&bare, &library});
-  time_rounds(fmt::format("dump {} MiB unshared", judged_mib), {&bare, &library}, dump_runs, Order::reversed_on_odd_runs);
-  dump_rows.push_back(criu_row(fmt::format("dump {} MiB, not shared with the child", judged_mib), library, bare, false));
-  counter.stop();
+// The library's restore, streamed (the default) or from the folder once it verifies whole. CRIU's
+// log goes to a work folder of the benchmark's, for CRIU's own time, and tells whether CRIU
+// really read a stream: a checkpoint in an older signature format would silently restore from
+// the folder.
+Timing library_restore(std::string name, nc::CriuRuntime& rt, const fs::path& checkpoint, const fs::path& work,
+                       bool stream) {
+  Timing t{std::move(name), {}};
+  t.run = [&rt, checkpoint, work, stream, criu = t.criu_seconds, cpu = t.cpu_seconds] {
+    private_dir(work);
+    nc::CriuOptions o;
+    o.work_dir = work;
+    o.stream_images = stream;
+    pid_t pid = 0;
+    const double cpu_before = cpu_now();
+    const double seconds = timed([&] { pid = rt.restore(checkpoint, o); });
+    if (::kill(pid, 0) != 0) fail(fmt::format("the library restored PID {}, but it does not run", pid));
+    kill_and_reap(pid);
+    cpu->push_back(cpu_now() - cpu_before);
+    const std::string log = read_text(work / "restore.log");
+    if ((log.find(streamer_line) != std::string::npos) != stream)
+      fail(fmt::format("the library's restore (stream_images={}) {} CRIU's images through a stream", stream,
+                       stream ? "did not give" : "gave"));
+    if (const auto inner = criu_log_seconds(work / "restore.log")) criu->push_back(*inner);
+    fs::remove_all(work);
+    return seconds;
+  };
+  return t;
+}
+
+// Warm-up runs, then the timed ones, the first in each round rotating; CRIU's own times of the
+// timed runs alone kept.
+void time_criu_rounds(const std::string& what, const std::vector<Timing*>& timings, int rounds) {
+  warm_up(timings);
+  for (Timing* t : timings) {
+    t->criu_seconds->clear();
+    t->cpu_seconds->clear();
+  }
+  time_rounds(what, timings, rounds, Order::rotated);
+}
+
+// The command's peak memory, in runs of its own (untimed): the highest VmHWM of its own process
+// (sampled every millisecond from /proc while it runs: CRIU and the restored tree are other
+// processes), and ru_maxrss from wait4, which also counts CRIU, its child, and the benchmark's own
+// pages at the fork.
+struct PeakRss {
+  double own_mib = 0;
+  double maxrss_mib = 0;
+};
+
+// VmHWM in KiB of a running process named `name` (its first 15 bytes: /proc's Name); 0 once it
+// is gone (or a zombie), or while it is still the benchmark's copy between fork and exec.
+long vm_hwm_kib(pid_t pid, const std::string& name) {
+  std::istringstream in(read_text(fmt::format("/proc/{}/status", pid)));
+  long kib = 0;
+  bool named = false;
+  for (std::string line; std::getline(in, line);) {
+    if (line.starts_with("Name:")) {
+      const auto at = line.find_first_not_of(" \t", 5);
+      named = at != std::string::npos && trim(line.substr(at)) == name.substr(0, 15);
+    }
+    if (line.starts_with("VmHWM:")) kib = std::stol(line.substr(6));
+  }
+  return named ? kib : 0;
+}
+
+// Runs the command (`nucleus-checkpoint ARGS...`) with the key file; its peak RSS.
+PeakRss cli_peak_rss(const Config& c, const std::vector<std::string>& args) {
+  const std::string key_env = "NUCLEUS_CHECKPOINT_HMAC_KEY_FILE=" + c.key_file.native();
+  const char* engine = std::getenv("NUCLEUS_CHECKPOINT_HMAC_ENGINE");
+  const std::string engine_env = fmt::format("NUCLEUS_CHECKPOINT_HMAC_ENGINE={}", engine ? engine : "");
+  const char* env[] = {"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C", key_env.c_str(),
+                       engine ? engine_env.c_str() : nullptr, nullptr};
+  std::vector<std::string> argv{c.cli.native()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  const pid_t pid = spawn(argv, const_cast<char* const*>(env));
+  long own_kib = 0;
+  int status = 0;
+  struct rusage usage {};
+  for (;;) {
+    const pid_t r = ::wait4(pid, &status, WNOHANG, &usage);
+    if (r == pid) break;
+    if (r < 0 && errno != EINTR) fail(fmt::format("wait4({}): {}", pid, std::strerror(errno)));
+    own_kib = std::max(own_kib, vm_hwm_kib(pid, c.cli.filename().native()));
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  if (code != 0) fail(fmt::format("{} failed with exit code {}", fmt::join(argv, " "), code));
+  if (own_kib == 0) fail(fmt::format("{} ended before its memory could be read", fmt::join(argv, " ")));
+  return {static_cast<double>(own_kib) / 1024.0, static_cast<double>(usage.ru_maxrss) / 1024.0};
+}
+
+PeakRss worst(const std::vector<PeakRss>& runs) {
+  PeakRss w;
+  for (const PeakRss& r : runs) w = {std::max(w.own_mib, r.own_mib), std::max(w.maxrss_mib, r.maxrss_mib)};
+  return w;
+}
+
+// What this build of the command offers (its help text): the restore's --no-stream flag, the
+// manifest format for dumps.
+struct CliFeatures {
+  bool no_stream = false;
+  std::string dump_format;  // "manifest" if the command takes it (the library's default); else the command's default
+};
+
+std::string cli_help(const Config& c, const std::string& subcommand) {
+  const int fd = ::memfd_create("cli-help", MFD_CLOEXEC);
+  if (fd < 0) fail(fmt::format("memfd_create: {}", std::strerror(errno)));
+  const pid_t pid = ::fork();
+  if (pid < 0) fail(fmt::format("fork: {}", std::strerror(errno)));
+  if (pid == 0) {
+    const int null_fd = ::open("/dev/null", O_RDWR);
+    if (null_fd < 0 || ::dup2(null_fd, 0) < 0 || ::dup2(fd, 1) < 0 || ::dup2(null_fd, 2) < 0) ::_exit(126);
+    ::syscall(SYS_close_range, 3U, ~0U, 0U);
+    ::execl(c.cli.c_str(), c.cli.c_str(), subcommand.c_str(), "--help", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  wait_child(pid);
+  std::string text(1 << 16, '\0');
+  const ssize_t n = ::pread(fd, text.data(), text.size(), 0);
+  ::close(fd);
+  text.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+  return text;
+}
+
+CliFeatures cli_features(const Config& c) {
+  CliFeatures f;
+  f.no_stream = cli_help(c, "restore").find("--no-stream") != std::string::npos;
+  if (cli_help(c, "dump").find("manifest") != std::string::npos) f.dump_format = "manifest";
+  return f;
+}
+
+// How many cores this machine gives right now: SHA-256 of the same 16 MiB in memory on one thread,
+// then on every core at once; cores x one thread's time / all cores' time, the best of 3 tries.
+// On this project's VMs two vCPUs sometimes run as one: a library that hashes beside CRIU then
+// takes about as long as both one after the other.
+double effective_cores() {
+  const unsigned cores = usable_cores();
+  std::vector<unsigned char> data(16 << 20);
+  std::uint64_t state = 7;
+  fill(data, state);
+  const auto hash = [&data] {
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    if (EVP_Digest(data.data(), data.size(), digest, nullptr, EVP_sha256(), nullptr) != 1) fail("OpenSSL SHA-256 failed");
+  };
+  double best = 0;
+  for (int i = 0; i < 3; ++i) {
+    const double one = timed(hash);
+    const double all = timed([&] {
+      std::vector<std::jthread> threads;
+      for (unsigned t = 0; t < cores; ++t) threads.emplace_back(hash);
+    });
+    best = std::max(best, cores * one / all);
+  }
+  return std::min<double>(best, cores);
+}
+
+// One row of the dump and restore table.
+struct CriuRow {
+  std::string tree;
+  int mib = 0;
+  std::string operation;
+  double library = 0, bare = 0;
+  std::optional<double> library_criu, bare_criu;  // CRIU's own part, from its log
+  double library_cpu = 0, bare_cpu = 0;             // CPU seconds, median
+  std::optional<PeakRss> rss;                     // the command doing the same
+  std::optional<double> target;                   // the issue's, at its size and tree only
+  std::pair<double, double> cores{0, 0};          // effective cores before and after the rounds
+};
+
+std::optional<double> criu_median(const Timing& t) {
+  if (t.criu_seconds->empty()) return std::nullopt;
+  return median(*t.criu_seconds);
+}
+
+CriuRow criu_row(Tree tree, int mib, std::string operation, const Timing& library, const Timing& bare,
+                 std::optional<PeakRss> rss, std::optional<double> target, std::pair<double, double> cores) {
+  return {tree_name(tree),
+          mib,
+          std::move(operation),
+          median(library.seconds),
+          median(bare.seconds),
+          criu_median(library),
+          criu_median(bare),
+          median(*library.cpu_seconds),
+          median(*bare.cpu_seconds),
+          rss,
+          target,
+          cores};
+}
+
+// The rounds, with the machine's effective cores just before and just after them.
+std::pair<double, double> rounds_with_cores(const std::string& what, const std::vector<Timing*>& timings, int rounds) {
+  const double before = effective_cores();
+  time_criu_rounds(what, timings, rounds);
+  const double after = effective_cores();
+  note(fmt::format("{}: effective cores {:.1f} before, {:.1f} after", what, before, after));
+  return {before, after};
+}
+
+void bench_criu(const Config& c, nc::CriuRuntime& rt, const CliFeatures& cli, int mib, Tree tree,
+                std::vector<CriuRow>& rows) {
+  const fs::path base = c.work / fmt::format("criu-{}-{}", mib, tree == Tree::shared ? "shared" : "private");
+  private_dir(base);
+  const fs::path source = base / "checkpoint";  // the library's checkpoint every restore starts from
+  const bool judged = mib == judged_mib && tree == Tree::not_shared;
+  const std::string what = fmt::format("{} MiB {}", mib, tree_name(tree));
+  std::vector<PeakRss> dump_rss, stream_rss, folder_rss;
+  pid_t pid = 0;  // the counter's root; a restored tree's too
+  {
+    Counter counter(c, base / "counter", mib, tree == Tree::shared);
+    pid = counter.pid();
+    library_dump(rt, pid, source);  // untimed; what the restores restore
+    reap_exited();
+    Timing bare = discarded_dump("CRIU", base / "bare", [&](const fs::path& dir) { return bare_dump(c, pid, dir); });
+    Timing library = discarded_dump("library", base / "library",
+                                    [&](const fs::path& dir) { return library_dump(rt, pid, dir); });
+    const auto dump_cores = rounds_with_cores("dump " + what, {&bare, &library}, dump_runs);
+    // The command's peak memory while it dumps the same tree, in runs of its own.
+    for (int i = 0; i < rss_runs; ++i) {
+      const fs::path dir = base / "cli-dump";
+      std::vector<std::string> args{"dump", "--pid", std::to_string(pid), "--dir", dir.native(), "--leave-running",
+                                    "--criu", c.criu.native()};
+      if (!cli.dump_format.empty()) args.insert(args.end(), {"--signature-format", cli.dump_format});
+      dump_rss.push_back(cli_peak_rss(c, args));
+      fs::remove_all(dir);
+      reap_exited();
+    }
+    rows.push_back(criu_row(tree, mib, "dump, left running", library, bare, worst(dump_rss),
+                            judged ? std::optional(dump_target) : std::nullopt, dump_cores));
+    note(fmt::format("dump {}: the command's peak RSS {:.1f} MiB (ru_maxrss {:.1f} MiB)", what, worst(dump_rss).own_mib,
+                     worst(dump_rss).maxrss_mib));
+  }  // the counter gone: its PIDs must be free for the restores
+
+  Timing bare = bare_restore(c, source, base / "restore-work");
+  Timing streamed = library_restore("streamed", rt, source, base / "library-restore-work", true);
+  Timing folder = library_restore("folder", rt, source, base / "library-restore-work", false);
+  const auto restore_cores = rounds_with_cores("restore " + what, {&bare, &streamed, &folder}, restore_runs);
+  // The command's peak memory while it restores the same checkpoint (signed with its key file's
+  // key, as every checkpoint here), in runs of its own. The restored tree has the counter's PIDs;
+  // it ends up the benchmark's child (a subreaper), killed and reaped after each run.
+  const auto cli_restore = [&](bool stream) {
+    std::vector<std::string> args{"restore", "--dir", source.native(), "--criu", c.criu.native()};
+    if (!stream) args.emplace_back("--no-stream");
+    const PeakRss rss = cli_peak_rss(c, args);
+    if (::kill(pid, 0) != 0) fail(fmt::format("the command restored {}, but PID {} does not run", source.native(), pid));
+    kill_and_reap(pid);
+    return rss;
+  };
+  for (int i = 0; i < rss_runs; ++i) {
+    stream_rss.push_back(cli_restore(true));
+    if (cli.no_stream) folder_rss.push_back(cli_restore(false));
+  }
+  rows.push_back(criu_row(tree, mib, "restore, streamed", streamed, bare, worst(stream_rss),
+                          judged ? std::optional(restore_target) : std::nullopt, restore_cores));
+  rows.push_back(criu_row(tree, mib, "restore, verify then folder", folder, bare,
+                          cli.no_stream ? std::optional(worst(folder_rss)) : std::nullopt, std::nullopt, restore_cores));
+  note(fmt::format("restore {}: the command's peak RSS {:.1f} MiB streamed (ru_maxrss {:.1f} MiB){}", what,
+                   worst(stream_rss).own_mib, worst(stream_rss).maxrss_mib,
+                   cli.no_stream ? fmt::format(", {:.1f} MiB from the folder (ru_maxrss {:.1f} MiB)",
+                                               worst(folder_rss).own_mib, worst(folder_rss).maxrss_mib)
+                                 : std::string(", --no-stream not in this build of the command")));
   fs::remove_all(base);
 }
 
@@ -838,11 +1104,6 @@ int open_or_fail(const fs::path& path, int flags, mode_t mode = 0600) {
   return fd;
 }
 
-void private_dir(const fs::path& dir) {
-  fs::create_directories(dir);
-  fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace);
-}
-
 // A setup script, its output into `log`; fails with that output.
 void run_setup(const std::vector<std::string>& argv, const fs::path& log) {
   const int fd = open_or_fail(log, O_WRONLY | O_CREAT | O_APPEND);
@@ -946,6 +1207,22 @@ CriuCall take_capture(const fs::path& dir, const std::string& action) {
   fs::remove(args_file);
   fs::remove(env_file);
   note(fmt::format("the library ran: criu {}", fmt::join(call.args, " ")));
+  // Bare CRIU reads the images from the folder itself: no stream (the library serves it), and no
+  // action script (the library's notifications: a streamed restore verifies what CRIU did not read
+  // at pre-resume; its script is gone with the library's call).
+  std::vector<std::string> bare;
+  for (std::size_t i = 0; i < call.args.size(); ++i) {
+    if (call.args[i] == "--stream") continue;
+    if (call.args[i] == "--action-script" && i + 1 < call.args.size()) {
+      ++i;
+      continue;
+    }
+    bare.push_back(call.args[i]);
+  }
+  if (bare.size() != call.args.size()) {
+    call.args = std::move(bare);
+    note(fmt::format("bare CRIU runs: criu {}", fmt::join(call.args, " ")));
+  }
   return call;
 }
 
@@ -1163,24 +1440,15 @@ struct ContainerRow {
   std::optional<double> runc;
   // CRIU's own time, from its log: how much of each is CRIU running.
   std::optional<double> library_criu, bare_criu, runc_criu;
+  // Restores: the library's from the folder once verified whole (stream_images=false).
+  std::optional<double> folder, folder_criu;
 };
-
-// CRIU's own time from its log: the timestamp on its line saying it finished (it counts from the
-// moment CRIU started logging, just after it started).
-std::optional<double> criu_log_seconds(const fs::path& log) {
-  std::istringstream in(read_text(log));
-  for (std::string line; std::getline(in, line);)
-    if (line.starts_with("(") && (line.find("Dumping finished successfully") != std::string::npos ||
-                                  line.find("Restore finished successfully") != std::string::npos))
-      return std::stod(line.substr(1, line.find(')') - 1));
-  return std::nullopt;
-}
 
 // Warm-up runs, then the timed ones; CRIU's own times of the timed runs alone kept.
 void time_container_rounds(const std::string& what, const std::vector<Timing*>& timings) {
   warm_up(timings);
   for (Timing* t : timings) t->criu_seconds->clear();
-  time_rounds(what, timings, container_runs, Order::reversed_on_odd_runs);
+  time_rounds(what, timings, container_runs, Order::rotated);
 }
 
 // The untimed runtime that runs CRIU through the recording stand-in; same key as the timed one.
@@ -1218,12 +1486,15 @@ Timing bare_container_dump(const Config& c, const CriuCall& call, const fs::path
   return t;
 }
 
-Timing library_container_restore(nc::CriuRuntime& rt, const fs::path& checkpoint, const fs::path& work) {
-  Timing t{"library", {}};
-  t.run = [&rt, checkpoint, work, criu = t.criu_seconds] {
+// The library's restore: streamed (the default), or from the folder once it verifies whole.
+Timing library_container_restore(nc::CriuRuntime& rt, const fs::path& checkpoint, const fs::path& work,
+                                 bool stream = true) {
+  Timing t{stream ? "library" : "library, folder", {}};
+  t.run = [&rt, checkpoint, work, stream, criu = t.criu_seconds] {
     private_dir(work);
     nc::CriuOptions o;
     o.work_dir = work;  // CRIU's log here, not in /run: all of the benchmark's files in one folder
+    o.stream_images = stream;
     pid_t pid = 0;
     const double s = timed([&] { pid = rt.restore(checkpoint, o); });
     const bool ran = is_running(pid);
@@ -1274,16 +1545,16 @@ CriuCall record_restore(const Recorder& rec, const fs::path& checkpoint, const f
 }
 
 ContainerRow container_row(std::string container, std::string operation, const Timing& library, const Timing& bare,
-                           const Timing* runc = nullptr) {
-  const auto criu_median = [](const Timing& t) -> std::optional<double> {
-    if (t.criu_seconds->empty()) return std::nullopt;
-    return median(*t.criu_seconds);
-  };
+                           const Timing* runc = nullptr, const Timing* folder = nullptr) {
   ContainerRow row{std::move(container), std::move(operation), median(library.seconds), median(bare.seconds),
-                   std::nullopt, criu_median(library), criu_median(bare), std::nullopt};
+                   std::nullopt, criu_median(library), criu_median(bare), std::nullopt, std::nullopt, std::nullopt};
   if (runc) {
     row.runc = median(runc->seconds);
     row.runc_criu = criu_median(*runc);
+  }
+  if (folder) {
+    row.folder = median(folder->seconds);
+    row.folder_criu = criu_median(*folder);
   }
   return row;
 }
@@ -1307,9 +1578,10 @@ void bench_launcher_container(const Config& c, nc::CriuRuntime& rt, const Record
   }  // the original gone before any restore
   const CriuCall restore_call = record_restore(rec, checkpoint, base / "record-restore-work");
   Timing library = library_container_restore(rt, checkpoint, base / "library-restore-work");
+  Timing folder = library_container_restore(rt, checkpoint, base / "library-restore-work", /*stream=*/false);
   Timing bare = bare_container_restore(c, restore_call, checkpoint, base / "bare-restore-work");
-  time_container_rounds("launcher container restore", {&library, &bare});
-  rows.push_back(container_row(name, "restore", library, bare));
+  time_container_rounds("launcher container restore", {&library, &folder, &bare});
+  rows.push_back(container_row(name, "restore", library, bare, nullptr, &folder));
   fs::remove_all(base);
 }
 
@@ -1347,6 +1619,7 @@ void bench_runc_container(const Config& c, nc::CriuRuntime& rt, const Recorder& 
   box.remove();  // the original gone before any restore
   const CriuCall restore_call = record_restore(rec, checkpoint, base / "record-restore-work");
   Timing library_restore = library_container_restore(rt, checkpoint, base / "library-restore-work");
+  Timing folder_restore = library_container_restore(rt, checkpoint, base / "library-restore-work", /*stream=*/false);
   Timing bare_restore = bare_container_restore(c, restore_call, checkpoint, base / "bare-restore-work");
   Timing runc_restore{"runc", {}};
   runc_restore.run = [&, criu = runc_restore.criu_seconds] {
@@ -1360,8 +1633,8 @@ void bench_runc_container(const Config& c, nc::CriuRuntime& rt, const Recorder& 
     fs::remove_all(work);
     return s;
   };
-  time_container_rounds("runc container restore", {&library_restore, &bare_restore, &runc_restore});
-  rows.push_back(container_row(name, "restore", library_restore, bare_restore, &runc_restore));
+  time_container_rounds("runc container restore", {&library_restore, &folder_restore, &bare_restore, &runc_restore});
+  rows.push_back(container_row(name, "restore", library_restore, bare_restore, &runc_restore, &folder_restore));
 }
 
 std::string runc_version() {
@@ -1418,12 +1691,13 @@ void print_columns(const std::vector<std::vector<std::string>>& lines) {
   }
 }
 
-void print_table(const std::vector<Row>& rows, const std::vector<ContainerRow>& container_rows,
-                 const std::string& runc, const nc::CriuRuntime& rt, double total_seconds) {
+void print_table(const std::vector<Row>& rows, const std::vector<CriuRow>& criu_rows,
+                 const std::vector<ContainerRow>& container_rows, const std::string& runc, const nc::CriuRuntime& rt,
+                 double total_seconds) {
   struct utsname u {};
   ::uname(&u);
-  fmt::print("\nlibnucleuscheckpoint {} benchmark (release build; median of {} runs for dumps, {} for the rest, {} for "
-             "containers, after a warm-up)\n", nc_version_string(), dump_runs, runs, container_runs);
+  fmt::print("\nlibnucleuscheckpoint {} benchmark (release build; median of {} runs for dumps and restores, {} for "
+             "hashing, {} for containers, after a warm-up)\n", nc_version_string(), dump_runs, runs, container_runs);
   fmt::print("machine: {}, {} cores, kernel {}, CRIU {}.{}.{}, {}{}\n", cpu_model(), usable_cores(), u.release,
              rt.version().major, rt.version().minor, rt.version().patch, OpenSSL_version(OPENSSL_VERSION),
              runc.empty() ? "" : ", " + runc);
@@ -1434,35 +1708,74 @@ void print_table(const std::vector<Row>& rows, const std::vector<ContainerRow>& 
     fmt::print(
         "HMAC: one checkpoint-shaped folder, warm in the page cache. Baseline: OpenSSL's serial HMAC-SHA256 over the\n"
         "seed format's records. The all-core ceiling: OpenSSL SHA-256 of the same bytes on every core (1.00x: the\n"
-        "chunked format hashes as fast as that).\n"
-        "dump/restore N MiB: examples/counter, a parent holding N MiB and a forked child sharing it copy-on-write; CRIU\n"
-        "writes both copies, about 2N MiB of pages (\"not shared\": the parent fills its memory after the fork, N MiB\n"
-        "of pages). Runs alternate which goes first, bare CRIU or the library. A library dump also writes metadata,\n"
-        "signs the whole folder (chunked format: images hashed while CRIU writes them, chunks equal to one already\n"
-        "hashed compared instead; the seed-format row signs serially afterwards), syncs and renames it; a library\n"
-        "restore first verifies the whole folder, every byte. Bare CRIU does neither.\n\n");
+        "chunked format hashes as fast as that).\n\n");
     std::vector<std::vector<std::string>> lines{{"measure", "library", "baseline", "ratio", "target", ""}};
     for (const Row& r : rows) lines.push_back({r.measure, r.library, r.baseline, r.ratio, r.target, r.result});
+    print_columns(lines);
+  }
+  if (!criu_rows.empty()) {
+    fmt::print(
+        "\nDump and restore (seconds, median): examples/counter, a parent holding N MiB and a child. \"shared\": the\n"
+        "parent fills its memory before the fork, the child shares it copy-on-write and CRIU writes it once for\n"
+        "each, about 2N MiB of pages; \"not shared\": after the fork, N MiB of pages. Library: CriuRuntime::checkpoint\n"
+        "(left running; metadata, the default signature format, images hashed while CRIU writes them) and\n"
+        "CriuRuntime::restore, streamed (the default: CRIU reads the images through the library, every 4 MiB chunk\n"
+        "checked against the signature first) or from the folder once it verifies whole (stream_images=false).\n"
+        "Baseline: bare `criu dump --leave-running` / `criu restore -d` of the same tree and images, in the same\n"
+        "rounds; the variants take turns going first. In parentheses: CRIU's own part of the same runs (its log,\n"
+        "from its start to \"finished successfully\").\n"
+        "CPU s: CPU time of the same runs, library / bare (median): the benchmark's process, where the library runs,\n"
+        "and its reaped children: CRIU, and a restored tree, which reads its own pages (not a dumped tree, which\n"
+        "runs on). What wall time would come to if the machine had no core to spare.\n"
+        "Cores: how many cores the machine gave just before and just after the rounds (SHA-256 on one thread, then\n"
+        "on every core at once); on a VM, two vCPUs may run as one.\n"
+        "Peak RSS: the command (nucleus-checkpoint dump --leave-running / restore [--no-stream]) doing the same, in\n"
+        "{} run(s) of its own: its own process's VmHWM, sampled every ms (wait4's ru_maxrss, in the progress notes,\n"
+        "also counts CRIU, its child, and the benchmark's pages at the fork).\n\n",
+        rss_runs);
+    std::vector<std::vector<std::string>> lines{
+        {"tree", "MiB", "operation", "library", "bare CRIU", "ratio", "CPU s", "CPU ratio", "cores", "target",
+         "peak RSS (MiB)", ""}};
+    const auto seconds = [](double total, std::optional<double> criu) {
+      return criu ? fmt::format("{:.3f} ({:.3f})", total, *criu) : fmt::format("{:.3f}", total);
+    };
+    for (const CriuRow& r : criu_rows) {
+      const double ratio = r.library / r.bare;
+      const std::string rss = r.rss ? fmt::format("{:.1f}", r.rss->own_mib) : "-";
+      std::string target = "-", result = "-";
+      if (r.target) {
+        target = fmt::format("<= {:.2f}x, < {:.0f} MiB", *r.target, criu_rss_target_mib);
+        const bool fast = ratio <= *r.target, small = r.rss && r.rss->own_mib < criu_rss_target_mib;
+        result = fast && small ? "PASS" : fmt::format("MISS ({})", !fast && !small ? "time, RSS" : !fast ? "time" : "RSS");
+      }
+      lines.push_back({r.tree, std::to_string(r.mib), r.operation, seconds(r.library, r.library_criu),
+                       seconds(r.bare, r.bare_criu), ratio_text(ratio),
+                       fmt::format("{:.2f} / {:.2f}", r.library_cpu, r.bare_cpu), ratio_text(r.library_cpu / r.bare_cpu),
+                       fmt::format("{:.1f}-{:.1f}", std::min(r.cores.first, r.cores.second),
+                                   std::max(r.cores.first, r.cores.second)),
+                       target, rss, result});
+    }
     print_columns(lines);
   }
   if (!container_rows.empty()) {
     fmt::print(
         "\nContainers (ms, median): the same container dumped (left running) and restored by the library's C++ API\n"
-        "(CriuRuntime::checkpoint / restore: container detection, metadata, chunked signature; restore verifies first),\n"
-        "by bare CRIU given exactly the arguments and environment the library gave it, and by runc (`runc checkpoint\n"
-        "--leave-running`, `runc restore -d`, CRIU through its RPC). Each restore follows the previous instance's\n"
-        "SIGKILL. Runs alternate which goes first.\n\n");
-    std::vector<std::vector<std::string>> lines{
-        {"container", "operation", "library", "bare CRIU", "runc", "library/CRIU", "runc/CRIU"}};
+        "(CriuRuntime::checkpoint / restore: container detection, metadata, the default signature format; restore\n"
+        "streamed, and from the folder once verified whole), by bare CRIU given exactly the arguments and environment\n"
+        "the library gave it (but for --stream and the library's --action-script: bare CRIU reads the folder), and by\n"
+        "runc (`runc checkpoint --leave-running`, `runc restore -d`, CRIU through its RPC). Each restore follows the\n"
+        "previous instance's SIGKILL. The variants take turns going first.\n\n");
+    std::vector<std::vector<std::string>> lines{{"container", "operation", "library", "library, folder", "bare CRIU",
+                                                 "runc", "library/CRIU", "folder/CRIU", "runc/CRIU"}};
     const auto ms = [](double s) { return fmt::format("{:.1f}", s * 1000); };
     const auto cell = [&](std::optional<double> total, std::optional<double> criu) -> std::string {
       if (!total) return "-";
       return criu ? fmt::format("{} ({:.0f})", ms(*total), *criu * 1000) : ms(*total);
     };
     for (const ContainerRow& r : container_rows)
-      lines.push_back({r.container, r.operation, cell(r.library, r.library_criu), cell(r.bare, r.bare_criu),
-                       cell(r.runc, r.runc_criu), ratio_text(r.library / r.bare),
-                       r.runc ? ratio_text(*r.runc / r.bare) : "-"});
+      lines.push_back({r.container, r.operation, cell(r.library, r.library_criu), cell(r.folder, r.folder_criu),
+                       cell(r.bare, r.bare_criu), cell(r.runc, r.runc_criu), ratio_text(r.library / r.bare),
+                       r.folder ? ratio_text(*r.folder / r.bare) : "-", r.runc ? ratio_text(*r.runc / r.bare) : "-"});
     print_columns(lines);
     fmt::print("(in parentheses: CRIU's own time in the same runs, median, from its log: from its start to its\n"
                "\"finished successfully\" line)\n");
@@ -1516,9 +1829,14 @@ int run(int argc, char** argv) {
   if (::prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) fail(fmt::format("PR_SET_CHILD_SUBREAPER: {}", std::strerror(errno)));
 
   nc::CriuRuntime rt(c.criu);  // the same binary the bare runs use
-  const nc::HmacKey key = nc::HmacKey::generate();
+  // The command's key file's key: the command restores what the library signed.
+  ensure_key_file(c.key_file);
+  const std::string key_bytes = read_text(c.key_file);
+  const nc::HmacKey key =
+      nc::HmacKey::from_bytes(std::span(reinterpret_cast<const unsigned char*>(key_bytes.data()), key_bytes.size()));
   rt.set_key(nc::HmacKey::from_bytes(key.bytes()));
   std::vector<Row> rows;
+  std::vector<CriuRow> criu_rows;
 
   if (c.containers != "only") {
     const fs::path hmac_dir = c.work / "hmac";
@@ -1528,22 +1846,27 @@ int run(int argc, char** argv) {
     bench_rss(c, hmac_dir, rows);
     fs::remove_all(hmac_dir);
 
-    std::vector<Row> dump_rows, restore_rows;
-    for (int mib : c.sizes_mib) bench_criu(c, rt, mib, dump_rows, restore_rows);
-    if (std::find(c.sizes_mib.begin(), c.sizes_mib.end(), judged_mib) != c.sizes_mib.end())
-      bench_unshared_dump(c, rt, dump_rows);
-    rows.insert(rows.end(), dump_rows.begin(), dump_rows.end());
-    rows.insert(rows.end(), restore_rows.begin(), restore_rows.end());
+    const CliFeatures cli = cli_features(c);
+    if (!cli.no_stream) note("this build of the command has no restore --no-stream: no peak RSS for that restore");
+    for (int mib : c.sizes_mib)
+      for (Tree tree : {Tree::shared, Tree::not_shared}) bench_criu(c, rt, cli, mib, tree, criu_rows);
   }
 
   std::vector<ContainerRow> container_rows;
   std::string runc;
+  // A failure among the containers still prints what was measured before it.
+  std::exception_ptr container_failure;
   if (c.containers != "no") {
-    runc = runc_version();
-    bench_containers(c, rt, key, container_rows);
+    try {
+      runc = runc_version();
+      bench_containers(c, rt, key, container_rows);
+    } catch (...) {
+      container_failure = std::current_exception();
+    }
   }
 
-  print_table(rows, container_rows, runc, rt, std::chrono::duration<double>(Clock::now() - start).count());
+  print_table(rows, criu_rows, container_rows, runc, rt, std::chrono::duration<double>(Clock::now() - start).count());
+  if (container_failure) std::rethrow_exception(container_failure);
   return 0;
 }
 

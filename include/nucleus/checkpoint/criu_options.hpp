@@ -78,6 +78,12 @@ struct CriuOptions {
   // mount map, the namespaces and the descriptors in the signed metadata. Restore: apply what was
   // recorded, with anything given here taking precedence.
   bool detect_container = true;
+  // Restore: CRIU reads its images through a stream the library serves, which checks every chunk
+  // against the signature before CRIU reads it; false restores from the folder after verifying it
+  // whole (slower: verification then CRIU, not both at once).
+  // (Here, in what was padding after detect_container: no member of 0.1 moves, and the struct's
+  // size stays, so C++ programs built against 0.1 keep working.)
+  bool stream_images = true;
   std::filesystem::path root;             // restore: the container's rootfs (CRIU's --root); default: recorded
   std::vector<InheritedFd> inherit_fds;   // restore: --inherit-fd
   std::vector<std::string> join_ns;       // restore: --join-ns "NS:PATH[,EXTRA]"

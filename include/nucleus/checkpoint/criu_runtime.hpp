@@ -85,15 +85,17 @@ class NC_EXPORT CriuRuntime {
   void set_key(HmacKey key);
 
   // Creates dir and dir/images (0700, never through a symlink), dumps the tree into them with
-  // CRIU logging to dir/dump.log, writes metadata.json, then signs the folder: in the chunked
+  // CRIU logging to dir/dump.log, writes metadata.json, then signs the folder: in the manifest
   // format unless another is given, its images hashed while CRIU writes them. On any failure the
   // state returns to None and the message carries CRIU's own errors.
   void checkpoint(const ContainerInfo& container, const std::filesystem::path& dir, bool leave_running);
   void checkpoint(const ContainerInfo& container, const std::filesystem::path& dir, const CriuOptions& options);
   void checkpoint(const ContainerInfo& container, const std::filesystem::path& dir, const CriuOptions& options,
                   SignatureFormat format);
-  // Verifies dir (nothing of CRIU runs if it does not verify), then restores the tree detached
-  // and returns the restored root's PID as soon as it runs.
+  // Restores the tree detached and returns the restored root's PID as soon as it runs; only a
+  // checkpoint that verifies ever runs. A manifest-signed checkpoint is streamed to CRIU through
+  // the library, every chunk checked before CRIU reads it and the rest verified while the tree is
+  // still stopped; other formats (or options.stream_images false) verify whole before CRIU runs.
   pid_t restore(const std::filesystem::path& dir);
   pid_t restore(const std::filesystem::path& dir, const CriuOptions& options);
   // As restore, with a pidfd for the restored root as well.

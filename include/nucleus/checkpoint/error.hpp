@@ -1,8 +1,11 @@
 // Errors of the C++ API: every failure throws Error, whose status is the C ABI's nc_status.
 #pragma once
 
+#include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <nucleus/checkpoint_export.h>
 
@@ -32,6 +35,23 @@ class NC_EXPORT Error : public std::runtime_error {
 
  private:
   Status status_;
+};
+
+// CRIU itself failed (status criu): its exit code, -1 when it did not exit (killed, timed out, or
+// its status taken by a reaper of the caller's), and its own Error lines (from its log, else its
+// console output), as the message quotes them. A class of its own so that Error's layout, part of
+// the ABI, stays as it was; catch Error as before, or CriuError for these details.
+class NC_EXPORT CriuError : public Error {
+ public:
+  CriuError(int exit_code, std::vector<std::string> lines, const std::string& message)
+      : Error(Status::criu, message), exit_code_(exit_code),
+        lines_(std::make_shared<const std::vector<std::string>>(std::move(lines))) {}
+  int criu_exit_code() const noexcept { return exit_code_; }
+  const std::vector<std::string>& criu_lines() const noexcept { return *lines_; }
+
+ private:
+  int exit_code_;
+  std::shared_ptr<const std::vector<std::string>> lines_;  // shared: copying an exception must not throw
 };
 
 }  // namespace nucleus::checkpoint

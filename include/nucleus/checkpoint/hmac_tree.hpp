@@ -1,5 +1,5 @@
-// HMAC-SHA256 over a whole checkpoint folder, in one of two signature formats (the README's
-// "Signatures" specifies both). Verification recognises either.
+// HMAC-SHA256 over a whole checkpoint folder, in one of three signature formats (the README's
+// "Signatures" specifies them). Verification recognises each.
 //
 // The seed format (nucleus-container 0.3.3's, byte for byte): the MAC covers a depth-first walk
 // in byte order of names: for a folder "D\0" + relative path + "\0", then its contents; for a
@@ -11,8 +11,11 @@
 //
 // The chunked format (version 2): an HMAC over the list of (kind, path, size, digest) of every
 // entry, where a file's digest is SHA-256 over the SHA-256 of each chunk (4 MiB as written here).
-// Chunks are hashed on every core, and a dump hashes its images while CRIU writes them: what new
-// checkpoints get.
+// Chunks are hashed on every core, and a dump hashes its images while CRIU writes them.
+//
+// The manifest format (version 3): the chunked format's MAC, and checkpoint.hmac lists every
+// file's chunk digests too, so that once the list is authenticated each chunk can be checked on
+// its own (a restore checks the images it streams to CRIU): what new checkpoints get.
 #pragma once
 
 #include <cstddef>
@@ -26,8 +29,10 @@
 namespace nucleus::checkpoint {
 
 enum class SignatureFormat : int {
-  seed = 1,     // nucleus-container 0.3.3's serial MAC over the sorted tree
-  chunked = 2,  // per-file chunked SHA-256 digests bound by one HMAC; the default for dumps
+  seed = 1,      // nucleus-container 0.3.3's serial MAC over the sorted tree
+  chunked = 2,   // per-file chunked SHA-256 digests bound by one HMAC
+  manifest = 3,  // chunked, and every chunk's digest listed under the HMAC, so that each chunk can be
+                 // checked alone (a restore streaming images to CRIU); the default for dumps
 };
 
 class NC_EXPORT HmacTree {
@@ -77,8 +82,8 @@ class NC_EXPORT HmacTree {
   static SignatureFormat format_of(const std::filesystem::path& dir);
   static SignatureFormat format_of(int dir_fd);
 
-  // Throws Error(Status::integrity) unless dir/checkpoint.hmac holds the folder's MAC, in either
-  // format; compared in constant time.
+  // Throws Error(Status::integrity) unless dir/checkpoint.hmac holds the folder's MAC, in any of
+  // the formats; compared in constant time.
   static void verify(const std::filesystem::path& dir, const HmacKey& key,
                      const Progress& progress = {});
   static void verify(int dir_fd, const HmacKey& key,

@@ -1,0 +1,3 @@
+module nucleus.dev/checkpoint
+
+go 1.19

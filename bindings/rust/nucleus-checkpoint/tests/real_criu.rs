@@ -1,0 +1,452 @@
+//! The safe API against the installed library and the real CRIU, as root: a real process tree
+//! (examples/counter) checkpointed, a tampered copy refused with Status::INTEGRITY, the tree
+//! restored and counting on; CRIU's own failures with its exit code and lines; 32 threads x 200
+//! failing calls each getting exactly their own message; callbacks whose panics become errors.
+//!
+//! Run by tests/rust_binding_test.sh, which sets NC_RUST_TEST_DIR (a private folder under
+//! /var/tmp/nucleus-checkpoint-tests), NUCLEUS_CHECKPOINT_HMAC_KEY_FILE (in a 0700 folder) and
+//! NC_TEST_COUNTER (the counter program).
+use std::env;
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::ControlFlow;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nucleus_checkpoint::{
+    keygen, key_path, read_metadata, sign_with_progress, signature_format_of, verify, verify_with_progress, Error,
+    Notification, Options, RestoreMode, Runtime, SignatureFormat, Status,
+};
+
+/// The tests reap as a subreaper with waitpid(-1): one at a time, so none reaps another's child.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn base() -> PathBuf {
+    PathBuf::from(env::var_os("NC_RUST_TEST_DIR").expect("NC_RUST_TEST_DIR is set by tests/rust_binding_test.sh"))
+}
+
+/// A new folder under the test's base, removed first if a previous run left it.
+fn fresh(name: &str) -> PathBuf {
+    let dir = base().join(name);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+fn become_subreaper() {
+    // SAFETY: plain prctl.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }, 0);
+}
+
+/// Reaps every exited child (restored trees are reparented to this subreaper).
+fn reap() {
+    // SAFETY: plain waitpid.
+    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+}
+
+/// Running (not a zombie, not gone).
+fn alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{}/stat", pid)) {
+        Ok(stat) => stat.rsplit(") ").next().map_or(false, |rest| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn wait_until(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+fn count_of(file: &Path) -> i64 {
+    fs::read_to_string(file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(-1)
+}
+
+/// The project's counter: a parent and its child in a session of their own, each counting in a
+/// file of `dir` every 50 ms; stdio on /dev/null, or stdout on `stdout`.
+fn start_counter(dir: &Path, stdout: Option<fs::File>) -> Child {
+    let counter = env::var_os("NC_TEST_COUNTER").expect("NC_TEST_COUNTER names examples/counter");
+    let child = Command::new(counter)
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(stdout.map_or_else(Stdio::null, Stdio::from))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the counter starts");
+    assert!(wait_until(10, || count_of(&dir.join("parent")) >= 3 && count_of(&dir.join("child")) >= 3));
+    child
+}
+
+/// Kills the counter's process group when dropped, so a failing test leaves nothing running.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: plain kill of the counter's own process group (it made its own session).
+        unsafe { libc::kill(-self.0, libc::SIGKILL) };
+        reap();
+    }
+}
+
+/// Kills the tree rooted at `pid` (its own process group) and reaps it.
+fn kill_tree(pid: i32) {
+    // SAFETY: plain kill of the counter's own process group.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    assert!(wait_until(10, || {
+        reap();
+        !alive(pid)
+    }));
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir(to).unwrap();
+    fs::set_permissions(to, fs::Permissions::from_mode(0o700)).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Flips one byte in the middle of the checkpoint's first images/pages-*.img; returns its name.
+fn flip_page_byte(checkpoint: &Path) -> String {
+    let mut pages: Vec<PathBuf> = fs::read_dir(checkpoint.join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("pages-") && name.ends_with(".img") && fs::metadata(p).unwrap().len() > 0
+        })
+        .collect();
+    pages.sort();
+    let page = pages.first().expect("the dump wrote pages");
+    let mut f = fs::OpenOptions::new().read(true).write(true).open(page).unwrap();
+    let at = f.metadata().unwrap().len() / 2;
+    let mut byte = [0u8];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut byte).unwrap();
+    byte[0] ^= 0xff;
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&byte).unwrap();
+    page.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+fn expect_err<T: std::fmt::Debug>(r: nucleus_checkpoint::Result<T>, status: Status, text: &str) -> Error {
+    let e = r.expect_err("the call must fail");
+    assert_eq!(e.status(), status, "{}", e);
+    assert!(e.message().contains(text), "{:?} does not say {:?}", e.message(), text);
+    assert!(e.to_string().starts_with(status.name()));
+    e
+}
+
+#[test]
+fn checkpoint_tamper_restore_with_real_criu() {
+    let _serial = serial();
+    become_subreaper();
+    let work = fresh("round-trip");
+    let counter_dir = work.join("counter");
+    fs::create_dir(&counter_dir).unwrap();
+    let checkpoint = work.join("checkpoint");
+
+    let mut rt = Runtime::new().expect("a runtime with the installed CRIU");
+    let v = rt.criu_version().unwrap();
+    assert!(v.major > 4 || (v.major == 4 && v.minor >= 1), "{:?}", v);
+    rt.criu_check().unwrap();
+
+    let mut child = start_counter(&counter_dir, None);
+    let pid = child.id() as i32;
+    let _cleanup = KillOnDrop(pid);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut opts = Options::new().unwrap();
+    let seen_in = Arc::clone(&seen);
+    opts.add_annotation("io.example.binding", "rust")
+        .unwrap()
+        .log_level(4)
+        .unwrap()
+        .notify(move |what, _pid| {
+            seen_in.lock().unwrap().push(what);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    rt.checkpoint("rust-counter", pid, &checkpoint, Some(&opts)).expect("the dump");
+    // Killed once signed: reap it (and its child), or the zombies keep the PIDs the restore needs.
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert!(wait_until(10, || {
+        reap();
+        !alive(pid)
+    }));
+    let notified = seen.lock().unwrap().clone();
+    assert!(notified.contains(&Notification::PRE_DUMP) && notified.contains(&Notification::POST_DUMP), "{:?}", notified);
+    let at_dump = count_of(&counter_dir.join("parent"));
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(count_of(&counter_dir.join("parent")), at_dump, "the dumped tree was killed");
+
+    verify(&checkpoint).expect("the checkpoint verifies");
+    assert_eq!(signature_format_of(&checkpoint).unwrap(), SignatureFormat::MANIFEST);
+    let metadata = read_metadata(&checkpoint).unwrap();
+    assert!(metadata.contains("io.example.binding") && metadata.contains("rust-counter"), "{}", metadata);
+    let mut totals = Vec::new();
+    verify_with_progress(&checkpoint, |bytes| totals.push(bytes)).unwrap();
+    assert!(!totals.is_empty() && totals.windows(2).all(|w| w[0] <= w[1]) && *totals.last().unwrap() > 0);
+
+    // A tampered copy: refused by verify, and by restore (streamed, and verified whole first);
+    // nothing of it runs.
+    let bad = work.join("tampered");
+    copy_tree(&checkpoint, &bad);
+    verify(&bad).expect("an untouched copy verifies");
+    let page = flip_page_byte(&bad);
+    let e = expect_err(verify(&bad), Status::INTEGRITY, &page);
+    assert_eq!(e.criu_exit_code(), None);
+    expect_err(rt.restore(&bad, None), Status::INTEGRITY, "");
+    let mut whole = Options::new().unwrap();
+    whole.image_stream(false).unwrap();
+    expect_err(rt.restore(&bad, Some(&whole)), Status::INTEGRITY, &page);
+    // What CRIU had made of it was killed before it ran an instruction: it never counted.
+    assert!(
+        wait_until(10, || {
+            reap();
+            !alive(pid)
+        }),
+        "nothing of the tampered checkpoint runs"
+    );
+    assert_eq!(count_of(&counter_dir.join("parent")), at_dump);
+
+    // Another container's checkpoint is refused.
+    let mut other = Options::new().unwrap();
+    other.expected_container_id(Some("someone-else")).unwrap();
+    expect_err(rt.restore(&checkpoint, Some(&other)), Status::INTEGRITY, "someone-else");
+
+    // The real one comes back with its PID and counts on from where it stopped.
+    let mut restore_opts = Options::new().unwrap();
+    restore_opts.expected_container_id(Some("rust-counter")).unwrap().restore_mode(RestoreMode::DETACHED).unwrap();
+    let tree = rt.restore(&checkpoint, Some(&restore_opts)).expect("the restore");
+    assert_eq!(tree.pid(), pid);
+    assert!(tree.pidfd().as_raw_fd() >= 0);
+    assert!(alive(pid));
+    assert!(
+        wait_until(10, || count_of(&counter_dir.join("parent")) > at_dump + 5),
+        "counting on: {} at the dump, {} now",
+        at_dump,
+        count_of(&counter_dir.join("parent"))
+    );
+    tree.send_signal(libc::SIGKILL).unwrap();
+    kill_tree(pid);
+    assert!(tree.send_signal(0).is_err() || !alive(pid));
+    println!("round trip: PID {} dumped at {}, restored and counted on; a flipped byte in {} refused", pid, at_dump, page);
+}
+
+#[test]
+fn criu_failure_carries_exit_code_and_lines() {
+    let _serial = serial();
+    become_subreaper();
+    let work = fresh("criu-failure");
+    let counter_dir = work.join("counter");
+    fs::create_dir(&counter_dir).unwrap();
+    let out = work.join("stdout.txt");
+    let checkpoint = work.join("checkpoint");
+    let mut child = start_counter(&counter_dir, Some(fs::File::create(&out).unwrap()));
+    let pid = child.id() as i32;
+    let _cleanup = KillOnDrop(pid);
+    let mut rt = Runtime::new().unwrap();
+    rt.checkpoint("rust-file-gone", pid, &checkpoint, None).unwrap();
+    child.wait().unwrap();
+    assert!(wait_until(10, || {
+        reap();
+        !alive(pid)
+    }));
+    fs::remove_file(&out).unwrap(); // a file the tree held open is gone: CRIU cannot reopen it
+    let e = expect_err(rt.restore(&checkpoint, None), Status::CRIU, "Can't open file");
+    assert_eq!(e.criu_exit_code(), Some(1), "{:?}", e);
+    assert!(e.criu_lines().contains("Can't open file") && e.criu_lines().ends_with('\n'), "{:?}", e.criu_lines());
+    // What CRIU had made of the tree, it killed: nothing runs on.
+    assert!(wait_until(10, || {
+        reap();
+        !alive(pid)
+    }));
+}
+
+#[test]
+fn each_thread_gets_its_own_error() {
+    let _serial = serial();
+    const THREADS: usize = 32;
+    const CALLS: usize = 1000;
+    let root = fresh("threads");
+    let dir_of = |t: usize, c: usize| root.join(format!("thread-{:02}/no-checkpoint-{:04}", t, c));
+    let reference_path = dir_of(99, 9999);
+    let reference = expect_err(verify(&reference_path), Status::NOT_FOUND, &reference_path.to_string_lossy());
+    let reference_path = reference_path.to_string_lossy().into_owned();
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let barrier = Arc::clone(&barrier);
+            let reference = reference.message().to_owned();
+            let reference_path = reference_path.clone();
+            let root = root.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                let mut wrong = Vec::new();
+                let mut last = None;
+                for c in 0..CALLS {
+                    let dir = root.join(format!("thread-{:02}/no-checkpoint-{:04}", t, c));
+                    let path = dir.to_string_lossy().into_owned();
+                    let want = reference.replace(&reference_path, &path);
+                    match verify(&dir) {
+                        Err(e) if e.status() == Status::NOT_FOUND && e.message() == want => last = Some((path, e)),
+                        other => wrong.push(format!("{}: {:?}", path, other)),
+                    }
+                }
+                (wrong, last)
+            })
+        })
+        .collect();
+    let mut wrong = Vec::new();
+    for (t, h) in handles.into_iter().enumerate() {
+        let (w, last) = h.join().expect("no thread panicked");
+        wrong.extend(w);
+        // Read here, on a thread that made none of its calls.
+        let (path, e) = last.expect("each thread's last call failed as it should");
+        assert!(path.contains(&format!("thread-{:02}/no-checkpoint-{:04}", t, CALLS - 1)));
+        assert!(e.message().contains(&path), "{:?}", e);
+    }
+    assert!(wrong.is_empty(), "{} of {} calls got a message not their own, e.g. {}", wrong.len(), THREADS * CALLS, wrong[0]);
+    println!("threads: {} threads x {} calls, each message its own", THREADS, CALLS);
+}
+
+#[test]
+fn arguments_statuses_and_option_errors() {
+    let _serial = serial();
+    // A NUL byte inside is refused before any C call.
+    expect_err(verify("/var/tmp/a\0b"), Status::INVALID, "NUL byte");
+    expect_err(Runtime::with_criu("/usr/local/sbin/cr\0iu"), Status::INVALID, "NUL byte");
+    let mut opts = Options::new().unwrap();
+    expect_err(opts.add_annotation("na\0me", "v"), Status::INVALID, "NUL byte");
+    // Non-UTF-8 paths pass through as bytes.
+    use std::os::unix::ffi::OsStrExt;
+    let odd = base().join(std::ffi::OsStr::from_bytes(b"no-such-\xff-dir"));
+    expect_err(verify(&odd), Status::NOT_FOUND, "no-such-");
+    expect_err(verify(""), Status::INVALID, "dir is NULL or empty");
+    expect_err(Runtime::with_criu("/nonexistent/criu"), Status::NOT_FOUND, "/nonexistent/criu");
+
+    // The values are the ABI's; a value the crate does not know is an ordinary one.
+    let all = [
+        (Status::OK, 0, "NC_OK"),
+        (Status::INVALID, 1, "NC_E_INVALID"),
+        (Status::PERMISSION, 2, "NC_E_PERMISSION"),
+        (Status::NOT_FOUND, 3, "NC_E_NOT_FOUND"),
+        (Status::STATE, 4, "NC_E_STATE"),
+        (Status::CRIU, 5, "NC_E_CRIU"),
+        (Status::INTEGRITY, 6, "NC_E_INTEGRITY"),
+        (Status::IO, 7, "NC_E_IO"),
+        (Status::KEY, 8, "NC_E_KEY"),
+        (Status::NOMEM, 9, "NC_E_NOMEM"),
+        (Status::INTERNAL, 10, "NC_E_INTERNAL"),
+    ];
+    for (status, value, name) in all {
+        assert_eq!((status.0, status.name()), (value, name));
+    }
+    assert_eq!(Status(42).name(), "NC_E_UNKNOWN");
+    assert_eq!(format!("{:?}", Notification(99)), "Notification(99)");
+    assert_eq!(SignatureFormat(3), SignatureFormat::MANIFEST);
+
+    // A setter's refusal is the handle's own error; a good value chains.
+    expect_err(opts.log_level(9), Status::INVALID, "0 to 4");
+    expect_err(opts.add_join_ns("pid:1"), Status::INVALID, "--join-ns");
+    expect_err(opts.root(Some(Path::new("rootfs"))), Status::INVALID, "absolute");
+    expect_err(opts.signature_format(SignatureFormat(0)), Status::INVALID, "");
+    opts.log_level(2)
+        .unwrap()
+        .tcp_established(true)
+        .unwrap()
+        .root(Some(Path::new("/var/lib/c/rootfs")))
+        .unwrap()
+        .root(None)
+        .unwrap()
+        .file_validation(Some("filesize"))
+        .unwrap()
+        .add_runtime_file("config.json", b"{}")
+        .unwrap();
+    let (r, w) = {
+        let mut fds = [0; 2];
+        // SAFETY: a plain pipe; both ends owned below.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        use std::os::unix::io::{FromRawFd, OwnedFd};
+        // SAFETY: new descriptors of ours.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    };
+    use std::os::unix::io::AsFd;
+    opts.add_inherit_fd(w.as_fd(), "stdout").unwrap();
+    drop((r, w));
+
+    // The key store is the test's own.
+    let key = key_path().unwrap();
+    assert_eq!(Some(key.as_os_str()), env::var_os("NUCLEUS_CHECKPOINT_HMAC_KEY_FILE").as_deref());
+    keygen().unwrap();
+    assert!(!keygen().unwrap(), "made already");
+    assert!(!nucleus_checkpoint::version().is_empty());
+}
+
+#[test]
+fn callback_panics_become_errors() {
+    let _serial = serial();
+    become_subreaper();
+    let dir = fresh("progress");
+    fs::create_dir(dir.join("images")).unwrap();
+    fs::write(dir.join("images/pages-1.img"), vec![7u8; 3 << 20]).unwrap();
+    // Progress: counted, then a panic caught at the FFI boundary and reported.
+    let mut calls = 0;
+    sign_with_progress(&dir, SignatureFormat::SEED, |_| calls += 1).unwrap();
+    assert!(calls >= 3, "{} progress calls for 3 MiB in 1 MiB reads", calls);
+    let e = sign_with_progress(&dir, SignatureFormat::CHUNKED, |_| panic!("progress boom")).unwrap_err();
+    assert!(e.is_panic() && e.status() == Status::INTERNAL && e.message().contains("progress boom"), "{:?}", e);
+    let e = verify_with_progress(&dir, |_| panic!("verify boom")).unwrap_err();
+    assert!(e.is_panic() && e.message().contains("verify boom"), "{:?}", e);
+    verify(&dir).expect("the panic stopped nothing but the closure");
+
+    // Notify: a panic at pre-dump stops CRIU; the dump fails and the tree runs on.
+    let counter_dir = dir.join("counter");
+    fs::create_dir(&counter_dir).unwrap();
+    let mut child = start_counter(&counter_dir, None);
+    let pid = child.id() as i32;
+    let _cleanup = KillOnDrop(pid);
+    let mut opts = Options::new().unwrap();
+    opts.notify(|what, _| {
+        if what == Notification::PRE_DUMP {
+            panic!("notify boom");
+        }
+        ControlFlow::Continue(())
+    })
+    .unwrap();
+    let mut rt = Runtime::new().unwrap();
+    let e = rt.checkpoint("rust-panic", pid, dir.join("checkpoint"), Some(&opts)).unwrap_err();
+    assert!(e.is_panic() && e.message().contains("notify boom"), "{:?}", e);
+    let before = count_of(&counter_dir.join("parent"));
+    assert!(wait_until(10, || count_of(&counter_dir.join("parent")) > before + 3), "the tree runs on");
+    // Break stops it the same way, without a panic.
+    opts.notify(|what, _| if what == Notification::PRE_DUMP { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+        .unwrap();
+    let e = rt.checkpoint("rust-break", pid, dir.join("checkpoint-2"), Some(&opts)).unwrap_err();
+    assert!(!e.is_panic() && e.status() != Status::OK, "{:?}", e);
+    assert!(alive(pid));
+    kill_tree(pid);
+    let _ = child.wait();
+}

@@ -1,0 +1,35 @@
+// A dump that outlives its caller. From the moment CRIU starts until the library kills or resumes
+// the tree, a caller that died would leave the tree stopped (CRIU dumps with --leave-stopped) and
+// gigabytes of staging behind. So a small guardian process watches over that window: told of its
+// parent's death (PR_SET_PDEATHSIG), it kills CRIU if it still runs, resumes the tree through the
+// root's pidfd it inherited, and removes the staging folder; dismissed, it exits.
+#pragma once
+
+#include <sys/types.h>
+
+#include "fs/checkpoint_dir.hpp"
+#include "fs/unique_fd.hpp"
+
+namespace nucleus::checkpoint {
+
+class DumpGuardian {
+ public:
+  // root_pidfd: the tree's root, held since before CRIU. The staging folder must outlive the guardian.
+  DumpGuardian(pid_t root, int root_pidfd, const CheckpointDir& staging);
+  ~DumpGuardian();  // dismisses it: the caller is there to deal with the tree
+  DumpGuardian(const DumpGuardian&) = delete;
+  DumpGuardian& operator=(const DumpGuardian&) = delete;
+
+  // CRIU runs as `pid` (the guardian takes a pidfd for it at once, while it cannot be reused).
+  void criu_started(pid_t pid) const noexcept;
+  // CRIU has been waited for: nothing of it is left to kill.
+  void criu_ended() const noexcept;
+
+ private:
+  void tell(char what, pid_t pid = 0) const noexcept;
+
+  UniqueFd parent_end_;
+  pid_t pid_ = -1;
+};
+
+}  // namespace nucleus::checkpoint
