@@ -25,8 +25,10 @@ cc -std=c11 -O2 -o "$dir/examples/counter" examples/counter.c || exit 1
 # Left out: symbols and abi compare the exports with baselines taken from the normal build (an
 # -O0 build exports more, e.g. static constexpr members); installed builds consumers with plain
 # cc against the instrumented library, which ASan refuses ("ASan runtime does not come first");
-# packaging_* configure builds of their own, uninstrumented, which the normal suite runs already.
-skip='^(symbols|abi|installed|packaging_.*)$'
+# packaging_* configure builds of their own, uninstrumented, which the normal suite runs already;
+# readme_snippets, go_binding and rust_binding, like installed, build consumers of the installed
+# library with plain compilers (cc, cgo, rustc).
+skip='^(symbols|abi|installed|packaging_.*|readme_snippets|go_binding|rust_binding)$'
 mapfile -t tests < <(meson test -C "$dir" --list --no-rebuild 2>/dev/null | grep -Ev "$skip")
 ((${#tests[@]})) || { echo "sanitize: no tests listed"; exit 1; }
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1

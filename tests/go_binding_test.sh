@@ -14,17 +14,8 @@ set -euo pipefail
 build=$1 src=$2
 [[ -n ${NC_TEST_COUNTER:-} ]] || { echo "NC_TEST_COUNTER (examples/counter) is not set"; exit 1; }
 command -v go >/dev/null || { echo "go not found: scripts/setup.sh installs golang-go"; exit 1; }
-mkdir -p "$3"
-root=$(mktemp -d -p "$3" go-binding-XXXXXX)
-trap 'rm -rf "$root"' EXIT
-
-meson install -C "$build" --destdir "$root/sysroot" --no-rebuild --quiet >/dev/null
-pc=$(find "$root/sysroot" -name nucleus-checkpoint.pc | head -n1)
-[[ -n $pc ]] || { echo "no nucleus-checkpoint.pc was installed"; exit 1; }
-mkdir "$root/pc" && cp "$pc" "$root/pc/"
-export PKG_CONFIG_LIBDIR="$root/pc" PKG_CONFIG_PATH= PKG_CONFIG_SYSROOT_DIR="$root/sysroot"
-libdir=$(pkg-config --variable=libdir nucleus-checkpoint)  # sysroot included
-export LD_LIBRARY_PATH=$libdir
+source "$(dirname "$0")/private_install.sh"
+private_install "$build" "$3" go-binding
 # Go offline and from a clean slate: no proxy, no checksum database, no user go.env, caches here.
 export GOPROXY=off GOSUMDB=off GOFLAGS=-mod=mod GOENV=off GO111MODULE=on CGO_ENABLED=1 GOTOOLCHAIN=local \
   GOCACHE="$root/gocache" GOPATH="$root/gopath" GOTMPDIR= HOME="$root/home"

@@ -6,20 +6,10 @@
 # Usage: installed_test.sh BUILD_DIR SOURCE_DIR TMP_DIR
 set -euo pipefail
 build=$1 src=$2
-mkdir -p "$3"
-root=$(mktemp -d -p "$3" installed-XXXXXX)
-trap 'rm -rf "$root"' EXIT
-meson install -C "$build" --destdir "$root/sysroot" --no-rebuild --quiet >/dev/null
-pc=$(find "$root/sysroot" -name nucleus-checkpoint.pc | head -n1)
-[[ -n $pc ]] || { echo "no nucleus-checkpoint.pc was installed"; exit 1; }
-# pkg-config sees our .pc and nothing else (no libsodium.pc, fmt.pc, ...), as on a machine with
-# only the runtime packages: --cflags and --libs must not need any other package's .pc.
-mkdir "$root/pc" && cp "$pc" "$root/pc/"
-export PKG_CONFIG_LIBDIR="$root/pc" PKG_CONFIG_PATH='' PKG_CONFIG_SYSROOT_DIR="$root/sysroot"
+source "$(dirname "$0")/private_install.sh"
+private_install "$build" "$3" installed
 if pkg-config --exists libsodium; then echo "libsodium.pc is visible: the check would prove nothing"; exit 1; fi
 pkg-config --cflags --libs nucleus-checkpoint >/dev/null
-libdir=$(pkg-config --variable=libdir nucleus-checkpoint)  # sysroot included
-export LD_LIBRARY_PATH=$libdir
 cc -std=c11 -Wall -Werror "$src/examples/demo.c" $(pkg-config --cflags --libs nucleus-checkpoint) -o "$root/demo"
 cc -std=c11 -Wall -Werror "$src/examples/counter.c" -o "$root/counter"
 c++ -std=c++20 -Wall -Werror "$src/examples/verify_checkpoint.cpp" $(pkg-config --cflags --libs nucleus-checkpoint) \

@@ -27,16 +27,8 @@ if [[ $header != "$declared" ]]; then
   exit 1
 fi
 
-mkdir -p "$tmp"
-root=$(mktemp -d -p "$tmp" rust-XXXXXX)
-trap 'rm -rf "$root"' EXIT
-meson install -C "$build" --destdir "$root/sysroot" --no-rebuild --quiet >/dev/null
-pc=$(find "$root/sysroot" -name nucleus-checkpoint.pc | head -n1)
-[[ -n $pc ]] || { echo "no nucleus-checkpoint.pc was installed"; exit 1; }
-mkdir "$root/pc" && cp "$pc" "$root/pc/"
-export PKG_CONFIG_LIBDIR="$root/pc" PKG_CONFIG_PATH= PKG_CONFIG_SYSROOT_DIR="$root/sysroot"
-libdir=$(pkg-config --variable=libdir nucleus-checkpoint) # sysroot included
-export LD_LIBRARY_PATH=$libdir
+source "$(dirname "$0")/private_install.sh"
+private_install "$build" "$tmp" rust
 
 # A copy of the crates (the source tree gets no Cargo.lock or target/), with the README's Rust
 # program as an example; crates.io replaced by Debian's registry, offline.
