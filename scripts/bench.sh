@@ -24,7 +24,11 @@ if [[ -f build-bench/build.ninja ]]; then
 else
   meson setup build-bench "${options[@]}" >/dev/null
 fi
-ninja -C build-bench >/dev/null
+# Quiet unless the build fails (ninja prints its errors on stdout).
+if ! build_log=$(ninja -C build-bench 2>&1); then
+  echo "$build_log" >&2
+  exit 1
+fi
 
 # The command's key for the peak-RSS runs; the key store wants its folder 0700.
 install -d -m 0700 build-bench/bench-key
