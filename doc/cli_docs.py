@@ -4,7 +4,6 @@ that neither can miss an option the program has. Fails, rather than write a thin
 help is not laid out as CLI11 2.x lays it out.
 Usage: cli_docs.py man CLI VERSION OUTPUT
        cli_docs.py bash-completion CLI OUTPUT"""
-import os
 import re
 import subprocess
 import sys
@@ -21,7 +20,7 @@ DIRECTORY_OPTIONS = {"--dir", "--work-dir", "--root", "--cgroup-yard", "--freeze
 
 
 def completes_files(name, type_):
-    return type_ == "TEXT" and (name == "--criu" or name.endswith("-file") or name.endswith("-key"))
+    return type_ == "TEXT" and (name == "--criu" or name.endswith("-file"))  # not NAME=PATH ones
 
 
 class HelpFormatError(Exception):
@@ -58,8 +57,7 @@ class Command:
 
 def read_help(cli, *args):
     # --help goes to stdout with status 0; a usage error would say the help changed.
-    return subprocess.run([cli, *args, "--help"], check=True, capture_output=True, text=True,
-                          env=dict(os.environ, COLUMNS="80")).stdout
+    return subprocess.run([cli, *args, "--help"], check=True, capture_output=True, text=True).stdout
 
 
 def two_column_entries(lines):
@@ -96,10 +94,8 @@ def parse_option(left, description):
     words = kind.split()
     if words and not re.match(r"\[?[A-Z]", words[0]):  # CLI11's types: TEXT, INT:..., [TEXT,TEXT]
         raise HelpFormatError(f"{names}: '{words[0]}' is not where its help puts a type")
-    option = Option(names.split(","), "", description, required="REQUIRED" in words, repeatable="..." in words,
-                    notes=notes)
-    option.type = " ".join(w for w in words if w not in ("REQUIRED", "..."))
-    return option
+    return Option(names.split(","), " ".join(w for w in words if w not in ("REQUIRED", "...")), description,
+                  required="REQUIRED" in words, repeatable="..." in words, notes=notes)
 
 
 def parse_help(name, text):
@@ -204,12 +200,14 @@ def man_page(program, commands, version):
     # The key's places, as KeyStore::default_path looks for them (README, "The key").
     out += [".SH FILES",
             ".TP", "\\fI/var/lib/nucleus/checkpoint\\-hmac.key\\fR",
-            "This machine's checkpoint key when run as root, unless \\fBNUCLEUS_CHECKPOINT_HMAC_KEY_FILE\\fR is set.",
+            "This machine's checkpoint key when run as root, unless \\fBNUCLEUS_CHECKPOINT_HMAC_KEY_FILE\\fR "
+            "is set.",
             ".TP", "\\fI$XDG_DATA_HOME/nucleus/checkpoint\\-hmac.key\\fR",
             "The key otherwise (\\fI~/.local/share/nucleus/checkpoint\\-hmac.key\\fR without "
-            "\\fBXDG_DATA_HOME\\fR). The first dump, or \\fBkeygen\\fR, creates it: 32 random bytes, mode 0600. "
-            "The key and its folder must belong to the effective user, with no group or other permissions, "
-            "and must not be symlinks. To restore on another machine, copy the key there (mode 0600).",
+            "\\fBXDG_DATA_HOME\\fR). In either place the first dump, or \\fBkeygen\\fR, creates it: "
+            "32 random bytes, mode 0600. The key and its folder must belong to the effective user, with no "
+            "group or other permissions, and must not be symlinks. To restore on another machine, copy the "
+            "key there (mode 0600).",
             ".TP", "\\fIDIR\\fR\\fI/checkpoint.hmac\\fR",
             "A checkpoint's signature, written by \\fBdump\\fR and \\fBsign\\fR, checked by \\fBverify\\fR "
             "and \\fBrestore\\fR.",

@@ -69,7 +69,7 @@ for name in subcommands:
     check(text.strip() != "", f"the page has a section for {name}")
     for flag in flags[name]:
         if flag not in ("-h", "--help"):  # the page says once that every command takes them
-            check(f"\\fB{roff(flag)}\\fR" in text, f"the page's section for {name} has {flag}", text)
+            check(f"\\fB{roff(flag)}\\fR" in text, f"the page's section for {name} has {flag}")
     check(f"\\fB{name}\\fR" in section(".SH SYNOPSIS"), f"the synopsis shows {name}")
 exit_line = next((line for line in top_help.split("\n") if line.startswith("Exit code: ")), "")
 exit_codes = exit_line[len("Exit code: ") + 1:]  # from the second character: the page capitalises the first
@@ -100,7 +100,7 @@ else:
 # --- the bash completion ---
 def complete(*words):
     """What the completion offers with the cursor at the end of words' last one."""
-    script = (f'source "$1"\n'
+    script = ('source "$1"\n'
               f'fn=$(complete -p {PROGRAM} | sed -E "s/.* -F ([^ ]+) .*/\\1/")\n'
               'shift; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1))\n'
               'COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}\n'
