@@ -276,6 +276,7 @@ RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions
         throw CriuError(r.exit_code, criu_error_lines(errors),
                         fmt::format("cannot restore: PID {} that the checkpoint needs is still held by an exited "
                                     "process nobody has reaped (its parent must wait() for it). {}", *taken, failure));
+      work.keep_log = false;  // retried: this attempt's log is not a failure to keep
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   });
