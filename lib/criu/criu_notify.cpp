@@ -6,6 +6,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <charconv>
@@ -27,13 +28,20 @@ namespace {
 // mounted noexec, /var/lib seldom.
 constexpr std::array notify_parents{run_dir, "/var/lib/nucleus-checkpoint"};
 
-constexpr std::string_view script = R"(#!/bin/sh
+// The script's text, fixed but for the notifications it reports (the library's own names):
+// others it answers itself at once, without a round trip to the caller's thread.
+std::string script_text(const std::vector<std::string_view>& reported) {
+  std::string cases;
+  for (const auto name : reported) cases += fmt::format("{}{}", cases.empty() ? "" : "|", name);
+  return fmt::format(R"(#!/bin/sh
 # Written by libnucleuscheckpoint: tells it which notification CRIU gives, and waits for its answer.
-dir=${0%/*}
-printf '%s %s\n' "$CRTOOLS_SCRIPT_ACTION" "${CRTOOLS_INIT_PID:-0}" >"$dir/request" || exit 1
+case "$CRTOOLS_SCRIPT_ACTION" in {}) ;; *) exit 0 ;; esac
+dir=${{0%/*}}
+printf '%s %s\n' "$CRTOOLS_SCRIPT_ACTION" "${{CRTOOLS_INIT_PID:-0}}" >"$dir/request" || exit 1
 read -r answer <"$dir/answer" || exit 1
 [ "$answer" = ok ]
-)";
+)", cases);
+}
 
 struct Action {
   std::string_view name;
@@ -75,8 +83,14 @@ UniqueFd make_fifo(int dir_fd, const char* name) {
 
 }  // namespace
 
-NotifyChannel::NotifyChannel(const NotifyCallback& callback) : callback_(callback), run_(executable_run_dir()) {
+NotifyChannel::NotifyChannel(const NotifyCallback& callback, const std::vector<CriuNotification>& reported)
+    : callback_(callback), run_(executable_run_dir()) {
   try {
+    std::vector<std::string_view> names;
+    for (const auto& a : actions)
+      if (reported.empty() || std::find(reported.begin(), reported.end(), a.notification) != reported.end())
+        names.push_back(a.name);
+    const std::string script = script_text(names);
     UniqueFd file(::openat(run_.dir.get(), "notify", O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0700));
     if (!file) throw system_error(Status::io, errno, "cannot write CRIU's notification script");
     write_all(file.get(), script.data(), script.size(), "CRIU's notification script");
@@ -144,9 +158,9 @@ void NotifyChannel::serve() noexcept {
   }
 }
 
-Notifications::Notifications(const NotifyCallback& callback) {
+Notifications::Notifications(const NotifyCallback& callback, const std::vector<CriuNotification>& reported) {
   if (!callback) return;
-  channel_.emplace(callback);
+  channel_.emplace(callback, reported);
   watch_ = ProcessWatch{channel_->request_fd(), [this] { channel_->serve(); }, {}};
 }
 

@@ -18,7 +18,8 @@ namespace nucleus::checkpoint {
 // Only root can reach the folder, so nobody else can speak for CRIU or answer it.
 class NotifyChannel {
  public:
-  explicit NotifyChannel(const NotifyCallback& callback);
+  // `reported`: the notifications the callback gets (empty: all); CRIU's others go on at once.
+  NotifyChannel(const NotifyCallback& callback, const std::vector<CriuNotification>& reported);
   ~NotifyChannel();
   NotifyChannel(const NotifyChannel&) = delete;
   NotifyChannel& operator=(const NotifyChannel&) = delete;
@@ -43,7 +44,7 @@ class NotifyChannel {
 // what run_process serves while CRIU runs.
 class Notifications {
  public:
-  explicit Notifications(const NotifyCallback& callback);
+  explicit Notifications(const NotifyCallback& callback, const std::vector<CriuNotification>& reported = {});
   void add_args(std::vector<std::string>& args) const;
   const ProcessWatch* watch() const noexcept { return channel_ ? &watch_ : nullptr; }
   // Why the caller's callback stopped CRIU, "" if it did not: the cause to report first.

@@ -225,7 +225,10 @@ RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions
       if (event.what == CriuNotification::pre_resume) server->verify_rest();
       return !options.notify || options.notify(event);
     };
-    const Notifications notifications(notify);
+    // Only pre-resume, unless the caller asked for notifications: each one is a round trip.
+    const Notifications notifications(notify, manifest && !options.notify
+                                                  ? std::vector<CriuNotification>{CriuNotification::pre_resume}
+                                                  : std::vector<CriuNotification>{});
     notifications.add_args(args);
     const std::uint64_t started = boot_ticks_now();
     const auto deadline = std::chrono::steady_clock::now() + zombie_grace;
