@@ -189,14 +189,19 @@ RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions
     // are verified whole, and the images are checked chunk by chunk before CRIU reads them.
     // Otherwise (asked for, or an older signature format) the whole folder verifies first, and
     // nothing but root may be able to change it before CRIU reads it.
-    // An unsigned or malformed folder is refused as such, before a missing key could be reported.
-    const SignatureFormat format = HmacTree::format_of(dir_fd.get());
-    std::optional<HmacKey> loaded;
-    const HmacKey& key = key_ ? *key_ : loaded.emplace(KeyStore().load());
+    // The signature is read (once) before the key is loaded: an unsigned or malformed folder is
+    // refused as such, not as a missing key.
     std::optional<SignedManifest> manifest;
-    if (options.stream_images && format == SignatureFormat::manifest) manifest = SignedManifest::load(dir_fd.get(), key);
+    if (options.stream_images) {
+      if (std::optional<ChunkedSignature> signature = SignedManifest::read_signature(dir_fd.get()))
+        manifest = key_ ? SignedManifest::authenticate(dir_fd.get(), *key_, std::move(*signature))
+                        : SignedManifest::authenticate(dir_fd.get(), KeyStore().load(), std::move(*signature));
+    }
     require_private_tree(dir_fd.get(), manifest ? OpenWriters::allow : OpenWriters::refuse);
-    if (!manifest) HmacTree::verify(dir_fd.get(), key);
+    if (!manifest) {
+      if (key_) HmacTree::verify(dir_fd.get(), *key_);
+      else HmacTree::verify(dir_fd.get(), KeyStore());
+    }
     const CheckpointMetadata metadata =
         manifest ? verified_metadata(dir_fd.get(), *manifest) : CheckpointMetadata::load(dir_fd.get());
     require_expected(metadata, options, dir);

@@ -35,16 +35,19 @@ Error chunk_differs(const ManifestFile& file, std::uint64_t chunk_size, std::uin
 
 }  // namespace
 
-std::optional<SignedManifest> SignedManifest::load(int dir_fd, const HmacKey& key) {
-  ChunkedSignature signature;
-  {
-    const std::string text = read_signature_text(dir_fd);  // up to 126 MiB: gone before the walk
-    // Formats 1 and 2, even malformed, are HmacTree::verify's to judge.
-    if (!text.starts_with(ChunkedSignature::family)) return std::nullopt;
-    signature = ChunkedSignature::parse(text);
-  }
+std::optional<ChunkedSignature> SignedManifest::read_signature(int dir_fd) {
+  const std::string text = read_signature_text(dir_fd);  // up to 126 MiB: gone before the walk
+  // Formats 1 and 2, even malformed, are HmacTree::verify's to judge.
+  if (!text.starts_with(ChunkedSignature::family)) return std::nullopt;
+  ChunkedSignature signature = ChunkedSignature::parse(text);
   if (signature.format != SignatureFormat::manifest) return std::nullopt;
-  return authenticate(dir_fd, key, std::move(signature));
+  return signature;
+}
+
+std::optional<SignedManifest> SignedManifest::load(int dir_fd, const HmacKey& key) {
+  std::optional<ChunkedSignature> signature = read_signature(dir_fd);
+  if (!signature) return std::nullopt;
+  return authenticate(dir_fd, key, std::move(*signature));
 }
 
 SignedManifest SignedManifest::authenticate(int dir_fd, const HmacKey& key, ChunkedSignature signature) {

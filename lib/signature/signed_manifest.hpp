@@ -32,7 +32,11 @@ class SignedManifest {
   // not match. std::nullopt if the folder is signed in format 1 or 2 (the caller falls back to
   // HmacTree::verify).
   static std::optional<SignedManifest> load(int dir_fd, const HmacKey& key);
-  // The same for a format 3 signature already parsed.
+  // load's first half, which needs no key: dir_fd/checkpoint.hmac read once and parsed if it is
+  // format 3 (nothing verified), std::nullopt for formats 1 and 2; Status::integrity if the folder
+  // is unsigned or the manifest malformed.
+  static std::optional<ChunkedSignature> read_signature(int dir_fd);
+  // load's second half, for a format 3 signature already parsed.
   static SignedManifest authenticate(int dir_fd, const HmacKey& key, ChunkedSignature signature);
 
   std::uint64_t chunk_size() const noexcept { return chunk_size_; }
