@@ -17,11 +17,14 @@
 #include <utility>
 #include <vector>
 
+#include <nucleus/checkpoint/chain.hpp>
 #include <nucleus/checkpoint/criu_runtime.hpp>
 #include <nucleus/checkpoint/error.hpp>
 #include <nucleus/checkpoint/hmac_tree.hpp>
 #include <nucleus/checkpoint/key_store.hpp>
 #include <nucleus/checkpoint/metadata.hpp>
+#include <nucleus/checkpoint/registry.hpp>
+#include <nucleus/checkpoint/transfer.hpp>
 
 #include "checkpoint/utf8.hpp"
 #include "criu/criu_args.hpp"
@@ -50,11 +53,14 @@ struct nc_options {
   std::vector<std::pair<std::string, std::string>> annotations;
   std::vector<std::pair<std::string, std::string>> runtime_files;  // name, bytes
   nc::SignatureFormat signature_format = nc::SignatureFormat::manifest;
+  nc::TransferOptions transfer;  // nc_export's
+  nc::RegistryOptions registry;  // nc_push_image's and nc_pull_image's
   nc_error error;  // the outcome of the latest setter called on this handle (nc_options_error)
 };
 
 namespace {
 
+static_assert(static_cast<int>(nc::Status::unsupported) == NC_E_UNSUPPORTED);
 static_assert(static_cast<int>(nc::Status::internal) == NC_E_INTERNAL && static_cast<int>(nc::Status::key) == NC_E_KEY &&
               static_cast<int>(nc::Status::integrity) == NC_E_INTEGRITY && static_cast<int>(nc::Status::ok) == NC_OK);
 static_assert(static_cast<int>(nc::CriuNotification::pre_dump) == NC_NOTIFY_PRE_DUMP &&
@@ -193,6 +199,22 @@ nc::SignatureFormat signature_format(const nc_signature_format& format) {
   if (f != NC_SIGNATURE_SEED && f != NC_SIGNATURE_CHUNKED && f != NC_SIGNATURE_MANIFEST)
     throw nc::Error(nc::Status::invalid, "unknown signature format " + std::to_string(f));
   return static_cast<nc::SignatureFormat>(f);
+}
+
+// A C caller's signing, checked before it is used as the enum.
+nc::SignatureKind signing_kind(const nc_signing& signing) {
+  const int k = enum_bits(signing);
+  if (k != NC_SIGNING_HMAC && k != NC_SIGNING_ED25519) throw nc::Error(nc::Status::invalid, "unknown signing " + std::to_string(k));
+  return static_cast<nc::SignatureKind>(k);
+}
+
+// A string handed to C, to be freed with nc_free.
+char* malloc_copy(std::string_view text) {
+  char* out = static_cast<char*>(std::malloc(text.size() + 1));
+  if (!out) throw std::bad_alloc();
+  std::memcpy(out, text.data(), text.size());
+  out[text.size()] = '\0';
+  return out;
 }
 
 // nc_key_path's and nc_key_path_ex's body: with `needed`, buf may be NULL when size is 0 (a query).
@@ -334,7 +356,7 @@ nc_status nc_verify_progress(const char* dir, nc_progress_fn progress, void* use
 nc_status nc_verify_progress_e(const char* dir, nc_progress_fn progress, void* user, nc_error* err) {
   return guard(err, [&] {
     require(dir != nullptr && *dir != '\0', "verify: dir is NULL or empty");
-    nc::HmacTree::verify(dir, nc::KeyStore(), progress_of(progress, user));
+    nc::CheckpointChain::verify(dir, nc::KeyStore(), progress_of(progress, user));
   });
 }
 
@@ -345,11 +367,7 @@ nc_status nc_read_metadata_e(const char* dir, char** json_out, nc_error* err) {
     require(json_out != nullptr, "nc_read_metadata: json_out is NULL");
     *json_out = nullptr;
     require(dir != nullptr && *dir != '\0', "nc_read_metadata: dir is NULL or empty");
-    const std::string json = nc::CheckpointMetadata::load(nc::open_dir(dir, "checkpoint directory").get()).to_json();
-    char* out = static_cast<char*>(std::malloc(json.size() + 1));
-    if (!out) throw std::bad_alloc();
-    std::memcpy(out, json.c_str(), json.size() + 1);
-    *json_out = out;
+    *json_out = malloc_copy(nc::CheckpointMetadata::load(nc::open_dir(dir, "checkpoint directory").get()).to_json());
   });
 }
 
@@ -378,6 +396,85 @@ nc_status nc_keygen_e(int* created, nc_error* err) {
     const bool existed = store.exists();
     store.load_or_create();
     if (created) *created = existed ? 0 : 1;
+  });
+}
+
+// --- Ed25519 ---
+
+static_assert(static_cast<int>(nc::SignatureKind::hmac_sha256) == NC_SIGNING_HMAC &&
+              static_cast<int>(nc::SignatureKind::ed25519) == NC_SIGNING_ED25519);
+
+nc_status nc_keygen_ed25519(int* created) { return nc_keygen_ed25519_e(created, nullptr); }
+
+nc_status nc_keygen_ed25519_e(int* created, nc_error* err) {
+  return guard(err, [&] {
+    const nc::KeyStore store;
+    const bool existed = store.ed25519_exists();
+    // Trusted here even when it existed: keygen is how a host comes to verify what it signs.
+    store.trust(store.load_or_create_ed25519().public_key());
+    if (created) *created = existed ? 0 : 1;
+  });
+}
+
+nc_status nc_public_key(char** text_out, char** key_id_out) { return nc_public_key_e(text_out, key_id_out, nullptr); }
+
+nc_status nc_public_key_e(char** text_out, char** key_id_out, nc_error* err) {
+  return guard(err, [&] {
+    require(text_out != nullptr || key_id_out != nullptr, "nc_public_key: text_out and key_id_out are both NULL");
+    if (text_out) *text_out = nullptr;
+    if (key_id_out) *key_id_out = nullptr;
+    const nc::Ed25519PublicKey key = nc::KeyStore().load_ed25519().public_key();
+    std::unique_ptr<char, decltype(&std::free)> text(text_out ? malloc_copy(key.to_file_text()) : nullptr, &std::free);
+    if (key_id_out) *key_id_out = malloc_copy(key.id_hex());
+    if (text_out) *text_out = text.release();
+  });
+}
+
+nc_status nc_trust_key(const char* public_key_text) { return nc_trust_key_e(public_key_text, nullptr); }
+
+nc_status nc_trust_key_e(const char* public_key_text, nc_error* err) {
+  return guard(err, [&] {
+    require(public_key_text != nullptr, "nc_trust_key: public_key_text is NULL");
+    const std::string_view text(public_key_text, ::strnlen(public_key_text, nc::Ed25519PublicKey::max_file_size + 1));
+    nc::KeyStore().trust(nc::Ed25519PublicKey::parse_file_text(text, "nc_trust_key's public_key_text"));
+  });
+}
+
+nc_status nc_sign_as(const char* dir, nc_signature_format format, nc_signing signing, nc_progress_fn progress,
+                     void* user) {
+  return nc_sign_as_e(dir, format, signing, progress, user, nullptr);
+}
+
+nc_status nc_sign_as_e(const char* dir, nc_signature_format format, nc_signing signing, nc_progress_fn progress,
+                       void* user, nc_error* err) {
+  return guard(err, [&] {
+    require(dir != nullptr && *dir != '\0', "nc_sign_as: dir is NULL or empty");
+    nc::SignatureFormat f{};
+    nc::SignatureKind kind{};
+    named("nc_sign_as", [&] {
+      f = signature_format(format);
+      kind = signing_kind(signing);
+    });
+    const nc::KeyStore store;
+    if (kind == nc::SignatureKind::ed25519)
+      nc::HmacTree::sign_as(dir, store.load_or_create_ed25519(), f, progress_of(progress, user));
+    else
+      nc::HmacTree::sign_as(dir, store.load_or_create(), f, progress_of(progress, user));
+  });
+}
+
+nc_status nc_signer_of(const char* dir, nc_signing* signing_out, char** key_id_out) {
+  return nc_signer_of_e(dir, signing_out, key_id_out, nullptr);
+}
+
+nc_status nc_signer_of_e(const char* dir, nc_signing* signing_out, char** key_id_out, nc_error* err) {
+  return guard(err, [&] {
+    require(signing_out != nullptr, "nc_signer_of: signing_out is NULL");
+    if (key_id_out) *key_id_out = nullptr;
+    require(dir != nullptr && *dir != '\0', "nc_signer_of: dir is NULL or empty");
+    const nc::CheckpointSigner signer = nc::HmacTree::signer_of(dir);
+    if (key_id_out && signer.kind == nc::SignatureKind::ed25519) *key_id_out = malloc_copy(signer.key_id);
+    *signing_out = static_cast<nc_signing>(signer.kind);
   });
 }
 
@@ -444,6 +541,67 @@ nc_status nc_options_set_restore_mode(nc_options* o, nc_restore_mode mode) {
   });
 }
 
+nc_status nc_options_set_compression(nc_options* o, nc_compression compression) {
+  return set_option(o, __func__, [&](nc_options& all) {
+    const int c = enum_bits(compression);
+    require(c == NC_COMPRESSION_NONE || c == NC_COMPRESSION_ZSTD, "unknown compression " + std::to_string(c));
+    all.transfer.compression = static_cast<nc::Compression>(c);
+  });
+}
+
+nc_status nc_export(const char* dir, int fd, const nc_options* opts) { return nc_export_e(dir, fd, opts, nullptr); }
+
+nc_status nc_export_e(const char* dir, int fd, const nc_options* opts, nc_error* err) {
+  return guard(err, [&] {
+    require(dir != nullptr && *dir != '\0', "nc_export: dir is NULL or empty");
+    require(fd >= 0, "nc_export: fd is negative");
+    named("nc_export", [&] { nc::export_checkpoint(dir, fd, opts ? opts->transfer : nc::TransferOptions{}); });
+  });
+}
+
+nc_status nc_import(int fd, const char* dir, const nc_options* opts) { return nc_import_e(fd, dir, opts, nullptr); }
+
+nc_status nc_import_e(int fd, const char* dir, const nc_options*, nc_error* err) {
+  return guard(err, [&] {
+    require(dir != nullptr && *dir != '\0', "nc_import: dir is NULL or empty");
+    require(fd >= 0, "nc_import: fd is negative");
+    named("nc_import", [&] { nc::import_checkpoint(fd, dir); });
+  });
+}
+
+nc_status nc_options_set_insecure_registry(nc_options* o, int on) {
+  return set_option(o, __func__, [&](nc_options& all) { all.registry.insecure = on != 0; });
+}
+
+nc_status nc_push_image(const char* dir, const char* reference, const nc_options* opts, char** digest_out) {
+  return nc_push_image_e(dir, reference, opts, digest_out, nullptr);
+}
+
+nc_status nc_push_image_e(const char* dir, const char* reference, const nc_options* opts, char** digest_out,
+                          nc_error* err) {
+  if (digest_out) *digest_out = nullptr;
+  return guard(err, [&] {
+    require(dir != nullptr && *dir != '\0', "nc_push_image: dir is NULL or empty");
+    require(reference != nullptr && *reference != '\0', "nc_push_image: reference is NULL or empty");
+    named("nc_push_image", [&] {
+      const nc::PushedImage pushed = nc::push_image(dir, reference, opts ? opts->registry : nc::RegistryOptions{});
+      if (digest_out) *digest_out = malloc_copy(pushed.manifest_digest);
+    });
+  });
+}
+
+nc_status nc_pull_image(const char* reference, const char* dir, const nc_options* opts) {
+  return nc_pull_image_e(reference, dir, opts, nullptr);
+}
+
+nc_status nc_pull_image_e(const char* reference, const char* dir, const nc_options* opts, nc_error* err) {
+  return guard(err, [&] {
+    require(reference != nullptr && *reference != '\0', "nc_pull_image: reference is NULL or empty");
+    require(dir != nullptr && *dir != '\0', "nc_pull_image: dir is NULL or empty");
+    named("nc_pull_image", [&] { nc::pull_image(reference, dir, opts ? opts->registry : nc::RegistryOptions{}); });
+  });
+}
+
 nc_status nc_options_set_start_ticks(nc_options* o, unsigned long long start_ticks) {
   return set_option(o, __func__, [&](nc_options& all) { all.start_ticks = start_ticks; });
 }
@@ -499,6 +657,15 @@ nc_status nc_options_set_lsm_mount_context(nc_options* o, const char* context) {
 }
 nc_status nc_options_set_skip_in_flight(nc_options* o, int on) {
   return set_option(o, __func__, [&](nc::CriuOptions& c) { c.skip_in_flight = on != 0; });
+}
+nc_status nc_options_set_parent(nc_options* o, const char* parent_dir) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.parent = parent_dir ? parent_dir : ""; });
+}
+nc_status nc_options_set_signing(nc_options* o, nc_signing signing) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.signing = signing_kind(signing); });
+}
+nc_status nc_options_set_auto_dedup(nc_options* o, int on) {
+  return set_option(o, __func__, [&](nc::CriuOptions& c) { c.auto_dedup = on != 0; });
 }
 nc_status nc_options_set_link_remap(nc_options* o, int on) {
   return set_option(o, __func__, [&](nc::CriuOptions& c) { c.link_remap = on != 0; });
@@ -580,12 +747,16 @@ nc_status nc_checkpoint_ex(nc_runtime* rt, const char* container_id, pid_t pid, 
   return nc_checkpoint_ex_e(rt, container_id, pid, dir, opts, nullptr);
 }
 
-nc_status nc_checkpoint_ex_e(nc_runtime* rt, const char* container_id, pid_t pid, const char* dir,
-                             const nc_options* opts, nc_error* err) {
+namespace {
+
+// nc_checkpoint_ex_e and nc_predump_e: `operation` names the call in messages.
+nc_status dump(const char* operation, nc_runtime* rt, const char* container_id, pid_t pid, const char* dir,
+               const nc_options* opts, nc_error* err, bool predump) {
   return guard(err, [&] {
-    require(rt != nullptr, "checkpoint: the runtime is NULL");
-    require(container_id != nullptr && *container_id != '\0', "checkpoint: container_id is NULL or empty");
-    require(dir != nullptr && *dir != '\0', "checkpoint: dir is NULL or empty");
+    const std::string op = operation;
+    require(rt != nullptr, op + ": the runtime is NULL");
+    require(container_id != nullptr && *container_id != '\0', op + ": container_id is NULL or empty");
+    require(dir != nullptr && *dir != '\0', op + ": dir is NULL or empty");
     nc::ContainerInfo info;
     info.id = container_id;
     info.pid = pid;
@@ -594,8 +765,25 @@ nc_status nc_checkpoint_ex_e(nc_runtime* rt, const char* container_id, pid_t pid
     info.start_ticks = o.start_ticks;
     info.annotations = o.annotations;
     info.runtime_files = o.runtime_files;
-    rt->criu.checkpoint(info, dir, o.criu, o.signature_format);
+    if (predump) rt->criu.predump(info, dir, o.criu, o.signature_format);
+    else rt->criu.checkpoint(info, dir, o.criu, o.signature_format);
   });
+}
+
+}  // namespace
+
+nc_status nc_checkpoint_ex_e(nc_runtime* rt, const char* container_id, pid_t pid, const char* dir,
+                             const nc_options* opts, nc_error* err) {
+  return dump("checkpoint", rt, container_id, pid, dir, opts, err, false);
+}
+
+nc_status nc_predump(nc_runtime* rt, const char* container_id, pid_t pid, const char* dir, const nc_options* opts) {
+  return nc_predump_e(rt, container_id, pid, dir, opts, nullptr);
+}
+
+nc_status nc_predump_e(nc_runtime* rt, const char* container_id, pid_t pid, const char* dir, const nc_options* opts,
+                       nc_error* err) {
+  return dump("predump", rt, container_id, pid, dir, opts, err, true);
 }
 
 namespace {

@@ -53,6 +53,7 @@ class Command:
     description: list            # its lines
     options: list = field(default_factory=list)
     subcommands: list = field(default_factory=list)  # of (name, description)
+    positionals: list = field(default_factory=list)  # of (name, description): push's and pull's REF
 
 
 def read_help(cli, *args):
@@ -120,6 +121,7 @@ def parse_help(name, text):
         raise HelpFormatError(f"{name}: no Options: list in its help")
     command.options = [parse_option(*entry) for entry in two_column_entries(lists.pop("Options"))]
     command.subcommands = two_column_entries(lists.pop("Subcommands", []))
+    command.positionals = [(left.split()[0], text) for left, text in two_column_entries(lists.pop("Positionals", []))]
     if lists:
         raise HelpFormatError(f"{name}: lists this script does not know: {', '.join(lists)}")
     return command
@@ -181,8 +183,9 @@ def man_page(program, commands, version):
         required = " ".join(f"\\fB{roff(o.names[-1])}\\fR \\fI{roff(o.names[-1].lstrip('-').upper())}\\fR"
                             for o in command.options if o.required)
         optional = any(not o.required and not o.is_help for o in command.options)
+        positionals = " ".join(f"\\fI{roff(name)}\\fR" for name, _ in command.positionals)
         out += [".br", " ".join(filter(None, [f"{bold_program} \\fB{command.name}\\fR", required,
-                                              "[\\fIoptions\\fR]" if optional else ""]))]
+                                              "[\\fIoptions\\fR]" if optional else "", positionals]))]
     out += [".SH DESCRIPTION", *(roff(line) for line in description)]
     out += [".SH OPTIONS"]
     for option in program.options:
@@ -192,6 +195,8 @@ def man_page(program, commands, version):
         if not any(o.is_help for o in command.options):
             raise HelpFormatError(f"{command.name} has no --help, which the page says every command has")
         out += [f".SS {command.name}", *(roff(line) for line in command.description)]
+        for name, text in command.positionals:
+            out += [".TP", f"\\fI{roff(name)}\\fR", roff(text)]
         for option in command.options:
             if not option.is_help:
                 out += option_entry(option)
@@ -208,6 +213,11 @@ def man_page(program, commands, version):
             "32 random bytes, mode 0600. The key and its folder must belong to the effective user, with no "
             "group or other permissions, and must not be symlinks. To restore on another machine, copy the "
             "key there (mode 0600).",
+            ".TP", "\\fIcheckpoint\\-ed25519.key\\fR, \\fItrusted\\-keys/\\fR beside the key",
+            "This machine's Ed25519 signing key (\\fBkeygen \\-\\-ed25519\\fR, \\fBdump \\-\\-sign ed25519\\fR; "
+            "under the key's rules, and never copied), and the folder of public keys whose Ed25519 signatures "
+            "verify here (\\fBtrust add\\fR; owned by root or the effective user, not writable by others, "
+            "no symlinks).",
             ".TP", "\\fIDIR\\fR\\fI/checkpoint.hmac\\fR",
             "A checkpoint's signature, written by \\fBdump\\fR and \\fBsign\\fR, checked by \\fBverify\\fR "
             "and \\fBrestore\\fR.",
@@ -217,6 +227,10 @@ def man_page(program, commands, version):
     out += [".SH ENVIRONMENT",
             ".TP", "\\fBNUCLEUS_CHECKPOINT_HMAC_KEY_FILE\\fR",
             "The key file to use instead of the places under \\fBFILES\\fR.",
+            ".TP", "\\fBNUCLEUS_CHECKPOINT_ED25519_KEY_FILE\\fR",
+            "The Ed25519 signing key file to use instead of \\fIcheckpoint\\-ed25519.key\\fR beside the key.",
+            ".TP", "\\fBNUCLEUS_CHECKPOINT_TRUSTED_KEYS\\fR",
+            "The trust folder to use instead of \\fItrusted\\-keys/\\fR beside the key.",
             ".TP", "\\fBNUCLEUS_CHECKPOINT_MAX_BYTES\\fR",
             "The most bytes of files a checkpoint may hold to be signed or verified, a decimal number "
             "(default 1 TiB).",

@@ -1,6 +1,6 @@
 // nucleus-checkpoint: the operator's command line, on the C ABI alone.
 //
-//   nucleus-checkpoint check | dump | restore | sign | verify | inspect | keygen  [--json]
+//   nucleus-checkpoint check | dump | predump | restore | sign | verify | inspect | keygen | trust add  [--json]
 //
 // Exit codes: 0 on success, else the nc_status value of the failure (1 to 10), 64 for a usage
 // error; restore --wait exits as the restored root did (its status, or 128+signal). Human output
@@ -39,6 +39,9 @@
 namespace {
 
 constexpr int exit_usage = 64;
+
+// The kinds of signing key by their command-line names.
+const std::map<std::string, nc_signing> signings{{"hmac", NC_SIGNING_HMAC}, {"ed25519", NC_SIGNING_ED25519}};
 
 // The code point of the UTF-8 sequence at s[i] and its length, or length 0 where the bytes are
 // not UTF-8 (overlong forms, surrogates and anything above U+10FFFF are not).
@@ -103,7 +106,8 @@ struct Outcome {
 // and the JSON all ASCII (\uNNNN beyond), so that neither can carry a control to a terminal.
 class Report {
  public:
-  explicit Report(bool json) : json_(json), writer_(buffer_) {
+  // out: stdout, or stderr where stdout carries data (export's stream).
+  explicit Report(bool json, std::FILE* out = stdout) : json_(json), out_(out), writer_(buffer_) {
     if (json_) writer_.StartObject();
   }
   void field(const char* key, const std::string& value, const char* label = nullptr) {
@@ -168,17 +172,17 @@ class Report {
         string(outcome.message);
       }
       writer_.EndObject();
-      fmt::print("{}\n", buffer_.GetString());
+      fmt::print(out_, "{}\n", buffer_.GetString());
     } else if (!outcome.ok()) {
       fmt::print(stderr, "nucleus-checkpoint: {}: {}\n", nc_status_name(outcome.status), printable(outcome.message));
     }
-    std::fflush(stdout);
+    std::fflush(out_);
     return static_cast<int>(outcome.status);
   }
 
  private:
   void line(const std::string& label, const std::string& text) {
-    fmt::print("{:<18} {}\n", printable(label) + ":", text);
+    fmt::print(out_, "{:<18} {}\n", printable(label) + ":", text);
   }
   void string(const std::string& value) {
     const std::string utf8 = printable(value, false);
@@ -186,6 +190,7 @@ class Report {
   }
 
   bool json_;
+  std::FILE* out_;
   rapidjson::StringBuffer buffer_;
   rapidjson::Writer<rapidjson::StringBuffer, rapidjson::UTF8<>, rapidjson::ASCII<>> writer_;
 };
@@ -242,8 +247,9 @@ const CLI::Validator assignment(
     [](std::string& text) -> std::string { return split_assignment(text) ? "" : "expected NAME=VALUE with a name"; },
     "NAME=VALUE");
 
-// PATH's bytes, refused (not cut) beyond `limit`.
-Outcome read_bounded(const std::string& path, std::size_t limit, std::string& bytes) {
+// PATH's bytes, refused (not cut) beyond `limit`, which `bound` names.
+Outcome read_bounded(const std::string& path, std::size_t limit, std::string& bytes,
+                     std::string_view bound = "the most a checkpoint records") {
   Outcome outcome;
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
@@ -259,7 +265,7 @@ Outcome read_bounded(const std::string& path, std::size_t limit, std::string& by
     if (n <= 0) break;
     bytes.append(buffer, static_cast<std::size_t>(n));
     if (bytes.size() > limit) {
-      outcome(NC_E_INVALID, fmt::format("{} is larger than {} bytes, the most a checkpoint records", path, limit));
+      outcome(NC_E_INVALID, fmt::format("{} is larger than {} bytes, {}", path, limit, bound));
       break;
     }
   }
@@ -287,6 +293,9 @@ struct CriuFlags {
   std::string cgroup_props, freeze_cgroup;
   bool skip_in_flight = false, link_remap = false, ghost_fiemap = false;
   std::uint64_t ghost_limit = 0;
+  std::string parent;  // pre-dump chains
+  bool auto_dedup = false;
+  nc_signing signing = NC_SIGNING_HMAC;
   std::vector<std::string> annotations, runtime_files;  // NAME=VALUE, NAME=PATH
   // Restore.
   std::string root, lsm_profile, lsm_mount_context;
@@ -340,6 +349,12 @@ struct CriuFlags {
       cmd->add_option("--ghost-limit", ghost_limit, "Largest deleted file whose contents are dumped (e.g. 10M)")
           ->transform(CLI::AsSizeValue(false));
       cmd->add_flag("--ghost-fiemap", ghost_fiemap, "Dump deleted files' contents sparsely (fiemap)");
+      cmd->add_option("--parent", parent, "A pre-dump beside --dir to dump on: write only the memory changed since");
+      cmd->add_flag("--auto-dedup", auto_dedup, "With --parent: punch what this layer holds out of the parents' "
+                                                "images (they are re-signed)");
+      cmd->add_option("--sign", signing, "Key to sign with: hmac (default) or ed25519 (receivers verify with its "
+                                         "public key alone)")
+          ->transform(CLI::CheckedTransformer(signings));
       cmd->add_option("--annotation", annotations, "Record NAME=VALUE in the signed metadata (repeatable)")
           ->check(assignment);
       cmd->add_option("--runtime-file", runtime_files,
@@ -406,6 +421,9 @@ struct CriuFlags {
     set(nc_options_set_link_remap(raw, link_remap));
     set(nc_options_set_ghost_limit(raw, ghost_limit));
     set(nc_options_set_ghost_fiemap(raw, ghost_fiemap));
+    set(nc_options_set_parent(raw, given(parent)));
+    set(nc_options_set_auto_dedup(raw, auto_dedup));
+    set(nc_options_set_signing(raw, signing));
     for (const auto& a : annotations) {
       const auto [name, value] = *split_assignment(a);  // checked by the parser
       set(nc_options_add_annotation(raw, name.c_str(), value.c_str()));
@@ -476,21 +494,29 @@ std::string signature_format_name(nc_signature_format format) {
   return "unknown";
 }
 
-// Signs (in `format`) or verifies dir, with a progress line on a terminal.
-nc_status hash_with_progress(std::optional<nc_signature_format> sign_format, const std::string& dir, bool json) {
+// Signs (in `format`, with the key of `signing`) or verifies dir, with a progress line on a terminal.
+nc_status hash_with_progress(std::optional<nc_signature_format> sign_format, const std::string& dir, bool json,
+                             nc_signing signing = NC_SIGNING_HMAC) {
   Progress progress;
   const bool show = !json && ::isatty(STDERR_FILENO);
   const nc_progress_fn fn = show ? &Progress::report : nullptr;
-  const nc_status s = sign_format ? nc_sign_ex(dir.c_str(), *sign_format, fn, &progress)
+  const nc_status s = sign_format ? nc_sign_as(dir.c_str(), *sign_format, signing, fn, &progress)
                                   : nc_verify_progress(dir.c_str(), fn, &progress);
   progress.done();
   return s;
 }
 
-// The format field of a signed folder (nothing if it has no readable signature).
+// The format and signer fields of a signed folder (nothing if it has no readable signature).
 void report_format(Report& r, const std::string& dir) {
   nc_signature_format format{};
   if (nc_signature_format_of(dir.c_str(), &format) == NC_OK) r.field("format", signature_format_name(format), "signature format");
+  nc_signing signing{};
+  char* key_id = nullptr;
+  if (nc_signer_of(dir.c_str(), &signing, &key_id) == NC_OK) {
+    r.field("signed_with", signing == NC_SIGNING_ED25519 ? "ed25519" : "hmac-sha256", "signed with");
+    if (key_id) r.field("key_id", key_id, "signing key id");
+  }
+  nc_free(key_id);
 }
 
 // Files and bytes under dir, without following symlinks.
@@ -636,7 +662,7 @@ unsigned long long start_ticks_of(pid_t pid) {
 }
 
 int cmd_dump(const std::string& criu, pid_t pid, const std::string& dir, const std::string& id, bool leave_running,
-             const CriuFlags& flags, nc_signature_format format, bool json) {
+             const CriuFlags& flags, nc_signature_format format, bool predump, bool json) {
   const unsigned long long start_ticks = start_ticks_of(pid);
   Report r(json);
   Runtime rt;
@@ -647,13 +673,16 @@ int cmd_dump(const std::string& criu, pid_t pid, const std::string& dir, const s
   if (!opened.ok()) return r.finish(opened);
   const auto start = std::chrono::steady_clock::now();
   Outcome dumped;
-  dumped(nc_checkpoint_ex(rt.get(), id.empty() ? std::to_string(pid).c_str() : id.c_str(), pid, dir.c_str(), opts.get()));
+  const std::string container_id = id.empty() ? std::to_string(pid) : id;
+  dumped((predump ? nc_predump : nc_checkpoint_ex)(rt.get(), container_id.c_str(), pid, dir.c_str(), opts.get()));
   if (!dumped.ok()) return r.finish(dumped);
   std::int64_t files = 0, bytes = 0;
   count_tree(dir, files, bytes);
   r.field("dir", dir, "checkpoint");
   r.field("pid", pid, "process");
-  r.flag("left_running", leave_running, "left running");
+  r.flag("left_running", leave_running || predump, "left running");
+  r.flag("predump", predump, "pre-dump");
+  if (!flags.parent.empty()) r.field("parent", flags.parent, "parent");
   r.field("bytes", bytes, "size (bytes)");
   report_format(r, dir);
   r.field("milliseconds", std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count(),
@@ -746,16 +775,114 @@ int cmd_inspect(const std::string& dir, bool json) {
   return r.finish(outcome);
 }
 
-int cmd_hash(std::optional<nc_signature_format> sign_format, const std::string& dir, bool json) {
+int cmd_hash(std::optional<nc_signature_format> sign_format, const std::string& dir, bool json,
+             nc_signing signing = NC_SIGNING_HMAC) {
   Report r(json);
   Outcome hashed;
-  hashed(hash_with_progress(sign_format, dir, json));
+  hashed(hash_with_progress(sign_format, dir, json, signing));
   if (hashed.ok()) {
     r.field("dir", dir, "checkpoint");
     r.field("signature", sign_format ? "written" : "valid");
     report_format(r, dir);
   }
   return r.finish(hashed);
+}
+
+// Writes --dir as a transfer stream to --output (created, 0600) or stdout; the report goes to
+// stderr when the stream takes stdout.
+int cmd_export(const std::string& dir, bool zstd, const std::string& output, bool json) {
+  Report r(json, output.empty() ? stderr : stdout);
+  Outcome exported;
+  Options opts;
+  nc_options* raw = nullptr;
+  exported(nc_options_new(&raw));
+  opts.reset(raw);
+  if (exported.ok()) exported(nc_options_set_compression(raw, zstd ? NC_COMPRESSION_ZSTD : NC_COMPRESSION_NONE));
+  if (!exported.ok()) return r.finish(exported);
+  int fd = STDOUT_FILENO;
+  if (output.empty() && ::isatty(fd))
+    exported(NC_E_INVALID, "the stream is binary: redirect stdout to a file or a pipe, or give --output FILE");
+  if (!output.empty()) {
+    fd = ::open(output.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+      exported(errno == EEXIST ? NC_E_INVALID : NC_E_IO,
+               fmt::format("cannot create --output {}: {}{}", output, std::strerror(errno),
+                           errno == EEXIST ? " (give a new name, or remove it first)" : ""));
+  }
+  if (exported.ok()) exported(nc_export(dir.c_str(), fd, opts.get()));
+  if (!output.empty() && fd >= 0) {
+    // A partial stream is refused on import anyway; it is not left lying about either.
+    if (!exported.ok()) ::unlink(output.c_str());
+    ::close(fd);
+  }
+  if (exported.ok()) {
+    r.field("dir", dir, "checkpoint");
+    r.field("output", output.empty() ? "-" : output, "stream");
+    r.field("compression", zstd ? "zstd" : "none");
+  }
+  return r.finish(exported);
+}
+
+// Reads a transfer stream from --input or stdin into the new checkpoint folder --dir.
+int cmd_import(const std::string& dir, const std::string& input, bool json) {
+  Report r(json);
+  Outcome imported;
+  int fd = STDIN_FILENO;
+  if (input.empty() && ::isatty(fd))
+    imported(NC_E_INVALID, "the stream is read from stdin, which is a terminal: pipe the stream in, or give --input FILE");
+  if (!input.empty() && (fd = ::open(input.c_str(), O_RDONLY | O_CLOEXEC)) < 0)
+    imported(errno == ENOENT ? NC_E_NOT_FOUND : NC_E_IO,
+             fmt::format("cannot open --input {}: {}", input, std::strerror(errno)));
+  if (imported.ok()) imported(nc_import(fd, dir.c_str(), nullptr));
+  if (!input.empty() && fd >= 0) ::close(fd);
+  if (imported.ok()) {
+    r.field("dir", dir, "checkpoint");
+    r.field("signature", "valid");
+    report_format(r, dir);
+  }
+  return r.finish(imported);
+}
+
+// Registry options for push and pull: plain http with --insecure.
+nc_status registry_options(bool insecure, Options& opts) {
+  nc_options* raw = nullptr;
+  nc_status s = nc_options_new(&raw);
+  opts.reset(raw);
+  if (s == NC_OK) s = nc_options_set_insecure_registry(raw, insecure ? 1 : 0);
+  return s;
+}
+
+// Publishes --dir as the image REF; prints the manifest's digest, by which REPO@DIGEST pulls it.
+int cmd_push(const std::string& dir, const std::string& reference, bool insecure, bool json) {
+  Report r(json);
+  Outcome pushed;
+  Options opts;
+  char* digest = nullptr;
+  pushed(registry_options(insecure, opts));
+  if (pushed.ok()) pushed(nc_push_image(dir.c_str(), reference.c_str(), opts.get(), &digest));
+  if (pushed.ok()) {
+    r.field("dir", dir, "checkpoint");
+    r.field("image", reference);
+    r.field("digest", digest);
+  }
+  nc_free(digest);
+  return r.finish(pushed);
+}
+
+// Pulls the image REF into the new checkpoint folder --dir, verified.
+int cmd_pull(const std::string& reference, const std::string& dir, bool insecure, bool json) {
+  Report r(json);
+  Outcome pulled;
+  Options opts;
+  pulled(registry_options(insecure, opts));
+  if (pulled.ok()) pulled(nc_pull_image(reference.c_str(), dir.c_str(), opts.get()));
+  if (pulled.ok()) {
+    r.field("image", reference);
+    r.field("dir", dir, "checkpoint");
+    r.field("signature", "valid");
+    report_format(r, dir);
+  }
+  return r.finish(pulled);
 }
 
 int cmd_keygen(bool json) {
@@ -771,10 +898,49 @@ int cmd_keygen(bool json) {
   return r.finish(made);
 }
 
+// keygen --ed25519: the Ed25519 key (created if there is none, trusted here), its id, and its public
+// key file written to public_key_out (created 0644) for the hosts that are to verify.
+int cmd_keygen_ed25519(const std::string& public_key_out, bool json) {
+  Report r(json);
+  int created = 0;
+  Outcome made;
+  made(nc_keygen_ed25519(&created));
+  char* text = nullptr;
+  char* key_id = nullptr;
+  if (made.ok()) made(nc_public_key(&text, &key_id));
+  if (made.ok() && !public_key_out.empty()) {
+    const int fd = ::open(public_key_out.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    const std::string_view bytes = text;
+    if (fd < 0 || ::write(fd, bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size()) || ::fsync(fd) != 0)
+      made(errno == EEXIST ? NC_E_INVALID : NC_E_IO,
+           fmt::format("cannot write --public-key-out {}: {}{}", public_key_out, std::strerror(errno),
+                       errno == EEXIST ? " (give a new name, or remove it first)" : ""));
+    if (fd >= 0) ::close(fd);
+  }
+  if (made.ok()) {
+    r.field("key_id", key_id, "key id");
+    if (!public_key_out.empty()) r.field("public_key_file", public_key_out, "public key file");
+    r.flag("created", created != 0, "created now");
+  }
+  nc_free(text);
+  nc_free(key_id);
+  return r.finish(made);
+}
+
+// trust add FILE: FILE's public key into this host's trust folder.
+int cmd_trust_add(const std::string& file, bool json) {
+  Report r(json);
+  std::string text;
+  Outcome trusted = read_bounded(file, 4096, text, "the most a public key file may be");
+  if (trusted.ok()) trusted(nc_trust_key(text.c_str()));
+  if (trusted.ok()) r.field("trusted", file, "trusted key file");
+  return r.finish(trusted);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Checkpoint and restore process trees through CRIU; every checkpoint signed with HMAC-SHA256.\n"
+  CLI::App app{"Checkpoint and restore process trees through CRIU; every checkpoint signed (HMAC-SHA256 or Ed25519).\n"
                "Exit code: 0, the failure's nc_status (1-10), or 64 for a usage error (restore --wait: the "
                "restored root's).",
                "nucleus-checkpoint"};
@@ -802,6 +968,16 @@ int main(int argc, char** argv) {
       ->transform(CLI::CheckedTransformer(signature_formats));
   flags.add_to(dump, dump_action);
 
+  auto* predump = app.add_subcommand("predump", "Save the memory of the tree rooted at --pid into --dir, signed, while "
+                                                "it runs on: a parent for a later predump or dump (--parent)");
+  predump->add_option("--pid", pid, "Root of the tree")->required()->check(CLI::PositiveNumber);
+  predump->add_option("--dir", dir, "Checkpoint folder to create")->required();
+  predump->add_option("--id", id, "Container id recorded in metadata.json (default: the PID)");
+  predump->add_option("--criu", criu, "CRIU binary to use instead of the trusted paths");
+  predump->add_option("--signature-format", dump_format, "Signature format (default manifest; chunked: without chunk digests)")
+      ->transform(CLI::CheckedTransformer(signature_formats));
+  flags.add_to(predump, dump_action);
+
   auto* restore = app.add_subcommand("restore", "Verify --dir and restore its tree; prints the restored PID");
   restore->add_option("--dir", dir, "Checkpoint folder")->required();
   restore->add_option("--criu", criu, "CRIU binary to use instead of the trusted paths");
@@ -810,14 +986,51 @@ int main(int argc, char** argv) {
   auto* sign = app.add_subcommand("sign", "Write --dir/checkpoint.hmac with this machine's key");
   sign->add_option("--dir", dir, "Checkpoint folder")->required();
   nc_signature_format sign_format = NC_SIGNATURE_SEED;
-  sign->add_option("--format", sign_format,
-                   "Signature format (default seed, as nc_sign; chunked: parallel; manifest: also checkable by chunk)")
-      ->transform(CLI::CheckedTransformer(signature_formats));
+  auto* sign_format_option =
+      sign->add_option("--format", sign_format,
+                       "Signature format (default seed, as nc_sign, or manifest with --ed25519; chunked: parallel; "
+                       "manifest: also checkable by chunk)")
+          ->transform(CLI::CheckedTransformer(signature_formats));
+  bool sign_ed25519 = false;
+  sign->add_flag("--ed25519", sign_ed25519, "Sign with this machine's Ed25519 key instead of the HMAC key");
   auto* verify = app.add_subcommand("verify", "Check --dir against its checkpoint.hmac");
   verify->add_option("--dir", dir, "Checkpoint folder")->required();
   auto* inspect = app.add_subcommand("inspect", "Show a checkpoint's metadata, size and signature state");
   inspect->add_option("--dir", dir, "Checkpoint folder")->required();
-  app.add_subcommand("keygen", "Create this machine's checkpoint key if there is none, and show where it is");
+  auto* export_cmd = app.add_subcommand("export", "Write --dir (signed in the manifest format) as one transfer "
+                                                   "stream to --output or stdout");
+  export_cmd->add_option("--dir", dir, "Checkpoint folder")->required();
+  bool export_zstd = false;
+  export_cmd->add_flag("--zstd", export_zstd, "Compress the stream with zstd (level 1)");
+  std::string stream_file;
+  export_cmd->add_option("--output", stream_file, "File to create (0600) for the stream (default: stdout)");
+  auto* import_cmd = app.add_subcommand("import", "Read a transfer stream from --input or stdin into the new "
+                                                  "checkpoint folder --dir, verifying every chunk as it arrives");
+  import_cmd->add_option("--dir", dir, "Checkpoint folder to create")->required();
+  import_cmd->add_option("--input", stream_file, "File holding the stream (default: stdin)");
+  std::string image_ref;
+  bool insecure = false;
+  auto* push = app.add_subcommand("push", "Publish --dir (verified first) as the OCI image REF in a registry");
+  push->add_option("--dir", dir, "Checkpoint folder")->required();
+  push->add_option("REF", image_ref, "Image reference: HOST[:PORT]/NAME[:TAG]")->required();
+  push->add_flag("--insecure", insecure, "Speak plain http to the registry (skopeo's --tls-verify=false)");
+  auto* pull = app.add_subcommand("pull", "Pull the OCI image REF into the new checkpoint folder --dir, verified "
+                                          "before it is renamed into place");
+  pull->add_option("REF", image_ref, "Image reference: HOST[:PORT]/NAME[:TAG] or HOST[:PORT]/NAME@sha256:HEX")
+      ->required();
+  pull->add_option("--dir", dir, "Checkpoint folder to create")->required();
+  pull->add_flag("--insecure", insecure, "Speak plain http to the registry (skopeo's --tls-verify=false)");
+  auto* keygen = app.add_subcommand("keygen", "Create this machine's checkpoint key if there is none, and show where it is");
+  bool keygen_ed25519 = false;
+  std::string public_key_out;
+  keygen->add_flag("--ed25519", keygen_ed25519, "The Ed25519 signing key instead (trusted on this machine at once)");
+  keygen->add_option("--public-key-out", public_key_out,
+                     "With --ed25519: write its public key file here (new, 0644), for other machines' trust add");
+  auto* trust = app.add_subcommand("trust", "Manage the public keys whose Ed25519 signatures verify on this machine");
+  auto* trust_add = trust->add_subcommand("add", "Trust the public key in FILE (as keygen --public-key-out writes it)");
+  std::string trust_file;
+  trust_add->add_option("FILE", trust_file, "Public key file")->required();
+  trust->require_subcommand(1);
 
   for (auto* sub : app.get_subcommands({})) sub->fallthrough();  // --json may follow the subcommand
   try {
@@ -828,10 +1041,19 @@ int main(int argc, char** argv) {
   }
 
   if (*check) return cmd_check(criu, json);
-  if (*dump) return cmd_dump(criu, pid, dir, id, leave_running, flags, dump_format, json);
+  if (*dump || *predump) return cmd_dump(criu, pid, dir, id, leave_running, flags, dump_format, predump->parsed(), json);
   if (*restore) return cmd_restore(criu, dir, flags, json);
-  if (*sign) return cmd_hash(sign_format, dir, json);
+  if (*sign) {
+    // The seed format is HMAC-only: Ed25519 signs in the manifest format unless told otherwise.
+    if (sign_ed25519 && sign_format_option->count() == 0) sign_format = NC_SIGNATURE_MANIFEST;
+    return cmd_hash(sign_format, dir, json, sign_ed25519 ? NC_SIGNING_ED25519 : NC_SIGNING_HMAC);
+  }
   if (*verify) return cmd_hash(std::nullopt, dir, json);
   if (*inspect) return cmd_inspect(dir, json);
-  return cmd_keygen(json);
+  if (*export_cmd) return cmd_export(dir, export_zstd, stream_file, json);
+  if (*import_cmd) return cmd_import(dir, stream_file, json);
+  if (*push) return cmd_push(dir, image_ref, insecure, json);
+  if (*pull) return cmd_pull(image_ref, dir, insecure, json);
+  if (*trust_add) return cmd_trust_add(trust_file, json);
+  return keygen_ed25519 ? cmd_keygen_ed25519(public_key_out, json) : cmd_keygen(json);
 }

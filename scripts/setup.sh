@@ -8,6 +8,13 @@ cd "$(dirname "$0")/.."
 
 packages=(meson ninja-build g++ gcc pkg-config python3 binutils abigail-tools libsodium-dev rapidjson-dev libfmt-dev catch2 libcli11-dev
   libprotobuf-c-dev protobuf-c-compiler
+  # Transfer streams: zstd compression (nc_export / nc_import).
+  libzstd-dev
+  # Registry images (nc_push_image / nc_pull_image; optional at build time), and the registry and
+  # the independent client their tests run, and zstd(1) for a zstd layer.
+  libcurl4-openssl-dev libarchive-dev docker-registry skopeo zstd
+  # The tests' independent check of Ed25519 signatures (tests/seed_hmac.py): libsodium's Ed25519ph.
+  python3-nacl
   clang libclang-rt-dev valgrind
   # The Go binding (bindings/go): Debian's Go, 1.19 on bookworm.
   golang-go

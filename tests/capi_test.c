@@ -7,6 +7,7 @@
 
 #include "capi_support.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -222,14 +223,20 @@ static void test_container_options(void) {
   CHECK(nc_restore_pidfd(NULL, "/x", NULL, NULL, &pidfd) == NC_E_INVALID);
 }
 
-static void test_sign_verify(void) {
-  char dir[4200], images[4300], file[4400];
-  path_of(dir, sizeof dir, "signed");
+/* A folder shaped like a checkpoint, unsigned: dir/images/pages-1.img (its path in pages) holding text. */
+static void make_pages_folder(const char *dir, char *pages, size_t size, const char *text) {
+  char images[4300];
   snprintf(images, sizeof images, "%s/images", dir);
-  snprintf(file, sizeof file, "%s/pages-1.img", images);
+  snprintf(pages, size, "%s/pages-1.img", images);
   mkdir(dir, 0700);
   mkdir(images, 0700);
-  write_text(file, "pages");
+  write_text(pages, text);
+}
+
+static void test_sign_verify(void) {
+  char dir[4200], file[4400];
+  path_of(dir, sizeof dir, "signed");
+  make_pages_folder(dir, file, sizeof file, "pages");
   nc_signature_format format = NC_SIGNATURE_CHUNKED;
   CHECK(nc_verify(dir) == NC_E_INTEGRITY); /* unsigned */
   CHECK(nc_signature_format_of(dir, &format) == NC_E_INTEGRITY);
@@ -321,7 +328,6 @@ static void test_error_objects(void) {
   CHECK_E(nc_criu_version_e(rt, &major, NULL, NULL, err), NC_OK, "");
   CHECK(major >= 4);
   nc_runtime_free(rt);
-#undef CHECK_E
   nc_error_free(err);
 }
 
@@ -654,6 +660,259 @@ static void test_checkpoint_restore(void) {
   nc_runtime_free(rt);
 }
 
+/* Ed25519 through the C ABI: this process as the signing host (its keys beside the HMAC key), then
+ * as a receiver holding only the public key (its key store moved by the environment); a real dump
+ * signed with Ed25519 restores. */
+static void test_ed25519(void) {
+  nc_error *err = NULL;
+  CHECK(nc_error_new(&err) == NC_OK);
+  int created = -1;
+  CHECK(nc_keygen_ed25519(&created) == NC_OK && created == 1);
+  CHECK(nc_keygen_ed25519_e(&created, err) == NC_OK && created == 0);
+  char *text = NULL, *key_id = NULL;
+  CHECK(nc_public_key(&text, &key_id) == NC_OK);
+  CHECK(text != NULL && strncmp(text, "nucleus-checkpoint-ed25519-public 1\n", 36) == 0);
+  CHECK(key_id != NULL && strlen(key_id) == 32);
+  CHECK_E(nc_public_key_e(NULL, NULL, err), NC_E_INVALID, "text_out and key_id_out are both NULL");
+
+  char dir[4200], pages[4400];
+  path_of(dir, sizeof dir, "ed25519");
+  make_pages_folder(dir, pages, sizeof pages, "pages");
+  CHECK_E(nc_sign_as_e(dir, NC_SIGNATURE_SEED, NC_SIGNING_ED25519, NULL, NULL, err), NC_E_INVALID, "HMAC-only");
+  CHECK_E(nc_sign_as_e(dir, NC_SIGNATURE_MANIFEST, (nc_signing)3, NULL, NULL, err), NC_E_INVALID, "unknown signing 3");
+  CHECK(nc_sign_as(dir, NC_SIGNATURE_MANIFEST, NC_SIGNING_ED25519, NULL, NULL) == NC_OK);
+  nc_signing signing = NC_SIGNING_HMAC;
+  char *signer_id = NULL;
+  CHECK(nc_signer_of(dir, &signing, &signer_id) == NC_OK && signing == NC_SIGNING_ED25519);
+  CHECK(signer_id != NULL && key_id != NULL && strcmp(signer_id, key_id) == 0);
+  nc_free(signer_id);
+  CHECK_E(nc_signer_of_e(dir, NULL, NULL, err), NC_E_INVALID, "signing_out is NULL");
+  CHECK(nc_verify(dir) == NC_OK); /* the host trusts its own key */
+
+  /* The receiver: a key store of its own, with no key of any kind. */
+  char receiver[4200], hmac_key[4400], source_hmac_key[4400];
+  path_of(receiver, sizeof receiver, "receiver-keys");
+  mkdir(receiver, 0700);
+  snprintf(hmac_key, sizeof hmac_key, "%s/checkpoint-hmac.key", receiver);
+  snprintf(source_hmac_key, sizeof source_hmac_key, "%s", getenv("NUCLEUS_CHECKPOINT_HMAC_KEY_FILE"));
+  setenv("NUCLEUS_CHECKPOINT_HMAC_KEY_FILE", hmac_key, 1);
+  CHECK_E(nc_verify_e(dir, err), NC_E_INTEGRITY, "does not trust");
+  CHECK(key_id != NULL && strstr(nc_error_message(err), key_id) != NULL);
+  CHECK_E(nc_trust_key_e("nucleus-checkpoint-ed25519-public 1\nabc\n", err), NC_E_KEY, "not an Ed25519 public key file");
+  CHECK_E(nc_trust_key_e(NULL, err), NC_E_INVALID, "public_key_text is NULL");
+  CHECK(nc_trust_key(text) == NC_OK);
+  CHECK(nc_verify(dir) == NC_OK);
+  signing = NC_SIGNING_ED25519;
+  CHECK(nc_sign_ex(dir, NC_SIGNATURE_MANIFEST, NULL, NULL) == NC_OK); /* re-signed with its own HMAC key */
+  CHECK(nc_signer_of(dir, &signing, &signer_id) == NC_OK && signing == NC_SIGNING_HMAC && signer_id == NULL);
+  setenv("NUCLEUS_CHECKPOINT_HMAC_KEY_FILE", source_hmac_key, 1);
+  CHECK(nc_keygen(NULL) == NC_OK);
+  CHECK(nc_verify(dir) == NC_E_INTEGRITY); /* the source's HMAC key is not the receiver's */
+  nc_free(text);
+  nc_free(key_id);
+
+  /* A real dump signed with Ed25519 restores, streamed. */
+  nc_options *opts = NULL;
+  CHECK(nc_options_new(&opts) == NC_OK);
+  CHECK(nc_options_set_signing(opts, (nc_signing)0) == NC_E_INVALID);
+  CHECK(nc_options_set_signing(opts, NC_SIGNING_ED25519) == NC_OK);
+  const char *counter = getenv("NC_TEST_COUNTER");
+  char counter_dir[4200], parent_count[4300], checkpoint[4200];
+  path_of(counter_dir, sizeof counter_dir, "ed25519-counter");
+  path_of(checkpoint, sizeof checkpoint, "ed25519-checkpoint");
+  snprintf(parent_count, sizeof parent_count, "%s/parent", counter_dir);
+  mkdir(counter_dir, 0700);
+  nc_runtime *rt = NULL;
+  CHECK(counter != NULL && nc_runtime_new(&rt) == NC_OK);
+  if (counter && rt) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      execl(counter, counter, counter_dir, (char *)NULL);
+      _exit(127);
+    }
+    for (int i = 0; i < 500 && count_of(parent_count) < 3; ++i) sleep_ms(20);
+    CHECK(nc_checkpoint_ex(rt, "capi-ed25519", pid, checkpoint, opts) == NC_OK);
+    sleep_ms(100);
+    reap();
+    CHECK(nc_signer_of(checkpoint, &signing, NULL) == NC_OK && signing == NC_SIGNING_ED25519);
+    const long at_dump = count_of(parent_count);
+    pid_t restored = 0;
+    CHECK(nc_restore(rt, checkpoint, &restored) == NC_OK && restored == pid);
+    for (int i = 0; i < 500 && count_of(parent_count) <= at_dump + 3; ++i) sleep_ms(20);
+    CHECK(count_of(parent_count) > at_dump + 3);
+    kill(-pid, SIGKILL);
+    sleep_ms(100);
+    reap();
+  }
+  nc_runtime_free(rt);
+  nc_options_free(opts);
+  nc_error_free(err);
+}
+
+/* Transfer streams through the C ABI: a signed folder through a socket pair, compressed, exported
+ * on a thread and imported here; a truncated stream refused with nothing left; the arguments. */
+struct export_job {
+  const char *dir;
+  int fd;
+  const nc_options *opts;
+  nc_status status;
+};
+
+static void *export_on_thread(void *arg) {
+  struct export_job *job = arg;
+  job->status = nc_export(job->dir, job->fd, job->opts);
+  close(job->fd);
+  return NULL;
+}
+
+static void test_transfer(void) {
+  char src[4200], pages[4400], dst[4200], half[4200], stream[4200];
+  path_of(src, sizeof src, "xfer-src");
+  path_of(dst, sizeof dst, "xfer-dst");
+  path_of(half, sizeof half, "xfer-half");
+  path_of(stream, sizeof stream, "xfer.stream");
+  make_pages_folder(src, pages, sizeof pages, "pages of memory, in a real checkpoint many MiB");
+  nc_options *opts = NULL;
+  nc_error *err = NULL;
+  CHECK(nc_options_new(&opts) == NC_OK && nc_error_new(&err) == NC_OK);
+  CHECK(nc_options_set_compression(opts, (nc_compression)2) == NC_E_INVALID);
+  CHECK(strstr(nc_error_message(nc_options_error(opts)), "unknown compression 2") != NULL);
+  CHECK(nc_options_set_compression(opts, NC_COMPRESSION_ZSTD) == NC_OK);
+
+  /* Format 2 cannot be checked as it arrives: refused before a byte is written, saying what to do. */
+  CHECK(nc_sign_ex(src, NC_SIGNATURE_CHUNKED, NULL, NULL) == NC_OK);
+  int fd = open(stream, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  CHECK(nc_export_e(src, fd, opts, err) == NC_E_INVALID);
+  CHECK(strstr(nc_error_message(err), "sign it in format 3") != NULL);
+  CHECK(lseek(fd, 0, SEEK_END) == 0);
+  CHECK(nc_sign_ex(src, NC_SIGNATURE_MANIFEST, NULL, NULL) == NC_OK);
+
+  int pair[2];
+  CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0);
+  struct export_job job = {src, pair[1], opts, NC_E_INTERNAL};
+  pthread_t sender;
+  CHECK(pthread_create(&sender, NULL, export_on_thread, &job) == 0);
+  CHECK(nc_import_e(pair[0], dst, NULL, err) == NC_OK);
+  pthread_join(sender, NULL);
+  close(pair[0]);
+  CHECK(job.status == NC_OK);
+  CHECK(nc_verify(dst) == NC_OK);
+
+  /* Half a stream: refused, and no folder and no staging folder beside it. */
+  CHECK(nc_export(src, fd, NULL) == NC_OK);
+  const off_t size = lseek(fd, 0, SEEK_END);
+  CHECK(size > 0 && ftruncate(fd, size / 2) == 0 && lseek(fd, 0, SEEK_SET) == 0);
+  CHECK(nc_import_e(fd, half, NULL, err) == NC_E_INTEGRITY);
+  CHECK(strstr(nc_error_message(err), "ends early") != NULL);
+  struct stat st;
+  CHECK(stat(half, &st) != 0 && errno == ENOENT);
+  int staging_left = 0;
+  DIR *d = opendir(base);
+  for (struct dirent *e; d && (e = readdir(d));) staging_left += strncmp(e->d_name, ".xfer-half.staging", 18) == 0;
+  if (d) closedir(d);
+  CHECK(staging_left == 0);
+  close(fd);
+
+  CHECK(nc_export_e(NULL, 1, NULL, err) == NC_E_INVALID && strstr(nc_error_message(err), "nc_export: dir") != NULL);
+  CHECK(nc_import_e(-1, dst, NULL, err) == NC_E_INVALID && strstr(nc_error_message(err), "nc_import: fd") != NULL);
+  CHECK(nc_import(0, "", NULL) == NC_E_INVALID);
+  nc_error_free(err);
+  nc_options_free(opts);
+}
+
+/* Pre-dump chains through the C ABI: the setters, the arguments, and a chain of the sample tree
+ * (pre-dump, final dump on it, verified and restored) where the kernel tracks changed memory;
+ * elsewhere nc_predump must fail, saying why, and make nothing. */
+/* Registry images' arguments and failures that need no registry (tests/registry_test.py has one). */
+static void test_registry_arguments(void) {
+  CHECK(strcmp(nc_status_name(NC_E_UNSUPPORTED), "NC_E_UNSUPPORTED") == 0 && NC_E_UNSUPPORTED == 11);
+  CHECK(nc_options_set_insecure_registry(NULL, 1) == NC_E_INVALID);
+  nc_options *opts = NULL;
+  CHECK(nc_options_new(&opts) == NC_OK && nc_options_set_insecure_registry(opts, 1) == NC_OK);
+  char *digest = (char *)"untouched";
+  CHECK(nc_push_image(NULL, "127.0.0.1:1/a:b", opts, &digest) == NC_E_INVALID && digest == NULL);
+  CHECK(nc_pull_image("127.0.0.1:1/a:b", "", opts) == NC_E_INVALID);
+  nc_error *err = NULL;
+  CHECK(nc_error_new(&err) == NC_OK);
+  char target[4200];
+  path_of(target, sizeof target, "pulled-image");
+  nc_status s = nc_pull_image_e("no-host-here", target, opts, err);
+  CHECK(s == NC_E_INVALID || s == NC_E_UNSUPPORTED);
+  if (s == NC_E_INVALID) {
+    CHECK(strstr(nc_error_message(err), "HOST[:PORT]/NAME[:TAG]") != NULL);
+    /* Nothing listens on port 1: an I/O error naming the URL, and nothing left behind. */
+    CHECK(nc_pull_image_e("127.0.0.1:1/checkpoints/web:v1", target, opts, err) == NC_E_IO);
+    CHECK(strstr(nc_error_message(err), "http://127.0.0.1:1/v2/checkpoints/web/manifests/v1") != NULL);
+    CHECK(access(target, F_OK) != 0);
+  }
+  nc_error_free(err);
+  nc_options_free(opts);
+}
+
+static void test_predump(void) {
+  char counter_dir[4200], parent_count[4300], chain[4200], p0[4300], final[4300];
+  path_of(counter_dir, sizeof counter_dir, "chain-counter");
+  path_of(chain, sizeof chain, "chain");
+  snprintf(parent_count, sizeof parent_count, "%s/parent", counter_dir);
+  snprintf(p0, sizeof p0, "%s/p0", chain);
+  snprintf(final, sizeof final, "%s/final", chain);
+  mkdir(counter_dir, 0700);
+  mkdir(chain, 0700);
+  nc_runtime *rt = NULL;
+  nc_error *err = NULL;
+  nc_options *opts = NULL;
+  CHECK(nc_runtime_new(&rt) == NC_OK && nc_error_new(&err) == NC_OK && nc_options_new(&opts) == NC_OK);
+  if (!rt || !err || !opts) return;
+  CHECK(nc_options_set_parent(NULL, p0) == NC_E_INVALID);
+  CHECK(nc_options_set_auto_dedup(NULL, 1) == NC_E_INVALID);
+  CHECK(nc_predump_e(NULL, "capi", 1, p0, NULL, err) == NC_E_INVALID);
+  CHECK(strstr(nc_error_message(err), "predump: the runtime is NULL") != NULL);
+  CHECK(nc_predump(rt, "", 1, p0, NULL) == NC_E_INVALID);
+
+  pid_t pid = start_counter(counter_dir);
+  for (int i = 0; i < 500 && count_of(parent_count) < 3; ++i) sleep_ms(20);
+  /* Auto-dedup without a parent has nothing to take from: refused before anything runs. */
+  CHECK(nc_options_set_auto_dedup(opts, 1) == NC_OK);
+  CHECK(nc_checkpoint_ex_e(rt, "capi", pid, final, opts, err) == NC_E_INVALID);
+  CHECK(strstr(nc_error_message(err), "auto-dedup needs a parent") != NULL);
+  CHECK(nc_options_set_auto_dedup(opts, 0) == NC_OK);
+
+  const char *criu = getenv("NC_TEST_CRIU");
+  char probe[4200];
+  snprintf(probe, sizeof probe, "%s check --feature mem_dirty_track >/dev/null 2>&1", criu && *criu ? criu : "criu");
+  const int tracks_memory = system(probe) == 0;
+  nc_status s = nc_predump_e(rt, "capi", pid, p0, NULL, err);
+  if (!tracks_memory) {
+    CHECK(s == NC_E_CRIU);
+    CHECK(strstr(nc_error_message(err), "CONFIG_MEM_SOFT_DIRTY") != NULL);
+    struct stat st;
+    CHECK(stat(p0, &st) != 0 && errno == ENOENT);
+    long before = count_of(parent_count);
+    sleep_ms(300);
+    CHECK(count_of(parent_count) > before); /* it runs on */
+    fprintf(stderr, "capi: this kernel has no soft-dirty memory tracking: no pre-dump chain was made\n");
+  } else {
+    CHECK(s == NC_OK);
+    CHECK(nc_options_set_parent(opts, p0) == NC_OK);
+    CHECK(nc_checkpoint_ex_e(rt, "capi", pid, final, opts, err) == NC_OK);
+    sleep_ms(100);
+    reap();
+    long at_dump = count_of(parent_count);
+    CHECK(nc_verify_e(final, err) == NC_OK);
+    pid_t restored = 0;
+    CHECK(nc_restore_e(rt, p0, &restored, err) == NC_E_INVALID); /* a pre-dump alone */
+    CHECK(nc_restore_e(rt, final, &restored, err) == NC_OK && restored == pid);
+    for (int i = 0; i < 500 && count_of(parent_count) <= at_dump + 3; ++i) sleep_ms(20);
+    CHECK(count_of(parent_count) > at_dump + 3);
+  }
+  kill(-pid, SIGKILL);
+  sleep_ms(100);
+  reap();
+  nc_options_free(opts);
+  nc_error_free(err);
+  nc_runtime_free(rt);
+}
+
 int main(void) {
   if (enter_test_folder("capi") != 0) return 1;
   test_arguments();
@@ -667,5 +926,9 @@ int main(void) {
   test_errors_across_threads();
   test_criu_failures();
   test_checkpoint_restore();
+  test_predump();
+  test_transfer();
+  test_registry_arguments();
+  test_ed25519();
   return leave_test_folder("capi");
 }

@@ -130,6 +130,45 @@ check(json.loads(r.stdout or "{}").get("metadata_verified") is True, "inspect --
 r = run("inspect", "--dir", ckpt)
 check(r.returncode == 0 and "UNVERIFIED" not in r.stdout, "inspect: signed metadata is not marked", r.stdout)
 
+# Transfer streams: export to a file and import it; export | import through a pipe, compressed;
+# a stream changed on the way, or cut, refused with nothing left; no binary stream on a terminal.
+xfer = os.path.join(tmp, "xfer")
+os.makedirs(xfer, mode=0o700)
+stream = os.path.join(xfer, "c.stream")
+r = run("export", "--dir", ckpt, "--output", stream, "--json")
+check(r.returncode == 0 and json.loads(r.stdout).get("compression") == "none" and os.path.getsize(stream) > 0,
+      "export --output writes the stream", r.stdout + r.stderr)
+r = run("export", "--dir", ckpt, "--output", stream)
+check(r.returncode == 1 and "give a new name" in r.stderr, "export --output never overwrites a file", r.stderr)
+r = run("import", "--dir", os.path.join(xfer, "from-file"), "--input", stream, "--json")
+check(r.returncode == 0 and json.loads(r.stdout).get("format") == "manifest", "import --input", r.stdout + r.stderr)
+r = run("verify", "--dir", os.path.join(xfer, "from-file"))
+check(r.returncode == 0, "the imported checkpoint verifies", r.stdout + r.stderr)
+p = subprocess.run(f'"{cli}" export --dir "{ckpt}" --zstd | "{cli}" import --dir "{xfer}/from-pipe"', shell=True,
+                   env=env, capture_output=True, text=True, timeout=120)
+check(p.returncode == 0 and "compression:       zstd" in p.stderr, "export --zstd | import", p.stdout + p.stderr)
+check(run("verify", "--dir", os.path.join(xfer, "from-pipe")).returncode == 0, "the piped checkpoint verifies")
+with open(stream, "rb") as f:
+    data = bytearray(f.read())
+data[len(data) // 2] ^= 0x01
+with open(stream + ".bad", "wb") as f:
+    f.write(data)
+with open(stream + ".cut", "wb") as f:
+    f.write(data[: len(data) // 3])
+for bad, why in [(".bad", "differs from what was signed"), (".cut", "ends early")]:
+    with open(stream + bad, "rb") as f:
+        r = subprocess.run([cli, "import", "--dir", os.path.join(xfer, "refused")], stdin=f, env=env,
+                           capture_output=True, text=True, timeout=120)
+    check(r.returncode == 6 and why in r.stderr, f"import refuses a stream {bad[1:]} on the way", r.stderr)
+    check(sorted(os.listdir(xfer)) == ["c.stream", "c.stream.bad", "c.stream.cut", "from-file", "from-pipe"],
+          f"a refused import ({bad[1:]}) leaves nothing behind", str(os.listdir(xfer)))
+master, slave = pty.openpty()
+p = subprocess.run([cli, "export", "--dir", ckpt], env=env, stdout=slave, stderr=subprocess.PIPE, text=True,
+                   timeout=60)
+os.close(slave)
+os.close(master)
+check(p.returncode == 1 and "redirect stdout" in p.stderr, "export refuses to write a stream to a terminal", p.stderr)
+
 # A folder someone else made, shown to root: what it holds cannot reach the terminal raw (escape
 # sequences, C1 controls, bidi overrides, bytes that are not UTF-8), and --json stays JSON.
 BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
@@ -384,7 +423,145 @@ r = run("restore", "--help")
 check("mnt[KEY]:HOST_PATH" in r.stdout and "mnt[/data]" not in r.stdout, "restore's help shows the restore form",
       r.stdout)
 
-for sub in ["check", "dump", "restore", "sign", "verify", "inspect", "keygen"]:
+# Pre-dump chains. Where the kernel tracks changed memory, predump makes a layer and the final
+# dump one on it; elsewhere predump fails saying why (exit 5) and makes nothing.
+chain = os.path.join(tmp, "chain")
+os.makedirs(chain, mode=0o700)
+os.makedirs(os.path.join(tmp, "counter3"))
+tree3 = subprocess.Popen([counter, os.path.join(tmp, "counter3")])
+wait_for(lambda: count("parent", "counter3") >= 3)
+tracks = subprocess.run(["criu", "check", "--feature", "mem_dirty_track"], capture_output=True).returncode == 0
+r = run("predump", "--pid", str(tree3.pid), "--dir", os.path.join(chain, "p0"), "--json")
+if tracks:
+    check(r.returncode == 0 and json.loads(r.stdout).get("predump") is True, "predump makes a pre-dump",
+          r.stdout + r.stderr)
+    r = run("dump", "--pid", str(tree3.pid), "--dir", os.path.join(chain, "final"), "--parent",
+            os.path.join(chain, "p0"), "--json")
+    check(r.returncode == 0 and json.loads(r.stdout).get("parent") == os.path.join(chain, "p0"),
+          "dump --parent makes the final layer", r.stdout + r.stderr)
+    r = run("verify", "--dir", os.path.join(chain, "final"))
+    check(r.returncode == 0, "the chain verifies", r.stderr)
+    shutil.rmtree(chain)
+    os.makedirs(chain, mode=0o700)
+else:
+    check(r.returncode == 5 and "CONFIG_MEM_SOFT_DIRTY" in r.stdout and not os.path.exists(os.path.join(chain, "p0")),
+          "predump where the kernel cannot track memory: exit 5, and why", r.stdout + r.stderr)
+    before = count("parent", "counter3")
+    check(wait_for(lambda: count("parent", "counter3") > before + 2), "the tree runs on after a refused predump")
+os.makedirs(os.path.join(tmp, "elsewhere"))
+r = run("dump", "--pid", str(tree3.pid), "--dir", os.path.join(chain, "final"), "--parent",
+        os.path.join(tmp, "elsewhere"))
+check(r.returncode == 1 and "must be a folder beside the new checkpoint" in r.stderr, "a parent elsewhere is refused",
+      r.stderr)
+r = run("dump", "--pid", str(tree3.pid), "--dir", os.path.join(chain, "final"), "--auto-dedup")
+check(r.returncode == 1 and "auto-dedup needs a parent" in r.stderr, "--auto-dedup without --parent is refused",
+      r.stderr)
+os.killpg(tree3.pid, signal.SIGKILL)
+wait_for(lambda: (reap(), not os.path.exists(f"/proc/{tree3.pid}"))[1])
+
+# verify checks a whole chain: two signed checkpoints made a layer and its parent as a dump on a
+# parent makes them (the metadata's "chain" record, CRIU's link, signed again).
+import hashlib
+
+
+def make_layer(name, parent):
+    folder = os.path.join(chain, name)
+    shutil.copytree(ckpt, folder, symlinks=True)
+    with open(os.path.join(folder, "metadata.json")) as f:
+        metadata = json.load(f)
+    bound = ""
+    if parent:
+        with open(os.path.join(chain, parent, "checkpoint.hmac"), "rb") as f:
+            bound = hashlib.sha256(f.read()).hexdigest()
+        os.symlink(f"../../{parent}/images", os.path.join(folder, "images", "parent"))
+    metadata["nucleus"]["chain"] = {"predump": parent == "", "parent": parent, "parent_signature_sha256": bound}
+    with open(os.path.join(folder, "metadata.json"), "w") as f:
+        json.dump(metadata, f)
+    r = run("sign", "--dir", folder, "--format", "manifest")
+    check(r.returncode == 0, f"{name} signed", r.stdout + r.stderr)
+
+
+make_layer("p0", "")
+make_layer("final", "p0")
+r = run("verify", "--dir", os.path.join(chain, "final"))
+check(r.returncode == 0, "verify: a chain", r.stdout + r.stderr)
+with open(os.path.join(chain, "p0", "images", "inventory.img"), "r+b") as f:
+    f.seek(2)
+    byte = f.read(1)
+    f.seek(2)
+    f.write(bytes([byte[0] ^ 0x80]))
+r = run("verify", "--dir", os.path.join(chain, "final"))
+check(r.returncode == 6 and "parent checkpoint 'p0'" in r.stderr, "verify: a chain whose parent changed", r.stderr)
+r = run("restore", "--dir", os.path.join(chain, "final"))
+check(r.returncode == 6 and "parent checkpoint 'p0'" in r.stderr, "restore: a chain whose parent changed", r.stderr)
+
+# Ed25519: this key store is host A, which signs; host B, a key store of its own holding only A's
+# public key, verifies and restores what A dumped, and cannot sign anything A accepts.
+os.makedirs(os.path.join(tmp, "b-keys"), mode=0o700)
+env_b = dict(env, NUCLEUS_CHECKPOINT_HMAC_KEY_FILE=os.path.join(tmp, "b-keys", "key"))
+
+
+def run_b(*args):
+    return subprocess.run([cli, *args], env=env_b, capture_output=True, text=True, timeout=120)
+
+
+public_key_file = os.path.join(tmp, "a.pub")
+r = run("keygen", "--ed25519", "--public-key-out", public_key_file, "--json")
+keygen = json_of(r.stdout.encode()) or {}
+key_id = keygen.get("key_id", "")
+check(r.returncode == 0 and keygen.get("created") is True and len(key_id) == 32 and os.path.isfile(public_key_file),
+      "keygen --ed25519 makes the key and writes its public key file", r.stdout + r.stderr)
+r = run("keygen", "--ed25519", "--public-key-out", public_key_file)
+check(r.returncode == 1 and "--public-key-out" in r.stderr and "remove it first" in r.stderr,
+      "keygen --ed25519 does not overwrite a public key file", r.stderr)
+os.makedirs(os.path.join(tmp, "counter4"))
+tree4 = subprocess.Popen([counter, os.path.join(tmp, "counter4")])
+wait_for(lambda: count("parent", "counter4") >= 3)
+ed_ckpt = os.path.join(tmp, "ed25519")
+r = run("dump", "--pid", str(tree4.pid), "--dir", ed_ckpt, "--sign", "ed25519", "--json")
+dumped = json_of(r.stdout.encode()) or {}
+check(r.returncode == 0 and dumped.get("signed_with") == "ed25519" and dumped.get("key_id") == key_id,
+      "dump --sign ed25519 signs with the host's key and says so", r.stdout + r.stderr)
+wait_for(lambda: (reap(), not os.path.exists(f"/proc/{tree4.pid}"))[1])
+r = run("inspect", "--dir", ed_ckpt)
+check(r.returncode == 0 and "signed with:       ed25519" in r.stdout and key_id in r.stdout,
+      "inspect shows which key signed", r.stdout + r.stderr)
+r = run_b("verify", "--dir", ed_ckpt)
+check(r.returncode == 6 and key_id in r.stderr and "does not trust" in r.stderr and "trust add" in r.stderr,
+      "verify on a host that does not trust the key: refused, saying how to trust it", r.stderr)
+r = run_b("trust", "add", public_key_file)
+check(r.returncode == 0, "trust add the public key file", r.stdout + r.stderr)
+r = run_b("verify", "--dir", ed_ckpt, "--json")
+verified = json_of(r.stdout.encode()) or {}
+check(r.returncode == 0 and verified.get("signed_with") == "ed25519" and verified.get("key_id") == key_id,
+      "verify on the host holding only the public key", r.stdout + r.stderr)
+at_dump = count("parent", "counter4")
+r = run_b("restore", "--dir", ed_ckpt)
+check(r.returncode == 0 and wait_for(lambda: count("parent", "counter4") > at_dump + 3),
+      "restore on the host holding only the public key", r.stdout + r.stderr)
+os.killpg(tree4.pid, signal.SIGKILL)
+wait_for(lambda: (reap(), not os.path.exists(f"/proc/{tree4.pid}"))[1])
+check(sorted(os.listdir(os.path.join(tmp, "b-keys"))) == ["trusted-keys"], "host B holds no key of its own",
+      str(os.listdir(os.path.join(tmp, "b-keys"))))
+with open(os.path.join(ed_ckpt, "metadata.json"), "r+") as f:
+    f.seek(0, os.SEEK_END)
+    f.write(" ")
+for kind in (["--ed25519"], []):
+    r = run_b("sign", "--dir", ed_ckpt, "--format", "manifest", *kind)
+    check(r.returncode == 0, f"host B signs a changed folder with its own key {kind}", r.stdout + r.stderr)
+    r = run("verify", "--dir", ed_ckpt)
+    check(r.returncode == 6 and ("does not trust" in r.stderr if kind else "HMAC mismatch" in r.stderr),
+          f"host A refuses what host B signed {kind}", r.stderr)
+r = run("sign", "--dir", ed_ckpt, "--ed25519", "--format", "seed")
+check(r.returncode == 1 and "HMAC-only" in r.stderr, "sign --ed25519 in the seed format is refused", r.stderr)
+r = run("dump", "--pid", "1", "--dir", os.path.join(tmp, "never"), "--sign", "rsa")
+check(r.returncode == 64, "dump --sign takes hmac or ed25519 only", r.stderr)
+r = run("trust", "add", ckpt)
+check(r.returncode != 0 and r.stderr, "trust add of something that is not a key file is refused", r.stderr)
+r = run("trust", "add", "--help")
+check(r.returncode == 0 and "Usage:" in r.stdout, "trust add --help", r.stdout + r.stderr)
+
+for sub in ["check", "dump", "predump", "restore", "sign", "verify", "inspect", "keygen", "export", "import"]:
     r = run(sub, "--help")
     check(r.returncode == 0 and "Usage:" in r.stdout, f"{sub} --help", r.stdout + r.stderr)
 

@@ -75,6 +75,9 @@ const std::vector<Case>& cases() {
       {"evasive_devices", [](CriuOptions& o) { o.evasive_devices = true; }, {"--evasive-devices"}, true, true},
       {"file_validation", [](CriuOptions& o) { o.file_validation = "filesize"; }, {"--file-validation", "filesize"},
        true, true},
+      {"parent", [](CriuOptions& o) { o.parent = "/var/lib/ckpt/web.0"; },
+       {"--track-mem", "--prev-images-dir", "../../web.0/images"}, true, false},
+      {"auto_dedup", [](CriuOptions& o) { o.auto_dedup = true; }, {"--auto-dedup"}, true, false},
   };
   return all;
 }
@@ -122,6 +125,18 @@ TEST_CASE("all options at once", "[criu_args]") {
     CHECK(occurrences(restore, c.args) == (c.at_restore ? 1 : 0));
   }
   CHECK(occurrences(dump, {"--leave-stopped"}) == 0);
+}
+
+TEST_CASE("a pre-dump is CRIU's pre-dump with the dump's options, the tree left running", "[criu_args]") {
+  CriuOptions o;
+  o.parent = "web.0";
+  const Argv argv = criu_predump_args(42, "/proc/self/fd/3", "/proc/self/fd/4", o);
+  REQUIRE(!argv.empty());
+  CHECK(argv.front() == "pre-dump");
+  CHECK(occurrences(argv, {"--leave-running"}) == 1);
+  CHECK(occurrences(argv, {"--leave-stopped"}) == 0);
+  CHECK(occurrences(argv, {"--prev-images-dir", "../../web.0/images"}) == 1);
+  CHECK(occurrences(argv, {"--tree", "42"}) == 1);
 }
 
 TEST_CASE("--no-default-config unless use_default_config", "[criu_args]") {

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <sys/syscall.h>
@@ -440,4 +441,59 @@ TEST_CASE("cleaning up a deep tree is iterative and stays bounded", "[security]"
   ::close(fd);
   remove_contents(top.get());  // returns; what lies past its depth bound is left, not followed
   CHECK(fs::exists(tmp / "d"));
+}
+
+TEST_CASE("an Ed25519-signed dump restores, streamed, on a host holding only the public key; tampered, it does not",
+          "[e2e][ed25519]") {
+  TempDir tmp;
+  const auto host_keys = [&](const char* name) {
+    fs::create_directory(tmp / name);
+    fs::permissions(tmp / name, fs::perms::owner_all, fs::perm_options::replace);
+    return tmp / name;
+  };
+  // Each host's keys by the environment, as the CLI and C callers find them; KeyStore(path) puts
+  // them beside the HMAC key under the same names.
+  const auto on_host = [](const fs::path& keys) {
+    return std::make_tuple(
+        std::make_unique<ScopedEnv>("NUCLEUS_CHECKPOINT_HMAC_KEY_FILE", (keys / "checkpoint-hmac.key").c_str()),
+        std::make_unique<ScopedEnv>("NUCLEUS_CHECKPOINT_ED25519_KEY_FILE", (keys / "checkpoint-ed25519.key").c_str()),
+        std::make_unique<ScopedEnv>("NUCLEUS_CHECKPOINT_TRUSTED_KEYS", (keys / "trusted-keys").c_str()));
+  };
+  const fs::path source = host_keys("source"), receiver = host_keys("receiver"), checkpoint = tmp / "checkpoint";
+  std::unique_ptr<CriuRuntime> rt = real_criu();
+  CounterTree tree(tmp / "counter");
+  const pid_t pid = tree.pid();
+  {
+    const auto env = on_host(source);
+    // A key handed in from memory (CLI and C dumps use the key store's).
+    const Ed25519SecretKey key = Ed25519SecretKey::generate();
+    const Ed25519PublicKey public_key = key.public_key();
+    rt->set_ed25519_key(Ed25519SecretKey::from_bytes(key.bytes()));
+    CriuOptions options;
+    options.signing = SignatureKind::ed25519;
+    rt->checkpoint(container("e2e", pid), checkpoint, options);
+    CHECK_FALSE(KeyStore().ed25519_exists());
+    // The receiver is given the public key alone.
+    KeyStore(receiver / "checkpoint-hmac.key").trust(public_key);
+    CHECK(HmacTree::signer_of(checkpoint).key_id == public_key.id_hex());
+  }
+  REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));
+  const long at_dump = tree.count("parent");
+  const auto env = on_host(receiver);
+  REQUIRE(HmacTree::signer_of(checkpoint).kind == SignatureKind::ed25519);
+
+  SECTION("as signed, it restores") {
+    const pid_t restored = rt->restore(checkpoint);  // streamed: the manifest authenticated by the public key
+    CHECK(restored == pid);
+    REQUIRE(wait_until([&] { return tree.count("parent") > at_dump + 5; }));
+    CHECK(tree.count("parent") < at_dump + 200);  // from its checkpoint, not from zero
+    CHECK_FALSE(fs::exists(receiver / "checkpoint-hmac.key"));
+    CHECK_FALSE(fs::exists(receiver / "checkpoint-ed25519.key"));
+  }
+  SECTION("tampered, it does not") {
+    flip_byte(checkpoint / "images/pages-1.img", 64);
+    CHECK(require_error([&] { rt->restore(checkpoint); }).status() == Status::integrity);
+    CHECK(wait_until([&] { reap_all(); return !is_alive(pid); }));
+    CHECK(tree.count("parent") == at_dump);
+  }
 }

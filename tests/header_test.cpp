@@ -1,12 +1,14 @@
-// The public headers compile alone as C++, the C header included; the declarations of 0.2 have
-// exactly their types, and CriuError is an Error with CRIU's details.
+// The public headers compile alone as C++, the C header included; the declarations of 0.2 (and
+// 0.3's transfer streams) have exactly their types, and CriuError is an Error with CRIU's details.
 #include <nucleus/checkpoint.h>
 #include <nucleus/checkpoint/checkpoint_state.hpp>
 #include <nucleus/checkpoint/criu_runtime.hpp>
+#include <nucleus/checkpoint/ed25519.hpp>
 #include <nucleus/checkpoint/error.hpp>
 #include <nucleus/checkpoint/hmac_tree.hpp>
 #include <nucleus/checkpoint/key_store.hpp>
 #include <nucleus/checkpoint/metadata.hpp>
+#include <nucleus/checkpoint/transfer.hpp>
 
 #include <string>
 #include <type_traits>
@@ -45,6 +47,9 @@ EXPECT_TYPE(nc_criu_version_e, nc_status (*)(const nc_runtime*, int*, int*, int*
 EXPECT_TYPE(nc_criu_check_e, nc_status (*)(const nc_runtime*, nc_error*));
 EXPECT_TYPE(nc_options_set_image_stream, nc_status (*)(nc_options*, int));
 EXPECT_TYPE(nc_last_error, const char* (*)());
+EXPECT_TYPE(nc_export, nc_status (*)(const char*, int, const nc_options*));
+EXPECT_TYPE(nc_import, nc_status (*)(int, const char*, const nc_options*));
+EXPECT_TYPE(nc_options_set_compression, nc_status (*)(nc_options*, nc_compression));
 
 namespace nc = nucleus::checkpoint;
 static_assert(std::is_base_of_v<nc::Error, nc::CriuError>);

@@ -1758,3 +1758,29 @@ TEST_CASE("all three formats sign and verify the same tree, here and by seed_hma
     write_file(dir / "images/pages-1.img", "snapshot");
   }
 }
+
+TEST_CASE("Ed25519 signatures verify by seed_hmac.py's own message and the public key file alone", "[hmac_tree][ed25519]") {
+  TempDir tmp;
+  const fs::path dir = make_checkpoint(tmp);
+  write_file(dir / "images/pages-2.img", pattern(default_chunk + 5));
+  const Ed25519SecretKey key = Ed25519SecretKey::generate();
+  const fs::path public_key_file = tmp / "signer.pub";
+  write_file(public_key_file, key.public_key().to_file_text());
+  const auto verify_by_script = [&] {
+    return run_script({"--verify", dir.native(), public_key_file.native()}, true);
+  };
+  for (const SignatureFormat format : {SignatureFormat::chunked, SignatureFormat::manifest}) {
+    INFO("format " << static_cast<int>(format));
+    HmacTree::sign_as(dir, key, format);
+    const auto [status, output] = verify_by_script();
+    INFO("seed_hmac.py printed: " << output);
+    CHECK(status == 0);
+    write_file(dir / "images/pages-1.img", "snapsh0t");
+    CHECK(verify_by_script().first == 1);
+    write_file(dir / "images/pages-1.img", "snapshot");
+    // Another key's public key file: the key id is not the signature's.
+    write_file(public_key_file, Ed25519SecretKey::generate().public_key().to_file_text());
+    CHECK(verify_by_script().second.find("signed by another key") != std::string::npos);
+    write_file(public_key_file, key.public_key().to_file_text());
+  }
+}

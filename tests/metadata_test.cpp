@@ -151,6 +151,10 @@ TEST_CASE("to_json and from_json round-trip", "[metadata]") {
     m.using_gvisor = false;
     m.rootless = false;
   }
+  SECTION("a layer of a pre-dump chain") {
+    m.has_record = true;
+    m.chain = ChainRecord{true, "web.0", std::string(64, 'a')};
+  }
   const std::string json = m.to_json();
   INFO(json);
   CHECK(CheckpointMetadata::from_json(json) == m);
@@ -163,6 +167,17 @@ TEST_CASE("from_json reads compact JSON and ignores unknown fields", "[metadata]
   json.insert(1, R"("zz_first":{"a":[1,2,{"b":null}]},"x":1.5e3,)");
   json.insert(json.size() - 1, R"(,"future_flag":true,"notes":"hi","list":[])");
   CHECK(CheckpointMetadata::from_json(json) == sample());
+}
+
+TEST_CASE("a chain record must be whole", "[metadata]") {
+  CheckpointMetadata m = sample();
+  m.has_record = true;
+  m.chain = ChainRecord{false, "p", ""};
+  std::string json = m.to_json();
+  const auto at = json.find("\"parent_signature_sha256\"");
+  REQUIRE(at != std::string::npos);
+  json.replace(at, 25, "\"parent_signature\"");
+  require_invalid(json, "\"parent_signature_sha256\"");
 }
 
 TEST_CASE("from_json names each missing field", "[metadata]") {

@@ -18,6 +18,9 @@ Usage:
       then, for each entry in the seed's walk order,
         a folder: b"D" u64le(len(path)) path
         a file:   b"F" u64le(len(path)) path u64le(size) digest
+        a layer's parent link (images/parent, the one symlink allowed, whose target must be exactly
+        "../../NAME/images" with NAME a plain folder name):
+                  b"L" u64le(len(path)) path u64le(len(target)) target
       where digest = SHA-256 over the concatenated SHA-256 digests of the file's consecutive
       N-byte chunks (the last may be shorter; an empty file has no chunks, so its digest is
       SHA-256 of nothing).
@@ -29,6 +32,14 @@ Usage:
       digits a chunk, ceil(size / N) of them; an empty file's line is empty).
   seed_hmac.py --verify DIR KEYFILE
       Verifies DIR against its checkpoint.hmac, in any of the three formats; prints "verified".
+      A format 2 or 3 signature may be an Ed25519 one, its third line
+        ed25519 <key id: 32 lowercase hex digits> <signature: 128 lowercase hex digits>
+      instead of the hmac-sha256 line; KEYFILE is then the signer's public key file
+        nucleus-checkpoint-ed25519-public 1\n<the 32-byte key: 64 lowercase hex digits>\n
+      whose id is the first 16 bytes of SHA-256 of the key. The signature is Ed25519ph (RFC 8032,
+      libsodium's crypto_sign_ed25519ph, through PyNaCl) over
+        b"nucleus-checkpoint-ed25519" b"\0"
+      followed by exactly the bytes the HMAC would cover.
       Version 3 is checked as the library does: the manifest first, against the walk and the MAC,
       without reading a file; then each file's chunks, refused at the first that differs, with
       the message "checkpoint file 'PATH' differs from what was signed in bytes FIRST–LAST".
@@ -38,7 +49,7 @@ Usage:
 
 All formats walk the tree the same way: depth first, the names of each folder sorted as bytes,
 paths relative to DIR joined with "/", only the top-level checkpoint.hmac left out.
-Exit 1 when the tree is refused (symlink, special file, name not UTF-8, a file that changes size
+Exit 1 when the tree is refused (a symlink but a layer's parent link, any in the seed format; a special file, name not UTF-8, a file that changes size
 while read) or does not verify; exit 2 on a usage error.
 
 Kept apart from the library on purpose: Python's hmac does the key handling (keys longer
@@ -73,8 +84,23 @@ def u64le(n):
     return n.to_bytes(8, "little")
 
 
+PARENT_LINK = b"images/parent"
+
+
+def parent_link_target_ok(target):
+    match = re.fullmatch(rb"\.\./\.\./([^/\0]{1,255})/images", target)
+    if not match or match.group(1) in (b".", b".."):
+        return False
+    try:
+        match.group(1).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def walk(folder, rel_parts=()):
-    """Yields (kind, rel, path, size) in the signatures' walk order; kind is "D" or "F"."""
+    """Yields (kind, rel, path, size) in the signatures' walk order; kind is "D", "F" or "L" (the
+    parent link, whose target takes the place of path)."""
     for name in sorted(os.listdir(folder)):
         # Only the top-level signature is left out; a nested one is ordinary content.
         if not rel_parts and name == SIGNATURE:
@@ -84,7 +110,11 @@ def walk(folder, rel_parts=()):
         path = os.path.join(folder, name)
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
-            raise Refused("symlink %r" % rel)
+            target = os.readlink(path)
+            if rel != PARENT_LINK or not parent_link_target_ok(target):
+                raise Refused("symlink %r" % rel)
+            yield "L", rel, target, 0
+            continue
         try:
             rel.decode("utf-8")  # strict: no surrogates, no overlong forms, as Rust's to_str
         except UnicodeDecodeError:
@@ -126,6 +156,8 @@ def read_pieces(path, size, piece):
 def seed_mac(key, root):
     mac = hmac.new(key, digestmod=hashlib.sha256)
     for kind, rel, path, size in walk(root):
+        if kind == "L":
+            raise Refused("the seed format cannot cover a layer's parent link %r" % rel)
         mac.update(kind.encode() + b"\0" + rel + b"\0")
         if kind == "F":
             mac.update(u64le(size))
@@ -150,8 +182,11 @@ def chunked_mac(key, header, chunk_size):
 
 
 def record(kind, rel, size=None, file_digest=None):
+    """A walk entry's record; for "L", file_digest is the link's target."""
     if kind == "D":
         return b"D" + u64le(len(rel)) + rel
+    if kind == "L":
+        return b"L" + u64le(len(rel)) + rel + u64le(len(file_digest)) + file_digest
     return b"F" + u64le(len(rel)) + rel + u64le(size) + file_digest
 
 
@@ -162,6 +197,8 @@ def chunked_signature(key, root, chunk_size, fmt="chunked"):
     for kind, rel, path, size in walk(root):
         if kind == "D":
             mac.update(record(kind, rel))
+        elif kind == "L":
+            mac.update(record(kind, rel, file_digest=path))
         else:
             digests = chunk_digests(path, size, chunk_size)
             mac.update(record(kind, rel, size, hashlib.sha256(digests).digest()))
@@ -182,22 +219,67 @@ def signed_chunk_size(line):
     return n
 
 
+ED25519_DOMAIN = b"nucleus-checkpoint-ed25519"
+ED25519_PUBLIC_HEADER = b"nucleus-checkpoint-ed25519-public 1\n"
+
+
+class Ed25519phCheck:
+    """Takes update() as an HMAC does; check() verifies the signature line with the public key file."""
+
+    def __init__(self, public_key_file, line, header, chunk_size):
+        import nacl.bindings as sodium  # only Ed25519 signatures need PyNaCl (python3-nacl)
+        self.sodium = sodium
+        match = re.fullmatch(b"ed25519 ([0-9a-f]{32}) ([0-9a-f]{128})", line)
+        if not match:
+            raise Refused("the ed25519 line is not a key id and a signature in lowercase hex")
+        if not re.fullmatch(re.escape(ED25519_PUBLIC_HEADER) + b"[0-9a-f]{64}\n", public_key_file):
+            raise Refused("KEYFILE is not an Ed25519 public key file")
+        self.public_key = bytes.fromhex(public_key_file[len(ED25519_PUBLIC_HEADER):-1].decode())
+        if hashlib.sha256(self.public_key).digest()[:16].hex().encode() != match.group(1):
+            raise Refused("signed by another key: the key id is not KEYFILE's")
+        self.signature = bytes.fromhex(match.group(2).decode())
+        self.state = sodium.crypto_sign_ed25519ph_state()
+        self.update(ED25519_DOMAIN + b"\0" + header + b"\0" + u64le(chunk_size))
+
+    def update(self, data):
+        self.sodium.crypto_sign_ed25519ph_update(self.state, data)
+
+    def check(self):
+        try:
+            self.sodium.crypto_sign_ed25519ph_final_verify(self.state, self.signature, self.public_key)
+        except Exception:
+            raise Refused("Ed25519 signature mismatch")
+
+
+def signed_records(key, header, chunk_size, line):
+    """The authenticator the signature line names, fed the header: (update, check)."""
+    if line.startswith(b"ed25519 "):
+        ed = Ed25519phCheck(key, line, header, chunk_size)
+        return ed.update, ed.check
+    if not re.fullmatch(b"hmac-sha256 [0-9a-f]{64}", line):
+        raise Refused("hmac-sha256 is not 64 lowercase hex digits")
+    mac = chunked_mac(key, header, chunk_size)
+
+    def check():
+        if not hmac.compare_digest(mac.hexdigest().encode(), line[len(b"hmac-sha256 "):]):
+            raise Refused("HMAC mismatch")
+    return mac.update, check
+
+
 def verify_manifest(key, root, text):
     """Format 3: the manifest against the walk and the MAC, reading no file; then every chunk."""
     if not text.endswith(b"\n"):
         raise Refused("the last line is unterminated")
     lines = text[:-1].split(b"\n")
-    if len(lines) < 3 or not lines[2].startswith(b"hmac-sha256 "):
-        raise Refused("expected the chunk-size and hmac-sha256 lines")
+    if len(lines) < 3:
+        raise Refused("expected the chunk-size and signature lines")
     chunk_size = signed_chunk_size(lines[1])
-    signed_mac, manifest = lines[2][len(b"hmac-sha256 "):], lines[3:]
-    if not re.fullmatch(b"[0-9a-f]{64}", signed_mac):
-        raise Refused("hmac-sha256 is not 64 lowercase hex digits")
-    mac = chunked_mac(key, CHUNKED_HEADERS["manifest"], chunk_size)
+    manifest = lines[3:]
+    update, check = signed_records(key, CHUNKED_HEADERS["manifest"], chunk_size, lines[2])
     files = []
     for kind, rel, path, size in walk(root):
-        if kind == "D":
-            mac.update(record(kind, rel))
+        if kind in ("D", "L"):
+            update(record(kind, rel, file_digest=path if kind == "L" else None))
             continue
         if len(files) == len(manifest):
             raise Refused("the manifest lists %d files, the folder holds more" % len(manifest))
@@ -206,12 +288,11 @@ def verify_manifest(key, root, text):
         if len(line) != 64 * chunks or not re.fullmatch(b"[0-9a-f]*", line):
             raise Refused("manifest line %d is not %d chunk digests in lowercase hex" % (len(files) + 1, chunks))
         digests = bytes.fromhex(line.decode("ascii"))
-        mac.update(record(kind, rel, size, hashlib.sha256(digests).digest()))
+        update(record(kind, rel, size, hashlib.sha256(digests).digest()))
         files.append((rel, path, size, digests))
     if len(files) != len(manifest):
         raise Refused("the manifest lists %d files, the folder holds %d" % (len(manifest), len(files)))
-    if not hmac.compare_digest(mac.hexdigest().encode(), signed_mac):
-        raise Refused("HMAC mismatch")
+    check()
     for rel, path, size, digests in files:
         for i, chunk in enumerate(read_pieces(path, size, chunk_size)):
             if hashlib.sha256(chunk).digest() != digests[32 * i:32 * (i + 1)]:
@@ -225,6 +306,16 @@ def verify(key, root):
         text = f.read()
     if text.startswith(CHUNKED_HEADERS["manifest"] + b"\n"):
         verify_manifest(key, root, text)
+    elif text.startswith(CHUNKED_HEADERS["chunked"] + b"\n") and b"\ned25519 " in text:
+        lines = text.split(b"\n")
+        if len(lines) != 4 or lines[3]:
+            raise Refused("not the one form of a version 2 signature")
+        chunk_size = signed_chunk_size(lines[1])
+        update, check = signed_records(key, CHUNKED_HEADERS["chunked"], chunk_size, lines[2])
+        for kind, rel, path, size in walk(root):
+            update(record(kind, rel) if kind == "D" else record(kind, rel, file_digest=path) if kind == "L"
+                   else record(kind, rel, size, chunked_file_digest(path, size, chunk_size)))
+        check()
     elif text.startswith(CHUNKED_HEADERS["chunked"] + b"\n"):
         lines = text.split(b"\n")
         chunk_size = signed_chunk_size(lines[1]) if len(lines) > 1 else 0

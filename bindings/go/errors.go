@@ -30,25 +30,30 @@ const (
 	StatusKey        Status = 8 // the HMAC key is missing, unreadable, not a key, or unsafe
 	StatusNoMem      Status = 9
 	StatusInternal   Status = 10 // a bug in the library
+	// StatusUnsupported: this build of the library lacks the feature (registry images without
+	// libcurl and libarchive). Since 0.3.
+	StatusUnsupported Status = 11
 )
 
 // The sentinels for errors.Is: errors.Is(err, ErrIntegrity) is true for every *Error whose Status
 // is StatusIntegrity.
 var (
-	ErrInvalid    error = StatusInvalid
-	ErrPermission error = StatusPermission
-	ErrNotFound   error = StatusNotFound
-	ErrState      error = StatusState
-	ErrCRIU       error = StatusCRIU
-	ErrIntegrity  error = StatusIntegrity
-	ErrIO         error = StatusIO
-	ErrKey        error = StatusKey
-	ErrNoMem      error = StatusNoMem
-	ErrInternal   error = StatusInternal
+	ErrInvalid     error = StatusInvalid
+	ErrPermission  error = StatusPermission
+	ErrNotFound    error = StatusNotFound
+	ErrState       error = StatusState
+	ErrCRIU        error = StatusCRIU
+	ErrIntegrity   error = StatusIntegrity
+	ErrIO          error = StatusIO
+	ErrKey         error = StatusKey
+	ErrNoMem       error = StatusNoMem
+	ErrInternal    error = StatusInternal
+	ErrUnsupported error = StatusUnsupported
 )
 
 var statusNames = [...]string{"NC_OK", "NC_E_INVALID", "NC_E_PERMISSION", "NC_E_NOT_FOUND", "NC_E_STATE",
-	"NC_E_CRIU", "NC_E_INTEGRITY", "NC_E_IO", "NC_E_KEY", "NC_E_NOMEM", "NC_E_INTERNAL"}
+	"NC_E_CRIU", "NC_E_INTEGRITY", "NC_E_IO", "NC_E_KEY", "NC_E_NOMEM", "NC_E_INTERNAL",
+	"NC_E_UNSUPPORTED"}
 
 // String is the C ABI's name of the status, as nc_status_name gives it: "NC_E_INTEGRITY".
 func (s Status) String() string {

@@ -32,7 +32,8 @@ typedef enum nc_status {
   NC_E_IO = 7,         /* a system call failed (disk full, I/O error) */
   NC_E_KEY = 8,        /* the HMAC key is missing, unreadable, too short or unsafe */
   NC_E_NOMEM = 9,
-  NC_E_INTERNAL = 10
+  NC_E_INTERNAL = 10,
+  NC_E_UNSUPPORTED = 11 /* this build of the library lacks the feature (e.g. registry images). Since 0.3. */
 } nc_status;
 
 /* Finds CRIU in the trusted paths (/usr/sbin, /usr/bin, /usr/local/sbin; PATH only when not
@@ -89,7 +90,8 @@ typedef enum nc_signature_format {
 /* Write dir/checkpoint.hmac with the key store's key (created if there is none); nc_sign and
  * nc_sign_progress in the seed format, nc_sign_ex in the one given. */
 NC_EXPORT nc_status nc_sign(const char *dir);
-NC_EXPORT nc_status nc_verify(const char *dir); /* NC_OK, or NC_E_INTEGRITY if dir does not verify */
+NC_EXPORT nc_status nc_verify(const char *dir); /* NC_OK, or NC_E_INTEGRITY if dir (and, for a layer of a
+                                                   pre-dump chain, every parent: since 0.3) does not verify */
 NC_EXPORT nc_status nc_sign_progress(const char *dir, nc_progress_fn progress, void *user);
 NC_EXPORT nc_status nc_verify_progress(const char *dir, nc_progress_fn progress, void *user);
 NC_EXPORT nc_status nc_sign_ex(const char *dir, nc_signature_format format, nc_progress_fn progress, void *user);
@@ -171,6 +173,79 @@ NC_EXPORT nc_status nc_options_set_signature_format(nc_options *opts, nc_signatu
 NC_EXPORT nc_status nc_checkpoint_ex(nc_runtime *rt, const char *container_id, pid_t pid, const char *dir,
                                      const nc_options *opts);
 NC_EXPORT nc_status nc_restore_ex(nc_runtime *rt, const char *dir, const nc_options *opts, pid_t *restored_pid);
+
+/* --- Pre-dump chains (incremental checkpoints). Since 0.3. ---
+ * A pre-dump saves a running tree's memory, and the tree runs on; a later pre-dump, and the final
+ * nc_checkpoint_ex, given it as their parent, write only the memory changed since. Each layer is a
+ * signed checkpoint of its own whose signature binds its parent's; the parent must be a folder
+ * beside the layer's (CRIU links to it as ../../NAME/images). nc_verify and nc_restore_ex of a
+ * layer verify the whole chain first (at most 64 layers); a chain restores from its folders, never
+ * streamed (CRIU's stream mode cannot read parent images). Needs a kernel that tracks changed
+ * memory (CONFIG_MEM_SOFT_DIRTY): elsewhere these calls fail with NC_E_CRIU, and nothing runs. */
+
+/* CRIU's pre-dump of the tree rooted at pid into the new folder dir (absent or empty), signed in
+ * the chunked or manifest format (nc_options_set_signature_format), its metadata marking it a
+ * pre-dump. opts may be NULL; with nc_options_set_parent only what changed since that pre-dump is
+ * written. A pre-dump cannot be restored on its own. Since 0.3. */
+NC_EXPORT nc_status nc_predump(nc_runtime *rt, const char *container_id, pid_t pid, const char *dir,
+                               const nc_options *opts);
+/* Dump and pre-dump: the pre-dump (a folder beside dir) to dump on; NULL or "" for none. Since 0.3. */
+NC_EXPORT nc_status nc_options_set_parent(nc_options *opts, const char *parent_dir);
+/* Dump and pre-dump with a parent: CRIU's --auto-dedup, which punches the pages the new layer holds
+ * out of its parents' images to save disk. That changes the parents: the library verifies them
+ * before CRIU runs and re-signs each afterwards, oldest first, so the chain verifies as before;
+ * nothing else may read the chain meanwhile. Since 0.3. */
+NC_EXPORT nc_status nc_options_set_auto_dedup(nc_options *opts, int on);
+
+/* --- Transfer streams: a checkpoint moved through any descriptor (file, pipe, socket) as one framed
+ * stream, specified in the README ("Transfer stream"). Since 0.3. --- */
+
+typedef enum nc_compression {
+  NC_COMPRESSION_NONE = 0, /* the default */
+  NC_COMPRESSION_ZSTD = 1  /* zstd level 1 (importers accept windows of up to 8 MiB) */
+} nc_compression;
+
+/* Export: how nc_export compresses the stream; an import reads either. Since 0.3. */
+NC_EXPORT nc_status nc_options_set_compression(nc_options *opts, nc_compression compression);
+/* Writes the checkpoint folder dir to fd (from its offset on) as one stream: its signature, the
+ * listing of its folders and files, then every file chunk by chunk. dir must be signed in
+ * NC_SIGNATURE_MANIFEST (others: NC_E_INVALID, saying how to re-sign); it is not verified here,
+ * the importer verifies. A reader that goes away fails it with NC_E_IO, never with SIGPIPE (the
+ * calling thread blocks SIGPIPE while it writes; signal dispositions are left alone). opts may be
+ * NULL. Since 0.3. */
+NC_EXPORT nc_status nc_export(const char *dir, int fd, const nc_options *opts);
+/* Reads a stream written by nc_export from fd into the new checkpoint folder dir (absent, or an
+ * empty folder), through a private staging folder beside it: the listing is authenticated (with the
+ * key store's HMAC key, or a trusted Ed25519 public key) before any file byte is accepted, each chunk is checked as it arrives, and the
+ * folder is renamed into place only when the stream has ended cleanly. A truncated, reordered,
+ * corrupted, oversized or foreign stream, or one with trailing bytes, fails with NC_E_INTEGRITY and
+ * leaves nothing behind. opts may be NULL (none of its options apply yet). Since 0.3. */
+NC_EXPORT nc_status nc_import(int fd, const char *dir, const nc_options *opts);
+
+/* --- Registry images: a checkpoint published as an OCI image (one tar layer holding the folder and
+ * its signature, annotated as podman and CRI-O annotate checkpoint images) and pulled back into a
+ * verified folder; the README's "Registry images". References are HOST[:PORT]/NAME[:TAG] (tag
+ * "latest" if none), or HOST[:PORT]/NAME@sha256:HEX to pull. Registries that need credentials are
+ * not supported. A library built without libcurl and libarchive returns NC_E_UNSUPPORTED. Since 0.3. --- */
+
+/* Both: speak plain http to the registry (skopeo's --tls-verify=false), for a registry on localhost
+ * or a lab network; the default is https with the system's certificate authorities. Since 0.3. */
+NC_EXPORT nc_status nc_options_set_insecure_registry(nc_options *opts, int on);
+/* Verifies the checkpoint folder dir with this host's keys (NC_E_INTEGRITY: not published), then
+ * uploads it as the image reference: an uncompressed tar layer (the same checkpoint always makes
+ * the same layer), a config and a manifest. A pre-dump chain layer with a parent: NC_E_INVALID.
+ * Registry errors: NC_E_IO (unreachable, failed), NC_E_PERMISSION (401/403), NC_E_NOT_FOUND (404).
+ * digest_out (may be NULL) receives the manifest's digest ("sha256:..."), to free with nc_free;
+ * pulling REPO@DIGEST gets exactly this image. opts may be NULL. Since 0.3. */
+NC_EXPORT nc_status nc_push_image(const char *dir, const char *reference, const nc_options *opts, char **digest_out);
+/* Pulls the image reference into the new checkpoint folder dir (absent, or an empty folder): the
+ * manifest (at most 4 MiB; its digest checked when the reference names one) must list exactly one
+ * tar layer, plain, gzip or zstd; the layer is downloaded into a private staging folder beside dir,
+ * its size and sha256 checked against the manifest, extracted entry by entry (only folders and
+ * regular files with plain relative names; no links, devices, "..", absolute names; modes 0700 and
+ * 0600; within the limits of a checkpoint), verified with this host's keys and renamed into place.
+ * Anything else fails with NC_E_INTEGRITY and leaves nothing behind. opts may be NULL. Since 0.3. */
+NC_EXPORT nc_status nc_pull_image(const char *reference, const char *dir, const nc_options *opts);
 
 /* --- Containers: the options a container runtime passes CRIU (CRIU's names) ---
  *
@@ -289,6 +364,40 @@ NC_EXPORT nc_status nc_options_add_runtime_file(nc_options *opts, const char *na
 NC_EXPORT nc_status nc_restore_pidfd(nc_runtime *rt, const char *dir, const nc_options *opts, pid_t *restored_pid,
                                      int *pidfd);
 
+/* --- Ed25519 signatures, which a receiver can verify but not forge. Since 0.3. ---
+ * A host signs with its Ed25519 secret key (beside the HMAC key as checkpoint-ed25519.key, or
+ * $NUCLEUS_CHECKPOINT_ED25519_KEY_FILE); verifiers hold only public keys, in a trust folder (beside
+ * the HMAC key as trusted-keys/, or $NUCLEUS_CHECKPOINT_TRUSTED_KEYS; owned by root or the caller,
+ * not writable by others). nc_verify and the restores accept both kinds of signature: an Ed25519
+ * one only from a key in the trust folder, an HMAC one with the HMAC key as before. */
+
+typedef enum nc_signing {
+  NC_SIGNING_HMAC = 1,   /* the key store's HMAC key: whoever verifies can also sign (the default) */
+  NC_SIGNING_ED25519 = 2 /* the key store's Ed25519 key: verified with its public key alone */
+} nc_signing;
+
+/* Creates the key store's Ed25519 key if there is none (*created, if not NULL, set to 1 if this
+ * call created it) and trusts its public key on this host. Since 0.3. */
+NC_EXPORT nc_status nc_keygen_ed25519(int *created);
+/* The key store's Ed25519 public key: in *text_out the text of its public key file, for another
+ * host's trust folder (nc_trust_key there), and in *key_id_out its key id (32 hex digits); free
+ * both with nc_free. Either may be NULL, not both. NC_E_KEY if there is no key. Since 0.3. */
+NC_EXPORT nc_status nc_public_key(char **text_out, char **key_id_out);
+/* Adds a public key (the text nc_public_key gives) to this host's trust folder, creating the folder
+ * if needed: checkpoints that key signs verify here from then on. Since 0.3. */
+NC_EXPORT nc_status nc_trust_key(const char *public_key_text);
+/* Dump and pre-dump: the key that signs (NC_SIGNING_HMAC by default). Ed25519 needs the chunked or
+ * manifest format. Since 0.3. */
+NC_EXPORT nc_status nc_options_set_signing(nc_options *opts, nc_signing signing);
+/* nc_sign_ex with the key given: NC_E_INVALID for Ed25519 in the seed format, which is HMAC-only.
+ * Since 0.3. */
+NC_EXPORT nc_status nc_sign_as(const char *dir, nc_signature_format format, nc_signing signing,
+                               nc_progress_fn progress, void *user);
+/* Which kind of key signed dir, from its checkpoint.hmac alone (nothing is verified), and for
+ * Ed25519 the key's id in *key_id_out (32 hex digits; free with nc_free), NULL for HMAC; key_id_out
+ * may be NULL. NC_E_INTEGRITY if dir is unsigned or its signature malformed. Since 0.3. */
+NC_EXPORT nc_status nc_signer_of(const char *dir, nc_signing *signing_out, char **key_id_out);
+
 /* --- Versions and probes --- */
 
 NC_EXPORT const char *nc_version_string(void); /* this library's version, "0.1.0" */
@@ -360,6 +469,21 @@ NC_EXPORT nc_status nc_keygen_e(int *created, nc_error *err);
 NC_EXPORT nc_status nc_options_new_e(nc_options **out, nc_error *err);
 NC_EXPORT nc_status nc_criu_version_e(const nc_runtime *rt, int *major, int *minor, int *patch, nc_error *err);
 NC_EXPORT nc_status nc_criu_check_e(const nc_runtime *rt, nc_error *err);
+NC_EXPORT nc_status nc_export_e(const char *dir, int fd, const nc_options *opts, nc_error *err); /* Since 0.3. */
+NC_EXPORT nc_status nc_import_e(int fd, const char *dir, const nc_options *opts, nc_error *err); /* Since 0.3. */
+NC_EXPORT nc_status nc_push_image_e(const char *dir, const char *reference, const nc_options *opts, char **digest_out,
+                                    nc_error *err); /* Since 0.3. */
+NC_EXPORT nc_status nc_pull_image_e(const char *reference, const char *dir, const nc_options *opts,
+                                    nc_error *err); /* Since 0.3. */
+NC_EXPORT nc_status nc_predump_e(nc_runtime *rt, const char *container_id, pid_t pid, const char *dir,
+                                 const nc_options *opts, nc_error *err); /* Since 0.3. */
+NC_EXPORT nc_status nc_keygen_ed25519_e(int *created, nc_error *err); /* Since 0.3. */
+NC_EXPORT nc_status nc_public_key_e(char **text_out, char **key_id_out, nc_error *err); /* Since 0.3. */
+NC_EXPORT nc_status nc_trust_key_e(const char *public_key_text, nc_error *err); /* Since 0.3. */
+NC_EXPORT nc_status nc_sign_as_e(const char *dir, nc_signature_format format, nc_signing signing,
+                                 nc_progress_fn progress, void *user, nc_error *err); /* Since 0.3. */
+NC_EXPORT nc_status nc_signer_of_e(const char *dir, nc_signing *signing_out, char **key_id_out,
+                                   nc_error *err); /* Since 0.3. */
 
 #ifdef __cplusplus
 }

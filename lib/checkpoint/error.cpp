@@ -15,6 +15,7 @@ const char* status_name(Status status) noexcept {
     case Status::key: return "NC_E_KEY";
     case Status::no_memory: return "NC_E_NOMEM";
     case Status::internal: return "NC_E_INTERNAL";
+    case Status::unsupported: return "NC_E_UNSUPPORTED";
   }
   return "NC_E_UNKNOWN";
 }

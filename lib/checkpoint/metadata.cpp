@@ -180,6 +180,14 @@ void write_extension(Writer& w, const CheckpointMetadata& m) {
   w.StartArray();
   for (const auto& name : m.runtime_files) write_string(w, name);
   w.EndArray();
+  if (m.chain) {
+    w.Key("chain");
+    w.StartObject();
+    flag("predump", m.chain->predump);
+    str("parent", m.chain->parent);
+    str("parent_signature_sha256", m.chain->parent_signature_sha256);
+    w.EndObject();
+  }
   w.EndObject();
 }
 
@@ -264,6 +272,11 @@ void read_extension(const rapidjson::Value& ext, CheckpointMetadata& m) {
     m.annotations.emplace_back(utf8_string(a.name, "annotations"), utf8_string(a.value, "annotations"));
   }
   m.runtime_files = string_array(ext, "runtime_files");
+  if (ext.HasMember("chain")) {
+    const auto& chain = object_field(ext, "chain");
+    m.chain = ChainRecord{bool_field(chain, "predump"), string_field(chain, "parent"),
+                          string_field(chain, "parent_signature_sha256")};
+  }
   m.has_record = true;
 }
 

@@ -10,6 +10,8 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
+#include "fs/tree_walk.hpp"
+
 namespace nucleus::checkpoint {
 
 namespace {
@@ -214,6 +216,13 @@ void add_options(const CriuOptions& o, Args& a) {
     a.value(restore, "--lsm-mount-context", o.lsm_mount_context);
   }
 
+  // A layer of a pre-dump chain: CRIU links images/parent to the parent's images, a sibling
+  // checkpoint (checked by the caller), and writes only the memory changed since it.
+  if (!o.parent.empty()) {
+    a.flag(dump, "--track-mem", true);
+    a.value(dump, "--prev-images-dir", parent_link_target(o.parent.filename().native()));
+  }
+  a.flag(dump, "--auto-dedup", o.auto_dedup);  // never at restore: CRIU would punch holes in the images it reads
   a.flag(dump, "--link-remap", o.link_remap);
   if (o.ghost_limit != 0) {
     // CRIU reads it with atol.
@@ -240,6 +249,15 @@ std::vector<std::string> criu_dump_args(pid_t pid, const std::string& images_dir
   a.value(dump, "--tree", std::to_string(pid));
   a.folders(images_dir, work_dir);
   return a.take();
+}
+
+std::vector<std::string> criu_predump_args(pid_t pid, const std::string& images_dir, const std::string& work_dir,
+                                           const CriuOptions& o) {
+  CriuOptions running = o;
+  running.leave_running = true;  // CRIU's pre-dump lets the tree run on
+  std::vector<std::string> args = criu_dump_args(pid, images_dir, work_dir, running);
+  args.front() = "pre-dump";  // it tracks memory itself
+  return args;
 }
 
 std::vector<std::string> criu_restore_args(const std::string& images_dir, const std::string& work_dir,

@@ -15,6 +15,9 @@ namespace nucleus::checkpoint {
 // naming CRIU's option, the value and what is accepted, before anything runs.
 std::vector<std::string> criu_dump_args(pid_t pid, const std::string& images_dir, const std::string& work_dir,
                                         const CriuOptions& options);
+// CRIU's pre-dump of the tree (which runs on), with the dump's options.
+std::vector<std::string> criu_predump_args(pid_t pid, const std::string& images_dir, const std::string& work_dir,
+                                           const CriuOptions& options);
 // `inherited`: the descriptors as CRIU will see them (their numbers in CRIU) with CRIU's keys,
 // resolved by the caller from options.inherit_fds and the checkpoint's record; options.inherit_fds
 // itself is checked but not read.

@@ -223,6 +223,12 @@ HmacKey CriuRuntime::signing_key() const {
   return key_ ? HmacKey::from_bytes(key_->bytes()) : KeyStore().load_or_create();
 }
 
+void CriuRuntime::set_ed25519_key(Ed25519SecretKey key) { ed25519_key_ = std::move(key); }
+
+Ed25519SecretKey CriuRuntime::ed25519_signing_key() const {
+  return ed25519_key_ ? Ed25519SecretKey::from_bytes(ed25519_key_->bytes()) : KeyStore().load_or_create_ed25519();
+}
+
 CheckpointState CriuRuntime::begin(CheckpointState target) {
   std::lock_guard lock(mutex_);
   // A finished dump or restore is final for that operation; the next one starts from None.

@@ -16,7 +16,9 @@
 #include <nucleus/checkpoint/hmac_tree.hpp>
 #include <nucleus/checkpoint/metadata.hpp>
 
+#include "checkpoint/chain.hpp"
 #include "fs/checkpoint_dir.hpp"
+#include "fs/tree_walk.hpp"
 #include "signature/chunked_signature.hpp"
 #include "criu/criu_args.hpp"
 #include "criu/criu_log.hpp"
@@ -121,7 +123,53 @@ void record_dump_options(const CriuOptions& o, DumpRecord& r) {
   r.file_validation = o.file_validation;
 }
 
+// The parent a chain layer is dumped on, with its own parents, verified whole before CRIU reads any
+// of it: a pre-dump of the same container, in a folder beside the new checkpoint's.
+std::vector<ChainLayer> verified_parents(const CheckpointDir& cd, const fs::path& parent, const std::string& container_id,
+                                         const std::function<void(int)>& verify_layer) {
+  const std::string name = parent.filename().native();
+  const auto beside = [&] {
+    const struct stat there = stat_fd(open_dir(parent.parent_path().empty() ? "." : parent.parent_path(),
+                                               "parent checkpoint's folder").get(), "parent checkpoint's folder");
+    const struct stat here = stat_fd(cd.parent(), "checkpoint's folder");
+    return there.st_dev == here.st_dev && there.st_ino == here.st_ino;
+  };
+  if (!is_plain_name(name) || !beside())
+    throw Error(Status::invalid, fmt::format("parent checkpoint {} must be a folder beside the new checkpoint {} (in "
+                                             "the same folder), as CRIU links a layer to its parent as {}",
+                                             parent.native(), cd.target().native(), parent_link_target("NAME")));
+  std::vector<ChainLayer> layers =
+      verify_chain(open_dir_at(cd.parent(), name, "parent checkpoint").get(), parent.native(), verify_layer,
+                   ChainUse::criu_reads);
+  const CheckpointMetadata& m = layers.front().metadata;
+  if (!m.chain || !m.chain->predump)
+    throw Error(Status::invalid, fmt::format("parent checkpoint {} is not a pre-dump: a layer is dumped on a pre-dump "
+                                             "(nc_predump, nucleus-checkpoint predump)", parent.native()));
+  if (m.container_id != container_id)
+    throw Error(Status::invalid, fmt::format("parent checkpoint {} is a pre-dump of container '{}', not of '{}'",
+                                             parent.native(), to_valid_utf8(m.container_id), to_valid_utf8(container_id)));
+  return layers;
+}
+
+// CRIU tracks memory through the kernel's soft-dirty bits; without them its pre-dump aborts and a
+// dump with --track-mem is refused, so a chain cannot be made at all.
+void require_memory_tracking(int binary_fd) {
+  const ProcessResult r =
+      run_process(binary_fd, "criu", {"check", "--feature", "mem_dirty_track"}, {}, criu_environment());
+  if (r.succeeded()) return;
+  const std::vector<std::string> said = criu_error_lines(r.output);
+  throw Error(Status::criu, fmt::format("this kernel does not track which memory a process changes (it needs "
+                                        "CONFIG_MEM_SOFT_DIRTY; criu check --feature mem_dirty_track said: {}), so "
+                                        "CRIU can neither pre-dump nor dump on a parent: make a full dump instead",
+                                        said.empty() ? r.describe() : said.front()));
+}
+
 }  // namespace
+
+void CriuRuntime::predump(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options,
+                          SignatureFormat format) {
+  dump(container, dir, options, format, true);
+}
 
 void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir, bool leave_running) {
   CriuOptions options;
@@ -135,9 +183,23 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
 
 void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options,
                              SignatureFormat format) {
-  require_root("Checkpoint");
+  dump(container, dir, options, format, false);
+}
+
+void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options,
+                       SignatureFormat format, bool predump) {
+  require_root(predump ? "Pre-dump" : "Checkpoint");
   if (format != SignatureFormat::seed && format != SignatureFormat::chunked && format != SignatureFormat::manifest)
     throw Error(Status::invalid, fmt::format("unknown signature format {}", static_cast<int>(format)));
+  require_signable(format, options.signing);
+  const bool layer = predump || !options.parent.empty();
+  if (layer && format == SignatureFormat::seed)
+    throw Error(Status::invalid, "a pre-dump or a dump on a parent is signed in the chunked or manifest format: the "
+                                 "seed format cannot cover CRIU's link to the parent");
+  if (options.auto_dedup && options.parent.empty())
+    throw Error(Status::invalid, "auto-dedup needs a parent checkpoint: it removes from the parents what the new layer "
+                                 "holds");
+  const bool running = predump || options.leave_running;  // CRIU's pre-dump lets the tree run on
   if (container.id.empty()) throw Error(Status::invalid, "container id is empty");
   if (container.pid <= 0) throw Error(Status::invalid, fmt::format("PID {} is not a process", container.pid));
   // The root held by a pidfd from here on, checked to be the process meant: no signal of the
@@ -157,6 +219,8 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
   // What lies outside a container is found, declared to CRIU and recorded for restore before
   // anything is frozen; so is what CRIU would need and not find.
   CriuOptions effective = options;
+  // "DIR/" names DIR: its name is what CRIU's link and the metadata record.
+  if (!effective.parent.has_filename()) effective.parent = effective.parent.parent_path();
   metadata.has_record = true;
   if (options.detect_container) {
     ContainerScan scan = scan_container(container.pid, process_tree(container.pid), options.external);
@@ -175,14 +239,25 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
   record_dump_options(effective, metadata.record);
   metadata.to_json();
   const HmacKey key = signing_key();  // before CRIU touches the tree: a key problem loses nothing
+  const std::optional<Ed25519SecretKey> ed25519 =
+      options.signing == SignatureKind::ed25519 ? std::optional(ed25519_signing_key()) : std::nullopt;
   HmacTree::max_total_bytes();        // likewise a malformed NUCLEUS_CHECKPOINT_MAX_BYTES
   begin(CheckpointState::Dumping);
   guarded(*this, &CriuRuntime::finish, [&] {
     CheckpointDir cd = CheckpointDir::prepare(dir);
+    const std::vector<ChainLayer> parents =
+        options.parent.empty() ? std::vector<ChainLayer>()
+                               : verified_parents(cd, effective.parent, container.id,
+                                                  [this](int fd) { verify_whole(fd, key_); });
+    if (layer) require_memory_tracking(binary_fd_);  // after the parent is found good: its errors come first
+    if (layer)
+      metadata.chain = ChainRecord{predump, effective.parent.filename().native(),
+                                   parents.empty() ? std::string() : parents.front().signature_sha256};
     // CRIU's log goes into the checkpoint, and so is signed with it, unless a work dir is given.
     const UniqueFd work = options.work_dir.empty() ? UniqueFd() : open_work_dir(options.work_dir);
     const int work_fd = work ? work.get() : cd.dir();
-    auto args = criu_dump_args(container.pid, proc_fd_path(child_fd(0)), proc_fd_path(child_fd(1)), effective);
+    auto args = (predump ? criu_predump_args : criu_dump_args)(container.pid, proc_fd_path(child_fd(0)),
+                                                               proc_fd_path(child_fd(1)), effective);
     const Notifications notifications(options.notify);
     notifications.add_args(args);
     // With the tree left running, its images are hashed as CRIU writes them, on CPU CRIU leaves
@@ -194,7 +269,7 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
     // parent, which CRIU writes for each) are compared instead of hashed again.
     TwinChunks twins;
     std::optional<LiveDigests> live;
-    if (format != SignatureFormat::seed && options.leave_running)
+    if (format != SignatureFormat::seed && running)
       live.emplace(cd.images(), ChunkedSignature::default_chunk_size, &twins);
     // In a process group of its own: killed at its timeout, CRIU can leave a stopped helper of
     // its own behind, which goes with it. (Not for restores: with shell_job, CRIU puts the
@@ -207,13 +282,14 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
                                         options.timeout, ProcessGroup::own, &watch);
     guardian.criu_ended();
     StartedDigests started = live ? live->stop() : StartedDigests();
-    if (!r.succeeded_by(r.status_lost ? log_tail(work_fd, "dump.log") : "", "Dumping finished successfully")) {
+    if (!r.succeeded_by(r.status_lost ? log_tail(work_fd, "dump.log") : "",
+                        predump ? "Pre-dumping finished successfully" : "Dumping finished successfully")) {
       // CRIU resumes the tree when it fails; killed, it may have left it stopped: resume it.
       ProcessTree::open(container.pid, root.pidfd.get()).signal(SIGCONT);
       const std::string errors = criu_errors(work_fd, "dump.log", r.output);
       const std::string refusal = notifications.refusal();
       const std::string hint = refusal.empty() ? criu_hint(errors) : refusal;
-      throw CriuError(r.exit_code, criu_error_lines(errors), fmt::format("criu dump of PID {} ({}) failed ({}): {}{}. Full log: {}{}", container.pid,
+      throw CriuError(r.exit_code, criu_error_lines(errors), fmt::format("criu {} of PID {} ({}) failed ({}): {}{}. Full log: {}{}", predump ? "pre-dump" : "dump", container.pid,
                                             process.comm, r.describe(), hint.empty() ? "" : hint + ". CRIU said: ", errors,
                                             work ? (options.work_dir / "dump.log").native() : keep_failed_log(cd),
                                             r.timed_out ? ". The tree runs on: CRIU's parasite code removes itself "
@@ -227,15 +303,23 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
           std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
       make_tree_private(cd.dir());  // CRIU writes its images 0644; they hold process memory
       write_runtime_files(cd.dir(), container.runtime_files);
+      // Auto-dedup punched holes in the parents (verified above): each is re-signed as this
+      // layer is, and rebound.
+      if (options.auto_dedup)
+        metadata.chain->parent_signature_sha256 = resign_parents(parents, [&](int fd) {
+          if (ed25519) HmacTree::sign_as(fd, *ed25519, HmacTree::format_of(fd));
+          else HmacTree::sign_as(fd, key, HmacTree::format_of(fd));
+        });
       metadata.save(cd.dir());
       if (format == SignatureFormat::seed) HmacTree::sign_as(cd.dir(), key, SignatureFormat::seed);
+      else if (ed25519) sign_chunked(cd.dir(), *ed25519, {}, &started, &twins, format);
       else sign_chunked(cd.dir(), key, {}, &started, &twins, format);
       cd.commit();
     } catch (...) {
-      if (!options.leave_running) tree.signal(SIGCONT);
+      if (!running) tree.signal(SIGCONT);
       throw;
     }
-    if (!options.leave_running) tree.kill();
+    if (!running) tree.kill();
   });
   finish(CheckpointState::Dumped);
 }

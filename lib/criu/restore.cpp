@@ -17,6 +17,7 @@
 #include <nucleus/checkpoint/hmac_tree.hpp>
 #include <nucleus/checkpoint/metadata.hpp>
 
+#include "checkpoint/chain.hpp"
 #include "fs/checkpoint_dir.hpp"
 #include "signature/chunked_signature.hpp"
 #include "criu/criu_args.hpp"
@@ -191,19 +192,29 @@ RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions
     // nothing but root may be able to change it before CRIU reads it.
     // The signature is read (once) before the key is loaded: an unsigned or malformed folder is
     // refused as such, not as a missing key.
+    // A layer of a pre-dump chain restores from its folders: CRIU's stream mode cannot read parent
+    // images. The whole chain verifies first, every layer and the folder holding them private.
+    const bool layer = has_parent_link(dir_fd.get());
     std::optional<SignedManifest> manifest;
-    if (options.stream_images) {
+    if (options.stream_images && !layer) {
       if (std::optional<ChunkedSignature> signature = SignedManifest::read_signature(dir_fd.get()))
         manifest = key_ ? SignedManifest::authenticate(dir_fd.get(), *key_, std::move(*signature))
-                        : SignedManifest::authenticate(dir_fd.get(), KeyStore().load(), std::move(*signature));
+                        : SignedManifest::authenticate(dir_fd.get(), KeyStore(), std::move(*signature));
     }
-    require_private_tree(dir_fd.get(), manifest ? OpenWriters::allow : OpenWriters::refuse);
-    if (!manifest) {
-      if (key_) HmacTree::verify(dir_fd.get(), *key_);
-      else HmacTree::verify(dir_fd.get(), KeyStore());
+    std::vector<ChainLayer> chain;
+    if (layer) {
+      chain = verify_chain(dir_fd.get(), dir.native(), [this](int fd) { verify_whole(fd, key_); }, ChainUse::criu_reads);
+    } else {
+      require_private_tree(dir_fd.get(), manifest ? OpenWriters::allow : OpenWriters::refuse);
+      if (!manifest) verify_whole(dir_fd.get(), key_);
     }
-    const CheckpointMetadata metadata =
-        manifest ? verified_metadata(dir_fd.get(), *manifest) : CheckpointMetadata::load(dir_fd.get());
+    const CheckpointMetadata metadata = layer      ? std::move(chain.front().metadata)
+                                        : manifest ? verified_metadata(dir_fd.get(), *manifest)
+                                                   : CheckpointMetadata::load(dir_fd.get());
+    if (metadata.chain && metadata.chain->predump)
+      throw Error(Status::invalid, fmt::format("{} is a pre-dump: it holds the memory of a tree that ran on, and cannot "
+                                               "be restored alone; restore the final dump made on it (dump --parent)",
+                                               dir.native()));
     require_expected(metadata, options, dir);
     UniqueFd images;
     try {

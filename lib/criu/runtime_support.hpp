@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -32,6 +33,13 @@ struct PrivateRunDir {
   std::string path() const { return parent_path + "/" + name; }
 };
 PrivateRunDir make_private_run_dir(const std::string& parent_path, std::string_view prefix, std::string_view what);
+
+// Verifies the whole folder at dir_fd with the runtime's own key (CriuRuntime::set_key) if it has
+// one, else with the key store's keys.
+inline void verify_whole(int dir_fd, const std::optional<HmacKey>& key) {
+  if (key) HmacTree::verify(dir_fd, *key);
+  else HmacTree::verify(dir_fd, KeyStore());
+}
 
 // Throws Error(Status::permission) unless the caller is root.
 void require_root(std::string_view operation);

@@ -30,7 +30,7 @@ bool is_empty_dir(int parent_fd, const std::string& name) {
 
 }  // namespace
 
-CheckpointDir CheckpointDir::prepare(const fs::path& target_path) {
+CheckpointDir CheckpointDir::prepare(const fs::path& target_path, Start start) {
   fs::path target = target_path.lexically_normal();
   if (!target.has_filename()) target = target.parent_path();  // "dir/" names "dir"
   const std::string name = target.filename();
@@ -69,7 +69,8 @@ CheckpointDir CheckpointDir::prepare(const fs::path& target_path) {
   init_sodium();
   cd.staging_name_ = fmt::format(".{}.staging-{:08x}", name, randombytes_random());
   cd.dir_ = open_or_create_dir_at(cd.parent_.get(), cd.staging_name_, 0700, "checkpoint staging directory");
-  cd.images_ = open_or_create_dir_at(cd.dir_.get(), images_name, 0700, "checkpoint images directory");
+  if (start == Start::with_images)
+    cd.images_ = open_or_create_dir_at(cd.dir_.get(), images_name, 0700, "checkpoint images directory");
   return cd;
 }
 
@@ -96,8 +97,8 @@ void CheckpointDir::commit() {
   // CRIU does not fsync its images; one syncfs makes the whole staging folder durable.
   if (::syncfs(dir_.get()) != 0) throw system_error(Status::io, errno, "cannot sync the checkpoint to disk");
   if (!same_folder(parent_.get(), staging_name_, dir_.get()))
-    throw Error(Status::permission, fmt::format("the staging folder {} beside {} was replaced while the dump ran; the "
-                                                "checkpoint is not moved into place", staging_name_, target_.native()));
+    throw Error(Status::permission, fmt::format("the staging folder {} beside {} was replaced while the checkpoint was "
+                                                "written; it is not moved into place", staging_name_, target_.native()));
   // An empty target folder is replaced; an absent one must stay absent until now.
   const int rc = target_was_empty_dir_
                      ? ::renameat(parent_.get(), staging_name_.c_str(), parent_.get(), target_name_.c_str())
@@ -149,6 +150,8 @@ void require_private_dir(int dir_fd, const fs::path& path, std::string_view what
 void require_private_tree(int dir_fd, OpenWriters open_writers) {
   check_private(stat_fd(dir_fd, "checkpoint directory"), "the checkpoint directory");
   walk_checkpoint_tree(dir_fd, [open_writers](int fd, const struct stat& st, const std::string& rel) {
+    // A symlink's target cannot change, and its mode means nothing: the folder holding it must be private.
+    if (S_ISLNK(st.st_mode)) return;
     check_private(st, fmt::format("checkpoint entry '{}'", rel));
     if (S_ISREG(st.st_mode) && st.st_nlink != 1)
       throw Error(Status::permission, fmt::format("checkpoint file '{}' has {} hard links: it may be changed through "
@@ -160,6 +163,7 @@ void require_private_tree(int dir_fd, OpenWriters open_writers) {
 
 void make_tree_private(int dir_fd) {
   walk_checkpoint_tree(dir_fd, [](int fd, const struct stat& st, const std::string& rel) {
+    if (S_ISLNK(st.st_mode)) return;  // a symlink has no mode of its own
     if (::fchmod(fd, S_ISDIR(st.st_mode) ? 0700 : 0600) != 0)
       throw system_error(status_of_errno(errno), errno, fmt::format("cannot make checkpoint entry '{}' private", rel));
   });

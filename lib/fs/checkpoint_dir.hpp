@@ -15,9 +15,14 @@ class CheckpointDir {
  public:
   static constexpr const char* images_name = "images";
 
-  // Creates the target's parent if missing (0700) and a staging folder with images/ in it (both
-  // 0700). The target must not exist, or be an empty folder; never a symlink.
-  static CheckpointDir prepare(const std::filesystem::path& target);
+  // What the staging folder starts with: images/ for a dump; nothing for an import, which creates
+  // exactly the entries its stream lists.
+  enum class Start { with_images, empty };
+
+  // Creates the target's parent if missing (0700) and a staging folder (0700; with images/ in it,
+  // 0700, unless `start` is empty, when images() is -1). The target must not exist, or be an empty
+  // folder; never a symlink.
+  static CheckpointDir prepare(const std::filesystem::path& target, Start start = Start::with_images);
 
   CheckpointDir(CheckpointDir&&) noexcept = default;
   CheckpointDir& operator=(CheckpointDir&&) = delete;

@@ -61,18 +61,26 @@ class Walk {
       struct stat seen {};
       if (::fstatat(dir_fd, name.c_str(), &seen, AT_SYMLINK_NOFOLLOW) != 0)
         throw integrity(fmt::format("checkpoint entry '{}' vanished during the integrity scan", rel));
-      if (S_ISLNK(seen.st_mode))
-        throw integrity(fmt::format("Checkpoint integrity scan refuses symlink path '{}'", rel));
-      if (!S_ISDIR(seen.st_mode) && !S_ISREG(seen.st_mode))
+      const bool link = S_ISLNK(seen.st_mode);
+      if (link && rel != parent_link_path)
+        throw integrity(fmt::format("Checkpoint integrity scan refuses symlink path '{}' (the only symlink a checkpoint "
+                                    "may hold is a chain layer's {})", rel, parent_link_path));
+      if (!link && !S_ISDIR(seen.st_mode) && !S_ISREG(seen.st_mode))
         throw integrity(fmt::format("Checkpoint integrity scan rejects special file '{}' (only folders and regular "
                                     "files may be in a checkpoint)", rel));
-      const int flags = S_ISDIR(seen.st_mode) ? O_DIRECTORY : O_NONBLOCK | O_NOCTTY;
+      const int flags = link ? O_PATH : S_ISDIR(seen.st_mode) ? O_DIRECTORY : O_NONBLOCK | O_NOCTTY;
       const UniqueFd fd(::openat(dir_fd, name.c_str(), flags | O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
       if (!fd) throw integrity(fmt::format("cannot open checkpoint entry '{}': {}", rel, std::strerror(errno)));
       // The entry opened must be the one examined: a swap in between is an integrity failure.
       const struct stat st = stat_fd(fd.get(), rel);
       if (st.st_dev != seen.st_dev || st.st_ino != seen.st_ino || (st.st_mode & S_IFMT) != (seen.st_mode & S_IFMT))
         throw integrity(fmt::format("checkpoint entry '{}' was replaced during the integrity scan", rel));
+      if (link) {
+        const std::string target = read_link_fd(fd.get(), rel);
+        if (!parent_of_link_target(target))
+          throw integrity(fmt::format("checkpoint link '{}' points to '{}', not to a sibling checkpoint's images "
+                                      "(\"{}\")", rel, to_valid_utf8(target), parent_link_target("NAME")));
+      }
       visit_(fd.get(), st, rel);
       if (S_ISDIR(st.st_mode)) folder(fd.get(), rel, depth + 1);
     }
@@ -144,6 +152,31 @@ FileBytes measure(int root_fd, const std::string& skip, std::uint64_t max_bytes)
 }
 
 }  // namespace
+
+std::string parent_link_target(std::string_view name) { return fmt::format("../../{}/images", name); }
+
+bool is_plain_name(std::string_view name) {
+  return !name.empty() && name != "." && name != ".." && name.size() <= 255 &&
+         name.find_first_of(std::string_view("/\0", 2)) == std::string_view::npos && is_valid_utf8(name);
+}
+
+std::optional<std::string> parent_of_link_target(std::string_view target) {
+  constexpr std::string_view up = "../../", down = "/images";
+  if (!target.starts_with(up) || !target.ends_with(down) || target.size() < up.size() + down.size())
+    return std::nullopt;
+  std::string name(target.substr(up.size(), target.size() - up.size() - down.size()));
+  if (!is_plain_name(name)) return std::nullopt;
+  return name;
+}
+
+std::string read_link_fd(int fd, std::string_view rel) {
+  std::array<char, 512> target{};  // a valid target is at most 6 + 255 + 7 bytes
+  const ssize_t n = ::readlinkat(fd, "", target.data(), target.size());
+  if (n < 0) throw system_error(Status::integrity, errno, fmt::format("cannot read checkpoint link '{}'", rel));
+  if (static_cast<std::size_t>(n) == target.size())
+    throw integrity(fmt::format("checkpoint link '{}' points to a path longer than {} bytes", rel, target.size() - 1));
+  return {target.data(), static_cast<std::size_t>(n)};
+}
 
 void walk_checkpoint_tree(int root_fd, const TreeVisitor& visit, const std::string& skip, std::size_t max_entries) {
   Walk(visit, skip, max_entries).folder(root_fd, "", 0);

@@ -1,9 +1,10 @@
 // The one walk over a checkpoint folder that everything shares: signing, verifying, and the
 // ownership checks and fixes. Depth first, the names of each folder in byte order (the seed's
 // order, which the signature formats are defined by), every entry opened relative to its
-// parent's descriptor with O_NOFOLLOW and checked to be the entry examined. Anything but folders
-// and regular files, names that are not UTF-8, and trees past HmacTree's limits are integrity
-// failures: a walk never leaves the tree and never runs without bound.
+// parent's descriptor with O_NOFOLLOW and checked to be the entry examined. Anything but folders,
+// regular files and a chain layer's parent link, names that are not UTF-8, and trees past
+// HmacTree's limits are integrity failures: a walk never leaves the tree and never runs without
+// bound.
 #pragma once
 
 #include <sys/stat.h>
@@ -11,14 +12,31 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include <nucleus/checkpoint/hmac_tree.hpp>
 
 namespace nucleus::checkpoint {
 
-// Called for each folder (before its contents) and each regular file below the root, with the
-// entry open (files O_RDONLY | O_NONBLOCK), its fstat and its path relative to the root.
+// A layer of a pre-dump chain holds one symlink, CRIU's link to its parent's images:
+// images/parent, whose target is exactly "../../NAME/images" with NAME a plain folder name (the
+// parent is a sibling of the layer's folder). The walk accepts no other symlink, and never follows
+// this one.
+inline constexpr std::string_view parent_link_path = "images/parent";
+// The target of a parent link to the sibling checkpoint `name`.
+std::string parent_link_target(std::string_view name);
+// NAME of a target of that form; std::nullopt for any other target.
+std::optional<std::string> parent_of_link_target(std::string_view target);
+// A plain folder name: UTF-8, at most 255 bytes, no '/' or NUL, not empty, "." or "..".
+bool is_plain_name(std::string_view name);
+// The target of the parent link open at fd (O_PATH | O_NOFOLLOW, as the walk hands it over).
+std::string read_link_fd(int fd, std::string_view rel);
+
+// Called for each folder (before its contents), each regular file and the parent link below the
+// root, with the entry open (files O_RDONLY | O_NONBLOCK, the link O_PATH), its fstat and its path
+// relative to the root.
 using TreeVisitor = std::function<void(int fd, const struct stat& st, const std::string& rel)>;
 
 // Walks everything below root_fd, leaving out the top-level entry named `skip` (if not empty).

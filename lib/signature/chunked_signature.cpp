@@ -13,7 +13,9 @@
 
 #include "fs/fs_util.hpp"
 #include "fs/tree_walk.hpp"
+#include "signature/hex.hpp"
 #include "signature/signed_manifest.hpp"
+#include "signature/sodium.hpp"
 
 namespace nucleus::checkpoint {
 
@@ -81,8 +83,11 @@ std::string_view ChunkedSignature::header_of(SignatureFormat format) {
 }
 
 std::string ChunkedSignature::to_text() const {
-  std::string text =
-      fmt::format("{}\nchunk-size {}\nhmac-sha256 {}\n", header_of(format), chunk_size, HmacSha256::to_hex(mac));
+  const std::string signed_by = kind == SignatureKind::ed25519
+                                    ? fmt::format("{} {} {}", ed25519_line, Ed25519PublicKey::hex(key_id),
+                                                  to_lower_hex(ed25519_signature))
+                                    : fmt::format("{} {}", hmac_line, HmacSha256::to_hex(mac));
+  std::string text = fmt::format("{}\nchunk-size {}\n{}\n", header_of(format), chunk_size, signed_by);
   if (format != SignatureFormat::manifest) return text;
   for (const auto& chunks : manifest) {
     for (const auto& digest : chunks) text += HmacSha256::to_hex(digest);
@@ -113,34 +118,120 @@ ChunkedSignature ChunkedSignature::parse(std::string_view text) {
   if (ec != std::errc() || end != size.data() + size.size() || size.front() == '0' || !std::has_single_bit(s.chunk_size) ||
       s.chunk_size < min_chunk_size || s.chunk_size > max_chunk_size)
     throw malformed(fmt::format("chunk-size must be a power of two from {} to {}", min_chunk_size, max_chunk_size));
-  const auto mac = HmacSha256::from_hex(take_line(text, "hmac-sha256"));
-  if (!mac) throw malformed(fmt::format("hmac-sha256 must be {} lowercase hex digits", 2 * s.mac.size()));
-  s.mac = *mac;
+  if (text.starts_with(ed25519_line) && text.substr(ed25519_line.size()).starts_with(' ')) {
+    s.kind = SignatureKind::ed25519;
+    const std::string_view value = take_line(text, ed25519_line);
+    const auto space = value.find(' ');
+    const auto key_id = array_from_lower_hex<Ed25519PublicKey::id_size>(value.substr(0, space));
+    const auto signature = space == std::string_view::npos
+                               ? std::nullopt
+                               : array_from_lower_hex<crypto_sign_BYTES>(value.substr(space + 1));
+    if (!key_id || !signature)
+      throw malformed(fmt::format("the ed25519 line must be a key id of {} and then a signature of {} lowercase hex "
+                                  "digits, one space between them",
+                                  2 * Ed25519PublicKey::id_size, 2 * crypto_sign_BYTES));
+    s.key_id = *key_id;
+    s.ed25519_signature = *signature;
+  } else {
+    const auto mac = HmacSha256::from_hex(take_line(text, hmac_line));
+    if (!mac) throw malformed(fmt::format("hmac-sha256 must be {} lowercase hex digits", 2 * s.mac.size()));
+    s.mac = *mac;
+  }
   if (s.format == SignatureFormat::manifest) s.manifest = parse_manifest(text);
-  else if (!text.empty()) throw malformed("unexpected text after the hmac-sha256 line");
+  else if (!text.empty()) throw malformed("unexpected text after the signature line");
   return s;
 }
 
-ChunkedTreeMac::ChunkedTreeMac(const HmacKey& key, SignatureFormat format, std::uint64_t chunk_size)
-    : mac_(key.bytes()) {
+TreeKey VerifyingKeys::key_for(const ChunkedSignature& signature) const {
+  if (signature.kind == SignatureKind::hmac_sha256) return hmac();
+  if (!trusted_ || trusted_->id() != signature.key_id)
+    trusted_ = (store_ ? *store_ : KeyStore()).trusted_key(signature.key_id);
+  return *trusted_;
+}
+
+const HmacKey& VerifyingKeys::hmac() const {
+  if (given_) return *given_;
+  if (!loaded_) loaded_ = store_->load();
+  return *loaded_;
+}
+
+ChunkedTreeMac::ChunkedTreeMac(TreeKey key, SignatureFormat format, std::uint64_t chunk_size) : key_(key) {
+  if (const HmacKey* hmac = key.get<HmacKey>()) {
+    mac_.emplace(hmac->bytes());
+  } else {
+    init_sodium();
+    crypto_sign_init(&ed25519_);
+    // The domain first: no Ed25519 message is ever the same bytes as an HMAC message.
+    update(ed25519_domain.data(), ed25519_domain.size());
+    update("", 1);
+  }
   const std::string_view header = ChunkedSignature::header_of(format);
-  mac_.update(header.data(), header.size());
-  mac_.update("", 1);
-  mac_.update_u64le(chunk_size);
+  update(header.data(), header.size());
+  update("", 1);
+  update_u64le(chunk_size);
+}
+
+void ChunkedTreeMac::update(const void* data, std::size_t size) {
+  if (mac_) return mac_->update(data, size);
+  crypto_sign_update(&ed25519_, static_cast<const unsigned char*>(data), size);
+}
+
+void ChunkedTreeMac::update_u64le(std::uint64_t value) {
+  unsigned char bytes[8];
+  for (unsigned char& byte : bytes) {
+    byte = static_cast<unsigned char>(value);
+    value >>= 8;
+  }
+  update(bytes, sizeof bytes);
+}
+
+void ChunkedTreeMac::sign(ChunkedSignature& signature) {
+  signature.kind = key_.kind();
+  if (mac_) {
+    signature.mac = mac_->final();
+    return;
+  }
+  const Ed25519SecretKey* secret = key_.get<Ed25519SecretKey>();
+  if (!secret) throw Error(Status::internal, "an Ed25519 public key cannot sign");
+  signature.key_id = secret->public_key().id();
+  if (crypto_sign_final_create(&ed25519_, signature.ed25519_signature.data(), nullptr, secret->bytes().data()) != 0)
+    throw Error(Status::internal, "libsodium could not make the Ed25519 signature");
+}
+
+void ChunkedTreeMac::check(const ChunkedSignature& signature) {
+  if (signature.kind != key_.kind())
+    throw Error(Status::integrity, "Checkpoint integrity verification failed: the signature is not of the key's kind");
+  if (mac_) return require_same_mac(signature.mac, mac_->final());
+  const Ed25519PublicKey* key = key_.get<Ed25519PublicKey>();
+  if (!key || key->id() != signature.key_id)
+    throw Error(Status::internal, "an Ed25519 signature is checked only with the public key it names");
+  // A copy: crypto_sign_final_verify takes the signature as writable.
+  ChunkedSignature::Ed25519Signature copy = signature.ed25519_signature;
+  if (crypto_sign_final_verify(&ed25519_, copy.data(), key->bytes().data()) != 0)
+    throw Error(Status::integrity,
+                fmt::format("Checkpoint integrity verification failed: Ed25519 signature mismatch (the folder changed "
+                            "since key {} signed it, or that key never did)",
+                            key->id_hex()));
 }
 
 void ChunkedTreeMac::folder(std::string_view rel) { path_record('D', rel); }
 
 void ChunkedTreeMac::file(std::string_view rel, std::uint64_t size, const Sha256::Digest& file_digest) {
   path_record('F', rel);
-  mac_.update_u64le(size);
-  mac_.update(file_digest.data(), file_digest.size());
+  update_u64le(size);
+  update(file_digest.data(), file_digest.size());
+}
+
+void ChunkedTreeMac::link(std::string_view rel, std::string_view target) {
+  path_record('L', rel);
+  update_u64le(target.size());
+  update(target.data(), target.size());
 }
 
 void ChunkedTreeMac::path_record(char kind, std::string_view rel) {
-  mac_.update(&kind, 1);
-  mac_.update_u64le(rel.size());
-  mac_.update(rel.data(), rel.size());
+  update(&kind, 1);
+  update_u64le(rel.size());
+  update(rel.data(), rel.size());
 }
 
 std::string read_signature_text(int dir_fd) {
@@ -163,6 +254,12 @@ std::string read_signature_text(int dir_fd) {
   return text;
 }
 
+void require_signable(SignatureFormat format, SignatureKind kind) {
+  if (format == SignatureFormat::seed && kind != SignatureKind::hmac_sha256)
+    throw Error(Status::invalid, "the seed signature format (1) is HMAC-only: sign with Ed25519 in the chunked (2) or "
+                                 "manifest (3) format");
+}
+
 void require_same_mac(const HmacSha256::Mac& signed_mac, const HmacSha256::Mac& computed) {
   if (sodium_memcmp(signed_mac.data(), computed.data(), computed.size()) != 0)
     throw Error(Status::integrity,
@@ -170,13 +267,15 @@ void require_same_mac(const HmacSha256::Mac& signed_mac, const HmacSha256::Mac& 
                 "it was signed with another key)");
 }
 
-ChunkedSignature chunked_signature_of(int root_fd, const HmacKey& key, SignatureFormat format,
-                                      std::uint64_t chunk_size, const HmacTree::Progress& progress,
-                                      StartedDigests* started, TwinChunks* twins, const SignedManifest* expected) {
-  ChunkedSignature s;
-  s.format = format;
-  s.chunk_size = chunk_size;
-  ChunkedTreeMac mac(key, format, chunk_size);
+namespace {
+
+// Feeds `mac` the records of the folder at root_fd; returns its manifest when one is wanted (format
+// 3, no expected manifest). See chunked_signature_of and verify_chunked.
+std::vector<std::vector<Sha256::Digest>> feed_records(int root_fd, ChunkedTreeMac& mac, SignatureFormat format,
+                                                      std::uint64_t chunk_size, const HmacTree::Progress& progress,
+                                                      StartedDigests* started, TwinChunks* twins,
+                                                      const SignedManifest* expected) {
+  std::vector<std::vector<Sha256::Digest>> manifest;
   const unsigned threads = hash_threads();
   std::uint64_t hashed = 0;
   const ChunkedFileDigest::BytesHashed done = [&](std::uint64_t bytes) {
@@ -186,6 +285,7 @@ ChunkedSignature chunked_signature_of(int root_fd, const HmacKey& key, Signature
   std::size_t files = 0;
   walk_checkpoint_files(root_fd, [&](int fd, const struct stat& st, const std::string& rel) {
     if (S_ISDIR(st.st_mode)) return mac.folder(rel);
+    if (S_ISLNK(st.st_mode)) return mac.link(rel, read_link_fd(fd, rel));
     const auto size = static_cast<std::uint64_t>(st.st_size);
     const ManifestFile* listed = expected ? &listed_file(*expected, files++, rel, size) : nullptr;
     ChunkedFileDigest digest(chunk_size);
@@ -200,10 +300,29 @@ ChunkedSignature chunked_signature_of(int root_fd, const HmacKey& key, Signature
     const Sha256::Digest d =
         digest.finish(fd, size, threads, rel, listed ? checking_chunks(*listed, chunk_size, digest, done) : done, twins);
     mac.file(rel, size, d);
-    if (format == SignatureFormat::manifest && !expected) s.manifest.push_back(digest.chunk_digests());
+    if (format == SignatureFormat::manifest && !expected) manifest.push_back(digest.chunk_digests());
   }, HmacTree::signature_file, HmacTree::max_total_bytes());
-  s.mac = mac.final();
+  return manifest;
+}
+
+}  // namespace
+
+ChunkedSignature chunked_signature_of(int root_fd, TreeKey key, SignatureFormat format, std::uint64_t chunk_size,
+                                      const HmacTree::Progress& progress, StartedDigests* started, TwinChunks* twins) {
+  ChunkedSignature s;
+  s.format = format;
+  s.chunk_size = chunk_size;
+  ChunkedTreeMac mac(key, format, chunk_size);
+  s.manifest = feed_records(root_fd, mac, format, chunk_size, progress, started, twins, nullptr);
+  mac.sign(s);
   return s;
+}
+
+void verify_chunked(int root_fd, TreeKey key, const ChunkedSignature& signature, const HmacTree::Progress& progress,
+                    const SignedManifest* expected) {
+  ChunkedTreeMac mac(key, signature.format, signature.chunk_size);
+  (void)feed_records(root_fd, mac, signature.format, signature.chunk_size, progress, nullptr, nullptr, expected);
+  mac.check(signature);
 }
 
 HmacSha256::Mac chunked_tree_mac(int root_fd, const HmacKey& key, std::uint64_t chunk_size,
@@ -211,7 +330,7 @@ HmacSha256::Mac chunked_tree_mac(int root_fd, const HmacKey& key, std::uint64_t 
   return chunked_signature_of(root_fd, key, SignatureFormat::chunked, chunk_size, progress, started, twins).mac;
 }
 
-void sign_chunked(int root_fd, const HmacKey& key, const HmacTree::Progress& progress, StartedDigests* started,
+void sign_chunked(int root_fd, TreeKey key, const HmacTree::Progress& progress, StartedDigests* started,
                   TwinChunks* twins, SignatureFormat format) {
   // A stale temp file from an interrupted sign must not become part of what is signed.
   remove_stale_temp_at(root_fd, HmacTree::signature_file);

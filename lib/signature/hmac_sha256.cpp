@@ -11,6 +11,7 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
+#include "signature/hex.hpp"
 #include "signature/sodium.hpp"
 
 #if NC_HAVE_OPENSSL
@@ -87,20 +88,10 @@ void HmacSha256::update_u64le(std::uint64_t value) {
   update(le.data(), le.size());
 }
 
-std::string HmacSha256::to_hex(const Mac& mac) {
-  std::array<char, 2 * std::tuple_size_v<Mac> + 1> hex{};
-  sodium_bin2hex(hex.data(), hex.size(), mac.data(), mac.size());
-  return hex.data();
-}
+std::string HmacSha256::to_hex(const Mac& mac) { return to_lower_hex(mac); }
 
 std::optional<HmacSha256::Mac> HmacSha256::from_hex(std::string_view hex) {
-  Mac mac{};
-  const bool lower_hex = std::all_of(hex.begin(), hex.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
-  std::size_t len = 0;
-  if (hex.size() != 2 * mac.size() || !lower_hex ||
-      sodium_hex2bin(mac.data(), mac.size(), hex.data(), hex.size(), nullptr, &len, nullptr) != 0 || len != mac.size())
-    return std::nullopt;
-  return mac;
+  return array_from_lower_hex<std::tuple_size_v<Mac>>(hex);
 }
 
 HmacSha256::Mac HmacSha256::final() {

@@ -38,6 +38,9 @@ class SeedTreeMac {
 
   Mac run(int root_fd) {
     walk_checkpoint_files(root_fd, [this](int fd, const struct stat& st, const std::string& rel) {
+      if (S_ISLNK(st.st_mode))
+        throw integrity(fmt::format("the seed signature format cannot cover '{}', the parent link of a chain layer: "
+                                    "sign a layer in the chunked or manifest format", rel));
       const bool folder = S_ISDIR(st.st_mode);
       const char head[2] = {folder ? 'D' : 'F', '\0'};
       mac_.update(head, 2);
@@ -96,13 +99,15 @@ Signature read_signature(int dir_fd) {
   return parse_seed_signature(stored);
 }
 
-void check(Signature signature, int dir_fd, const HmacKey& key, const HmacTree::Progress& progress) {
+// With the HMAC key or the trusted public key the signature names, each loaded only here: an
+// unsigned or malformed folder is an integrity failure even where there is no key.
+void check(Signature signature, int dir_fd, const VerifyingKeys& keys, const HmacTree::Progress& progress) {
   if (auto* chunked = std::get_if<ChunkedSignature>(&signature)) {
     if (chunked->format == SignatureFormat::manifest)
-      return verify_with_manifest(dir_fd, key, std::move(*chunked), progress);
-    require_same_mac(chunked->mac, chunked_tree_mac(dir_fd, key, chunked->chunk_size, progress));
+      return verify_with_manifest(dir_fd, keys, std::move(*chunked), progress);
+    verify_chunked(dir_fd, keys.key_for(*chunked), *chunked, progress);
   } else {
-    require_same_mac(std::get<Mac>(signature), SeedTreeMac(key, progress).run(dir_fd));
+    require_same_mac(std::get<Mac>(signature), SeedTreeMac(keys.hmac(), progress).run(dir_fd));
   }
 }
 
@@ -151,6 +156,18 @@ void HmacTree::sign_as(const std::filesystem::path& dir, const HmacKey& key, Sig
   sign_as(open_checkpoint(dir).get(), key, format, progress);
 }
 
+void HmacTree::sign_as(int dir_fd, const Ed25519SecretKey& key, SignatureFormat format, const Progress& progress) {
+  require_signable(format, SignatureKind::ed25519);
+  if (format != SignatureFormat::chunked && format != SignatureFormat::manifest)
+    throw Error(Status::invalid, fmt::format("unknown signature format {}", static_cast<int>(format)));
+  sign_chunked(dir_fd, key, progress, nullptr, nullptr, format);
+}
+
+void HmacTree::sign_as(const std::filesystem::path& dir, const Ed25519SecretKey& key, SignatureFormat format,
+                       const Progress& progress) {
+  sign_as(open_checkpoint(dir).get(), key, format, progress);
+}
+
 void HmacTree::sign(int dir_fd, const HmacKey& key, const Progress& progress) {
   sign_as(dir_fd, key, SignatureFormat::seed, progress);
 }
@@ -167,13 +184,21 @@ SignatureFormat HmacTree::format_of(int dir_fd) {
 
 SignatureFormat HmacTree::format_of(const std::filesystem::path& dir) { return format_of(open_checkpoint(dir).get()); }
 
+CheckpointSigner HmacTree::signer_of(int dir_fd) {
+  const Signature signature = read_signature(dir_fd);
+  const auto* chunked = std::get_if<ChunkedSignature>(&signature);
+  if (!chunked || chunked->kind == SignatureKind::hmac_sha256) return {};
+  return {SignatureKind::ed25519, Ed25519PublicKey::hex(chunked->key_id)};
+}
+
+CheckpointSigner HmacTree::signer_of(const std::filesystem::path& dir) { return signer_of(open_checkpoint(dir).get()); }
+
 void HmacTree::verify(int dir_fd, const HmacKey& key, const Progress& progress) {
   check(read_signature(dir_fd), dir_fd, key, progress);
 }
 
 void HmacTree::verify(int dir_fd, const KeyStore& store, const Progress& progress) {
-  Signature signature = read_signature(dir_fd);
-  check(std::move(signature), dir_fd, store.load(), progress);
+  check(read_signature(dir_fd), dir_fd, store, progress);
 }
 
 void HmacTree::verify(const std::filesystem::path& dir, const HmacKey& key, const Progress& progress) {

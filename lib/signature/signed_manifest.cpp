@@ -44,50 +44,66 @@ std::optional<ChunkedSignature> SignedManifest::read_signature(int dir_fd) {
   return signature;
 }
 
-std::optional<SignedManifest> SignedManifest::load(int dir_fd, const HmacKey& key) {
+std::optional<SignedManifest> SignedManifest::load(int dir_fd, const VerifyingKeys& keys) {
   std::optional<ChunkedSignature> signature = read_signature(dir_fd);
   if (!signature) return std::nullopt;
-  return authenticate(dir_fd, key, std::move(*signature));
+  return authenticate(dir_fd, keys, std::move(*signature));
 }
 
-SignedManifest SignedManifest::authenticate(int dir_fd, const HmacKey& key, ChunkedSignature signature) {
-  SignedManifest m;
-  m.chunk_size_ = signature.chunk_size;
-  std::vector<std::vector<Sha256::Digest>>& lines = signature.manifest;
-  // The MAC is over the file digests: those of the listed chunk digests stand in for the bytes.
-  // The manifest has no paths: its lines are the walk's files in order, so a wrong number of them
-  // is told first (it would put the lines after it against the wrong files).
-  ChunkedTreeMac mac(key, SignatureFormat::manifest, m.chunk_size_);
-  std::size_t files = 0;
-  std::string wrong_length;  // the first line that does not fit its file
-  walk_checkpoint_files(dir_fd, [&](int, const struct stat& st, const std::string& rel) {
-    if (S_ISDIR(st.st_mode)) return mac.folder(rel);
-    const std::size_t line = files++;
-    if (line >= lines.size() || !wrong_length.empty()) return;  // only counted from here on
-    const auto size = static_cast<std::uint64_t>(st.st_size);
-    std::vector<Sha256::Digest>& chunks = lines[line];
-    if (const std::uint64_t count = chunk_count(size, m.chunk_size_); chunks.size() != count) {
-      wrong_length = fmt::format(
-          "Checkpoint integrity verification failed: {} lists {} chunk digests for '{}' (manifest line {}), but its "
-          "{} bytes make {} chunks of {}: it changed size since it was signed, or the signature is damaged",
-          HmacTree::signature_file, chunks.size(), rel, line + 1, size, count, m.chunk_size_);
-      return;
-    }
-    mac.file(rel, size, file_digest_of(chunks));
-    m.files_.push_back({rel, size, std::move(chunks)});
+SignedManifest SignedManifest::authenticate(int dir_fd, const VerifyingKeys& keys, ChunkedSignature signature) {
+  const TreeKey key = keys.key_for(signature);  // before the walk: an unknown signer costs nothing
+  ManifestListing listing(key, std::move(signature));
+  walk_checkpoint_files(dir_fd, [&](int fd, const struct stat& st, const std::string& rel) {
+    if (S_ISDIR(st.st_mode)) return listing.folder(rel);
+    if (S_ISLNK(st.st_mode)) return listing.link(rel, read_link_fd(fd, rel));
+    listing.file(rel, static_cast<std::uint64_t>(st.st_size));
   }, HmacTree::signature_file, HmacTree::max_total_bytes());
-  if (files != lines.size())
+  return std::move(listing).authenticate();
+}
+
+ManifestListing::ManifestListing(TreeKey key, ChunkedSignature signature)
+    : signature_(std::move(signature)), mac_(key, SignatureFormat::manifest, signature_.chunk_size) {
+  manifest_.chunk_size_ = signature_.chunk_size;
+}
+
+void ManifestListing::folder(std::string_view rel) { mac_.folder(rel); }
+
+void ManifestListing::link(std::string_view rel, std::string_view target) { mac_.link(rel, target); }
+
+void ManifestListing::file(std::string_view rel, std::uint64_t size) {
+  // The MAC is over the file digests: those of the listed chunk digests stand in for the bytes.
+  // The manifest has no paths: its lines are the listing's files in order, so a wrong number of
+  // them is told first (it would put the lines after it against the wrong files).
+  const std::size_t line = files_++;
+  std::vector<std::vector<Sha256::Digest>>& lines = signature_.manifest;
+  if (line >= lines.size() || !wrong_length_.empty()) return;  // only counted from here on
+  const std::uint64_t chunk_size = manifest_.chunk_size_;
+  std::vector<Sha256::Digest>& chunks = lines[line];
+  if (const std::uint64_t count = chunk_count(size, chunk_size); chunks.size() != count) {
+    wrong_length_ = fmt::format(
+        "Checkpoint integrity verification failed: {} lists {} chunk digests for '{}' (manifest line {}), but its "
+        "{} bytes make {} chunks of {}: it changed size since it was signed, or the signature is damaged",
+        HmacTree::signature_file, chunks.size(), rel, line + 1, size, count, chunk_size);
+    return;
+  }
+  mac_.file(rel, size, file_digest_of(chunks));
+  manifest_.files_.push_back({std::string(rel), size, std::move(chunks)});
+}
+
+SignedManifest ManifestListing::authenticate() && {
+  if (files_ != signature_.manifest.size())
     throw integrity(fmt::format(
         "Checkpoint integrity verification failed: {} lists the chunks of {} files, but the folder holds {}: files "
         "were added or removed since it was signed, or the signature is damaged",
-        HmacTree::signature_file, lines.size(), files));
-  if (!wrong_length.empty()) throw integrity(std::move(wrong_length));
-  require_same_mac(signature.mac, mac.final());
+        HmacTree::signature_file, signature_.manifest.size(), files_));
+  if (!wrong_length_.empty()) throw integrity(std::move(wrong_length_));
+  mac_.check(signature_);
+  SignedManifest& m = manifest_;
   m.by_path_.resize(m.files_.size());
   std::iota(m.by_path_.begin(), m.by_path_.end(), std::size_t{0});
   std::sort(m.by_path_.begin(), m.by_path_.end(),
             [&m](std::size_t a, std::size_t b) { return m.files_[a].path < m.files_[b].path; });
-  return m;
+  return std::move(m);
 }
 
 const ManifestFile* SignedManifest::find(std::string_view path) const {
@@ -130,15 +146,17 @@ void verify_file(int fd, const ManifestFile& file, std::uint64_t chunk_size, uns
   (void)digest.finish(fd, file.size, threads, file.path, checking_chunks(file, chunk_size, digest));
 }
 
-void verify_with_manifest(int dir_fd, const HmacKey& key, ChunkedSignature signature,
+void verify_with_manifest(int dir_fd, const VerifyingKeys& keys, ChunkedSignature signature,
                           const HmacTree::Progress& progress) {
-  const HmacSha256::Mac signed_mac = signature.mac;
-  const SignedManifest manifest = SignedManifest::authenticate(dir_fd, key, std::move(signature));
-  // Every chunk is checked as it is hashed; the MAC, computed again from the bytes, then differs
-  // only if the tree changed between the walks (a folder added, a file removed).
-  require_same_mac(signed_mac, chunked_signature_of(dir_fd, key, SignatureFormat::manifest, manifest.chunk_size(),
-                                                    progress, nullptr, nullptr, &manifest)
-                                   .mac);
+  // The signature line alone, for the second check: the manifest's lines go into the manifest.
+  std::vector<std::vector<Sha256::Digest>> lines = std::move(signature.manifest);
+  const ChunkedSignature signature_line = signature;
+  signature.manifest = std::move(lines);
+  const TreeKey key = keys.key_for(signature_line);
+  const SignedManifest manifest = SignedManifest::authenticate(dir_fd, keys, std::move(signature));
+  // Every chunk is checked as it is hashed; the signature, checked again over the bytes, then
+  // fails only if the tree changed between the walks (a folder added, a file removed).
+  verify_chunked(dir_fd, key, signature_line, progress, &manifest);
 }
 
 }  // namespace nucleus::checkpoint

@@ -27,17 +27,19 @@ struct ManifestFile {
 
 class SignedManifest {
  public:
+  friend class ManifestListing;
+
   // Reads dir_fd/checkpoint.hmac; if it is format 3, walks the folder (names, kinds, sizes; no
-  // file's bytes) and authenticates the manifest with the MAC. Status::integrity if anything does
-  // not match. std::nullopt if the folder is signed in format 1 or 2 (the caller falls back to
+  // file's bytes) and authenticates the manifest with its MAC or Ed25519 signature (the HMAC key
+  // or the trusted public key it names, from `keys`). Status::integrity if anything does not match. std::nullopt if the folder is signed in format 1 or 2 (the caller falls back to
   // HmacTree::verify).
-  static std::optional<SignedManifest> load(int dir_fd, const HmacKey& key);
+  static std::optional<SignedManifest> load(int dir_fd, const VerifyingKeys& keys);
   // load's first half, which needs no key: dir_fd/checkpoint.hmac read once and parsed if it is
   // format 3 (nothing verified), std::nullopt for formats 1 and 2; Status::integrity if the folder
   // is unsigned or the manifest malformed.
   static std::optional<ChunkedSignature> read_signature(int dir_fd);
   // load's second half, for a format 3 signature already parsed.
-  static SignedManifest authenticate(int dir_fd, const HmacKey& key, ChunkedSignature signature);
+  static SignedManifest authenticate(int dir_fd, const VerifyingKeys& keys, ChunkedSignature signature);
 
   std::uint64_t chunk_size() const noexcept { return chunk_size_; }
   const std::vector<ManifestFile>& files() const noexcept { return files_; }  // walk order
@@ -49,6 +51,27 @@ class SignedManifest {
   std::uint64_t chunk_size_ = 0;
   std::vector<ManifestFile> files_;
   std::vector<std::size_t> by_path_;  // indexes into files_ in path order: walk order is not ("a/b" < "a.b")
+};
+
+// Authenticates a format 3 signature against a listing of the tree given entry by entry in walk
+// order: the folder's own walk (SignedManifest::authenticate), or a transfer stream's listing,
+// which arrives before any file byte. Each file's listed chunk digests stand in for its bytes.
+class ManifestListing {
+ public:
+  // `key` (the HMAC key, or the public key the signature names) must outlive the listing.
+  ManifestListing(TreeKey key, ChunkedSignature signature);
+  void folder(std::string_view rel);
+  void file(std::string_view rel, std::uint64_t size);
+  void link(std::string_view rel, std::string_view target);  // a chain layer's parent link
+  // Status::integrity unless the listing is exactly what was signed; the manifest otherwise.
+  SignedManifest authenticate() &&;
+
+ private:
+  ChunkedSignature signature_;  // its manifest lines are moved into manifest_ as files are listed
+  ChunkedTreeMac mac_;
+  SignedManifest manifest_;
+  std::size_t files_ = 0;
+  std::string wrong_length_;  // the first line that does not fit its file
 };
 
 // Status::integrity (naming the file and the byte range) unless `data`, `size` bytes, is exactly
@@ -69,7 +92,7 @@ ChunkedFileDigest::BytesHashed checking_chunks(const ManifestFile& file, std::ui
 
 // HmacTree::verify of a format 3 signature: authenticates the manifest (no file's bytes read),
 // then hashes every file on every core, refusing at the first chunk that differs.
-void verify_with_manifest(int dir_fd, const HmacKey& key, ChunkedSignature signature,
+void verify_with_manifest(int dir_fd, const VerifyingKeys& keys, ChunkedSignature signature,
                           const HmacTree::Progress& progress);
 
 }  // namespace nucleus::checkpoint

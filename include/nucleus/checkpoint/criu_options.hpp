@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include <nucleus/checkpoint/ed25519.hpp>
+
 namespace nucleus::checkpoint {
 
 enum class CgroupMode : int { criu_default = 0, soft = 1, full = 2, strict = 3, ignore = 4 };
@@ -114,6 +116,23 @@ struct CriuOptions {
   // Annotations it must carry with exactly these values, e.g. a generation counter the runtime
   // bumps with every dump, so that an older signed checkpoint cannot be replayed in its place.
   std::vector<std::pair<std::string, std::string>> expected_annotations;
+
+  // --- Pre-dump chains (dump and pre-dump only) ---
+  // A pre-dump to dump on: the new checkpoint holds only the memory changed since it (CRIU's
+  // --track-mem and --prev-images-dir), and its signature binds the parent's. The parent must be a
+  // folder beside the new one (CRIU links to it as ../../NAME/images), and the whole chain
+  // verifies before CRIU reads it.
+  std::filesystem::path parent;
+  // CRIU's --auto-dedup: CRIU punches the pages the new layer holds out of its parents' images, so
+  // the chain takes less disk. That changes the parents: the library re-signs each, oldest first,
+  // each rebound to its parent, once CRIU is done (they were verified before it ran).
+  bool auto_dedup = false;
+
+  // --- Signing (dump and pre-dump) ---
+  // The key a dump is signed with: the key store's HMAC key, or its Ed25519 key (created, and
+  // trusted on this host, if there is none; see CriuRuntime::set_ed25519_key), whose checkpoints
+  // verify on hosts that hold only its public key. Ed25519 needs the chunked or manifest format.
+  SignatureKind signing = SignatureKind::hmac_sha256;
 };
 
 }  // namespace nucleus::checkpoint

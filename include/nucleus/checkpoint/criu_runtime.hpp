@@ -83,6 +83,9 @@ class NC_EXPORT CriuRuntime {
 
   // Signs with this key instead of the key store's.
   void set_key(HmacKey key);
+  // Signs the dumps asked to be signed with Ed25519 (CriuOptions::signing) with this key instead
+  // of the key store's.
+  void set_ed25519_key(Ed25519SecretKey key);
 
   // Creates dir and dir/images (0700, never through a symlink), dumps the tree into them with
   // CRIU logging to dir/dump.log, writes metadata.json, then signs the folder: in the manifest
@@ -92,6 +95,13 @@ class NC_EXPORT CriuRuntime {
   void checkpoint(const ContainerInfo& container, const std::filesystem::path& dir, const CriuOptions& options);
   void checkpoint(const ContainerInfo& container, const std::filesystem::path& dir, const CriuOptions& options,
                   SignatureFormat format);
+  // CRIU's pre-dump: the tree's memory into a new checkpoint folder while the tree runs on, signed
+  // like a dump (chunked or manifest format), its metadata marking it a pre-dump. With
+  // options.parent (an earlier pre-dump beside it) only the memory changed since is written. A
+  // later pre-dump or the final checkpoint() takes it as options.parent; restoring that final
+  // layer verifies the whole chain. Needs a kernel that tracks changed memory (soft-dirty).
+  void predump(const ContainerInfo& container, const std::filesystem::path& dir, const CriuOptions& options,
+               SignatureFormat format = SignatureFormat::manifest);
   // Restores the tree detached and returns the restored root's PID as soon as it runs; only a
   // checkpoint that verifies ever runs. A manifest-signed checkpoint is streamed to CRIU through
   // the library, every chunk checked before CRIU reads it and the rest verified while the tree is
@@ -107,12 +117,16 @@ class NC_EXPORT CriuRuntime {
   CheckpointState begin(CheckpointState target);
   void finish(CheckpointState target);
   HmacKey signing_key() const;
+  Ed25519SecretKey ed25519_signing_key() const;
+  void dump(const ContainerInfo& container, const std::filesystem::path& dir, const CriuOptions& options,
+            SignatureFormat format, bool predump);
   RestoredTree restore_tracked(const std::filesystem::path& dir, const CriuOptions& options, bool track);
 
   std::filesystem::path binary_;
   int binary_fd_ = -1;  // O_PATH: what was validated is what runs
   CriuVersion version_;
   std::optional<HmacKey> key_;
+  std::optional<Ed25519SecretKey> ed25519_key_;
   mutable std::mutex mutex_;
   CheckpointState state_ = CheckpointState::None;
 };

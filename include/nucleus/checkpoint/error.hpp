@@ -23,6 +23,7 @@ enum class Status : int {
   key = 8,
   no_memory = 9,
   internal = 10,
+  unsupported = 11,  // a feature this build of the library lacks (built without its dependencies)
 };
 
 // Stable upper-case name of a status, as in the C header ("NC_E_INTEGRITY").

@@ -16,6 +16,9 @@
 // The manifest format (version 3): the chunked format's MAC, and checkpoint.hmac lists every
 // file's chunk digests too, so that once the list is authenticated each chunk can be checked on
 // its own (a restore checks the images it streams to CRIU): what new checkpoints get.
+//
+// Formats 2 and 3 may be signed with an Ed25519 secret key instead of the HMAC key: verifiers then
+// need only the public key, in their key store's trust folder, and cannot forge a signature.
 #pragma once
 
 #include <cstddef>
@@ -33,6 +36,12 @@ enum class SignatureFormat : int {
   chunked = 2,   // per-file chunked SHA-256 digests bound by one HMAC
   manifest = 3,  // chunked, and every chunk's digest listed under the HMAC, so that each chunk can be
                  // checked alone (a restore streaming images to CRIU); the default for dumps
+};
+
+// Who signed a checkpoint, from its checkpoint.hmac alone (nothing verified).
+struct CheckpointSigner {
+  SignatureKind kind = SignatureKind::hmac_sha256;
+  std::string key_id;  // Ed25519: the public key's id (Ed25519PublicKey::id_hex); empty for HMAC
 };
 
 class NC_EXPORT HmacTree {
@@ -76,20 +85,32 @@ class NC_EXPORT HmacTree {
                      const Progress& progress = {});
   static void sign_as(int dir_fd, const HmacKey& key, SignatureFormat format,
                      const Progress& progress = {});
+  // Signed with an Ed25519 secret key, in the chunked or manifest format (Status::invalid for the
+  // seed format, which is HMAC-only).
+  static void sign_as(const std::filesystem::path& dir, const Ed25519SecretKey& key, SignatureFormat format,
+                      const Progress& progress = {});
+  static void sign_as(int dir_fd, const Ed25519SecretKey& key, SignatureFormat format,
+                      const Progress& progress = {});
 
   // The format dir/checkpoint.hmac is written in, from its text alone (nothing is verified).
   // Throws Error(Status::integrity) if the folder is unsigned or the signature malformed.
   static SignatureFormat format_of(const std::filesystem::path& dir);
   static SignatureFormat format_of(int dir_fd);
+  // Which kind of key signed dir, and which Ed25519 key, from its text alone (nothing verified);
+  // throws as format_of.
+  static CheckpointSigner signer_of(const std::filesystem::path& dir);
+  static CheckpointSigner signer_of(int dir_fd);
 
   // Throws Error(Status::integrity) unless dir/checkpoint.hmac holds the folder's MAC, in any of
-  // the formats; compared in constant time.
+  // the formats (compared in constant time), or its Ed25519 signature by a key in the trust folder
+  // of the default key store.
   static void verify(const std::filesystem::path& dir, const HmacKey& key,
                      const Progress& progress = {});
   static void verify(int dir_fd, const HmacKey& key,
                      const Progress& progress = {});
-  // As above with the store's key, loaded only once the folder is known to carry a signature:
-  // an unsigned folder is an integrity failure even where there is no key.
+  // As above with the store's key, or for an Ed25519 signature the key the signature names in the
+  // store's trust folder, loaded only once the folder is known to carry a signature: an unsigned
+  // folder is an integrity failure even where there is no key.
   static void verify(const std::filesystem::path& dir, const KeyStore& store,
                      const Progress& progress = {});
   static void verify(int dir_fd, const KeyStore& store,

@@ -1,10 +1,14 @@
-// Where the checkpoint HMAC key lives, and how it is loaded or created safely.
+// Where the checkpoint keys live (the HMAC key, the Ed25519 signing key, the trusted public keys),
+// and how they are loaded or created safely.
 #pragma once
 
 #include <cstddef>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
+
+#include <nucleus/checkpoint/ed25519.hpp>
 
 #include <nucleus/checkpoint_export.h>
 
@@ -58,8 +62,34 @@ class NC_EXPORT KeyStore {
   HmacKey load_or_create() const;
   bool exists() const;
 
+  // The Ed25519 signing key: beside the HMAC key as checkpoint-ed25519.key (for the default store,
+  // $NUCLEUS_CHECKPOINT_ED25519_KEY_FILE if set), under the HMAC key's rules. The file is
+  // libsodium's 64-byte secret key (what load_or_create_ed25519 writes) or its 32-byte seed.
+  const std::filesystem::path& ed25519_path() const noexcept { return ed25519_path_; }
+  Ed25519SecretKey load_ed25519() const;
+  // load_ed25519(), or a new key written as load_or_create writes one; a key it creates is
+  // trusted at once (its public key written into the trust folder), so this host verifies what
+  // it signs.
+  Ed25519SecretKey load_or_create_ed25519() const;
+  bool ed25519_exists() const;
+
+  // The trust folder: the public keys whose Ed25519 signatures verification accepts, one key file
+  // (Ed25519PublicKey::to_file_text) per "*.pub" file. Beside the HMAC key as trusted-keys/ (for
+  // the default store, $NUCLEUS_CHECKPOINT_TRUSTED_KEYS if set). The folder and its files must be
+  // owned by root or the effective uid, not writable by group or others, and not symlinks; at most
+  // max_trusted_entries entries.
+  static constexpr std::size_t max_trusted_entries = 1024;
+  const std::filesystem::path& trust_dir() const noexcept { return trust_dir_; }
+  // The trusted key with this id; Status::integrity naming the id and the folder if there is none.
+  Ed25519PublicKey trusted_key(const Ed25519PublicKey::Id& id) const;
+  // Writes the key into the trust folder (created 0755 if absent, a missing parent 0700) as
+  // KEY-ID.pub, mode 0644, atomically; returns that file's path.
+  std::filesystem::path trust(const Ed25519PublicKey& key) const;
+
  private:
   std::filesystem::path path_;
+  std::filesystem::path ed25519_path_;
+  std::filesystem::path trust_dir_;
 };
 
 }  // namespace nucleus::checkpoint

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -77,6 +78,16 @@ struct DumpRecord {
   bool operator==(const DumpRecord&) const = default;
 };
 
+// Where a checkpoint stands in a pre-dump chain ("chain" in the "nucleus" object; absent for a
+// checkpoint made without a parent that is not a pre-dump). The parent is bound by the SHA-256 of
+// its checkpoint.hmac, so a layer cannot be re-parented nor its parent swapped or re-signed.
+struct ChainRecord {
+  bool predump = false;  // CRIU's pre-dump: memory only, a parent for later layers, never restored alone
+  std::string parent;    // the parent checkpoint's folder name, a sibling of this one; empty: none
+  std::string parent_signature_sha256;  // lowercase hex; empty when there is no parent
+  bool operator==(const ChainRecord&) const = default;
+};
+
 struct NC_EXPORT CheckpointMetadata {
   static constexpr const char* file_name = "metadata.json";
   static constexpr std::size_t max_size = 1 << 20;
@@ -96,6 +107,7 @@ struct NC_EXPORT CheckpointMetadata {
   DumpRecord record;
   std::vector<std::pair<std::string, std::string>> annotations;  // sorted by name, unique
   std::vector<std::string> runtime_files;                        // names under runtime/
+  std::optional<ChainRecord> chain;  // a pre-dump, or a layer dumped on a parent
 
   // Throws Error(Status::invalid) if a string is not UTF-8 or the JSON would exceed max_size.
   std::string to_json() const;

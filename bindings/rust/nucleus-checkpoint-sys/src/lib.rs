@@ -34,11 +34,20 @@ pub const NC_E_IO: nc_status = 7;
 pub const NC_E_KEY: nc_status = 8;
 pub const NC_E_NOMEM: nc_status = 9;
 pub const NC_E_INTERNAL: nc_status = 10;
+pub const NC_E_UNSUPPORTED: nc_status = 11;
 
 pub type nc_signature_format = c_int;
 pub const NC_SIGNATURE_SEED: nc_signature_format = 1;
 pub const NC_SIGNATURE_CHUNKED: nc_signature_format = 2;
 pub const NC_SIGNATURE_MANIFEST: nc_signature_format = 3;
+
+pub type nc_signing = c_int;
+pub const NC_SIGNING_HMAC: nc_signing = 1;
+pub const NC_SIGNING_ED25519: nc_signing = 2;
+
+pub type nc_compression = c_int;
+pub const NC_COMPRESSION_NONE: nc_compression = 0;
+pub const NC_COMPRESSION_ZSTD: nc_compression = 1;
 
 pub type nc_cgroup_mode = c_int;
 pub const NC_CGROUP_DEFAULT: nc_cgroup_mode = 0;
@@ -131,6 +140,35 @@ extern "C" {
     pub fn nc_options_set_image_stream(opts: *mut nc_options, enabled: c_int) -> nc_status;
     pub fn nc_options_set_start_ticks(opts: *mut nc_options, start_ticks: c_ulonglong) -> nc_status;
     pub fn nc_options_set_signature_format(opts: *mut nc_options, format: nc_signature_format) -> nc_status;
+    pub fn nc_options_set_compression(opts: *mut nc_options, compression: nc_compression) -> nc_status;
+    pub fn nc_export(dir: *const c_char, fd: c_int, opts: *const nc_options) -> nc_status;
+    pub fn nc_import(fd: c_int, dir: *const c_char, opts: *const nc_options) -> nc_status;
+    pub fn nc_options_set_insecure_registry(opts: *mut nc_options, on: c_int) -> nc_status;
+    pub fn nc_push_image(dir: *const c_char, reference: *const c_char, opts: *const nc_options,
+                         digest_out: *mut *mut c_char) -> nc_status;
+    pub fn nc_pull_image(reference: *const c_char, dir: *const c_char, opts: *const nc_options) -> nc_status;
+    pub fn nc_predump(
+        rt: *mut nc_runtime,
+        container_id: *const c_char,
+        pid: pid_t,
+        dir: *const c_char,
+        opts: *const nc_options,
+    ) -> nc_status;
+    pub fn nc_options_set_parent(opts: *mut nc_options, parent_dir: *const c_char) -> nc_status;
+    pub fn nc_options_set_auto_dedup(opts: *mut nc_options, on: c_int) -> nc_status;
+
+    pub fn nc_keygen_ed25519(created: *mut c_int) -> nc_status;
+    pub fn nc_public_key(text_out: *mut *mut c_char, key_id_out: *mut *mut c_char) -> nc_status;
+    pub fn nc_trust_key(public_key_text: *const c_char) -> nc_status;
+    pub fn nc_options_set_signing(opts: *mut nc_options, signing: nc_signing) -> nc_status;
+    pub fn nc_sign_as(
+        dir: *const c_char,
+        format: nc_signature_format,
+        signing: nc_signing,
+        progress: nc_progress_fn,
+        user: *mut c_void,
+    ) -> nc_status;
+    pub fn nc_signer_of(dir: *const c_char, signing_out: *mut nc_signing, key_id_out: *mut *mut c_char) -> nc_status;
 
     pub fn nc_checkpoint_ex(
         rt: *mut nc_runtime,
@@ -281,4 +319,35 @@ extern "C" {
         err: *mut nc_error,
     ) -> nc_status;
     pub fn nc_criu_check_e(rt: *const nc_runtime, err: *mut nc_error) -> nc_status;
+    pub fn nc_export_e(dir: *const c_char, fd: c_int, opts: *const nc_options, err: *mut nc_error) -> nc_status;
+    pub fn nc_import_e(fd: c_int, dir: *const c_char, opts: *const nc_options, err: *mut nc_error) -> nc_status;
+    pub fn nc_push_image_e(dir: *const c_char, reference: *const c_char, opts: *const nc_options,
+                           digest_out: *mut *mut c_char, err: *mut nc_error) -> nc_status;
+    pub fn nc_pull_image_e(reference: *const c_char, dir: *const c_char, opts: *const nc_options,
+                           err: *mut nc_error) -> nc_status;
+    pub fn nc_predump_e(
+        rt: *mut nc_runtime,
+        container_id: *const c_char,
+        pid: pid_t,
+        dir: *const c_char,
+        opts: *const nc_options,
+        err: *mut nc_error,
+    ) -> nc_status;
+    pub fn nc_keygen_ed25519_e(created: *mut c_int, err: *mut nc_error) -> nc_status;
+    pub fn nc_public_key_e(text_out: *mut *mut c_char, key_id_out: *mut *mut c_char, err: *mut nc_error) -> nc_status;
+    pub fn nc_trust_key_e(public_key_text: *const c_char, err: *mut nc_error) -> nc_status;
+    pub fn nc_sign_as_e(
+        dir: *const c_char,
+        format: nc_signature_format,
+        signing: nc_signing,
+        progress: nc_progress_fn,
+        user: *mut c_void,
+        err: *mut nc_error,
+    ) -> nc_status;
+    pub fn nc_signer_of_e(
+        dir: *const c_char,
+        signing_out: *mut nc_signing,
+        key_id_out: *mut *mut c_char,
+        err: *mut nc_error,
+    ) -> nc_status;
 }

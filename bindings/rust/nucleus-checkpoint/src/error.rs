@@ -34,6 +34,9 @@ impl Status {
     pub const NOMEM: Status = Status(sys::NC_E_NOMEM);
     /// A bug: in the library, or (see [`Error::is_panic`]) a callback of the caller's that panicked.
     pub const INTERNAL: Status = Status(sys::NC_E_INTERNAL);
+    /// This build of the library lacks the feature (registry images without libcurl and
+    /// libarchive). Since 0.3.
+    pub const UNSUPPORTED: Status = Status(sys::NC_E_UNSUPPORTED);
 
     pub fn is_ok(self) -> bool {
         self == Status::OK

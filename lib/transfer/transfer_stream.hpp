@@ -1,0 +1,117 @@
+// The transfer stream's framing (the README's "Transfer stream"): a 16-byte header, then a body,
+// compressed with zstd or not, of frames: a type byte, the payload's length as a little-endian
+// u64, the payload. Both ends work on bounded buffers: a frame's payload is read only once its
+// type and length have been checked against what may come next.
+#pragma once
+
+#include <zstd.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include <nucleus/checkpoint/transfer.hpp>
+
+namespace nucleus::checkpoint::transfer {
+
+// "\x89" catches a 7-bit channel, "\n" a newline conversion, as in PNG's signature.
+inline constexpr std::string_view magic{"\x89NCXFER\n", 8};
+inline constexpr std::uint32_t version = 1;
+inline constexpr std::size_t header_size = 16;  // magic, version (u32 LE), compression (u32 LE)
+inline constexpr std::size_t frame_header_size = 9;
+// Compressed streams use at most this window: the decompressor refuses larger ones, so an
+// importer's memory stays bounded (8 MiB).
+inline constexpr int max_window_log = 23;
+
+enum class Frame : char {
+  signature = 'S',     // checkpoint.hmac's text, first
+  folder = 'D',        // a folder's relative path
+  file = 'F',          // a file's size (u64 LE), then its relative path
+  listing_end = 'L',   // the listing is complete: the importer authenticates it here
+  chunk = 'C',         // the next chunk of the next file with bytes, in walk order
+  end = 'E',           // the stream is complete; nothing may follow
+};
+
+struct FrameHeader {
+  char type = 0;
+  std::uint64_t length = 0;
+};
+
+// Writes a stream's header, then frames, to a descriptor: all of each write (short writes and
+// EINTR retried, a non-blocking descriptor waited for), with send(MSG_NOSIGNAL) on a socket.
+class StreamWriter {
+ public:
+  StreamWriter(int fd, Compression compression);
+  StreamWriter(const StreamWriter&) = delete;
+  StreamWriter& operator=(const StreamWriter&) = delete;
+
+  void frame(Frame type, const void* payload, std::size_t size);
+  // Writes the end frame and flushes everything (ends the zstd frame).
+  void finish();
+
+ private:
+  void body(const void* data, std::size_t size);  // compressed or buffered
+  void flush_buffer();
+  void write_out(const void* data, std::size_t size);
+
+  int fd_;
+  bool socket_;
+  std::vector<char> buffer_;  // plain: frames gathered into larger writes; zstd: compressed output
+  std::size_t buffered_ = 0;
+  struct CctxFree {
+    void operator()(ZSTD_CCtx* c) const noexcept { ZSTD_freeCCtx(c); }
+  };
+  std::unique_ptr<ZSTD_CCtx, CctxFree> zstd_;
+};
+
+// Reads a stream's header, then its body exactly as asked, never more than a bounded read-ahead.
+// Every failure is Status::integrity (a truncated, corrupt or overlong stream) or Status::io (the
+// descriptor failed), with a message saying which.
+class StreamReader {
+ public:
+  explicit StreamReader(int fd);  // reads and checks the header
+  StreamReader(const StreamReader&) = delete;
+  StreamReader& operator=(const StreamReader&) = delete;
+
+  FrameHeader next(std::string_view expected);  // the next frame's header; `expected` names what should come
+  void read(void* data, std::size_t size, std::string_view what);
+  // Status::integrity unless the body and the descriptor both end here.
+  void require_end();
+
+ private:
+  std::size_t read_in(void* data, std::size_t size);  // raw bytes from fd; 0 at its end
+  bool refill();                                       // the input buffer, from fd; false at its end
+  // One step of the zstd decoder into out; false if it needs more input to go on.
+  bool decompress(ZSTD_outBuffer& out, std::string_view what);
+
+  int fd_;
+  std::vector<char> in_;
+  std::size_t in_pos_ = 0, in_end_ = 0;
+  struct DctxFree {
+    void operator()(ZSTD_DCtx* d) const noexcept { ZSTD_freeDCtx(d); }
+  };
+  std::unique_ptr<ZSTD_DCtx, DctxFree> zstd_;
+  bool zstd_frame_done_ = false;
+};
+
+// Blocks SIGPIPE in the calling thread while it lives, so that writing to a pipe whose reader went
+// away fails with EPIPE instead of killing the process; a SIGPIPE raised meanwhile is taken off the
+// thread before the mask is restored. The process's dispositions are left alone.
+class SigpipeBlock {
+ public:
+  SigpipeBlock();
+  SigpipeBlock(const SigpipeBlock&) = delete;
+  SigpipeBlock& operator=(const SigpipeBlock&) = delete;
+  ~SigpipeBlock();
+
+ private:
+  bool was_pending_ = false, was_blocked_ = false;
+};
+
+void put_u64le(char* out, std::uint64_t value);
+std::uint64_t get_u64le(const char* in);
+
+}  // namespace nucleus::checkpoint::transfer

@@ -1,0 +1,438 @@
+// Transfer streams (export_checkpoint / import_checkpoint): real CRIU checkpoints through files,
+// pipes and socket pairs, plain and zstd; and every kind of bad stream refused, leaving nothing
+// behind. Streams are taken apart and made up here from the README's "Transfer stream" alone.
+#include <nucleus/checkpoint/criu_runtime.hpp>
+#include <nucleus/checkpoint/error.hpp>
+#include <nucleus/checkpoint/hmac_tree.hpp>
+#include <nucleus/checkpoint/transfer.hpp>
+
+#include <fcntl.h>
+#define ZSTD_STATIC_LINKING_ONLY  // ZSTD_frameHeaderSize
+#include <zstd.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fs/unique_fd.hpp"
+#include "process_support.hpp"
+
+using namespace nucleus::checkpoint;
+using namespace nucleus::checkpoint::test;
+
+namespace {
+
+constexpr std::uint64_t chunk = 4 << 20;  // what signing writes
+constexpr std::size_t stream_header = 16;
+
+std::string u64le(std::uint64_t v) {
+  std::string s(8, '\0');
+  for (int i = 0; i < 8; ++i) s[i] = static_cast<char>(v >> (8 * i));
+  return s;
+}
+
+std::string frame(char type, const std::string& payload) { return type + u64le(payload.size()) + payload; }
+
+std::string plain_header() {
+  std::string h("\x89NCXFER\n", 8);
+  h += std::string("\x01\0\0\0\0\0\0\0", 8);  // version 1, no compression
+  return h;
+}
+
+struct Frame {
+  char type;
+  std::string payload;
+};
+
+// The frames of a plain stream, after its header.
+std::vector<Frame> frames_of(const std::string& stream) {
+  REQUIRE(stream.substr(0, 8) == std::string("\x89NCXFER\n", 8));
+  REQUIRE(stream[12] == 0);  // not compressed
+  std::vector<Frame> frames;
+  for (std::size_t at = stream_header; at < stream.size();) {
+    std::uint64_t length = 0;
+    for (int i = 0; i < 8; ++i) length |= std::uint64_t{static_cast<unsigned char>(stream[at + 1 + i])} << (8 * i);
+    frames.push_back({stream[at], stream.substr(at + 9, length)});
+    at += 9 + length;
+  }
+  return frames;
+}
+
+std::string stream_of(const std::vector<Frame>& frames) {
+  std::string s = plain_header();
+  for (const Frame& f : frames) s += frame(f.type, f.payload);
+  return s;
+}
+
+// A descriptor reading `bytes` from the start (an unlinked file).
+UniqueFd fd_of(const TempDir& tmp, const std::string& bytes) {
+  const fs::path path = tmp / "stream.in";
+  write_file(path, bytes);
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  REQUIRE(fd);
+  fs::remove(path);
+  return fd;
+}
+
+struct Fixture {
+  TempDir tmp;
+  KeyFileEnv key_env{secure_key_dir(tmp) / "checkpoint.key"};
+  fs::path source = tmp / "source";
+  fs::path received = tmp / "received" / "c1";
+
+  // A signed folder shaped like a checkpoint: pages of several chunks, small files, an empty one,
+  // a nested folder.
+  void make_source(const fs::path& dir, unsigned salt = 0, SignatureFormat format = SignatureFormat::manifest) {
+    fs::create_directories(dir / "images" / "sub");
+    write_file(dir / "images" / "pages-1.img", bytes_of_size(5 * chunk + 12345, salt));
+    write_file(dir / "images" / "core-1.img", bytes_of_size(3000, salt + 1));
+    write_file(dir / "images" / "sub" / "empty.img", "");
+    write_file(dir / "metadata.json", "{\"container_id\":\"c1\"}");
+    HmacTree::sign_as(dir, KeyStore().load_or_create(), format);
+  }
+
+  std::string exported(const fs::path& dir, Compression compression = Compression::none) {
+    const fs::path path = tmp / "stream.out";
+    {
+      const UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+      REQUIRE(fd);
+      export_checkpoint(dir, fd.get(), {compression});
+    }
+    std::string bytes = read_file(path);
+    fs::remove(path);
+    return bytes;
+  }
+
+  // Imports `bytes`; the error, and how far into them the importer read.
+  std::pair<std::optional<Error>, off_t> import_bytes(const std::string& bytes) {
+    const UniqueFd fd = fd_of(tmp, bytes);
+    auto error = error_of([&] { import_checkpoint(fd.get(), received); });
+    return {error, ::lseek(fd.get(), 0, SEEK_CUR)};
+  }
+
+  // Refused with Status::integrity and a message holding `why`, and nothing left beside the target.
+  Error refused(const std::string& bytes, std::string_view why) {
+    const auto [error, read] = import_bytes(bytes);
+    REQUIRE(error.has_value());
+    INFO(error->what());
+    CHECK(error->status() == Status::integrity);
+    CHECK(contains(error->what(), why));
+    nothing_left();
+    return *error;
+  }
+
+  void nothing_left() const {
+    CHECK_FALSE(fs::exists(received));
+    if (fs::exists(received.parent_path())) CHECK(fs::is_empty(received.parent_path()));
+  }
+};
+
+// Exports on a thread into one end of `fds`, imports from the other on this one.
+void through(int fds[2], const fs::path& from, const fs::path& to, Compression compression) {
+  UniqueFd reader(fds[0]), writer(fds[1]);
+  std::optional<Error> export_error;
+  std::thread sender([&] {
+    export_error = error_of([&] { export_checkpoint(from, writer.get(), {compression}); });
+    writer.reset();
+  });
+  const auto import_error = error_of([&] { import_checkpoint(reader.get(), to); });
+  reader.reset();  // a sender still writing gets EPIPE, not a hang
+  sender.join();
+  if (export_error) FAIL("export: " << export_error->what());
+  if (import_error) FAIL("import: " << import_error->what());
+}
+
+}  // namespace
+
+TEST_CASE_METHOD(Fixture, "a real checkpoint travels through a file, a pipe and a socket pair, then verifies and restores",
+                 "[e2e][transfer]") {
+  const auto runtime = real_criu();
+  CounterTree tree(tmp / "counter", 16);  // pages of several chunks
+  const fs::path checkpoint = tmp / "checkpoint";
+  runtime->checkpoint(container("xfer", tree.pid()), checkpoint, false);
+  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  const long at_dump = tree.count("parent");
+
+  for (const Compression compression : {Compression::none, Compression::zstd}) {
+    for (const std::string how : {"file", "pipe", "socketpair"}) {
+      INFO(how << (compression == Compression::zstd ? " zstd" : " plain"));
+      const fs::path copy = tmp / "received" / fmt::format("{}-{}", how, static_cast<int>(compression));
+      if (how == "file") {
+        received = copy;
+        const std::string bytes = exported(checkpoint, compression);
+        const auto [error, read] = import_bytes(bytes);
+        if (error) FAIL(error->what());
+        CHECK(read == static_cast<off_t>(bytes.size()));
+      } else {
+        int fds[2];
+        REQUIRE((how == "pipe" ? ::pipe2(fds, O_CLOEXEC) : ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds)) == 0);
+        through(fds, checkpoint, copy, compression);
+      }
+      CHECK_NOTHROW(HmacTree::verify(copy, KeyStore().load()));
+      CHECK((fs::status(copy).permissions() & fs::perms::all) == fs::perms::owner_all);
+      CHECK(runtime->restore(copy) == tree.pid());
+      const long restored_at = tree.count("parent");
+      CHECK(restored_at >= at_dump);
+      CHECK(wait_until([&] { return tree.count("parent") > restored_at + 3; }));
+      CounterTree::stop(tree.pid());
+    }
+  }
+}
+
+TEST_CASE_METHOD(Fixture, "a stream round-trips byte for byte, plain and compressed", "[transfer]") {
+  make_source(source);
+  const Compression compression = GENERATE(Compression::none, Compression::zstd);
+  const std::string bytes = exported(source, compression);
+  const auto [error, read] = import_bytes(bytes);
+  if (error) FAIL(error->what());
+  for (const char* rel : {"images/pages-1.img", "images/core-1.img", "images/sub/empty.img", "metadata.json",
+                          "checkpoint.hmac"})
+    CHECK(read_file(received / rel) == read_file(source / rel));
+  CHECK_NOTHROW(HmacTree::verify(received, KeyStore().load()));
+  if (compression == Compression::zstd) CHECK(bytes.size() < fs::file_size(source / "images" / "pages-1.img") / 2);
+  // The target is taken now: a second import is refused before it reads the stream.
+  const UniqueFd again = fd_of(tmp, bytes);
+  CHECK(require_error([&] { import_checkpoint(again.get(), received); }).status() == Status::invalid);
+  CHECK(::lseek(again.get(), 0, SEEK_CUR) == 0);
+}
+
+TEST_CASE_METHOD(Fixture, "a byte changed in a page chunk is refused at that chunk, before the rest is read",
+                 "[transfer][security]") {
+  make_source(source);
+  const std::string good = exported(source);
+  std::vector<Frame> frames = frames_of(good);
+  // Chunk frames follow the listing in walk order: core-1.img's one chunk, then pages-1.img's.
+  std::size_t first_page_chunk = 0;
+  while (frames[first_page_chunk].type != 'C') ++first_page_chunk;
+  ++first_page_chunk;
+  frames[first_page_chunk + 1].payload[777] ^= 0x01;  // pages-1.img's chunk 1
+  const std::string bad = stream_of(frames);
+  const auto [error, read] = import_bytes(bad);
+  REQUIRE(error.has_value());
+  CHECK(error->status() == Status::integrity);
+  CHECK(contains(error->what(), fmt::format("'images/pages-1.img' differs from what was signed in bytes {}–{}", chunk,
+                                            2 * chunk - 1)));
+  // The importer read up to that chunk and a bounded read-ahead, not the three chunks after it.
+  std::size_t chunk_end = stream_header;
+  for (std::size_t i = 0; i <= first_page_chunk + 1; ++i) chunk_end += 9 + frames[i].payload.size();
+  CHECK(static_cast<std::size_t>(read) <= chunk_end + (256 << 10));
+  CHECK(static_cast<std::size_t>(read) + 2 * chunk < bad.size());
+  nothing_left();
+}
+
+TEST_CASE_METHOD(Fixture, "any byte changed in a plain stream is refused; in a compressed one, any that changes it",
+                 "[transfer][security]") {
+  make_source(source);
+  const Compression compression = GENERATE(Compression::none, Compression::zstd);
+  const std::string good = exported(source, compression);
+  // zstd's encoding has bits that change nothing decoded (an unused flag, a window larger than
+  // needed, slack in its tables): a flip there decodes to the same stream, and so imports exactly
+  // the checkpoint signed. Every flip that changes the stream is refused.
+  std::size_t flips = 0, imported = 0;
+  for (std::size_t at = 0; at < good.size(); at += at < 48 ? 1 : good.size() / 40) {
+    for (const std::size_t where : {at, good.size() - 1 - at % 16}) {
+      INFO("byte " << where << " of " << good.size());
+      std::string bad = good;
+      bad[where] ^= 0x01;
+      ++flips;
+      if (const auto [error, read] = import_bytes(bad); error) {
+        CHECK(error->status() == Status::integrity);
+      } else {
+        CHECK(compression == Compression::zstd);
+        ++imported;
+        for (const char* rel : {"images/pages-1.img", "images/core-1.img", "metadata.json", "checkpoint.hmac"})
+          CHECK(read_file(received / rel) == read_file(source / rel));
+        fs::remove_all(received);
+      }
+      nothing_left();
+    }
+  }
+  CHECK(imported * 10 < flips);
+}
+
+TEST_CASE_METHOD(Fixture, "a truncated stream is refused wherever it was cut", "[transfer][security]") {
+  make_source(source);
+  const Compression compression = GENERATE(Compression::none, Compression::zstd);
+  const std::string bytes = exported(source, compression);
+  // Cut after `keep` bytes, or (SIZE_MAX) just before the last byte.
+  const std::size_t keep = GENERATE(std::size_t{0}, 5, 16, 40, 600, 4000, 3 * chunk + 100, SIZE_MAX);
+  const std::size_t kept = std::min(keep, bytes.size() - 1);
+  INFO(kept << " of " << bytes.size() << " bytes");
+  refused(bytes.substr(0, kept), kept == 0 ? "empty" : "ends early");
+}
+
+TEST_CASE_METHOD(Fixture, "bytes after the end of a stream are refused", "[transfer][security]") {
+  make_source(source);
+  const Compression compression = GENERATE(Compression::none, Compression::zstd);
+  const std::string bytes = exported(source, compression);
+  SECTION("one byte") { refused(bytes + "x", "goes on after its end frame"); }
+  SECTION("a second stream") { refused(bytes + bytes, "goes on after its end frame"); }
+}
+
+TEST_CASE_METHOD(Fixture, "a stream mixed from two checkpoints or reordered is refused", "[transfer][security]") {
+  make_source(source);
+  const fs::path other = tmp / "other";
+  make_source(other, 7);
+  const std::vector<Frame> mine = frames_of(exported(source)), theirs = frames_of(exported(other));
+  REQUIRE(mine.size() == theirs.size());  // same shape, other bytes
+  SECTION("the signature of another checkpoint of the same shape: refused at the first chunk") {
+    std::vector<Frame> mixed = mine;
+    mixed[0] = theirs[0];  // it authenticates the same listing, with the other's chunk digests
+    refused(stream_of(mixed), "'images/core-1.img' differs from what was signed in bytes 0–2999");
+  }
+  SECTION("the signature of another checkpoint of another shape: refused before any file byte") {
+    const fs::path bigger = tmp / "bigger";
+    make_source(bigger);
+    write_file(bigger / "extra", "x");
+    HmacTree::sign_as(bigger, KeyStore().load(), SignatureFormat::manifest);
+    std::vector<Frame> mixed = mine;
+    mixed[0] = frames_of(exported(bigger))[0];
+    refused(stream_of(mixed), "does not match its signature");
+  }
+  SECTION("the files of another checkpoint") {
+    std::vector<Frame> mixed = mine;
+    for (std::size_t i = 0; i < mixed.size(); ++i)
+      if (mixed[i].type == 'C') mixed[i] = theirs[i];
+    refused(stream_of(mixed), "differs from what was signed");
+  }
+  SECTION("two chunks swapped") {
+    std::vector<Frame> swapped = mine;
+    std::size_t pages = 0;  // pages-1.img's first chunk: after core-1.img's one
+    while (swapped[pages].type != 'C') ++pages;
+    std::swap(swapped[pages + 1], swapped[pages + 2]);
+    refused(stream_of(swapped), "differs from what was signed");
+  }
+  SECTION("two listing entries swapped") {
+    std::vector<Frame> swapped = mine;
+    std::swap(swapped[1], swapped[2]);  // images/ and its first entry
+    refused(stream_of(swapped), "out of walk order");
+  }
+  SECTION("signed with another key") {
+    const std::string bytes = stream_of(mine);
+    const KeyFileEnv other_key(tmp / "keys" / "other.key");
+    (void)KeyStore().load_or_create();
+    refused(bytes, "does not match its signature");
+  }
+}
+
+TEST_CASE_METHOD(Fixture, "a hostile listing is refused before anything is written", "[transfer][security]") {
+  make_source(source);
+  const std::vector<Frame> genuine = frames_of(exported(source));
+  const auto with_listing = [&](const std::vector<Frame>& listing) {
+    std::vector<Frame> frames{genuine[0]};
+    frames.insert(frames.end(), listing.begin(), listing.end());
+    frames.push_back({'L', ""});
+    frames.push_back({'E', ""});
+    return stream_of(frames);
+  };
+  const auto file = [](const std::string& path, std::uint64_t size) { return Frame{'F', u64le(size) + path}; };
+  SECTION("..") { refused(with_listing({{'D', ".."}}), "'..', which is not a plain relative path"); }
+  SECTION("a name below ..") { refused(with_listing({{'D', "images"}, file("images/../../x", 1)}), "not a plain relative path"); }
+  SECTION("absolute") { refused(with_listing({file("/etc/passwd", 1)}), "'/etc/passwd', which is not a plain relative path"); }
+  SECTION("empty component") { refused(with_listing({{'D', "a"}, file("a//b", 1)}), "not a plain relative path"); }
+  SECTION("NUL") { refused(with_listing({file(std::string("a\0b", 3), 1)}), "not a plain relative path"); }
+  SECTION("a file in a folder not listed") { refused(with_listing({file("nowhere/x", 1)}), "out of walk order"); }
+  SECTION("the same name twice") { refused(with_listing({file("a", 1), file("a", 1)}), "out of walk order"); }
+  SECTION("the signature among the files") { refused(with_listing({file("checkpoint.hmac", 1)}), "among the signed files"); }
+  SECTION("a huge size") { refused(with_listing({file("big", std::uint64_t{1} << 62)}), "adding up to more than"); }
+  SECTION("a path too long for a frame") {
+    refused(with_listing({{'D', std::string(HmacTree::max_path_length + 1, 'a')}}), "a path of 1 to 4096 bytes");
+  }
+  SECTION("too deep") {
+    std::vector<Frame> deep;
+    std::string path;
+    for (int level = 0; level <= HmacTree::max_depth + 1; ++level) deep.push_back({'D', path += (level ? "/d" : "d")});
+    refused(with_listing(deep), "nested deeper than 64 levels");
+  }
+  SECTION("too many entries") {
+    std::vector<Frame> many;
+    many.reserve(HmacTree::max_entries + 1);
+    for (std::size_t i = 0; i <= HmacTree::max_entries; ++i) many.push_back(file(fmt::format("f{:07}", i), 0));
+    refused(with_listing(many), "more than 1000000 entries");
+  }
+  SECTION("a signature frame larger than a signature may be") {
+    refused(plain_header() + 'S' + u64le(std::uint64_t{1} << 40), "more than the");
+  }
+  SECTION("a chunk frame of another length than the listed chunk") {
+    std::vector<Frame> frames = genuine;
+    for (Frame& f : frames)
+      if (f.type == 'C') {
+        f.payload += "x";
+        break;
+      }
+    refused(stream_of(frames), "corrupt or out of order");
+  }
+}
+
+TEST_CASE_METHOD(Fixture, "an Ed25519-signed checkpoint imports where its key is trusted, and only there",
+                 "[transfer][security]") {
+  make_source(source);
+  HmacTree::sign_as(source, KeyStore().load_or_create_ed25519(), SignatureFormat::manifest);  // trusted here
+  const std::string bytes = exported(source);
+  SECTION("trusted") {
+    const auto [error, read] = import_bytes(bytes);
+    if (error) FAIL(error->what());
+    CHECK_NOTHROW(HmacTree::verify(received, KeyStore()));
+  }
+  SECTION("on a host that does not trust it: refused before any file") {
+    const fs::path empty_trust = tmp / "trust-none";
+    fs::create_directory(empty_trust);
+    fs::permissions(empty_trust, fs::perms::owner_all, fs::perm_options::replace);
+    const ScopedEnv trust("NUCLEUS_CHECKPOINT_TRUSTED_KEYS", empty_trust.c_str());
+    const auto [error, read] = import_bytes(bytes);
+    REQUIRE(error.has_value());
+    CHECK(error->status() == Status::integrity);
+    CHECK(static_cast<std::size_t>(read) < bytes.size() / 2);
+    nothing_left();
+  }
+}
+
+TEST_CASE_METHOD(Fixture, "only a folder signed in format 3 is exported or imported", "[transfer]") {
+  const SignatureFormat format = GENERATE(SignatureFormat::seed, SignatureFormat::chunked);
+  make_source(source, 0, format);
+  const UniqueFd out(::open((tmp / "out").c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  const Error e = require_error([&] { export_checkpoint(source, out.get()); });
+  CHECK(e.status() == Status::invalid);
+  CHECK(contains(e.what(), "sign it in format 3: nucleus-checkpoint sign --format manifest --dir"));
+  CHECK(fs::file_size(tmp / "out") == 0);
+  // Nor is such a signature accepted from a stream made by hand.
+  const std::string text = read_file(source / "checkpoint.hmac");
+  refused(plain_header() + frame('S', text) + frame('L', "") + frame('E', ""), "sign it in format 3");
+}
+
+TEST_CASE_METHOD(Fixture, "a pre-dump layer with a parent link is not exported", "[transfer]") {
+  make_source(source);
+  fs::create_directory_symlink("../../parent/images", source / "images" / "parent");
+  const UniqueFd out(::open((tmp / "out").c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  const Error e = require_error([&] { export_checkpoint(source, out.get()); });
+  CHECK(e.status() == Status::invalid);
+  CHECK(contains(e.what(), "pre-dump layer"));
+}
+
+TEST_CASE_METHOD(Fixture, "a reader that goes away fails the export with EPIPE, not SIGPIPE", "[transfer]") {
+  make_source(source);
+  int fds[2];
+  const bool socket = GENERATE(false, true);
+  REQUIRE((socket ? ::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) : ::pipe2(fds, O_CLOEXEC)) == 0);
+  ::close(fds[0]);
+  const UniqueFd writer(fds[1]);
+  struct sigaction before {};
+  ::sigaction(SIGPIPE, nullptr, &before);
+  REQUIRE(before.sa_handler == SIG_DFL);  // a SIGPIPE would kill this test
+  const Error e = require_error([&] { export_checkpoint(source, writer.get()); });
+  CHECK(e.status() == Status::io);
+  CHECK(contains(e.what(), "its reader went away"));
+  struct sigaction after {};
+  ::sigaction(SIGPIPE, nullptr, &after);
+  CHECK(after.sa_handler == SIG_DFL);
+  sigset_t pending, mask;
+  ::sigpending(&pending);
+  CHECK(sigismember(&pending, SIGPIPE) == 0);
+  ::pthread_sigmask(SIG_SETMASK, nullptr, &mask);
+  CHECK(sigismember(&mask, SIGPIPE) == 0);
+}
