@@ -5,8 +5,11 @@
 #include <nucleus/checkpoint_version.h>
 
 #include <fcntl.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -23,6 +26,7 @@
 #include <nucleus/checkpoint/hmac_tree.hpp>
 #include <nucleus/checkpoint/key_store.hpp>
 #include <nucleus/checkpoint/metadata.hpp>
+#include <nucleus/checkpoint/migrate.hpp>
 #include <nucleus/checkpoint/registry.hpp>
 #include <nucleus/checkpoint/transfer.hpp>
 
@@ -55,6 +59,7 @@ struct nc_options {
   nc::SignatureFormat signature_format = nc::SignatureFormat::manifest;
   nc::TransferOptions transfer;  // nc_export's
   nc::RegistryOptions registry;  // nc_push_image's and nc_pull_image's
+  std::chrono::milliseconds reply_timeout = nc::MigrateOptions{}.reply_timeout;  // nc_migrate's
   nc_error error;  // the outcome of the latest setter called on this handle (nc_options_error)
 };
 
@@ -566,6 +571,75 @@ nc_status nc_import_e(int fd, const char* dir, const nc_options*, nc_error* err)
     require(dir != nullptr && *dir != '\0', "nc_import: dir is NULL or empty");
     require(fd >= 0, "nc_import: fd is negative");
     named("nc_import", [&] { nc::import_checkpoint(fd, dir); });
+  });
+}
+
+nc_status nc_options_set_reply_timeout_ms(nc_options* o, unsigned int ms) {
+  return set_option(o, __func__, [&](nc_options& all) {
+    all.reply_timeout = ms == 0 ? nc::MigrateOptions{}.reply_timeout : std::chrono::milliseconds(ms);
+  });
+}
+
+nc_status nc_migrate(nc_runtime* rt, const char* container_id, pid_t pid, const char* work_dir, int connected_fd,
+                     const nc_options* opts, nc_migration_report* report) {
+  return nc_migrate_e(rt, container_id, pid, work_dir, connected_fd, opts, report, nullptr);
+}
+
+nc_status nc_migrate_e(nc_runtime* rt, const char* container_id, pid_t pid, const char* work_dir, int connected_fd,
+                       const nc_options* opts, nc_migration_report* report, nc_error* err) {
+  return guard(err, [&] {
+    require(rt != nullptr, "nc_migrate: the runtime is NULL");
+    require(container_id != nullptr && *container_id != '\0', "nc_migrate: container_id is NULL or empty");
+    require(work_dir != nullptr && *work_dir != '\0', "nc_migrate: work_dir is NULL or empty");
+    require(report == nullptr || report->size >= offsetof(nc_migration_report, downtime_ms),
+            "nc_migrate: report->size is not set (set it to sizeof(nc_migration_report))");
+    const nc_options defaults;
+    const nc_options& o = opts ? *opts : defaults;
+    nc::ContainerInfo info;
+    info.id = container_id;
+    info.pid = pid;
+    info.start_ticks = o.start_ticks;
+    info.annotations = o.annotations;
+    info.runtime_files = o.runtime_files;
+    nc::MigrationReport done;
+    named("nc_migrate", [&] {
+      done = nc::migrate(rt->criu, info, work_dir, connected_fd, {o.criu, o.transfer, o.reply_timeout});
+    });
+    if (!report) return;
+    nc_migration_report filled{};
+    filled.size = std::min(report->size, sizeof filled);
+    filled.downtime_ms = static_cast<unsigned long long>(done.downtime.count());
+    filled.dump_ms = static_cast<unsigned long long>(done.dump.count());
+    filled.transfer_ms = static_cast<unsigned long long>(done.transfer.count());
+    filled.restore_ms = static_cast<unsigned long long>(done.restore.count());
+    filled.bytes_sent = done.bytes_sent;
+    filled.rounds = done.rounds;
+    filled.restored_pid = done.restored_pid;
+    done.rounds_reason.copy(filled.rounds_reason, sizeof filled.rounds_reason - 1);
+    done.restored_dir.copy(filled.restored_dir, sizeof filled.restored_dir - 1);
+    std::memcpy(report, &filled, filled.size);  // a caller built against an older, shorter struct gets its part
+  });
+}
+
+nc_status nc_receive(nc_runtime* rt, int connected_fd, const char* store_dir, const nc_options* opts,
+                     pid_t* restored_pid, char** reply_out) {
+  return nc_receive_e(rt, connected_fd, store_dir, opts, restored_pid, reply_out, nullptr);
+}
+
+nc_status nc_receive_e(nc_runtime* rt, int connected_fd, const char* store_dir, const nc_options* opts,
+                       pid_t* restored_pid, char** reply_out, nc_error* err) {
+  if (restored_pid) *restored_pid = 0;
+  if (reply_out) *reply_out = nullptr;
+  return guard(err, [&] {
+    require(rt != nullptr, "nc_receive: the runtime is NULL");
+    require(store_dir != nullptr && *store_dir != '\0', "nc_receive: store_dir is NULL or empty");
+    named("nc_receive", [&] {
+      const nc::ReceivedMigration received =
+          nc::receive_migration(rt->criu, connected_fd, store_dir, opts ? opts->criu : nc::CriuOptions());
+      ::close(received.tree.pidfd);
+      if (restored_pid) *restored_pid = received.tree.pid;
+      if (reply_out) *reply_out = malloc_copy(received.reply.substr(0, received.reply.find('\n')));
+    });
   });
 }
 

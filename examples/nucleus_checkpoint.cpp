@@ -1,6 +1,7 @@
 // nucleus-checkpoint: the operator's command line, on the C ABI alone.
 //
-//   nucleus-checkpoint check | dump | predump | restore | sign | verify | inspect | keygen | trust add  [--json]
+//   nucleus-checkpoint check | dump | predump | restore | sign | verify | inspect | export | import | push | pull |
+//                      migrate | receive | keygen | trust add  [--json]
 //
 // Exit codes: 0 on success, else the nc_status value of the failure (1 to 10), 64 for a usage
 // error; restore --wait exits as the restored root did (its status, or 128+signal). Human output
@@ -8,7 +9,9 @@
 #include <nucleus/checkpoint.h>
 
 #include <dirent.h>
+#include <netdb.h>
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -843,6 +846,167 @@ int cmd_import(const std::string& dir, const std::string& input, bool json) {
   return r.finish(imported);
 }
 
+// HOST:PORT ([V6ADDR]:PORT for IPv6) resolved to TCP addresses; for a listener (passive) HOST may
+// be empty or *, for all addresses.
+struct AddrInfoFree {
+  void operator()(addrinfo* a) const { ::freeaddrinfo(a); }
+};
+using AddrInfo = std::unique_ptr<addrinfo, AddrInfoFree>;
+
+AddrInfo resolve(const std::string& host_port, bool passive, Outcome& outcome) {
+  const auto colon = host_port.rfind(':');
+  std::string host = colon == std::string::npos ? "" : host_port.substr(0, colon);
+  const std::string port = colon == std::string::npos ? "" : host_port.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host == "*") host.clear();
+  unsigned port_number = 0;
+  const auto [end, error] = std::from_chars(port.data(), port.data() + port.size(), port_number);
+  if (port.empty() || error != std::errc() || end != port.data() + port.size() || port_number == 0 ||
+      port_number > 65535 || (host.empty() && !passive)) {
+    outcome(NC_E_INVALID, fmt::format("'{}' is not HOST:PORT (a port from 1 to 65535; [ADDRESS]:PORT for IPv6)",
+                                      printable(host_port)));
+    return nullptr;
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+  addrinfo* found = nullptr;
+  if (const int rc = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found); rc != 0)
+    outcome(NC_E_NOT_FOUND, fmt::format("cannot resolve '{}': {}", printable(host_port), ::gai_strerror(rc)));
+  return AddrInfo(found);
+}
+
+// A TCP connection to HOST:PORT, made within `timeout_s`; -1 (and the outcome) if none could be.
+int connect_to(const std::string& host_port, int timeout_s, Outcome& outcome) {
+  const AddrInfo addresses = resolve(host_port, false, outcome);
+  int last_error = 0;
+  for (const addrinfo* a = addresses.get(); a; a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    const timeval limit{timeout_s, 0}, none{0, 0};  // Linux's connect waits at most SO_SNDTIMEO
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+      ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &none, sizeof none);
+      return fd;
+    }
+    last_error = errno == EINPROGRESS ? ETIMEDOUT : errno;
+    ::close(fd);
+  }
+  if (addresses)
+    outcome(NC_E_IO, fmt::format("cannot connect to the receiver at {}: {} (is `nucleus-checkpoint receive --listen "
+                                 "{}` running there?); nothing was dumped",
+                                 printable(host_port), std::strerror(last_error), printable(host_port)));
+  return -1;
+}
+
+// A socket listening on HOST:PORT for one connection; -1 (and the outcome) if it cannot.
+int listen_on(const std::string& host_port, Outcome& outcome) {
+  const AddrInfo addresses = resolve(host_port, true, outcome);
+  int last_error = 0;
+  for (const addrinfo* a = addresses.get(); a; a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    const int on = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (::bind(fd, a->ai_addr, a->ai_addrlen) == 0 && ::listen(fd, 1) == 0) return fd;
+    last_error = errno;
+    ::close(fd);
+  }
+  if (addresses)
+    outcome(last_error == EACCES ? NC_E_PERMISSION : NC_E_IO,
+            fmt::format("cannot listen on --listen {}: {}", printable(host_port), std::strerror(last_error)));
+  return -1;
+}
+
+// The numbers of a JSON line, by name; 0 for one that is missing.
+std::int64_t json_number(const rapidjson::Document& doc, const char* name) {
+  const auto it = doc.IsObject() ? doc.FindMember(name) : doc.MemberEnd();
+  return doc.IsObject() && it != doc.MemberEnd() && it->value.IsInt64() ? it->value.GetInt64() : 0;
+}
+
+// Moves the tree at --pid to the receiver at --to: dumped into --dir (kept), stopped until the
+// receiver's reply, then ended (it runs there) or resumed (anything else).
+int cmd_migrate(const std::string& criu, pid_t pid, const std::string& to, const std::string& dir,
+                const std::string& id, bool zstd, double reply_timeout_s, const CriuFlags& flags, bool json) {
+  const unsigned long long start_ticks = start_ticks_of(pid);
+  Report r(json);
+  Runtime rt;
+  Options opts;
+  Outcome migrated = open_runtime_with(criu, flags, false, rt, opts);
+  if (migrated.ok() && start_ticks != 0) migrated(nc_options_set_start_ticks(opts.get(), start_ticks));
+  if (migrated.ok()) migrated(nc_options_set_compression(opts.get(), zstd ? NC_COMPRESSION_ZSTD : NC_COMPRESSION_NONE));
+  if (migrated.ok())
+    migrated(nc_options_set_reply_timeout_ms(opts.get(), static_cast<unsigned>(reply_timeout_s * 1000)));
+  // Connected before anything is dumped: without a receiver the tree is never stopped.
+  const int fd = migrated.ok() ? connect_to(to, 10, migrated) : -1;
+  nc_migration_report report{};
+  report.size = sizeof report;
+  const std::string container_id = id.empty() ? std::to_string(pid) : id;
+  if (migrated.ok()) migrated(nc_migrate(rt.get(), container_id.c_str(), pid, dir.c_str(), fd, opts.get(), &report));
+  if (fd >= 0) ::close(fd);
+  if (!migrated.ok()) return r.finish(migrated);
+  r.field("pid", pid, "process");
+  r.field("to", to, "receiver");
+  r.field("dir", dir, "checkpoint here");
+  r.field("restored_pid", report.restored_pid, "PID there");
+  r.field("restored_dir", report.restored_dir, "checkpoint there");
+  r.field("downtime_ms", static_cast<std::int64_t>(report.downtime_ms), "downtime (ms)");
+  r.field("dump_ms", static_cast<std::int64_t>(report.dump_ms), "dump (ms)");
+  r.field("transfer_ms", static_cast<std::int64_t>(report.transfer_ms), "transfer (ms)");
+  r.field("restore_ms", static_cast<std::int64_t>(report.restore_ms), "restore (ms)");
+  r.field("bytes_sent", static_cast<std::int64_t>(report.bytes_sent), "bytes sent");
+  r.field("compression", zstd ? "zstd" : "none");
+  r.field("rounds", report.rounds, "pre-dump rounds");
+  r.field("rounds_reason", report.rounds_reason, "because");
+  return r.finish(migrated);
+}
+
+// Accepts one connection on --listen, imports the stream it carries into a new folder under --dir,
+// restores it and replies with the outcome; then exits.
+int cmd_receive(const std::string& criu, const std::string& listen, const std::string& store, const CriuFlags& flags,
+                bool json) {
+  Report r(json);
+  Runtime rt;
+  Options opts;
+  Outcome received = open_runtime_with(criu, flags, false, rt, opts);
+  struct stat st {};
+  if (received.ok() && (::stat(store.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)))
+    received(NC_E_NOT_FOUND, fmt::format("--dir {} is not a folder: create the store first", printable(store)));
+  const int listener = received.ok() ? listen_on(listen, received) : -1;
+  if (!received.ok()) return r.finish(received);
+  fmt::print(stderr, "nucleus-checkpoint: listening on {}\n", printable(listen));
+  std::fflush(stderr);
+  sockaddr_storage peer{};
+  socklen_t peer_size = sizeof peer;
+  int fd = -1;
+  while ((fd = ::accept4(listener, reinterpret_cast<sockaddr*>(&peer), &peer_size, SOCK_CLOEXEC)) < 0 && errno == EINTR) {
+  }
+  if (fd < 0) received(NC_E_IO, fmt::format("cannot accept a connection on {}: {}", printable(listen), std::strerror(errno)));
+  ::close(listener);
+  char host[NI_MAXHOST] = "", port[NI_MAXSERV] = "";
+  if (fd >= 0)
+    ::getnameinfo(reinterpret_cast<sockaddr*>(&peer), peer_size, host, sizeof host, port, sizeof port,
+                  NI_NUMERICHOST | NI_NUMERICSERV);
+  pid_t restored = 0;
+  char* reply = nullptr;
+  if (received.ok()) received(nc_receive(rt.get(), fd, store.c_str(), opts.get(), &restored, &reply));
+  if (fd >= 0) ::close(fd);
+  r.field("from", fmt::format("{}:{}", host, port), "source");
+  if (received.ok()) {
+    rapidjson::Document doc;
+    doc.Parse(reply);
+    const auto dir = doc.IsObject() ? doc.FindMember("dir") : doc.MemberEnd();
+    r.field("dir", doc.IsObject() && dir != doc.MemberEnd() && dir->value.IsString() ? dir->value.GetString() : "",
+            "checkpoint");
+    r.field("pid", restored, "restored PID");
+    r.field("import_ms", json_number(doc, "import_ms"), "import (ms)");
+    r.field("restore_ms", json_number(doc, "restore_ms"), "restore (ms)");
+  }
+  nc_free(reply);
+  return r.finish(received);
+}
+
 // Registry options for push and pull: plain http with --insecure.
 nc_status registry_options(bool insecure, Options& opts) {
   nc_options* raw = nullptr;
@@ -1026,6 +1190,28 @@ int main(int argc, char** argv) {
   keygen->add_flag("--ed25519", keygen_ed25519, "The Ed25519 signing key instead (trusted on this machine at once)");
   keygen->add_option("--public-key-out", public_key_out,
                      "With --ed25519: write its public key file here (new, 0644), for other machines' trust add");
+  auto* migrate = app.add_subcommand("migrate", "Move the tree at --pid to the receiver at --to: dumped into --dir, "
+                                                "stopped until the receiver restored it, then ended here (resumed "
+                                                "on any failure)");
+  migrate->add_option("--pid", pid, "Root of the tree")->required()->check(CLI::PositiveNumber);
+  std::string peer;
+  migrate->add_option("--to", peer, "The receiver: HOST:PORT ([ADDRESS]:PORT for IPv6)")->required();
+  migrate->add_option("--dir", dir, "Checkpoint folder to create here (kept)")->required();
+  migrate->add_option("--id", id, "Container id recorded in metadata.json (default: the PID)");
+  migrate->add_option("--criu", criu, "CRIU binary to use instead of the trusted paths");
+  bool migrate_zstd = false;
+  migrate->add_flag("--zstd", migrate_zstd, "Compress the stream with zstd (level 1)");
+  double reply_timeout_s = 300;
+  migrate->add_option("--reply-timeout", reply_timeout_s,
+                      "Seconds the receiver may take to import and restore (and the stream may stall)")
+      ->check(CLI::Range(1.0, 86400.0));
+  flags.add_to(migrate, dump_action);
+  auto* receive = app.add_subcommand("receive", "Accept one migration on --listen: import it into a new folder "
+                                                "under --dir (verified), restore it, reply, exit");
+  receive->add_option("--listen", peer, "Where to listen: HOST:PORT (*:PORT for every address)")->required();
+  receive->add_option("--dir", dir, "The store: each migration is imported into a new folder in it")->required();
+  receive->add_option("--criu", criu, "CRIU binary to use instead of the trusted paths");
+  flags.add_to(receive, restore_action);
   auto* trust = app.add_subcommand("trust", "Manage the public keys whose Ed25519 signatures verify on this machine");
   auto* trust_add = trust->add_subcommand("add", "Trust the public key in FILE (as keygen --public-key-out writes it)");
   std::string trust_file;
@@ -1052,6 +1238,8 @@ int main(int argc, char** argv) {
   if (*inspect) return cmd_inspect(dir, json);
   if (*export_cmd) return cmd_export(dir, export_zstd, stream_file, json);
   if (*import_cmd) return cmd_import(dir, stream_file, json);
+  if (*migrate) return cmd_migrate(criu, pid, peer, dir, id, migrate_zstd, reply_timeout_s, flags, json);
+  if (*receive) return cmd_receive(criu, peer, dir, flags, json);
   if (*push) return cmd_push(dir, image_ref, insecure, json);
   if (*pull) return cmd_pull(image_ref, dir, insecure, json);
   if (*trust_add) return cmd_trust_add(trust_file, json);

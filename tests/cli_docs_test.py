@@ -113,7 +113,7 @@ def complete(*words):
     return [line for line in r.stdout.split("\n") if line]
 
 
-check(complete("re") == ["restore"], "re completes restore", str(complete("re")))
+check(complete("res") == ["restore"], "res completes restore", str(complete("res")))
 check(sorted(complete("")) == sorted(subcommands), "an empty word offers every subcommand", str(complete("")))
 check(sorted(complete("restore", "--no-s")) == ["--no-shell-job", "--no-stream"], "restore --no-s offers --no-stream",
       str(complete("restore", "--no-s")))

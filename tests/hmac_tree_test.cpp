@@ -1559,6 +1559,11 @@ TEST_CASE("a malformed manifest is refused as malformed", "[hmac_tree][manifest]
   require_integrity_error([&] { HmacTree::verify(dir, key, must_not_hash); }, "manifest line 6 is unterminated");
   write_file(dir / HmacTree::signature_file, text + "x");
   require_integrity_error([&] { HmacTree::verify(dir, key, must_not_hash); }, "manifest line 7 is unterminated");
+  // More lines than a tree can have files: an empty line is a byte of text, but a vector parsed
+  // (3 GiB of them within the text's bound).
+  write_file(dir / HmacTree::signature_file, text + std::string(HmacTree::max_entries, '\n'));
+  require_integrity_error([&] { HmacTree::verify(dir, key, must_not_hash); },
+                          "the manifest has more than 1000000 lines");
   // Parsed and written back byte for byte.
   CHECK(ChunkedSignature::parse(text).to_text() == text);
   CHECK(ChunkedSignature::parse(text).manifest.size() == 6);

@@ -11,6 +11,8 @@
 #include <zstd.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -19,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "fs/fs_util.hpp"
 #include "fs/unique_fd.hpp"
 #include "process_support.hpp"
 
@@ -358,6 +361,24 @@ TEST_CASE_METHOD(Fixture, "a hostile listing is refused before anything is writt
   SECTION("a signature frame larger than a signature may be") {
     refused(plain_header() + 'S' + u64le(std::uint64_t{1} << 40), "more than the");
   }
+  SECTION("a manifest of more lines than a tree has files: refused as it is parsed, before any key") {
+    // A byte a line: unbounded, 4 KiB of zstd made 3 GiB of empty lines in memory.
+    const std::string text = genuine[0].payload + std::string(HmacTree::max_entries, '\n');
+    refused(plain_header() + frame('S', text), "the manifest has more than 1000000 lines");
+  }
+  SECTION("paths adding up to more than an importer holds before it authenticates them") {
+    // Every entry a 4095-byte path below 15 folders of 255-byte names: within the walk's limits,
+    // a million of them made 4 GiB in memory from a few MiB of zstd.
+    std::vector<Frame> listing;
+    std::string prefix;
+    for (int level = 0; level < 15; ++level)
+      listing.push_back({'D', prefix += fmt::format("{}{:02}{}", level ? "/" : "", level, std::string(253, 'd'))});
+    prefix += '/';
+    for (std::size_t i = 0; i <= (std::size_t{128} << 20) / 4095; ++i)
+      listing.push_back({'D', prefix + fmt::format("{:010}", i) + std::string(245, 'f')});
+    REQUIRE(listing.back().payload.size() == 4095);
+    refused(with_listing(listing), "lists paths adding up to more than 134217728 bytes");
+  }
   SECTION("a chunk frame of another length than the listed chunk") {
     std::vector<Frame> frames = genuine;
     for (Frame& f : frames)
@@ -435,4 +456,30 @@ TEST_CASE_METHOD(Fixture, "a reader that goes away fails the export with EPIPE, 
   CHECK(sigismember(&pending, SIGPIPE) == 0);
   ::pthread_sigmask(SIG_SETMASK, nullptr, &mask);
   CHECK(sigismember(&mask, SIGPIPE) == 0);
+}
+
+// The exporter reopens each listed file after the walk: whoever can write the folder may have put a
+// FIFO there meanwhile, whose open (with no writer) would block the export forever.
+TEST_CASE("a FIFO put in place of a listed file is refused without blocking", "[transfer]") {
+  TempDir tmp;
+  const UniqueFd dir(::open(tmp.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  REQUIRE(::mkfifo((tmp.path() / "metadata.json").c_str(), 0600) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    try {
+      open_beneath(dir.get(), "metadata.json", "checkpoint file");
+    } catch (const Error& e) {
+      ::_exit(e.status() == Status::integrity ? 0 : 2);
+    }
+    ::_exit(1);
+  }
+  int status = -1;
+  const bool ended = wait_until([&] { return ::waitpid(child, &status, WNOHANG) == child; }, std::chrono::seconds(5));
+  if (!ended) {
+    ::kill(child, SIGKILL);
+    ::waitpid(child, nullptr, 0);
+  }
+  REQUIRE(ended);  // it did not block on the FIFO
+  CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
 }

@@ -25,8 +25,9 @@ nc_status nc_go_verify_progress_e(const char *dir, uintptr_t handle, nc_error *e
   return nc_verify_progress_e(dir, handle ? nc_go_progress : NULL, (void *)handle, err);
 }
 
-nc_status nc_go_sign_ex_e(const char *dir, nc_signature_format format, uintptr_t handle, nc_error *err) {
-  return nc_sign_ex_e(dir, format, handle ? nc_go_progress : NULL, (void *)handle, err);
+nc_status nc_go_sign_as_e(const char *dir, nc_signature_format format, nc_signing signing, uintptr_t handle,
+                          nc_error *err) {
+  return nc_sign_as_e(dir, format, signing, handle ? nc_go_progress : NULL, (void *)handle, err);
 }
 
 int nc_go_pidfd_send_signal(int pidfd, int sig) {

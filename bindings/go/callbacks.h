@@ -9,9 +9,10 @@
 
 /* nc_options_set_notify with the Go trampoline; handle identifies the Go callbacks. */
 nc_status nc_go_set_notify(nc_options *opts, uintptr_t handle);
-/* nc_verify_progress_e and nc_sign_ex_e with the Go trampoline (handle 0: no progress). */
+/* nc_verify_progress_e and nc_sign_as_e with the Go trampoline (handle 0: no progress). */
 nc_status nc_go_verify_progress_e(const char *dir, uintptr_t handle, nc_error *err);
-nc_status nc_go_sign_ex_e(const char *dir, nc_signature_format format, uintptr_t handle, nc_error *err);
+nc_status nc_go_sign_as_e(const char *dir, nc_signature_format format, nc_signing signing, uintptr_t handle,
+                          nc_error *err);
 
 /* 0, or -errno. */
 int nc_go_pidfd_send_signal(int pidfd, int sig);

@@ -1,7 +1,8 @@
 // Package checkpoint checkpoints and restores Linux process trees through CRIU with
-// libnucleuscheckpoint, which signs every checkpoint (HMAC-SHA256 over its whole folder) and
-// verifies it before CRIU reads a byte of it: a changed, swapped or unsigned checkpoint is never
-// restored (ErrIntegrity).
+// libnucleuscheckpoint, which signs every checkpoint over its whole folder (HMAC-SHA256, or
+// Ed25519 for hosts that hold only the public key) and verifies it before CRIU reads a byte of it:
+// a changed, swapped or unsigned checkpoint is never restored (ErrIntegrity). Checkpoints move
+// between hosts as verified streams (Export, Import) or registry images (PushImage, PullImage).
 //
 // It binds the library's C ABI (nucleus/checkpoint.h) through cgo and pkg-config
 // (nucleus-checkpoint). Every call gets an nc_error of its own, so its *Error is exactly its own
@@ -97,33 +98,40 @@ func (r *Runtime) use(op string, f func(rt *C.nc_runtime) error) error {
 // this process's child stays a zombie, holding its PID, until it is reaped (Wait on its
 // os.Process or exec.Cmd): reap it before restoring.
 func (r *Runtime) Checkpoint(id string, pid int, dir string, opts *Options) error {
+	return r.dump("checkpoint", id, pid, dir, opts, func(rt *C.nc_runtime, cid *C.char, cpid C.pid_t, cdir *C.char,
+		o *C.nc_options, e *C.nc_error) C.nc_status {
+		return C.nc_checkpoint_ex_e(rt, cid, cpid, cdir, o, e)
+	})
+}
+
+// Predump saves the memory of the running tree rooted at pid into the new folder dir (absent or
+// empty), signed (SignatureChunked or SignatureManifest) and marked a pre-dump; the tree runs on.
+// A later Predump or Checkpoint with opts.Parent naming this folder (a sibling of theirs) writes
+// only the memory changed since; restoring the last layer verifies the whole chain. A pre-dump is
+// never restored alone. It needs a kernel that tracks changed memory (CONFIG_MEM_SOFT_DIRTY):
+// elsewhere ErrCRIU, saying so, and nothing is made. opts may be nil. Since 0.3.
+func (r *Runtime) Predump(id string, pid int, dir string, opts *Options) error {
+	return r.dump("predump", id, pid, dir, opts, func(rt *C.nc_runtime, cid *C.char, cpid C.pid_t, cdir *C.char,
+		o *C.nc_options, e *C.nc_error) C.nc_status {
+		return C.nc_predump_e(rt, cid, cpid, cdir, o, e)
+	})
+}
+
+// dump runs a dump-like call (op names it) of the tree rooted at pid into dir.
+func (r *Runtime) dump(op, id string, pid int, dir string, opts *Options, f func(rt *C.nc_runtime, cid *C.char,
+	cpid C.pid_t, cdir *C.char, o *C.nc_options, e *C.nc_error) C.nc_status) error {
 	if pid < 0 || pid > math.MaxInt32 {
-		return invalid("checkpoint: %d is not a process ID", pid)
+		return invalid("%s: %d is not a process ID", op, pid)
 	}
-	var strs cStrings
-	defer strs.free()
-	cid, err := strs.add("container id", id)
-	if err != nil {
-		return err
-	}
-	cdir, err := strs.add("checkpoint folder", dir)
-	if err != nil {
-		return err
-	}
-	o, err := opts.build()
-	if err != nil {
-		return err
-	}
-	defer o.free()
-	return r.use("checkpoint", func(rt *C.nc_runtime) error {
-		err := call(func(e *C.nc_error) C.nc_status {
-			return C.nc_checkpoint_ex_e(rt, cid, C.pid_t(pid), cdir, o.handle, e)
+	return withArgs(opts, []arg{{"container id", id}, {"checkpoint folder", dir}}, func(c []*C.char, o *cOptions) error {
+		return r.use(op, func(rt *C.nc_runtime) error {
+			err := call(func(e *C.nc_error) C.nc_status { return f(rt, c[0], C.pid_t(pid), c[1], o.handle, e) })
+			if o.cb != nil {
+				o.cb.rethrow()
+				err = o.cb.withRefusal(err)
+			}
+			return err
 		})
-		if o.cb != nil {
-			o.cb.rethrow()
-			err = o.cb.withRefusal(err)
-		}
-		return err
 	})
 }
 
@@ -219,12 +227,21 @@ func VerifyProgress(dir string, progress func(bytesHashed uint64)) error {
 	})
 }
 
-// Sign writes dir/checkpoint.hmac with the key store's key (created if there is none) in format
-// (SignatureDefault: the seed format, as nc_sign), calling progress as it hashes (may be nil).
-// Checkpoint signs by itself: this is for folders made otherwise.
+// Sign writes dir/checkpoint.hmac with the key store's HMAC key (created if there is none) in
+// format (SignatureDefault: the seed format, as nc_sign), calling progress as it hashes (may be
+// nil). Checkpoint signs by itself: this is for folders made otherwise.
 func Sign(dir string, format SignatureFormat, progress func(bytesHashed uint64)) error {
+	return SignAs(dir, format, SigningHMAC, progress)
+}
+
+// SignAs is Sign with the key store's key of kind signing (SigningDefault: HMAC), created if there
+// is none. SigningEd25519 in the seed format, which is HMAC-only, is ErrInvalid. Since 0.3.
+func SignAs(dir string, format SignatureFormat, signing Signing, progress func(bytesHashed uint64)) error {
 	if format == SignatureDefault {
 		format = SignatureSeed
+	}
+	if signing == SigningDefault {
+		signing = SigningHMAC
 	}
 	cdir, err := cString("checkpoint folder", dir)
 	if err != nil {
@@ -232,8 +249,34 @@ func Sign(dir string, format SignatureFormat, progress func(bytesHashed uint64))
 	}
 	defer C.free(unsafe.Pointer(cdir))
 	return withProgress(progress, func(h C.uintptr_t, e *C.nc_error) C.nc_status {
-		return C.nc_go_sign_ex_e(cdir, C.nc_signature_format(format), h, e)
+		return C.nc_go_sign_as_e(cdir, C.nc_signature_format(format), C.nc_signing(signing), h, e)
 	})
+}
+
+// SignerOf returns the kind of key that signed dir and, for Ed25519, the key's id (32 hex digits,
+// as PublicKey gives it; "" for HMAC), from its checkpoint.hmac alone: nothing is verified.
+// ErrIntegrity if dir is unsigned or its signature malformed. Since 0.3.
+func SignerOf(dir string) (signing Signing, keyID string, err error) {
+	cdir, err := cString("checkpoint folder", dir)
+	if err != nil {
+		return 0, "", err
+	}
+	defer C.free(unsafe.Pointer(cdir))
+	var s C.nc_signing
+	var id *C.char
+	if err := call(func(e *C.nc_error) C.nc_status { return C.nc_signer_of_e(cdir, &s, &id, e) }); err != nil {
+		return 0, "", err
+	}
+	return Signing(s), takeString(id), nil
+}
+
+// takeString copies a string the library allocated, and frees it ("" for NULL).
+func takeString(s *C.char) string {
+	if s == nil {
+		return ""
+	}
+	defer C.nc_free(unsafe.Pointer(s))
+	return C.GoString(s)
 }
 
 func withProgress(progress func(uint64), f func(h C.uintptr_t, e *C.nc_error) C.nc_status) error {
@@ -309,6 +352,39 @@ func Keygen() (created bool, err error) {
 	var c C.int
 	err = call(func(e *C.nc_error) C.nc_status { return C.nc_keygen_e(&c, e) })
 	return c != 0, err
+}
+
+// KeygenEd25519 creates the key store's Ed25519 key if there is none (created says whether this
+// call did) and trusts its public key on this host. The key is found as the README says
+// ($NUCLEUS_CHECKPOINT_ED25519_KEY_FILE first, else beside the HMAC key). Since 0.3.
+func KeygenEd25519() (created bool, err error) {
+	var c C.int
+	err = call(func(e *C.nc_error) C.nc_status { return C.nc_keygen_ed25519_e(&c, e) })
+	return c != 0, err
+}
+
+// PublicKey returns the key store's Ed25519 public key: text, the content of its public key file
+// for another host's TrustKey, and its key id (32 hex digits, as SignerOf reports it). ErrKey if
+// there is no key. Since 0.3.
+func PublicKey() (text, keyID string, err error) {
+	var t, id *C.char
+	if err := call(func(e *C.nc_error) C.nc_status { return C.nc_public_key_e(&t, &id, e) }); err != nil {
+		return "", "", err
+	}
+	return takeString(t), takeString(id), nil
+}
+
+// TrustKey adds a public key (PublicKey's text, from the signing host) to this host's trust folder
+// ($NUCLEUS_CHECKPOINT_TRUSTED_KEYS, else trusted-keys/ beside the HMAC key), creating it if
+// needed: checkpoints that key signs verify here from then on. ErrKey for text that is not a
+// public key. Since 0.3.
+func TrustKey(publicKeyText string) error {
+	text, err := cString("public key", publicKeyText)
+	if err != nil {
+		return err
+	}
+	defer C.free(unsafe.Pointer(text))
+	return call(func(e *C.nc_error) C.nc_status { return C.nc_trust_key_e(text, e) })
 }
 
 // SetMaxCheckpointBytes limits, process-wide, the bytes of files signing and verifying hash for one

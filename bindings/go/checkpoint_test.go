@@ -1,7 +1,8 @@
 // The package against the installed library, as root with the real CRIU (tests/go_binding_test.sh
 // runs it): errors and their statuses; a real process tree checkpointed, a tampered copy refused,
-// the tree restored and seen counting on; callbacks; and 64 goroutines failing at once, each
-// with its own message.
+// the tree restored and seen counting on; callbacks; 64 goroutines failing at once, each with its
+// own message; and the 0.3 calls: a tree dumped with Ed25519, moved as a transfer stream to a
+// receiver that holds only the public key, and restored there; pre-dumps; registry arguments.
 //
 // It needs NC_TEST_COUNTER (examples/counter) and NC_TEST_TMPDIR (a folder only root can change,
 // such as /var/tmp/nucleus-checkpoint-tests); without NC_TEST_COUNTER the tests that need CRIU skip.
@@ -74,13 +75,17 @@ func TestStatusesAndErrors(t *testing.T) {
 	// The ABI's values and names.
 	for i, s := range []checkpoint.Status{checkpoint.StatusOK, checkpoint.StatusInvalid, checkpoint.StatusPermission,
 		checkpoint.StatusNotFound, checkpoint.StatusState, checkpoint.StatusCRIU, checkpoint.StatusIntegrity,
-		checkpoint.StatusIO, checkpoint.StatusKey, checkpoint.StatusNoMem, checkpoint.StatusInternal} {
+		checkpoint.StatusIO, checkpoint.StatusKey, checkpoint.StatusNoMem, checkpoint.StatusInternal,
+		checkpoint.StatusUnsupported} {
 		if int(s) != i {
 			t.Errorf("status %v is %d, want %d", s, int(s), i)
 		}
 	}
 	if got := checkpoint.StatusIntegrity.String(); got != "NC_E_INTEGRITY" {
 		t.Errorf("StatusIntegrity.String() = %q", got)
+	}
+	if got := checkpoint.StatusUnsupported.String(); got != "NC_E_UNSUPPORTED" {
+		t.Errorf("StatusUnsupported.String() = %q", got)
 	}
 	if got := checkpoint.Status(42).String(); got != "nc_status(42)" {
 		t.Errorf("Status(42).String() = %q", got)

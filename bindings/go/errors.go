@@ -168,3 +168,24 @@ func (c *cStrings) free() {
 	}
 	*c = nil
 }
+
+// arg is a string argument of a call, and what it is (for the message refusing a NUL byte).
+type arg struct{ what, value string }
+
+// withArgs runs f with args copied for C, in their order, and opts built into a handle (nil: the
+// defaults); all are freed once f returns.
+func withArgs(opts *Options, args []arg, f func(c []*C.char, o *cOptions) error) error {
+	var strs cStrings
+	defer strs.free()
+	for _, a := range args {
+		if _, err := strs.add(a.what, a.value); err != nil {
+			return err
+		}
+	}
+	o, err := opts.build()
+	if err != nil {
+		return err
+	}
+	defer o.free()
+	return f(strs, o)
+}

@@ -59,6 +59,38 @@ func (f SignatureFormat) String() string {
 	return "SignatureFormat(" + strconv.Itoa(int(f)) + ")"
 }
 
+// Signing is the kind of key that signs a checkpoint (Options.Signing, SignAs, SignerOf).
+type Signing int
+
+const (
+	SigningDefault Signing = 0 // the library's default: SigningHMAC
+	// SigningHMAC is the key store's HMAC key: whoever verifies can also sign.
+	SigningHMAC Signing = 1
+	// SigningEd25519 is the key store's Ed25519 key: verified with its public key alone, by a host
+	// that trusts it (TrustKey). It needs SignatureChunked or SignatureManifest. Since 0.3.
+	SigningEd25519 Signing = 2
+)
+
+func (s Signing) String() string {
+	switch s {
+	case SigningDefault:
+		return "default"
+	case SigningHMAC:
+		return "hmac"
+	case SigningEd25519:
+		return "ed25519"
+	}
+	return "Signing(" + strconv.Itoa(int(s)) + ")"
+}
+
+// Compression is how Export compresses its stream; Import reads either. Since 0.3.
+type Compression int
+
+const (
+	CompressionNone Compression = 0 // the default
+	CompressionZstd Compression = 1 // zstd level 1
+)
+
 // NetworkLock is how CRIU keeps a network namespace's traffic out while it works.
 type NetworkLock int
 
@@ -144,6 +176,19 @@ type Options struct {
 	// dump is refused with ErrNotFound. 0: not checked.
 	StartTicks      uint64
 	SignatureFormat SignatureFormat // dump: the format to sign in; SignatureDefault: the manifest
+	// Signing is the key that signs (dump and Predump; since 0.3): SigningEd25519 makes a
+	// checkpoint that hosts holding only its public key verify.
+	Signing Signing
+
+	// Pre-dump chains (since 0.3; the README's "Pre-dump chains"). Parent is the pre-dump, a folder
+	// beside the new one, that a dump or Predump writes only the changes since; "": none.
+	Parent string
+	// AutoDedup punches the pages the new layer holds out of its parents' images (dump and Predump
+	// with a Parent), re-signing each parent afterwards.
+	AutoDedup bool
+
+	Compression      Compression // Export (since 0.3)
+	InsecureRegistry bool        // PushImage and PullImage: plain http, for localhost or a lab (since 0.3)
 
 	// Containers (CRIU's names; see checkpoint.h).
 	NoDetectContainer bool        // both: do not find and record the container's rootfs, mounts, namespaces
@@ -307,6 +352,19 @@ func (o *Options) build() (*cOptions, error) {
 	}
 	if o.SignatureFormat != SignatureDefault {
 		set(C.nc_options_set_signature_format(handle, C.nc_signature_format(o.SignatureFormat)))
+	}
+	if o.Signing != SigningDefault {
+		set(C.nc_options_set_signing(handle, C.nc_signing(o.Signing)))
+	}
+	setStr("parent", o.Parent, func(p *C.char) C.nc_status { return C.nc_options_set_parent(handle, p) })
+	if o.AutoDedup {
+		set(C.nc_options_set_auto_dedup(handle, 1))
+	}
+	if o.Compression != CompressionNone {
+		set(C.nc_options_set_compression(handle, C.nc_compression(o.Compression)))
+	}
+	if o.InsecureRegistry {
+		set(C.nc_options_set_insecure_registry(handle, 1))
 	}
 	if o.NoDetectContainer {
 		set(C.nc_options_set_detect_container(handle, 0))

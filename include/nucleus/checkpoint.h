@@ -222,6 +222,45 @@ NC_EXPORT nc_status nc_export(const char *dir, int fd, const nc_options *opts);
  * leaves nothing behind. opts may be NULL (none of its options apply yet). Since 0.3. */
 NC_EXPORT nc_status nc_import(int fd, const char *dir, const nc_options *opts);
 
+/* --- Migration: a process tree moved to another host over one connection, the README's
+ * "Migration". A cold migration: one final dump, no pre-dump rounds. The connection is neither
+ * encrypted nor authenticated (use a private network or a tunnel); the receiver restores only what
+ * a key it trusts signed. Since 0.3. --- */
+
+typedef struct nc_migration_report {
+  size_t size;                    /* set by the caller to sizeof(nc_migration_report); later versions only append */
+  unsigned long long downtime_ms; /* from the dump's start to the receiver's reply: the tree was stopped throughout */
+  unsigned long long dump_ms;     /* the dump, its signature and commit, here */
+  unsigned long long transfer_ms; /* the stream sent and imported (verified) by the receiver */
+  unsigned long long restore_ms;  /* the receiver's restore */
+  unsigned long long bytes_sent;  /* the stream's bytes the receiver acknowledged (TCP; 0 on other sockets) */
+  unsigned int rounds;            /* pre-dump rounds before the final dump (0: none are made yet) */
+  pid_t restored_pid;             /* the tree's root on the receiver, as the receiver numbers it */
+  char rounds_reason[512];        /* why rounds is what it is (NUL-terminated, cut to fit) */
+  char restored_dir[4096];        /* the checkpoint folder the receiver imported (NUL-terminated, cut to fit) */
+} nc_migration_report;
+
+/* Migrate: how long the stream may stall unacknowledged and, once sent, how long the receiver's
+ * reply (its import and restore) may take; default 300000 (5 minutes), 0 goes back to it. Since 0.3. */
+NC_EXPORT nc_status nc_options_set_reply_timeout_ms(nc_options *opts, unsigned int ms);
+/* Dumps the tree rooted at pid into the new checkpoint folder work_dir (signed in the manifest
+ * format, with opts' dump options and nc_options_set_signing) and keeps it stopped; sends it on
+ * connected_fd (a socket connected to a receiver: connect before, so that no receiver means no
+ * freeze) as nc_export does (nc_options_set_compression), ends the sending side and waits for the
+ * reply. On the receiver's "ok" the stopped tree is killed (it runs there now) and report is
+ * filled; on anything else (a refusal, the receiver gone, silent or reset) the tree resumes here
+ * and the receiver's error, when it sent one, is returned in its status. work_dir stays. report may
+ * be NULL. Since 0.3. */
+NC_EXPORT nc_status nc_migrate(nc_runtime *rt, const char *container_id, pid_t pid, const char *work_dir,
+                               int connected_fd, const nc_options *opts, nc_migration_report *report);
+/* The receiving end: reads one stream from connected_fd into a new folder under store_dir (verified
+ * chunk by chunk as nc_import does, committed only whole), restores it (opts' restore options) and
+ * writes the outcome back as one line of JSON, which reply_out (may be NULL) receives too, to free
+ * with nc_free: {"ok":true,"pid":N,"dir":"...","import_ms":N,"restore_ms":N} or
+ * {"ok":false,"status":N,"status_name":"NC_E_...","error":"..."}. Since 0.3. */
+NC_EXPORT nc_status nc_receive(nc_runtime *rt, int connected_fd, const char *store_dir, const nc_options *opts,
+                               pid_t *restored_pid, char **reply_out);
+
 /* --- Registry images: a checkpoint published as an OCI image (one tar layer holding the folder and
  * its signature, annotated as podman and CRI-O annotate checkpoint images) and pulled back into a
  * verified folder; the README's "Registry images". References are HOST[:PORT]/NAME[:TAG] (tag
@@ -471,6 +510,11 @@ NC_EXPORT nc_status nc_criu_version_e(const nc_runtime *rt, int *major, int *min
 NC_EXPORT nc_status nc_criu_check_e(const nc_runtime *rt, nc_error *err);
 NC_EXPORT nc_status nc_export_e(const char *dir, int fd, const nc_options *opts, nc_error *err); /* Since 0.3. */
 NC_EXPORT nc_status nc_import_e(int fd, const char *dir, const nc_options *opts, nc_error *err); /* Since 0.3. */
+NC_EXPORT nc_status nc_migrate_e(nc_runtime *rt, const char *container_id, pid_t pid, const char *work_dir,
+                                 int connected_fd, const nc_options *opts, nc_migration_report *report,
+                                 nc_error *err); /* Since 0.3. */
+NC_EXPORT nc_status nc_receive_e(nc_runtime *rt, int connected_fd, const char *store_dir, const nc_options *opts,
+                                 pid_t *restored_pid, char **reply_out, nc_error *err); /* Since 0.3. */
 NC_EXPORT nc_status nc_push_image_e(const char *dir, const char *reference, const nc_options *opts, char **digest_out,
                                     nc_error *err); /* Since 0.3. */
 NC_EXPORT nc_status nc_pull_image_e(const char *reference, const char *dir, const nc_options *opts,

@@ -154,17 +154,23 @@ std::vector<ChainLayer> verified_parents(const CheckpointDir& cd, const fs::path
 // CRIU tracks memory through the kernel's soft-dirty bits; without them its pre-dump aborts and a
 // dump with --track-mem is refused, so a chain cannot be made at all.
 void require_memory_tracking(int binary_fd) {
-  const ProcessResult r =
-      run_process(binary_fd, "criu", {"check", "--feature", "mem_dirty_track"}, {}, criu_environment());
-  if (r.succeeded()) return;
-  const std::vector<std::string> said = criu_error_lines(r.output);
-  throw Error(Status::criu, fmt::format("this kernel does not track which memory a process changes (it needs "
-                                        "CONFIG_MEM_SOFT_DIRTY; criu check --feature mem_dirty_track said: {}), so "
-                                        "CRIU can neither pre-dump nor dump on a parent: make a full dump instead",
-                                        said.empty() ? r.describe() : said.front()));
+  if (const std::optional<std::string> missing = memory_tracking_missing(binary_fd))
+    throw Error(Status::criu, fmt::format("{}, so CRIU can neither pre-dump nor dump on a parent: make a full dump "
+                                          "instead",
+                                          *missing));
 }
 
 }  // namespace
+
+std::optional<std::string> memory_tracking_missing(int criu_binary_fd) {
+  const ProcessResult r =
+      run_process(criu_binary_fd, "criu", {"check", "--feature", "mem_dirty_track"}, {}, criu_environment());
+  if (r.succeeded()) return std::nullopt;
+  const std::vector<std::string> said = criu_error_lines(r.output);
+  return fmt::format("this kernel does not track which memory a process changes (it needs CONFIG_MEM_SOFT_DIRTY; "
+                     "criu check --feature mem_dirty_track said: {})",
+                     said.empty() ? r.describe() : said.front());
+}
 
 void CriuRuntime::predump(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options,
                           SignatureFormat format) {
@@ -188,6 +194,11 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
 
 void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options,
                        SignatureFormat format, bool predump) {
+  dump(container, dir, options, format, predump, {});
+}
+
+void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options,
+                       SignatureFormat format, bool predump, const std::function<void()>& hand_over) {
   require_root(predump ? "Pre-dump" : "Checkpoint");
   if (format != SignatureFormat::seed && format != SignatureFormat::chunked && format != SignatureFormat::manifest)
     throw Error(Status::invalid, fmt::format("unknown signature format {}", static_cast<int>(format)));
@@ -315,6 +326,7 @@ void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, cons
       else if (ed25519) sign_chunked(cd.dir(), *ed25519, {}, &started, &twins, format);
       else sign_chunked(cd.dir(), key, {}, &started, &twins, format);
       cd.commit();
+      if (hand_over) hand_over();  // a migration: the tree ends only once it runs elsewhere
     } catch (...) {
       if (!running) tree.signal(SIGCONT);
       throw;

@@ -237,8 +237,14 @@ RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions
     // While the restored tree is still stopped (pre-resume), whatever CRIU did not read whole is
     // verified too: the tree runs only if the whole checkpoint is as signed.
     ImageServer* server = nullptr;
+    // The restored tree as it stood at pre-resume, still stopped: a refused restore returns only
+    // once it has died, so that nothing of it is left running when the caller hears of the refusal.
+    std::optional<ProcessTree> stopped;
     const NotifyCallback notify = !manifest ? options.notify : [&](const NotifyEvent& event) {
-      if (event.what == CriuNotification::pre_resume) server->verify_rest();
+      if (event.what == CriuNotification::pre_resume) {
+        if (event.pid > 0) stopped = ProcessTree::open(event.pid);
+        server->verify_rest();
+      }
       return !options.notify || options.notify(event);
     };
     // Only pre-resume, unless the caller asked for notifications: each one is a round trip.
@@ -251,6 +257,7 @@ RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions
     for (;;) {
       ::unlinkat(work.dir, "restore.pid", 0);
       std::optional<ImageServer> stream;
+      stopped.reset();
       if (manifest) {
         stream.emplace(images.get(), *manifest);
         server = &*stream;
@@ -259,12 +266,16 @@ RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions
       const ProcessResult r =
           run_process(binary_fd_, "criu", args, fds, criu_environment(), options.timeout, ProcessGroup::caller,
                       notifications.watch());
-      // A byte not as signed stopped the restore before the tree ran, whatever CRIU reports.
-      if (stream) refuse_unverified(*stream, dir);
       // CRIU writes the pidfile once the tree is restored; killed at its timeout after that, the
       // tree runs and the restore has succeeded.
-      if (r.succeeded_by(r.status_lost ? log_tail(work.dir, "restore.log") : "", "Restore finished successfully") ||
-          (r.timed_out && restored_tree_runs(work.dir))) {
+      const bool succeeded =
+          r.succeeded_by(r.status_lost ? log_tail(work.dir, "restore.log") : "", "Restore finished successfully") ||
+          (r.timed_out && restored_tree_runs(work.dir));
+      // Refused at pre-resume, CRIU kills what it restored: wait until that has died.
+      if (stopped && (!succeeded || !stream->verified())) stopped->kill();
+      // A byte not as signed stopped the restore before the tree ran, whatever CRIU reports.
+      if (stream) refuse_unverified(*stream, dir);
+      if (succeeded) {
         // CRIU lets the tree run whatever a post-resume script answers; the library killed it.
         if (const std::string refusal = notifications.refusal(); !refusal.empty())
           throw Error(Status::criu, fmt::format("{}; the restored tree was killed. The checkpoint is unchanged and can "

@@ -41,6 +41,10 @@ inline void verify_whole(int dir_fd, const std::optional<HmacKey>& key) {
   else HmacTree::verify(dir_fd, KeyStore());
 }
 
+// Why CRIU cannot track the memory a process changes here (pre-dump, dump on a parent), or nullopt
+// if it can: `criu check --feature mem_dirty_track`'s words (it needs CONFIG_MEM_SOFT_DIRTY).
+std::optional<std::string> memory_tracking_missing(int criu_binary_fd);
+
 // Throws Error(Status::permission) unless the caller is root.
 void require_root(std::string_view operation);
 

@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/openat2.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -92,10 +93,14 @@ UniqueFd open_trusted_path(const std::string& path, int flags, std::string_view 
 
 UniqueFd open_beneath(int dir_fd, const std::string& rel, std::string_view what) {
   open_how how{};
-  how.flags = static_cast<std::uint64_t>(O_RDONLY | O_NOCTTY | O_CLOEXEC);
+  how.flags = static_cast<std::uint64_t>(O_RDONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
   how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
   UniqueFd fd(static_cast<int>(::syscall(SYS_openat2, dir_fd, rel.c_str(), &how, sizeof how)));
   if (!fd) throw system_error(status_of_errno(errno), errno, fmt::format("cannot open {} '{}'", what, rel));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) throw system_error(Status::io, errno, fmt::format("cannot stat {} '{}'", what, rel));
+  if (!S_ISREG(st.st_mode))
+    throw Error(Status::integrity, fmt::format("{} '{}' is not a regular file: refusing it", what, rel));
   return fd;
 }
 

@@ -37,8 +37,10 @@ std::optional<std::filesystem::path> folder_others_can_change(const std::filesys
 // could change (so what was opened stays what the name means). `what` names it in errors.
 UniqueFd open_trusted_path(const std::string& path, int flags, std::string_view what);
 
-// Opens `rel` (a relative '/'-joined path) below the folder open at dir_fd read-only, with no
-// symlink anywhere and never leaving that folder (openat2 RESOLVE_BENEATH). `what` names it in errors.
+// Opens the regular file `rel` (a relative '/'-joined path) below the folder open at dir_fd
+// read-only, with no symlink anywhere and never leaving that folder (openat2 RESOLVE_BENEATH).
+// Anything else there is refused with Status::integrity, without blocking: a FIFO swapped in by
+// whoever can write the folder would otherwise hold the open forever. `what` names it in errors.
 UniqueFd open_beneath(int dir_fd, const std::string& rel, std::string_view what);
 
 // Opens an existing folder; the last component must not be a symlink. `what` names it in errors.

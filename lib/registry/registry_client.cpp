@@ -120,7 +120,7 @@ RegistryClient::Response RegistryClient::perform(Request& request) const {
   } context{request, response, c, nullptr};
 
   curl_easy_setopt(c, CURLOPT_URL, request.url.c_str());
-  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, options_.insecure ? "http" : "https");
+  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, options_.insecure ? "http,https" : "https");
   curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, options_.insecure ? "http,https" : "https");
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(c, CURLOPT_USERAGENT, "nucleus-checkpoint/" NC_VERSION_STRING);

@@ -42,6 +42,12 @@ std::vector<std::vector<Sha256::Digest>> parse_manifest(std::string_view text) {
   constexpr std::size_t digits = 2 * std::tuple_size_v<Sha256::Digest>;
   std::vector<std::vector<Sha256::Digest>> manifest;
   for (std::size_t line = 1; !text.empty(); ++line) {
+    // A line per file, and no tree has more files than entries: checked before the line is kept,
+    // since an empty line costs its text one byte and the manifest a vector.
+    if (line > HmacTree::max_entries)
+      throw malformed(fmt::format("the manifest has more than {} lines, one for each file of a tree of at most {} "
+                                  "entries",
+                                  HmacTree::max_entries, HmacTree::max_entries));
     const auto end = text.find('\n');
     if (end == std::string_view::npos) throw malformed(fmt::format("manifest line {} is unterminated", line));
     const std::string_view hex = text.substr(0, end);

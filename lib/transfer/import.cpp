@@ -52,6 +52,11 @@ bool is_plain_path(std::string_view rel) {
   }
 }
 
+// The listing's paths are held until it is authenticated: within HmacTree's limits alone they
+// could reach 4 GiB (a million 4096-byte paths), sent as a few MiB of zstd. 128 MiB is an average
+// of 134 bytes over the most entries a tree may have.
+constexpr std::uint64_t max_listing_path_bytes = std::uint64_t{128} << 20;
+
 // The listing as it arrives, held to what the walk of a checkpoint folder could have produced
 // before anything is spent on it: plain relative names, each folder listed before its contents,
 // the names in each folder in byte order and each once, within HmacTree's limits.
@@ -62,6 +67,11 @@ class ListingCheck {
       throw integrity(fmt::format("the transfer stream lists more than {} entries, the limit on a checkpoint tree",
                                   HmacTree::max_entries));
     ++entries_;
+    path_bytes_ += rel.size();
+    if (path_bytes_ > max_listing_path_bytes)
+      throw integrity(fmt::format("the transfer stream lists paths adding up to more than {} bytes, more than an "
+                                  "importer holds before the listing is authenticated; refused",
+                                  max_listing_path_bytes));
     std::string shown = to_valid_utf8(rel.substr(0, 256));  // quoted for the operator: no controls
     std::replace_if(shown.begin(), shown.end(), [](char c) { return c >= 0 && c < 0x20; }, '?');
     if (!is_plain_path(rel))
@@ -107,6 +117,7 @@ class ListingCheck {
   };
   std::vector<Level> levels_{Level{}};
   std::size_t entries_ = 0;
+  std::uint64_t path_bytes_ = 0;
   std::uint64_t bytes_ = 0;
   const std::uint64_t max_bytes_ = HmacTree::max_total_bytes();
 };

@@ -6,6 +6,7 @@
 #include <compare>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -54,6 +55,9 @@ struct CriuVersion {
   }
   bool operator==(const CriuVersion& o) const { return (*this <=> o) == 0; }
 };
+
+struct MigrateOptions;
+struct MigrationReport;
 
 class NC_EXPORT CriuRuntime {
  public:
@@ -120,6 +124,12 @@ class NC_EXPORT CriuRuntime {
   Ed25519SecretKey ed25519_signing_key() const;
   void dump(const ContainerInfo& container, const std::filesystem::path& dir, const CriuOptions& options,
             SignatureFormat format, bool predump);
+  // hand_over, if given, runs once the checkpoint is committed, while the tree is still stopped: the
+  // tree is killed if it returns, resumed if it throws (a migration's, nucleus/checkpoint/migrate.hpp).
+  void dump(const ContainerInfo& container, const std::filesystem::path& dir, const CriuOptions& options,
+            SignatureFormat format, bool predump, const std::function<void()>& hand_over);
+  friend MigrationReport migrate(CriuRuntime&, const ContainerInfo&, const std::filesystem::path&, int,
+                                 const MigrateOptions&);
   RestoredTree restore_tracked(const std::filesystem::path& dir, const CriuOptions& options, bool track);
 
   std::filesystem::path binary_;

@@ -83,6 +83,21 @@ pub const NC_ANNOTATION_VALUE_MAX: c_uint = 65536;
 pub const NC_RUNTIME_FILE_MAX: c_uint = 1048576;
 pub const NC_RUNTIME_FILE_NAME_MAX: c_uint = 255;
 
+/// nc_migrate's report; set `size` to `size_of::<nc_migration_report>()` before the call.
+#[repr(C)]
+pub struct nc_migration_report {
+    pub size: size_t,
+    pub downtime_ms: c_ulonglong,
+    pub dump_ms: c_ulonglong,
+    pub transfer_ms: c_ulonglong,
+    pub restore_ms: c_ulonglong,
+    pub bytes_sent: c_ulonglong,
+    pub rounds: c_uint,
+    pub restored_pid: pid_t,
+    pub rounds_reason: [c_char; 512],
+    pub restored_dir: [c_char; 4096],
+}
+
 /// Called on the calling thread with the running total of bytes hashed. Must not unwind.
 pub type nc_progress_fn = Option<unsafe extern "C" fn(bytes_hashed: c_ulonglong, user: *mut c_void)>;
 /// Called on the calling thread while CRIU waits; 0 goes on. Must not unwind.
@@ -143,6 +158,11 @@ extern "C" {
     pub fn nc_options_set_compression(opts: *mut nc_options, compression: nc_compression) -> nc_status;
     pub fn nc_export(dir: *const c_char, fd: c_int, opts: *const nc_options) -> nc_status;
     pub fn nc_import(fd: c_int, dir: *const c_char, opts: *const nc_options) -> nc_status;
+    pub fn nc_options_set_reply_timeout_ms(opts: *mut nc_options, ms: c_uint) -> nc_status;
+    pub fn nc_migrate(rt: *mut nc_runtime, container_id: *const c_char, pid: pid_t, work_dir: *const c_char,
+                      connected_fd: c_int, opts: *const nc_options, report: *mut nc_migration_report) -> nc_status;
+    pub fn nc_receive(rt: *mut nc_runtime, connected_fd: c_int, store_dir: *const c_char, opts: *const nc_options,
+                      restored_pid: *mut pid_t, reply_out: *mut *mut c_char) -> nc_status;
     pub fn nc_options_set_insecure_registry(opts: *mut nc_options, on: c_int) -> nc_status;
     pub fn nc_push_image(dir: *const c_char, reference: *const c_char, opts: *const nc_options,
                          digest_out: *mut *mut c_char) -> nc_status;
@@ -321,6 +341,11 @@ extern "C" {
     pub fn nc_criu_check_e(rt: *const nc_runtime, err: *mut nc_error) -> nc_status;
     pub fn nc_export_e(dir: *const c_char, fd: c_int, opts: *const nc_options, err: *mut nc_error) -> nc_status;
     pub fn nc_import_e(fd: c_int, dir: *const c_char, opts: *const nc_options, err: *mut nc_error) -> nc_status;
+    pub fn nc_migrate_e(rt: *mut nc_runtime, container_id: *const c_char, pid: pid_t, work_dir: *const c_char,
+                        connected_fd: c_int, opts: *const nc_options, report: *mut nc_migration_report,
+                        err: *mut nc_error) -> nc_status;
+    pub fn nc_receive_e(rt: *mut nc_runtime, connected_fd: c_int, store_dir: *const c_char, opts: *const nc_options,
+                        restored_pid: *mut pid_t, reply_out: *mut *mut c_char, err: *mut nc_error) -> nc_status;
     pub fn nc_push_image_e(dir: *const c_char, reference: *const c_char, opts: *const nc_options,
                            digest_out: *mut *mut c_char, err: *mut nc_error) -> nc_status;
     pub fn nc_pull_image_e(reference: *const c_char, dir: *const c_char, opts: *const nc_options,

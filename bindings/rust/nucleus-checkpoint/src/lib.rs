@@ -1,6 +1,8 @@
-//! Checkpoint and restore Linux process trees through CRIU, with every checkpoint signed by
-//! HMAC-SHA256 and verified before CRIU reads it: a safe API over libnucleuscheckpoint's C ABI
-//! (the raw one is the `nucleus-checkpoint-sys` crate).
+//! Checkpoint and restore Linux process trees through CRIU, with every checkpoint signed
+//! (HMAC-SHA256, or Ed25519 for hosts that hold only the public key) and verified before CRIU reads
+//! it: a safe API over libnucleuscheckpoint's C ABI (the raw one is the `nucleus-checkpoint-sys`
+//! crate). Checkpoints move between hosts as verified streams ([`export`], [`import`]) or
+//! registry images ([`push_image`], [`pull_image`]).
 //!
 //! - Every fallible call returns [`Result`], whose [`Error`] carries the C ABI's [`Status`], the
 //!   library's message, and CRIU's exit code and `Error` lines where CRIU's run failed. Each call
@@ -43,12 +45,14 @@ mod callback;
 mod error;
 mod options;
 mod runtime;
+mod transfer;
 mod types;
 
 pub use error::{Error, Result, Status};
 pub use options::Options;
 pub use runtime::{CriuVersion, RestoredTree, Runtime};
-pub use types::{CgroupMode, NetworkLock, Notification, RestoreMode, SignatureFormat};
+pub use transfer::{export, import, pull_image, push_image};
+pub use types::{CgroupMode, Compression, NetworkLock, Notification, RestoreMode, SignatureFormat, Signing};
 
 use callback::Progress;
 use error::call;
@@ -72,22 +76,66 @@ pub fn sign(dir: impl AsRef<Path>) -> Result<()> {
     call(|err| unsafe { sys::nc_sign_e(dir.as_ptr(), err) })
 }
 
-/// Signs `dir` in `format`, calling `progress` with the running total of bytes hashed, on this
-/// thread (`nc_sign_ex`). A panic in `progress` is caught and is the call's error.
-pub fn sign_with_progress<F: FnMut(u64)>(dir: impl AsRef<Path>, format: SignatureFormat, mut progress: F) -> Result<()> {
+/// Signs `dir` in `format` with the HMAC key, calling `progress` with the running total of bytes
+/// hashed, on this thread (`nc_sign_ex`). A panic in `progress` is caught and is the call's error.
+pub fn sign_with_progress<F: FnMut(u64)>(dir: impl AsRef<Path>, format: SignatureFormat, progress: F) -> Result<()> {
+    sign_as_with_progress(dir, format, Signing::HMAC, progress)
+}
+
+/// Signs `dir` in `format` with the HMAC key (`nc_sign_ex`).
+pub fn sign_format(dir: impl AsRef<Path>, format: SignatureFormat) -> Result<()> {
+    sign_as(dir, format, Signing::HMAC)
+}
+
+/// Signs `dir` in `format` with the key store's key of kind `signing`, created if there is none
+/// (`nc_sign_as`): `Status::INVALID` for Ed25519 in the seed format, which is HMAC-only. Since 0.3.
+pub fn sign_as(dir: impl AsRef<Path>, format: SignatureFormat, signing: Signing) -> Result<()> {
+    let dir = args::path("dir", dir.as_ref())?;
+    // SAFETY: a C string; no progress.
+    call(|err| unsafe { sys::nc_sign_as_e(dir.as_ptr(), format.0, signing.0, None, ptr::null_mut(), err) })
+}
+
+/// [`sign_as`], calling `progress` with the running total of bytes hashed, on this thread. A panic
+/// in `progress` is caught and is the call's error. Since 0.3.
+pub fn sign_as_with_progress<F: FnMut(u64)>(
+    dir: impl AsRef<Path>,
+    format: SignatureFormat,
+    signing: Signing,
+    mut progress: F,
+) -> Result<()> {
     let dir = args::path("dir", dir.as_ref())?;
     let mut state = Progress::new(&mut progress);
     let user = state.user();
     // SAFETY: a C string; user points to state, alive across the call.
-    let outcome = call(|err| unsafe { sys::nc_sign_ex_e(dir.as_ptr(), format.0, Progress::callback(), user, err) });
+    let outcome =
+        call(|err| unsafe { sys::nc_sign_as_e(dir.as_ptr(), format.0, signing.0, Progress::callback(), user, err) });
     state.finish(outcome)
 }
 
-/// Signs `dir` in `format` (`nc_sign_ex`).
-pub fn sign_format(dir: impl AsRef<Path>, format: SignatureFormat) -> Result<()> {
+/// Which kind of key signed `dir` and, for Ed25519, the key's id (32 hex digits, as
+/// [`public_key`] gives it), read from its checkpoint.hmac alone: nothing is verified
+/// (`nc_signer_of`). `Status::INTEGRITY` if it is unsigned or malformed. Since 0.3.
+pub fn signer_of(dir: impl AsRef<Path>) -> Result<(Signing, Option<String>)> {
     let dir = args::path("dir", dir.as_ref())?;
-    // SAFETY: a C string; no progress.
-    call(|err| unsafe { sys::nc_sign_ex_e(dir.as_ptr(), format.0, None, ptr::null_mut(), err) })
+    let mut signing = 0;
+    let mut key_id: *mut c_char = ptr::null_mut();
+    // SAFETY: a C string and valid out pointers.
+    call(|err| unsafe { sys::nc_signer_of_e(dir.as_ptr(), &mut signing, &mut key_id, err) })?;
+    // SAFETY: NULL, or the library's string, ours to free.
+    Ok((Signing(signing), unsafe { take_string(key_id) }))
+}
+
+/// A string the library allocated, copied and freed; `None` for NULL.
+///
+/// # Safety
+/// `s` is NULL or a NUL-terminated string from the library, not used afterwards.
+unsafe fn take_string(s: *mut c_char) -> Option<String> {
+    if s.is_null() {
+        return None;
+    }
+    let text = error::c_string(s);
+    sys::nc_free(s as *mut _);
+    Some(text)
 }
 
 /// Ok if `dir` verifies, in whichever format it is signed; `Status::INTEGRITY` if it was changed,
@@ -127,12 +175,8 @@ pub fn read_metadata(dir: impl AsRef<Path>) -> Result<String> {
     let mut json: *mut c_char = ptr::null_mut();
     // SAFETY: a C string and a valid out pointer.
     call(|err| unsafe { sys::nc_read_metadata_e(dir.as_ptr(), &mut json, err) })?;
-    // SAFETY: the library's NUL-terminated string, freed with nc_free once copied.
-    unsafe {
-        let text = error::c_string(json);
-        sys::nc_free(json as *mut _);
-        Ok(text)
-    }
+    // SAFETY: the library's string, ours to free.
+    Ok(unsafe { take_string(json) }.unwrap_or_default())
 }
 
 /// Process-wide: at most `bytes` of files hashed for one checkpoint; 0 goes back to the default
@@ -171,4 +215,44 @@ pub fn keygen() -> Result<bool> {
     // SAFETY: a valid out pointer.
     call(|err| unsafe { sys::nc_keygen_e(&mut created, err) })?;
     Ok(created != 0)
+}
+
+/// Creates the key store's Ed25519 key if there is none, and trusts its public key on this host;
+/// true if this call created it (`nc_keygen_ed25519`). It is found as the README says
+/// (`$NUCLEUS_CHECKPOINT_ED25519_KEY_FILE`, else beside the HMAC key). Since 0.3.
+pub fn keygen_ed25519() -> Result<bool> {
+    let mut created: c_int = 0;
+    // SAFETY: a valid out pointer.
+    call(|err| unsafe { sys::nc_keygen_ed25519_e(&mut created, err) })?;
+    Ok(created != 0)
+}
+
+/// The key store's Ed25519 public key, from [`public_key`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKey {
+    /// The text of its public key file, for another host's [`trust_key`].
+    pub text: String,
+    /// Its key id, 32 hex digits, as [`signer_of`] reports it.
+    pub key_id: String,
+}
+
+/// The key store's Ed25519 public key (`nc_public_key`); `Status::KEY` if there is no key.
+/// Since 0.3.
+pub fn public_key() -> Result<PublicKey> {
+    let (mut text, mut key_id): (*mut c_char, *mut c_char) = (ptr::null_mut(), ptr::null_mut());
+    // SAFETY: valid out pointers.
+    call(|err| unsafe { sys::nc_public_key_e(&mut text, &mut key_id, err) })?;
+    // SAFETY: the library's strings, ours to free.
+    let (text, key_id) = unsafe { (take_string(text), take_string(key_id)) };
+    Ok(PublicKey { text: text.unwrap_or_default(), key_id: key_id.unwrap_or_default() })
+}
+
+/// Adds a public key ([`PublicKey::text`], from the signing host) to this host's trust folder
+/// (`$NUCLEUS_CHECKPOINT_TRUSTED_KEYS`, else `trusted-keys/` beside the HMAC key), creating it if
+/// needed: checkpoints that key signs verify here from then on (`nc_trust_key`). `Status::KEY` for
+/// text that is not a public key. Since 0.3.
+pub fn trust_key(public_key_text: &str) -> Result<()> {
+    let text = args::text("public key", public_key_text)?;
+    // SAFETY: a C string.
+    call(|err| unsafe { sys::nc_trust_key_e(text.as_ptr(), err) })
 }

@@ -10,7 +10,7 @@ use nucleus_checkpoint_sys as sys;
 use crate::args;
 use crate::callback::{notify_trampoline, NotifyFn};
 use crate::error::{call, Error, Result};
-use crate::types::{CgroupMode, NetworkLock, Notification, RestoreMode, SignatureFormat};
+use crate::types::{CgroupMode, Compression, NetworkLock, Notification, RestoreMode, SignatureFormat, Signing};
 
 /// CRIU's options for a dump or a restore (`nc_options`), with the defaults when made: shell-job
 /// on, log level 4, no timeout, the default signature (manifest), a detached and streamed restore.
@@ -106,6 +106,13 @@ impl Options {
         evasive_devices => nc_options_set_evasive_devices,
         /// Both: let CRIU read its default config files (off by default).
         use_default_config => nc_options_set_use_default_config,
+        /// Dump and pre-dump with a [`parent`](Self::parent): CRIU's `--auto-dedup`, which punches
+        /// the pages the new layer holds out of its parents' images; the library re-signs each
+        /// parent afterwards. Since 0.3.
+        auto_dedup => nc_options_set_auto_dedup,
+        /// [`crate::push_image`] and [`crate::pull_image`]: plain http, for a registry on
+        /// localhost or a lab network (the default is https). Since 0.3.
+        insecure_registry => nc_options_set_insecure_registry,
     }
 
     /// Both: CRIU's `--manage-cgroups`.
@@ -157,6 +164,27 @@ impl Options {
     pub fn signature_format(&mut self, format: SignatureFormat) -> Result<&mut Self> {
         // SAFETY: live handle; any value is checked by the library.
         self.set(|o| unsafe { sys::nc_options_set_signature_format(o, format.0) })
+    }
+
+    /// Dump and pre-dump: the key that signs (default [`Signing::HMAC`]); [`Signing::ED25519`]
+    /// needs the chunked or manifest format. Since 0.3.
+    pub fn signing(&mut self, signing: Signing) -> Result<&mut Self> {
+        // SAFETY: live handle; any value is checked by the library.
+        self.set(|o| unsafe { sys::nc_options_set_signing(o, signing.0) })
+    }
+
+    /// Dump and pre-dump: the pre-dump, a folder beside the new one, to write only the changes
+    /// since (README, "Pre-dump chains"); `None`: none. Since 0.3.
+    pub fn parent(&mut self, dir: Option<&Path>) -> Result<&mut Self> {
+        let dir = dir.map(|p| args::path("parent", p)).transpose()?;
+        // SAFETY: live handle; NULL or a C string.
+        self.set(|o| unsafe { sys::nc_options_set_parent(o, opt_ptr(&dir)) })
+    }
+
+    /// Export: how the stream is compressed (default [`Compression::NONE`]). Since 0.3.
+    pub fn compression(&mut self, compression: Compression) -> Result<&mut Self> {
+        // SAFETY: live handle; any value is checked by the library.
+        self.set(|o| unsafe { sys::nc_options_set_compression(o, compression.0) })
     }
 
     /// Restore: the container's rootfs, an absolute path (`--root`); `None`: the recorded one.

@@ -1,6 +1,6 @@
 //! `Runtime`: a validated CRIU (`nc_runtime`), and what it dumps and restores.
 use std::io;
-use std::os::raw::c_int;
+use std::os::raw::{c_char, c_int};
 use std::os::unix::io::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::ptr;
@@ -98,7 +98,7 @@ impl From<RestoredTree> for OwnedFd {
     }
 }
 
-fn options_ptr(options: Option<&Options>) -> *const sys::nc_options {
+pub(crate) fn options_ptr(options: Option<&Options>) -> *const sys::nc_options {
     options.map_or(ptr::null(), |o| o.as_ptr())
 }
 
@@ -152,12 +152,48 @@ impl Runtime {
         dir: impl AsRef<Path>,
         options: Option<&Options>,
     ) -> Result<()> {
+        self.dump(sys::nc_checkpoint_ex_e, container_id, pid, dir.as_ref(), options)
+    }
+
+    /// CRIU's pre-dump of the running tree rooted at `pid` into the new folder `dir` (absent or
+    /// empty): its memory, signed (chunked or manifest format) and marked a pre-dump; the tree runs
+    /// on (`nc_predump`). A later pre-dump or [`checkpoint`](Self::checkpoint) with
+    /// [`Options::parent`] naming this folder (a sibling of theirs) writes only the memory changed
+    /// since; restoring the last layer verifies the whole chain. A pre-dump is never restored
+    /// alone. Needs a kernel that tracks changed memory (`CONFIG_MEM_SOFT_DIRTY`): elsewhere
+    /// `Status::CRIU`, saying so, and nothing is made. Since 0.3.
+    pub fn predump(
+        &mut self,
+        container_id: &str,
+        pid: libc::pid_t,
+        dir: impl AsRef<Path>,
+        options: Option<&Options>,
+    ) -> Result<()> {
+        self.dump(sys::nc_predump_e, container_id, pid, dir.as_ref(), options)
+    }
+
+    /// A dump-like `_e` call (`nc_checkpoint_ex_e`, `nc_predump_e`) of the tree at `pid` into `dir`.
+    fn dump(
+        &mut self,
+        f: unsafe extern "C" fn(
+            *mut sys::nc_runtime,
+            *const c_char,
+            libc::pid_t,
+            *const c_char,
+            *const sys::nc_options,
+            *mut sys::nc_error,
+        ) -> sys::nc_status,
+        container_id: &str,
+        pid: libc::pid_t,
+        dir: &Path,
+        options: Option<&Options>,
+    ) -> Result<()> {
         let id = args::text("container id", container_id)?;
-        let dir = args::path("checkpoint dir", dir.as_ref())?;
+        let dir = args::path("checkpoint dir", dir)?;
         let opts = options_ptr(options);
         with_notify_panics(|| {
             // SAFETY: live handles, C strings; the options outlive the call.
-            call(|err| unsafe { sys::nc_checkpoint_ex_e(self.raw, id.as_ptr(), pid, dir.as_ptr(), opts, err) })
+            call(|err| unsafe { f(self.raw, id.as_ptr(), pid, dir.as_ptr(), opts, err) })
         })
     }
 

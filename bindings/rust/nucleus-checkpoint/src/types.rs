@@ -53,6 +53,28 @@ int_enum! {
 }
 
 int_enum! {
+    /// The kind of key that signs a checkpoint (`nc_signing`). Since 0.3.
+    Signing {
+        /// The key store's HMAC key: whoever verifies can also sign (the default).
+        HMAC = sys::NC_SIGNING_HMAC,
+        /// The key store's Ed25519 key: verified with its public key alone, by a host that trusts
+        /// it ([`crate::trust_key`]). Needs the chunked or manifest format.
+        ED25519 = sys::NC_SIGNING_ED25519,
+    }
+}
+
+int_enum! {
+    /// How [`crate::export`] compresses its stream (`nc_compression`); an import reads either.
+    /// Since 0.3.
+    Compression {
+        /// The default.
+        NONE = sys::NC_COMPRESSION_NONE,
+        /// zstd level 1.
+        ZSTD = sys::NC_COMPRESSION_ZSTD,
+    }
+}
+
+int_enum! {
     /// CRIU's `--manage-cgroups` mode (`nc_cgroup_mode`).
     CgroupMode {
         DEFAULT = sys::NC_CGROUP_DEFAULT,

@@ -1,7 +1,10 @@
 //! The safe API against the installed library and the real CRIU, as root: a real process tree
 //! (examples/counter) checkpointed, a tampered copy refused with Status::INTEGRITY, the tree
 //! restored and counting on; CRIU's own failures with its exit code and lines; 32 threads x 200
-//! failing calls each getting exactly their own message; callbacks whose panics become errors.
+//! failing calls each getting exactly their own message; callbacks whose panics become errors;
+//! and the 0.3 calls: a tree dumped with Ed25519 on a "signer" key store, moved as transfer streams
+//! to a "receiver" key store that holds only the public key and restored there, a stream with a
+//! flipped byte refused with nothing left, pre-dumps, registry arguments.
 //!
 //! Run by tests/rust_binding_test.sh, which sets NC_RUST_TEST_DIR (a private folder under
 //! /var/tmp/nucleus-checkpoint-tests), NUCLEUS_CHECKPOINT_HMAC_KEY_FILE (in a 0700 folder) and
@@ -19,8 +22,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nucleus_checkpoint::{
-    keygen, key_path, read_metadata, sign_with_progress, signature_format_of, verify, verify_with_progress, Error,
-    Notification, Options, RestoreMode, Runtime, SignatureFormat, Status,
+    export, import, keygen, keygen_ed25519, key_path, public_key, pull_image, push_image, read_metadata, sign_as,
+    sign_with_progress, signature_format_of, signer_of, trust_key, verify, verify_with_progress, Compression, Error,
+    Notification, Options, RestoreMode, Runtime, SignatureFormat, Signing, Status,
 };
 
 /// The tests reap as a subreaper with waitpid(-1): one at a time, so none reaps another's child.
@@ -101,6 +105,17 @@ impl Drop for KillOnDrop {
         unsafe { libc::kill(-self.0, libc::SIGKILL) };
         reap();
     }
+}
+
+/// Waits for the counter a dump killed, and reaps its child too: a zombie holds a PID the restore
+/// needs.
+fn wait_dumped(child: &mut Child) {
+    let pid = child.id() as i32;
+    child.wait().unwrap();
+    assert!(wait_until(10, || {
+        reap();
+        !alive(pid)
+    }));
 }
 
 /// Kills the tree rooted at `pid` (its own process group) and reaps it.
@@ -269,11 +284,7 @@ fn criu_failure_carries_exit_code_and_lines() {
     let _cleanup = KillOnDrop(pid);
     let mut rt = Runtime::new().unwrap();
     rt.checkpoint("rust-file-gone", pid, &checkpoint, None).unwrap();
-    child.wait().unwrap();
-    assert!(wait_until(10, || {
-        reap();
-        !alive(pid)
-    }));
+    wait_dumped(&mut child);
     fs::remove_file(&out).unwrap(); // a file the tree held open is gone: CRIU cannot reopen it
     let e = expect_err(rt.restore(&checkpoint, None), Status::CRIU, "Can't open file");
     assert_eq!(e.criu_exit_code(), Some(1), "{:?}", e);
@@ -449,4 +460,252 @@ fn callback_panics_become_errors() {
     assert!(alive(pid));
     kill_tree(pid);
     let _ = child.wait();
+}
+
+/// Points the library's key store at a folder's files (it reads the environment at each call),
+/// and back when dropped. Tests run one at a time, so no other thread reads the environment.
+struct KeyStoreAt(Vec<(&'static str, Option<std::ffi::OsString>)>);
+
+impl KeyStoreAt {
+    fn new(folder: &Path) -> KeyStoreAt {
+        let vars = [
+            ("NUCLEUS_CHECKPOINT_HMAC_KEY_FILE", "hmac.key"),
+            ("NUCLEUS_CHECKPOINT_ED25519_KEY_FILE", "ed25519.key"),
+            ("NUCLEUS_CHECKPOINT_TRUSTED_KEYS", "trusted"),
+        ];
+        let saved = vars.iter().map(|(name, _)| (*name, env::var_os(name))).collect();
+        for (name, file) in vars {
+            env::set_var(name, folder.join(file));
+        }
+        KeyStoreAt(saved)
+    }
+}
+
+impl Drop for KeyStoreAt {
+    fn drop(&mut self) {
+        for (name, value) in &self.0 {
+            match value {
+                Some(v) => env::set_var(name, v),
+                None => env::remove_var(name),
+            }
+        }
+    }
+}
+
+/// A folder with one 3 MiB image, signed as `format` and `signing` say.
+fn small_checkpoint(dir: &Path, format: SignatureFormat, signing: Signing) {
+    fs::create_dir_all(dir.join("images")).unwrap();
+    fs::write(dir.join("images/pages-1.img"), "pages of memory ".repeat(3 << 16)).unwrap();
+    sign_as(dir, format, signing).unwrap();
+}
+
+/// What a refused import left beside `dir` under a name holding its own.
+fn left_beside(dir: &Path) -> Vec<String> {
+    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+    fs::read_dir(dir.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(&name))
+        .collect()
+}
+
+#[test]
+fn ed25519_transfer_restore_with_real_criu() {
+    let _serial = serial();
+    become_subreaper();
+    let work = fresh("ed25519");
+    let (signer, receiver) = (work.join("signer"), work.join("receiver"));
+    for dir in [&signer, &receiver] {
+        fs::create_dir(dir).unwrap();
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let signer_keys = KeyStoreAt::new(&signer);
+    expect_err(public_key(), Status::KEY, "");
+    assert!(keygen_ed25519().unwrap(), "created");
+    assert!(!keygen_ed25519().unwrap(), "made already");
+    let key = public_key().unwrap();
+    assert!(key.text.starts_with("nucleus-checkpoint-ed25519-public 1\n") && key.key_id.len() == 32, "{:?}", key);
+    let chunked = work.join("chunked");
+    small_checkpoint(&chunked, SignatureFormat::CHUNKED, Signing::ED25519);
+    expect_err(sign_as(&chunked, SignatureFormat::SEED, Signing::ED25519), Status::INVALID, "HMAC-only");
+    assert_eq!(signer_of(&chunked).unwrap(), (Signing::ED25519, Some(key.key_id.clone())));
+    let hmac_signed = work.join("hmac-signed");
+    small_checkpoint(&hmac_signed, SignatureFormat::MANIFEST, Signing::HMAC);
+    assert_eq!(signer_of(&hmac_signed).unwrap(), (Signing::HMAC, None));
+
+    // The real tree, dumped and signed with the signer's Ed25519 key.
+    let counter_dir = work.join("counter");
+    fs::create_dir(&counter_dir).unwrap();
+    let mut child = start_counter(&counter_dir, None);
+    let pid = child.id() as i32;
+    let _cleanup = KillOnDrop(pid);
+    let checkpoint = work.join("checkpoint");
+    let mut rt = Runtime::new().unwrap();
+    let mut opts = Options::new().unwrap();
+    expect_err(opts.signing(Signing(0)), Status::INVALID, "");
+    opts.signing(Signing::ED25519).unwrap();
+    rt.checkpoint("rust-ed25519", pid, &checkpoint, Some(&opts)).expect("the Ed25519 dump");
+    wait_dumped(&mut child);
+    let at_dump = count_of(&counter_dir.join("parent"));
+    assert_eq!(signer_of(&checkpoint).unwrap(), (Signing::ED25519, Some(key.key_id.clone())));
+    verify(&checkpoint).expect("the signer trusts its own key");
+
+    // Streams into files, plain and zstd; only the manifest format is exported.
+    let (plain, zstd) = (work.join("plain.stream"), work.join("zstd.stream"));
+    export(&checkpoint, fs::File::create(&plain).unwrap(), None).unwrap();
+    let mut compressed = Options::new().unwrap();
+    expect_err(compressed.compression(Compression(2)), Status::INVALID, "unknown compression 2");
+    compressed.compression(Compression::ZSTD).unwrap();
+    export(&checkpoint, fs::File::create(&zstd).unwrap(), Some(&compressed)).unwrap();
+    let (plain_size, zstd_size) = (fs::metadata(&plain).unwrap().len(), fs::metadata(&zstd).unwrap().len());
+    assert!(zstd_size < plain_size, "zstd {} bytes, plain {}", zstd_size, plain_size);
+    let refused = fs::File::create(work.join("refused.stream")).unwrap();
+    expect_err(export(&chunked, &refused, None), Status::INVALID, "sign it in format 3");
+    assert_eq!(refused.metadata().unwrap().len(), 0, "a refused export wrote nothing");
+
+    // The receiver: a key store of its own, with no key, trusting nobody yet.
+    drop(signer_keys);
+    let _receiver_keys = KeyStoreAt::new(&receiver);
+    expect_err(verify(&checkpoint), Status::INTEGRITY, &key.key_id);
+    let untrusted = work.join("untrusted-import");
+    expect_err(import(fs::File::open(&plain).unwrap(), &untrusted, None), Status::INTEGRITY, "");
+    assert!(left_beside(&untrusted).is_empty(), "{:?}", left_beside(&untrusted));
+    expect_err(trust_key("nucleus-checkpoint-ed25519-public 1\nabc\n"), Status::KEY, "");
+    trust_key(&key.text).unwrap();
+    verify(&checkpoint).expect("verifies with only the public key trusted");
+    // The signer's HMAC signatures stay its own: without the signer's HMAC key they never verify.
+    expect_err(verify(&hmac_signed), Status::KEY, "no checkpoint HMAC key");
+    assert!(keygen().unwrap(), "the receiver's own HMAC key");
+    expect_err(verify(&hmac_signed), Status::INTEGRITY, "");
+
+    // Through a socket pair (zstd, exported on a thread), a pipe, and from the file.
+    let via_socket = work.join("via-socket");
+    let (reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let source = checkpoint.clone();
+    let sender = thread::spawn(move || export(&source, writer, Some(&compressed)));
+    import(&reader, &via_socket, None).expect("import from the socket");
+    drop(reader);
+    sender.join().unwrap().expect("export into the socket");
+    let via_pipe = work.join("via-pipe");
+    let (r, w) = {
+        let mut fds = [0; 2];
+        // SAFETY: a plain pipe; both ends owned below.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        use std::os::unix::io::{FromRawFd, OwnedFd};
+        // SAFETY: new descriptors of ours.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    };
+    let source = checkpoint.clone();
+    let sender = thread::spawn(move || export(&source, w, None));
+    import(&r, &via_pipe, None).expect("import from the pipe");
+    sender.join().unwrap().expect("export into the pipe");
+    let via_file = work.join("via-file");
+    import(fs::File::open(&zstd).unwrap(), &via_file, None).expect("import from the zstd file");
+    for dir in [&via_socket, &via_pipe, &via_file] {
+        verify(dir).unwrap();
+        assert_eq!(signer_of(dir).unwrap(), (Signing::ED25519, Some(key.key_id.clone())));
+    }
+
+    // One byte flipped in the middle of the stream: refused, nothing left behind.
+    let mut data = fs::read(&plain).unwrap();
+    let middle = data.len() / 2;
+    data[middle] ^= 0x01;
+    let flipped_stream = work.join("flipped.stream");
+    fs::write(&flipped_stream, data).unwrap();
+    let flipped = work.join("flipped-import");
+    let e = expect_err(import(fs::File::open(&flipped_stream).unwrap(), &flipped, None), Status::INTEGRITY, "");
+    assert!(!flipped.exists() && left_beside(&flipped).is_empty(), "{:?}", left_beside(&flipped));
+
+    // The receiver restores the imported copy; the tree counts on from where it stopped.
+    let mut restore_opts = Options::new().unwrap();
+    restore_opts.expected_container_id(Some("rust-ed25519")).unwrap();
+    let tree = rt.restore(&via_socket, Some(&restore_opts)).expect("the restore on the receiver");
+    assert_eq!(tree.pid(), pid);
+    assert!(
+        wait_until(10, || count_of(&counter_dir.join("parent")) > at_dump + 3),
+        "counting on: {} at the dump, {} now",
+        at_dump,
+        count_of(&counter_dir.join("parent"))
+    );
+    kill_tree(pid);
+    println!(
+        "ed25519: key {}, streams plain {} and zstd {} bytes; a flipped byte: {}",
+        key.key_id, plain_size, zstd_size, e
+    );
+}
+
+/// Whether this kernel tracks changed memory (soft-dirty), as CRIU sees it.
+fn tracks_memory() -> bool {
+    let criu = env::var_os("NC_TEST_CRIU").map(PathBuf::from).or_else(|| {
+        ["/usr/sbin/criu", "/usr/bin/criu", "/usr/local/sbin/criu"].iter().map(PathBuf::from).find(|p| p.exists())
+    });
+    let criu = criu.expect("a criu to probe");
+    Command::new(criu)
+        .args(["check", "--feature", "mem_dirty_track"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_or(false, |s| s.success())
+}
+
+#[test]
+fn predump_and_registry_arguments() {
+    let _serial = serial();
+    become_subreaper();
+    let work = fresh("predump");
+    let counter_dir = work.join("counter");
+    fs::create_dir(&counter_dir).unwrap();
+    let mut child = start_counter(&counter_dir, None);
+    let pid = child.id() as i32;
+    let _cleanup = KillOnDrop(pid);
+    let (p0, last) = (work.join("p0"), work.join("final"));
+    let mut rt = Runtime::new().unwrap();
+
+    // Auto-dedup without a parent has nothing to take from: refused before anything runs.
+    let mut dedup = Options::new().unwrap();
+    dedup.auto_dedup(true).unwrap();
+    expect_err(rt.checkpoint("rust-chain", pid, &last, Some(&dedup)), Status::INVALID, "auto-dedup needs a parent");
+    // A parent that is not a sibling folder: refused before anything runs.
+    let mut elsewhere = Options::new().unwrap();
+    elsewhere.parent(Some(Path::new("../p0"))).unwrap().leave_running(true).unwrap();
+    expect_err(rt.checkpoint("rust-chain", pid, &last, Some(&elsewhere)), Status::INVALID, "must be a folder beside");
+    assert!(!last.exists());
+    let outcome = rt.predump("rust-chain", pid, &p0, None);
+    if tracks_memory() {
+        outcome.expect("the pre-dump");
+        dedup.parent(Some(&p0)).unwrap();
+        rt.checkpoint("rust-chain", pid, &last, Some(&dedup)).expect("the dump on the pre-dump");
+        wait_dumped(&mut child);
+        let at_dump = count_of(&counter_dir.join("parent"));
+        verify(&last).expect("the chain verifies");
+        expect_err(rt.restore(&p0, None), Status::INVALID, "");
+        let tree = rt.restore(&last, None).expect("the chain restores");
+        assert_eq!(tree.pid(), pid);
+        assert!(wait_until(10, || count_of(&counter_dir.join("parent")) > at_dump + 3));
+        kill_tree(pid);
+    } else {
+        // This kernel cannot: the clear refusal, nothing made, and the tree runs on.
+        let e = expect_err(outcome, Status::CRIU, "CONFIG_MEM_SOFT_DIRTY");
+        assert!(!p0.exists());
+        let before = count_of(&counter_dir.join("parent"));
+        assert!(wait_until(10, || count_of(&counter_dir.join("parent")) > before + 2), "the tree runs on");
+        println!("predump: no soft-dirty tracking here: {}", e);
+    }
+
+    // Registry images: the arguments, and a registry that is not there (the round trip is
+    // tests/registry_test.py's).
+    let pulled = work.join("pulled");
+    let e = pull_image("no-host-here", &pulled, None).unwrap_err();
+    assert_ne!(e.status(), Status::UNSUPPORTED, "this library was built without registry images: {}", e);
+    expect_err(Err::<(), _>(e), Status::INVALID, "HOST[:PORT]/NAME[:TAG]");
+    expect_err(push_image(&work, "", None), Status::INVALID, "");
+    expect_err(push_image(&work, "a\0b", None), Status::INVALID, "NUL byte");
+    let mut insecure = Options::new().unwrap();
+    insecure.insecure_registry(true).unwrap();
+    expect_err(
+        pull_image("127.0.0.1:1/checkpoints/web:v1", &pulled, Some(&insecure)),
+        Status::IO,
+        "http://127.0.0.1:1/v2/checkpoints/web/manifests/v1",
+    );
+    assert!(!pulled.exists());
 }

@@ -1,0 +1,424 @@
+// The 0.3 calls against the installed library, as root with the real CRIU: a real tree dumped
+// with Ed25519 on a "signer" key store, moved as transfer streams (a socket pair, a pipe, a file)
+// to a "receiver" key store that holds only the signer's public key, and restored there; a
+// stream with one byte flipped refused with nothing left; pre-dumps; registry arguments.
+package checkpoint_test
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"nucleus.dev/checkpoint"
+)
+
+// useKeys points the library's key store at these files for the rest of the test (the library
+// reads the environment at each call), and back at the end.
+func useKeys(t *testing.T, hmac, ed25519, trusted string) {
+	t.Helper()
+	for name, value := range map[string]string{"NUCLEUS_CHECKPOINT_HMAC_KEY_FILE": hmac,
+		"NUCLEUS_CHECKPOINT_ED25519_KEY_FILE": ed25519, "NUCLEUS_CHECKPOINT_TRUSTED_KEYS": trusted} {
+		old, had := os.LookupEnv(name)
+		os.Setenv(name, value)
+		name := name
+		t.Cleanup(func() {
+			if had {
+				os.Setenv(name, old)
+			} else {
+				os.Unsetenv(name)
+			}
+		})
+	}
+}
+
+// privateFolder makes a new 0700 folder below base.
+func privateFolder(t *testing.T, name string) string {
+	t.Helper()
+	dir := filepath.Join(base, name)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// treeAndRuntime starts the counter in base/name and makes a runtime: the counter's PID, its
+// child's and the file it counts in. Whatever happens, the tree is killed and reaped at the end.
+func treeAndRuntime(t *testing.T, name string) (rt *checkpoint.Runtime, pid, child int, parentCount string) {
+	t.Helper()
+	counterDir := filepath.Join(base, name)
+	pid = startCounter(t, counterDir)
+	child = childOf(t, pid)
+	t.Cleanup(func() {
+		syscall.Kill(-pid, syscall.SIGKILL)
+		reap(t, pid, child)
+	})
+	rt, err := checkpoint.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	return rt, pid, child, filepath.Join(counterDir, "parent")
+}
+
+// smallCheckpoint makes a folder with one 3 MiB image, signed as format and signing say.
+func smallCheckpoint(t *testing.T, name string, format checkpoint.SignatureFormat, signing checkpoint.Signing) string {
+	t.Helper()
+	dir := filepath.Join(base, name)
+	if err := os.MkdirAll(filepath.Join(dir, "images"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	data := []byte(strings.Repeat("pages of memory ", 3<<16))
+	if err := os.WriteFile(filepath.Join(dir, "images", "pages-1.img"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkpoint.SignAs(dir, format, signing, nil); err != nil {
+		t.Fatalf("SignAs(%v, %v): %v", format, signing, err)
+	}
+	return dir
+}
+
+// exportThroughSocket exports dir on a goroutine into one end of a socket pair while this
+// goroutine imports from the other end into to; it returns both outcomes.
+func exportThroughSocket(t *testing.T, dir, to string, opts *checkpoint.Options) (exported, imported error) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader, writer := os.NewFile(uintptr(fds[0]), "import"), os.NewFile(uintptr(fds[1]), "export")
+	done := make(chan error, 1)
+	go func() {
+		done <- checkpoint.Export(dir, writer, opts)
+		writer.Close() // the end of the stream
+	}()
+	imported = checkpoint.Import(reader, to, nil)
+	reader.Close() // an exporter still writing gets EPIPE, not a wait for ever
+	return <-done, imported
+}
+
+// leftBeside lists what a refused import left in dir's parent under a name holding dir's.
+func leftBeside(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(filepath.Dir(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, e := range entries {
+		if strings.Contains(e.Name(), filepath.Base(dir)) {
+			left = append(left, e.Name())
+		}
+	}
+	return left
+}
+
+func TestEd25519TransferRestore(t *testing.T) {
+	signer, receiver := privateFolder(t, "signer-keys"), privateFolder(t, "receiver-keys")
+	useKeys(t, filepath.Join(signer, "hmac.key"), filepath.Join(signer, "ed25519.key"), filepath.Join(signer, "trusted"))
+
+	if _, _, err := checkpoint.PublicKey(); !errors.Is(err, checkpoint.ErrKey) {
+		t.Errorf("PublicKey() with no key = %v, want ErrKey", err)
+	}
+	if created, err := checkpoint.KeygenEd25519(); err != nil || !created {
+		t.Fatalf("KeygenEd25519() = %v, %v", created, err)
+	}
+	if created, err := checkpoint.KeygenEd25519(); err != nil || created {
+		t.Errorf("KeygenEd25519() again = %v, %v; want made already", created, err)
+	}
+	publicKey, keyID, err := checkpoint.PublicKey()
+	if err != nil || !strings.HasPrefix(publicKey, "nucleus-checkpoint-ed25519-public 1\n") || len(keyID) != 32 {
+		t.Fatalf("PublicKey() = %q, %q, %v", publicKey, keyID, err)
+	}
+	chunked := smallCheckpoint(t, "chunked", checkpoint.SignatureChunked, checkpoint.SigningEd25519)
+	if err := checkpoint.SignAs(chunked, checkpoint.SignatureSeed, checkpoint.SigningEd25519,
+		nil); !errors.Is(err, checkpoint.ErrInvalid) || !strings.Contains(err.Error(), "HMAC-only") {
+		t.Errorf("SignAs in the seed format with Ed25519 = %v, want ErrInvalid", err)
+	}
+	if s, id, err := checkpoint.SignerOf(chunked); err != nil || s != checkpoint.SigningEd25519 || id != keyID {
+		t.Errorf("SignerOf(chunked) = %v, %q, %v", s, id, err)
+	}
+	hmacSigned := smallCheckpoint(t, "hmac-signed", checkpoint.SignatureManifest, checkpoint.SigningDefault)
+	if s, id, err := checkpoint.SignerOf(hmacSigned); err != nil || s != checkpoint.SigningHMAC || id != "" {
+		t.Errorf("SignerOf(hmac-signed) = %v, %q, %v", s, id, err)
+	}
+	if _, _, err := checkpoint.SignerOf(filepath.Join(base, "no-such")); !errors.Is(err, checkpoint.ErrNotFound) {
+		t.Errorf("SignerOf(missing) = %v", err)
+	}
+
+	// The real tree, dumped and signed with the signer's Ed25519 key.
+	rt, pid, child, parentCount := treeAndRuntime(t, "ed25519-counter")
+	ckpt := filepath.Join(base, "ed25519-checkpoint")
+	if err := rt.Checkpoint("go-ed25519", pid, ckpt, &checkpoint.Options{Signing: checkpoint.SigningEd25519}); err != nil {
+		t.Fatalf("Checkpoint(Ed25519): %v", err)
+	}
+	reap(t, pid, child)
+	atDump := count(t, parentCount)
+	if s, id, err := checkpoint.SignerOf(ckpt); err != nil || s != checkpoint.SigningEd25519 || id != keyID {
+		t.Fatalf("SignerOf(the dump) = %v, %q, %v; want Ed25519 %s", s, id, err, keyID)
+	}
+	if err := checkpoint.Verify(ckpt); err != nil { // the signer trusts its own key
+		t.Fatalf("Verify on the signer: %v", err)
+	}
+	// Streams written on the signer: plain and zstd into files; only the manifest format.
+	plain, zstd := filepath.Join(base, "plain.stream"), filepath.Join(base, "zstd.stream")
+	for path, compression := range map[string]checkpoint.Compression{plain: checkpoint.CompressionNone,
+		zstd: checkpoint.CompressionZstd} {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := checkpoint.Export(ckpt, f, &checkpoint.Options{Compression: compression}); err != nil {
+			t.Fatalf("Export(%v): %v", compression, err)
+		}
+		f.Close()
+	}
+	plainInfo, _ := os.Stat(plain)
+	zstdInfo, _ := os.Stat(zstd)
+	if zstdInfo.Size() >= plainInfo.Size() {
+		t.Errorf("the zstd stream (%d bytes) is no smaller than the plain one (%d)", zstdInfo.Size(), plainInfo.Size())
+	}
+	refusedStream, err := os.Create(filepath.Join(base, "refused.stream"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer refusedStream.Close()
+	if err := checkpoint.Export(chunked, refusedStream, nil); !errors.Is(err, checkpoint.ErrInvalid) ||
+		!strings.Contains(err.Error(), "sign it in format 3") {
+		t.Errorf("Export of a chunked checkpoint = %v, want ErrInvalid saying how to re-sign", err)
+	}
+	if info, _ := refusedStream.Stat(); info.Size() != 0 {
+		t.Errorf("a refused export wrote %d bytes", info.Size())
+	}
+	closed, _ := os.Open(os.DevNull)
+	closed.Close()
+	if err := checkpoint.Export(ckpt, closed, nil); !errors.Is(err, checkpoint.ErrInvalid) {
+		t.Errorf("Export to a closed file = %v", err)
+	}
+	if err := checkpoint.Import(nil, filepath.Join(base, "nil"), nil); !errors.Is(err, checkpoint.ErrInvalid) {
+		t.Errorf("Import(nil) = %v", err)
+	}
+
+	// The receiver: a key store of its own, with no key at all, trusting nobody yet.
+	useKeys(t, filepath.Join(receiver, "hmac.key"), filepath.Join(receiver, "ed25519.key"),
+		filepath.Join(receiver, "trusted"))
+	if err := checkpoint.Verify(ckpt); !errors.Is(err, checkpoint.ErrIntegrity) || !strings.Contains(err.Error(), keyID) {
+		t.Fatalf("Verify on a receiver that does not trust the key = %v, want ErrIntegrity naming %s", err, keyID)
+	}
+	untrusted := filepath.Join(base, "untrusted-import")
+	if err := checkpoint.Import(fileOf(t, plain), untrusted, nil); !errors.Is(err, checkpoint.ErrIntegrity) {
+		t.Errorf("Import signed by an untrusted key = %v, want ErrIntegrity", err)
+	}
+	if left := leftBeside(t, untrusted); len(left) != 0 {
+		t.Errorf("a refused import left %v", left)
+	}
+	if err := checkpoint.TrustKey("nucleus-checkpoint-ed25519-public 1\nabc\n"); !errors.Is(err, checkpoint.ErrKey) {
+		t.Errorf("TrustKey(not a key) = %v, want ErrKey", err)
+	}
+	if err := checkpoint.TrustKey(publicKey); err != nil {
+		t.Fatalf("TrustKey: %v", err)
+	}
+	if err := checkpoint.Verify(ckpt); err != nil {
+		t.Fatalf("Verify with only the public key trusted: %v", err)
+	}
+	// The signer's HMAC signatures stay its own: without the signer's HMAC key, they never verify.
+	if err := checkpoint.Verify(hmacSigned); !errors.Is(err, checkpoint.ErrKey) {
+		t.Errorf("Verify of an HMAC checkpoint on a receiver with no HMAC key = %v, want ErrKey", err)
+	}
+	if created, err := checkpoint.Keygen(); err != nil || !created {
+		t.Fatalf("Keygen() on the receiver = %v, %v", created, err)
+	}
+	if err := checkpoint.Verify(hmacSigned); !errors.Is(err, checkpoint.ErrIntegrity) {
+		t.Errorf("Verify of the signer's HMAC checkpoint with the receiver's key = %v, want ErrIntegrity", err)
+	}
+
+	// Through a socket pair, compressed; through a pipe; from the file: each verifies.
+	viaSocket := filepath.Join(base, "via-socket")
+	exported, imported := exportThroughSocket(t, ckpt, viaSocket, &checkpoint.Options{Compression: checkpoint.CompressionZstd})
+	if exported != nil || imported != nil {
+		t.Fatalf("through a socket pair: export %v, import %v", exported, imported)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- checkpoint.Export(ckpt, w, nil)
+		w.Close()
+	}()
+	viaPipe := filepath.Join(base, "via-pipe")
+	if err := checkpoint.Import(r, viaPipe, nil); err != nil {
+		t.Fatalf("Import from a pipe: %v", err)
+	}
+	r.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("Export into a pipe: %v", err)
+	}
+	viaFile := filepath.Join(base, "via-file")
+	if err := checkpoint.Import(fileOf(t, zstd), viaFile, nil); err != nil {
+		t.Fatalf("Import from the zstd file: %v", err)
+	}
+	for _, dir := range []string{viaSocket, viaPipe, viaFile} {
+		if err := checkpoint.Verify(dir); err != nil {
+			t.Errorf("Verify(%s): %v", dir, err)
+		}
+		if s, id, err := checkpoint.SignerOf(dir); err != nil || s != checkpoint.SigningEd25519 || id != keyID {
+			t.Errorf("SignerOf(%s) = %v, %q, %v", dir, s, id, err)
+		}
+	}
+
+	// One byte flipped in the middle of the stream: refused, and nothing left behind.
+	data, err := os.ReadFile(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0x01
+	flippedStream := filepath.Join(base, "flipped.stream")
+	if err := os.WriteFile(flippedStream, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	flipped := filepath.Join(base, "flipped-import")
+	err = checkpoint.Import(fileOf(t, flippedStream), flipped, nil)
+	if !errors.Is(err, checkpoint.ErrIntegrity) {
+		t.Errorf("Import of a stream with a flipped byte = %v, want ErrIntegrity", err)
+	}
+	if _, serr := os.Stat(flipped); !errors.Is(serr, fs.ErrNotExist) {
+		t.Errorf("a refused import left %s: %v", flipped, serr)
+	}
+	if left := leftBeside(t, flipped); len(left) != 0 {
+		t.Errorf("a refused import left %v", left)
+	}
+	t.Logf("plain stream %d bytes, zstd %d; the flipped byte: %v", plainInfo.Size(), zstdInfo.Size(), err)
+
+	// The receiver restores the imported copy: the tree counts on from where it stopped.
+	tree, err := rt.Restore(viaSocket, &checkpoint.Options{ExpectedContainerID: "go-ed25519"})
+	if err != nil {
+		t.Fatalf("Restore of the imported copy on the receiver: %v", err)
+	}
+	defer tree.Close()
+	if tree.PID != pid {
+		t.Errorf("restored as PID %d, not %d", tree.PID, pid)
+	}
+	if n := waitCount(t, parentCount, atDump+3); n <= atDump+3 {
+		t.Fatalf("the restored tree does not count on: %d at the dump, %d now", atDump, n)
+	}
+}
+
+// fileOf opens path for reading, closed at the end of the test.
+func fileOf(t *testing.T, path string) *os.File {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// tracksMemory says whether this kernel tracks changed memory (soft-dirty), as CRIU sees it.
+func tracksMemory(t *testing.T) bool {
+	criu := os.Getenv("NC_TEST_CRIU")
+	for _, candidate := range []string{"/usr/sbin/criu", "/usr/bin/criu", "/usr/local/sbin/criu"} {
+		if _, err := os.Stat(candidate); criu == "" && err == nil {
+			criu = candidate
+		}
+	}
+	if criu == "" {
+		t.Fatal("no criu to probe")
+	}
+	return exec.Command(criu, "check", "--feature", "mem_dirty_track").Run() == nil
+}
+
+func TestPredump(t *testing.T) {
+	chain := privateFolder(t, "chain")
+	p0, final := filepath.Join(chain, "p0"), filepath.Join(chain, "final")
+	rt, pid, child, parentCount := treeAndRuntime(t, "chain-counter")
+	if err := rt.Predump("go-chain", -1, p0, nil); !errors.Is(err, checkpoint.ErrInvalid) ||
+		!strings.Contains(err.Error(), "predump") {
+		t.Errorf("Predump(-1) = %v", err)
+	}
+	// Auto-dedup without a parent has nothing to take from: refused before anything runs.
+	err := rt.Checkpoint("go-chain", pid, final, &checkpoint.Options{AutoDedup: true})
+	if !errors.Is(err, checkpoint.ErrInvalid) || !strings.Contains(err.Error(), "auto-dedup needs a parent") {
+		t.Errorf("Checkpoint(AutoDedup, no Parent) = %v", err)
+	}
+	// A parent that is not a sibling folder: refused before anything runs.
+	err = rt.Checkpoint("go-chain", pid, final, &checkpoint.Options{Parent: "../p0", LeaveRunning: true})
+	if !errors.Is(err, checkpoint.ErrInvalid) || !strings.Contains(err.Error(), "must be a folder beside") {
+		t.Errorf("Checkpoint(Parent elsewhere) = %v", err)
+	}
+	if _, serr := os.Stat(final); !errors.Is(serr, fs.ErrNotExist) {
+		t.Errorf("a refused dump left %s: %v", final, serr)
+	}
+	err = rt.Predump("go-chain", pid, p0, &checkpoint.Options{SignatureFormat: checkpoint.SignatureManifest})
+	if !tracksMemory(t) {
+		// This kernel cannot: the clear refusal, nothing made, the tree runs on.
+		if !errors.Is(err, checkpoint.ErrCRIU) || !strings.Contains(err.Error(), "CONFIG_MEM_SOFT_DIRTY") {
+			t.Fatalf("Predump without soft-dirty tracking = %v, want ErrCRIU naming CONFIG_MEM_SOFT_DIRTY", err)
+		}
+		if _, serr := os.Stat(p0); !errors.Is(serr, fs.ErrNotExist) {
+			t.Errorf("a refused pre-dump left %s: %v", p0, serr)
+		}
+		at := count(t, parentCount)
+		if n := waitCount(t, parentCount, at+2); n <= at+2 {
+			t.Errorf("the tree does not run on after a refused pre-dump")
+		}
+		t.Logf("no soft-dirty tracking here: %v", err)
+		return
+	}
+	if err != nil {
+		t.Fatalf("Predump: %v", err)
+	}
+	if err := rt.Checkpoint("go-chain", pid, final, &checkpoint.Options{Parent: p0, AutoDedup: true}); err != nil {
+		t.Fatalf("Checkpoint on the pre-dump: %v", err)
+	}
+	reap(t, pid, child)
+	atDump := count(t, parentCount)
+	if err := checkpoint.Verify(final); err != nil {
+		t.Fatalf("Verify(chain): %v", err)
+	}
+	if _, err := rt.Restore(p0, nil); !errors.Is(err, checkpoint.ErrInvalid) {
+		t.Errorf("Restore of a pre-dump alone = %v, want ErrInvalid", err)
+	}
+	tree, err := rt.Restore(final, nil)
+	if err != nil {
+		t.Fatalf("Restore(chain): %v", err)
+	}
+	defer tree.Close()
+	if n := waitCount(t, parentCount, atDump+3); n <= atDump+3 {
+		t.Fatalf("the tree restored from the chain does not count on")
+	}
+}
+
+// The registry round trip is tests/registry_test.py's; here the arguments and a registry that
+// is not there, which need none.
+func TestRegistryArguments(t *testing.T) {
+	target := filepath.Join(base, "pulled")
+	err := checkpoint.PullImage("no-host-here", target, nil)
+	if errors.Is(err, checkpoint.ErrUnsupported) {
+		t.Fatalf("this library was built without registry images: %v", err)
+	}
+	if !errors.Is(err, checkpoint.ErrInvalid) || !strings.Contains(err.Error(), "HOST[:PORT]/NAME[:TAG]") {
+		t.Errorf("PullImage(a malformed reference) = %v, want ErrInvalid naming the form", err)
+	}
+	if _, err := checkpoint.PushImage(filepath.Join(base, "checkpoint"), "", nil); !errors.Is(err, checkpoint.ErrInvalid) {
+		t.Errorf("PushImage(\"\") = %v", err)
+	}
+	if _, err := checkpoint.PushImage(filepath.Join(base, "checkpoint"), "a\x00b", nil); !errors.Is(err, checkpoint.ErrInvalid) ||
+		!strings.Contains(err.Error(), "NUL") {
+		t.Errorf("PushImage with a NUL byte = %v", err)
+	}
+	// Plain http to a port nothing listens on: an I/O error naming the URL; nothing left behind.
+	err = checkpoint.PullImage("127.0.0.1:1/checkpoints/web:v1", target, &checkpoint.Options{InsecureRegistry: true})
+	if !errors.Is(err, checkpoint.ErrIO) || !strings.Contains(err.Error(), "http://127.0.0.1:1/v2/checkpoints/web/manifests/v1") {
+		t.Errorf("PullImage from no registry = %v, want ErrIO naming the http URL", err)
+	}
+	if _, serr := os.Stat(target); !errors.Is(serr, fs.ErrNotExist) {
+		t.Errorf("a failed pull left %s: %v", target, serr)
+	}
+}
