@@ -231,6 +231,9 @@ def man_page(program, commands, version):
             "The Ed25519 signing key file to use instead of \\fIcheckpoint\\-ed25519.key\\fR beside the key.",
             ".TP", "\\fBNUCLEUS_CHECKPOINT_TRUSTED_KEYS\\fR",
             "The trust folder to use instead of \\fItrusted\\-keys/\\fR beside the key.",
+            ".TP", "\\fBNUCLEUS_CHECKPOINT_SIGNERS\\fR",
+            "\\fBed25519\\fR: accept Ed25519 signatures only, refusing every HMAC-signed checkpoint "
+            "(a host that should trust public keys alone); \\fBany\\fR (the default): both.",
             ".TP", "\\fBNUCLEUS_CHECKPOINT_MAX_BYTES\\fR",
             "The most bytes of files a checkpoint may hold to be signed or verified, a decimal number "
             "(default 1 TiB).",

@@ -411,3 +411,38 @@ TEST_CASE("trusting a key where there is no key folder yet makes it private, so 
   CHECK_NOTHROW(store.load_or_create());
   CHECK(store.trusted_key(key.id()).bytes() == key.bytes());
 }
+
+// A receiver that holds an HMAC key (its own checkpoints', or one copied there long ago) would
+// accept what anyone else holding that key signs, unless it is told to take public keys alone.
+TEST_CASE("NUCLEUS_CHECKPOINT_SIGNERS=ed25519 refuses every HMAC signature, and only those", "[ed25519]") {
+  TempDir tmp;
+  Host source(tmp, "source"), receiver(tmp, "receiver");
+  const SignatureFormat format = GENERATE(SignatureFormat::seed, SignatureFormat::chunked, SignatureFormat::manifest);
+  const fs::path hmac_signed = make_checkpoint(tmp, "hmac");
+  HmacTree::sign_as(hmac_signed, receiver.store.load_or_create(), format);  // valid for the receiver's key
+  const fs::path ed25519_signed = make_checkpoint(tmp, "ed25519");
+  const Ed25519SecretKey key = source.store.load_or_create_ed25519();
+  HmacTree::sign_as(ed25519_signed, key, SignatureFormat::manifest);
+  receiver.store.trust(key.public_key());
+
+  REQUIRE_NOTHROW(HmacTree::verify(hmac_signed, receiver.store));  // accepted by default
+  {
+    ScopedEnv only("NUCLEUS_CHECKPOINT_SIGNERS", "ed25519");
+    const Error e = require_error([&] { HmacTree::verify(hmac_signed, receiver.store); });
+    CHECK(e.status() == Status::integrity);
+    CHECK(contains(e.what(), "accepts Ed25519 signatures only"));
+    REQUIRE_NOTHROW(HmacTree::verify(ed25519_signed, receiver.store));
+    // An HMAC key the caller hands in is its own choice.
+    REQUIRE_NOTHROW(HmacTree::verify(hmac_signed, receiver.store.load()));
+  }
+  {
+    ScopedEnv any("NUCLEUS_CHECKPOINT_SIGNERS", "any");
+    REQUIRE_NOTHROW(HmacTree::verify(hmac_signed, receiver.store));
+  }
+  {
+    ScopedEnv wrong("NUCLEUS_CHECKPOINT_SIGNERS", "ED25519");
+    const Error e = require_error([&] { HmacTree::verify(hmac_signed, receiver.store); });
+    CHECK(e.status() == Status::invalid);
+    CHECK(contains(e.what(), "set it to ed25519"));
+  }
+}

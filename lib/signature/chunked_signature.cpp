@@ -157,6 +157,10 @@ TreeKey VerifyingKeys::key_for(const ChunkedSignature& signature) const {
 
 const HmacKey& VerifyingKeys::hmac() const {
   if (given_) return *given_;
+  if (!KeyStore::accepts_hmac())
+    throw Error(Status::integrity, "the checkpoint is signed with an HMAC key, and this host accepts Ed25519 "
+                                   "signatures only (NUCLEUS_CHECKPOINT_SIGNERS=ed25519): have it signed with the "
+                                   "sender's Ed25519 key (dump --sign ed25519) and trust that key here (trust add)");
   if (!loaded_) loaded_ = store_->load();
   return *loaded_;
 }

@@ -22,6 +22,7 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
+#include "checkpoint/utf8.hpp"
 #include "fs/fs_util.hpp"
 #include "signature/sodium.hpp"
 
@@ -123,6 +124,7 @@ namespace {
 constexpr const char* env_key_file = "NUCLEUS_CHECKPOINT_HMAC_KEY_FILE";
 constexpr const char* env_ed25519_key_file = "NUCLEUS_CHECKPOINT_ED25519_KEY_FILE";
 constexpr const char* env_trust_dir = "NUCLEUS_CHECKPOINT_TRUSTED_KEYS";
+constexpr const char* env_signers = "NUCLEUS_CHECKPOINT_SIGNERS";
 constexpr const char* ed25519_key_name = "checkpoint-ed25519.key";
 constexpr const char* trust_dir_name = "trusted-keys";
 
@@ -372,6 +374,14 @@ KeyStore::KeyStore(fs::path key_file) : path_(std::move(key_file)) {
   if (path_.filename().empty()) throw Error(Status::invalid, fmt::format("key file path {} names no file", path_.native()));
   ed25519_path_ = path_.parent_path() / ed25519_key_name;
   trust_dir_ = path_.parent_path() / trust_dir_name;
+}
+
+bool KeyStore::accepts_hmac() {
+  const char* value = std::getenv(env_signers);
+  if (!value || !*value || std::string_view(value) == "any") return true;
+  if (std::string_view(value) == "ed25519") return false;
+  throw Error(Status::invalid, fmt::format("{} is '{}': set it to ed25519 (accept Ed25519 signatures only) or any",
+                                           env_signers, to_valid_utf8(value)));
 }
 
 bool KeyStore::exists() const {

@@ -79,6 +79,13 @@ class NC_EXPORT KeyStore {
   // owned by root or the effective uid, not writable by group or others, and not symlinks; at most
   // max_trusted_entries entries.
   static constexpr std::size_t max_trusted_entries = 1024;
+  // Whether verification through a key store accepts HMAC signatures at all. A host that should
+  // trust public keys only (a migration receiver) may still hold an HMAC key, for its own
+  // checkpoints or by accident, and whoever else holds that key could then sign for it:
+  // $NUCLEUS_CHECKPOINT_SIGNERS=ed25519 makes it refuse every HMAC signature; "any" or unset
+  // accepts both. Anything else: Error(Status::invalid). A key handed in explicitly
+  // (HmacTree::verify with an HmacKey, CriuRuntime::set_key) is the caller's choice, and is used.
+  static bool accepts_hmac();
   const std::filesystem::path& trust_dir() const noexcept { return trust_dir_; }
   // The trusted key with this id; Status::integrity naming the id and the folder if there is none.
   Ed25519PublicKey trusted_key(const Ed25519PublicKey::Id& id) const;
