@@ -994,8 +994,9 @@ int cmd_receive(const std::string& criu, const std::string& listen, const std::s
   if (fd >= 0) ::close(fd);
   r.field("from", fmt::format("{}:{}", host, port), "source");
   if (received.ok()) {
-    rapidjson::Document doc;
-    doc.Parse(reply);
+    rapidjson::Document parsed;
+    parsed.Parse(reply);
+    const rapidjson::Document& doc = parsed;  // const iterators: clang finds != ambiguous on mutable ones
     const auto dir = doc.IsObject() ? doc.FindMember("dir") : doc.MemberEnd();
     r.field("dir", doc.IsObject() && dir != doc.MemberEnd() && dir->value.IsString() ? dir->value.GetString() : "",
             "checkpoint");
