@@ -52,13 +52,6 @@ fs::path make_checkpoint(const TempDir& tmp, const std::string& name = "cp") {
   return dir;
 }
 
-void flip_byte(const fs::path& file, std::uint64_t at) {
-  std::string bytes = read_file(file);
-  REQUIRE(at < bytes.size());
-  bytes[at] = static_cast<char>(bytes[at] ^ 0x01);
-  write_file(file, bytes);
-}
-
 // checkpoint.hmac with its ed25519 line's key id replaced by `id`.
 void replace_key_id(const fs::path& dir, const std::string& id) {
   std::string text = read_file(dir / HmacTree::signature_file);

@@ -81,18 +81,6 @@ class Child {
   pid_t pid_;
 };
 
-// examples/counter: a parent and a child each counting up in dir/parent and dir/child.
-// Flips one bit of the byte at `at` in place: the same file, the same size, one byte changed.
-inline void flip_byte(const fs::path& file, off_t at) {
-  const int fd = ::open(file.c_str(), O_RDWR | O_NOFOLLOW);
-  REQUIRE(fd >= 0);
-  unsigned char b = 0;
-  REQUIRE(::pread(fd, &b, 1, at) == 1);
-  b ^= 0x80;
-  REQUIRE(::pwrite(fd, &b, 1, at) == 1);
-  ::close(fd);
-}
-
 // The real CRIU the suite runs (tests/meson.build's criu_path, else the library's discovery).
 inline std::unique_ptr<CriuRuntime> real_criu() {
   REQUIRE(::geteuid() == 0);  // CRIU needs root; the suite runs as root
@@ -103,6 +91,7 @@ inline std::unique_ptr<CriuRuntime> real_criu() {
   return rt;
 }
 
+// examples/counter: a parent and a child each counting up in dir/parent and dir/child.
 class CounterTree {
  public:
   // With memory_mib, the parent first fills that much memory, so that a dump takes a while.

@@ -9,6 +9,7 @@
 #include <catch2/catch.hpp>
 #endif
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -83,6 +84,17 @@ inline std::string bytes_of_size(std::uint64_t size, unsigned salt = 0) {
   std::string s(size, '\0');
   for (std::uint64_t i = 0; i < size; ++i) s[i] = static_cast<char>((i * 131 + i / 251 + salt) % 251);
   return s;
+}
+
+// Flips one bit of the byte at `at` in place: the same file, the same size, one byte changed.
+inline void flip_byte(const fs::path& file, off_t at) {
+  const int fd = ::open(file.c_str(), O_RDWR | O_NOFOLLOW);
+  REQUIRE(fd >= 0);
+  unsigned char b = 0;
+  REQUIRE(::pread(fd, &b, 1, at) == 1);
+  b ^= 0x80;
+  REQUIRE(::pwrite(fd, &b, 1, at) == 1);
+  ::close(fd);
 }
 
 inline std::string read_file(const fs::path& p) {
