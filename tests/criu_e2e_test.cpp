@@ -473,6 +473,7 @@ TEST_CASE("an Ed25519-signed dump restores, streamed, on a host holding only the
     options.signing = SignatureKind::ed25519;
     rt->checkpoint(container("e2e", pid), checkpoint, options);
     CHECK_FALSE(KeyStore().ed25519_exists());
+    CHECK_FALSE(KeyStore().exists());  // nor an HMAC key: an Ed25519 dump needs none
     // The receiver is given the public key alone.
     KeyStore(receiver / "checkpoint-hmac.key").trust(public_key);
     CHECK(HmacTree::signer_of(checkpoint).key_id == public_key.id_hex());

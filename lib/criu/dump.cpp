@@ -249,9 +249,11 @@ void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, cons
   }
   record_dump_options(effective, metadata.record);
   metadata.to_json();
-  const HmacKey key = signing_key();  // before CRIU touches the tree: a key problem loses nothing
-  const std::optional<Ed25519SecretKey> ed25519 =
-      options.signing == SignatureKind::ed25519 ? std::optional(ed25519_signing_key()) : std::nullopt;
+  // The signer's key alone (an Ed25519 dump makes no HMAC key), loaded before CRIU touches the
+  // tree: a key problem loses nothing. The seed format is HMAC-only (require_signable).
+  const bool by_ed25519 = options.signing == SignatureKind::ed25519;
+  const std::optional<Ed25519SecretKey> ed25519 = by_ed25519 ? std::optional(ed25519_signing_key()) : std::nullopt;
+  const std::optional<HmacKey> hmac = by_ed25519 ? std::nullopt : std::optional(signing_key());
   HmacTree::max_total_bytes();        // likewise a malformed NUCLEUS_CHECKPOINT_MAX_BYTES
   begin(CheckpointState::Dumping);
   guarded(*this, &CriuRuntime::finish, [&] {
@@ -319,12 +321,12 @@ void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, cons
       if (options.auto_dedup)
         metadata.chain->parent_signature_sha256 = resign_parents(parents, [&](int fd) {
           if (ed25519) HmacTree::sign_as(fd, *ed25519, HmacTree::format_of(fd));
-          else HmacTree::sign_as(fd, key, HmacTree::format_of(fd));
+          else HmacTree::sign_as(fd, *hmac, HmacTree::format_of(fd));
         });
       metadata.save(cd.dir());
-      if (format == SignatureFormat::seed) HmacTree::sign_as(cd.dir(), key, SignatureFormat::seed);
+      if (format == SignatureFormat::seed) HmacTree::sign_as(cd.dir(), *hmac, SignatureFormat::seed);
       else if (ed25519) sign_chunked(cd.dir(), *ed25519, {}, &started, &twins, format);
-      else sign_chunked(cd.dir(), key, {}, &started, &twins, format);
+      else sign_chunked(cd.dir(), *hmac, {}, &started, &twins, format);
       cd.commit();
       if (hand_over) hand_over();  // a migration: the tree ends only once it runs elsewhere
     } catch (...) {
