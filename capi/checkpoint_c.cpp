@@ -66,6 +66,7 @@ struct nc_options {
 namespace {
 
 static_assert(static_cast<int>(nc::Status::unsupported) == NC_E_UNSUPPORTED);
+static_assert(static_cast<int>(nc::Status::unconfirmed) == NC_E_UNCONFIRMED);
 static_assert(static_cast<int>(nc::Status::internal) == NC_E_INTERNAL && static_cast<int>(nc::Status::key) == NC_E_KEY &&
               static_cast<int>(nc::Status::integrity) == NC_E_INTEGRITY && static_cast<int>(nc::Status::ok) == NC_OK);
 static_assert(static_cast<int>(nc::CriuNotification::pre_dump) == NC_NOTIFY_PRE_DUMP &&
@@ -75,10 +76,14 @@ static_assert(static_cast<int>(nc::CriuNotification::pre_dump) == NC_NOTIFY_PRE_
 thread_local std::string last_error;
 
 // A call's outcome, for nc_last_error() and, if given, the caller's nc_error (a success clears both).
+// Its text escaped as the CLI shows text (nc::printable): a caller may print or log it as it is, and
+// a name from a folder someone else made still cannot drive its terminal.
 nc_status record(nc_error* err, nc_status status, const char* message, int criu_exit_code = -1,
                  const std::vector<std::string>* criu_lines = nullptr) noexcept {
+  std::string shown;
   try {
-    last_error = message;
+    shown = nc::printable(message);
+    last_error = shown;
   } catch (...) {
     last_error.clear();
   }
@@ -86,10 +91,10 @@ nc_status record(nc_error* err, nc_status status, const char* message, int criu_
     err->status = status;
     err->criu_exit_code = criu_exit_code;
     try {
-      err->message = message;
+      err->message = shown;
       err->criu_lines.clear();
       if (criu_lines)
-        for (const std::string& line : *criu_lines) (err->criu_lines += line) += '\n';
+        for (const std::string& line : *criu_lines) (err->criu_lines += nc::printable(line)) += '\n';
     } catch (...) {
       err->message.clear();
       err->criu_lines.clear();
@@ -236,6 +241,16 @@ void key_path(const char* name, char* buf, size_t size, size_t* needed) {
                                              " bytes; the path needs " + std::to_string(path.size() + 1));
   }
   std::memcpy(buf, path.c_str(), path.size() + 1);
+}
+
+// text into a NUL-terminated field, cut at a character boundary to fit (never mid-sequence).
+template <std::size_t N>
+void copy_cut(std::string_view text, char (&out)[N]) {
+  std::size_t n = std::min(text.size(), N - 1);
+  if (n < text.size())
+    while (n > 0 && (static_cast<unsigned char>(text[n]) & 0xc0) == 0x80) --n;
+  text.copy(out, n);
+  out[n] = '\0';
 }
 
 }  // namespace
@@ -615,8 +630,8 @@ nc_status nc_migrate_e(nc_runtime* rt, const char* container_id, pid_t pid, cons
     filled.bytes_sent = done.bytes_sent;
     filled.rounds = done.rounds;
     filled.restored_pid = done.restored_pid;
-    done.rounds_reason.copy(filled.rounds_reason, sizeof filled.rounds_reason - 1);
-    done.restored_dir.copy(filled.restored_dir, sizeof filled.restored_dir - 1);
+    copy_cut(done.rounds_reason, filled.rounds_reason);
+    copy_cut(nc::printable(done.restored_dir), filled.restored_dir);  // the receiver's word: shown safe
     std::memcpy(report, &filled, filled.size);  // a caller built against an older, shorter struct gets its part
   });
 }

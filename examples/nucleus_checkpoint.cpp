@@ -39,6 +39,8 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include "checkpoint/utf8.hpp"
+
 namespace {
 
 constexpr int exit_usage = 64;
@@ -46,53 +48,12 @@ constexpr int exit_usage = 64;
 // The kinds of signing key by their command-line names.
 const std::map<std::string, nc_signing> signings{{"hmac", NC_SIGNING_HMAC}, {"ed25519", NC_SIGNING_ED25519}};
 
-// The code point of the UTF-8 sequence at s[i] and its length, or length 0 where the bytes are
-// not UTF-8 (overlong forms, surrogates and anything above U+10FFFF are not).
-std::size_t utf8_at(std::string_view s, std::size_t i, std::uint32_t& code) {
-  const auto byte = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char lead = byte(i);
-  const std::size_t n = lead < 0x80 ? 1 : lead < 0xc2 ? 0 : lead < 0xe0 ? 2 : lead < 0xf0 ? 3 : lead < 0xf5 ? 4 : 0;
-  if (n == 0 || i + n > s.size()) return 0;
-  code = n == 1 ? lead : lead & (0x7f >> n);
-  for (std::size_t k = 1; k < n; ++k) {
-    if ((byte(i + k) & 0xc0) != 0x80) return 0;
-    code = code << 6 | (byte(i + k) & 0x3f);
-  }
-  constexpr std::uint32_t shortest[] = {0, 0, 0x80, 0x800, 0x10000};
-  return code < shortest[n] || code > 0x10ffff || (code >= 0xd800 && code <= 0xdfff) ? 0 : n;
-}
+// Text from a checkpoint folder, CRIU or the user, fit to show (lib/checkpoint/utf8.hpp).
+using nucleus::checkpoint::printable;
 
-// Text from a checkpoint folder, CRIU or an error message, fit to show: bytes that are not UTF-8
-// as \xNN; for a terminal also whatever it would act on (a folder someone else made must not move
-// the cursor, rewrite a line or retitle the window): C0 controls and DEL as \n, \r, \t or \xNN,
-// C1 controls and bidirectional overrides as \uNNNN, the backslash doubled so that no escape can
-// be forged. For JSON (terminal false) the bytes that are not UTF-8 alone: the writer escapes
-// the rest.
-std::string printable(std::string_view s, bool terminal = true) {
-  std::string out;
-  for (std::size_t i = 0; i < s.size();) {
-    std::uint32_t c = 0;
-    const std::size_t n = utf8_at(s, i, c);
-    if (n == 0) {
-      out += fmt::format("\\x{:02x}", static_cast<unsigned char>(s[i++]));
-      continue;
-    }
-    const bool bidi = c == 0x61c || c == 0x200e || c == 0x200f || (c >= 0x202a && c <= 0x202e) || (c >= 0x2066 && c <= 0x2069);
-    if (!terminal) out.append(s, i, n);
-    else if (c == '\\') out += "\\\\";
-    else if (c == '\n') out += "\\n";
-    else if (c == '\r') out += "\\r";
-    else if (c == '\t') out += "\\t";
-    else if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
-    else if ((c >= 0x80 && c <= 0x9f) || bidi) out += fmt::format("\\u{:04x}", c);
-    else out.append(s, i, n);
-    i += n;
-  }
-  return out;
-}
-
-// The first failure of a run of calls, with its message taken when it happened: a later call
-// that succeeds clears nc_last_error().
+// The first failure of a run of calls, with its message taken when it happened (a later call
+// that succeeds clears nc_last_error()), fit to show: the library's comes escaped, this
+// program's own is escaped here.
 struct Outcome {
   nc_status status = NC_OK;
   std::string message;
@@ -100,7 +61,10 @@ struct Outcome {
   void operator()(nc_status s, const std::string& own_message = {}) {
     if (status != NC_OK || s == NC_OK) return;
     status = s;
-    message = own_message.empty() ? nc_last_error() : own_message;
+    message = own_message.empty() ? nc_last_error() : printable(own_message);
+  }
+  void operator()(const Outcome& earlier) {
+    if (status == NC_OK) *this = earlier;
   }
   bool ok() const { return status == NC_OK; }
 };
@@ -114,11 +78,15 @@ class Report {
     if (json_) writer_.StartObject();
   }
   void field(const char* key, const std::string& value, const char* label = nullptr) {
+    shown_field(key, json_ ? value : printable(value), label);
+  }
+  // A value fit to show already (holding an Outcome's message): not escaped again.
+  void shown_field(const char* key, const std::string& value, const char* label = nullptr) {
     if (json_) {
       writer_.Key(key);
       string(value);
     } else {
-      line(label ? label : key, printable(value));
+      line(label ? label : key, value);
     }
   }
   void field(const char* key, std::int64_t value, const char* label = nullptr) {
@@ -177,7 +145,7 @@ class Report {
       writer_.EndObject();
       fmt::print(out_, "{}\n", buffer_.GetString());
     } else if (!outcome.ok()) {
-      fmt::print(stderr, "nucleus-checkpoint: {}: {}\n", nc_status_name(outcome.status), printable(outcome.message));
+      fmt::print(stderr, "nucleus-checkpoint: {}: {}\n", nc_status_name(outcome.status), outcome.message);
     }
     std::fflush(out_);
     return static_cast<int>(outcome.status);
@@ -435,7 +403,7 @@ struct CriuFlags {
       const auto [name, path] = *split_assignment(f);
       std::string bytes;
       const Outcome read = read_bounded(path, NC_RUNTIME_FILE_MAX, bytes);
-      set(read.status, read.message);
+      set(read);
       if (set.ok()) set(nc_options_add_runtime_file(raw, name.c_str(), bytes.data(), bytes.size()));
     }
 
@@ -632,17 +600,17 @@ int cmd_check(const std::string& criu, bool json) {
   r.field("kernel", kernel.release);
   r.flag("tcp_udp_sockets", sockets, "TCP/UDP sockets");
 
-  std::vector<std::string> problems;
+  std::vector<std::string> problems;  // fit to show, as the outcome's message they make
   if (!checked.ok()) problems.push_back(checked.message);
   if (!missing_tools.empty())
-    problems.push_back(fmt::format("CRIU runs {} for containers; not found in CRIU's PATH ({}): install the Debian "
-                                   "package{} {} (scripts/setup.sh does)",
-                                   fmt::join(missing_tools, ", "), fmt::join(criu_path, ":"),
-                                   missing_packages.size() > 1 ? "s" : "", fmt::join(missing_packages, " ")));
+    problems.push_back(printable(fmt::format("CRIU runs {} for containers; not found in CRIU's PATH ({}): install the "
+                                             "Debian package{} {} (scripts/setup.sh does)",
+                                             fmt::join(missing_tools, ", "), fmt::join(criu_path, ":"),
+                                             missing_packages.size() > 1 ? "s" : "", fmt::join(missing_packages, " "))));
   if (!sockets)
-    problems.push_back(fmt::format("CRIU {}.{} cannot dump TCP or UDP sockets on Linux {} (6.16 and later, "
-                                   "criu#2718): install CRIU 4.2 or later (scripts/install-criu.sh)",
-                                   major, minor, kernel.release));
+    problems.push_back(printable(fmt::format("CRIU {}.{} cannot dump TCP or UDP sockets on Linux {} (6.16 and later, "
+                                             "criu#2718): install CRIU 4.2 or later (scripts/install-criu.sh)",
+                                             major, minor, kernel.release)));
   r.flag("ready", problems.empty());
   if (!problems.empty())
     return r.finish({checked.ok() ? NC_E_CRIU : checked.status, fmt::format("{}", fmt::join(problems, "; "))});
@@ -741,7 +709,7 @@ int cmd_inspect(const std::string& dir, bool json) {
   Outcome outcome;
   outcome(hash_with_progress(std::nullopt, dir, json));
   const bool verified = outcome.ok();
-  r.field("signature", verified ? "valid" : fmt::format("INVALID ({})", outcome.message));
+  r.shown_field("signature", verified ? "valid" : fmt::format("INVALID ({})", outcome.message));
   report_format(r, dir);
   char* metadata = nullptr;
   const nc_status read = nc_read_metadata(dir.c_str(), &metadata);
@@ -864,7 +832,7 @@ AddrInfo resolve(const std::string& host_port, bool passive, Outcome& outcome) {
   if (port.empty() || error != std::errc() || end != port.data() + port.size() || port_number == 0 ||
       port_number > 65535 || (host.empty() && !passive)) {
     outcome(NC_E_INVALID, fmt::format("'{}' is not HOST:PORT (a port from 1 to 65535; [ADDRESS]:PORT for IPv6)",
-                                      printable(host_port)));
+                                      host_port));
     return nullptr;
   }
   addrinfo hints{};
@@ -873,7 +841,7 @@ AddrInfo resolve(const std::string& host_port, bool passive, Outcome& outcome) {
   hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
   addrinfo* found = nullptr;
   if (const int rc = ::getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found); rc != 0)
-    outcome(NC_E_NOT_FOUND, fmt::format("cannot resolve '{}': {}", printable(host_port), ::gai_strerror(rc)));
+    outcome(NC_E_NOT_FOUND, fmt::format("cannot resolve '{}': {}", host_port, ::gai_strerror(rc)));
   return AddrInfo(found);
 }
 
@@ -896,7 +864,7 @@ int connect_to(const std::string& host_port, int timeout_s, Outcome& outcome) {
   if (addresses)
     outcome(NC_E_IO, fmt::format("cannot connect to the receiver at {}: {} (is `nucleus-checkpoint receive --listen "
                                  "{}` running there?); nothing was dumped",
-                                 printable(host_port), std::strerror(last_error), printable(host_port)));
+                                 host_port, std::strerror(last_error), host_port));
   return -1;
 }
 
@@ -915,7 +883,7 @@ int listen_on(const std::string& host_port, Outcome& outcome) {
   }
   if (addresses)
     outcome(last_error == EACCES ? NC_E_PERMISSION : NC_E_IO,
-            fmt::format("cannot listen on --listen {}: {}", printable(host_port), std::strerror(last_error)));
+            fmt::format("cannot listen on --listen {}: {}", host_port, std::strerror(last_error)));
   return -1;
 }
 
@@ -926,7 +894,8 @@ std::int64_t json_number(const rapidjson::Document& doc, const char* name) {
 }
 
 // Moves the tree at --pid to the receiver at --to: dumped into --dir (kept), stopped until the
-// receiver's reply, then ended (it runs there) or resumed (anything else).
+// receiver confirms it runs there, then ended; resumed on a failure, left stopped if the receiver,
+// told to run it, does not confirm (NC_E_UNCONFIRMED).
 int cmd_migrate(const std::string& criu, pid_t pid, const std::string& to, const std::string& dir,
                 const std::string& id, bool zstd, double reply_timeout_s, const CriuFlags& flags, bool json) {
   const unsigned long long start_ticks = start_ticks_of(pid);
@@ -972,7 +941,7 @@ int cmd_receive(const std::string& criu, const std::string& listen, const std::s
   Outcome received = open_runtime_with(criu, flags, false, rt, opts);
   struct stat st {};
   if (received.ok() && (::stat(store.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)))
-    received(NC_E_NOT_FOUND, fmt::format("--dir {} is not a folder: create the store first", printable(store)));
+    received(NC_E_NOT_FOUND, fmt::format("--dir {} is not a folder: create the store first", store));
   const int listener = received.ok() ? listen_on(listen, received) : -1;
   if (!received.ok()) return r.finish(received);
   fmt::print(stderr, "nucleus-checkpoint: listening on {}\n", printable(listen));
@@ -982,7 +951,7 @@ int cmd_receive(const std::string& criu, const std::string& listen, const std::s
   int fd = -1;
   while ((fd = ::accept4(listener, reinterpret_cast<sockaddr*>(&peer), &peer_size, SOCK_CLOEXEC)) < 0 && errno == EINTR) {
   }
-  if (fd < 0) received(NC_E_IO, fmt::format("cannot accept a connection on {}: {}", printable(listen), std::strerror(errno)));
+  if (fd < 0) received(NC_E_IO, fmt::format("cannot accept a connection on {}: {}", listen, std::strerror(errno)));
   ::close(listener);
   char host[NI_MAXHOST] = "", port[NI_MAXSERV] = "";
   if (fd >= 0)
@@ -1192,8 +1161,8 @@ int main(int argc, char** argv) {
   keygen->add_option("--public-key-out", public_key_out,
                      "With --ed25519: write its public key file here (new, 0644), for other machines' trust add");
   auto* migrate = app.add_subcommand("migrate", "Move the tree at --pid to the receiver at --to: dumped into --dir, "
-                                                "stopped until the receiver restored it, then ended here (resumed "
-                                                "on any failure)");
+                                                "stopped until it runs there, then ended here (resumed on a "
+                                                "failure; left stopped if the receiver cannot confirm)");
   migrate->add_option("--pid", pid, "Root of the tree")->required()->check(CLI::PositiveNumber);
   std::string peer;
   migrate->add_option("--to", peer, "The receiver: HOST:PORT ([ADDRESS]:PORT for IPv6)")->required();
@@ -1204,11 +1173,12 @@ int main(int argc, char** argv) {
   migrate->add_flag("--zstd", migrate_zstd, "Compress the stream with zstd (level 1)");
   double reply_timeout_s = 300;
   migrate->add_option("--reply-timeout", reply_timeout_s,
-                      "Seconds the receiver may take to import and restore (and the stream may stall)")
+                      "Seconds each answer of the receiver may take: its import and restore, then "
+                      "its confirmation (and the stream may stall)")
       ->check(CLI::Range(1.0, 86400.0));
   flags.add_to(migrate, dump_action);
   auto* receive = app.add_subcommand("receive", "Accept one migration on --listen: import it into a new folder "
-                                                "under --dir (verified), restore it, reply, exit");
+                                                "under --dir (verified), restore it, run it once the source commits, exit");
   receive->add_option("--listen", peer, "Where to listen: HOST:PORT (*:PORT for every address)")->required();
   receive->add_option("--dir", dir, "The store: each migration is imported into a new folder in it")->required();
   receive->add_option("--criu", criu, "CRIU binary to use instead of the trusted paths");

@@ -4,9 +4,12 @@
 # prints a table of hashing ratios; a table of dumps and restores at each size, of a tree whose
 # memory is shared and of one whose is not (the library's streamed restore, its restore from the
 # verified folder, bare `criu dump` / `criu restore -d`, the command's peak RSS); then a table of
-# container dumps and restores (the library, bare CRIU with the library's own arguments, runc).
+# container dumps and restores (the library, bare CRIU with the library's own arguments, runc); then
+# the transfer rows: `export | import` against `tar | tar` (with zstd and without), and migrating a
+# 1 GiB process with `migrate` / `receive` against a cold move with bare CRIU and tar.
 # Needs root (CRIU). Extra arguments go to nc_bench, e.g. `--sizes 64` (or `--sizes 64,256`),
-# `--containers no` (skip the containers) or `--containers only` (about a minute).
+# `--containers no` (skip the containers) or `--containers only` (about a minute), `--transfer no`
+# or `--transfer only` (2–3 minutes); two sections "only" run both alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || { echo "bench: run as root (CRIU needs it)" >&2; exit 1; }
@@ -36,7 +39,9 @@ install -d -m 0700 build-bench/bench-key
 # Every checkpoint goes to tmpfs, in one folder removed whatever happens. nc_bench records each
 # counter (and container launcher) it starts in counter.pids; a restored tree has the same PIDs,
 # so that covers both. A PID is killed only while its command line still names this run's folder
-# (not a reused PID).
+# (not a reused PID). The migration rows' workload runs in a PID namespace of its own, restored
+# under new host PIDs: so, after those, every process whose command line names this run's folder
+# (a restored workload, a receiver or migration under way) is killed too.
 # Containers: every container nc_bench starts, and every copy of one CRIU or runc restores, lives
 # in cgroups named after this run's folder (the launcher's cgroup v2 folder; runc's and what CRIU
 # recreates of them). So runc's container is deleted, then every process in such a cgroup is
@@ -64,6 +69,12 @@ cleanup() {
       fi
     done <"$work/counter.pids"
   fi
+  local proc
+  for proc in /proc/[0-9]*; do
+    if { tr '\0' ' ' <"$proc/cmdline"; } 2>/dev/null | grep -qF "$work/"; then
+      kill -KILL "${proc#/proc/}" 2>/dev/null || true
+    fi
+  done
   if [[ -d $work/containers/runc/runc-state ]]; then
     timeout 30 runc --root "$work/containers/runc/runc-state" delete -f "$tag-runc" >/dev/null 2>&1 || true
   fi
@@ -84,6 +95,7 @@ status=0
 ./build-bench/tests/bench/nc_bench --counter build-bench/examples/counter \
   --cli build-bench/examples/nucleus-checkpoint --key-file build-bench/bench-key/hmac.key \
   --launcher build-bench/tests/bench/bench_container_launcher --source . \
+  --rewriter build-bench/tests/bench/bench_rewriter \
   --work "$work" "$@" || status=$?
 echo "whole run (setup, build, benchmark): $((SECONDS - start)) s"
 exit $status

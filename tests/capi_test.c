@@ -68,6 +68,23 @@ static void test_status_names(void) {
   CHECK(NC_OK == 0 && NC_E_INVALID == 1 && NC_E_PERMISSION == 2 && NC_E_NOT_FOUND == 3 && NC_E_STATE == 4 &&
         NC_E_CRIU == 5 && NC_E_INTEGRITY == 6 && NC_E_IO == 7 && NC_E_KEY == 8 && NC_E_NOMEM == 9 &&
         NC_E_INTERNAL == 10);
+  CHECK(strcmp(nc_status_name(NC_E_UNCONFIRMED), "NC_E_UNCONFIRMED") == 0 && NC_E_UNCONFIRMED == 12);
+}
+
+/* Messages are fit to print: a path holding a bidi override (U+202E), a C1 control, an escape
+ * sequence and a byte that is not UTF-8 comes back escaped, the backslash doubled, in the nc_error
+ * and nc_last_error() alike. */
+static void test_message_escaping(void) {
+  char hostile[4200];
+  path_of(hostile, sizeof hostile, "gone-\xe2\x80\xae-\xc2\x9b-\x1b[2J-\xff-\\");
+  nc_error *err = NULL;
+  CHECK(nc_error_new(&err) == NC_OK);
+  CHECK(nc_verify_e(hostile, err) == NC_E_NOT_FOUND);
+  const char *message = nc_error_message(err);
+  CHECK(strstr(message, "gone-\\u202e-\\u009b-\\x1b[2J-\\xff-\\\\") != NULL);
+  CHECK(strstr(message, "\xe2\x80\xae") == NULL && strstr(message, "\xc2\x9b") == NULL && strchr(message, 0x1b) == NULL);
+  CHECK(strcmp(message, nc_last_error()) == 0);
+  nc_error_free(err);
 }
 
 static void test_options_and_versions(void) {
@@ -921,6 +938,7 @@ int main(void) {
   test_container_options();
   test_sign_verify();
   test_error_objects();
+  test_message_escaping();
   test_options_errors();
   test_key_path();
   test_errors_across_threads();

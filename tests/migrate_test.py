@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
 """Migration between two "hosts" on one machine, with the real CRIU: two network namespaces joined
 by a veth pair (10.201.N.1/24 and .2/24), each with its own storage folder; `receive` runs in one,
-`migrate` in the other. The workload is a counter in a PID namespace of its own (so that its PIDs
-are free on the receiver while the source is stopped), appending 1, 2, 3... to a file both see:
- - A to B and back (B to A, zstd): the count goes on on the other side, never repeats or goes
-   back, the source is gone, the restored tree is in the receiver's network namespace, and the
-   report has the downtime, phases, bytes and 0 pre-dump rounds with the reason;
+`migrate` in the other, or the C example's (examples/migrate.c: nc_receive, nc_migrate) on either
+end. The workload is a counter in a PID namespace of its own (so that its PIDs are free on the
+receiver while the source is stopped), appending 1, 2, 3... to a file both see:
+ - A to B and back (B to A, zstd) with the CLI, then again with the C example on both ends, and
+   back with the C sender (zstd) and the CLI receiver: the count goes on on the other side, never
+   repeats or goes back, the source is gone, the restored tree is in the receiver's network
+   namespace, the receiver committed what it restored, and the report has the downtime, phases,
+   bytes (fewer with zstd) and 0 pre-dump rounds with the reason;
  - no receiver: nothing is dumped and the counter never stops;
  - a proxy flipping one byte of the stream: the receiver refuses it (integrity), the source resumes
    and counts on, nothing is committed on B;
- - the receiver killed mid-transfer: the source resumes, nothing is committed on B.
+ - the receiver killed mid-transfer: the source resumes, nothing is committed on B;
+ - through C: no receiver (the example connects first: nothing is dumped); a receiver holding
+   another HMAC key, and one holding none: nc_migrate fails with the receiver's status
+   (NC_E_INTEGRITY, NC_E_KEY), the source resumes and counts on, nothing is committed on B.
 Commands enter a namespace with `nsenter --net` rather than `ip netns exec`, which also makes a
 mount namespace of its own that CRIU would then have to dump and restore.
-Usage: migrate_test.py NUCLEUS_CHECKPOINT TMPDIR"""
+Usage: migrate_test.py NUCLEUS_CHECKPOINT MIGRATE_EXAMPLE TMPDIR"""
 import json
 import os
 import shutil
@@ -22,9 +28,9 @@ import sys
 import tempfile
 import time
 
-from test_support import become_subreaper, check, finish, reap, wait_for
+from test_support import become_subreaper, check, finish, join_hosts, reap, wait_for
 
-cli, tmp_root = sys.argv[1:3]
+cli, c_example, tmp_root = sys.argv[1:4]
 os.makedirs(tmp_root, exist_ok=True)
 tmp = tempfile.mkdtemp(prefix="migrate-", dir=tmp_root)
 os.makedirs(os.path.join(tmp, "keys"), mode=0o700)
@@ -130,14 +136,24 @@ def stored(h):
     return sorted(n for n in os.listdir(store[h]) if not n.startswith("."))
 
 
-def receiver(h, port):
-    """Starts `receive` in host h; returns it once it listens."""
-    proc = subprocess.Popen(in_host(h, cli, "--json", "receive", "--listen", f"{addr[h]}:{port}", "--dir", store[h]),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def listening(h, command, receiver_env):
+    """Starts a receiver in host h; returns it once it listens."""
+    proc = subprocess.Popen(in_host(h, *command), env=receiver_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     to_kill.append(proc.pid)
     line = proc.stderr.readline()
     check("listening on" in line, f"the receiver in {h} listens", line)
     return proc
+
+
+def receiver(h, port, receiver_env=env):
+    """`nucleus-checkpoint receive` in host h, listening."""
+    return listening(h, [cli, "--json", "receive", "--listen", f"{addr[h]}:{port}", "--dir", store[h]], receiver_env)
+
+
+def c_receiver(h, port, receiver_env=env):
+    """`migrate receive` (the C example) in host h, listening."""
+    return listening(h, [c_example, "receive", f"{addr[h]}:{port}", store[h]], receiver_env)
 
 
 def proxy(h, port, target_port, mode, at):
@@ -162,6 +178,22 @@ def migrate(h, pid, to, name, *extra):
     return run_in(h, "migrate", "--pid", str(pid), "--to", to, "--dir", os.path.join(store[h], name), *extra)
 
 
+def c_migrate(h, pid, to, name, *extra):
+    """`migrate send` (the C example) in host h."""
+    return subprocess.run(in_host(h, c_example, "send", str(pid), to, os.path.join(store[h], name), *extra), env=env,
+                          capture_output=True, text=True, timeout=180)
+
+
+def fields(text):
+    """The C example's `name: value` lines, numbers as numbers."""
+    found = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(": ")
+        if sep:
+            found[name] = int(value) if value.isdigit() else value
+    return found
+
+
 def goes_on(pid, seconds=1.0):
     """pid runs and the counter grows, still in order."""
     before = len(counts())
@@ -173,13 +205,7 @@ def goes_on(pid, seconds=1.0):
 try:
     for h in "AB":
         os.makedirs(store[h], mode=0o700)
-        subprocess.run(["ip", "netns", "add", net[h]], check=True)
-        subprocess.run(["ip", "-n", net[h], "link", "set", "lo", "up"], check=True)
-    subprocess.run(["ip", "link", "add", f"ncmva{tag}", "type", "veth", "peer", "name", f"ncmvb{tag}"], check=True)
-    for h, dev in (("A", f"ncmva{tag}"), ("B", f"ncmvb{tag}")):
-        subprocess.run(["ip", "link", "set", dev, "netns", net[h]], check=True)
-        subprocess.run(["ip", "-n", net[h], "addr", "add", f"{addr[h]}/24", "dev", dev], check=True)
-        subprocess.run(["ip", "-n", net[h], "link", "set", dev, "up"], check=True)
+    join_hosts(net, addr, {"A": f"ncmva{tag}", "B": f"ncmvb{tag}"})
     r = subprocess.run([cli, "keygen", "--json"], env=env, capture_output=True, text=True)
     check(r.returncode == 0, "the key both hosts share is made", r.stdout + r.stderr)
 
@@ -241,43 +267,76 @@ try:
     check(goes_on(pid), "the receiver killed: the source resumed and counts on")
     stop(px)
 
-    # --- A to B ---
-    rx = receiver("B", 7003)
-    before = len(counts())
-    r = migrate("A", pid, f"{addr['B']}:7003", "to-b")
-    out, _ = rx.communicate(timeout=60)
-    report = result(r.stdout)
-    got = result(out)
-    moved = report.get("restored_pid", 0)
-    if moved:
-        to_kill.append(moved)
-    if check(r.returncode == 0 and rx.returncode == 0 and moved > 0, "A to B: migrated", r.stdout + r.stderr + out):
-        check(got.get("pid") == moved and stored("B") == [os.path.basename(got.get("dir", ""))],
-              "A to B: the receiver restored what it committed", out)
-        check(wait_for(lambda: workload.poll() is not None and not alive(pid)), "A to B: the source is gone")
-        check(net_of(moved) == os.stat(f"/run/netns/{net['B']}").st_ino, "A to B: the tree runs in B's network")
-        check(goes_on(moved) and len(counts()) > before, "A to B: the count goes on in B, in order",
-              str(counts()[-20:]))
-        reason = report["rounds_reason"]  # this kernel's lack of soft-dirty tracking, or rounds not made yet
-        check(report["rounds"] == 0 and ("CONFIG_MEM_SOFT_DIRTY" in reason or "not implemented" in reason),
-              "A to B: no pre-dump rounds, and why", r.stdout)
-        check(report["downtime_ms"] >= report["dump_ms"] > 0 and report["bytes_sent"] > 100000 and
-              report["restore_ms"] > 0 and report["transfer_ms"] > 0, "A to B: the report's numbers", r.stdout)
-        print(f"A to B: {r.stdout.strip()}")
+    # --- Through C, no receiver: the example connects first, so nothing is dumped ---
+    r = c_migrate("A", pid, f"{addr['B']}:7009", "nobody-c")
+    check(r.returncode == 7 and "cannot connect to the receiver" in r.stderr and "nothing was dumped" in r.stderr and
+          not os.path.exists(os.path.join(store["A"], "nobody-c")), "C, no receiver: a clear error, nothing dumped",
+          r.stdout + r.stderr)
+    check(goes_on(pid), "C, no receiver: the counter runs on in A")
 
-        # --- B to A, compressed ---
-        rx = receiver("A", 7004)
-        r = migrate("B", moved, f"{addr['A']}:7004", "to-a", "--zstd")
+    # --- Through C, to a receiver that does not trust the sender's key: refused there, resumed here ---
+    os.makedirs(os.path.join(tmp, "other-keys"), mode=0o700)
+    other_key = dict(env, NUCLEUS_CHECKPOINT_HMAC_KEY_FILE=os.path.join(tmp, "other-keys", "key"))
+    r = subprocess.run([cli, "keygen", "--json"], env=other_key, capture_output=True, text=True)
+    check(r.returncode == 0, "another key is made", r.stdout + r.stderr)
+    no_key = dict(env, NUCLEUS_CHECKPOINT_HMAC_KEY_FILE=os.path.join(tmp, "other-keys", "none"))
+    for port, label, receiver_env, status, code in ((7005, "another key", other_key, "NC_E_INTEGRITY", 6),
+                                                    (7006, "no key", no_key, "NC_E_KEY", 8)):
+        name = label.replace(" ", "-")
+        left = os.listdir(store["B"])  # the killed receiver's staging folder above may be there
+        rx = c_receiver("B", port, receiver_env)
+        r = c_migrate("A", pid, f"{addr['B']}:{port}", name)
+        _, rx_err = rx.communicate(timeout=60)
+        check(r.returncode == code and f"{status}: nc_migrate: the receiver did not restore the tree" in r.stderr,
+              f"C, {label}: nc_migrate fails with the receiver's status ({status}) and says so", r.stdout + r.stderr)
+        check(rx.returncode == code and f"{status}: nc_receive: " in rx_err, f"C, {label}: nc_receive fails ({status})",
+              rx_err)
+        check(os.listdir(store["B"]) == left, f"C, {label}: nothing is committed (or left) on B",
+              str(os.listdir(store["B"])))
+        check(goes_on(pid), f"C, {label}: the source resumed and counts on")
+        check(os.path.exists(os.path.join(store["A"], name, "checkpoint.hmac")),
+              f"C, {label}: the checkpoint stays in A")
+        print(f"C, {label}: {r.stderr.strip()}")
+
+    # --- A to B and back, with the CLI, then with the C example ---
+    current, plain_bytes = pid, 0
+    for label, src, dst, port, c_sends, c_receives, extra in (
+            ("A to B", "A", "B", 7010, False, False, []),
+            ("B to A (zstd)", "B", "A", 7011, False, False, ["--zstd"]),
+            ("C: A to B", "A", "B", 7012, True, True, []),
+            ("C: B to A (zstd, to the CLI's receive)", "B", "A", 7013, True, False, ["--zstd"])):
+        rx = (c_receiver if c_receives else receiver)(dst, port)
+        before = len(counts())
+        to = f"{addr[dst]}:{port}"
+        r = (c_migrate if c_sends else migrate)(src, current, to, f"leg-{port}", *extra)
         out, _ = rx.communicate(timeout=60)
-        back = result(r.stdout).get("restored_pid", 0)
-        if back:
-            to_kill.append(back)
-        if check(r.returncode == 0 and rx.returncode == 0 and back > 0, "B to A: migrated back (zstd)",
-                 r.stdout + r.stderr + out):
-            check(wait_for(lambda: not alive(moved)), "B to A: the tree is gone from B")
-            check(net_of(back) == os.stat(f"/run/netns/{net['A']}").st_ino, "B to A: the tree runs in A's network")
-            check(goes_on(back), "B to A: the count goes on in A, in order", str(counts()[-20:]))
-            print(f"B to A: {r.stdout.strip()}")
+        report = fields(r.stdout) if c_sends else result(r.stdout)
+        got = result(fields(out).get("reply", "")) if c_receives else result(out)
+        moved = report.get("restored_pid", 0)
+        if moved:
+            to_kill.append(moved)
+        if not check(r.returncode == 0 and rx.returncode == 0 and moved > 0, f"{label}: migrated",
+                     r.stdout + r.stderr + out):
+            break
+        committed = got.get("dir", "")
+        check(got.get("pid") == moved and report.get("restored_dir") == committed and
+              os.path.dirname(committed) == store[dst] and os.path.basename(committed) in stored(dst) and
+              (not c_receives or fields(out).get("restored_pid") == moved),
+              f"{label}: the receiver restored what it committed, and the report says so", out + r.stdout)
+        check(wait_for(lambda: not alive(current)), f"{label}: the source is gone")
+        check(net_of(moved) == os.stat(f"/run/netns/{net[dst]}").st_ino, f"{label}: the tree runs in {dst}'s network")
+        check(goes_on(moved) and len(counts()) > before, f"{label}: the count goes on in {dst}, in order",
+              str(counts()[-20:]))
+        reason = report.get("rounds_reason", "")  # this kernel's lack of soft-dirty tracking, or rounds not made yet
+        check(report.get("rounds") == 0 and ("CONFIG_MEM_SOFT_DIRTY" in reason or "not implemented" in reason),
+              f"{label}: no pre-dump rounds, and why", r.stdout)
+        sent = report.get("bytes_sent", 0)
+        check(report.get("downtime_ms", 0) >= report.get("dump_ms", 0) > 0 and report.get("restore_ms", 0) > 0 and
+              report.get("transfer_ms", 0) > 0 and (0 < sent < plain_bytes if extra else sent > 100000),
+              f"{label}: the report's numbers" + (" (fewer bytes with zstd)" if extra else ""), r.stdout)
+        plain_bytes = plain_bytes or sent
+        print(f"{label}: {r.stdout.strip()}")
+        current = moved
     check(in_order(counts()), "the whole count: 1, 2, 3... never repeated, never back", str(counts()[-40:]))
 finally:
     for p in to_kill:

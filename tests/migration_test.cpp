@@ -1,7 +1,8 @@
 // The two ends of a migration (migrate, receive_migration) each against a scripted other end over a
-// socket pair, with the real CRIU and real process trees: what the source does with each reply
-// (ends the tree, or resumes it), and what the receiver replies and keeps. tests/migrate_test.py
-// runs both ends together between two network namespaces.
+// socket pair, with the real CRIU and real process trees: what the source does with each answer
+// (ends the tree, resumes it, or leaves it stopped when it cannot know), and what the receiver
+// replies, holds and keeps. tests/migrate_test.py runs both ends together between two network
+// namespaces.
 #include <nucleus/checkpoint/criu_runtime.hpp>
 #include <nucleus/checkpoint/error.hpp>
 #include <nucleus/checkpoint/hmac_tree.hpp>
@@ -9,6 +10,7 @@
 #include <nucleus/checkpoint/transfer.hpp>
 
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <memory>
@@ -18,11 +20,39 @@
 
 #include "fs/unique_fd.hpp"
 #include "process_support.hpp"
+#include "signature/chunked_signature.hpp"
+#include "signature/hex.hpp"
+#include "transfer/commit_proof.hpp"
+#include "transfer/transfer_stream.hpp"
 
 using namespace nucleus::checkpoint;
 using namespace nucleus::checkpoint::test;
 
 namespace {
+
+// A receiver's greeting with a fixed nonce (a real one is random), and the proof a commit must carry.
+const transfer::CommitNonce nonce{7};
+const std::string hello = fmt::format("{{\"nonce\":\"{}\"}}\n", to_lower_hex(nonce));
+std::string signature_of(const fs::path& dir) {
+  const UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  return read_signature_text(fd.get());
+}
+// The commit the source owes for the checkpoint in dir, proven for `for_nonce` with this host's key.
+std::string commit_for(const fs::path& dir, const transfer::CommitNonce& for_nonce) {
+  const HmacKey key = KeyStore().load();
+  return fmt::format("{{\"commit\":true,\"proof\":\"{}\"}}\n", transfer::prove_commit(key, for_nonce, signature_of(dir)));
+}
+// The source's commit as the receiver reads it, whose proof checks for `nonce` and dir's signature.
+bool is_proven_commit(const std::string& line, const fs::path& dir) {
+  const std::string prefix = R"({"commit":true,"proof":")";
+  if (!line.starts_with(prefix) || !line.ends_with("\"}\n")) return false;
+  const HmacKey key = KeyStore().load();
+  return !error_of([&] {
+    transfer::check_commit(key, nonce, signature_of(dir), line.substr(prefix.size(), line.size() - prefix.size() - 3));
+  });
+}
+const std::string ready = R"({"ready":true,"pid":4242,"dir":"/srv/m/c1","import_ms":30,"restore_ms":40})" "\n";
+const std::string ok = R"({"ok":true,"pid":4242,"dir":"/srv/m/c1","import_ms":30,"restore_ms":45})" "\n";
 
 struct Fixture {
   TempDir tmp;
@@ -35,40 +65,78 @@ struct Fixture {
   Fixture() {
     fs::create_directories(work_dir.parent_path());
     fs::create_directories(store);
+    reconnect();
+  }
+
+  void reconnect() {
     int fds[2];
     REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
     here.reset(fds[0]);
     there.reset(fds[1]);
   }
 
-  // What the other end read until the end of the stream.
-  static std::string read_to_end(int fd) {
+  // What the other end read until the end of the stream, or until a newline if `line`.
+  static std::string read_from(int fd, bool line = false) {
     std::string bytes;
-    char buf[65536];
-    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) bytes.append(buf, static_cast<std::size_t>(n));
+    char c = 0;
+    while (::read(fd, &c, 1) == 1) {
+      bytes += c;
+      if (line && c == '\n') break;
+    }
     return bytes;
   }
-  static void say(int fd, const std::string& line) { REQUIRE(::write(fd, line.data(), line.size()) == static_cast<ssize_t>(line.size())); }
+  static void say(int fd, const std::string& line) {
+    CHECK(::send(fd, line.data(), line.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(line.size()));
+  }
 
-  // A scripted receiver: reads the whole stream, then replies `line`.
-  MigrationReport migrate_against(pid_t pid, const std::string& line, std::optional<Error>& error) {
-    std::string stream;
+  // A scripted receiver: takes the stream whole (an import that checks it), says `first`, and if
+  // the source commits, says `second`; an empty line is the connection closed instead.
+  struct Script {
+    bool imported = false;
+    std::string commit_seen;
+  };
+  MigrationReport migrate_against(pid_t pid, const std::string& first, const std::string& second,
+                                  std::optional<Error>& error, Script& script) {
     std::thread receiver([&] {
-      stream = read_to_end(there.get());
-      say(there.get(), line);
-      ::shutdown(there.get(), SHUT_WR);
+      say(there.get(), hello);
+      try {
+        transfer::import_checkpoint(there.get(), tmp / "received", KeyStore(), transfer::StreamEnd::frame);
+        script.imported = true;
+      } catch (const Error&) {
+      }
+      if (first.empty()) return there.reset();
+      say(there.get(), first);
+      script.commit_seen = read_from(there.get(), true);
+      if (second.empty() || script.commit_seen.empty()) return there.reset();
+      say(there.get(), second);
     });
     MigrationReport report;
     error = error_of([&] { report = migrate(*rt, container("m1", pid), work_dir, here.get(), {}); });
+    ::shutdown(here.get(), SHUT_RDWR);  // a receiver still waiting for a commit hears there is none
     receiver.join();
-    CHECK(stream.substr(0, 8) == std::string("\x89NCXFER\n", 8));  // a whole transfer stream came
     return report;
   }
 };
 
+// The nonce of a receiver's greeting.
+transfer::CommitNonce nonce_in(const std::string& greeting) {
+  const std::string prefix = R"({"nonce":")";
+  REQUIRE(greeting.starts_with(prefix));
+  const auto given = array_from_lower_hex<32>(greeting.substr(prefix.size(), 64));
+  REQUIRE(given.has_value());
+  return *given;
+}
+
 bool counts_on(const CounterTree& tree) {
   const long before = tree.count("parent");
   return wait_until([&] { return tree.count("parent") > before + 2; }, std::chrono::seconds(5));
+}
+
+// Stopped, and stays so: not resumed (it counts no more), not killed.
+bool stays_stopped(const CounterTree& tree) {
+  const long before = tree.count("parent");
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  return process_state(tree.pid()) == 'T' && tree.count("parent") == before;
 }
 
 }  // namespace
@@ -77,51 +145,120 @@ TEST_CASE_METHOD(Fixture, "a receiver's refusal resumes the tree, with the recei
                  "[migrate]") {
   CounterTree tree(tmp / "counter");
   std::optional<Error> error;
+  Script script;
   migrate_against(tree.pid(), R"({"ok":false,"status":6,"status_name":"NC_E_INTEGRITY","error":"chunk 3 differs"})"
-                              "\n",
-                  error);
+                              "\n", "", error, script);
   REQUIRE(error.has_value());
   INFO(error->what());
+  CHECK(script.imported);  // a whole, verifying stream came, ended by its frame alone
+  CHECK(script.commit_seen.empty());
   CHECK(error->status() == Status::integrity);
   CHECK(contains(error->what(), "the receiver did not restore the tree: chunk 3 differs"));
   CHECK(counts_on(tree));
   HmacTree::verify(work_dir, KeyStore());  // the checkpoint stays, whole
 }
 
-TEST_CASE_METHOD(Fixture, "no reply, or one that is not a receiver's, resumes the tree", "[migrate]") {
+TEST_CASE_METHOD(Fixture, "no reply, or one that is not a receiver's, resumes the tree and commits nothing",
+                 "[migrate]") {
   for (const std::string& line : {std::string(), std::string("HTTP/1.1 400 Bad Request\n"),
-                                  std::string(R"({"ok":true})" "\n")}) {
+                                  std::string(R"({"ok":true})" "\n"), std::string(R"({"ready":true})" "\n")}) {
     CounterTree tree(tmp / "counter");
     std::optional<Error> error;
-    migrate_against(tree.pid(), line, error);
+    Script script;
+    migrate_against(tree.pid(), line, ok, error, script);
     there.reset();
     REQUIRE(error.has_value());
     INFO(line << ": " << error->what());
     CHECK(error->status() == Status::io);
+    CHECK(script.commit_seen.empty());
     CHECK(counts_on(tree));
     fs::remove_all(work_dir);
-    int fds[2];
-    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
-    here.reset(fds[0]);
-    there.reset(fds[1]);
+    fs::remove_all(tmp / "received");
+    reconnect();
   }
 }
 
-TEST_CASE_METHOD(Fixture, "an ok ends the stopped tree and fills the report", "[migrate]") {
+TEST_CASE_METHOD(Fixture, "ready, commit, ok: the stopped tree ends and the report is filled", "[migrate]") {
   CounterTree tree(tmp / "counter");
   std::optional<Error> error;
-  const MigrationReport report = migrate_against(
-      tree.pid(), R"({"ok":true,"pid":4242,"dir":"/srv/m/c1","import_ms":30,"restore_ms":40})" "\n", error);
-  REQUIRE_FALSE(error.has_value());
+  Script script;
+  const MigrationReport report = migrate_against(tree.pid(), ready, ok, error, script);
+  if (error) FAIL(error->what());
+  CHECK(is_proven_commit(script.commit_seen, work_dir));
   CHECK(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
   CHECK(report.restored_pid == 4242);
   CHECK(report.restored_dir == "/srv/m/c1");
   CHECK(report.transfer.count() == 30);
-  CHECK(report.restore.count() == 40);
+  CHECK(report.restore.count() == 45);
   CHECK(report.downtime >= report.dump);
   CHECK(report.dump.count() > 0);
   CHECK(report.rounds == 0);
   CHECK_FALSE(report.rounds_reason.empty());
+}
+
+TEST_CASE_METHOD(Fixture, "a refusal after the commit resumes the tree", "[migrate]") {
+  CounterTree tree(tmp / "counter");
+  std::optional<Error> error;
+  Script script;
+  migrate_against(tree.pid(), ready,
+                  R"({"ok":false,"status":5,"status_name":"NC_E_CRIU","error":"post-resume failed"})" "\n", error,
+                  script);
+  REQUIRE(error.has_value());
+  CHECK(is_proven_commit(script.commit_seen, work_dir));
+  CHECK(error->status() == Status::criu);
+  CHECK(counts_on(tree));
+}
+
+TEST_CASE_METHOD(Fixture, "no answer after the commit leaves the tree stopped, neither resumed nor killed",
+                 "[migrate]") {
+  for (const std::string& second : {std::string(), std::string("garbage\n")}) {
+    CounterTree tree(tmp / "counter");
+    std::optional<Error> error;
+    Script script;
+    migrate_against(tree.pid(), ready, second, error, script);
+    there.reset();
+    REQUIRE(error.has_value());
+    INFO(error->what());
+    CHECK(is_proven_commit(script.commit_seen, work_dir));
+    CHECK(error->status() == Status::unconfirmed);
+    CHECK(contains(error->what(), fmt::format("root PID {}", tree.pid())));
+    CHECK(contains(error->what(), "/srv/m/c1"));
+    CHECK(stays_stopped(tree));
+    fs::remove_all(work_dir);
+    fs::remove_all(tmp / "received");
+    reconnect();
+  }
+}
+
+TEST_CASE_METHOD(Fixture, "a source that dies after its commit leaves its tree stopped; before it, resumed",
+                 "[migrate]") {
+  for (const bool after_commit : {false, true}) {
+    CounterTree tree(tmp / "counter");
+    const pid_t source = ::fork();
+    REQUIRE(source >= 0);
+    if (source == 0) {
+      here.reset();
+      try {
+        migrate(*rt, container("m1", tree.pid()), work_dir, there.get(), {});
+      } catch (...) {
+      }
+      ::_exit(0);
+    }
+    there.reset();
+    say(here.get(), hello);
+    REQUIRE_NOTHROW(transfer::import_checkpoint(here.get(), tmp / "received", KeyStore(), transfer::StreamEnd::frame));
+    if (after_commit) {
+      say(here.get(), ready);
+      CHECK(is_proven_commit(read_from(here.get(), true), work_dir));
+    }
+    ::kill(source, SIGKILL);  // the dump's guardian outlives it
+    ::waitpid(source, nullptr, 0);
+    INFO("died " << (after_commit ? "after" : "before") << " its commit");
+    CHECK((after_commit ? stays_stopped(tree) : counts_on(tree)));
+    fs::remove_all(work_dir);
+    fs::remove_all(tmp / "received");
+    reconnect();
+  }
 }
 
 TEST_CASE_METHOD(Fixture, "a descriptor that is not a socket is refused before anything is dumped", "[migrate]") {
@@ -141,7 +278,8 @@ TEST_CASE_METHOD(Fixture, "the receiver refuses a corrupt stream, replies why, a
   std::thread source([&] {
     say(there.get(), std::string("\x89NCXFER\n\x01\0\0\0\0\0\0\0", 16) + "garbage");
     ::shutdown(there.get(), SHUT_WR);
-    reply = read_to_end(there.get());
+    reply = read_from(there.get());
+    reply.erase(0, reply.find('\n') + 1);  // the greeting
   });
   const auto error = error_of([&] { receive_migration(*rt, here.get(), store); });
   here.reset();
@@ -154,28 +292,127 @@ TEST_CASE_METHOD(Fixture, "the receiver refuses a corrupt stream, replies why, a
   CHECK(fs::is_empty(store));
 }
 
-TEST_CASE_METHOD(Fixture, "the receiver restores a real dump and replies with its PID and folder", "[migrate]") {
+TEST_CASE_METHOD(Fixture, "the receiver holds the restored tree until the commit, then lets it run and says ok",
+                 "[migrate]") {
   CounterTree tree(tmp / "counter");
   rt->checkpoint(container("m1", tree.pid()), work_dir, false);
   REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));  // its PIDs free to restore
   const long stopped_at = tree.count("parent");
-  std::string reply;
+  std::string first, second;
+  bool held = false;
   std::thread source([&] {
+    const transfer::CommitNonce given = nonce_in(read_from(there.get(), true));
     export_checkpoint(work_dir, there.get());
-    ::shutdown(there.get(), SHUT_WR);
-    reply = read_to_end(there.get());
+    first = read_from(there.get(), true);
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    held = tree.count("parent") == stopped_at;  // restored, and not running yet
+    say(there.get(), commit_for(work_dir, given));
+    second = read_from(there.get());
   });
   std::optional<ReceivedMigration> received;
   const auto error = error_of([&] { received = receive_migration(*rt, here.get(), store); });
-  here.reset();  // the source reads its reply to the end
+  here.reset();  // the source reads its replies to the end
   source.join();
   if (error) FAIL(error->what());
   const UniqueFd pidfd(received->tree.pidfd);
-  INFO(reply);
-  CHECK(reply == received->reply);
-  CHECK(reply.starts_with(fmt::format(R"({{"ok":true,"pid":{},"dir":"{}")", received->tree.pid,
+  INFO(first << second);
+  CHECK(first.starts_with(fmt::format(R"({{"ready":true,"pid":{},"dir":"{}")", received->tree.pid,
                                       received->dir.native())));
+  CHECK(held);
+  CHECK(second == received->reply);
+  CHECK(second.starts_with(fmt::format(R"({{"ok":true,"pid":{},"dir":"{}")", received->tree.pid,
+                                       received->dir.native())));
+  CHECK(received->source_told);
   CHECK(received->dir.parent_path() == store);
   CHECK(wait_until([&] { return tree.count("parent") > stopped_at + 2; }));
   CounterTree::stop(received->tree.pid);
+}
+
+TEST_CASE_METHOD(Fixture, "without the source's commit the restored tree is killed before it runs", "[migrate]") {
+  CounterTree tree(tmp / "counter");
+  rt->checkpoint(container("m1", tree.pid()), work_dir, false);
+  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  const long stopped_at = tree.count("parent");
+  std::string first;
+  std::thread source([&] {
+    read_from(there.get(), true);
+    export_checkpoint(work_dir, there.get());
+    first = read_from(there.get(), true);
+    say(there.get(), R"({"commit":false})" "\n");
+    read_from(there.get());
+  });
+  std::optional<ReceivedMigration> received;
+  const auto error = error_of([&] { received = receive_migration(*rt, here.get(), store); });
+  here.reset();
+  source.join();
+  REQUIRE(error.has_value());
+  INFO(first << error->what());
+  CHECK(first.starts_with(R"({"ready":true,"pid":)"));
+  CHECK(contains(error->what(), "the source did not commit the migration, so the restored tree was killed before it ran"));
+  const pid_t restored = std::stoi(first.substr(first.find(":", 14) + 1));
+  CHECK(wait_until([&] { reap_all(); return !is_alive(restored); }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  CHECK(tree.count("parent") == stopped_at);  // it never ran
+  CHECK_FALSE(fs::is_empty(store));           // the verified checkpoint stays
+}
+
+TEST_CASE_METHOD(Fixture, "a receiver that dies before the commit leaves the restored tree stopped, never running",
+                 "[migrate]") {
+  CounterTree tree(tmp / "counter");
+  rt->checkpoint(container("m1", tree.pid()), work_dir, false);
+  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  const long stopped_at = tree.count("parent");
+  const pid_t receiver = ::fork();
+  REQUIRE(receiver >= 0);
+  if (receiver == 0) {
+    there.reset();
+    try {
+      receive_migration(*rt, here.get(), store);
+    } catch (...) {
+    }
+    ::_exit(0);
+  }
+  here.reset();
+  read_from(there.get(), true);
+  export_checkpoint(work_dir, there.get());
+  const std::string first = read_from(there.get(), true);
+  ::kill(receiver, SIGKILL);
+  ::waitpid(receiver, nullptr, 0);
+  INFO(first);
+  REQUIRE(first.starts_with(R"({"ready":true,"pid":)"));
+  const pid_t restored = std::stoi(first.substr(first.find(":", 14) + 1));
+  std::this_thread::sleep_for(std::chrono::milliseconds(800));
+  CHECK(process_state(restored) == 'T');
+  CHECK(tree.count("parent") == stopped_at);  // it never ran
+  CounterTree::stop(restored);
+}
+
+TEST_CASE_METHOD(Fixture, "a replayed stream, or a commit not proven for this connection, never runs", "[migrate]") {
+  CounterTree tree(tmp / "counter");
+  rt->checkpoint(container("m1", tree.pid()), work_dir, false);
+  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  const long stopped_at = tree.count("parent");
+  // A stream sniffed earlier, sent again with a commit proven for another connection's nonce (or
+  // none): whoever can reach the port holds no signing key.
+  for (const std::string& forged : {commit_for(work_dir, transfer::CommitNonce{1}), std::string(R"({"commit":true})" "\n")}) {
+    std::string first;
+    std::thread source([&] {
+      read_from(there.get(), true);
+      export_checkpoint(work_dir, there.get());
+      first = read_from(there.get(), true);
+      say(there.get(), forged);
+      read_from(there.get());
+    });
+    const auto error = error_of([&] { receive_migration(*rt, here.get(), store); });
+    here.reset();
+    source.join();
+    REQUIRE(error.has_value());
+    INFO(forged << error->what());
+    CHECK(error->status() == Status::integrity);
+    CHECK(contains(error->what(), "does not prove that the checkpoint's signer sent it on this connection"));
+    const pid_t restored = std::stoi(first.substr(first.find(":", 14) + 1));
+    CHECK(wait_until([&] { reap_all(); return !is_alive(restored); }));
+    CHECK(tree.count("parent") == stopped_at);  // it never ran
+    reconnect();
+  }
 }

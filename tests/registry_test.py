@@ -4,8 +4,14 @@ seen by skopeo inspect (one layer, the checkpoint annotations), copied by skopeo
 recompress it) to other names, pulled back by the library, verified and restored. Then what a pull
 must refuse, each leaving nothing behind: a layer changed in the registry's storage, a manifest
 pointing to another image's layer signed with another key, hostile tars pushed with hand-made
-manifests (traversal, absolute names, links, a device, an entry past the size limit), a manifest
-with two layers."""
+manifests (no signature or listing first, a forged listing, traversal, absolute names, links, a
+device, an entry twice, a file longer than listed, a changed chunk, an entry after those listed, a
+layer padded past its listing), a checkpoint past the size limit, format 2 (push refuses it too),
+a manifest with two layers; and zstd decompression bombs of ~150 KB that expand to 4 GiB, pulled
+into a 64 MiB tmpfs, each refused having written no more than the layer itself. Last, "pulled on
+the other host": two network namespaces joined by a veth pair, the registry on A's address, A
+dumps (Ed25519) and pushes, skopeo in A copies, B (holding only A's public key) pulls, verifies
+and restores, and the counter runs on in B."""
 import hashlib
 import io
 import json
@@ -17,11 +23,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 
 import test_support
-from test_support import become_subreaper, check, finish, reap, wait_for
+from test_support import become_subreaper, check, finish, join_hosts, reap, wait_for
 
 cli, counter, tmp_root = sys.argv[1:4]
 registry_bin = shutil.which("docker-registry") or "/usr/bin/docker-registry"
@@ -68,6 +75,8 @@ def registry_up():
 
 
 tree = None
+mounted = []  # tmpfs mounts, unmounted whatever happens
+namespaces, to_kill = [], []  # network namespaces, processes (-pgid for a group)
 try:
     check(wait_for(registry_up, seconds=30), "the registry answers", open(os.path.join(tmp, "registry.log")).read())
 
@@ -125,6 +134,7 @@ try:
         check(r.returncode == expect_status and expect_text in r.stderr, f"{what}: refused", r.stdout + r.stderr)
         check(sorted(os.listdir(pulls)) == sorted(kept), f"{what}: nothing left behind",
               f"{sorted(os.listdir(pulls))} vs {sorted(kept)}")
+        shutil.rmtree(target, ignore_errors=True)  # a failure above is not counted again by the next pull
 
     kept = []
 
@@ -132,9 +142,10 @@ try:
     os.makedirs(os.path.join(tmp, "counter"))
     tree = subprocess.Popen([counter, os.path.join(tmp, "counter")])
 
-    def count():
+    def count(folder="counter"):
+        """What the counter writing into tmp/folder has counted to."""
         try:
-            with open(os.path.join(tmp, "counter", "parent")) as f:
+            with open(os.path.join(tmp, folder, "parent")) as f:
                 return int(f.read())
         except (OSError, ValueError):
             return -1
@@ -257,9 +268,15 @@ try:
     check(r.returncode == 0, "the swapped image verifies with the key that signed it", r.stdout + r.stderr)
     kept.append("swapped-key2")
 
-    # Hostile tars, each pushed with a hand-made manifest.
-    def tar_of(*members):
+    # Hostile tars, each pushed with a hand-made manifest, most of them made from the real layer:
+    # its signature and listing first, then the listed folders and files in the listing's order.
+    def tar_of(*members, end=True):
         out = io.BytesIO()
+        if not end:  # the entries alone, to be followed by more
+            for info, data in members:
+                out.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+                out.write((data or b"") + b"\0" * (-len(data or b"") % 512))
+            return out.getvalue()
         with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as t:
             for info, data in members:
                 t.addfile(info, io.BytesIO(data) if data is not None else None)
@@ -272,29 +289,116 @@ try:
         info.size = len(data) if kind == tarfile.REGTYPE and size is None else (size or 0)
         return info, (data if kind == tarfile.REGTYPE else None)
 
-    with open(os.path.join(ckpt, "checkpoint.hmac"), "rb") as f:
-        signature = f.read()
+    with tarfile.open(fileobj=io.BytesIO(plain_layer), mode="r:") as t:
+        real = [(m, t.extractfile(m).read() if m.isfile() else None) for m in t.getmembers()]
+    names = [m.name for m, _ in real]
+    check(names[:2] == ["checkpoint.hmac", "checkpoint.listing"] and "metadata.json" in names,
+          "the layer holds the signature, then the listing, then the checkpoint", str(names[:5]))
+    signed = real[:2]
+    first_file = next(i for i, (m, _) in enumerate(real) if i >= 2 and m.isfile())  # after its folders
+    at_metadata = names.index("metadata.json")
+
+    def changed(index, data, size=None):
+        """The real layer's members with member `index` holding `data` (its header saying `size`)."""
+        info = tarfile.TarInfo(real[index][0].name)
+        info.size = len(data) if size is None else size
+        return real[:index] + [(info, data)] + real[index + 1:]
+
+    listing = bytearray(real[1][1])
+    size_at = listing.find(b"metadata.json") - 8
+    listing[size_at] ^= 1
+    forged_listing = [real[0], (real[1][0], bytes(listing))] + real[2:]
+    metadata = real[at_metadata][1]
     escape = os.path.join(tmp, "escaped")
     hostile = {
-        "traversal": ([member("checkpoint.hmac", signature), member("../../escaped", b"out")],
-                      "not a plain relative path"),
-        "absolute": ([member("checkpoint.hmac", signature), member(escape, b"out")], "not a plain relative path"),
-        "symlink": ([member("images", kind=tarfile.DIRTYPE), member("images/pages-1.img", kind=tarfile.SYMTYPE,
-                                                                     link="/etc/shadow")], "is a symbolic link"),
-        "hardlink": ([member("metadata.json", b"{}"), member("images", kind=tarfile.DIRTYPE),
-                      member("images/x", kind=tarfile.LNKTYPE, link="metadata.json")], "is a hard link"),
-        "device": ([member("null", kind=tarfile.CHRTYPE)], "is a character device"),
-        "twice": ([member("metadata.json", b"{}"), member("metadata.json", b"{}")], "twice"),
+        "unsigned": ([member("metadata.json", b"{}")], "first entry is not the file checkpoint.hmac"),
+        "no-listing": (real[:1] + real[2:], "second entry is not the file checkpoint.listing"),
+        "forged-listing": (forged_listing, "listing does not match its signature"),
+        "traversal": (signed + [member("../../escaped", b"out")], "its signed listing names next"),
+        "absolute": (signed + [member(escape, b"out")], "its signed listing names next"),
+        "symlink": (signed + [member(real[2][0].name, kind=tarfile.SYMTYPE, link="/etc/shadow")],
+                    "is a symbolic link"),
+        "hardlink": (signed + [member(real[2][0].name, kind=tarfile.LNKTYPE, link="metadata.json")],
+                     "is a hard link"),
+        "device": (signed + [member(real[2][0].name, kind=tarfile.CHRTYPE)], "is a character device"),
+        "twice": (real[:first_file + 1] + real[first_file:], "its signed listing names next"),
+        # The listing is authentic, a file is longer than listed: refused at that file, from its header.
+        "longer": (changed(at_metadata, metadata + b" " * 100),
+                   f"entry 'metadata.json' is {len(metadata) + 100} bytes, but its signed listing says "
+                   f"{len(metadata)}"),
+        "changed-chunk": (changed(at_metadata, metadata.replace(b"counter-demo", b"counter-demO", 1)),
+                          "checkpoint file 'metadata.json' differs from what was signed in bytes 0"),
+        "extra": (real + [member("extra", b"x")], "entry 'extra' after those its signed listing names"),
     }
     for tag, (members, text) in hostile.items():
         push_layer("checkpoints/counter", tag, tar_of(*members))
         refused_pull(tag, 6, text, f"a hostile tar ({tag})")
     check(not os.path.exists(escape), "nothing was written outside the pull's folder")
-    # An entry past the size limit is refused from its header, before its bytes are written.
-    push_layer("checkpoints/counter", "huge", tar_of(member("images", kind=tarfile.DIRTYPE),
-                                                     member("images/pages-1.img", b"\0" * (2 << 20))))
-    refused_pull("huge", 6, "more than 1048576 bytes", "an entry past NUCLEUS_CHECKPOINT_MAX_BYTES",
-                 e=dict(env, NUCLEUS_CHECKPOINT_MAX_BYTES=str(1 << 20)))
+    # A layer far larger than the tar its listing makes (here padded after the tar's end, which
+    # libarchive never reads) is refused once the listing is authenticated.
+    push_layer("checkpoints/counter", "padded", plain_layer + b"\0" * (8 << 20))
+    refused_pull("padded", 6, "more than the", "a layer larger than its signed listing takes")
+    # Files past the size limit are refused from the listing, before a file's bytes are read.
+    refused_pull("v1", 6, "lists files adding up to more than 4096 bytes", "a checkpoint past "
+                 "NUCLEUS_CHECKPOINT_MAX_BYTES", e=dict(env, NUCLEUS_CHECKPOINT_MAX_BYTES="4096"))
+    # Formats 1 and 2 cannot be checked as they arrive: push refuses them, and so does pull.
+    chunked = os.path.join(tmp, "chunked")
+    shutil.copytree(ckpt, chunked)
+    check(run("sign", "--format", "chunked", "--dir", chunked).returncode == 0, "a copy signed in format 2")
+    r = run("push", "--dir", chunked, f"{host}/checkpoints/counter:chunked", "--insecure")
+    check(r.returncode == 1 and "sign --format manifest --dir" in r.stderr, "push refuses format 2, saying how to "
+          "re-sign", r.stdout + r.stderr)
+    with open(os.path.join(chunked, "checkpoint.hmac"), "rb") as f:
+        push_layer("checkpoints/counter", "chunked", tar_of(member("checkpoint.hmac", f.read()), real[1]))
+    refused_pull("chunked", 6, "signed in format 2, which cannot be checked as it arrives", "a layer in format 2")
+
+    # Decompression bombs: a zstd layer of ~150 KB whose tar holds a 4 GiB file of zeros before the
+    # signature, instead of the listing, or in place of the first listed file. Each is refused
+    # having written (almost) nothing: pulled into a 64 MiB tmpfs whose use is sampled as it runs.
+    def zstd(data):
+        return subprocess.run(["zstd", "-q", "-c"], input=data, capture_output=True, check=True).stdout
+
+    zeros = zstd(b"\0" * (64 << 20))
+
+    def bomb(before, name):
+        head = tar_of(*before, member(name, b"", size=4 << 30), end=False)
+        return zstd(head) + zeros * 64 + zstd(b"\0" * 10240)  # the file, then the tar's end
+
+    small = os.path.join(tmp, "small")
+    os.makedirs(small)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", small], check=True)
+    mounted.append(small)
+    # And one of 2 GiB of pax global headers after the listing (each a 1000000-byte comment, within
+    # libarchive's limit on one), which libarchive reads and skips unseen: the bytes decompressed
+    # are bounded by what the signed listing takes as a tar.
+    record = b" comment=" + b"x" * 999980 + b"\n"
+    record = str(len(record) + 6).encode() + record  # its length, 6 digits, counts itself
+    comment = member("global", record)
+    comment[0].type = tarfile.XGLTYPE
+    comments = zstd(tar_of(comment, end=False))
+    bombs = {"bomb-first": (bomb([], "images/pages-1.img"), "first entry is not the file checkpoint.hmac"),
+             "bomb-listing": (bomb(real[:1], "checkpoint.listing"),
+                              "checkpoint.listing is 4294967296 bytes, more than"),
+             "bomb-file": (bomb(real[:first_file], names[first_file]),
+                           f"entry '{names[first_file]}' is 4294967296 bytes, but its signed listing says "
+                           f"{real[first_file][0].size}"),
+             "bomb-skipped": (zstd(tar_of(*signed, end=False)) + comments * 2048 + zstd(tar_of(*real[2:])),
+                              "decompresses to more than its signed listing takes as a tar")}
+    for tag, (layer, text) in bombs.items():
+        push_layer("checkpoints/counter", tag, layer, media_type="application/vnd.oci.image.layer.v1.tar+zstd")
+        used = lambda: (lambda v: (v.f_blocks - v.f_bfree) * v.f_frsize)(os.statvfs(small))
+        baseline, peak = used(), 0
+        pull = subprocess.Popen([cli, "pull", f"{host}/checkpoints/counter:{tag}", "--dir",
+                                 os.path.join(small, "pulled"), "--insecure"], env=env, stderr=subprocess.PIPE,
+                                text=True)
+        while pull.poll() is None:
+            peak = max(peak, used() - baseline)
+            time.sleep(0.002)
+        err = pull.stderr.read()
+        print(f"bomb {tag}: a {len(layer)}-byte layer; the pull's folder grew by {peak} bytes at most")
+        check(pull.returncode == 6 and text in err, f"a {len(layer) // 1000} KB zstd bomb ({tag}) is refused", err)
+        check(peak < 4 << 20 and os.listdir(small) == [], f"the bomb ({tag}) wrote (almost) nothing",
+              f"peak {peak} bytes, left {os.listdir(small)}")
     push_layer("checkpoints/counter", "two-layers", tar_of(member("a")), layers=2)
     refused_pull("two-layers", 6, "exactly one layer", "a manifest with two layers")
     push_layer("checkpoints/counter", "not-tar", b"\x1f\x8b not a tar at all" * 100)
@@ -339,7 +443,95 @@ try:
             f.seek(-1, os.SEEK_CUR)
             f.write(bytes([b[0] ^ 1]))
     refused_pull("v1", 6, "is not the one its manifest names", "a layer changed in the registry")
+
+    # Pulled on the other host: two network namespaces joined by a veth pair, the registry listening
+    # on A's address. A dumps the counter signed with its Ed25519 key, pushes it, and skopeo (in A)
+    # copies it gzip-compressed; B, holding no key but A's public one, pulls the copy, verifies it
+    # and restores it, and the counter runs on in B's network namespace. Commands enter a namespace
+    # with `nsenter --net` (`ip netns exec` would also make a mount namespace CRIU must then handle).
+    ns_tag = os.getpid() % 100000
+    net = {"A": f"ncrA{ns_tag}", "B": f"ncrB{ns_tag}"}
+    subnet = f"10.202.{os.getpid() % 250}"
+    addr = {"A": f"{subnet}.1", "B": f"{subnet}.2"}
+    namespaces.extend(net.values())
+    join_hosts(net, addr, {"A": f"ncrva{ns_tag}", "B": f"ncrvb{ns_tag}"})
+
+    def in_host(h, *args):
+        return ["nsenter", f"--net=/run/netns/{net[h]}", *args]
+
+    host_dir = {h: os.path.join(tmp, f"host{h}") for h in "AB"}
+    host_env = {}
+    for h in "AB":
+        os.makedirs(os.path.join(host_dir[h], "keys"), mode=0o700)
+        host_env[h] = dict(os.environ, NUCLEUS_CHECKPOINT_HMAC_KEY_FILE=os.path.join(host_dir[h], "keys", "key"))
+
+    def run_on(h, *args):
+        return subprocess.run(in_host(h, cli, *args), env=host_env[h], capture_output=True, text=True, timeout=300)
+
+    a_config = os.path.join(host_dir["A"], "registry.yml")
+    with open(a_config, "w") as f:
+        f.write(f"version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: "
+                f"{host_dir['A']}/registry-data\nhttp:\n  addr: {addr['A']}:5000\n")
+    a_registry = subprocess.Popen(in_host("A", registry_bin, "serve", a_config), stdout=registry_log,
+                                  stderr=subprocess.STDOUT)
+    to_kill.append(a_registry.pid)
+    a_host = f"{addr['A']}:5000"
+    check(wait_for(lambda: subprocess.run(in_host("A", sys.executable, "-c", "import urllib.request as u; "
+                                                  f"u.urlopen('http://{a_host}/v2/', timeout=2)"),
+                                          capture_output=True).returncode == 0, seconds=30),
+          "the registry answers on A's address")
+
+    r = run_on("A", "keygen", "--ed25519", "--public-key-out", os.path.join(tmp, "a.pub"))
+    check(r.returncode == 0, "A makes its Ed25519 key", r.stdout + r.stderr)
+    os.makedirs(os.path.join(tmp, "counter2"))
+    a_tree = subprocess.Popen(in_host("A", counter, os.path.join(tmp, "counter2")))
+    to_kill.append(a_tree.pid)
+
+    wait_for(lambda: count("counter2") >= 3)
+    a_ckpt = os.path.join(host_dir["A"], "ckpt")
+    r = run_on("A", "dump", "--pid", str(a_tree.pid), "--dir", a_ckpt, "--sign", "ed25519")
+    check(r.returncode == 0, "A dumps the counter, signed with its Ed25519 key", r.stdout + r.stderr)
+    wait_for(lambda: (reap(), a_tree.poll() is not None)[1])
+    at_dump2 = count("counter2")
+    r = run_on("A", "push", "--dir", a_ckpt, f"{a_host}/ckpt/counter:v1", "--insecure")
+    check(r.returncode == 0, "A pushes it to the registry on its address", r.stdout + r.stderr)
+    r = subprocess.run(in_host("A", "skopeo", "copy", "--src-tls-verify=false", "--dest-tls-verify=false",
+                               "--dest-compress", "--dest-compress-format=gzip", f"docker://{a_host}/ckpt/counter:v1",
+                               f"docker://{a_host}/copies/counter:v1"), capture_output=True, text=True, timeout=300)
+    check(r.returncode == 0, "skopeo in A copies it, gzip-compressed", r.stdout + r.stderr)
+
+    b_pulled = os.path.join(host_dir["B"], "pulled")
+    r = run_on("B", "pull", f"{a_host}/copies/counter:v1", "--dir", b_pulled, "--insecure")
+    check(r.returncode == 6 and "trust" in r.stderr and not os.path.exists(b_pulled),
+          "B refuses it while it does not trust A's key",
+          r.stdout + r.stderr)
+    r = run_on("B", "trust", "add", os.path.join(tmp, "a.pub"))
+    check(r.returncode == 0, "B trusts A's public key", r.stdout + r.stderr)
+    r = run_on("B", "pull", f"{a_host}/copies/counter:v1", "--dir", b_pulled, "--insecure")
+    check(r.returncode == 0, "B pulls the copy from A's registry", r.stdout + r.stderr)
+    r = run_on("B", "verify", "--dir", b_pulled)
+    check(r.returncode == 0, "the pulled checkpoint verifies on B", r.stdout + r.stderr)
+    r = run_on("B", "restore", "--dir", b_pulled, "--json")
+    b_restored = json.loads(r.stdout).get("pid", 0) if r.stdout.startswith("{") else 0
+    check(r.returncode == 0 and b_restored == a_tree.pid, "B restores it", r.stdout + r.stderr)
+    if b_restored > 0:
+        to_kill.append(-b_restored)  # its process group: the counter and its child
+        check(os.stat(f"/proc/{b_restored}/ns/net").st_ino == os.stat(f"/run/netns/{net['B']}").st_ino,
+              "the restored counter is in B's network namespace")
+    check(wait_for(lambda: count("counter2") > at_dump2 + 5), "the counter runs on in B",
+          f"{at_dump2} -> {count('counter2')}")
+    print(f"pulled on the other host: restored as {b_restored} in {net['B']}, counting "
+          f"{at_dump2} -> {count('counter2')}")
+    check(sorted(os.listdir(os.path.join(host_dir["B"], "keys"))) == ["trusted-keys"],
+          "B holds no key of its own, only A's public key", str(os.listdir(os.path.join(host_dir["B"], "keys"))))
 finally:
+    for pid in to_kill:  # SIGKILL: the registry, the counter, the restored tree's group
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for name in namespaces:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
     registry.terminate()
     try:
         registry.wait(timeout=10)
@@ -349,6 +541,8 @@ finally:
     if tree is not None and tree.poll() is None:
         tree.kill()
     reap()
+    for path in mounted:
+        subprocess.run(["umount", path], capture_output=True)
 
 if test_support.failures == 0:
     shutil.rmtree(tmp, ignore_errors=True)  # kept when something failed, to look at

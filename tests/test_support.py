@@ -1,7 +1,9 @@
 """What the Python tests share: check() and its tally, reaping as a child subreaper, waiting for a
-condition, and the closing "NAME: N checks, M failed" line."""
+condition, two "hosts" (network namespaces joined by a veth pair), and the closing "NAME: N checks,
+M failed" line."""
 import ctypes
 import os
+import subprocess
 import sys
 import time
 
@@ -40,6 +42,20 @@ def wait_for(pred, seconds=10, step=0.05):
             return True
         time.sleep(step)
     return pred()
+
+
+def join_hosts(net, addr, veth):
+    """Network namespaces net["A"] and net["B"], their loopback up, joined by the veth pair veth["A"]
+    and veth["B"] with the /24 addresses addr["A"] and addr["B"]. The caller deletes the namespaces
+    (ip netns del, which takes the pair with them) whatever happens."""
+    for h in "AB":
+        subprocess.run(["ip", "netns", "add", net[h]], check=True)
+        subprocess.run(["ip", "-n", net[h], "link", "set", "lo", "up"], check=True)
+    subprocess.run(["ip", "link", "add", veth["A"], "type", "veth", "peer", "name", veth["B"]], check=True)
+    for h in "AB":
+        subprocess.run(["ip", "link", "set", veth[h], "netns", net[h]], check=True)
+        subprocess.run(["ip", "-n", net[h], "addr", "add", f"{addr[h]}/24", "dev", veth[h]], check=True)
+        subprocess.run(["ip", "-n", net[h], "link", "set", veth[h], "up"], check=True)
 
 
 def finish(name):

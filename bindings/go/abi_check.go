@@ -18,6 +18,7 @@ var _ = [...]struct{}{
 	[1]struct{}{}[StatusNoMem-C.NC_E_NOMEM],
 	[1]struct{}{}[StatusInternal-C.NC_E_INTERNAL],
 	[1]struct{}{}[StatusUnsupported-C.NC_E_UNSUPPORTED],
+	[1]struct{}{}[StatusUnconfirmed-C.NC_E_UNCONFIRMED],
 	[1]struct{}{}[CgroupDefault-C.NC_CGROUP_DEFAULT],
 	[1]struct{}{}[CgroupSoft-C.NC_CGROUP_SOFT],
 	[1]struct{}{}[CgroupFull-C.NC_CGROUP_FULL],

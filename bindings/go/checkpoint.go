@@ -2,7 +2,8 @@
 // libnucleuscheckpoint, which signs every checkpoint over its whole folder (HMAC-SHA256, or
 // Ed25519 for hosts that hold only the public key) and verifies it before CRIU reads a byte of it:
 // a changed, swapped or unsigned checkpoint is never restored (ErrIntegrity). Checkpoints move
-// between hosts as verified streams (Export, Import) or registry images (PushImage, PullImage).
+// between hosts as verified streams (Export, Import) or registry images (PushImage, PullImage),
+// and running trees by migration (Runtime.Migrate, Runtime.Receive).
 //
 // It binds the library's C ABI (nucleus/checkpoint.h) through cgo and pkg-config
 // (nucleus-checkpoint). Every call gets an nc_error of its own, so its *Error is exactly its own
@@ -125,12 +126,7 @@ func (r *Runtime) dump(op, id string, pid int, dir string, opts *Options, f func
 	}
 	return withArgs(opts, []arg{{"container id", id}, {"checkpoint folder", dir}}, func(c []*C.char, o *cOptions) error {
 		return r.use(op, func(rt *C.nc_runtime) error {
-			err := call(func(e *C.nc_error) C.nc_status { return f(rt, c[0], C.pid_t(pid), c[1], o.handle, e) })
-			if o.cb != nil {
-				o.cb.rethrow()
-				err = o.cb.withRefusal(err)
-			}
-			return err
+			return o.outcome(call(func(e *C.nc_error) C.nc_status { return f(rt, c[0], C.pid_t(pid), c[1], o.handle, e) }))
 		})
 	})
 }

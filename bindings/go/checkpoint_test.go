@@ -2,7 +2,8 @@
 // runs it): errors and their statuses; a real process tree checkpointed, a tampered copy refused,
 // the tree restored and seen counting on; callbacks; 64 goroutines failing at once, each with its
 // own message; and the 0.3 calls: a tree dumped with Ed25519, moved as a transfer stream to a
-// receiver that holds only the public key, and restored there; pre-dumps; registry arguments.
+// receiver that holds only the public key, and restored there; pre-dumps; registry arguments;
+// migrations, to a receiver on another goroutine and refused by one trusting no key.
 //
 // It needs NC_TEST_COUNTER (examples/counter) and NC_TEST_TMPDIR (a folder only root can change,
 // such as /var/tmp/nucleus-checkpoint-tests); without NC_TEST_COUNTER the tests that need CRIU skip.
@@ -76,7 +77,7 @@ func TestStatusesAndErrors(t *testing.T) {
 	for i, s := range []checkpoint.Status{checkpoint.StatusOK, checkpoint.StatusInvalid, checkpoint.StatusPermission,
 		checkpoint.StatusNotFound, checkpoint.StatusState, checkpoint.StatusCRIU, checkpoint.StatusIntegrity,
 		checkpoint.StatusIO, checkpoint.StatusKey, checkpoint.StatusNoMem, checkpoint.StatusInternal,
-		checkpoint.StatusUnsupported} {
+		checkpoint.StatusUnsupported, checkpoint.StatusUnconfirmed} {
 		if int(s) != i {
 			t.Errorf("status %v is %d, want %d", s, int(s), i)
 		}
@@ -86,6 +87,9 @@ func TestStatusesAndErrors(t *testing.T) {
 	}
 	if got := checkpoint.StatusUnsupported.String(); got != "NC_E_UNSUPPORTED" {
 		t.Errorf("StatusUnsupported.String() = %q", got)
+	}
+	if got := checkpoint.StatusUnconfirmed.String(); got != "NC_E_UNCONFIRMED" {
+		t.Errorf("StatusUnconfirmed.String() = %q", got)
 	}
 	if got := checkpoint.Status(42).String(); got != "nc_status(42)" {
 		t.Errorf("Status(42).String() = %q", got)
@@ -160,6 +164,7 @@ func TestOptionsRefused(t *testing.T) {
 		{&checkpoint.Options{Annotations: map[string]string{"": "v"}}, "nc_options_add_annotation"},
 		{&checkpoint.Options{RuntimeFiles: map[string][]byte{"a/b": nil}}, "plain file name"},
 		{&checkpoint.Options{Timeout: -time.Second}, "Timeout"},
+		{&checkpoint.Options{ReplyTimeout: 1 << 62}, "ReplyTimeout"},
 		{&checkpoint.Options{WorkDir: "/x\x00y"}, "NUL"},
 	} {
 		err := rt.Checkpoint("refused", os.Getpid(), dir, c.opts)

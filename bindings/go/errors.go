@@ -33,6 +33,10 @@ const (
 	// StatusUnsupported: this build of the library lacks the feature (registry images without
 	// libcurl and libarchive). Since 0.3.
 	StatusUnsupported Status = 11
+	// StatusUnconfirmed: a migration's source could not learn the outcome after it told the
+	// receiver to run the tree; the source's tree is left stopped, neither resumed (it may run
+	// there) nor killed. Since 0.3.
+	StatusUnconfirmed Status = 12
 )
 
 // The sentinels for errors.Is: errors.Is(err, ErrIntegrity) is true for every *Error whose Status
@@ -49,11 +53,12 @@ var (
 	ErrNoMem       error = StatusNoMem
 	ErrInternal    error = StatusInternal
 	ErrUnsupported error = StatusUnsupported
+	ErrUnconfirmed error = StatusUnconfirmed
 )
 
 var statusNames = [...]string{"NC_OK", "NC_E_INVALID", "NC_E_PERMISSION", "NC_E_NOT_FOUND", "NC_E_STATE",
 	"NC_E_CRIU", "NC_E_INTEGRITY", "NC_E_IO", "NC_E_KEY", "NC_E_NOMEM", "NC_E_INTERNAL",
-	"NC_E_UNSUPPORTED"}
+	"NC_E_UNSUPPORTED", "NC_E_UNCONFIRMED"}
 
 // String is the C ABI's name of the status, as nc_status_name gives it: "NC_E_INTEGRITY".
 func (s Status) String() string {

@@ -1,18 +1,24 @@
 // The 0.3 calls against the installed library, as root with the real CRIU: a real tree dumped
 // with Ed25519 on a "signer" key store, moved as transfer streams (a socket pair, a pipe, a file)
 // to a "receiver" key store that holds only the signer's public key, and restored there; a
-// stream with one byte flipped refused with nothing left; pre-dumps; registry arguments.
+// stream with one byte flipped refused with nothing left; pre-dumps; registry arguments; and
+// migrations, the receiver on one goroutine and the source on another, of a counter in a PID
+// namespace of its own: one over loopback TCP that the receiver restores, and one over a socket
+// pair that a receiver trusting no key refuses, so that the source resumes.
 package checkpoint_test
 
 import (
+	"encoding/json"
 	"errors"
 	"io/fs"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"nucleus.dev/checkpoint"
 )
@@ -421,4 +427,238 @@ func TestRegistryArguments(t *testing.T) {
 	if _, serr := os.Stat(target); !errors.Is(serr, fs.ErrNotExist) {
 		t.Errorf("a failed pull left %s: %v", target, serr)
 	}
+}
+
+// containedCounter starts the counter as the init of a PID namespace of its own, so that while
+// its migration holds it stopped here, the receiver (this same host) finds its PIDs free: its PID
+// here and the file it counts in. Whatever happens it is killed (SIGKILL, which a PID namespace's
+// init cannot ignore, and which ends the whole namespace) and reaped at the end.
+func containedCounter(t *testing.T, name string) (pid int, parentCount string) {
+	t.Helper()
+	counter := os.Getenv("NC_TEST_COUNTER")
+	if counter == "" {
+		t.Skip("NC_TEST_COUNTER is not set (tests/go_binding_test.sh sets it)")
+	}
+	dir := privateFolder(t, name)
+	null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	pid, err = syscall.ForkExec(counter, []string{counter, dir}, &syscall.ProcAttr{
+		Files: []uintptr{null.Fd(), null.Fd(), null.Fd()},
+		Sys:   &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { killAndReap(t, pid) })
+	parentCount = filepath.Join(dir, "parent")
+	if n := waitCount(t, parentCount, 2); n <= 2 {
+		t.Fatalf("the counter did not start counting (%d)", n)
+	}
+	return pid, parentCount
+}
+
+// killAndReap ends a PID namespace's init, and with it its namespace, and reaps it.
+func killAndReap(t *testing.T, pid int) {
+	if pid > 0 {
+		syscall.Kill(pid, syscall.SIGKILL)
+		reap(t, pid)
+	}
+}
+
+// received is what Receive returned on its goroutine.
+type received struct {
+	tree checkpoint.ReceivedMigration
+	err  error
+}
+
+// receiveOn runs Receive on conn, on a goroutine of its own with a runtime of its own (a runtime
+// runs one call at a time), into store; its outcome comes on the channel.
+func receiveOn(t *testing.T, conn func() (net.Conn, error), store string) <-chan received {
+	t.Helper()
+	rt, err := checkpoint.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan received, 1)
+	go func() {
+		defer rt.Close()
+		c, err := conn()
+		if err != nil {
+			done <- received{err: err}
+			return
+		}
+		defer c.Close()
+		tree, err := rt.Receive(c.(syscall.Conn), store, nil)
+		done <- received{tree, err}
+	}()
+	return done
+}
+
+// committed lists the folders a receiver's store holds, staging folders included.
+func committed(t *testing.T, store string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// migrationSource starts a contained counter to migrate and makes the source's runtime and a
+// store for the receiver, all named after name.
+func migrationSource(t *testing.T, name string) (rt *checkpoint.Runtime, pid int, parentCount, store string) {
+	t.Helper()
+	pid, parentCount = containedCounter(t, name+"-counter")
+	rt, err := checkpoint.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	return rt, pid, parentCount, privateFolder(t, name+"-store")
+}
+
+func TestMigrate(t *testing.T) {
+	rt, pid, parentCount, store := migrationSource(t, "migration")
+	workDir := filepath.Join(base, "migration-out")
+
+	// Descriptors that are no connected socket: refused before anything is dumped.
+	if _, err := rt.Migrate("go-migrate", pid, workDir, nil, nil); !errors.Is(err, checkpoint.ErrInvalid) {
+		t.Errorf("Migrate(nil) = %v, want ErrInvalid", err)
+	}
+	if _, err := rt.Migrate("go-migrate", pid, workDir, fileOf(t, parentCount), nil); !errors.Is(err,
+		checkpoint.ErrInvalid) || !strings.Contains(err.Error(), "not a connected socket") {
+		t.Errorf("Migrate(a file) = %v, want ErrInvalid saying it is not a socket", err)
+	}
+	if _, serr := os.Stat(workDir); !errors.Is(serr, fs.ErrNotExist) {
+		t.Errorf("a refused migration left %s: %v", workDir, serr)
+	}
+
+	// Loopback TCP: the receiver accepts on one goroutine, the source connects on this one.
+	listener, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer listener.Close()
+	done := receiveOn(t, func() (net.Conn, error) { return listener.AcceptTCP() }, store)
+	conn, err := net.DialTCP("tcp", nil, listener.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	report, err := rt.Migrate("go-migrate", pid, workDir, conn, &checkpoint.Options{ReplyTimeout: 2 * time.Minute})
+	elapsed := time.Since(start)
+	got := <-done
+	if got.tree.PID > 0 {
+		restored := got.tree.PID
+		t.Cleanup(func() { killAndReap(t, restored) })
+	}
+	if err != nil || got.err != nil {
+		t.Fatalf("Migrate: %v; Receive: %v", err, got.err)
+	}
+	t.Logf("migrated in %v: %+v", elapsed, report)
+
+	if report.Downtime <= 0 || report.Dump <= 0 || report.Downtime < report.Dump || report.Downtime > elapsed {
+		t.Errorf("downtime %v, dump %v (the call took %v)", report.Downtime, report.Dump, elapsed)
+	}
+	if report.BytesSent == 0 || report.Rounds != 0 || report.RoundsReason == "" {
+		t.Errorf("bytes sent %d, rounds %d (%q)", report.BytesSent, report.Rounds, report.RoundsReason)
+	}
+	if report.RestoredPID <= 0 || report.RestoredPID != got.tree.PID || report.RestoredPID == pid {
+		t.Errorf("the report's restored PID is %d, Receive's %d, the source's %d", report.RestoredPID,
+			got.tree.PID, pid)
+	}
+	if filepath.Dir(report.RestoredDir) != store || !strings.HasPrefix(filepath.Base(report.RestoredDir), "migration-") {
+		t.Errorf("restored from %q, not a migration folder in %s", report.RestoredDir, store)
+	}
+	var reply struct {
+		OK  bool   `json:"ok"`
+		PID int    `json:"pid"`
+		Dir string `json:"dir"`
+	}
+	if err := json.Unmarshal([]byte(got.tree.Reply), &reply); err != nil || !reply.OK ||
+		reply.PID != got.tree.PID || reply.Dir != report.RestoredDir {
+		t.Errorf("the receiver's reply %q (%v)", got.tree.Reply, err)
+	}
+	if err := checkpoint.Verify(report.RestoredDir); err != nil {
+		t.Errorf("Verify(the received folder): %v", err)
+	}
+	if err := checkpoint.Verify(workDir); err != nil {
+		t.Errorf("Verify(the source's folder): %v", err)
+	}
+
+	// The source's tree is gone, and the restored one counts on from where it stopped.
+	reap(t, pid)
+	atMove := count(t, parentCount)
+	if n := waitCount(t, parentCount, atMove+3); n <= atMove+3 {
+		t.Fatalf("the migrated counter does not count on: %d when moved, %d now", atMove, n)
+	}
+	if !alive(report.RestoredPID) {
+		t.Errorf("the restored root %d is gone", report.RestoredPID)
+	}
+}
+
+func TestMigrateRefused(t *testing.T) {
+	// The source signs with an Ed25519 key that the receiver (this process, at the same time)
+	// does not trust, and it has no HMAC key either: the stream does not verify there.
+	keys := privateFolder(t, "refusing-keys")
+	trusted := filepath.Join(keys, "trusted")
+	useKeys(t, filepath.Join(keys, "hmac.key"), filepath.Join(keys, "ed25519.key"), trusted)
+	if _, err := checkpoint.KeygenEd25519(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(trusted); err != nil { // the key trusted itself: no more
+		t.Fatal(err)
+	}
+	rt, pid, parentCount, store := migrationSource(t, "refused")
+
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	source, receiving := unixConn(t, fds[0]), unixConn(t, fds[1])
+	done := receiveOn(t, func() (net.Conn, error) { return receiving, nil }, store)
+	_, err = rt.Migrate("go-refused", pid, filepath.Join(base, "refused-out"), source,
+		&checkpoint.Options{Signing: checkpoint.SigningEd25519})
+	source.Close() // the receiver, reading what is left of the stream, sees its end
+	got := <-done
+	if got.tree.PID > 0 {
+		restored := got.tree.PID
+		t.Cleanup(func() { killAndReap(t, restored) })
+	}
+	if !errors.Is(err, checkpoint.ErrIntegrity) || !strings.Contains(err.Error(), "the receiver did not restore") {
+		t.Errorf("Migrate to a receiver that trusts no key = %v, want ErrIntegrity from the receiver", err)
+	}
+	if !errors.Is(got.err, checkpoint.ErrIntegrity) || got.tree.PID != 0 {
+		t.Errorf("Receive of a stream signed by an untrusted key = %+v, %v; want ErrIntegrity", got.tree, got.err)
+	}
+	t.Logf("refused: %v", err)
+	if names := committed(t, store); len(names) != 0 {
+		t.Errorf("a refused migration left %v in the receiver's store", names)
+	}
+	// The source resumed: the counter runs on here.
+	at := count(t, parentCount)
+	if n := waitCount(t, parentCount, at+3); n <= at+3 || !alive(pid) {
+		t.Errorf("the source's counter did not resume: %d, then %d", at, n)
+	}
+}
+
+// unixConn makes one end of a socket pair a *net.UnixConn (its descriptor non-blocking, in Go's
+// poller), closed at the end of the test.
+func unixConn(t *testing.T, fd int) *net.UnixConn {
+	t.Helper()
+	f := os.NewFile(uintptr(fd), "socketpair")
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*net.UnixConn)
 }

@@ -187,8 +187,12 @@ type Options struct {
 	// with a Parent), re-signing each parent afterwards.
 	AutoDedup bool
 
-	Compression      Compression // Export (since 0.3)
+	Compression      Compression // Export and Migrate (since 0.3)
 	InsecureRegistry bool        // PushImage and PullImage: plain http, for localhost or a lab (since 0.3)
+	// ReplyTimeout bounds Migrate (since 0.3): how long its stream may stall unacknowledged and,
+	// once sent, how long the receiver's import and restore may take; 0: 5 minutes. Rounded up to
+	// a millisecond.
+	ReplyTimeout time.Duration
 
 	// Containers (CRIU's names; see checkpoint.h).
 	NoDetectContainer bool        // both: do not find and record the container's rootfs, mounts, namespaces
@@ -247,6 +251,16 @@ type cOptions struct {
 	handle *C.nc_options
 	cb     *callbacks
 	free   func()
+}
+
+// outcome is a call's error with what its callbacks did: a callback's panic raised again here, on
+// the caller's goroutine, and what notify returned to stop CRIU attached.
+func (o *cOptions) outcome(err error) error {
+	if o.cb != nil {
+		o.cb.rethrow()
+		err = o.cb.withRefusal(err)
+	}
+	return err
 }
 
 // build makes the nc_options handle for one call (nil for nil Options): its setters are called
@@ -329,18 +343,22 @@ func (o *Options) build() (*cOptions, error) {
 		}
 		set(C.nc_options_set_log_level(handle, C.int(level)))
 	}
-	if o.Timeout != 0 && failed == nil {
-		ms := o.Timeout / time.Millisecond
-		if o.Timeout%time.Millisecond > 0 {
+	// setMilliseconds gives a positive duration, rounded up to a millisecond, to a setter.
+	setMilliseconds := func(what string, d time.Duration, setter func(C.uint) C.nc_status) {
+		if d == 0 || failed != nil {
+			return
+		}
+		ms := d / time.Millisecond
+		if d%time.Millisecond > 0 {
 			ms++
 		}
-		if o.Timeout < 0 || ms > math.MaxUint32 {
-			failed = invalid("Timeout %v: must be positive and at most %v", o.Timeout,
-				time.Duration(math.MaxUint32)*time.Millisecond)
+		if d < 0 || ms > math.MaxUint32 {
+			failed = invalid("%s %v: must be positive and at most %v", what, d, time.Duration(math.MaxUint32)*time.Millisecond)
 		} else {
-			set(C.nc_options_set_timeout_ms(handle, C.uint(ms)))
+			set(setter(C.uint(ms)))
 		}
 	}
+	setMilliseconds("Timeout", o.Timeout, func(ms C.uint) C.nc_status { return C.nc_options_set_timeout_ms(handle, ms) })
 	if o.RestoreMode != RestoreDetached {
 		set(C.nc_options_set_restore_mode(handle, C.nc_restore_mode(o.RestoreMode)))
 	}
@@ -366,6 +384,9 @@ func (o *Options) build() (*cOptions, error) {
 	if o.InsecureRegistry {
 		set(C.nc_options_set_insecure_registry(handle, 1))
 	}
+	setMilliseconds("ReplyTimeout", o.ReplyTimeout, func(ms C.uint) C.nc_status {
+		return C.nc_options_set_reply_timeout_ms(handle, ms)
+	})
 	if o.NoDetectContainer {
 		set(C.nc_options_set_detect_container(handle, 0))
 	}

@@ -33,7 +33,9 @@ typedef enum nc_status {
   NC_E_KEY = 8,        /* the HMAC key is missing, unreadable, too short or unsafe */
   NC_E_NOMEM = 9,
   NC_E_INTERNAL = 10,
-  NC_E_UNSUPPORTED = 11 /* this build of the library lacks the feature (e.g. registry images). Since 0.3. */
+  NC_E_UNSUPPORTED = 11, /* this build of the library lacks the feature (e.g. registry images). Since 0.3. */
+  NC_E_UNCONFIRMED = 12  /* a migration's outcome is unknown: the receiver was told to run the tree and did not
+                          * confirm; the source's tree is left stopped (see nc_migrate). Since 0.3. */
 } nc_status;
 
 /* Finds CRIU in the trusted paths (/usr/sbin, /usr/bin, /usr/local/sbin; PATH only when not
@@ -240,24 +242,31 @@ typedef struct nc_migration_report {
   char restored_dir[4096];        /* the checkpoint folder the receiver imported (NUL-terminated, cut to fit) */
 } nc_migration_report;
 
-/* Migrate: how long the stream may stall unacknowledged and, once sent, how long the receiver's
- * reply (its import and restore) may take; default 300000 (5 minutes), 0 goes back to it. Since 0.3. */
+/* Migrate: how long the receiver's greeting and the stream may stall unacknowledged and, once
+ * sent, how long each of the receiver's answers may take ("ready": its import and restore); default 300000 (5 minutes), 0 goes back to it. Since 0.3. */
 NC_EXPORT nc_status nc_options_set_reply_timeout_ms(nc_options *opts, unsigned int ms);
-/* Dumps the tree rooted at pid into the new checkpoint folder work_dir (signed in the manifest
- * format, with opts' dump options and nc_options_set_signing) and keeps it stopped; sends it on
- * connected_fd (a socket connected to a receiver: connect before, so that no receiver means no
- * freeze) as nc_export does (nc_options_set_compression), ends the sending side and waits for the
- * reply. On the receiver's "ok" the stopped tree is killed (it runs there now) and report is
- * filled; on anything else (a refusal, the receiver gone, silent or reset) the tree resumes here
- * and the receiver's error, when it sent one, is returned in its status. work_dir stays. report may
- * be NULL. Since 0.3. */
+/* Reads the receiver's greeting (none: NC_E_IO, nothing dumped; connect before calling, so that no
+ * receiver means no freeze), dumps the tree rooted at pid into the new checkpoint folder work_dir
+ * (signed in the manifest format, with opts' dump options and nc_options_set_signing) and keeps it
+ * stopped; sends it on connected_fd as nc_export does (nc_options_set_compression), and waits for
+ * the receiver's "ready" (the tree restored there, held stopped); answers "commit" (proven with
+ * the signing key) and waits for its "ok" (the tree runs there). On "ok" the stopped tree is
+ * killed and report is filled. Before the commit, or on the receiver's refusal (a stream that does
+ * not verify, a failed restore), the tree resumes here and the receiver's error, when it sent one,
+ * is returned in its status. After the commit, no answer (a timeout, a reset, a garbled line)
+ * returns NC_E_UNCONFIRMED and leaves the tree stopped here, as does this process's death: it may
+ * run on the receiver, and must never run on both sides; the message names its root PID and what
+ * to do. work_dir stays. report may be NULL. Since 0.3. */
 NC_EXPORT nc_status nc_migrate(nc_runtime *rt, const char *container_id, pid_t pid, const char *work_dir,
                                int connected_fd, const nc_options *opts, nc_migration_report *report);
-/* The receiving end: reads one stream from connected_fd into a new folder under store_dir (verified
- * chunk by chunk as nc_import does, committed only whole), restores it (opts' restore options) and
- * writes the outcome back as one line of JSON, which reply_out (may be NULL) receives too, to free
- * with nc_free: {"ok":true,"pid":N,"dir":"...","import_ms":N,"restore_ms":N} or
- * {"ok":false,"status":N,"status_name":"NC_E_...","error":"..."}. Since 0.3. */
+/* The receiving end: greets the source with a fresh nonce, reads one stream from connected_fd into
+ * a new folder under store_dir (verified chunk by chunk as nc_import does, committed only whole),
+ * restores it (opts' restore options) with every task left stopped, replies
+ * {"ready":true,"pid":N,"dir":"...","import_ms":N,"restore_ms":N} and waits (30 s at most) for the
+ * source's commit, proven by the checkpoint's signing key for this connection: without it (a
+ * replayed stream, a forged commit) the tree is killed before it runs. Then the tree runs and it replies {"ok":true,...} (same fields), which reply_out (may be
+ * NULL) receives too, to free with nc_free; on a failure {"ok":false,"status":N,"status_name":
+ * "NC_E_...","error":"..."}, and the status is returned. Since 0.3. */
 NC_EXPORT nc_status nc_receive(nc_runtime *rt, int connected_fd, const char *store_dir, const nc_options *opts,
                                pid_t *restored_pid, char **reply_out);
 
@@ -272,7 +281,9 @@ NC_EXPORT nc_status nc_receive(nc_runtime *rt, int connected_fd, const char *sto
 NC_EXPORT nc_status nc_options_set_insecure_registry(nc_options *opts, int on);
 /* Verifies the checkpoint folder dir with this host's keys (NC_E_INTEGRITY: not published), then
  * uploads it as the image reference: an uncompressed tar layer (the same checkpoint always makes
- * the same layer), a config and a manifest. A pre-dump chain layer with a parent: NC_E_INVALID.
+ * the same layer), a config and a manifest. Only a folder signed in format 3 (NC_SIGNATURE_MANIFEST)
+ * is published, as only it can be checked as it arrives: formats 1 and 2 are NC_E_INVALID, saying
+ * how to re-sign. A pre-dump chain layer with a parent: NC_E_INVALID.
  * Registry errors: NC_E_IO (unreachable, failed), NC_E_PERMISSION (401/403), NC_E_NOT_FOUND (404).
  * digest_out (may be NULL) receives the manifest's digest ("sha256:..."), to free with nc_free;
  * pulling REPO@DIGEST gets exactly this image. opts may be NULL. Since 0.3. */
@@ -280,10 +291,11 @@ NC_EXPORT nc_status nc_push_image(const char *dir, const char *reference, const 
 /* Pulls the image reference into the new checkpoint folder dir (absent, or an empty folder): the
  * manifest (at most 4 MiB; its digest checked when the reference names one) must list exactly one
  * tar layer, plain, gzip or zstd; the layer is downloaded into a private staging folder beside dir,
- * its size and sha256 checked against the manifest, extracted entry by entry (only folders and
- * regular files with plain relative names; no links, devices, "..", absolute names; modes 0700 and
- * 0600; within the limits of a checkpoint), verified with this host's keys and renamed into place.
- * Anything else fails with NC_E_INTEGRITY and leaves nothing behind. opts may be NULL. Since 0.3. */
+ * its size and sha256 checked against the manifest, then read as nc_import reads a stream: its
+ * signature (format 3) and its listing first, authenticated with this host's keys before a byte is
+ * written, then only the listed folders and files, each of its listed size and each chunk checked
+ * before it is written (modes 0700 and 0600), and renamed into place. Anything else fails with
+ * NC_E_INTEGRITY and leaves nothing behind. opts may be NULL. Since 0.3. */
 NC_EXPORT nc_status nc_pull_image(const char *reference, const char *dir, const nc_options *opts);
 
 /* --- Containers: the options a container runtime passes CRIU (CRIU's names) ---
@@ -460,7 +472,10 @@ NC_EXPORT const char *nc_last_error(void);
  * _e function (which also sets nc_last_error() as its twin does), read with the functions below, and
  * freed with nc_error_free. Each _e call resets it: on success it reads NC_OK, "", -1, "". Nothing
  * ties it to a thread; it must not be used by two calls at once. An _e function accepts NULL for
- * err (its twin's behaviour). The readers accept NULL as an empty error. Since 0.2. */
+ * err (its twin's behaviour). The readers accept NULL as an empty error. Since 0.2.
+ * Its message and CRIU's lines, as nc_last_error(), are fit to print: bytes that are not UTF-8 come
+ * as \xNN, controls as \n, \r, \t or \xNN, C1 and bidirectional controls as \uNNNN, and the
+ * backslash doubled (as the command line shows text). Since 0.3. */
 NC_EXPORT nc_status nc_error_new(nc_error **out);
 NC_EXPORT void nc_error_free(nc_error *err); /* accepts NULL */
 NC_EXPORT nc_status nc_error_status(const nc_error *err);

@@ -16,6 +16,7 @@ const char* status_name(Status status) noexcept {
     case Status::no_memory: return "NC_E_NOMEM";
     case Status::internal: return "NC_E_INTERNAL";
     case Status::unsupported: return "NC_E_UNSUPPORTED";
+    case Status::unconfirmed: return "NC_E_UNCONFIRMED";
   }
   return "NC_E_UNKNOWN";
 }

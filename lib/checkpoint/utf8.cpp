@@ -1,5 +1,9 @@
 #include "checkpoint/utf8.hpp"
 
+#include <cstdint>
+
+#include <fmt/format.h>
+
 namespace nucleus::checkpoint {
 
 namespace {
@@ -24,6 +28,34 @@ std::size_t sequence_length(const unsigned char* p, const unsigned char* end) no
   return len;
 }
 
+// The code point of the valid sequence of len bytes at p.
+std::uint32_t code_point(const unsigned char* p, std::size_t len) noexcept {
+  std::uint32_t code = len == 1 ? p[0] : p[0] & (0x7f >> len);
+  for (std::size_t i = 1; i < len; ++i) code = code << 6 | (p[i] & 0x3f);
+  return code;
+}
+
+bool is_bidi_control(std::uint32_t c) noexcept {
+  return c == 0x61c || c == 0x200e || c == 0x200f || (c >= 0x202a && c <= 0x202e) || (c >= 0x2066 && c <= 0x2069);
+}
+
+// Calls invalid(byte) for each byte of s that does not start a valid sequence, and
+// valid(sequence, code point) for each valid sequence, in order.
+template <typename Invalid, typename Valid>
+void each_sequence(std::string_view s, Invalid&& invalid, Valid&& valid) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const auto* end = p + s.size();
+  while (p < end) {
+    const std::size_t len = sequence_length(p, end);
+    if (len == 0) {
+      invalid(*p++);
+      continue;
+    }
+    valid(std::string_view(reinterpret_cast<const char*>(p), len), code_point(p, len));
+    p += len;
+  }
+}
+
 }  // namespace
 
 bool is_valid_utf8(std::string_view s) noexcept {
@@ -40,18 +72,26 @@ bool is_valid_utf8(std::string_view s) noexcept {
 std::string to_valid_utf8(std::string_view s) {
   std::string out;
   out.reserve(s.size());
-  const auto* begin = reinterpret_cast<const unsigned char*>(s.data());
-  const auto* end = begin + s.size();
-  for (const auto* p = begin; p < end;) {
-    const std::size_t len = sequence_length(p, end);
-    if (len == 0) {
-      out += "\xEF\xBF\xBD";
-      ++p;
-    } else {
-      out.append(reinterpret_cast<const char*>(p), len);
-      p += len;
-    }
-  }
+  each_sequence(
+      s, [&](unsigned char) { out += "\xEF\xBF\xBD"; }, [&](std::string_view sequence, std::uint32_t) { out += sequence; });
+  return out;
+}
+
+std::string printable(std::string_view s, bool terminal) {
+  std::string out;
+  out.reserve(s.size());
+  each_sequence(
+      s, [&](unsigned char byte) { out += fmt::format("\\x{:02x}", byte); },
+      [&](std::string_view sequence, std::uint32_t c) {
+        if (!terminal) out += sequence;
+        else if (c == '\\') out += "\\\\";
+        else if (c == '\n') out += "\\n";
+        else if (c == '\r') out += "\\r";
+        else if (c == '\t') out += "\\t";
+        else if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
+        else if ((c >= 0x80 && c <= 0x9f) || is_bidi_control(c)) out += fmt::format("\\u{:04x}", c);
+        else out += sequence;
+      });
   return out;
 }
 

@@ -271,6 +271,7 @@ std::vector<std::string> criu_restore_args(const std::string& images_dir, const 
   // CRIU writes the root's PID there once the tree runs; detached, CRIU returns then.
   a.value(restore, "--pidfile", "restore.pid");
   a.flag(restore, "--restore-detached", true);
+  a.flag(restore, "--leave-stopped", o.leave_stopped);
   a.folders(images_dir, work_dir);
   return a.take();
 }

@@ -198,7 +198,7 @@ void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, cons
 }
 
 void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options,
-                       SignatureFormat format, bool predump, const std::function<void()>& hand_over) {
+                       SignatureFormat format, bool predump, const HandOver& hand_over) {
   require_root(predump ? "Pre-dump" : "Checkpoint");
   if (format != SignatureFormat::seed && format != SignatureFormat::chunked && format != SignatureFormat::manifest)
     throw Error(Status::invalid, fmt::format("unknown signature format {}", static_cast<int>(format)));
@@ -311,6 +311,7 @@ void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, cons
     // The tree is now stopped (or running, with leave_running); it ends only once the checkpoint
     // is safely in place, and runs on if anything fails first.
     const ProcessTree tree = ProcessTree::open(container.pid, root.pidfd.get());
+    HeldTree held(container.pid, guardian);
     try {
       metadata.checkpoint_at = static_cast<std::uint64_t>(
           std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
@@ -328,9 +329,9 @@ void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, cons
       else if (ed25519) sign_chunked(cd.dir(), *ed25519, {}, &started, &twins, format);
       else sign_chunked(cd.dir(), *hmac, {}, &started, &twins, format);
       cd.commit();
-      if (hand_over) hand_over();  // a migration: the tree ends only once it runs elsewhere
+      if (hand_over) hand_over(held);  // a migration: the tree ends only once it runs elsewhere
     } catch (...) {
-      if (!running) tree.signal(SIGCONT);
+      if (!running && !held.may_run_elsewhere()) tree.signal(SIGCONT);
       throw;
     }
     if (!running) tree.kill();

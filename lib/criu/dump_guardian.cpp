@@ -9,9 +9,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "criu/proc.hpp"
 
@@ -21,9 +23,22 @@ namespace {
 
 // What the parent tells its guardian: one letter and a PID, fixed size.
 struct Word {
-  char what;  // 's' CRIU started (pid), 'e' CRIU ended, 'd' dismissed
+  char what;  // 's' CRIU started (pid), 'e' CRIU ended, 'h' hold the tree stopped (pid != 0) or not, 'd' dismissed
   pid_t pid;
 };
+
+// The caller's other descriptors (its sockets, its pipes) must not live on in the guardian: a peer
+// would wait for an end of stream that the guardian holds off.
+void close_all_but(std::vector<int> keep) {
+  std::sort(keep.begin(), keep.end());
+  unsigned next = 3;  // standard input, output and error stay
+  for (const int fd : keep) {
+    if (fd < 0 || static_cast<unsigned>(fd) < next) continue;
+    if (static_cast<unsigned>(fd) > next) ::close_range(next, static_cast<unsigned>(fd) - 1, 0);
+    next = static_cast<unsigned>(fd) + 1;
+  }
+  ::close_range(next, ~0U, 0);
+}
 
 // The guardian's body, in the forked child: follows its parent's words until dismissed, or until
 // the parent dies (the death signal, or the pipe's end without a word), and then acts.
@@ -31,6 +46,7 @@ struct Word {
   // Out of the caller's session and process group: a Ctrl-C or a group kill meant for the caller
   // must not take the guardian with it.
   ::setsid();
+  close_all_but({words, root_pidfd, staging.parent(), staging.dir(), staging.images()});
   sigset_t death;
   sigemptyset(&death);
   sigaddset(&death, SIGUSR2);
@@ -39,6 +55,7 @@ struct Word {
   ::prctl(PR_SET_PDEATHSIG, SIGUSR2);
   ::prctl(PR_SET_NAME, "nc-dump-guard");
   int criu = -1;  // a pidfd while CRIU runs
+  bool hold = false;
   bool parent_died = ::getppid() != parent;  // died before the death signal was asked for
   while (!parent_died) {
     std::array<pollfd, 2> fds{{{words, POLLIN, 0}, {death_fd, POLLIN, 0}}};
@@ -52,6 +69,7 @@ struct Word {
     if (n < 0 && errno == EINTR) continue;
     if (n != sizeof w) break;  // the parent's end closed without a word: it died
     if (w.what == 'd') ::_exit(0);
+    if (w.what == 'h') hold = w.pid != 0;
     if (w.what == 's') criu = static_cast<int>(::syscall(SYS_pidfd_open, w.pid, 0));
     if (w.what == 'e' && criu >= 0) {
       ::close(criu);
@@ -65,7 +83,7 @@ struct Word {
     ::poll(&gone, 1, 10'000);
   }
   try {
-    ProcessTree::open(root, root_pidfd).signal(SIGCONT);
+    if (!hold) ProcessTree::open(root, root_pidfd).signal(SIGCONT);
   } catch (...) {
   }
   staging.discard();
@@ -97,6 +115,8 @@ void DumpGuardian::tell(char what, pid_t pid) const noexcept {
 void DumpGuardian::criu_started(pid_t pid) const noexcept { tell('s', pid); }
 
 void DumpGuardian::criu_ended() const noexcept { tell('e'); }
+
+void DumpGuardian::hold(bool stopped) const noexcept { tell('h', stopped ? 1 : 0); }
 
 DumpGuardian::~DumpGuardian() {
   if (pid_ <= 0) return;

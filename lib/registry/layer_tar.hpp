@@ -1,32 +1,46 @@
 // The image layer that carries a checkpoint: a tar (POSIX pax) of the checkpoint folder, its
-// entries at the layer's root. Written by libarchive from the one checkpoint walk; read back by
-// libarchive but extracted entry by entry here, never by libarchive's extract-to-disk, so that
-// nothing but plain folders and regular files lands below the staging folder.
+// entries at the layer's root, in the order a transfer stream sends them: checkpoint.hmac first
+// (format 3 only), then checkpoint.listing (the tree's folders and files with their sizes, as a
+// transfer stream's listing frames), then every folder and file in that order. A pull so
+// authenticates the listing before it writes a byte, and checks every chunk before it writes it.
+// Written by libarchive; read back by libarchive but extracted by the library itself, never by
+// libarchive's extract-to-disk.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <string_view>
+
+#include "signature/chunked_signature.hpp"
 
 namespace nucleus::checkpoint::registry {
+
+// The layer's second entry: not a file of the checkpoint, and not extracted by a pull.
+inline constexpr std::string_view listing_entry = "checkpoint.listing";
 
 struct LayerBlob {
   std::string digest;  // "sha256:" + hex of the bytes written
   std::uint64_t size = 0;
 };
 
-// Writes the checkpoint folder open at root_fd as an uncompressed tar to out_fd (from its current
-// offset): folders 0700 and files 0600, owned by 0:0, dated the epoch, so that the same checkpoint
-// always makes the same layer. A symlink (a chain layer's parent link) is refused (Status::invalid).
-LayerBlob write_layer(int root_fd, int out_fd);
+// Writes the checkpoint folder open at root_fd, whose checkpoint.hmac holds signature_text (format
+// 3), as an uncompressed tar to out_fd (from its current offset): folders 0700 and files 0600,
+// owned by 0:0, dated the epoch, so that the same checkpoint always makes the same layer. A
+// symlink (a chain layer's parent link) is refused (Status::invalid); a file that changes size
+// meanwhile is Status::integrity.
+LayerBlob write_layer(int root_fd, std::string_view signature_text, int out_fd);
 
 enum class LayerCompression { none, gzip, zstd };
 
-// Extracts the tar layer open at layer_fd (read from offset 0) into the empty folder open at
-// staging_fd. Accepted: folders and regular files whose names are plain relative paths (a "./"
-// in front is allowed), within HmacTree's limits on entries, depth, path length and total bytes;
-// they are created 0700 and 0600, whatever the tar says. Anything else (links, devices, FIFOs,
-// absolute names, "..", a name listed twice, a sparse entry, a tar that is not in the compression
-// given or is malformed) is refused with Status::integrity naming the entry.
-void extract_layer(int layer_fd, LayerCompression compression, int staging_fd);
+// Extracts the layer open at layer_fd (read from offset 0, `compressed_size` bytes, in the
+// compression given only) into the empty folder open at staging_fd: checkpoint.hmac is parsed
+// (format 3 only), the listing authenticated with `keys`, and then only the listed folders and
+// files are made, 0700 and 0600, each tar entry required to be the next listed one with its
+// listed size, each chunk checked before it is written, checkpoint.hmac written last. The bytes
+// decompressed are bounded: before the listing is authenticated by what a signature and a listing
+// may take, after it by what the listed tree takes as a tar. Anything else is Status::integrity
+// naming the entry.
+void extract_layer(int layer_fd, LayerCompression compression, std::uint64_t compressed_size, int staging_fd,
+                   const VerifyingKeys& keys);
 
 }  // namespace nucleus::checkpoint::registry

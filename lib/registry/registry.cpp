@@ -25,6 +25,7 @@
 #include "registry/registry_client.hpp"
 #include "signature/hex.hpp"
 #include "signature/sha256.hpp"
+#include "transfer/listing.hpp"
 
 namespace nucleus::checkpoint {
 
@@ -36,7 +37,8 @@ constexpr std::string_view config_type = "application/vnd.oci.image.config.v1+js
 constexpr std::string_view tar_layer_type = "application/vnd.oci.image.layer.v1.tar";
 // The OCI image spec's advice: a registry client need not accept a manifest larger than 4 MiB.
 constexpr std::size_t max_manifest_size = 4 << 20;
-// What a tar adds to the bytes of its files: a header, a pax header and padding per entry.
+// What a tar adds to the bytes of its files: a header, a pax header and padding per entry (the
+// signature and the listing that come first aside).
 constexpr std::uint64_t tar_bytes_per_entry = 3 * 512;
 
 std::string sha256_digest(std::string_view bytes) {
@@ -229,7 +231,8 @@ LayerRef layer_of(const RegistryClient::Manifest& manifest, const std::string& r
   if (!is_sha256_digest(ref.digest)) throw refuse("its layer's digest is not sha256: and 64 lowercase hex digits");
   if (!layer.HasMember("size") || !layer["size"].IsUint64()) throw refuse("its layer has no valid size");
   ref.size = layer["size"].GetUint64();
-  const std::uint64_t max_size = HmacTree::max_total_bytes() + HmacTree::max_entries * tar_bytes_per_entry;
+  const std::uint64_t max_size = HmacTree::max_total_bytes() + HmacTree::max_entries * tar_bytes_per_entry +
+                                 ChunkedSignature::max_manifest_text_size() + transfer::max_listing_bytes;
   if (ref.size > max_size)
     throw refuse(
         fmt::format("its layer is {} bytes, more than the {} a checkpoint's may be; if it is genuine, raise "
@@ -239,9 +242,8 @@ LayerRef layer_of(const RegistryClient::Manifest& manifest, const std::string& r
   return ref;
 }
 
-template <typename Keys>
 void pull_with(const std::string& reference, const std::filesystem::path& dir, const RegistryOptions& options,
-               const Keys& keys) {
+               const VerifyingKeys& keys) {
   const ImageReference ref = ImageReference::parse(reference);
   const std::string name = ref.to_string();
   CheckpointDir staging = CheckpointDir::prepare(dir, CheckpointDir::Start::empty);
@@ -271,9 +273,8 @@ void pull_with(const std::string& reference, const std::filesystem::path& dir, c
     throw Error(Status::integrity, fmt::format("the layer of {} is not the one its manifest names: {} bytes hashing to "
                                                "{}, where the manifest says {} bytes, {}; refused",
                                                name, received, digest, layer.size, layer.digest));
-  extract_layer(layer_fd.get(), layer.compression, staging.dir());
   try {
-    HmacTree::verify(staging.dir(), keys);
+    extract_layer(layer_fd.get(), layer.compression, layer.size, staging.dir(), keys);
   } catch (const Error& e) {
     if (e.status() != Status::integrity) throw;
     throw Error(Status::integrity,
@@ -299,6 +300,8 @@ PushedImage push_image(const std::filesystem::path& dir, const std::string& refe
                                              reference));
   const std::filesystem::path path = std::filesystem::absolute(dir).lexically_normal();
   const UniqueFd dir_fd = open_dir(path, "checkpoint folder");
+  // Format 3 only: a pull checks every chunk before it writes it, as an import does.
+  const std::string signature_text = transfer::manifest_signature_text(dir_fd.get(), path);
   try {
     HmacTree::verify(dir_fd.get(), store);
   } catch (const Error& e) {
@@ -315,7 +318,7 @@ PushedImage push_image(const std::filesystem::path& dir, const std::string& refe
   const std::filesystem::path parent = path.has_relative_path() ? path.parent_path() : path;
   const UniqueFd parent_fd = open_dir(parent, "the checkpoint's parent folder");
   const UniqueFd layer_fd = unnamed_file(parent_fd.get(), parent.native());
-  const LayerBlob layer = write_layer(dir_fd.get(), layer_fd.get());
+  const LayerBlob layer = write_layer(dir_fd.get(), signature_text, layer_fd.get());
   const std::string config = image_config(metadata, layer.digest);
   const std::string manifest = image_manifest(config, layer, annotations_of(metadata, dir_fd.get()));
 
@@ -332,12 +335,12 @@ PushedImage push_image(const std::filesystem::path& dir, const std::string& refe
 
 void pull_image(const std::string& reference, const std::filesystem::path& dir, const RegistryOptions& options,
                 const KeyStore& store) {
-  pull_with(reference, dir, options, store);
+  pull_with(reference, dir, options, VerifyingKeys(store));
 }
 
 void pull_image(const std::string& reference, const std::filesystem::path& dir, const RegistryOptions& options,
                 const HmacKey& key) {
-  pull_with(reference, dir, options, key);
+  pull_with(reference, dir, options, VerifyingKeys(key));
 }
 
 }  // namespace nucleus::checkpoint

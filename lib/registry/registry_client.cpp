@@ -69,8 +69,11 @@ std::string registry_says(const std::string& body) {
     for (const auto& e : doc["errors"].GetArray()) {
       if (!e.IsObject()) continue;
       for (const char* field : {"code", "message"})
-        if (e.HasMember(field) && e[field].IsString())
-          said += (said.empty() ? "" : " ") + std::string(e[field].GetString());
+        if (e.HasMember(field) && e[field].IsString()) {
+          // Two appends: GCC 12 at -O3 warns falsely (-Wrestrict) on a conditional literal + string.
+          if (!said.empty()) said += ' ';
+          said += e[field].GetString();
+        }
       break;
     }
   }

@@ -15,6 +15,7 @@
 #include "fs/fs_util.hpp"
 #include "fs/tree_walk.hpp"
 #include "signature/chunked_signature.hpp"
+#include "transfer/listing.hpp"
 #include "transfer/transfer_stream.hpp"
 
 namespace nucleus::checkpoint {
@@ -25,22 +26,6 @@ struct ListedFile {
   std::string path;
   std::uint64_t size = 0;
 };
-
-// Format 3's text, else Status::invalid saying how to re-sign: formats 1 and 2 cannot be checked
-// chunk by chunk as they arrive, and an importer must not write a byte it cannot check.
-std::string manifest_signature_text(int dir_fd, const std::filesystem::path& dir) {
-  std::string text = read_signature_text(dir_fd);
-  const SignatureFormat format = text.starts_with(ChunkedSignature::manifest_header) ? SignatureFormat::manifest
-                                 : text.starts_with(ChunkedSignature::header)       ? SignatureFormat::chunked
-                                                                                     : SignatureFormat::seed;
-  if (format != SignatureFormat::manifest)
-    throw Error(Status::invalid,
-                fmt::format("checkpoint {} is signed in format {}, which a transfer cannot check as it arrives (only "
-                            "format 3 lists every chunk's digest): sign it in format 3: nucleus-checkpoint sign "
-                            "--format manifest --dir {}",
-                            dir.native(), static_cast<int>(format), dir.native()));
-  return text;
-}
 
 // A pre-dump layer's parent link points at its parent's images, which a stream cannot carry yet.
 void refuse_parent_link(int dir_fd, const std::filesystem::path& dir) {
@@ -57,7 +42,7 @@ void refuse_parent_link(int dir_fd, const std::filesystem::path& dir) {
 void export_checkpoint(const std::filesystem::path& dir, int fd, const TransferOptions& options) {
   const UniqueFd dir_fd = open_dir(dir, "checkpoint folder");
   refuse_parent_link(dir_fd.get(), dir);
-  const std::string signature = manifest_signature_text(dir_fd.get(), dir);
+  const std::string signature = transfer::manifest_signature_text(dir_fd.get(), dir);
   const std::uint64_t chunk_size = ChunkedSignature::parse(signature).chunk_size;
   const transfer::SigpipeBlock sigpipe_blocked;
   transfer::StreamWriter out(fd, options.compression);

@@ -267,7 +267,7 @@ bool StreamReader::decompress(ZSTD_outBuffer& out, std::string_view what) {
   return zstd_frame_done_ || out.pos != before || in_pos_ != taken;
 }
 
-void StreamReader::require_end() {
+void StreamReader::require_end(StreamEnd end) {
   constexpr std::string_view trailing =
       "the transfer stream goes on after its end frame: bytes were appended to it, or two streams were joined; "
       "nothing was imported";
@@ -282,7 +282,8 @@ void StreamReader::require_end() {
     }
   }
   char byte = 0;
-  if (in_pos_ != in_end_ || read_in(&byte, 1) != 0) throw integrity(std::string(trailing));
+  if (in_pos_ != in_end_ || (end == StreamEnd::descriptor && read_in(&byte, 1) != 0))
+    throw integrity(std::string(trailing));
 }
 
 }  // namespace nucleus::checkpoint::transfer

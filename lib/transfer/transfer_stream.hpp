@@ -9,11 +9,15 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
+#include <string>
 #include <string_view>
 #include <vector>
 
 #include <nucleus/checkpoint/transfer.hpp>
+
+#include "signature/chunked_signature.hpp"
 
 namespace nucleus::checkpoint::transfer {
 
@@ -34,6 +38,10 @@ enum class Frame : char {
   chunk = 'C',         // the next chunk of the next file with bytes, in walk order
   end = 'E',           // the stream is complete; nothing may follow
 };
+
+// What ends a stream: its end frame and its descriptor's end (a file, a pipe), or its end frame
+// alone (a connection that goes on: a migration's confirmation follows it).
+enum class StreamEnd { descriptor, frame };
 
 struct FrameHeader {
   char type = 0;
@@ -78,8 +86,8 @@ class StreamReader {
 
   FrameHeader next(std::string_view expected);  // the next frame's header; `expected` names what should come
   void read(void* data, std::size_t size, std::string_view what);
-  // Status::integrity unless the body and the descriptor both end here.
-  void require_end();
+  // Status::integrity unless the body ends here, and with StreamEnd::descriptor the descriptor too.
+  void require_end(StreamEnd end);
 
  private:
   std::size_t read_in(void* data, std::size_t size);  // raw bytes from fd; 0 at its end
@@ -110,6 +118,10 @@ class SigpipeBlock {
  private:
   bool was_pending_ = false, was_blocked_ = false;
 };
+
+// import_checkpoint (nucleus/checkpoint/transfer.hpp) of a stream that ends as `end` says; returns
+// the text of the checkpoint's signature.
+std::string import_checkpoint(int fd, const std::filesystem::path& dir, const VerifyingKeys& keys, StreamEnd end);
 
 void put_u64le(char* out, std::uint64_t value);
 std::uint64_t get_u64le(const char* in);

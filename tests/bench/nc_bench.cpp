@@ -22,11 +22,18 @@
 //               mount, network namespaces, a volume, /dev binds, pipe stdio, a TCP server) and
 //               Debian's runc with tests/container/runc_bundle.sh's bundle (a volume, its own
 //               network namespace).
+//   transfer    `nucleus-checkpoint export [--zstd] | import` against `tar | [zstd -1 | zstd -d |] tar`
+//               on a 1 GiB dump and on a folder of mixed files; and `migrate [--zstd]` to `receive`
+//               on 127.0.0.1 of a 1 GiB process rewriting 32 MiB/s (tests/bench/rewriter, in its own
+//               PID namespace) against a cold move with bare CRIU: `criu dump`, `tar | tar`, `criu
+//               restore -d`; downtime and each phase.
 //
 // Ratios are library time / baseline time: 1.00 is the same speed, higher is slower. Needs root.
 // Run it through scripts/bench.sh, which builds it (release) and passes the paths it needs.
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/magic.h>
+#include <netinet/in.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -36,6 +43,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
@@ -70,6 +78,7 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <rapidjson/document.h>
 
 #include <nucleus/checkpoint.h>
 #include <nucleus/checkpoint/criu_runtime.hpp>
@@ -87,11 +96,16 @@ constexpr int dump_runs = 5;             // more for dumps and restores: this ma
 constexpr int restore_runs = 5;
 constexpr int rss_runs = 1;              // the command's peak RSS during a dump or restore (steady: one run)
 constexpr int container_runs = 11;      // containers are small and quick: more runs, a steadier median
+constexpr int transfer_runs = 6;         // export|import against tar|tar: even, so each goes first as often
+constexpr int migration_runs = 3;        // each migration starts a fresh 1 GiB workload: slow, so fewer
+constexpr int migration_mib = 1024;      // the migrated workload's memory
+constexpr int rewrite_mib_per_s = 32;    // of which it rewrites this much every second
 constexpr std::size_t chunk = 1 << 20;   // read size, the library's own (seed format)
 constexpr int judged_mib = 1024;         // the size (of a tree not shared) the issue sets its targets at
 constexpr double sign_target = 1.15;     // the issues' targets
 constexpr double dump_target = 1.25;
 constexpr double restore_target = 1.10;
+constexpr double stream_target = 1.20;  // export | import against tar | tar
 constexpr double rss_target_mib = 16;       // the command signing or verifying
 constexpr double criu_rss_target_mib = 32;  // the command dumping or restoring
 
@@ -108,6 +122,9 @@ struct Config {
   fs::path launcher;
   fs::path source;
   std::string containers = "yes";
+  // Transfer (export | import, migrate): the migration's workload; "yes", "only" or "no" as above.
+  fs::path rewriter;
+  std::string transfer = "yes";
 };
 
 struct Row {
@@ -1669,6 +1686,379 @@ void bench_containers(const Config& c, nc::CriuRuntime& rt, const nc::HmacKey& k
 }
 
 // ---------------------------------------------------------------------------------------------
+// Transfer: a checkpoint carried into another folder through a pipe (`export | import`) against
+// `tar | tar`, with zstd -1 on both sides and without; and a process moved to a receiver on
+// 127.0.0.1 (`migrate` / `receive`, plain and zstd) against a cold move with bare CRIU (`criu
+// dump`, `tar | tar` into another folder, `criu restore -d`). Both run in the same rounds as their
+// baselines, each taking its turn to go first.
+
+// What a child has written so far into the memfd fd, up to `limit` bytes.
+std::string memfd_text(int fd, std::size_t limit = 1 << 16) {
+  std::string text(limit, '\0');
+  const ssize_t n = ::pread(fd, text.data(), text.size(), 0);
+  text.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+  return text;
+}
+
+int memfd_or_fail(const char* name) {
+  const int fd = ::memfd_create(name, MFD_CLOEXEC);
+  if (fd < 0) fail(fmt::format("memfd_create: {}", std::strerror(errno)));
+  return fd;
+}
+
+std::string shell_quoted(const std::string& word) {
+  std::string quoted = "'";
+  for (char ch : word) quoted += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+  return quoted + "'";
+}
+
+// The command's environment: the plain one, its key file, and the library's engine switch if set.
+std::vector<std::string> cli_environment(const Config& c) {
+  std::vector<std::string> env = plain_environment();
+  env.push_back("NUCLEUS_CHECKPOINT_HMAC_KEY_FILE=" + c.key_file.native());
+  if (const char* engine = std::getenv("NUCLEUS_CHECKPOINT_HMAC_ENGINE"))
+    env.push_back(fmt::format("NUCLEUS_CHECKPOINT_HMAC_ENGINE={}", engine));
+  return env;
+}
+
+// Runs `bash -o pipefail -c COMMAND` (its stdout into out_fd, or /dev/null); its wall seconds.
+// Fails with what it said on stderr.
+double run_shell(const std::string& command, const std::vector<std::string>& env, int out_fd = -1) {
+  const int err = memfd_or_fail("shell-stderr");
+  const auto start = Clock::now();
+  const pid_t pid = spawn_io("/bin/bash", {"bash", "-o", "pipefail", "-c", command}, env, -1, out_fd, err);
+  const int code = await_exit_or_fail(pid, command, std::chrono::seconds(600));
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const std::string said = memfd_text(err);
+  ::close(err);
+  if (code != 0) fail(fmt::format("`{}` failed (exit {}): {}", command, code, trim(said)));
+  return seconds;
+}
+
+// The bytes COMMAND writes to its stdout (`COMMAND | wc -c`, untimed).
+std::uint64_t stream_bytes(const std::string& command, const std::vector<std::string>& env) {
+  const int out = memfd_or_fail("stream-bytes");
+  run_shell(command + " | wc -c", env, out);
+  const std::string counted = memfd_text(out);
+  ::close(out);
+  return std::stoull(counted);
+}
+
+// A folder of mixed files, as a project or a container's rootfs would hold: 2000 files in 40
+// folders, from 1 byte to 1 MiB (about 200 MB in all), each half pseudo-random and half zeros;
+// signed by the command in the manifest format, which export requires.
+void make_mixed_folder(const Config& c, const fs::path& dir) {
+  std::uint64_t state = 11;
+  std::vector<unsigned char> bytes;
+  for (int i = 0; i < 2000; ++i) {
+    const fs::path folder = dir / fmt::format("d{:02}", i % 40);
+    fs::create_directories(folder);
+    const std::size_t size = std::size_t{1} << (i % 21);
+    bytes.assign((size + 1) / 2, 0);
+    fill(bytes, state);
+    bytes.resize(size, 0);
+    write_file(folder / fmt::format("f{:04}", i), bytes);
+  }
+  run_shell(fmt::format("{} sign --format manifest --dir {}", shell_quoted(c.cli.native()), shell_quoted(dir.native())),
+            cli_environment(c));
+}
+
+// One row of the stream table.
+struct StreamRow {
+  std::string folder;
+  std::uint64_t bytes = 0;  // the folder's
+  std::string compression;
+  double library = 0, tar = 0;               // seconds, median
+  std::uint64_t library_stream = 0, tar_stream = 0;  // bytes through the pipe
+  std::pair<double, double> cores{0, 0};
+};
+
+// A pipeline copying a folder into out (which it creates, or which exists and is empty), timed;
+// out is removed after each run.
+Timing pipeline_timing(std::string name, std::string command, const fs::path& out, bool out_made_first,
+                       const std::vector<std::string>& env) {
+  Timing t{std::move(name), {}};
+  t.run = [command = std::move(command), out, out_made_first, env] {
+    fs::remove_all(out);
+    if (out_made_first) fs::create_directory(out);
+    const double seconds = run_shell(command, env);
+    fs::remove_all(out);
+    return seconds;
+  };
+  return t;
+}
+
+void bench_streams(const Config& c, const std::string& folder_name, const fs::path& source, std::vector<StreamRow>& rows) {
+  const std::vector<std::string> env = cli_environment(c);
+  const fs::path out = source.parent_path() / "copy";
+  const std::string cli = shell_quoted(c.cli.native()), from = shell_quoted(source.native()),
+                    to = shell_quoted(out.native());
+  const std::uint64_t bytes = tree_bytes(source);
+  for (const bool zstd : {true, false}) {
+    const std::string export_cmd = fmt::format("{} export --dir {}{}", cli, from, zstd ? " --zstd" : "");
+    const std::string tar_cmd = fmt::format("tar -C {} -cf - .{}", from, zstd ? " | zstd -1 -T0 -q" : "");
+    Timing library = pipeline_timing("export|import", fmt::format("{} | {} import --dir {}", export_cmd, cli, to), out,
+                                     false, env);
+    Timing tar = pipeline_timing("tar|tar", fmt::format("{} | {}tar -xf - -C {}", tar_cmd, zstd ? "zstd -d -q | " : "", to),
+                                 out, true, env);
+    const std::string what = fmt::format("{} {}", folder_name, zstd ? "zstd" : "uncompressed");
+    const auto cores = rounds_with_cores(what, {&library, &tar}, transfer_runs);
+    rows.push_back({folder_name, bytes, zstd ? "zstd -1" : "none", median(library.seconds), median(tar.seconds),
+                    stream_bytes(export_cmd, env), stream_bytes(tar_cmd, env), cores});
+  }
+}
+
+// The migration's workload, tests/bench/rewriter, in a PID namespace of its own (`unshare --pid
+// --fork`), of which it is the init: a restore then makes a new namespace and needs none of the
+// host's PIDs, which the stopped source still holds. Both PIDs are recorded for scripts/bench.sh.
+// Killed (SIGKILL: an init ignores SIGTERM) and reaped when it goes out of scope, unless a
+// migration or a dump ended it first.
+class Rewriter {
+ public:
+  Rewriter(const Config& c, const fs::path& dir) : dir_(dir) {
+    fs::remove_all(dir);  // a previous run's ticks would pass for this one's
+    fs::create_directories(dir);
+    unshare_ = spawn_io("/usr/bin/unshare",
+                        {"unshare", "--pid", "--fork", c.rewriter.native(), dir.native(),
+                         std::to_string(migration_mib), std::to_string(rewrite_mib_per_s)},
+                        plain_environment(), -1, -1, -1);
+    std::ofstream pids(c.work / "counter.pids", std::ios::app);
+    pids << unshare_ << '\n' << std::flush;
+    const auto deadline = Clock::now() + std::chrono::seconds(60);
+    const fs::path children = fmt::format("/proc/{}/task/{}/children", unshare_, unshare_);
+    while (init_ <= 0 || !fs::exists(dir / "ticks")) {
+      if (init_ <= 0) {
+        const std::string listed = trim(read_text(children));
+        const pid_t child = listed.empty() ? 0 : static_cast<pid_t>(std::stol(listed));
+        // Held by a pidfd, still unshare's child once it is open: the SIGKILL at the end reaches
+        // this process, even after a migration ended it and its PID went to another.
+        const int fd = child > 0 ? static_cast<int>(::syscall(SYS_pidfd_open, child, 0)) : -1;
+        if (fd >= 0 && trim(read_text(children)) == listed) {
+          init_ = child;
+          init_fd_ = fd;
+          pids << init_ << '\n' << std::flush;
+        } else if (fd >= 0) {
+          ::close(fd);
+        }
+      }
+      if (Clock::now() > deadline || await_exit(unshare_, std::chrono::milliseconds(0))) {
+        stop();  // the destructor does not run for a constructor that throws
+        fail("tests/bench/rewriter did not start in its PID namespace");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  ~Rewriter() { stop(); }
+  Rewriter(const Rewriter&) = delete;
+  Rewriter& operator=(const Rewriter&) = delete;
+
+  pid_t init() const { return init_; }
+
+ private:
+  void stop() {
+    if (init_fd_ >= 0) {  // the namespace's init: its end ends unshare's wait
+      ::syscall(SYS_pidfd_send_signal, init_fd_, SIGKILL, nullptr, 0U);
+      ::close(init_fd_);
+    }
+    if (unshare_ > 0 && !await_exit(unshare_, std::chrono::seconds(30))) ::kill(unshare_, SIGKILL);
+    init_ = unshare_ = init_fd_ = -1;
+    std::error_code ignored;  // called from the destructor: must not throw
+    fs::remove_all(dir_, ignored);
+  }
+  fs::path dir_;
+  pid_t unshare_ = -1;
+  pid_t init_ = -1;
+  int init_fd_ = -1;
+};
+
+// A migration's downtime and phases, seconds.
+struct Phases {
+  double downtime = 0, dump = 0, transfer = 0, restore = 0;
+  std::uint64_t bytes = 0;  // sent over the connection, or copied by tar
+};
+
+// A restored tree's init, recorded for scripts/bench.sh, checked to run, then killed and reaped.
+void end_restored(const Config& c, pid_t pid, const std::string& who) {
+  std::ofstream(c.work / "counter.pids", std::ios::app) << pid << '\n';
+  if (!is_running(pid)) fail(fmt::format("{} restored PID {}, but it does not run", who, pid));
+  kill_restored(pid);
+}
+
+// A free TCP port on 127.0.0.1 for the receiver (the kernel's pick; free again once closed here).
+int free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t size = sizeof address;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &size) != 0)
+    fail(fmt::format("no free port on 127.0.0.1: {}", std::strerror(errno)));
+  ::close(fd);
+  return ntohs(address.sin_port);
+}
+
+// One `receive` on 127.0.0.1 and one `migrate` of a fresh workload to it; the phases from
+// migrate's --json report. rounds_reason gets the report's reason for making no pre-dump rounds.
+Phases migrate_once(const Config& c, const fs::path& base, bool zstd, std::string& rounds_reason) {
+  const std::vector<std::string> env = cli_environment(c);
+  const fs::path store = base / "store", dir = base / "migrated";
+  private_dir(store);
+  Rewriter workload(c, base / "workload");
+  const std::string to = fmt::format("127.0.0.1:{}", free_port());
+  const int receive_out = memfd_or_fail("receive-stdout"), receive_err = memfd_or_fail("receive-stderr"),
+            migrate_out = memfd_or_fail("migrate-stdout");
+  const pid_t receiver = spawn_io(c.cli, {c.cli.native(), "--json", "receive", "--listen", to, "--dir", store.native()},
+                                  env, -1, receive_out, receive_err);
+  // It says so on stderr once it listens.
+  const auto deadline = Clock::now() + std::chrono::seconds(30);
+  std::string said;
+  while (said.find("listening on") == std::string::npos) {
+    if (Clock::now() > deadline || await_exit(receiver, std::chrono::milliseconds(0))) {
+      ::kill(receiver, SIGKILL);
+      await_exit(receiver, std::chrono::seconds(10));
+      fail(fmt::format("the receiver on {} did not listen: {}", to, said));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    said = memfd_text(receive_err);
+  }
+  std::vector<std::string> argv{c.cli.native(), "--json", "migrate", "--pid", std::to_string(workload.init()),
+                                "--to", to, "--dir", dir.native()};
+  if (zstd) argv.emplace_back("--zstd");
+  const pid_t migrator = spawn_io(c.cli, argv, env, -1, migrate_out, -1);
+  const int migrated = await_exit_or_fail(migrator, "migrate", std::chrono::seconds(600));
+  const int received = await_exit_or_fail(receiver, "receive", std::chrono::seconds(60));
+  const std::string report = memfd_text(migrate_out), reply = memfd_text(receive_out);
+  for (const int fd : {receive_out, receive_err, migrate_out}) ::close(fd);
+  rapidjson::Document doc;
+  doc.Parse(report.c_str());
+  const auto number = [&doc](const char* name) {
+    return doc.HasMember(name) && doc[name].IsNumber() ? doc[name].GetDouble() : -1.0;
+  };
+  if (migrated != 0 || received != 0 || doc.HasParseError() || !doc.IsObject() || number("restored_pid") <= 0 ||
+      !doc.HasMember("rounds_reason") || !doc["rounds_reason"].IsString())
+    fail(fmt::format("migrate (exit {}) to receive (exit {}) failed: {} / {}", migrated, received, trim(report),
+                     trim(reply)));
+  end_restored(c, static_cast<pid_t>(number("restored_pid")), "receive");
+  rounds_reason = doc["rounds_reason"].GetString();
+  fs::remove_all(dir);
+  fs::remove_all(store);
+  return {number("downtime_ms") / 1000, number("dump_ms") / 1000, number("transfer_ms") / 1000,
+          number("restore_ms") / 1000, static_cast<std::uint64_t>(number("bytes_sent"))};
+}
+
+// The cold move with bare CRIU: `criu dump` (the tree ends), `tar | tar` into another folder,
+// `criu restore -d` from there; the tree is down from the dump's start to the restore's end.
+Phases bare_migrate_once(const Config& c, const fs::path& base) {
+  const fs::path images = base / "bare-images", copy = base / "bare-copy", work = base / "bare-work";
+  for (const fs::path& dir : {images, copy, work}) private_dir(dir);
+  Rewriter workload(c, base / "workload");
+  Phases p;
+  p.dump = timed([&] {
+    run_criu(c, {"dump", "-t", std::to_string(workload.init()), "-D", images.native(), "-W", images.native(), "-o",
+                 "dump.log", "-v4", "--shell-job"}, images / "dump.log");
+  });
+  p.transfer = run_shell(fmt::format("tar -C {} -cf - . | tar -xf - -C {}", shell_quoted(images.native()),
+                                     shell_quoted(copy.native())),
+                         plain_environment());
+  p.restore = timed([&] {
+    run_criu(c, {"restore", "-D", copy.native(), "-W", work.native(), "-o", "restore.log", "-v4", "--shell-job",
+                 "--restore-detached", "--pidfile", (work / "restore.pid").native()}, work / "restore.log");
+  });
+  p.downtime = p.dump + p.transfer + p.restore;
+  p.bytes = tree_bytes(images);
+  end_restored(c, static_cast<pid_t>(std::stol(read_text(work / "restore.pid"))), "bare criu");
+  for (const fs::path& dir : {images, copy, work}) fs::remove_all(dir);
+  return p;
+}
+
+// One row of the migration table: the medians of each column over the timed runs.
+struct MigrationRow {
+  std::string method;
+  Phases median;
+  std::pair<double, double> cores{0, 0};
+};
+
+// A migration method as a Timing (its downtime), its phases kept run by run.
+Timing migration_timing(std::string name, std::function<Phases()> once,
+                        const std::shared_ptr<std::vector<Phases>>& phases) {
+  Timing t{std::move(name), {}};
+  t.run = [once = std::move(once), phases] {
+    phases->push_back(once());
+    return phases->back().downtime;
+  };
+  return t;
+}
+
+Phases median_phases(const std::vector<Phases>& runs) {
+  const auto of = [&runs](auto member) {
+    std::vector<double> v;
+    for (const Phases& p : runs) v.push_back(static_cast<double>(p.*member));
+    return median(v);
+  };
+  return {of(&Phases::downtime), of(&Phases::dump), of(&Phases::transfer), of(&Phases::restore),
+          static_cast<std::uint64_t>(of(&Phases::bytes))};
+}
+
+void bench_migration(const Config& c, std::vector<MigrationRow>& rows, std::string& rounds_reason) {
+  const fs::path base = c.work / "migration";
+  private_dir(base);
+  std::vector<std::pair<std::string, std::shared_ptr<std::vector<Phases>>>> methods;
+  std::vector<Timing> timings;
+  const auto add = [&](const std::string& name, std::function<Phases()> once) {
+    methods.emplace_back(name, std::make_shared<std::vector<Phases>>());
+    timings.push_back(migration_timing(name, std::move(once), methods.back().second));
+  };
+  add("migrate", [&] { return migrate_once(c, base, false, rounds_reason); });
+  add("migrate --zstd", [&] { return migrate_once(c, base, true, rounds_reason); });
+  add("bare CRIU + tar", [&] { return bare_migrate_once(c, base); });
+  std::vector<Timing*> order;
+  for (Timing& t : timings) order.push_back(&t);
+  const auto cores = rounds_with_cores(fmt::format("migration {} MiB", migration_mib), order, migration_runs);
+  for (const auto& [name, phases] : methods)  // the warm-up's run first: left out
+    rows.push_back({name, median_phases({phases->end() - migration_runs, phases->end()}), cores});
+  fs::remove_all(base);
+}
+
+// The machine's load average (1, 5, 15 minutes), as /proc/loadavg gives it.
+std::string load_average() {
+  std::istringstream in(read_text("/proc/loadavg"));
+  std::string one, five, fifteen;
+  in >> one >> five >> fifteen;
+  return fmt::format("{} {} {}", one, five, fifteen);
+}
+
+struct TransferResults {
+  std::vector<StreamRow> streams;
+  std::vector<MigrationRow> migrations;
+  std::string rounds_reason;  // migrate's, for making no pre-dump rounds
+  std::string load_before, load_after;
+};
+
+void bench_transfer(const Config& c, nc::CriuRuntime& rt, TransferResults& results) {
+  results.load_before = load_average();
+  const fs::path base = c.work / "transfer";
+  private_dir(base);
+  {
+    const fs::path dump = base / "dump" / "checkpoint";
+    private_dir(dump.parent_path());
+    {
+      Counter counter(c, base / "counter", judged_mib, false);
+      library_dump(rt, counter.pid(), dump);
+    }
+    bench_streams(c, fmt::format("dump of {} MiB", judged_mib), dump, results.streams);
+    fs::remove_all(dump.parent_path());
+  }
+  const fs::path mixed = base / "mixed" / "folder";
+  private_dir(mixed.parent_path());
+  make_mixed_folder(c, mixed);
+  bench_streams(c, "mixed files", mixed, results.streams);
+  fs::remove_all(base);
+  bench_migration(c, results.migrations, results.rounds_reason);
+  results.load_after = load_average();
+}
+
+// ---------------------------------------------------------------------------------------------
 // The report.
 
 std::string cpu_model() {
@@ -1692,8 +2082,8 @@ void print_columns(const std::vector<std::vector<std::string>>& lines) {
 }
 
 void print_table(const std::vector<Row>& rows, const std::vector<CriuRow>& criu_rows,
-                 const std::vector<ContainerRow>& container_rows, const std::string& runc, const nc::CriuRuntime& rt,
-                 double total_seconds) {
+                 const std::vector<ContainerRow>& container_rows, const std::string& runc,
+                 const TransferResults& transfer, const nc::CriuRuntime& rt, double total_seconds) {
   struct utsname u {};
   ::uname(&u);
   fmt::print("\nlibnucleuscheckpoint {} benchmark (release build; median of {} runs for dumps and restores, {} for "
@@ -1780,6 +2170,62 @@ void print_table(const std::vector<Row>& rows, const std::vector<CriuRow>& criu_
     fmt::print("(in parentheses: CRIU's own time in the same runs, median, from its log: from its start to its\n"
                "\"finished successfully\" line)\n");
   }
+  if (!transfer.streams.empty() || !transfer.migrations.empty())
+    fmt::print("\nTransfer: load average (1, 5, 15 min) {} before, {} after.\n", transfer.load_before, transfer.load_after);
+  const auto cores = [](std::pair<double, double> c) {
+    return fmt::format("{:.1f}-{:.1f}", std::min(c.first, c.second), std::max(c.first, c.second));
+  };
+  if (!transfer.streams.empty()) {
+    fmt::print(
+        "Export | import (seconds, median of {}): a folder copied through a pipe into a new folder on the same tmpfs.\n"
+        "Library: `nucleus-checkpoint export --dir SRC [--zstd] | nucleus-checkpoint import --dir OUT` (the stream\n"
+        "signed, every chunk verified as it arrives). Baseline: `tar -C SRC -cf - . [| zstd -1 -T0 | zstd -d] | tar\n"
+        "-xf - -C OUT`. The variants take turns going first. MB/s: the folder's bytes over the time. Stream: bytes\n"
+        "through the pipe (compressed, for zstd). The dump: examples/counter, {} MiB not shared, dumped by the library\n"
+        "(one byte written per page: most of it compresses away). Mixed files: 2000 files in 40 folders, 1 B to 1 MiB,\n"
+        "each half pseudo-random bytes and half zeros.\n\n",
+        transfer_runs, judged_mib);
+    std::vector<std::vector<std::string>> lines{{"folder", "GB", "compression", "export|import", "tar|tar", "ratio",
+                                                 "MB/s, library / tar", "stream MB, library / tar", "cores", "target",
+                                                 ""}};
+    for (const StreamRow& r : transfer.streams) {
+      const double gb = static_cast<double>(r.bytes) / 1e9, ratio = r.library / r.tar;
+      lines.push_back({r.folder, fmt::format("{:.2f}", gb), r.compression, fmt::format("{:.3f}", r.library),
+                       fmt::format("{:.3f}", r.tar), ratio_text(ratio),
+                       fmt::format("{:.0f} / {:.0f}", gb * 1e3 / r.library, gb * 1e3 / r.tar),
+                       fmt::format("{:.1f} / {:.1f}", static_cast<double>(r.library_stream) / 1e6,
+                                   static_cast<double>(r.tar_stream) / 1e6),
+                       cores(r.cores), fmt::format("<= {:.2f}x", stream_target), verdict(ratio <= stream_target)});
+    }
+    print_columns(lines);
+  }
+  if (!transfer.migrations.empty()) {
+    fmt::print(
+        "\nMigration (seconds, median of {}): tests/bench/rewriter, {} MiB of memory of which it rewrites {} MiB every\n"
+        "second (each page half pseudo-random, half zeros), the init of its own PID namespace; a fresh one for each\n"
+        "run. migrate: `nucleus-checkpoint migrate --pid P --to 127.0.0.1:PORT --dir W [--zstd] --json` to `receive\n"
+        "--listen 127.0.0.1:PORT --dir STORE --json`: downtime (dump start to the receiver's reply) and phases from\n"
+        "its report (dump: dump, sign, commit; transfer: the receiver's import, received and verified; restore: the\n"
+        "receiver's streamed restore). Bare CRIU + tar: a cold move, `criu dump` (the tree ends), `tar | tar` into\n"
+        "another folder, `criu restore -d` from it; downtime is their sum. The methods take turns going first.\n"
+        "Bytes: sent over the connection (migrate), the images (bare).\n\n",
+        migration_runs, migration_mib, rewrite_mib_per_s);
+    std::vector<std::vector<std::string>> lines{
+        {"method", "downtime", "dump", "transfer", "restore", "MB", "downtime / bare", "cores"}};
+    const auto bare = std::find_if(transfer.migrations.begin(), transfer.migrations.end(),
+                                   [](const MigrationRow& r) { return r.method.starts_with("bare"); });
+    for (const MigrationRow& r : transfer.migrations) {
+      const Phases& p = r.median;
+      lines.push_back({r.method, fmt::format("{:.3f}", p.downtime), fmt::format("{:.3f}", p.dump),
+                       fmt::format("{:.3f}", p.transfer), fmt::format("{:.3f}", p.restore),
+                       fmt::format("{:.1f}", static_cast<double>(p.bytes) / 1e6),
+                       bare == transfer.migrations.end() ? "-" : ratio_text(p.downtime / bare->median.downtime),
+                       cores(r.cores)});
+    }
+    print_columns(lines);
+    // The kernel may lack soft-dirty tracking, and migrate makes no rounds yet: its report says which.
+    fmt::print("migrate with pre-dump rounds: n/a: {}\n", transfer.rounds_reason);
+  }
   fmt::print("\nbenchmark took {:.0f} s\n", total_seconds);
 }
 
@@ -1806,15 +2252,19 @@ Config parse_args(int argc, char** argv) {
     else if (flag == "--launcher") c.launcher = value;
     else if (flag == "--source") c.source = value;
     else if (flag == "--containers") c.containers = value;  // yes, no, only
+    else if (flag == "--rewriter") c.rewriter = value;
+    else if (flag == "--transfer") c.transfer = value;  // yes, no, only
     else fail("unknown option " + flag);
   }
-  if (c.counter.empty() || c.cli.empty() || c.key_file.empty() || c.work.empty() ||
-      (c.containers != "yes" && c.containers != "no" && c.containers != "only") ||
-      (c.containers != "no" && (c.launcher.empty() || c.source.empty())))
+  const auto is_mode = [](const std::string& mode) { return mode == "yes" || mode == "no" || mode == "only"; };
+  if (c.counter.empty() || c.cli.empty() || c.key_file.empty() || c.work.empty() || !is_mode(c.containers) ||
+      !is_mode(c.transfer) || (c.containers != "no" && (c.launcher.empty() || c.source.empty())) ||
+      (c.transfer != "no" && c.rewriter.empty()))
     fail("usage: nc_bench --counter PATH --cli PATH --key-file PATH --work TMPFS_DIR [--criu PATH] "
-         "[--sizes 64,256,1024] [--hmac-mib 1024] [--containers yes|no|only --launcher PATH --source SOURCE_DIR]");
+         "[--sizes 64,256,1024] [--hmac-mib 1024] [--containers yes|no|only --launcher PATH --source SOURCE_DIR] "
+         "[--transfer yes|no|only --rewriter PATH] (\"only\": these rows, and those of any other \"only\", alone)");
   // The children run elsewhere (cwd "/"): every path they get must be absolute.
-  for (fs::path* p : {&c.counter, &c.cli, &c.key_file, &c.work, &c.launcher, &c.source})
+  for (fs::path* p : {&c.counter, &c.cli, &c.key_file, &c.work, &c.launcher, &c.source, &c.rewriter})
     if (!p->empty()) *p = fs::absolute(*p);
   c.work = c.work.lexically_normal();
   if (!c.work.has_filename()) c.work = c.work.parent_path();  // "DIR/": its name tags what the benchmark creates
@@ -1838,7 +2288,10 @@ int run(int argc, char** argv) {
   std::vector<Row> rows;
   std::vector<CriuRow> criu_rows;
 
-  if (c.containers != "only") {
+  // A section set to "only" runs, with any other set so, and nothing else.
+  const bool any_only = c.containers == "only" || c.transfer == "only";
+  const auto runs_section = [any_only](const std::string& mode) { return mode == "only" || (mode == "yes" && !any_only); };
+  if (!any_only) {
     const fs::path hmac_dir = c.work / "hmac";
     note(fmt::format("writing a {} MiB checkpoint-shaped folder to {}", c.hmac_mib, hmac_dir.native()));
     make_checkpoint_folder(hmac_dir, c.hmac_mib);
@@ -1854,19 +2307,28 @@ int run(int argc, char** argv) {
 
   std::vector<ContainerRow> container_rows;
   std::string runc;
-  // A failure among the containers still prints what was measured before it.
-  std::exception_ptr container_failure;
-  if (c.containers != "no") {
+  // A failure among the containers or the transfers still prints what was measured before it.
+  std::exception_ptr failure;
+  if (runs_section(c.containers)) {
     try {
       runc = runc_version();
       bench_containers(c, rt, key, container_rows);
     } catch (...) {
-      container_failure = std::current_exception();
+      failure = std::current_exception();
+    }
+  }
+  TransferResults transfer;
+  if (runs_section(c.transfer) && !failure) {
+    try {
+      bench_transfer(c, rt, transfer);
+    } catch (...) {
+      failure = std::current_exception();
     }
   }
 
-  print_table(rows, criu_rows, container_rows, runc, rt, std::chrono::duration<double>(Clock::now() - start).count());
-  if (container_failure) std::rethrow_exception(container_failure);
+  print_table(rows, criu_rows, container_rows, runc, transfer, rt,
+              std::chrono::duration<double>(Clock::now() - start).count());
+  if (failure) std::rethrow_exception(failure);
   return 0;
 }
 

@@ -60,6 +60,9 @@ using NotifyCallback = std::function<bool(const NotifyEvent&)>;
 
 struct CriuOptions {
   bool leave_running = false;    // dump: the tree keeps running afterwards
+  // restore: every restored task is left stopped (SIGSTOP), for the caller to resume (SIGCONT to
+  // each, through RestoredTree's pidfd and its children) or kill
+  bool leave_stopped = false;
   bool shell_job = true;         // both: the tree may belong to an outside session or terminal (seed default)
   bool tcp_established = false;  // both: established TCP connections
   bool tcp_close = false;        // both: do not dump (dump) or restore closed (restore) established connections

@@ -58,6 +58,7 @@ struct CriuVersion {
 
 struct MigrateOptions;
 struct MigrationReport;
+class HeldTree;
 
 class NC_EXPORT CriuRuntime {
  public:
@@ -125,9 +126,10 @@ class NC_EXPORT CriuRuntime {
   void dump(const ContainerInfo& container, const std::filesystem::path& dir, const CriuOptions& options,
             SignatureFormat format, bool predump);
   // hand_over, if given, runs once the checkpoint is committed, while the tree is still stopped: the
-  // tree is killed if it returns, resumed if it throws (a migration's, nucleus/checkpoint/migrate.hpp).
+  // tree is killed if it returns, resumed if it throws, unless hand_over said through the HeldTree
+  // that it may run elsewhere: then it stays stopped (a migration's, nucleus/checkpoint/migrate.hpp).
   void dump(const ContainerInfo& container, const std::filesystem::path& dir, const CriuOptions& options,
-            SignatureFormat format, bool predump, const std::function<void()>& hand_over);
+            SignatureFormat format, bool predump, const std::function<void(HeldTree&)>& hand_over);
   friend MigrationReport migrate(CriuRuntime&, const ContainerInfo&, const std::filesystem::path&, int,
                                  const MigrateOptions&);
   RestoredTree restore_tracked(const std::filesystem::path& dir, const CriuOptions& options, bool track);

@@ -24,6 +24,9 @@ enum class Status : int {
   no_memory = 9,
   internal = 10,
   unsupported = 11,  // a feature this build of the library lacks (built without its dependencies)
+  // A migration whose outcome the source could not learn after it let the receiver run the tree:
+  // the source's tree is left stopped, neither resumed (it may run there) nor killed.
+  unconfirmed = 12,
 };
 
 // Stable upper-case name of a status, as in the C header ("NC_E_INTEGRITY").

@@ -1,8 +1,11 @@
 // Moving a running process tree to another host (the README's "Migration"): the source dumps the
-// tree and keeps it stopped, sends the checkpoint over a connection as a transfer stream, and waits
-// for the receiver's one-line reply; the receiver imports the stream (verified chunk by chunk) and
-// restores it. The tree ends on the source only once it runs on the receiver, and resumes on the
-// source on any failure. A cold migration: one final dump, no pre-dump rounds.
+// tree and keeps it stopped, and sends the checkpoint over a connection as a transfer stream; the
+// receiver imports it (verified chunk by chunk), restores it and holds it stopped, and says
+// "ready"; the source gives up its own copy and says "commit", proven by its signing key for this
+// connection; the receiver lets the tree run and says "ok", and the source's copy ends. The workload never runs on both sides: the source resumes
+// only before its commit or on the receiver's refusal, and a source that cannot learn the outcome
+// after its commit leaves its copy stopped (Status::unconfirmed). A cold migration: one final dump,
+// no pre-dump rounds.
 #pragma once
 
 #include <sys/types.h>
@@ -22,13 +25,13 @@ namespace nucleus::checkpoint {
 struct MigrateOptions {
   CriuOptions criu;           // the dump's; leave_running is ignored (the tree stays stopped)
   TransferOptions transfer;   // the stream's compression
-  // How long the stream may stall (unacknowledged) and, once it is sent, how long the receiver's
-  // reply may take: its import and its restore.
+  // How long the stream may stall (unacknowledged) and, once it is sent, how long each of the
+  // receiver's replies may take: "ready" (its import and restore), then "ok" after the commit.
   std::chrono::milliseconds reply_timeout{std::chrono::minutes(5)};
 };
 
 struct MigrationReport {
-  std::chrono::milliseconds downtime{0};  // from the dump's start to the reply: the tree is stopped throughout
+  std::chrono::milliseconds downtime{0};  // from the dump's start to the receiver's "ok": the tree runs again
   std::chrono::milliseconds dump{0};      // the dump, signature and commit on the source
   std::chrono::milliseconds transfer{0};  // the stream sent and imported (the receiver's import time)
   std::chrono::milliseconds restore{0};   // the receiver's restore
@@ -40,10 +43,12 @@ struct MigrationReport {
 };
 
 // Dumps the tree into the new checkpoint folder work_dir (signed in the manifest format), keeps it
-// stopped, exports it over connected_fd (a socket connected to a receiver), shuts the socket's
-// sending side down and waits for the reply. On the receiver's "ok" the stopped tree is killed and
-// the report returned; on anything else (a refusal, the receiver gone or silent, a reset) the tree
-// resumes and the error (the receiver's own when it sent one) is thrown. work_dir stays either way.
+// stopped, exports it over connected_fd (a socket connected to a receiver) and takes the replies
+// above. On the receiver's "ok" the stopped tree is killed and the report returned. Before the
+// commit, or on the receiver's refusal after it, the tree resumes and the error (the receiver's own
+// when it sent one) is thrown. After the commit, anything else (no answer in time, a reset, a
+// garbled line) throws Status::unconfirmed and leaves the tree stopped, as does this process's
+// death from the commit on: it may be running on the receiver. work_dir stays either way.
 NC_EXPORT MigrationReport migrate(CriuRuntime& runtime, const ContainerInfo& container,
                                   const std::filesystem::path& work_dir, int connected_fd,
                                   const MigrateOptions& options = {});
@@ -52,14 +57,19 @@ struct ReceivedMigration {
   std::filesystem::path dir;  // the new checkpoint folder under the store
   RestoredTree tree;          // the restored root (its pidfd the caller's to close)
   std::chrono::milliseconds import_time{0}, restore_time{0};
-  std::string reply;          // the JSON line sent back
+  std::string reply;          // the last JSON line sent back
+  bool source_told = true;    // false: the tree runs here, but the final "ok" could not be sent
 };
 
-// Reads one transfer stream from connected_fd into a new folder under store (verified with this
-// host's keys as it arrives, committed only whole), restores it with options, and writes the
-// outcome back as one line of JSON: {"ok":true,"pid":..,"dir":..,"import_ms":..,"restore_ms":..} or
-// {"ok":false,"status":..,"status_name":..,"error":..}. A failure is thrown after its reply was
-// sent (or could not be).
+// Greets the source with a fresh nonce ({"nonce":"<hex>"}), reads one transfer stream from
+// connected_fd into a new folder under store (verified with this host's keys as it arrives,
+// committed only whole), restores it with options, every task left stopped, and writes
+// {"ready":true,"pid":..,"dir":..,"import_ms":..,"restore_ms":..}; then waits (30 s at most) for the
+// source's {"commit":true,"proof":..}, which must prove, by the key that signed the checkpoint,
+// that its signer commits it on this connection (a replayed stream never runs). Without it the
+// tree is killed before it ran; with it the tree resumes and {"ok":true,...} goes back. A failure
+// is answered with {"ok":false,"status":..,"status_name":..,"error":..} and thrown; an "ok" that
+// cannot be sent is not (the tree runs here, the source keeps its copy stopped): source_told says so.
 NC_EXPORT ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd,
                                               const std::filesystem::path& store, const CriuOptions& options = {});
 

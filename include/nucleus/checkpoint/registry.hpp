@@ -30,8 +30,9 @@ struct PushedImage {
 // Publishes the checkpoint folder `dir` as the image `reference` ("HOST[:PORT]/NAME[:TAG]", the
 // tag "latest" if none): the folder is verified with the store's keys first (an unsigned or
 // changed checkpoint is not published; Status::integrity), then written as one uncompressed tar
-// layer, a config and a manifest annotated from its metadata.json. A layer of a pre-dump chain
-// (which has a parent) is refused with Status::invalid. Registry errors are Status::io (unreachable,
+// layer, a config and a manifest annotated from its metadata.json. Only a folder signed in format 3
+// is published (a pull checks every chunk as it arrives): formats 1 and 2 are Status::invalid,
+// saying how to re-sign. A layer of a pre-dump chain (which has a parent) is Status::invalid. Registry errors are Status::io (unreachable,
 // refused), Status::permission (401, 403) or Status::not_found (404), quoting the registry.
 // Throws Error(Status::unsupported) if the library was built without registry support.
 NC_EXPORT PushedImage push_image(const std::filesystem::path& dir, const std::string& reference,
@@ -41,9 +42,10 @@ NC_EXPORT PushedImage push_image(const std::filesystem::path& dir, const std::st
 // new checkpoint folder `dir` (absent, or an empty folder): the manifest (at most 4 MiB, an OCI or
 // Docker image manifest whose digest is checked when the reference names one) must list exactly one
 // tar layer, plain, gzip or zstd; the layer is downloaded into a private staging folder beside dir
-// while its size and sha256 are checked against the manifest, extracted entry by entry (folders
-// and regular files with plain relative names only, modes 0700/0600, within HmacTree's limits),
-// verified against its checkpoint.hmac with the store's keys or the key given, and renamed into
+// while its size and sha256 are checked against the manifest, then read as import_checkpoint reads
+// a stream: its checkpoint.hmac (format 3) and its listing first, authenticated with the store's
+// keys or the key given before a byte is written, then only the listed folders and files, each of
+// its listed size and each chunk checked before it is written (modes 0700/0600), and renamed into
 // place. Anything else is refused with Status::integrity and leaves nothing behind.
 NC_EXPORT void pull_image(const std::string& reference, const std::filesystem::path& dir,
                           const RegistryOptions& options = {}, const KeyStore& store = KeyStore());

@@ -35,6 +35,7 @@ pub const NC_E_KEY: nc_status = 8;
 pub const NC_E_NOMEM: nc_status = 9;
 pub const NC_E_INTERNAL: nc_status = 10;
 pub const NC_E_UNSUPPORTED: nc_status = 11;
+pub const NC_E_UNCONFIRMED: nc_status = 12;
 
 pub type nc_signature_format = c_int;
 pub const NC_SIGNATURE_SEED: nc_signature_format = 1;

@@ -37,6 +37,9 @@ impl Status {
     /// This build of the library lacks the feature (registry images without libcurl and
     /// libarchive). Since 0.3.
     pub const UNSUPPORTED: Status = Status(sys::NC_E_UNSUPPORTED);
+    /// A migration's source could not learn the outcome after it told the receiver to run the tree:
+    /// the source's tree is left stopped, neither resumed (it may run there) nor killed. Since 0.3.
+    pub const UNCONFIRMED: Status = Status(sys::NC_E_UNCONFIRMED);
 
     pub fn is_ok(self) -> bool {
         self == Status::OK

@@ -2,7 +2,8 @@
 //! (HMAC-SHA256, or Ed25519 for hosts that hold only the public key) and verified before CRIU reads
 //! it: a safe API over libnucleuscheckpoint's C ABI (the raw one is the `nucleus-checkpoint-sys`
 //! crate). Checkpoints move between hosts as verified streams ([`export`], [`import`]) or
-//! registry images ([`push_image`], [`pull_image`]).
+//! registry images ([`push_image`], [`pull_image`]), and running trees by migration
+//! ([`Runtime::migrate`], [`Runtime::receive`]).
 //!
 //! - Every fallible call returns [`Result`], whose [`Error`] carries the C ABI's [`Status`], the
 //!   library's message, and CRIU's exit code and `Error` lines where CRIU's run failed. Each call
@@ -43,12 +44,14 @@ pub use libc::pid_t;
 mod args;
 mod callback;
 mod error;
+mod migrate;
 mod options;
 mod runtime;
 mod transfer;
 mod types;
 
 pub use error::{Error, Result, Status};
+pub use migrate::{MigrationReport, ReceivedMigration};
 pub use options::Options;
 pub use runtime::{CriuVersion, RestoredTree, Runtime};
 pub use transfer::{export, import, pull_image, push_image};

@@ -181,10 +181,18 @@ impl Options {
         self.set(|o| unsafe { sys::nc_options_set_parent(o, opt_ptr(&dir)) })
     }
 
-    /// Export: how the stream is compressed (default [`Compression::NONE`]). Since 0.3.
+    /// Export and migrate: how the stream is compressed (default [`Compression::NONE`]). Since 0.3.
     pub fn compression(&mut self, compression: Compression) -> Result<&mut Self> {
         // SAFETY: live handle; any value is checked by the library.
         self.set(|o| unsafe { sys::nc_options_set_compression(o, compression.0) })
+    }
+
+    /// [`crate::Runtime::migrate`]: how long the stream may stall unacknowledged and, once sent,
+    /// how long the receiver's import and restore may take, in milliseconds; 0 goes back to the
+    /// default, 300000 (5 minutes). Since 0.3.
+    pub fn reply_timeout_ms(&mut self, ms: u32) -> Result<&mut Self> {
+        // SAFETY: live handle.
+        self.set(|o| unsafe { sys::nc_options_set_reply_timeout_ms(o, ms) })
     }
 
     /// Restore: the container's rootfs, an absolute path (`--root`); `None`: the recorded one.

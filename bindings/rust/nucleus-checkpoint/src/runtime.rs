@@ -152,7 +152,10 @@ impl Runtime {
         dir: impl AsRef<Path>,
         options: Option<&Options>,
     ) -> Result<()> {
-        self.dump(sys::nc_checkpoint_ex_e, container_id, pid, dir.as_ref(), options)
+        self.dump(container_id, dir.as_ref(), options, |rt, id, dir, opts, err| {
+            // SAFETY: the live handle, C strings and options that outlive the call.
+            unsafe { sys::nc_checkpoint_ex_e(rt, id, pid, dir, opts, err) }
+        })
     }
 
     /// CRIU's pre-dump of the running tree rooted at `pid` into the new folder `dir` (absent or
@@ -169,32 +172,31 @@ impl Runtime {
         dir: impl AsRef<Path>,
         options: Option<&Options>,
     ) -> Result<()> {
-        self.dump(sys::nc_predump_e, container_id, pid, dir.as_ref(), options)
+        self.dump(container_id, dir.as_ref(), options, |rt, id, dir, opts, err| {
+            // SAFETY: the live handle, C strings and options that outlive the call.
+            unsafe { sys::nc_predump_e(rt, id, pid, dir, opts, err) }
+        })
     }
 
-    /// A dump-like `_e` call (`nc_checkpoint_ex_e`, `nc_predump_e`) of the tree at `pid` into `dir`.
-    fn dump(
+    /// A dump-like `_e` call (`nc_checkpoint_ex_e`, `nc_predump_e`, `nc_migrate_e`) into `dir`: `f`
+    /// makes it with the runtime, the container id, `dir` and the options as C takes them.
+    pub(crate) fn dump(
         &mut self,
-        f: unsafe extern "C" fn(
+        container_id: &str,
+        dir: &Path,
+        options: Option<&Options>,
+        f: impl FnOnce(
             *mut sys::nc_runtime,
             *const c_char,
-            libc::pid_t,
             *const c_char,
             *const sys::nc_options,
             *mut sys::nc_error,
         ) -> sys::nc_status,
-        container_id: &str,
-        pid: libc::pid_t,
-        dir: &Path,
-        options: Option<&Options>,
     ) -> Result<()> {
         let id = args::text("container id", container_id)?;
         let dir = args::path("checkpoint dir", dir)?;
         let opts = options_ptr(options);
-        with_notify_panics(|| {
-            // SAFETY: live handles, C strings; the options outlive the call.
-            call(|err| unsafe { f(self.raw, id.as_ptr(), pid, dir.as_ptr(), opts, err) })
-        })
+        with_notify_panics(|| call(|err| f(self.raw, id.as_ptr(), dir.as_ptr(), opts, err)))
     }
 
     /// Verifies `dir` and, only if it verifies, restores the tree (`nc_restore_pidfd`): a changed,

@@ -4,7 +4,10 @@
 //! failing calls each getting exactly their own message; callbacks whose panics become errors;
 //! and the 0.3 calls: a tree dumped with Ed25519 on a "signer" key store, moved as transfer streams
 //! to a "receiver" key store that holds only the public key and restored there, a stream with a
-//! flipped byte refused with nothing left, pre-dumps, registry arguments.
+//! flipped byte refused with nothing left, pre-dumps, registry arguments; and migrations of a
+//! counter in a PID namespace of its own, the receiver on one thread and the source on another:
+//! one over loopback TCP that the receiver restores, one over a socket pair that a receiver
+//! trusting no key refuses, so that the source resumes.
 //!
 //! Run by tests/rust_binding_test.sh, which sets NC_RUST_TEST_DIR (a private folder under
 //! /var/tmp/nucleus-checkpoint-tests), NUCLEUS_CHECKPOINT_HMAC_KEY_FILE (in a 0700 folder) and
@@ -12,9 +15,11 @@
 use std::env;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{TcpListener, TcpStream};
 use std::ops::ControlFlow;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier, Mutex};
@@ -24,7 +29,7 @@ use std::time::{Duration, Instant};
 use nucleus_checkpoint::{
     export, import, keygen, keygen_ed25519, key_path, public_key, pull_image, push_image, read_metadata, sign_as,
     sign_with_progress, signature_format_of, signer_of, trust_key, verify, verify_with_progress, Compression, Error,
-    Notification, Options, RestoreMode, Runtime, SignatureFormat, Signing, Status,
+    Notification, Options, ReceivedMigration, RestoreMode, Runtime, SignatureFormat, Signing, Status,
 };
 
 /// The tests reap as a subreaper with waitpid(-1): one at a time, so none reaps another's child.
@@ -371,6 +376,8 @@ fn arguments_statuses_and_option_errors() {
         (Status::KEY, 8, "NC_E_KEY"),
         (Status::NOMEM, 9, "NC_E_NOMEM"),
         (Status::INTERNAL, 10, "NC_E_INTERNAL"),
+        (Status::UNSUPPORTED, 11, "NC_E_UNSUPPORTED"),
+        (Status::UNCONFIRMED, 12, "NC_E_UNCONFIRMED"),
     ];
     for (status, value, name) in all {
         assert_eq!((status.0, status.name()), (value, name));
@@ -395,6 +402,8 @@ fn arguments_statuses_and_option_errors() {
         .file_validation(Some("filesize"))
         .unwrap()
         .add_runtime_file("config.json", b"{}")
+        .unwrap()
+        .reply_timeout_ms(0)
         .unwrap();
     let (r, w) = {
         let mut fds = [0; 2];
@@ -708,4 +717,170 @@ fn predump_and_registry_arguments() {
         "http://127.0.0.1:1/v2/checkpoints/web/manifests/v1",
     );
     assert!(!pulled.exists());
+}
+
+/// The counter as the init of a PID namespace of its own (`unshare --pid --fork`), so that while
+/// its migration holds it stopped here, the receiver (this same host) finds its PIDs free. Killed
+/// when dropped: SIGKILL, which a PID namespace's init cannot ignore and which ends the namespace.
+struct ContainedCounter {
+    unshare: i32,
+    pid: i32,
+    /// The file its root counts in.
+    parent: PathBuf,
+}
+
+impl ContainedCounter {
+    /// Starts it counting in `work`/counter.
+    fn start(work: &Path) -> ContainedCounter {
+        let dir = private_dir(work, "counter");
+        let counter = env::var_os("NC_TEST_COUNTER").expect("NC_TEST_COUNTER names examples/counter");
+        let unshare = Command::new("unshare")
+            .args(["--pid", "--fork"])
+            .arg(counter)
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unshare starts")
+            .id() as i32; // reaped as this subreaper's other children are, by reap()
+        let children = format!("/proc/{0}/task/{0}/children", unshare);
+        let mut pid = 0;
+        let started = wait_until(10, || {
+            pid = fs::read_to_string(&children).ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(0);
+            pid > 0
+        });
+        let contained = ContainedCounter { unshare, pid, parent: dir.join("parent") };
+        assert!(started && wait_until(10, || count_of(&contained.parent) >= 3), "the contained counter counts");
+        contained
+    }
+}
+
+impl Drop for ContainedCounter {
+    fn drop(&mut self) {
+        drop(KillNamespace(self.pid));
+        // unshare exits once its child has.
+        wait_until(10, || {
+            reap();
+            !alive(self.unshare)
+        });
+    }
+}
+
+/// Kills a PID namespace's init, and with it the namespace, when dropped, and reaps it.
+struct KillNamespace(i32);
+
+impl Drop for KillNamespace {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            // SAFETY: plain kill.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+            wait_until(10, || {
+                reap();
+                !alive(self.0)
+            });
+        }
+    }
+}
+
+/// A 0700 folder under `work`.
+fn private_dir(work: &Path, name: &str) -> PathBuf {
+    let dir = work.join(name);
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+/// Receives on a thread of its own with a runtime of its own (a runtime runs one call at a time).
+fn receive_on<C: std::os::unix::io::AsFd + Send + 'static>(
+    conn: impl FnOnce() -> C + Send + 'static,
+    store: PathBuf,
+) -> thread::JoinHandle<nucleus_checkpoint::Result<ReceivedMigration>> {
+    thread::spawn(move || {
+        let conn = conn();
+        Runtime::new()?.receive(&conn, &store, None)
+    })
+}
+
+#[test]
+fn migration_with_real_criu() {
+    let _serial = serial();
+    become_subreaper();
+    let work = fresh("migration");
+    let (counter, store, out) = (ContainedCounter::start(&work), private_dir(&work, "store"), work.join("out"));
+    let parent = &counter.parent;
+    let mut rt = Runtime::new().unwrap();
+
+    // A descriptor that is no socket: refused before anything is dumped.
+    let file = fs::File::open(parent).unwrap();
+    expect_err(rt.migrate("rust-migrate", counter.pid, &out, &file, None), Status::INVALID, "not a connected socket");
+    assert!(!out.exists(), "a refused migration left {}", out.display());
+
+    // Loopback TCP: the receiver accepts on its thread, the source connects on this one.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let receiver = receive_on(move || listener.accept().unwrap().0, store.clone());
+    let conn = TcpStream::connect(address).unwrap();
+    let mut opts = Options::new().unwrap();
+    opts.reply_timeout_ms(120_000).unwrap();
+    let start = Instant::now();
+    let report = rt.migrate("rust-migrate", counter.pid, &out, &conn, Some(&opts));
+    let elapsed = start.elapsed();
+    let received = receiver.join().expect("the receiving thread");
+    let _restored = KillNamespace(received.as_ref().map_or(0, |r| r.pid));
+    let (report, received) = (report.expect("migrate"), received.expect("receive"));
+    eprintln!("migrated in {:?}: {:?}", elapsed, report);
+
+    assert!(report.downtime > Duration::ZERO && report.dump > Duration::ZERO, "{:?}", report);
+    assert!(report.dump <= report.downtime && report.downtime <= elapsed, "{:?} in {:?}", report, elapsed);
+    assert!(report.bytes_sent > 0 && report.rounds == 0 && !report.rounds_reason.is_empty(), "{:?}", report);
+    assert!(report.restored_pid > 0 && report.restored_pid == received.pid && report.restored_pid != counter.pid);
+    assert_eq!(report.restored_dir.parent(), Some(store.as_path()));
+    assert!(report.restored_dir.file_name().unwrap().to_string_lossy().starts_with("migration-"), "{:?}", report);
+    let expected_reply = format!("{{\"ok\":true,\"pid\":{},\"dir\":\"{}\",", received.pid, report.restored_dir.display());
+    assert!(received.reply.starts_with(&expected_reply), "reply {:?}", received.reply);
+    verify(&report.restored_dir).expect("the received folder verifies");
+    verify(&out).expect("the source's folder verifies");
+
+    // The source's tree is gone, and the restored one counts on from where it stopped.
+    assert!(wait_until(10, || {
+        reap();
+        !alive(counter.pid)
+    }));
+    let at_move = count_of(parent);
+    assert!(wait_until(10, || count_of(parent) > at_move + 3), "the migrated counter counts on from {}", at_move);
+    assert!(alive(report.restored_pid));
+}
+
+#[test]
+fn migration_refused_by_a_receiver_trusting_no_key() {
+    let _serial = serial();
+    become_subreaper();
+    let work = fresh("migration-refused");
+    // The source signs with an Ed25519 key that the receiver (this process, at the same time) does
+    // not trust, and there is no HMAC key either: the stream does not verify there.
+    let keys = private_dir(&work, "keys");
+    let _keys = KeyStoreAt::new(&keys);
+    keygen_ed25519().unwrap();
+    fs::remove_dir_all(keys.join("trusted")).unwrap(); // the key trusted itself: no more
+    let (counter, store) = (ContainedCounter::start(&work), private_dir(&work, "store"));
+    let parent = &counter.parent;
+
+    let (source, receiving) = UnixStream::pair().unwrap();
+    let receiver = receive_on(move || receiving, store.clone());
+    let mut opts = Options::new().unwrap();
+    opts.signing(Signing::ED25519).unwrap();
+    let mut rt = Runtime::new().unwrap();
+    let migrated = rt.migrate("rust-refused", counter.pid, work.join("out"), &source, Some(&opts));
+    drop(source); // the receiver, reading what is left of the stream, sees its end
+    let received = receiver.join().expect("the receiving thread");
+    let _restored = KillNamespace(received.as_ref().map_or(0, |r| r.pid));
+    let e = expect_err(migrated, Status::INTEGRITY, "the receiver did not restore");
+    eprintln!("refused: {}", e);
+    expect_err(received, Status::INTEGRITY, "");
+    let left: Vec<_> = fs::read_dir(&store).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "a refused migration left {:?} in the receiver's store", left);
+    // The source resumed: the counter runs on here.
+    let at = count_of(parent);
+    assert!(wait_until(10, || count_of(parent) > at + 3) && alive(counter.pid), "the source's counter resumes");
 }

@@ -1,0 +1,94 @@
+// What a transfer stream and a registry image's layer share: a format 3 signature, then the
+// listing of the tree (its folders, and its files with their sizes, in walk order) authenticated
+// against it before a file byte is accepted, then the tree made from that listing alone, every
+// chunk checked before it is written.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "signature/signed_manifest.hpp"
+#include "transfer/transfer_stream.hpp"
+
+namespace nucleus::checkpoint::transfer {
+
+// The listing's paths are held until it is authenticated: within HmacTree's limits alone they
+// could reach 4 GiB (a million 4096-byte paths), sent as a few MiB of zstd. 128 MiB is an average
+// of 134 bytes over the most entries a tree may have.
+inline constexpr std::uint64_t max_listing_path_bytes = std::uint64_t{128} << 20;
+// The most a listing's records may take, as frames: the paths, and per entry a frame header and a
+// file's size.
+inline constexpr std::uint64_t max_listing_bytes =
+    max_listing_path_bytes + HmacTree::max_entries * (frame_header_size + 8);
+
+// The text of the checkpoint.hmac of the folder open at dir_fd (`dir`, as the caller named it) if
+// it is format 3, else Status::invalid saying how to re-sign it: formats 1 and 2 cannot be checked
+// chunk by chunk as they arrive, and a receiver must not write a byte it cannot check.
+std::string manifest_signature_text(int dir_fd, const std::filesystem::path& dir);
+
+// The signature text parsed, if it is format 3; formats 1 and 2 cannot be checked as they arrive,
+// and no byte that cannot be checked is written, so they are refused (Status::integrity) saying
+// how to re-sign them. `source` carries the checkpoint ("the transfer stream"), `before` is what
+// is done with it ("exporting").
+ChunkedSignature parse_manifest_signature(std::string_view text, std::string_view source, std::string_view before);
+
+struct ListedEntry {
+  bool folder = false;
+  std::string path;  // a folder's; a file's is its ManifestFile's
+};
+
+// Receives a listing record by record, held to what the walk of a checkpoint folder could have
+// produced before anything is spent on it (plain relative names, each folder listed before its
+// contents, the names in each folder in byte order and each once, within HmacTree's limits), and
+// authenticates it at its end.
+class ListingReceiver {
+ public:
+  // `source` names what carries the listing in errors ("the transfer stream"); `key` must
+  // outlive the receiver.
+  ListingReceiver(std::string_view source, TreeKey key, ChunkedSignature signature);
+  // Whether a frame of this header can be a record: a folder ('D', its path) or a file ('F', its
+  // size as u64 LE, then its path) whose path is 1 to HmacTree::max_path_length bytes.
+  static bool is_record(const FrameHeader& frame);
+  void add(const FrameHeader& frame, std::string_view payload);  // a record, once is_record
+  // Status::integrity unless the listing is exactly what was signed; the manifest otherwise.
+  SignedManifest authenticate();
+  const std::vector<ListedEntry>& entries() const noexcept { return entries_; }
+
+ private:
+  void check(bool folder, std::string_view rel, std::uint64_t size);
+
+  struct Level {
+    std::string path;       // "" for the checkpoint folder itself
+    std::string last_name;  // the last name listed in it
+  };
+  std::string source_;
+  ManifestListing listing_;
+  std::vector<ListedEntry> entries_;
+  std::vector<Level> levels_{Level{}};
+  std::uint64_t path_bytes_ = 0;
+  std::uint64_t bytes_ = 0;
+  const std::uint64_t max_bytes_ = HmacTree::max_total_bytes();
+};
+
+// Makes the authenticated listing's folders and files in the empty folder open at staging_fd, in
+// listing order, each relative to its parent's descriptor (O_EXCL, O_NOFOLLOW), 0700 and 0600;
+// after making each, calls fill with its path, its signed file (nullptr for a folder) and the
+// descriptor its bytes are to be written to (-1 for a folder).
+using FillListed = std::function<void(const std::string& path, const ManifestFile* file, int fd)>;
+void make_listed_tree(int staging_fd, const std::vector<ListedEntry>& entries, const SignedManifest& manifest,
+                      const FillListed& fill);
+
+// Reads the next chunk of `file` (chunk `index`, `length` bytes) into `chunk` with `read`, checks
+// it against the signed digest and only then writes it to fd: every chunk of the file in turn.
+using ReadChunk = std::function<void(std::uint64_t index, char* data, std::size_t length)>;
+void receive_chunks(const ManifestFile& file, std::uint64_t chunk_size, int fd, std::vector<char>& chunk,
+                    const ReadChunk& read);
+
+// Writes checkpoint.hmac, last, into the staging folder at staging_fd, which must not have one.
+void write_signature(int staging_fd, std::string_view text);
+
+}  // namespace nucleus::checkpoint::transfer
