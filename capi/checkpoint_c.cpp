@@ -59,7 +59,7 @@ struct nc_options {
   nc::SignatureFormat signature_format = nc::SignatureFormat::manifest;
   nc::TransferOptions transfer;  // nc_export's
   nc::RegistryOptions registry;  // nc_push_image's and nc_pull_image's
-  std::chrono::milliseconds reply_timeout = nc::MigrateOptions{}.reply_timeout;  // nc_migrate's
+  std::chrono::milliseconds reply_timeout = nc::MigrateOptions{}.reply_timeout;  // nc_migrate's, nc_receive's
   nc_error error;  // the outcome of the latest setter called on this handle (nc_options_error)
 };
 
@@ -650,7 +650,8 @@ nc_status nc_receive_e(nc_runtime* rt, int connected_fd, const char* store_dir, 
     require(store_dir != nullptr && *store_dir != '\0', "nc_receive: store_dir is NULL or empty");
     named("nc_receive", [&] {
       const nc::ReceivedMigration received =
-          nc::receive_migration(rt->criu, connected_fd, store_dir, opts ? opts->criu : nc::CriuOptions());
+          nc::receive_migration(rt->criu, connected_fd, store_dir, opts ? opts->criu : nc::CriuOptions(),
+                                opts ? opts->reply_timeout : nc::MigrateOptions{}.reply_timeout);
       ::close(received.tree.pidfd);
       if (restored_pid) *restored_pid = received.tree.pid;
       if (reply_out) *reply_out = malloc_copy(received.reply.substr(0, received.reply.find('\n')));

@@ -933,34 +933,19 @@ int cmd_migrate(const std::string& criu, pid_t pid, const std::string& to, const
 
 // Accepts one connection on --listen, imports the stream it carries into a new folder under --dir,
 // restores it and replies with the outcome; then exits.
-int cmd_receive(const std::string& criu, const std::string& listen, const std::string& store, const CriuFlags& flags,
-                bool json) {
+// One migration over the connection fd, accepted from peer (closed here): its report, and its
+// exit code.
+int receive_one(nc_runtime* rt, nc_options* opts, int fd, const sockaddr_storage& peer, socklen_t peer_size,
+                const std::string& store, bool json) {
   Report r(json);
-  Runtime rt;
-  Options opts;
-  Outcome received = open_runtime_with(criu, flags, false, rt, opts);
-  struct stat st {};
-  if (received.ok() && (::stat(store.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)))
-    received(NC_E_NOT_FOUND, fmt::format("--dir {} is not a folder: create the store first", store));
-  const int listener = received.ok() ? listen_on(listen, received) : -1;
-  if (!received.ok()) return r.finish(received);
-  fmt::print(stderr, "nucleus-checkpoint: listening on {}\n", printable(listen));
-  std::fflush(stderr);
-  sockaddr_storage peer{};
-  socklen_t peer_size = sizeof peer;
-  int fd = -1;
-  while ((fd = ::accept4(listener, reinterpret_cast<sockaddr*>(&peer), &peer_size, SOCK_CLOEXEC)) < 0 && errno == EINTR) {
-  }
-  if (fd < 0) received(NC_E_IO, fmt::format("cannot accept a connection on {}: {}", listen, std::strerror(errno)));
-  ::close(listener);
+  Outcome received;
   char host[NI_MAXHOST] = "", port[NI_MAXSERV] = "";
-  if (fd >= 0)
-    ::getnameinfo(reinterpret_cast<sockaddr*>(&peer), peer_size, host, sizeof host, port, sizeof port,
-                  NI_NUMERICHOST | NI_NUMERICSERV);
+  ::getnameinfo(reinterpret_cast<const sockaddr*>(&peer), peer_size, host, sizeof host, port, sizeof port,
+                NI_NUMERICHOST | NI_NUMERICSERV);
   pid_t restored = 0;
   char* reply = nullptr;
-  if (received.ok()) received(nc_receive(rt.get(), fd, store.c_str(), opts.get(), &restored, &reply));
-  if (fd >= 0) ::close(fd);
+  received(nc_receive(rt, fd, store.c_str(), opts, &restored, &reply));
+  ::close(fd);
   r.field("from", fmt::format("{}:{}", host, port), "source");
   if (received.ok()) {
     rapidjson::Document parsed;
@@ -975,6 +960,41 @@ int cmd_receive(const std::string& criu, const std::string& listen, const std::s
   }
   nc_free(reply);
   return r.finish(received);
+}
+
+// Accepts `count` connections (0: until stopped) on --listen, one at a time: each migration is
+// imported into a new folder under --dir, restored, and reported (one JSON object per line with
+// --json). The exit code is the first failed migration's status; a failed accept ends the run.
+int cmd_receive(const std::string& criu, const std::string& listen, const std::string& store, double stream_timeout_s,
+                unsigned count, const CriuFlags& flags, bool json) {
+  Runtime rt;
+  Options opts;
+  Outcome ready = open_runtime_with(criu, flags, false, rt, opts);
+  if (ready.ok()) ready(nc_options_set_reply_timeout_ms(opts.get(), static_cast<unsigned>(stream_timeout_s * 1000)));
+  struct stat st {};
+  if (ready.ok() && (::stat(store.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)))
+    ready(NC_E_NOT_FOUND, fmt::format("--dir {} is not a folder: create the store first", store));
+  const int listener = ready.ok() ? listen_on(listen, ready) : -1;
+  if (!ready.ok()) return Report(json).finish(ready);
+  fmt::print(stderr, "nucleus-checkpoint: listening on {}\n", printable(listen));
+  std::fflush(stderr);
+  int first_failure = 0;
+  for (unsigned served = 0; count == 0 || served < count; ++served) {
+    sockaddr_storage peer{};
+    socklen_t peer_size = sizeof peer;
+    int fd = -1;
+    while ((fd = ::accept4(listener, reinterpret_cast<sockaddr*>(&peer), &peer_size, SOCK_CLOEXEC)) < 0 &&
+           errno == EINTR) {
+    }
+    Outcome accepted;
+    if (fd < 0) accepted(NC_E_IO, fmt::format("cannot accept a connection on {}: {}", listen, std::strerror(errno)));
+    const int code = fd >= 0 ? receive_one(rt.get(), opts.get(), fd, peer, peer_size, store, json)
+                             : Report(json).finish(accepted);
+    if (first_failure == 0) first_failure = code;
+    if (fd < 0) break;
+  }
+  ::close(listener);
+  return first_failure;
 }
 
 // Registry options for push and pull: plain http with --insecure.
@@ -1178,10 +1198,18 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1.0, 86400.0));
   flags.add_to(migrate, dump_action);
   auto* receive = app.add_subcommand("receive", "Accept one migration on --listen: import it into a new folder "
-                                                "under --dir (verified), restore it, run it once the source commits, exit");
+                                                "under --dir (verified), restore it, run it once the source commits; "
+                                                "then exit (or take the next, --count)");
   receive->add_option("--listen", peer, "Where to listen: HOST:PORT (*:PORT for every address)")->required();
   receive->add_option("--dir", dir, "The store: each migration is imported into a new folder in it")->required();
   receive->add_option("--criu", criu, "CRIU binary to use instead of the trusted paths");
+  double stream_timeout_s = 300;
+  receive->add_option("--stream-timeout", stream_timeout_s,
+                      "Seconds the source may take to start its stream (its dump) and may stall it")
+      ->check(CLI::Range(1.0, 86400.0));
+  unsigned receive_count = 1;
+  receive->add_option("--count", receive_count,
+                      "Migrations to take, one after another, before exiting (0: until stopped); default 1");
   flags.add_to(receive, restore_action);
   auto* trust = app.add_subcommand("trust", "Manage the public keys whose Ed25519 signatures verify on this machine");
   auto* trust_add = trust->add_subcommand("add", "Trust the public key in FILE (as keygen --public-key-out writes it)");
@@ -1210,7 +1238,7 @@ int main(int argc, char** argv) {
   if (*export_cmd) return cmd_export(dir, export_zstd, stream_file, json);
   if (*import_cmd) return cmd_import(dir, stream_file, json);
   if (*migrate) return cmd_migrate(criu, pid, peer, dir, id, migrate_zstd, reply_timeout_s, flags, json);
-  if (*receive) return cmd_receive(criu, peer, dir, flags, json);
+  if (*receive) return cmd_receive(criu, peer, dir, stream_timeout_s, receive_count, flags, json);
   if (*push) return cmd_push(dir, image_ref, insecure, json);
   if (*pull) return cmd_pull(image_ref, dir, insecure, json);
   if (*trust_add) return cmd_trust_add(trust_file, json);

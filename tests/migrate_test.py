@@ -2,7 +2,7 @@
 """Migration between two "hosts" on one machine, with the real CRIU: two network namespaces joined
 by a veth pair (10.201.N.1/24 and .2/24), each with its own storage folder; `receive` runs in one,
 `migrate` in the other, or the C example's (examples/migrate.c: nc_receive, nc_migrate) on either
-end. The workload is a counter in a PID namespace of its own (so that its PIDs are free on the
+end; one receiver may take several in turn (--count). The workload is a counter in a PID namespace of its own (so that its PIDs are free on the
 receiver while the source is stopped), appending 1, 2, 3... to a file both see:
  - A to B and back (B to A, zstd) with the CLI, then again with the C example on both ends, and
    back with the C sender (zstd) and the CLI receiver: the count goes on on the other side, never
@@ -337,6 +337,28 @@ try:
         plain_bytes = plain_bytes or sent
         print(f"{label}: {r.stdout.strip()}")
         current = moved
+
+    # --- One receiver taking two migrations in turn (--count 2): the counter, then a second tree ---
+    second = subprocess.Popen(in_host("A", "unshare", "--pid", "--fork", "setsid", "sleep", "1000"),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    to_kill.append(second.pid)
+    wait_for(lambda: open(f"/proc/{second.pid}/task/{second.pid}/children").read().split())
+    sleeper = int(open(f"/proc/{second.pid}/task/{second.pid}/children").read().split()[0])
+    to_kill.append(sleeper)
+    rx = listening("B", [cli, "--json", "receive", "--listen", f"{addr['B']}:7014", "--dir", store["B"], "--count", "2"],
+                   env)
+    moved = []
+    for tree, name in ((current, "first-of-two"), (sleeper, "second-of-two")):
+        r = migrate("A", tree, f"{addr['B']}:7014", name)
+        moved.append(result(r.stdout).get("restored_pid", 0))
+        to_kill.append(moved[-1])
+        check(r.returncode == 0 and moved[-1] > 0, f"--count 2: {name} migrated", r.stdout + r.stderr)
+    out, _ = rx.communicate(timeout=60)
+    lines = [result(line) for line in out.splitlines()]
+    check(rx.returncode == 0 and [line.get("pid") for line in lines] == moved,
+          "--count 2: one receiver took both, reported one JSON line each, and exited", out)
+    check(goes_on(moved[0]) and alive(moved[1]), "--count 2: both trees run in B")
     check(in_order(counts()), "the whole count: 1, 2, 3... never repeated, never back", str(counts()[-40:]))
 finally:
     for p in to_kill:

@@ -416,3 +416,22 @@ TEST_CASE_METHOD(Fixture, "a replayed stream, or a commit not proven for this co
     reconnect();
   }
 }
+
+TEST_CASE_METHOD(Fixture, "a source that sends no stream, or stalls it, does not hold the receiver", "[migrate]") {
+  for (const bool partial : {false, true}) {
+    std::thread source([&] {
+      read_from(there.get(), true);
+      if (partial) say(there.get(), std::string("\x89NCXFER\n\x01\0\0\0\0\0\0\0", 16));
+      read_from(there.get());  // until the receiver gives up
+    });
+    const auto error = error_of([&] { receive_migration(*rt, here.get(), store, {}, std::chrono::milliseconds(800)); });
+    here.reset();
+    source.join();
+    REQUIRE(error.has_value());
+    INFO(error->what());
+    CHECK(error->status() == Status::io);
+    CHECK(contains(error->what(), partial ? "the transfer stream stalled" : "the source sent no stream within"));
+    CHECK(fs::is_empty(store));
+    reconnect();
+  }
+}

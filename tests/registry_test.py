@@ -2,16 +2,19 @@
 127.0.0.1) with skopeo as an independent client: a real CRIU checkpoint pushed with the CLI is
 seen by skopeo inspect (one layer, the checkpoint annotations), copied by skopeo (which may
 recompress it) to other names, pulled back by the library, verified and restored. Then what a pull
-must refuse, each leaving nothing behind: a layer changed in the registry's storage, a manifest
-pointing to another image's layer signed with another key, hostile tars pushed with hand-made
-manifests (no signature or listing first, a forged listing, traversal, absolute names, links, a
-device, an entry twice, a file longer than listed, a changed chunk, an entry after those listed, a
-layer padded past its listing), a checkpoint past the size limit, format 2 (push refuses it too),
-a manifest with two layers; and zstd decompression bombs of ~150 KB that expand to 4 GiB, pulled
-into a 64 MiB tmpfs, each refused having written no more than the layer itself. Last, "pulled on
-the other host": two network namespaces joined by a veth pair, the registry on A's address, A
-dumps (Ed25519) and pushes, skopeo in A copies, B (holding only A's public key) pulls, verifies
-and restores, and the counter runs on in B."""
+must refuse, each leaving nothing behind: a layer changed in the registry's storage (in its tar's
+end padding, or after its tar's end: only the digest covers them), a manifest pointing to another
+image's layer signed with another key, hostile tars pushed with hand-made manifests (no signature
+or listing first, a forged listing, traversal, absolute names, links, a device, an entry twice, a
+file longer than listed, a changed chunk, an entry after those listed, a layer padded past its
+listing), a checkpoint past the size limit, format 2 (push refuses it too), a manifest with two
+layers; zstd decompression bombs of ~150 KB that expand to 4 GiB, pulled into a 64 MiB tmpfs,
+each refused having written no more than the layer itself; and from a hostile registry of the
+test's own, 512 MiB of zeros and 1 GiB of gzip that decompresses to nothing, each refused having
+received about what the pull read and written nothing. Last, "pulled on the other host": two
+network namespaces joined by a veth pair, the registry on A's address, A dumps (Ed25519) and
+pushes, skopeo in A copies, B (holding only A's public key) pulls, verifies and restores, and the
+counter runs on in B."""
 import hashlib
 import io
 import json
@@ -23,9 +26,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import test_support
 from test_support import become_subreaper, check, finish, join_hosts, reap, wait_for
@@ -384,21 +389,112 @@ try:
                            f"{real[first_file][0].size}"),
              "bomb-skipped": (zstd(tar_of(*signed, end=False)) + comments * 2048 + zstd(tar_of(*real[2:])),
                               "decompresses to more than its signed listing takes as a tar")}
-    for tag, (layer, text) in bombs.items():
-        push_layer("checkpoints/counter", tag, layer, media_type="application/vnd.oci.image.layer.v1.tar+zstd")
+    def sampled_pull(reference):
+        """Pulls reference into the small tmpfs, sampling its use as it runs: exit code, stderr, peak use."""
         used = lambda: (lambda v: (v.f_blocks - v.f_bfree) * v.f_frsize)(os.statvfs(small))
         baseline, peak = used(), 0
-        pull = subprocess.Popen([cli, "pull", f"{host}/checkpoints/counter:{tag}", "--dir",
-                                 os.path.join(small, "pulled"), "--insecure"], env=env, stderr=subprocess.PIPE,
-                                text=True)
+        pull = subprocess.Popen([cli, "pull", reference, "--dir", os.path.join(small, "pulled"), "--insecure"],
+                                env=env, stderr=subprocess.PIPE, text=True)
         while pull.poll() is None:
             peak = max(peak, used() - baseline)
             time.sleep(0.002)
-        err = pull.stderr.read()
+        return pull.returncode, pull.stderr.read(), peak
+
+    for tag, (layer, text) in bombs.items():
+        push_layer("checkpoints/counter", tag, layer, media_type="application/vnd.oci.image.layer.v1.tar+zstd")
+        status, err, peak = sampled_pull(f"{host}/checkpoints/counter:{tag}")
         print(f"bomb {tag}: a {len(layer)}-byte layer; the pull's folder grew by {peak} bytes at most")
-        check(pull.returncode == 6 and text in err, f"a {len(layer) // 1000} KB zstd bomb ({tag}) is refused", err)
+        check(status == 6 and text in err, f"a {len(layer) // 1000} KB zstd bomb ({tag}) is refused", err)
         check(peak < 4 << 20 and os.listdir(small) == [], f"the bomb ({tag}) wrote (almost) nothing",
               f"peak {peak} bytes, left {os.listdir(small)}")
+
+    # A hostile registry of the test's own, for layers no registry need store: each made as it is
+    # sent, with its true digest and size in the manifest, and the bytes that went into the socket
+    # before the puller hung up counted. The pull reads the layer as it arrives, so it is refused
+    # having received about what it read, and written nothing: 512 MiB of zeros (the reviewer's
+    # case: the tar ends at once), and 1 GiB of gzip that decompresses to nothing (empty stored
+    # blocks), which the bytes received before the listing is authenticated bound (a signature and
+    # a listing may take about 290 MB).
+    hostile_layers = {
+        "zeros": ("application/vnd.oci.image.layer.v1.tar", b"", b"\0" * (1 << 20), 512 << 20,
+                  "first entry is not the file checkpoint.hmac", 32 << 20),
+        "empty-gzip": ("application/vnd.oci.image.layer.v1.tar+gzip", bytes([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]),
+                       b"\0\0\0\xff\xff" * (1 << 18), 1 << 30,
+                       "more of the image layer arrives than a signature and a listing may take before they are "
+                       "authenticated", 320 << 20)}
+
+    def hostile_body(tag):
+        """The layer's bytes, as they are sent: its head, then its chunk repeated to its size."""
+        _, head, chunk, size, _, _ = hostile_layers[tag]
+        yield head
+        for at in range(len(head), size, len(chunk)):
+            yield chunk[:size - at]
+
+    hostile_digests = {}
+    for tag in hostile_layers:
+        sha = hashlib.sha256()
+        for piece in hostile_body(tag):
+            sha.update(piece)
+        hostile_digests[tag] = "sha256:" + sha.hexdigest()
+    hostile_sent, hostile_done = {}, {tag: threading.Event() for tag in hostile_layers}
+
+    class HostileRegistry(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            parts = self.path.split("/")  # /v2/hostile/manifests/TAG, /v2/hostile/blobs/DIGEST
+            if len(parts) != 5 or parts[:3] != ["", "v2", "hostile"]:
+                self.send_error(404)
+            elif parts[3] == "manifests" and parts[4] in hostile_layers:
+                tag = parts[4]
+                config_data = b"{}"
+                body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                   "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                              "digest": digest_of(config_data), "size": len(config_data)},
+                                   "layers": [{"mediaType": hostile_layers[tag][0], "digest": hostile_digests[tag],
+                                               "size": hostile_layers[tag][3]}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            elif parts[3] == "blobs" and parts[4] in hostile_digests.values():
+                tag = next(t for t, d in hostile_digests.items() if d == parts[4])
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(hostile_layers[tag][3]))
+                self.end_headers()
+                sent = 0
+                try:
+                    for piece in hostile_body(tag):
+                        self.wfile.write(piece)
+                        sent += len(piece)
+                except OSError:  # the puller hung up
+                    pass
+                hostile_sent[tag] = sent
+                hostile_done[tag].set()
+            else:
+                self.send_error(404)
+
+    hostile_server = ThreadingHTTPServer(("127.0.0.1", 0), HostileRegistry)
+    threading.Thread(target=hostile_server.serve_forever, daemon=True).start()
+    try:
+        hostile_host = f"127.0.0.1:{hostile_server.server_address[1]}"
+        for tag, (_, _, _, size, text, max_sent) in hostile_layers.items():
+            status, err, peak = sampled_pull(f"{hostile_host}/hostile:{tag}")
+            hostile_done[tag].wait(timeout=60)
+            sent = hostile_sent.get(tag, size)
+            print(f"hostile registry, {tag}: a {size}-byte layer; {sent} bytes sent before the pull hung up, "
+                  f"the pull's folder grew by {peak} bytes at most")
+            check(status == 6 and text in err, f"a {size >> 20} MiB layer ({tag}) is refused", err)
+            check(sent < max_sent, f"the layer ({tag}) is received only as far as it is read",
+                  f"{sent} bytes sent, more than {max_sent}")
+            check(peak < 4 << 20 and os.listdir(small) == [], f"the layer ({tag}) wrote (almost) nothing",
+                  f"peak {peak} bytes, left {os.listdir(small)}")
+    finally:
+        hostile_server.shutdown()
+        hostile_server.server_close()
     push_layer("checkpoints/counter", "two-layers", tar_of(member("a")), layers=2)
     refused_pull("two-layers", 6, "exactly one layer", "a manifest with two layers")
     push_layer("checkpoints/counter", "not-tar", b"\x1f\x8b not a tar at all" * 100)
@@ -432,17 +528,34 @@ try:
         with open(manifest_blob, "wb") as f:
             f.write(stored)
 
-    # The layer changed in the registry's storage: refused by its digest.
+    # The layer changed in the registry's storage, in its last byte (the tar's end padding, which
+    # only the digest covers): the pull reads the layer to its end, and refuses it by its digest
+    # although every file it holds verified.
     layer_digest = raw["layers"][0]["digest"] if raw.get("layers") else "sha256:"
     blob = stored_blob(layer_digest)
     check(os.path.exists(blob), "the pushed layer is in the registry's storage", blob)
     if os.path.exists(blob):
         with open(blob, "r+b") as f:
-            f.seek(os.path.getsize(blob) // 2)
+            f.seek(-1, os.SEEK_END)
             b = f.read(1)
             f.seek(-1, os.SEEK_CUR)
             f.write(bytes([b[0] ^ 1]))
     refused_pull("v1", 6, "is not the one its manifest names", "a layer changed in the registry")
+    # A layer that goes on after its tar's end (zstd of the tar and 64 MiB of zeros, which
+    # libarchive never decompresses): it is pulled; with its last byte changed in the registry's
+    # storage it is refused by its digest, which the pull checks, before it commits, over the bytes
+    # after the tar's end too.
+    trailing = zstd(plain_layer + b"\0" * (64 << 20))
+    push_layer("checkpoints/counter", "trailing", trailing, media_type="application/vnd.oci.image.layer.v1.tar+zstd")
+    r = run("pull", f"{host}/checkpoints/counter:trailing", "--dir", os.path.join(pulls, "trailing"), "--insecure")
+    check(r.returncode == 0, "a layer that goes on after its tar's end is pulled", r.stdout + r.stderr)
+    kept.append("trailing")
+    with open(stored_blob(digest_of(trailing)), "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 1]))
+    refused_pull("trailing", 6, "is not the one its manifest names", "a layer changed after its tar's end")
 
     # Pulled on the other host: two network namespaces joined by a veth pair, the registry listening
     # on A's address. A dumps the counter signed with its Ed25519 key, pushes it, and skopeo (in A)

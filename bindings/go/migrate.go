@@ -37,10 +37,11 @@ type ReceivedMigration struct {
 // Migrate moves the process tree rooted at pid to another host (the README's "Migration"): it
 // dumps the tree into the new checkpoint folder workDir (signed in SignatureManifest, with opts'
 // dump options and Signing) and keeps it stopped, sends it on conn, a socket already connected to
-// a receiver (connect first: no receiver, no freeze), as Export does (opts.Compression), ends its
-// side of the stream and waits for the receiver's reply (opts.ReplyTimeout). On the receiver's
-// "ok" the stopped tree is killed (it runs there now) and the report is returned. On anything
-// else (a refusal, the receiver gone, silent or reset) the tree resumes here, and the error has
+// a receiver (connect first: no receiver, no freeze), as Export does (opts.Compression), and
+// takes the receiver's answers (opts.ReplyTimeout each): "ready" (restored there, held stopped),
+// to which it answers a commit proven with its signing key, then "ok". On "ok" the stopped tree
+// is killed (it runs there now) and the report is returned. Before the commit, or on a refusal
+// (a refusal, the receiver gone, silent or reset before its "ready"), the tree resumes here, and the error has
 // the receiver's own status and message where it sent one (ErrIntegrity: the stream does not
 // verify there; ErrKey: the receiver has no key), else ErrIO. ErrUnconfirmed: the receiver was
 // told to run the tree but its confirmation never came; the tree is left stopped here. workDir
@@ -77,8 +78,9 @@ func (r *Runtime) Migrate(id string, pid int, workDir string, conn syscall.Conn,
 
 // Receive is the receiving end of Migrate: it reads one stream from conn (a connected socket) into
 // a new folder under storeDir, verified chunk by chunk as Import does and committed only whole,
-// restores it with opts' restore options, and writes the outcome back to the source as one line
-// of JSON. It restores only what a key this host trusts signed (its HMAC key, or a trusted Ed25519
+// restores it held stopped with opts' restore options, and lets it run only on the source's commit,
+// proven by the key that signed it for this connection (a replayed stream never runs); each answer
+// goes back to the source as one line of JSON. It restores only what a key this host trusts signed (its HMAC key, or a trusted Ed25519
 // public key): anything else is refused (ErrIntegrity, ErrKey), and so is the stream at the source.
 // The restored tree runs on detached (reparented to the nearest child subreaper or PID 1).
 //

@@ -190,8 +190,9 @@ type Options struct {
 	Compression      Compression // Export and Migrate (since 0.3)
 	InsecureRegistry bool        // PushImage and PullImage: plain http, for localhost or a lab (since 0.3)
 	// ReplyTimeout bounds Migrate (since 0.3): how long its stream may stall unacknowledged and,
-	// once sent, how long the receiver's import and restore may take; 0: 5 minutes. Rounded up to
-	// a millisecond.
+	// once sent, how long each of the receiver's answers may take (its import and restore); and
+	// Receive: how long the source may take to start its stream and may stall it. 0: 5 minutes.
+	// Rounded up to a millisecond.
 	ReplyTimeout time.Duration
 
 	// Containers (CRIU's names; see checkpoint.h).

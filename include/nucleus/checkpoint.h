@@ -243,7 +243,8 @@ typedef struct nc_migration_report {
 } nc_migration_report;
 
 /* Migrate: how long the receiver's greeting and the stream may stall unacknowledged and, once
- * sent, how long each of the receiver's answers may take ("ready": its import and restore); default 300000 (5 minutes), 0 goes back to it. Since 0.3. */
+ * sent, how long each of the receiver's answers may take ("ready": its import and restore).
+ * Receive: how long the source may take to start its stream (its dump) and may stall it; default 300000 (5 minutes), 0 goes back to it. Since 0.3. */
 NC_EXPORT nc_status nc_options_set_reply_timeout_ms(nc_options *opts, unsigned int ms);
 /* Reads the receiver's greeting (none: NC_E_IO, nothing dumped; connect before calling, so that no
  * receiver means no freeze), dumps the tree rooted at pid into the new checkpoint folder work_dir
@@ -290,11 +291,12 @@ NC_EXPORT nc_status nc_options_set_insecure_registry(nc_options *opts, int on);
 NC_EXPORT nc_status nc_push_image(const char *dir, const char *reference, const nc_options *opts, char **digest_out);
 /* Pulls the image reference into the new checkpoint folder dir (absent, or an empty folder): the
  * manifest (at most 4 MiB; its digest checked when the reference names one) must list exactly one
- * tar layer, plain, gzip or zstd; the layer is downloaded into a private staging folder beside dir,
- * its size and sha256 checked against the manifest, then read as nc_import reads a stream: its
- * signature (format 3) and its listing first, authenticated with this host's keys before a byte is
- * written, then only the listed folders and files, each of its listed size and each chunk checked
- * before it is written (modes 0700 and 0600), and renamed into place. Anything else fails with
+ * tar layer, plain, gzip or zstd; the layer is read as it arrives (received only as far as it is
+ * read, never stored whole; its size and sha256 checked against the manifest to its end) into a
+ * private staging folder beside dir, as nc_import reads a stream: its signature (format 3) and its
+ * listing first, authenticated with this host's keys before a byte is written, then only the
+ * listed folders and files, each of its listed size and each chunk checked before it is written
+ * (modes 0700 and 0600), and renamed into place once the whole layer matched its digest. Anything else fails with
  * NC_E_INTEGRITY and leaves nothing behind. opts may be NULL. Since 0.3. */
 NC_EXPORT nc_status nc_pull_image(const char *reference, const char *dir, const nc_options *opts);
 

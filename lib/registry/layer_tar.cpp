@@ -176,14 +176,16 @@ const char* type_name(mode_t type) {
 }
 
 // The layer's tar, decompressed by one libarchive reader (format raw, with the filter the manifest
-// names only) and read as a tar by another, fed through a callback that counts the bytes
-// decompressed and stops at a budget: whatever libarchive would skip unseen (pax global headers,
-// padding, bytes after the end) costs no more than the listing accounts for.
+// names only) that pulls the layer from its source, and read as a tar by another, fed through a
+// callback. Both sides are counted and stop at a budget: the bytes taken from the source (so a
+// registry sends no more than the reader asks for, however little a compressed stream yields), and
+// the bytes decompressed (so whatever libarchive would skip unseen, pax global headers, padding,
+// bytes after the end, costs no more than the listing accounts for).
 class LayerReader {
  public:
   // `budget` and `why` as allow's: what may be decompressed from the start.
-  LayerReader(int layer_fd, LayerCompression compression, std::uint64_t budget, std::string why)
-      : buffer_(io_size) {
+  LayerReader(const LayerSource& source, LayerCompression compression, std::uint64_t budget, std::string why)
+      : source_(source), buffer_(io_size) {
     allow(budget, std::move(why));
     if (!raw_ || !tar_) throw Error(Status::no_memory, "cannot read the image layer (libarchive)");
     int filter = ARCHIVE_FILTER_NONE;
@@ -196,21 +198,23 @@ class LayerReader {
       throw Error(Status::unsupported, fmt::format("this libarchive cannot decompress the image layer in process: {}",
                                                    archive_says(raw_.get())));
     archive_entry* data = nullptr;
-    if (archive_read_support_format_raw(raw_.get()) != ARCHIVE_OK || ::lseek(layer_fd, 0, SEEK_SET) != 0 ||
-        archive_read_open_fd(raw_.get(), layer_fd, io_size) != ARCHIVE_OK ||
+    if (archive_read_support_format_raw(raw_.get()) != ARCHIVE_OK ||
+        archive_read_open(raw_.get(), this, nullptr, pull, nullptr) != ARCHIVE_OK ||
         archive_read_next_header(raw_.get(), &data) != ARCHIVE_OK)
-      throw integrity(fmt::format("the image layer cannot be read: {}; refused", archive_says(raw_.get())));
+      fail("it does not start as a layer", raw_.get());
     if (archive_filter_code(raw_.get(), 0) != filter)
       throw integrity(fmt::format("the image layer is compressed as '{}', not as its manifest says; refused",
                                   archive_filter_name(raw_.get(), 0)));
     if (archive_read_support_format_tar(tar_.get()) != ARCHIVE_OK ||
         archive_read_open(tar_.get(), this, nullptr, feed, nullptr) != ARCHIVE_OK)
-      throw integrity(fmt::format("the image layer cannot be read as a tar: {}; refused", archive_says(tar_.get())));
+      fail("it does not start as a tar", tar_.get());
   }
 
-  // What may be decompressed from here on, besides what libarchive reads ahead.
+  // What may be decompressed from here on, besides what libarchive reads ahead, and taken from the
+  // source: as much, plus what compression's framing adds (stored blocks), 1/64.
   void allow(std::uint64_t bytes, std::string why) {
     budget_ = decompressed_ + bytes + 2 * io_size;
+    source_budget_ = taken_ + bytes + bytes / 64 + 2 * io_size;
     over_budget_ = std::move(why);
   }
   std::uint64_t decompressed() const noexcept { return decompressed_; }
@@ -220,20 +224,45 @@ class LayerReader {
     archive_entry* entry = nullptr;
     const int rc = archive_read_next_header(tar_.get(), &entry);
     if (rc == ARCHIVE_EOF) return nullptr;
-    if (rc != ARCHIVE_OK) throw failed(fmt::format("it is not a well-formed tar where {} should be", expected));
+    if (rc != ARCHIVE_OK) fail(fmt::format("it is not a well-formed tar where {} should be", expected), tar_.get());
     return entry;
+  }
+
+  // At the tar's end: a failure of the source or a budget passed while libarchive read ahead, which
+  // it need not report, is one all the same.
+  void end() const {
+    if (source_failure_ || exceeded_) fail("at its end", tar_.get());
   }
 
   // Exactly `size` bytes of the current entry's data.
   void read(void* data, std::size_t size, std::string_view what) {
     for (std::size_t got = 0; got < size;) {
       const la_ssize_t n = archive_read_data(tar_.get(), static_cast<char*>(data) + got, size - got);
-      if (n <= 0) throw failed(fmt::format("it ends early or is corrupt in {}", what));
+      if (n <= 0) fail(fmt::format("it ends early or is corrupt in {}", what), tar_.get());
       got += static_cast<std::size_t>(n);
     }
   }
 
  private:
+  // The raw reader's input: the source's next bytes, within the budget.
+  static la_ssize_t pull(archive*, void* user, const void** block) {
+    auto& self = *static_cast<LayerReader*>(user);
+    try {
+      const std::span<const char> bytes = self.source_();
+      if (bytes.size() > self.source_budget_ - self.taken_) {
+        self.exceeded_ = "more of the image layer arrives than";
+        return ARCHIVE_FATAL;
+      }
+      self.taken_ += bytes.size();
+      *block = bytes.data();
+      return static_cast<la_ssize_t>(bytes.size());
+    } catch (...) {
+      self.source_failure_ = std::current_exception();
+      return ARCHIVE_FATAL;
+    }
+  }
+
+  // The tar reader's input: the raw reader's decompressed bytes, within the budget.
   static la_ssize_t feed(archive*, void* user, const void** block) {
     auto& self = *static_cast<LayerReader*>(user);
     const la_ssize_t n = archive_read_data(self.raw_.get(), self.buffer_.data(), self.buffer_.size());
@@ -242,7 +271,7 @@ class LayerReader {
       return ARCHIVE_FATAL;
     }
     if (static_cast<std::uint64_t>(n) > self.budget_ - self.decompressed_) {
-      self.exceeded_ = true;
+      self.exceeded_ = "the image layer decompresses to more than";
       return ARCHIVE_FATAL;
     }
     self.decompressed_ += static_cast<std::uint64_t>(n);
@@ -250,18 +279,23 @@ class LayerReader {
     return n;
   }
 
-  Error failed(std::string_view what) const {
+  // Throws why reading `a` failed: the source's own error (a download's) as it was thrown, a
+  // budget passed, or libarchive's words.
+  [[noreturn]] void fail(std::string_view what, archive* a) const {
+    if (source_failure_) std::rethrow_exception(source_failure_);
     if (exceeded_)
-      return integrity(fmt::format("the image layer decompresses to more than {}; refused", over_budget_));
-    return integrity(fmt::format("the image layer cannot be read: {}: {}; refused", what,
-                                 decompressor_says_.empty() ? archive_says(tar_.get()) : decompressor_says_));
+      throw integrity(fmt::format("{} {}; refused", exceeded_, over_budget_));
+    throw integrity(fmt::format("the image layer cannot be read: {}: {}; refused", what,
+                                decompressor_says_.empty() ? archive_says(a) : decompressor_says_));
   }
 
+  const LayerSource& source_;
   Archive raw_{archive_read_new()}, tar_{archive_read_new()};
   std::vector<char> buffer_;
-  std::uint64_t decompressed_ = 0, budget_ = 0;
+  std::uint64_t taken_ = 0, source_budget_ = 0, decompressed_ = 0, budget_ = 0;
   std::string over_budget_;
-  bool exceeded_ = false;
+  const char* exceeded_ = nullptr;  // which budget was passed, if one was
+  std::exception_ptr source_failure_;
   std::string decompressor_says_;  // why decompressing failed, if it did
 };
 
@@ -311,11 +345,11 @@ std::uint64_t require_file(LayerReader& reader, std::string_view name, std::uint
 
 }  // namespace
 
-void extract_layer(int layer_fd, LayerCompression compression, std::uint64_t compressed_size, int staging_fd,
-                   const VerifyingKeys& keys) {
+void extract_layer(const LayerSource& source, LayerCompression compression, std::uint64_t compressed_size,
+                   int staging_fd, const VerifyingKeys& keys) {
   // Before the listing is authenticated: a signature and a listing, as large as they may be.
   const std::uint64_t max_signature = ChunkedSignature::max_manifest_text_size();
-  LayerReader reader(layer_fd, compression,
+  LayerReader reader(source, compression,
                      headers_of(0) * 2 + in_blocks(max_signature) + in_blocks(transfer::max_listing_bytes),
                      "a signature and a listing may take before they are authenticated");
   std::string signature_text(require_file(reader, HmacTree::signature_file, max_signature, "first"), '\0');
@@ -374,6 +408,7 @@ void extract_layer(int layer_fd, LayerCompression compression, std::uint64_t com
     throw integrity(fmt::format("the image layer has an entry '{}' after those its signed listing names; refused",
                                 quotable(name ? name : "")));
   }
+  reader.end();
   transfer::write_signature(staging_fd, signature_text);
 }
 

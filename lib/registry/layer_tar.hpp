@@ -8,6 +8,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -32,15 +34,20 @@ LayerBlob write_layer(int root_fd, std::string_view signature_text, int out_fd);
 
 enum class LayerCompression { none, gzip, zstd };
 
-// Extracts the layer open at layer_fd (read from offset 0, `compressed_size` bytes, in the
-// compression given only) into the empty folder open at staging_fd: checkpoint.hmac is parsed
-// (format 3 only), the listing authenticated with `keys`, and then only the listed folders and
-// files are made, 0700 and 0600, each tar entry required to be the next listed one with its
-// listed size, each chunk checked before it is written, checkpoint.hmac written last. The bytes
-// decompressed are bounded: before the listing is authenticated by what a signature and a listing
-// may take, after it by what the listed tree takes as a tar. Anything else is Status::integrity
-// naming the entry.
-void extract_layer(int layer_fd, LayerCompression compression, std::uint64_t compressed_size, int staging_fd,
-                   const VerifyingKeys& keys);
+// The layer's next bytes, empty at its end; valid until the next call. It throws to stop the
+// reading (the exception leaves extract_layer as it was thrown).
+using LayerSource = std::function<std::span<const char>()>;
+
+// Extracts the layer read from `source` (in the compression given only, `compressed_size` bytes as
+// its manifest says) into the empty folder open at staging_fd: checkpoint.hmac is parsed (format 3
+// only), the listing authenticated with `keys`, and then only the listed folders and files are
+// made, 0700 and 0600, each tar entry required to be the next listed one with its listed size,
+// each chunk checked before it is written, checkpoint.hmac written last. What is taken from
+// `source` and what it decompresses to are bounded: before the listing is authenticated by what a
+// signature and a listing may take, after it by what the listed tree takes as a tar (compressed,
+// plus 1/64 for framing). Anything else is Status::integrity naming the entry. It returns at the
+// tar's end, which need not be the source's.
+void extract_layer(const LayerSource& source, LayerCompression compression, std::uint64_t compressed_size,
+                   int staging_fd, const VerifyingKeys& keys);
 
 }  // namespace nucleus::checkpoint::registry

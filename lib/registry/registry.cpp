@@ -5,6 +5,7 @@
 #include <fcntl.h>
 
 #include <ctime>
+#include <span>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -242,6 +243,60 @@ LayerRef layer_of(const RegistryClient::Manifest& manifest, const std::string& r
   return ref;
 }
 
+// The layer's bytes as the layer reader takes them, hashed and counted: a byte past the size the
+// manifest names is refused at once, and at the end they must be that size and digest.
+class LayerDownload {
+ public:
+  LayerDownload(const RegistryClient& client, const LayerRef& layer, const std::string& name)
+      : blob_(client.get_blob(layer.digest)), layer_(layer), name_(name) {}
+
+  // The next bytes, empty at the blob's end once it is verified.
+  std::span<const char> next() {
+    const std::span<const char> bytes = blob_.next();
+    if (bytes.empty()) {
+      if (!verified_) verify();
+      return bytes;
+    }
+    if (bytes.size() > layer_.size - received_)
+      refuse(fmt::format("the layer {} of {} is larger than the {} bytes its manifest says; refused", layer_.digest,
+                         name_, layer_.size));
+    sha_.update(bytes.data(), bytes.size());
+    received_ += bytes.size();
+    return bytes;
+  }
+
+  // The rest of the blob, after the tar's end (within the manifest's size), received and verified.
+  void finish() {
+    while (!next().empty()) {
+    }
+  }
+
+  // Whether the download itself was refused (not the layer it carries).
+  bool refused() const noexcept { return refused_; }
+
+ private:
+  void verify() {
+    const std::string digest = "sha256:" + to_lower_hex(sha_.final());
+    if (received_ != layer_.size || digest != layer_.digest)
+      refuse(fmt::format("the layer of {} is not the one its manifest names: {} bytes hashing to {}, where the "
+                         "manifest says {} bytes, {}; refused",
+                         name_, received_, digest, layer_.size, layer_.digest));
+    verified_ = true;
+  }
+
+  [[noreturn]] void refuse(std::string message) {
+    refused_ = true;
+    throw Error(Status::integrity, std::move(message));
+  }
+
+  RegistryClient::BlobStream blob_;
+  const LayerRef& layer_;
+  const std::string& name_;
+  Sha256 sha_;
+  std::uint64_t received_ = 0;
+  bool verified_ = false, refused_ = false;
+};
+
 void pull_with(const std::string& reference, const std::filesystem::path& dir, const RegistryOptions& options,
                const VerifyingKeys& keys) {
   const ImageReference ref = ImageReference::parse(reference);
@@ -255,31 +310,17 @@ void pull_with(const std::string& reference, const std::filesystem::path& dir, c
                                                name, sha256_digest(manifest.body)));
   const LayerRef layer = layer_of(manifest, name);
 
-  // Downloaded into an unnamed file in the staging folder, its size and digest checked as it comes.
-  const UniqueFd layer_fd = unnamed_file(staging.dir(), "the staging folder");
-  Sha256 sha;
-  std::uint64_t received = 0;
-  client.get_blob(layer.digest, [&](const char* data, std::size_t size) {
-    if (size > layer.size - received)
-      throw Error(Status::integrity, fmt::format("the layer {} of {} is larger than the {} bytes its manifest says; "
-                                                 "refused",
-                                                 layer.digest, name, layer.size));
-    sha.update(data, size);
-    write_all(layer_fd.get(), data, size, "the downloaded image layer");
-    received += size;
-  });
-  const std::string digest = "sha256:" + to_lower_hex(sha.final());
-  if (received != layer.size || digest != layer.digest)
-    throw Error(Status::integrity, fmt::format("the layer of {} is not the one its manifest names: {} bytes hashing to "
-                                               "{}, where the manifest says {} bytes, {}; refused",
-                                               name, received, digest, layer.size, layer.digest));
+  // Streamed into the layer reader, never to disk: what the registry sends is bounded by what the
+  // reader takes, and it is hashed and counted as it comes.
+  LayerDownload download(client, layer, name);
   try {
-    extract_layer(layer_fd.get(), layer.compression, layer.size, staging.dir(), keys);
+    extract_layer([&] { return download.next(); }, layer.compression, layer.size, staging.dir(), keys);
   } catch (const Error& e) {
-    if (e.status() != Status::integrity) throw;
+    if (e.status() != Status::integrity || download.refused()) throw;
     throw Error(Status::integrity,
                 fmt::format("the checkpoint in {} does not verify, so it was not pulled: {}", name, e.what()));
   }
+  download.finish();
   const CheckpointMetadata metadata = CheckpointMetadata::load(staging.dir());
   if (metadata.chain && !metadata.chain->parent.empty())
     throw Error(Status::integrity,

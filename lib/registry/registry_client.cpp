@@ -4,6 +4,7 @@
 #include <strings.h>
 
 #include <algorithm>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -23,12 +24,19 @@ namespace {
 
 // What of an error response is kept to quote: registries answer errors with a short JSON.
 constexpr std::size_t max_error_body = 16 * 1024;
+// What a blob stream receives ahead of its caller, at most (besides one callback's bytes, which
+// curl holds while paused).
+constexpr std::size_t max_blob_ahead = 1 << 20;
 
 struct CurlDeleter {
   void operator()(CURL* curl) const noexcept { curl_easy_cleanup(curl); }
   void operator()(curl_slist* list) const noexcept { curl_slist_free_all(list); }
   void operator()(CURLU* url) const noexcept { curl_url_cleanup(url); }
   void operator()(char* text) const noexcept { curl_free(text); }
+};
+// Apart: CURL and CURLM are both void to C++.
+struct MultiDeleter {
+  void operator()(CURLM* multi) const noexcept { curl_multi_cleanup(multi); }
 };
 
 CURL* new_easy() {
@@ -91,8 +99,9 @@ struct RegistryClient::Request {
   std::string_view upload_data;
   std::uint64_t upload_size = 0;
   std::uint64_t uploaded = 0;
-  // Where a success's body goes; without one it is collected, up to max_body bytes.
-  std::function<void(const char*, std::size_t)> sink;
+  // Where a success's body goes, false to have curl hold the bytes and pause until resumed; without
+  // one it is collected, up to max_body bytes.
+  std::function<bool(const char*, std::size_t)> sink;
   std::size_t max_body = max_error_body;
   std::string what;  // for errors: "the manifest of REF"
 };
@@ -111,20 +120,29 @@ std::string RegistryClient::url(std::string_view path) const {
   return fmt::format("{}://{}/v2/{}/{}", options_.insecure ? "http" : "https", ref_.host, ref_.repository, path);
 }
 
-RegistryClient::Response RegistryClient::perform(Request& request) const {
-  std::unique_ptr<CURL, CurlDeleter> curl(new_easy());
-  CURL* c = curl.get();
-  Response response;
-  struct Context {
-    Request& request;
-    Response& response;
-    CURL* curl;
-    std::exception_ptr failure;
-  } context{request, response, c, nullptr};
+// One request on its own curl handle, set up as every request is, and its callbacks' state (curl
+// holds pointers to it: it does not move).
+struct RegistryClient::Transfer {
+  Transfer(Request& request, bool insecure);
+  Transfer(const Transfer&) = delete;
+  Transfer& operator=(const Transfer&) = delete;
+  // The response, once curl has ended with `code`; a callback's failure, a body past its limit or a
+  // failed transfer is thrown.
+  Response finish(CURLcode code);
 
+  Request& request;
+  bool insecure;
+  Response response;
+  std::unique_ptr<CURL, CurlDeleter> curl{new_easy()};
+  std::unique_ptr<curl_slist, CurlDeleter> headers;
+  std::exception_ptr failure;
+};
+
+RegistryClient::Transfer::Transfer(Request& request, bool insecure) : request(request), insecure(insecure) {
+  CURL* c = curl.get();
   curl_easy_setopt(c, CURLOPT_URL, request.url.c_str());
-  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, options_.insecure ? "http,https" : "https");
-  curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, options_.insecure ? "http,https" : "https");
+  curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, insecure ? "http,https" : "https");
+  curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, insecure ? "http,https" : "https");
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(c, CURLOPT_USERAGENT, "nucleus-checkpoint/" NC_VERSION_STRING);
   curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 30L);
@@ -144,11 +162,11 @@ RegistryClient::Response RegistryClient::perform(Request& request) const {
   if (request.method == "PUT") {
     curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
     curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(request.upload_size));
-    curl_easy_setopt(c, CURLOPT_READDATA, &context);
+    curl_easy_setopt(c, CURLOPT_READDATA, this);
     curl_easy_setopt(
         c, CURLOPT_READFUNCTION, +[](char* buf, std::size_t size, std::size_t n, void* user) -> std::size_t {
-          auto& ctx = *static_cast<Context*>(user);
-          Request& r = ctx.request;
+          auto& t = *static_cast<Transfer*>(user);
+          Request& r = t.request;
           const std::size_t want =
               static_cast<std::size_t>(std::min<std::uint64_t>(size * n, r.upload_size - r.uploaded));
           try {
@@ -161,7 +179,7 @@ RegistryClient::Response RegistryClient::perform(Request& request) const {
             r.uploaded += got;
             return got;
           } catch (...) {
-            ctx.failure = std::current_exception();
+            t.failure = std::current_exception();
             return CURL_READFUNC_ABORT;
           }
         });
@@ -169,7 +187,7 @@ RegistryClient::Response RegistryClient::perform(Request& request) const {
   // No "Expect: 100-continue" round trip before a body.
   curl_slist* list = nullptr;
   for (const std::string& h : request.headers) list = append_header(list, h.c_str());
-  const std::unique_ptr<curl_slist, CurlDeleter> headers(append_header(list, "Expect:"));
+  headers.reset(append_header(list, "Expect:"));
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
 
   curl_easy_setopt(c, CURLOPT_HEADERDATA, &response);
@@ -183,35 +201,35 @@ RegistryClient::Response RegistryClient::perform(Request& request) const {
         if (auto v = header_value(line, "Docker-Content-Digest")) r.docker_digest = *v;
         return size * n;
       });
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, &context);
+  curl_easy_setopt(c, CURLOPT_WRITEDATA, this);
   curl_easy_setopt(
       c, CURLOPT_WRITEFUNCTION, +[](char* buf, std::size_t size, std::size_t n, void* user) -> std::size_t {
-        auto& ctx = *static_cast<Context*>(user);
+        auto& t = *static_cast<Transfer*>(user);
         long status = 0;
-        curl_easy_getinfo(ctx.curl, CURLINFO_RESPONSE_CODE, &status);
+        curl_easy_getinfo(t.curl.get(), CURLINFO_RESPONSE_CODE, &status);
         const std::size_t bytes = size * n;
-        if (status >= 200 && status < 300 && ctx.request.sink) {
+        if (status >= 200 && status < 300 && t.request.sink) {
           try {
-            ctx.request.sink(buf, bytes);
+            return t.request.sink(buf, bytes) ? bytes : CURL_WRITEFUNC_PAUSE;
           } catch (...) {
-            ctx.failure = std::current_exception();
+            t.failure = std::current_exception();
             return 0;
           }
-          return bytes;
         }
-        const std::size_t limit = status >= 200 && status < 300 ? ctx.request.max_body : max_error_body;
-        if (ctx.response.body.size() + bytes > limit) {
-          ctx.response.too_large = status >= 200 && status < 300;
-          if (ctx.response.too_large) return 0;
+        const std::size_t limit = status >= 200 && status < 300 ? t.request.max_body : max_error_body;
+        if (t.response.body.size() + bytes > limit) {
+          t.response.too_large = status >= 200 && status < 300;
+          if (t.response.too_large) return 0;
           return bytes;  // an error's body: its start is enough to quote
         }
-        ctx.response.body.append(buf, bytes);
+        t.response.body.append(buf, bytes);
         return bytes;
       });
+}
 
-  const CURLcode code = curl_easy_perform(c);
-  if (context.failure) std::rethrow_exception(context.failure);
-  curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &response.status);
+RegistryClient::Response RegistryClient::Transfer::finish(CURLcode code) {
+  if (failure) std::rethrow_exception(failure);
+  curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &response.status);
   if (response.too_large)
     throw Error(Status::integrity,
                 fmt::format("{} is larger than the {} bytes accepted; refused", request.what, request.max_body));
@@ -221,11 +239,15 @@ RegistryClient::Response RegistryClient::perform(Request& request) const {
     throw Error(
         Status::io,
         fmt::format("cannot {} {} at {}: {}{}", request.method, request.what, request.url, curl_easy_strerror(code),
-                    tls && !options_.insecure
-                        ? " (a registry that speaks plain http, e.g. on localhost, needs --insecure)"
-                        : ""));
+                    tls && !insecure ? " (a registry that speaks plain http, e.g. on localhost, needs --insecure)"
+                                     : ""));
   }
-  return response;
+  return std::move(response);
+}
+
+RegistryClient::Response RegistryClient::perform(Request& request) const {
+  Transfer transfer(request, options_.insecure);
+  return transfer.finish(curl_easy_perform(transfer.curl.get()));
 }
 
 namespace {
@@ -262,14 +284,75 @@ RegistryClient::Manifest RegistryClient::get_manifest(std::size_t max_size) cons
   return {std::move(got.body), std::move(got.content_type)};
 }
 
-void RegistryClient::get_blob(const std::string& digest,
-                              const std::function<void(const char*, std::size_t)>& sink) const {
+// What a blob stream holds: its request, its transfer on a multi handle of its own, and the bytes
+// the write callback took for next() to hand out.
+struct RegistryClient::BlobStream::State {
+  State(const RegistryClient& client, Request r)
+      : reference(client.ref_.to_string()), request(std::move(r)), transfer(request, client.options_.insecure) {}
+  ~State() {
+    if (multi) curl_multi_remove_handle(multi.get(), transfer.curl.get());
+  }
+
+  std::string reference;
+  Request request;
+  Transfer transfer;
+  std::unique_ptr<CURLM, MultiDeleter> multi{curl_multi_init()};
+  std::vector<char> received;
+  bool paused = false, done = false;
+};
+
+RegistryClient::BlobStream::BlobStream(std::unique_ptr<State> state) : state_(std::move(state)) {}
+RegistryClient::BlobStream::BlobStream(BlobStream&&) noexcept = default;
+RegistryClient::BlobStream::~BlobStream() = default;
+
+std::span<const char> RegistryClient::BlobStream::next() {
+  State& s = *state_;
+  s.received.clear();  // what the last call handed out is taken
+  if (s.paused) {
+    s.paused = false;
+    // Hands the held bytes to the callback at once, or to the next curl_multi_perform.
+    if (const CURLcode code = curl_easy_pause(s.transfer.curl.get(), CURLPAUSE_CONT); code != CURLE_OK)
+      throw Error(Status::io, fmt::format("cannot GET {} at {}: {}", s.request.what, s.request.url,
+                                          curl_easy_strerror(code)));
+  }
+  while (s.received.empty() && !s.done) {
+    int running = 0;
+    CURLMcode mc = curl_multi_perform(s.multi.get(), &running);
+    if (mc == CURLM_OK && running == 0) {
+      int queued = 0;
+      CURLcode code = CURLE_OK;
+      while (const CURLMsg* msg = curl_multi_info_read(s.multi.get(), &queued))
+        if (msg->msg == CURLMSG_DONE) code = msg->data.result;
+      s.done = true;
+      const Response got = s.transfer.finish(code);
+      if (got.status != 200) refuse(got.status, s.request.what, s.request.url, got.body, s.reference);
+      break;
+    }
+    if (mc == CURLM_OK && s.received.empty()) mc = curl_multi_poll(s.multi.get(), nullptr, 0, 1000, nullptr);
+    if (mc != CURLM_OK)
+      throw Error(Status::io, fmt::format("cannot GET {} at {}: {}", s.request.what, s.request.url,
+                                          curl_multi_strerror(mc)));
+  }
+  return s.received;
+}
+
+RegistryClient::BlobStream RegistryClient::get_blob(const std::string& digest) const {
   Request r;
   r.url = url("blobs/" + digest);
-  r.sink = sink;
   r.what = fmt::format("the layer {} of {}", digest, ref_.to_string());
-  const Response got = perform(r);
-  if (got.status != 200) refuse(got.status, r.what, r.url, got.body, ref_.to_string());
+  auto state = std::make_unique<BlobStream::State>(*this, std::move(r));
+  BlobStream::State& s = *state;
+  s.received.reserve(max_blob_ahead);
+  // Taken while what next() hands out stays within max_blob_ahead; else curl holds them, paused.
+  s.request.sink = [&s](const char* data, std::size_t size) {
+    s.paused = !s.received.empty() && s.received.size() + size > max_blob_ahead;
+    if (!s.paused) s.received.insert(s.received.end(), data, data + size);
+    return !s.paused;
+  };
+  if (!s.multi) throw Error(Status::no_memory, "cannot start an HTTP request (libcurl)");
+  if (curl_multi_add_handle(s.multi.get(), s.transfer.curl.get()) != CURLM_OK)
+    throw Error(Status::no_memory, "cannot start an HTTP request (libcurl)");
+  return BlobStream(std::move(state));
 }
 
 bool RegistryClient::has_blob(const std::string& digest) const {

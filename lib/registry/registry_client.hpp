@@ -1,12 +1,14 @@
 // The OCI distribution API, as much of it as pushing and pulling one image takes, over libcurl:
 // blobs uploaded monolithically (POST, then PUT with the digest), manifests put and got with the
-// OCI and Docker media types, blobs streamed to the caller. Plain http only when the options say
-// so; redirects (a registry's blob storage) are followed for GET only, never to plain http from
-// https. Anonymous access only: a registry that asks for credentials is refused, saying so.
+// OCI and Docker media types, blobs received as the caller takes them. Plain http only when the
+// options say so; redirects (a registry's blob storage) are followed for GET only, never to plain
+// http from https. Anonymous access only: a registry that asks for credentials is refused, saying
+// so.
 #pragma once
 
 #include <cstdint>
-#include <functional>
+#include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -31,8 +33,9 @@ class RegistryClient {
   // the caller refuses by name); Status::integrity
   // if it is larger than max_size.
   Manifest get_manifest(std::size_t max_size) const;
-  // Streams the blob's bytes to `sink` as they arrive; `sink` throws to stop.
-  void get_blob(const std::string& digest, const std::function<void(const char* data, std::size_t size)>& sink) const;
+  class BlobStream;
+  // The blob, received as its bytes are taken (BlobStream::next).
+  BlobStream get_blob(const std::string& digest) const;
   bool has_blob(const std::string& digest) const;
   // Uploads a blob of `size` bytes read from fd (from offset 0) or held in `data`.
   void put_blob(const std::string& digest, int fd, std::uint64_t size) const;
@@ -43,12 +46,32 @@ class RegistryClient {
  private:
   struct Request;
   struct Response;
+  struct Transfer;
   Response perform(Request& request) const;
   std::string url(std::string_view path) const;
   void upload(const std::string& digest, Request& put) const;
 
   ImageReference ref_;
   RegistryOptions options_;
+};
+
+// A blob's bytes, received only as the caller takes them (curl's multi interface, driven by next):
+// ahead of the caller, no more than 1 MiB and what the kernel's socket buffers hold, so that the
+// caller's limits on what it reads bound what a registry can make it receive. Destroyed, it drops
+// the connection.
+class RegistryClient::BlobStream {
+ public:
+  BlobStream(BlobStream&&) noexcept;
+  ~BlobStream();
+  // The next bytes, empty at the blob's end; valid until the next call. A failed transfer is
+  // Status::io; an answer other than 200 is refused as other requests' are.
+  std::span<const char> next();
+
+ private:
+  friend class RegistryClient;
+  struct State;
+  explicit BlobStream(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
 };
 
 }  // namespace nucleus::checkpoint::registry

@@ -78,9 +78,9 @@ void receive_file(transfer::StreamReader& in, int fd, const ManifestFile& file, 
 
 // Returns the signature's text.
 std::string import_with(int fd, const std::filesystem::path& dir, const VerifyingKeys& keys,
-                        transfer::StreamEnd stream_end) {
+                        transfer::StreamEnd stream_end, std::chrono::milliseconds stall_timeout = {}) {
   CheckpointDir staging = CheckpointDir::prepare(dir, CheckpointDir::Start::empty);
-  transfer::StreamReader in(fd);
+  transfer::StreamReader in(fd, stall_timeout);
   auto [signature_text, signature] = read_signature(in);
   const TreeKey key = keys.key_for(signature);  // loaded only now that the stream is known to be signed
   transfer::ListingReceiver listing("the transfer stream", key, std::move(signature));
@@ -111,8 +111,8 @@ void import_checkpoint(int fd, const std::filesystem::path& dir, const HmacKey& 
 }
 
 std::string transfer::import_checkpoint(int fd, const std::filesystem::path& dir, const VerifyingKeys& keys,
-                                       StreamEnd end) {
-  return import_with(fd, dir, keys, end);
+                                       StreamEnd end, std::chrono::milliseconds stall_timeout) {
+  return import_with(fd, dir, keys, end, stall_timeout);
 }
 
 }  // namespace nucleus::checkpoint

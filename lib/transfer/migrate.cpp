@@ -334,22 +334,27 @@ MigrationReport migrate(CriuRuntime& runtime, const ContainerInfo& container, co
 }
 
 ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, const fs::path& store,
-                                    const CriuOptions& options) {
+                                    const CriuOptions& options, std::chrono::milliseconds stream_timeout) {
   ReceivedMigration received;
   std::optional<Error> failure;
   const transfer::SigpipeBlock sigpipe_blocked;
   try {
     require_socket(connected_fd, "receive");
+    if (stream_timeout.count() <= 0) throw Error(Status::invalid, "receive: the stream timeout must be positive");
+    bound_stalls(connected_fd, stream_timeout);
     const transfer::CommitNonce nonce = transfer::new_commit_nonce();
     const std::string hello = fmt::format("{{\"nonce\":\"{}\"}}\n", to_lower_hex(nonce));
     write_all(connected_fd, hello.data(), hello.size(), "the greeting to the source");
     // The source dumps once it has the nonce: the import is timed from the stream's first bytes.
-    readable_by(connected_fd, Clock::time_point::max());
+    if (!readable_by(connected_fd, Clock::now() + stream_timeout))
+      throw Error(Status::io, fmt::format("the source sent no stream within {} s of the greeting (does its dump take "
+                                          "longer? raise the stream timeout)",
+                                          std::chrono::duration_cast<std::chrono::seconds>(stream_timeout).count()));
     const Clock::time_point start = Clock::now();
     received.dir = store / received_name();
     const VerifyingKeys keys{KeyStore()};
     const std::string signature_text =
-        transfer::import_checkpoint(connected_fd, received.dir, keys, transfer::StreamEnd::frame);
+        transfer::import_checkpoint(connected_fd, received.dir, keys, transfer::StreamEnd::frame, stream_timeout);
     received.import_time = since(start);
     const Clock::time_point imported = Clock::now();
     // Restored and verified, the tree is left stopped by CRIU itself (should this process die now,

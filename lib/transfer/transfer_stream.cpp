@@ -32,11 +32,15 @@ Error truncated(std::string_view what) {
                                what));
 }
 
-// Waits until fd is ready for `events`: a non-blocking descriptor is waited for, not spun on.
-void wait_ready(int fd, short events) {
+// Waits until fd is ready for `events`: a non-blocking descriptor is waited for, not spun on. With
+// a timeout (-1: none), false if it passed first.
+bool wait_ready(int fd, short events, int timeout_ms = -1) {
   pollfd p{fd, events, 0};
-  while (::poll(&p, 1, -1) < 0)
+  for (;;) {
+    const int n = ::poll(&p, 1, timeout_ms);
+    if (n >= 0) return n > 0;
     if (errno != EINTR) throw system_error(Status::io, errno, "cannot wait for the transfer stream's descriptor");
+  }
 }
 
 void check_zstd(std::size_t rc, std::string_view what) {
@@ -169,7 +173,11 @@ void StreamWriter::write_out(const void* data, std::size_t size) {
   }
 }
 
-StreamReader::StreamReader(int fd) : fd_(fd), in_(io_buffer_size) {
+StreamReader::StreamReader(int fd, std::chrono::milliseconds stall_timeout)
+    : fd_(fd), stall_ms_(stall_timeout.count() > 0 ? static_cast<int>(std::min<std::chrono::milliseconds::rep>(
+                                                         stall_timeout.count(), 0x7fffffff))
+                                                   : -1),
+      in_(io_buffer_size) {
   char header[header_size];
   std::size_t got = 0;
   while (got < sizeof header) {
@@ -203,6 +211,9 @@ StreamReader::StreamReader(int fd) : fd_(fd), in_(io_buffer_size) {
 
 std::size_t StreamReader::read_in(void* data, std::size_t size) {
   for (;;) {
+    if (stall_ms_ >= 0 && !wait_ready(fd_, POLLIN, stall_ms_))
+      throw Error(Status::io, fmt::format("the transfer stream stalled: nothing came for {} ms; nothing was imported",
+                                          stall_ms_));
     const ssize_t n = ::read(fd_, data, size);
     if (n >= 0) return static_cast<std::size_t>(n);
     if (errno == EINTR) continue;

@@ -7,6 +7,7 @@
 #include <zstd.h>
 
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -80,7 +81,8 @@ class StreamWriter {
 // descriptor failed), with a message saying which.
 class StreamReader {
  public:
-  explicit StreamReader(int fd);  // reads and checks the header
+  // Reads and checks the header. With a stall timeout, a read that waits longer fails (Status::io).
+  explicit StreamReader(int fd, std::chrono::milliseconds stall_timeout = {});
   StreamReader(const StreamReader&) = delete;
   StreamReader& operator=(const StreamReader&) = delete;
 
@@ -96,6 +98,7 @@ class StreamReader {
   bool decompress(ZSTD_outBuffer& out, std::string_view what);
 
   int fd_;
+  int stall_ms_;  // -1: none
   std::vector<char> in_;
   std::size_t in_pos_ = 0, in_end_ = 0;
   struct DctxFree {
@@ -121,7 +124,8 @@ class SigpipeBlock {
 
 // import_checkpoint (nucleus/checkpoint/transfer.hpp) of a stream that ends as `end` says; returns
 // the text of the checkpoint's signature.
-std::string import_checkpoint(int fd, const std::filesystem::path& dir, const VerifyingKeys& keys, StreamEnd end);
+std::string import_checkpoint(int fd, const std::filesystem::path& dir, const VerifyingKeys& keys, StreamEnd end,
+                              std::chrono::milliseconds stall_timeout = {});
 
 void put_u64le(char* out, std::uint64_t value);
 std::uint64_t get_u64le(const char* in);

@@ -70,7 +70,10 @@ struct ReceivedMigration {
 // tree is killed before it ran; with it the tree resumes and {"ok":true,...} goes back. A failure
 // is answered with {"ok":false,"status":..,"status_name":..,"error":..} and thrown; an "ok" that
 // cannot be sent is not (the tree runs here, the source keeps its copy stopped): source_told says so.
+// stream_timeout bounds how long the source may take to start its stream (its dump) and how long
+// the stream may stall: one idle connection must not hold the receiver forever.
 NC_EXPORT ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd,
-                                              const std::filesystem::path& store, const CriuOptions& options = {});
+                                              const std::filesystem::path& store, const CriuOptions& options = {},
+                                              std::chrono::milliseconds stream_timeout = std::chrono::minutes(5));
 
 }  // namespace nucleus::checkpoint

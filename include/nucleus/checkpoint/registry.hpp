@@ -41,12 +41,13 @@ NC_EXPORT PushedImage push_image(const std::filesystem::path& dir, const std::st
 // Pulls the image `reference` ("HOST[:PORT]/NAME[:TAG]" or "HOST[:PORT]/NAME@sha256:HEX") into the
 // new checkpoint folder `dir` (absent, or an empty folder): the manifest (at most 4 MiB, an OCI or
 // Docker image manifest whose digest is checked when the reference names one) must list exactly one
-// tar layer, plain, gzip or zstd; the layer is downloaded into a private staging folder beside dir
-// while its size and sha256 are checked against the manifest, then read as import_checkpoint reads
-// a stream: its checkpoint.hmac (format 3) and its listing first, authenticated with the store's
-// keys or the key given before a byte is written, then only the listed folders and files, each of
-// its listed size and each chunk checked before it is written (modes 0700/0600), and renamed into
-// place. Anything else is refused with Status::integrity and leaves nothing behind.
+// tar layer, plain, gzip or zstd; the layer is read as it arrives (received only as far as it is
+// read, never stored whole; its size and sha256 checked against the manifest to its end) into a
+// private staging folder beside dir, as import_checkpoint reads a stream: its checkpoint.hmac
+// (format 3) and its listing first, authenticated with the store's keys or the key given before a
+// byte is written, then only the listed folders and files, each of its listed size and each chunk
+// checked before it is written (modes 0700/0600), and renamed into place once the whole layer
+// matched its digest. Anything else is refused with Status::integrity and leaves nothing behind.
 NC_EXPORT void pull_image(const std::string& reference, const std::filesystem::path& dir,
                           const RegistryOptions& options = {}, const KeyStore& store = KeyStore());
 NC_EXPORT void pull_image(const std::string& reference, const std::filesystem::path& dir,

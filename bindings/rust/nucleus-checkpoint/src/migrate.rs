@@ -74,9 +74,10 @@ impl Runtime {
     /// new checkpoint folder `work_dir` (signed in the manifest format, with the options' dump
     /// options and [`Options::signing`]) and keeps it stopped, sends it on `conn`, a socket already
     /// connected to a receiver (connect first: no receiver, no freeze), as [`crate::export`] does
-    /// ([`Options::compression`]), ends its side and waits for the reply
-    /// ([`Options::reply_timeout_ms`]). On the receiver's "ok" the stopped tree is killed (it runs
-    /// there now). On anything else (a refusal, the receiver gone, silent or reset) the tree
+    /// ([`Options::compression`]), and takes the receiver's answers ([`Options::reply_timeout_ms`]
+    /// each): "ready" (restored there, held stopped), to which it answers a commit proven with its
+    /// signing key, then "ok". On "ok" the stopped tree is killed (it runs there now). Before the
+    /// commit, or on a refusal (a refusal, the receiver gone, silent or reset) the tree
     /// resumes here, and the error has the receiver's own status and message where it sent one
     /// (`Status::INTEGRITY`: the stream does not verify there; `Status::KEY`: it has no key), else
     /// `Status::IO`. `Status::UNCONFIRMED`: the receiver was told to run the tree but never
@@ -105,8 +106,10 @@ impl Runtime {
 
     /// The receiving end of [`migrate`](Self::migrate) (`nc_receive`): reads one stream from
     /// `conn` (a connected socket) into a new folder under `store_dir`, verified chunk by chunk as
-    /// [`crate::import`] does and committed only whole, restores it with the options' restore
-    /// options and writes the outcome back to the source as one line of JSON. Only what a key this
+    /// [`crate::import`] does and committed only whole, restores it held stopped with the options'
+    /// restore options, and lets it run only on the source's commit, proven by the key that signed
+    /// it for this connection (a replayed stream never runs); each answer goes back to the source
+    /// as one line of JSON. Only what a key this
     /// host trusts signed is restored (its HMAC key, or a trusted Ed25519 public key): anything
     /// else is refused (`Status::INTEGRITY`, `Status::KEY`), at the source too. The restored tree
     /// runs on detached (reparented to the nearest child subreaper or PID 1).

@@ -188,8 +188,9 @@ impl Options {
     }
 
     /// [`crate::Runtime::migrate`]: how long the stream may stall unacknowledged and, once sent,
-    /// how long the receiver's import and restore may take, in milliseconds; 0 goes back to the
-    /// default, 300000 (5 minutes). Since 0.3.
+    /// how long each of the receiver's answers may take (its import and restore);
+    /// [`crate::Runtime::receive`]: how long the source may take to start its stream and may stall
+    /// it. In milliseconds; 0 goes back to the default, 300000 (5 minutes). Since 0.3.
     pub fn reply_timeout_ms(&mut self, ms: u32) -> Result<&mut Self> {
         // SAFETY: live handle.
         self.set(|o| unsafe { sys::nc_options_set_reply_timeout_ms(o, ms) })
