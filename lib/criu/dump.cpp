@@ -311,7 +311,7 @@ void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, cons
     // The tree is now stopped (or running, with leave_running); it ends only once the checkpoint
     // is safely in place, and runs on if anything fails first.
     const ProcessTree tree = ProcessTree::open(container.pid, root.pidfd.get());
-    HeldTree held(container.pid, guardian);
+    HeldTree held(container.pid, guardian, ed25519 ? TreeKey(*ed25519) : TreeKey(*hmac));
     try {
       metadata.checkpoint_at = static_cast<std::uint64_t>(
           std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());

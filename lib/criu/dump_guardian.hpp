@@ -12,6 +12,7 @@
 
 #include "fs/checkpoint_dir.hpp"
 #include "fs/unique_fd.hpp"
+#include "signature/chunked_signature.hpp"
 
 namespace nucleus::checkpoint {
 
@@ -42,8 +43,9 @@ class DumpGuardian {
 // stopped, since resuming it could run the workload twice.
 class HeldTree {
  public:
-  HeldTree(pid_t root, const DumpGuardian& guardian) : root_(root), guardian_(guardian) {}
+  HeldTree(pid_t root, const DumpGuardian& guardian, TreeKey signer) : root_(root), guardian_(guardian), signer_(signer) {}
   pid_t root() const noexcept { return root_; }
+  TreeKey signer() const noexcept { return signer_; }  // the key that signed the dump
   void may_run_elsewhere(bool may) noexcept {
     may_run_elsewhere_ = may;
     guardian_.hold(may);
@@ -53,6 +55,7 @@ class HeldTree {
  private:
   pid_t root_;
   const DumpGuardian& guardian_;
+  TreeKey signer_;
   bool may_run_elsewhere_ = false;
 };
 using HandOver = std::function<void(HeldTree&)>;

@@ -318,15 +318,11 @@ MigrationReport migrate(CriuRuntime& runtime, const ContainerInfo& container, co
   const transfer::CommitNonce nonce = read_hello(connected_fd, Clock::now() + options.reply_timeout);
   CriuOptions criu = options.criu;
   criu.leave_running = false;
-  // The key that signs the dump proves the commit; loaded now, outside the downtime.
-  const bool by_ed25519 = criu.signing == SignatureKind::ed25519;
-  const std::optional<Ed25519SecretKey> ed25519 = by_ed25519 ? std::optional(runtime.ed25519_signing_key()) : std::nullopt;
-  const std::optional<HmacKey> hmac = by_ed25519 ? std::nullopt : std::optional(runtime.signing_key());
   const Clock::time_point start = Clock::now();
   runtime.dump(container, work_dir, criu, SignatureFormat::manifest, false, [&](HeldTree& tree) {
     const Clock::time_point dumped = Clock::now();
     report.dump = since(start);
-    const std::string proof = ed25519 ? proof_of(work_dir, nonce, *ed25519) : proof_of(work_dir, nonce, *hmac);
+    const std::string proof = proof_of(work_dir, nonce, tree.signer());  // by the key that signed the dump
     hand_over(work_dir, connected_fd, options, proof, dumped, tree, report);
     report.downtime = since(start);
   });
