@@ -60,6 +60,7 @@ struct nc_options {
   nc::TransferOptions transfer;  // nc_export's
   nc::RegistryOptions registry;  // nc_push_image's and nc_pull_image's
   std::chrono::milliseconds reply_timeout = nc::MigrateOptions{}.reply_timeout;  // nc_migrate's, nc_receive's
+  bool post_copy = false;                                                          // nc_migrate's
   nc_error error;  // the outcome of the latest setter called on this handle (nc_options_error)
 };
 
@@ -595,6 +596,10 @@ nc_status nc_options_set_reply_timeout_ms(nc_options* o, unsigned int ms) {
   });
 }
 
+nc_status nc_options_set_post_copy(nc_options* o, int on) {
+  return set_option(o, __func__, [&](nc_options& all) { all.post_copy = on != 0; });
+}
+
 nc_status nc_migrate(nc_runtime* rt, const char* container_id, pid_t pid, const char* work_dir, int connected_fd,
                      const nc_options* opts, nc_migration_report* report) {
   return nc_migrate_e(rt, container_id, pid, work_dir, connected_fd, opts, report, nullptr);
@@ -618,7 +623,7 @@ nc_status nc_migrate_e(nc_runtime* rt, const char* container_id, pid_t pid, cons
     info.runtime_files = o.runtime_files;
     nc::MigrationReport done;
     named("nc_migrate", [&] {
-      done = nc::migrate(rt->criu, info, work_dir, connected_fd, {o.criu, o.transfer, o.reply_timeout});
+      done = nc::migrate(rt->criu, info, work_dir, connected_fd, {o.criu, o.transfer, o.reply_timeout, o.post_copy});
     });
     if (!report) return;
     nc_migration_report filled{};
@@ -632,6 +637,8 @@ nc_status nc_migrate_e(nc_runtime* rt, const char* container_id, pid_t pid, cons
     filled.restored_pid = done.restored_pid;
     copy_cut(done.rounds_reason, filled.rounds_reason);
     copy_cut(nc::printable(done.restored_dir), filled.restored_dir);  // the receiver's word: shown safe
+    filled.post_copy_ms = static_cast<unsigned long long>(done.post_copy.count());
+    filled.pages_sent = done.pages_sent;
     std::memcpy(report, &filled, filled.size);  // a caller built against an older, shorter struct gets its part
   });
 }
@@ -643,8 +650,19 @@ nc_status nc_receive(nc_runtime* rt, int connected_fd, const char* store_dir, co
 
 nc_status nc_receive_e(nc_runtime* rt, int connected_fd, const char* store_dir, const nc_options* opts,
                        pid_t* restored_pid, char** reply_out, nc_error* err) {
+  return nc_receive_ex_e(rt, connected_fd, store_dir, opts, restored_pid, reply_out, nullptr, err);
+}
+
+nc_status nc_receive_ex(nc_runtime* rt, int connected_fd, const char* store_dir, const nc_options* opts,
+                        pid_t* restored_pid, char** reply_out, int* source_told) {
+  return nc_receive_ex_e(rt, connected_fd, store_dir, opts, restored_pid, reply_out, source_told, nullptr);
+}
+
+nc_status nc_receive_ex_e(nc_runtime* rt, int connected_fd, const char* store_dir, const nc_options* opts,
+                          pid_t* restored_pid, char** reply_out, int* source_told, nc_error* err) {
   if (restored_pid) *restored_pid = 0;
   if (reply_out) *reply_out = nullptr;
+  if (source_told) *source_told = 0;
   return guard(err, [&] {
     require(rt != nullptr, "nc_receive: the runtime is NULL");
     require(store_dir != nullptr && *store_dir != '\0', "nc_receive: store_dir is NULL or empty");
@@ -655,6 +673,7 @@ nc_status nc_receive_e(nc_runtime* rt, int connected_fd, const char* store_dir, 
       ::close(received.tree.pidfd);
       if (restored_pid) *restored_pid = received.tree.pid;
       if (reply_out) *reply_out = malloc_copy(received.reply.substr(0, received.reply.find('\n')));
+      if (source_told) *source_told = received.source_told ? 1 : 0;
     });
   });
 }

@@ -3,16 +3,19 @@
  * nc_receive imports it (verified chunk by chunk) and restores it. Once the receiver says the tree
  * is ready, the sender commits, the tree runs there and ends here; a failure before the commit
  * resumes it here. The README's "Migration" says what is checked and what the connection does not
- * protect.
+ * protect. With --post-copy the tree's memory is left out of the checkpoint and follows the tree
+ * once it runs there (the README's "Post-copy"; the sender needs fs.pipe-max-size >= 4194304); the
+ * receiver takes either.
  *
- *   migrate send PID HOST:PORT WORK_DIR [--zstd]   (WORK_DIR: the checkpoint folder made here, kept)
- *   migrate receive HOST:PORT STORE                 (STORE: an existing folder; each migration is a
- *                                                    new folder in it)
+ *   migrate send PID HOST:PORT WORK_DIR [--zstd] [--post-copy]   (WORK_DIR: the checkpoint folder
+ *                                                                  made here, kept)
+ *   migrate receive HOST:PORT STORE   (STORE: an existing folder; each migration is a new folder in it)
  *
  * ([ADDRESS]:PORT for IPv6.) As root, on both hosts; the receiver trusts the key the sender signs
  * with (the same HMAC key file, or the sender's Ed25519 public key: `nucleus-checkpoint trust add`).
  * Either exits 0, or prints the nc_status name and the library's message and exits with that
- * status's value. */
+ * status's value. The receiver exits 0 too when the tree runs there but its last answer never
+ * reached the sender (source_told: 0), and says on stderr to kill the sender's stopped copy. */
 #define _GNU_SOURCE /* accept4 */
 #include <nucleus/checkpoint.h>
 
@@ -112,11 +115,13 @@ static nc_status tcp_socket(const char *host_port, enum socket_role role, int *f
   return fd < 0 ? NC_E_IO : NC_OK;
 }
 
-static int send_tree(nc_runtime *rt, nc_error *err, pid_t pid, const char *to, const char *work_dir, int zstd) {
+static int send_tree(nc_runtime *rt, nc_error *err, pid_t pid, const char *to, const char *work_dir, int zstd,
+                     int post_copy) {
   nc_options *opts = NULL;
   if (nc_options_new_e(&opts, err) != NC_OK) return fail(nc_error_status(err), nc_error_message(err));
-  /* Compressed or not, the receiver reads either. */
-  if (nc_options_set_compression(opts, zstd ? NC_COMPRESSION_ZSTD : NC_COMPRESSION_NONE) != NC_OK) {
+  /* Compressed or not, post-copy or not, the receiver reads either. */
+  if (nc_options_set_compression(opts, zstd ? NC_COMPRESSION_ZSTD : NC_COMPRESSION_NONE) != NC_OK ||
+      nc_options_set_post_copy(opts, post_copy) != NC_OK) {
     const nc_error *refused = nc_options_error(opts); /* a setter's outcome is kept in the handle */
     int rc = fail(nc_error_status(refused), nc_error_message(refused));
     nc_options_free(opts);
@@ -149,6 +154,10 @@ static int send_tree(nc_runtime *rt, nc_error *err, pid_t pid, const char *to, c
   printf("bytes_sent: %llu\n", report.bytes_sent);
   printf("rounds: %u\n", report.rounds);
   printf("rounds_reason: %s\n", report.rounds_reason);
+  if (post_copy) { /* the memory that followed the tree through the page stream */
+    printf("post_copy_ms: %llu\n", report.post_copy_ms);
+    printf("pages_sent: %llu\n", report.pages_sent);
+  }
   return 0;
 }
 
@@ -175,28 +184,40 @@ static int receive_tree(nc_runtime *rt, nc_error *err, const char *listen_addres
    * and runs it once the sender commits (then says "ok"); a failure is written back instead. */
   pid_t restored = 0;
   char *reply = NULL;
-  nc_status s = nc_receive_e(rt, fd, store, NULL, &restored, &reply, err);
+  int source_told = 0;
+  nc_status s = nc_receive_ex_e(rt, fd, store, NULL, &restored, &reply, &source_told, err);
   close(fd);
   if (s != NC_OK) return fail(s, nc_error_message(err));
   printf("restored_pid: %d\n", (int)restored); /* it runs on, detached: reparented to the nearest subreaper */
-  printf("reply: %s\n", reply);                /* the line the sender got: {"ok":true,"pid":...,"dir":...} */
+  printf("reply: %s\n", reply);                /* the last line: {"ok":true,"pid":...,"dir":...} */
+  printf("source_told: %d\n", source_told);    /* 0: that line never reached the sender */
   nc_free(reply);
+  /* It runs here all the same, but the sender's copy stays stopped until someone ends it. */
+  if (!source_told)
+    fprintf(stderr, "migrate: the tree runs here as PID %d, but the sender was not told (the connection closed before "
+                    "the last answer): its copy stays stopped there (NC_E_UNCONFIRMED): kill it there\n",
+            (int)restored);
   return 0;
 }
 
 static int usage(void) {
-  fprintf(stderr, "usage: migrate send PID HOST:PORT WORK_DIR [--zstd]\n"
+  fprintf(stderr, "usage: migrate send PID HOST:PORT WORK_DIR [--zstd] [--post-copy]\n"
                   "       migrate receive HOST:PORT STORE\n");
   return NC_E_INVALID;
 }
 
 int main(int argc, char **argv) {
-  int sending = argc >= 5 && argc <= 6 && strcmp(argv[1], "send") == 0;
+  int sending = argc >= 5 && argc <= 7 && strcmp(argv[1], "send") == 0;
   int receiving = argc == 4 && strcmp(argv[1], "receive") == 0;
-  int zstd = argc == 6 && strcmp(argv[5], "--zstd") == 0;
-  if (sending && argc == 6 && !zstd) {
-    fprintf(stderr, "migrate: unknown option '%s' (the one option is --zstd)\n", argv[5]);
-    return usage();
+  int zstd = 0, post_copy = 0;
+  for (int i = 5; sending && i < argc; ++i) {
+    int *flag = strcmp(argv[i], "--zstd") == 0 ? &zstd : strcmp(argv[i], "--post-copy") == 0 ? &post_copy : NULL;
+    if (!flag || *flag) {
+      fprintf(stderr, "migrate: %s option '%s' (the options are --zstd and --post-copy, each once)\n",
+              flag ? "repeated" : "unknown", argv[i]);
+      return usage();
+    }
+    *flag = 1;
   }
   if (!sending && !receiving) return usage();
   pid_t pid = 0;
@@ -220,7 +241,7 @@ int main(int argc, char **argv) {
   if (nc_runtime_new_e(&rt, err) != NC_OK)
     rc = fail(nc_error_status(err), nc_error_message(err));
   else if (sending)
-    rc = send_tree(rt, err, pid, argv[3], argv[4], zstd);
+    rc = send_tree(rt, err, pid, argv[3], argv[4], zstd, post_copy);
   else
     rc = receive_tree(rt, err, argv[2], argv[3]);
   nc_runtime_free(rt);

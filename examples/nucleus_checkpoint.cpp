@@ -897,7 +897,8 @@ std::int64_t json_number(const rapidjson::Document& doc, const char* name) {
 // receiver confirms it runs there, then ended; resumed on a failure, left stopped if the receiver,
 // told to run it, does not confirm (NC_E_UNCONFIRMED).
 int cmd_migrate(const std::string& criu, pid_t pid, const std::string& to, const std::string& dir,
-                const std::string& id, bool zstd, double reply_timeout_s, const CriuFlags& flags, bool json) {
+                const std::string& id, bool zstd, bool post_copy, double reply_timeout_s, const CriuFlags& flags,
+                bool json) {
   const unsigned long long start_ticks = start_ticks_of(pid);
   Report r(json);
   Runtime rt;
@@ -907,6 +908,7 @@ int cmd_migrate(const std::string& criu, pid_t pid, const std::string& to, const
   if (migrated.ok()) migrated(nc_options_set_compression(opts.get(), zstd ? NC_COMPRESSION_ZSTD : NC_COMPRESSION_NONE));
   if (migrated.ok())
     migrated(nc_options_set_reply_timeout_ms(opts.get(), static_cast<unsigned>(reply_timeout_s * 1000)));
+  if (migrated.ok()) migrated(nc_options_set_post_copy(opts.get(), post_copy ? 1 : 0));
   // Connected before anything is dumped: without a receiver the tree is never stopped.
   const int fd = migrated.ok() ? connect_to(to, 10, migrated) : -1;
   nc_migration_report report{};
@@ -928,6 +930,11 @@ int cmd_migrate(const std::string& criu, pid_t pid, const std::string& to, const
   r.field("compression", zstd ? "zstd" : "none");
   r.field("rounds", report.rounds, "pre-dump rounds");
   r.field("rounds_reason", report.rounds_reason, "because");
+  r.flag("post_copy", post_copy, "post-copy");
+  if (post_copy) {
+    r.field("post_copy_ms", static_cast<std::int64_t>(report.post_copy_ms), "memory followed in (ms)");
+    r.field("pages_sent", static_cast<std::int64_t>(report.pages_sent), "pages sent after");
+  }
   return r.finish(migrated);
 }
 
@@ -944,9 +951,11 @@ int receive_one(nc_runtime* rt, nc_options* opts, int fd, const sockaddr_storage
                 NI_NUMERICHOST | NI_NUMERICSERV);
   pid_t restored = 0;
   char* reply = nullptr;
-  received(nc_receive(rt, fd, store.c_str(), opts, &restored, &reply));
+  int source_told = 0;
+  received(nc_receive_ex(rt, fd, store.c_str(), opts, &restored, &reply, &source_told));
   ::close(fd);
-  r.field("from", fmt::format("{}:{}", host, port), "source");
+  const std::string source = fmt::format("{}:{}", host, port);
+  r.field("from", source, "source");
   if (received.ok()) {
     rapidjson::Document parsed;
     parsed.Parse(reply);
@@ -957,9 +966,18 @@ int receive_one(nc_runtime* rt, nc_options* opts, int fd, const sockaddr_storage
     r.field("pid", restored, "restored PID");
     r.field("import_ms", json_number(doc, "import_ms"), "import (ms)");
     r.field("restore_ms", json_number(doc, "restore_ms"), "restore (ms)");
+    r.flag("source_told", source_told != 0, "source told");
   }
   nc_free(reply);
-  return r.finish(received);
+  const int code = r.finish(received);
+  // A success all the same (the tree runs here), but the source's copy waits for someone to end it.
+  if (received.ok() && source_told == 0)
+    fmt::print(stderr,
+               "nucleus-checkpoint: the tree runs here as PID {}, but the source at {} was not told: the "
+               "connection closed before the last answer. Its copy stays stopped there (its migrate failed with "
+               "NC_E_UNCONFIRMED, naming the root PID): kill that copy there, this one runs.\n",
+               restored, source);
+  return code;
 }
 
 // Accepts `count` connections (0: until stopped) on --listen, one at a time: each migration is
@@ -1191,6 +1209,11 @@ int main(int argc, char** argv) {
   migrate->add_option("--criu", criu, "CRIU binary to use instead of the trusted paths");
   bool migrate_zstd = false;
   migrate->add_flag("--zstd", migrate_zstd, "Compress the stream with zstd (level 1)");
+  bool post_copy = false;
+  migrate->add_flag("--post-copy", post_copy,
+                    "Send the tree's private memory after it runs on the receiver (downtime no longer grows with "
+                    "memory; needs fs.pipe-max-size >= 4194304; a failure before every page is in kills the "
+                    "receiver's copy and leaves this one stopped)");
   double reply_timeout_s = 300;
   migrate->add_option("--reply-timeout", reply_timeout_s,
                       "Seconds each answer of the receiver may take: its import and restore, then "
@@ -1237,7 +1260,7 @@ int main(int argc, char** argv) {
   if (*inspect) return cmd_inspect(dir, json);
   if (*export_cmd) return cmd_export(dir, export_zstd, stream_file, json);
   if (*import_cmd) return cmd_import(dir, stream_file, json);
-  if (*migrate) return cmd_migrate(criu, pid, peer, dir, id, migrate_zstd, reply_timeout_s, flags, json);
+  if (*migrate) return cmd_migrate(criu, pid, peer, dir, id, migrate_zstd, post_copy, reply_timeout_s, flags, json);
   if (*receive) return cmd_receive(criu, peer, dir, stream_timeout_s, receive_count, flags, json);
   if (*push) return cmd_push(dir, image_ref, insecure, json);
   if (*pull) return cmd_pull(image_ref, dir, insecure, json);

@@ -9,8 +9,9 @@
 #   callbacks, 64 goroutines x 200 failing calls each getting its own message, and the 0.3 calls (a
 #   tree dumped with Ed25519, moved as transfer streams to a key store holding only the public key
 #   and restored there; a flipped byte refused; pre-dumps; registry arguments; a counter in a PID
-#   namespace of its own migrated over loopback TCP to a receiver on another goroutine, and a
-#   migration refused by a receiver trusting no key, the source resuming); none may skip;
+#   namespace of its own migrated over loopback TCP to a receiver on another goroutine, once
+#   post-copy, and a migration refused by a receiver trusting no key, the source resuming); none may
+#   skip;
 # - the README's Go program ("### From Go"), built in a module of its own that imports the package
 #   through a replace directive, must restore its counter and show it counting on.
 # Usage: go_binding_test.sh BUILD_DIR SOURCE_DIR TMP_DIR   (NC_TEST_COUNTER: examples/counter)

@@ -15,7 +15,14 @@ receiver while the source is stopped), appending 1, 2, 3... to a file both see:
  - the receiver killed mid-transfer: the source resumes, nothing is committed on B;
  - through C: no receiver (the example connects first: nothing is dumped); a receiver holding
    another HMAC key, and one holding none: nc_migrate fails with the receiver's status
-   (NC_E_INTEGRITY, NC_E_KEY), the source resumes and counts on, nothing is committed on B.
+   (NC_E_INTEGRITY, NC_E_KEY), the source resumes and counts on, nothing is committed on B;
+ - the connection reset right after the source's commit, before the receiver's "ok" (the receiver
+   held stopped meanwhile): the tree runs on the receiver, whose CLI (JSON "source_told": false) and
+   C example (source_told: 0) succeed and say on stderr that the source's copy must be killed; the
+   source fails with NC_E_UNCONFIRMED and its copy stays stopped until killed;
+ - post-copy with the C example (send --post-copy), from wherever the tree then runs to the other
+   host (fs.pipe-max-size raised to 4 MiB first if lower): the tree's memory follows it through
+   the page stream (pages_sent > 0), the count goes on there in order, the source is gone.
 Commands enter a namespace with `nsenter --net` rather than `ip netns exec`, which also makes a
 mount namespace of its own that CRIU would then have to dump and restore.
 Usage: migrate_test.py NUCLEUS_CHECKPOINT MIGRATE_EXAMPLE TMPDIR"""
@@ -46,12 +53,13 @@ counter = os.path.join(tmp, "counter.log")
 to_kill = []  # PIDs to SIGKILL at the end (a PID-namespace init ignores SIGTERM)
 
 PROXY = r"""
-import socket, sys, threading
+import os, socket, struct, sys, threading
 listen, target, mode, at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 srv = socket.create_server((listen.rsplit(":", 1)[0], int(listen.rsplit(":", 1)[1])))
 print("ready", flush=True)
 client, _ = srv.accept()
 upstream = socket.create_connection((target.rsplit(":", 1)[0], int(target.rsplit(":", 1)[1])))
+ready_passed = threading.Event()  # "reset": the receiver's "ready" went by, what follows is the commit
 def pump(src, dst, forward):
     seen = 0
     try:
@@ -68,6 +76,15 @@ def pump(src, dst, forward):
                     print("stalled", flush=True)
                     sys.stdin.readline()
                     data = data[at - seen:]
+                if mode == "reset" and ready_passed.is_set():
+                    print("commit", flush=True)
+                    sys.stdin.readline()
+                    for s in (client, upstream):  # closed by a reset (RST), not a FIN
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    dst.sendall(data)
+                    os._exit(0)
+            elif mode == "reset" and b'"ready":true' in data:
+                ready_passed.set()
             seen += len(data)
             dst.sendall(data)
     except OSError:
@@ -119,12 +136,17 @@ def in_order(values):
     return values == list(range(1, len(values) + 1))
 
 
-def alive(pid):
+def state(pid):
+    """The process's state letter (T: stopped), X once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+            return f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
-        return False
+        return "X"
+
+
+def alive(pid):
+    return state(pid) not in ("Z", "X")
 
 
 def net_of(pid):
@@ -323,6 +345,8 @@ try:
               os.path.dirname(committed) == store[dst] and os.path.basename(committed) in stored(dst) and
               (not c_receives or fields(out).get("restored_pid") == moved),
               f"{label}: the receiver restored what it committed, and the report says so", out + r.stdout)
+        check((fields(out).get("source_told") == 1) if c_receives else got.get("source_told") is True,
+              f"{label}: the receiver says the source was told", out)
         check(wait_for(lambda: not alive(current)), f"{label}: the source is gone")
         check(net_of(moved) == os.stat(f"/run/netns/{net[dst]}").st_ino, f"{label}: the tree runs in {dst}'s network")
         check(goes_on(moved) and len(counts()) > before, f"{label}: the count goes on in {dst}, in order",
@@ -360,6 +384,70 @@ try:
           "--count 2: one receiver took both, reported one JSON line each, and exited", out)
     check(goes_on(moved[0]) and alive(moved[1]), "--count 2: both trees run in B")
     check(in_order(counts()), "the whole count: 1, 2, 3... never repeated, never back", str(counts()[-40:]))
+
+    # --- The connection reset right after the commit, before the receiver's "ok": the receiver is
+    # held stopped while the proxy passes the commit and resets both ends, so that its "ok" meets the
+    # reset. The tree runs on the receiver, which succeeds but says the source was not told; the
+    # source's copy stays stopped (NC_E_UNCONFIRMED) until the operator kills it. CLI, then C. ---
+    current = moved[0]
+    for label, src, dst, port, c_receives in (("CLI", "B", "A", 7015, False), ("C", "A", "B", 7016, True)):
+        rx = (c_receiver if c_receives else receiver)(dst, port)
+        px = proxy(dst, port + 100, port, "reset", 0)
+        mig = subprocess.Popen(in_host(src, cli, "--json", "migrate", "--pid", str(current), "--to",
+                                       f"{addr[dst]}:{port + 100}", "--dir", os.path.join(store[src], f"untold-{port}")),
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        check(px.stdout.readline().strip() == "commit", f"untold, {label}: the source commits")
+        os.kill(rx.pid, signal.SIGSTOP)
+        check(wait_for(lambda: state(rx.pid) == "T"), f"untold, {label}: the receiver is held")
+        px.stdin.write("go\n")
+        px.stdin.flush()
+        stop(px)
+        os.kill(rx.pid, signal.SIGCONT)
+        out, errs = rx.communicate(timeout=60)
+        sent, _ = mig.communicate(timeout=60)
+        restored = fields(out).get("restored_pid", 0) if c_receives else result(out).get("pid", 0)
+        if restored:
+            to_kill.append(restored)
+        untold = "source_told: 0" in out.splitlines() if c_receives else result(out).get("source_told") is False
+        check(rx.returncode == 0 and restored > 0 and untold, f"untold, {label}: the receiver succeeds and reports "
+              "that the source was not told", out + errs)
+        check("was not told" in errs and "stays stopped there" in errs and "kill" in errs,
+              f"untold, {label}: the receiver says on stderr that the source's copy must be killed", errs)
+        check(mig.returncode == 12 and result(sent).get("status") == "NC_E_UNCONFIRMED",
+              f"untold, {label}: the source cannot confirm (NC_E_UNCONFIRMED)", sent)
+        check(restored > 0 and goes_on(restored) and net_of(restored) == os.stat(f"/run/netns/{net[dst]}").st_ino,
+              f"untold, {label}: the tree runs in {dst}", str(counts()[-20:]))
+        check(state(current) == "T", f"untold, {label}: the source's copy stays stopped in {src}", state(current))
+        print(f"untold, {label}: {errs.strip()}")
+        kill(current)  # what the receiver's message asks for
+        check(wait_for(lambda: not alive(current)) and in_order(counts()), f"untold, {label}: killed, the source's "
+              "copy never ran again", str(counts()[-20:]))
+        current = restored
+
+    # --- Post-copy with the C example: the tree's memory left out of the checkpoint, following the
+    # tree to the other host through the page stream. The sender's CRIU needs 4 MiB pipes for it. ---
+    with open("/proc/sys/fs/pipe-max-size", "r+") as sysctl:
+        if int(sysctl.read()) < 4194304:
+            sysctl.seek(0)
+            sysctl.write("4194304")
+    src = "A" if net_of(current) == os.stat(f"/run/netns/{net['A']}").st_ino else "B"
+    dst = "B" if src == "A" else "A"
+    rx = c_receiver(dst, 7017)
+    before = len(counts())
+    r = c_migrate(src, current, f"{addr[dst]}:7017", "post-copy", "--post-copy")
+    out, _ = rx.communicate(timeout=60)
+    report = fields(r.stdout)
+    moved = report.get("restored_pid", 0)
+    if moved:
+        to_kill.append(moved)
+    check(r.returncode == 0 and rx.returncode == 0 and moved > 0 and fields(out).get("restored_pid") == moved,
+          f"post-copy, C: {src} to {dst} migrated", r.stdout + r.stderr + out)
+    check(report.get("pages_sent", 0) > 0 and "post_copy_ms" in report, "post-copy, C: the memory followed the "
+          "tree through the page stream (pages_sent, post_copy_ms)", r.stdout)
+    check(wait_for(lambda: not alive(current)), "post-copy, C: the source is gone")
+    check(moved > 0 and net_of(moved) == os.stat(f"/run/netns/{net[dst]}").st_ino and goes_on(moved) and
+          len(counts()) > before, f"post-copy, C: the count goes on in {dst}, in order", str(counts()[-20:]))
+    print(f"post-copy, C: {r.stdout.strip()}")
 finally:
     for p in to_kill:
         kill(p)

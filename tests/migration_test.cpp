@@ -435,3 +435,33 @@ TEST_CASE_METHOD(Fixture, "a source that sends no stream, or stalls it, does not
     reconnect();
   }
 }
+
+TEST_CASE_METHOD(Fixture, "a source gone after its commit: the tree runs here, and source_told says it never heard",
+                 "[migrate]") {
+  CounterTree tree(tmp / "counter");
+  rt->checkpoint(container("m1", tree.pid()), work_dir, false);
+  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  const long stopped_at = tree.count("parent");
+  std::string first;
+  std::thread source([&] {
+    const transfer::CommitNonce given = nonce_in(read_from(there.get(), true));
+    export_checkpoint(work_dir, there.get());
+    first = read_from(there.get(), true);
+    // A source that reads no more from here on (then closes): every later write to it fails
+    // (EPIPE), so its valid commit is read but the "ok" after it cannot be sent.
+    CHECK(::shutdown(there.get(), SHUT_RD) == 0);
+    say(there.get(), commit_for(work_dir, given));
+    there.reset();
+  });
+  std::optional<ReceivedMigration> received;
+  const auto error = error_of([&] { received = receive_migration(*rt, here.get(), store); });
+  source.join();
+  if (error) FAIL(error->what());
+  const UniqueFd pidfd(received->tree.pidfd);
+  INFO(first << received->reply);
+  CHECK(first.starts_with(R"({"ready":true,"pid":)"));
+  CHECK_FALSE(received->source_told);
+  CHECK(received->reply.starts_with(fmt::format(R"({{"ok":true,"pid":{},)", received->tree.pid)));
+  CHECK(wait_until([&] { return tree.count("parent") > stopped_at + 2; }));  // it runs here all the same
+  CounterTree::stop(received->tree.pid);
+}

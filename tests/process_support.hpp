@@ -4,6 +4,8 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sched.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -94,12 +96,16 @@ inline std::unique_ptr<CriuRuntime> real_criu() {
 // examples/counter: a parent and a child each counting up in dir/parent and dir/child.
 class CounterTree {
  public:
-  // With memory_mib, the parent first fills that much memory, so that a dump takes a while.
-  explicit CounterTree(const fs::path& dir, int memory_mib = 0) : dir_(dir) {
+  // With memory_mib, the parent first fills that much memory, so that a dump takes a while (and
+  // checks it on SIGUSR1: bad_pages). With own_pid_namespace it is the init of a PID namespace
+  // of its own, so that a restored copy can take its PIDs while it is still there.
+  explicit CounterTree(const fs::path& dir, int memory_mib = 0, bool own_pid_namespace = false) : dir_(dir) {
     fs::create_directories(dir_);
     const char* exe = std::getenv("NC_TEST_COUNTER");
     REQUIRE(exe != nullptr);
-    pid_ = ::fork();
+    pid_ = own_pid_namespace
+               ? static_cast<pid_t>(::syscall(SYS_clone, CLONE_NEWPID | SIGCHLD, nullptr, nullptr, nullptr, nullptr))
+               : ::fork();
     REQUIRE(pid_ >= 0);
     if (pid_ == 0) {
       const std::string mib = std::to_string(memory_mib);
@@ -120,7 +126,16 @@ class CounterTree {
     const std::string text = read_file(dir_ / who);
     return text.empty() ? -1 : std::strtol(text.c_str(), nullptr, 10);
   }
-  // The tree is one process group (the counter calls setsid()).
+  // The pages of the parent's memory that are not as it filled them, as the copy of the tree
+  // rooted at `root` finds (-1: no answer); its parent is the root.
+  long bad_pages(pid_t root) const {
+    fs::remove(dir_ / "parent.verify");
+    ::kill(root, SIGUSR1);
+    if (!wait_until([&] { return fs::exists(dir_ / "parent.verify"); }, std::chrono::seconds(20))) return -1;
+    return count("parent.verify");
+  }
+  // The tree is one process group (the counter calls setsid()); a PID namespace's init dies with
+  // SIGKILL alone, and takes its namespace with it.
   static void stop(pid_t pid) {
     if (pid > 0) ::kill(-pid, SIGKILL);
     wait_until([pid] { reap_all(); return !is_alive(pid); }, std::chrono::seconds(5));

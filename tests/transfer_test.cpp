@@ -7,18 +7,24 @@
 #include <nucleus/checkpoint/transfer.hpp>
 
 #include <fcntl.h>
+#include <malloc.h>
 #define ZSTD_STATIC_LINKING_ONLY  // ZSTD_frameHeaderSize
 #include <zstd.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <fstream>
+#include <functional>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "fs/fs_util.hpp"
@@ -482,4 +488,137 @@ TEST_CASE("a FIFO put in place of a listed file is refused without blocking", "[
   }
   REQUIRE(ended);  // it did not block on the FIFO
   CHECK((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+}
+
+namespace {
+
+// What an import in a child process cost: how far its resident memory rose above where it stood
+// (heap trimmed, peak reset) when the import began, and how the import ended.
+struct ImportCost {
+  std::uint64_t peak_growth = 0;
+  int status = 0;  // the Error's Status, 0 if it imported
+  std::string message;
+};
+
+std::uint64_t status_kib(std::string_view field) {  // a "VmRSS:   123 kB" line of /proc/self/status
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.starts_with(field)) return std::stoull(line.substr(field.size() + 1));
+  return 0;
+}
+
+// Imports into `to` what `send` writes into a pipe, in a child of its own, so that the memory
+// measured is the import's: the hostile stream is made as it is sent, never held.
+ImportCost import_cost(const fs::path& to, const std::function<void(int fd)>& send) {
+  int report[2];
+  REQUIRE(::pipe2(report, O_CLOEXEC) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    ::signal(SIGPIPE, SIG_IGN);  // the sender of a refused stream gets EPIPE
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) ::_exit(3);
+    ::malloc_trim(0);
+    std::ofstream("/proc/self/clear_refs") << "5";  // VmHWM from here
+    const std::uint64_t before = status_kib("VmRSS:");
+    std::thread sender([&] {
+      send(fds[1]);
+      ::close(fds[1]);
+    });
+    const auto error = error_of([&] { import_checkpoint(fds[0], to); });
+    ::close(fds[0]);
+    sender.join();
+    const std::string line = fmt::format("{} {} {}", (status_kib("VmHWM:") - before) << 10,
+                                         error ? static_cast<int>(error->status()) : 0, error ? error->what() : "");
+    (void)!::write(report[1], line.data(), line.size());
+    ::_exit(0);
+  }
+  ::close(report[1]);
+  std::string said;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(report[0], buffer, sizeof buffer)) > 0;) said.append(buffer, static_cast<std::size_t>(n));
+  ::close(report[0]);
+  int wait_status = -1;
+  REQUIRE(::waitpid(child, &wait_status, 0) == child);
+  REQUIRE((WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0));
+  ImportCost cost;
+  std::istringstream in(said);
+  in >> cost.peak_growth >> cost.status;
+  std::getline(in >> std::ws, cost.message);
+  return cost;
+}
+
+// Writes all of `bytes` to fd; false once the reader went away.
+bool send_all(int fd, std::string_view bytes) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::write(fd, bytes.data(), bytes.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    bytes.remove_prefix(static_cast<std::size_t>(n));
+  }
+  return true;
+}
+
+// Sends a stream with the most a signature and a listing may be (a million files, a 128-byte path
+// and one chunk digest each: 65 MB of signature, 145 MB of listing), made as it is sent, which
+// fails only at the listing's end, where the MAC is checked: the signature is `head` (a genuine
+// signature's three lines) over a manifest of zeros.
+void send_largest_listing(int fd, const std::string& head) {
+  const std::size_t files = HmacTree::max_entries;
+  const std::string line = std::string(64, '0') + '\n';
+  std::string out = plain_header() + 'S' + u64le(head.size() + files * line.size()) + head;
+  for (std::size_t i = 0; i < files; ++i) {
+    out += line;
+    if (out.size() >= (1 << 20) && !send_all(fd, std::exchange(out, {}))) return;
+  }
+  for (std::size_t i = 0; i < files; ++i) {
+    out += frame('F', u64le(1) + fmt::format("f{:07}", i) + std::string(120, 'x'));
+    if (out.size() >= (1 << 20) && !send_all(fd, std::exchange(out, {}))) return;
+  }
+  send_all(fd, out + frame('L', "") + frame('E', ""));
+}
+
+// The three lines of the signature of a folder made by make_source.
+std::string signature_head(const std::string& signature) {
+  return signature.substr(0, signature.find('\n', signature.find('\n', signature.find('\n') + 1) + 1) + 1);
+}
+
+}  // namespace
+
+// The largest signature and listing arrive from anyone who can reach a receiver. Held in memory
+// until the listing was authenticated, they made an importer grow by about 0.4 GB; spooled to an
+// unnamed file and read back a line at a time, by a few buffers.
+TEST_CASE_METHOD(Fixture, "a hostile listing as large as a listing may be costs an importer a few MiB of memory",
+                 "[transfer][security]") {
+  make_source(source);
+  const std::string head = signature_head(frames_of(exported(source))[0].payload);
+  REQUIRE(head.starts_with("nucleus-checkpoint-signature 3\n"));
+  const ImportCost cost = import_cost(received, [&](int fd) { send_largest_listing(fd, head); });
+  INFO(cost.message);
+  WARN("the import's memory grew by " << (cost.peak_growth >> 20) << " MiB at its peak");
+  CHECK(cost.status == static_cast<int>(Status::integrity));
+  CHECK(contains(cost.message, "does not match its signature"));
+#ifndef __SANITIZE_ADDRESS__  // AddressSanitizer keeps what was freed resident (its quarantine): no measure
+  CHECK(cost.peak_growth < (std::uint64_t{16} << 20));
+#endif
+  nothing_left();
+}
+
+// The spool takes the disk the checkpoint was to take: where there is not enough for the signature
+// and listing, the import fails saying so, and leaves nothing.
+TEST_CASE_METHOD(Fixture, "a listing larger than the target's free space is refused with the disk's error",
+                 "[transfer]") {
+  make_source(source);
+  const std::string head = signature_head(frames_of(exported(source))[0].payload);
+  const fs::path small = tmp / "small";
+  fs::create_directory(small);
+  REQUIRE(::mount("tmpfs", small.c_str(), "tmpfs", 0, "size=4m,mode=0700") == 0);
+  const std::unique_ptr<const char, void (*)(const char*)> unmount(small.c_str(),
+                                                                  [](const char* at) { ::umount2(at, MNT_DETACH); });
+  received = small / "c1";
+  const ImportCost cost = import_cost(received, [&](int fd) { send_largest_listing(fd, head); });
+  INFO(cost.message);
+  CHECK(cost.status == static_cast<int>(Status::io));
+  CHECK(contains(cost.message, "signature and listing wait to be authenticated: No space left on device"));
+  nothing_left();
 }

@@ -253,6 +253,16 @@ func alive(pid int) bool {
 	return err == nil
 }
 
+// stateOf is pid's state letter in /proc/PID/stat (T: stopped), 0 once it is gone.
+func stateOf(pid int) byte {
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	end := bytes.LastIndexByte(stat, ')')
+	if err != nil || end < 0 || end+2 >= len(stat) {
+		return 0
+	}
+	return stat[end+2]
+}
+
 // reap reaps every exited child (this process is a child subreaper) until the PIDs are free,
 // waiting up to 5 s. Called only while no library call runs, so it never takes CRIU's status.
 func reap(t *testing.T, pids ...int) {

@@ -24,14 +24,21 @@ type MigrationReport struct {
 	RoundsReason string
 	RestoredPID  int    // the tree's root on the receiver, as the receiver numbers it
 	RestoredDir  string // the checkpoint folder the receiver imported
+	// Post-copy (Options.PostCopy): PostCopy is the time from the receiver's "ok" until it had
+	// every page, and PagesSent the 4 KiB pages sent meanwhile; both 0 otherwise.
+	PostCopy  time.Duration
+	PagesSent uint64
 }
 
 // ReceivedMigration is what Receive restored: the tree's root as this host numbers it, and the
-// reply line sent to the source ({"ok":true,"pid":N,"dir":"...","import_ms":N,"restore_ms":N}).
-// Since 0.3.
+// last reply line ({"ok":true,"pid":N,"dir":"...","import_ms":N,"restore_ms":N}). SourceTold is
+// false when the tree runs here but that line could not be sent (the source closed or reset the
+// connection after its commit): the source then keeps its copy stopped (ErrUnconfirmed there),
+// and that copy must be killed there, as this one runs (nc_receive_ex). Since 0.3.
 type ReceivedMigration struct {
-	PID   int
-	Reply string
+	PID        int
+	Reply      string
+	SourceTold bool
 }
 
 // Migrate moves the process tree rooted at pid to another host (the README's "Migration"): it
@@ -73,6 +80,8 @@ func (r *Runtime) Migrate(id string, pid int, workDir string, conn syscall.Conn,
 		RoundsReason: C.GoString(&report.rounds_reason[0]),
 		RestoredPID:  int(report.restored_pid),
 		RestoredDir:  C.GoString(&report.restored_dir[0]),
+		PostCopy:     time.Duration(report.post_copy_ms) * time.Millisecond,
+		PagesSent:    uint64(report.pages_sent),
 	}, nil
 }
 
@@ -92,10 +101,11 @@ func (r *Runtime) Receive(conn syscall.Conn, storeDir string, opts *Options) (Re
 			return r.use("receive", func(rt *C.nc_runtime) error {
 				var pid C.pid_t
 				var reply *C.char
+				var told C.int
 				err := call(func(e *C.nc_error) C.nc_status {
-					return C.nc_receive_e(rt, fd, c[0], o.handle, &pid, &reply, e)
+					return C.nc_receive_ex_e(rt, fd, c[0], o.handle, &pid, &reply, &told, e)
 				})
-				received = ReceivedMigration{PID: int(pid), Reply: takeString(reply)}
+				received = ReceivedMigration{PID: int(pid), Reply: takeString(reply), SourceTold: told != 0}
 				return o.outcome(err)
 			})
 		})

@@ -4,7 +4,9 @@
 // stream with one byte flipped refused with nothing left; pre-dumps; registry arguments; and
 // migrations, the receiver on one goroutine and the source on another, of a counter in a PID
 // namespace of its own: one over loopback TCP that the receiver restores, and one over a socket
-// pair that a receiver trusting no key refuses, so that the source resumes.
+// pair that a receiver trusting no key refuses, so that the source resumes; and one cut right after
+// the commit, which runs on the receiver (SourceTold false) and stays stopped at the source; and one
+// post-copy, whose memory follows the tree through the page stream.
 package checkpoint_test
 
 import (
@@ -15,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -431,9 +434,10 @@ func TestRegistryArguments(t *testing.T) {
 
 // containedCounter starts the counter as the init of a PID namespace of its own, so that while
 // its migration holds it stopped here, the receiver (this same host) finds its PIDs free: its PID
-// here and the file it counts in. Whatever happens it is killed (SIGKILL, which a PID namespace's
-// init cannot ignore, and which ends the whole namespace) and reaped at the end.
-func containedCounter(t *testing.T, name string) (pid int, parentCount string) {
+// here and the file it counts in. memory are the counter's optional arguments (MIB [private]: the
+// memory it fills). Whatever happens it is killed (SIGKILL, which a PID namespace's init cannot
+// ignore, and which ends the whole namespace) and reaped at the end.
+func containedCounter(t *testing.T, name string, memory ...string) (pid int, parentCount string) {
 	t.Helper()
 	counter := os.Getenv("NC_TEST_COUNTER")
 	if counter == "" {
@@ -445,7 +449,7 @@ func containedCounter(t *testing.T, name string) (pid int, parentCount string) {
 		t.Fatal(err)
 	}
 	defer null.Close()
-	pid, err = syscall.ForkExec(counter, []string{counter, dir}, &syscall.ProcAttr{
+	pid, err = syscall.ForkExec(counter, append([]string{counter, dir}, memory...), &syscall.ProcAttr{
 		Files: []uintptr{null.Fd(), null.Fd(), null.Fd()},
 		Sys:   &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID}})
 	if err != nil {
@@ -496,6 +500,49 @@ func receiveOn(t *testing.T, conn func() (net.Conn, error), store string) <-chan
 	return done
 }
 
+// outcome waits for what Receive returned; the tree it restored, if any, is killed and reaped at
+// the end of the test.
+func outcome(t *testing.T, done <-chan received) received {
+	got := <-done
+	if got.tree.PID > 0 {
+		restored := got.tree.PID
+		t.Cleanup(func() { killAndReap(t, restored) })
+	}
+	return got
+}
+
+// receiveOverLoopback runs Receive (receiveOn) on loopback TCP into store, and returns the
+// source's end, connected to it; both are closed at the end of the test.
+func receiveOverLoopback(t *testing.T, store string) (*net.TCPConn, <-chan received) {
+	t.Helper()
+	listener, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { listener.Close() })
+	done := receiveOn(t, func() (net.Conn, error) { return listener.AcceptTCP() }, store)
+	conn, err := net.DialTCP("tcp", nil, listener.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn, done
+}
+
+// countsOnThere checks that the migrated tree pid is gone here, and that its copy restored as
+// restored counts on from where it stopped.
+func countsOnThere(t *testing.T, pid, restored int, parentCount string) {
+	t.Helper()
+	reap(t, pid)
+	atMove := count(t, parentCount)
+	if n := waitCount(t, parentCount, atMove+3); n <= atMove+3 {
+		t.Errorf("the migrated counter does not count on: %d when moved, %d now", atMove, n)
+	}
+	if !alive(restored) {
+		t.Errorf("the restored root %d is gone", restored)
+	}
+}
+
 // committed lists the folders a receiver's store holds, staging folders included.
 func committed(t *testing.T, store string) []string {
 	t.Helper()
@@ -510,11 +557,12 @@ func committed(t *testing.T, store string) []string {
 	return names
 }
 
-// migrationSource starts a contained counter to migrate and makes the source's runtime and a
-// store for the receiver, all named after name.
-func migrationSource(t *testing.T, name string) (rt *checkpoint.Runtime, pid int, parentCount, store string) {
+// migrationSource starts a contained counter (filling memory, if given) to migrate and makes the
+// source's runtime and a store for the receiver, all named after name.
+func migrationSource(t *testing.T, name string, memory ...string) (rt *checkpoint.Runtime, pid int, parentCount,
+	store string) {
 	t.Helper()
-	pid, parentCount = containedCounter(t, name+"-counter")
+	pid, parentCount = containedCounter(t, name+"-counter", memory...)
 	rt, err := checkpoint.New()
 	if err != nil {
 		t.Fatal(err)
@@ -540,25 +588,11 @@ func TestMigrate(t *testing.T) {
 	}
 
 	// Loopback TCP: the receiver accepts on one goroutine, the source connects on this one.
-	listener, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer listener.Close()
-	done := receiveOn(t, func() (net.Conn, error) { return listener.AcceptTCP() }, store)
-	conn, err := net.DialTCP("tcp", nil, listener.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn, done := receiveOverLoopback(t, store)
 	start := time.Now()
 	report, err := rt.Migrate("go-migrate", pid, workDir, conn, &checkpoint.Options{ReplyTimeout: 2 * time.Minute})
 	elapsed := time.Since(start)
-	got := <-done
-	if got.tree.PID > 0 {
-		restored := got.tree.PID
-		t.Cleanup(func() { killAndReap(t, restored) })
-	}
+	got := outcome(t, done)
 	if err != nil || got.err != nil {
 		t.Fatalf("Migrate: %v; Receive: %v", err, got.err)
 	}
@@ -586,6 +620,9 @@ func TestMigrate(t *testing.T) {
 		reply.PID != got.tree.PID || reply.Dir != report.RestoredDir {
 		t.Errorf("the receiver's reply %q (%v)", got.tree.Reply, err)
 	}
+	if !got.tree.SourceTold {
+		t.Errorf("SourceTold is false, yet the source confirmed the migration")
+	}
 	if err := checkpoint.Verify(report.RestoredDir); err != nil {
 		t.Errorf("Verify(the received folder): %v", err)
 	}
@@ -594,14 +631,51 @@ func TestMigrate(t *testing.T) {
 	}
 
 	// The source's tree is gone, and the restored one counts on from where it stopped.
-	reap(t, pid)
-	atMove := count(t, parentCount)
-	if n := waitCount(t, parentCount, atMove+3); n <= atMove+3 {
-		t.Fatalf("the migrated counter does not count on: %d when moved, %d now", atMove, n)
+	countsOnThere(t, pid, report.RestoredPID, parentCount)
+}
+
+// raisePipeMaxSize raises fs.pipe-max-size, if lower, to the 4 MiB that post-copy needs on the
+// source (root may). It is left raised: other tests running meanwhile may need it too.
+func raisePipeMaxSize(t *testing.T) {
+	t.Helper()
+	const sysctl, needed = "/proc/sys/fs/pipe-max-size", 4 << 20
+	data, err := os.ReadFile(sysctl)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !alive(report.RestoredPID) {
-		t.Errorf("the restored root %d is gone", report.RestoredPID)
+	if n, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && n >= needed {
+		return
 	}
+	if err := os.WriteFile(sysctl, []byte(strconv.Itoa(needed)), 0); err != nil {
+		t.Fatalf("post-copy needs fs.pipe-max-size >= %d: %v", needed, err)
+	}
+}
+
+// TestMigratePostCopy migrates a counter holding 16 MiB of its own post-copy over loopback TCP:
+// the checkpoint leaves that memory out, and it follows the tree through the page stream to the
+// receiver, where the tree counts on.
+func TestMigratePostCopy(t *testing.T) {
+	const memoryMiB = 16
+	raisePipeMaxSize(t)
+	rt, pid, parentCount, store := migrationSource(t, "post-copy", strconv.Itoa(memoryMiB), "private")
+	conn, done := receiveOverLoopback(t, store)
+	report, err := rt.Migrate("go-post-copy", pid, filepath.Join(base, "post-copy-out"), conn,
+		&checkpoint.Options{PostCopy: true, ReplyTimeout: 2 * time.Minute})
+	got := outcome(t, done)
+	if err != nil || got.err != nil {
+		t.Fatalf("Migrate post-copy: %v; Receive: %v", err, got.err)
+	}
+	t.Logf("migrated post-copy: %+v", report)
+	// Most of the counter's memory came through the page stream: the checkpoint did not carry it.
+	// (PostCopy may be 0: the receiver's CRIU fetches pages from the restore on, so all of a small
+	// tree's may be in before its "ok".)
+	if report.PagesSent < memoryMiB*256/2 {
+		t.Errorf("%d pages sent, want at least %d of its %d MiB", report.PagesSent, memoryMiB*256/2, memoryMiB)
+	}
+	if report.RestoredPID <= 0 || report.RestoredPID != got.tree.PID || !got.tree.SourceTold {
+		t.Errorf("the report's restored PID is %d, Receive's %+v", report.RestoredPID, got.tree)
+	}
+	countsOnThere(t, pid, report.RestoredPID, parentCount)
 }
 
 func TestMigrateRefused(t *testing.T) {
@@ -627,11 +701,7 @@ func TestMigrateRefused(t *testing.T) {
 	_, err = rt.Migrate("go-refused", pid, filepath.Join(base, "refused-out"), source,
 		&checkpoint.Options{Signing: checkpoint.SigningEd25519})
 	source.Close() // the receiver, reading what is left of the stream, sees its end
-	got := <-done
-	if got.tree.PID > 0 {
-		restored := got.tree.PID
-		t.Cleanup(func() { killAndReap(t, restored) })
-	}
+	got := outcome(t, done)
 	if !errors.Is(err, checkpoint.ErrIntegrity) || !strings.Contains(err.Error(), "the receiver did not restore") {
 		t.Errorf("Migrate to a receiver that trusts no key = %v, want ErrIntegrity from the receiver", err)
 	}
@@ -646,6 +716,75 @@ func TestMigrateRefused(t *testing.T) {
 	at := count(t, parentCount)
 	if n := waitCount(t, parentCount, at+3); n <= at+3 || !alive(pid) {
 		t.Errorf("the source's counter did not resume: %d, then %d", at, n)
+	}
+}
+
+// TestMigrateUntold cuts the connection right after the source's commit, before the receiver's
+// "ok": a relay between the two stops reading the receiver's side before it passes the commit on,
+// then closes the source's side. The tree runs on the receiver, whose Receive succeeds with
+// SourceTold false; the source cannot confirm (ErrUnconfirmed) and leaves its copy stopped.
+func TestMigrateUntold(t *testing.T) {
+	rt, pid, parentCount, store := migrationSource(t, "untold")
+	pair := func() (*net.UnixConn, *net.UnixConn) {
+		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return unixConn(t, fds[0]), unixConn(t, fds[1])
+	}
+	source, toSource := pair()
+	toReceiver, receiving := pair()
+	done := receiveOn(t, func() (net.Conn, error) { return receiving, nil }, store)
+	readyPassed := make(chan struct{})
+	go func() { // the receiver's answers, passed back: its "ready" noted before the source reads it
+		buf := make([]byte, 4096)
+		for {
+			n, err := toReceiver.Read(buf)
+			if err != nil {
+				return
+			}
+			if strings.Contains(string(buf[:n]), `"ready":true`) {
+				close(readyPassed)
+			}
+			if _, err := toSource.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}()
+	go func() { // the source's stream, then its commit
+		buf := make([]byte, 1<<16)
+		for {
+			n, err := toSource.Read(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case <-readyPassed: // the commit: the receiver's "ok" after it meets EPIPE
+				toReceiver.CloseRead()
+				toReceiver.Write(buf[:n])
+				toSource.Close()
+				return
+			default:
+			}
+			if _, err := toReceiver.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}()
+	_, err := rt.Migrate("go-untold", pid, filepath.Join(base, "untold-out"), source, nil)
+	got := outcome(t, done)
+	if got.err != nil || got.tree.PID <= 0 || got.tree.SourceTold {
+		t.Fatalf("Receive = %+v, %v; want the tree restored and SourceTold false", got.tree, got.err)
+	}
+	if !errors.Is(err, checkpoint.ErrUnconfirmed) {
+		t.Errorf("Migrate whose receiver's answer never came = %v, want ErrUnconfirmed", err)
+	}
+	if state := stateOf(pid); state != 'T' {
+		t.Errorf("the source's copy is in state %q, want it stopped (T)", state)
+	}
+	at := count(t, parentCount)
+	if n := waitCount(t, parentCount, at+3); n <= at+3 {
+		t.Errorf("the received counter does not count on: %d, then %d", at, n)
 	}
 }
 

@@ -194,6 +194,12 @@ type Options struct {
 	// Receive: how long the source may take to start its stream and may stall it. 0: 5 minutes.
 	// Rounded up to a millisecond.
 	ReplyTimeout time.Duration
+	// PostCopy makes Migrate post-copy (since 0.3; the README's "Post-copy"): the tree's private
+	// memory is left out of the checkpoint and follows the tree once it runs on the receiver, so
+	// the downtime no longer grows with memory. Needs fs.pipe-max-size >= 4194304 on the source
+	// (ErrUnsupported otherwise). Until every page is in, a failure kills the receiver's copy and
+	// returns ErrUnconfirmed with the source's copy stopped, to resume.
+	PostCopy bool
 
 	// Containers (CRIU's names; see checkpoint.h).
 	NoDetectContainer bool        // both: do not find and record the container's rootfs, mounts, namespaces
@@ -388,6 +394,9 @@ func (o *Options) build() (*cOptions, error) {
 	setMilliseconds("ReplyTimeout", o.ReplyTimeout, func(ms C.uint) C.nc_status {
 		return C.nc_options_set_reply_timeout_ms(handle, ms)
 	})
+	if o.PostCopy {
+		set(C.nc_options_set_post_copy(handle, 1))
+	}
 	if o.NoDetectContainer {
 		set(C.nc_options_set_detect_container(handle, 0))
 	}

@@ -240,12 +240,20 @@ typedef struct nc_migration_report {
   pid_t restored_pid;             /* the tree's root on the receiver, as the receiver numbers it */
   char rounds_reason[512];        /* why rounds is what it is (NUL-terminated, cut to fit) */
   char restored_dir[4096];        /* the checkpoint folder the receiver imported (NUL-terminated, cut to fit) */
+  unsigned long long post_copy_ms; /* post-copy: from the receiver's "ok" until it had every page */
+  unsigned long long pages_sent;   /* post-copy: the 4 KiB pages sent meanwhile */
 } nc_migration_report;
 
 /* Migrate: how long the receiver's greeting and the stream may stall unacknowledged and, once
  * sent, how long each of the receiver's answers may take ("ready": its import and restore).
  * Receive: how long the source may take to start its stream (its dump) and may stall it; default 300000 (5 minutes), 0 goes back to it. Since 0.3. */
 NC_EXPORT nc_status nc_options_set_reply_timeout_ms(nc_options *opts, unsigned int ms);
+/* Migrate post-copy (on != 0), the README's "Post-copy": the tree's private memory is left out of
+ * the checkpoint and follows the tree once it runs on the receiver, so the downtime no longer
+ * grows with memory. Needs fs.pipe-max-size >= 4194304 here (NC_E_UNSUPPORTED otherwise). Until
+ * every page is in, a failure kills the receiver's copy and returns NC_E_UNCONFIRMED with this
+ * copy stopped, to resume. Default 0. Since 0.3. */
+NC_EXPORT nc_status nc_options_set_post_copy(nc_options *opts, int on);
 /* Reads the receiver's greeting (none: NC_E_IO, nothing dumped; connect before calling, so that no
  * receiver means no freeze), dumps the tree rooted at pid into the new checkpoint folder work_dir
  * (signed in the manifest format, with opts' dump options and nc_options_set_signing) and keeps it
@@ -270,6 +278,13 @@ NC_EXPORT nc_status nc_migrate(nc_runtime *rt, const char *container_id, pid_t p
  * "NC_E_...","error":"..."}, and the status is returned. Since 0.3. */
 NC_EXPORT nc_status nc_receive(nc_runtime *rt, int connected_fd, const char *store_dir, const nc_options *opts,
                                pid_t *restored_pid, char **reply_out);
+/* As nc_receive, and says whether the source heard the outcome: *source_told (may be NULL) is 1
+ * when the final {"ok":true,...} was sent, 0 when the tree runs here but that line could not be
+ * sent (the source closed or reset the connection after its commit). The source then keeps its copy
+ * stopped and fails with NC_E_UNCONFIRMED: kill that copy there, now that this one runs. NC_OK
+ * either way (the tree runs here); 0 on a failure. Since 0.3. */
+NC_EXPORT nc_status nc_receive_ex(nc_runtime *rt, int connected_fd, const char *store_dir, const nc_options *opts,
+                                  pid_t *restored_pid, char **reply_out, int *source_told);
 
 /* --- Registry images: a checkpoint published as an OCI image (one tar layer holding the folder and
  * its signature, annotated as podman and CRI-O annotate checkpoint images) and pulled back into a
@@ -532,6 +547,9 @@ NC_EXPORT nc_status nc_migrate_e(nc_runtime *rt, const char *container_id, pid_t
                                  nc_error *err); /* Since 0.3. */
 NC_EXPORT nc_status nc_receive_e(nc_runtime *rt, int connected_fd, const char *store_dir, const nc_options *opts,
                                  pid_t *restored_pid, char **reply_out, nc_error *err); /* Since 0.3. */
+NC_EXPORT nc_status nc_receive_ex_e(nc_runtime *rt, int connected_fd, const char *store_dir, const nc_options *opts,
+                                    pid_t *restored_pid, char **reply_out, int *source_told,
+                                    nc_error *err); /* Since 0.3. */
 NC_EXPORT nc_status nc_push_image_e(const char *dir, const char *reference, const nc_options *opts, char **digest_out,
                                     nc_error *err); /* Since 0.3. */
 NC_EXPORT nc_status nc_pull_image_e(const char *reference, const char *dir, const nc_options *opts,

@@ -116,6 +116,7 @@ void write_extension(Writer& w, const CheckpointMetadata& m) {
   flag("ext_unix_sk", r.ext_unix_sk);
   flag("file_locks", r.file_locks);
   flag("evasive_devices", r.evasive_devices);
+  if (!r.post_copy_key.empty()) str("post_copy_key", r.post_copy_key);  // absent otherwise, as in earlier checkpoints
   str("manage_cgroups", r.manage_cgroups);
   str("network_lock", r.network_lock);
   str("file_validation", r.file_validation);
@@ -242,6 +243,7 @@ void read_extension(const rapidjson::Value& ext, CheckpointMetadata& m) {
   r.ext_unix_sk = bool_field(dump, "ext_unix_sk");
   r.file_locks = bool_field(dump, "file_locks");
   r.evasive_devices = bool_field(dump, "evasive_devices");
+  if (dump.HasMember("post_copy_key")) r.post_copy_key = string_field(dump, "post_copy_key");
   r.manage_cgroups = string_field(dump, "manage_cgroups");
   r.network_lock = string_field(dump, "network_lock");
   r.file_validation = string_field(dump, "file_validation");

@@ -19,7 +19,8 @@ namespace {
 // The CRIU actions an option is given to. Where CRIU 4.2.1 reads an option (its source, not its
 // help text) decides: --cgroup-props is read by dump alone, and restore takes the network lock
 // method the dump recorded in its inventory image (CRIU warns that --network-lock is ignored).
-enum Action : unsigned { none = 0, dump = 1, restore = 2, both = dump | restore };
+enum Action : unsigned { none = 0, dump = 1, restore = 2, both = dump | restore, lazy_pages = 4,
+                       every = both | lazy_pages };
 
 Error refused(std::string_view option, std::string_view value, std::string_view why) {
   return Error(Status::invalid, fmt::format("CRIU's {} {:?} is refused: {}", option, value, why));
@@ -101,6 +102,7 @@ class Args {
   explicit Args(Action action) : action_(action) {
     if (action_ == dump) args_.emplace_back("dump");
     if (action_ == restore) args_.emplace_back("restore");
+    if (action_ == lazy_pages) args_.emplace_back("lazy-pages");
   }
   void flag(Action applies, const char* option, bool on) {
     if (on && (applies & action_)) args_.emplace_back(option);
@@ -115,7 +117,7 @@ class Args {
     for (const auto* dir : {&images_dir, &work_dir})
       if (dir->empty()) throw Error(Status::invalid, "CRIU's images and work folders must be given");
     args_.insert(args_.end(), {"--images-dir", images_dir, "--work-dir", work_dir, "--log-file",
-                               action_ == dump ? "dump.log" : "restore.log"});
+                               action_ == dump ? "dump.log" : action_ == restore ? "restore.log" : "lazy-pages.log"});
   }
   std::vector<std::string> take() { return std::move(args_); }
 
@@ -149,10 +151,10 @@ const char* network_lock_name(NetworkLock lock) {
 // inherited descriptors come resolved, as criu_restore_args's argument).
 void add_options(const CriuOptions& o, Args& a) {
   // CRIU finds it wherever it stands in argv (it scans argv before parsing); first, to be seen.
-  a.flag(both, "--no-default-config", !o.use_default_config);
+  a.flag(every, "--no-default-config", !o.use_default_config);
   if (o.log_level < 0 || o.log_level > 4)
     throw Error(Status::invalid, fmt::format("CRIU log level {} is out of range 0 to 4", o.log_level));
-  a.flag(both, fmt::format("-v{}", o.log_level).c_str(), true);
+  a.flag(every, fmt::format("-v{}", o.log_level).c_str(), true);
 
   // Without leave_running the tree is left stopped, not killed: the library kills it only once
   // the checkpoint is signed and in place, and resumes it if anything fails before that.
@@ -272,6 +274,17 @@ std::vector<std::string> criu_restore_args(const std::string& images_dir, const 
   a.value(restore, "--pidfile", "restore.pid");
   a.flag(restore, "--restore-detached", true);
   a.flag(restore, "--leave-stopped", o.leave_stopped);
+  a.folders(images_dir, work_dir);
+  return a.take();
+}
+
+std::vector<std::string> criu_lazy_pages_args(const std::string& images_dir, const std::string& work_dir,
+                                              int page_socket, int status_fd, const CriuOptions& o) {
+  Args a(lazy_pages);
+  add_options(o, a);
+  a.value(lazy_pages, "--ps-socket", std::to_string(page_socket));
+  a.flag(lazy_pages, "--page-server", true);
+  a.value(lazy_pages, "--status-fd", std::to_string(status_fd));
   a.folders(images_dir, work_dir);
   return a.take();
 }

@@ -24,6 +24,12 @@ std::vector<std::string> criu_predump_args(pid_t pid, const std::string& images_
 std::vector<std::string> criu_restore_args(const std::string& images_dir, const std::string& work_dir,
                                            const CriuOptions& options, const std::vector<InheritedFd>& inherited);
 
+// CRIU's lazy-pages daemon for a post-copy restore: its page server is the socket numbered
+// page_socket in CRIU, and it writes a byte to status_fd once it listens (in work_dir, where the
+// restore finds it).
+std::vector<std::string> criu_lazy_pages_args(const std::string& images_dir, const std::string& work_dir,
+                                              int page_socket, int status_fd, const CriuOptions& options);
+
 // The checks the two above make of options, alone: for setters that refuse a bad value at once.
 void validate_criu_options(const CriuOptions& options);
 

@@ -143,12 +143,7 @@ void NotifyChannel::serve() noexcept {
     // post-resume it runs, so it is stopped whole first (again while it still grows), then killed.
     if (!go_on && (name == "pre-resume" || name == "post-resume") && pid > 0) {
       try {
-        for (int round = 0; name == "post-resume" && round < 16; ++round) {
-          const ProcessTree seen = ProcessTree::open(pid);
-          seen.signal(SIGSTOP);
-          if (ProcessTree::open(pid).size() == seen.size()) break;
-        }
-        ProcessTree::open(pid).signal(SIGKILL);
+        (name == "post-resume" ? ProcessTree::open_stopped(pid) : ProcessTree::open(pid)).signal(SIGKILL);
       } catch (...) {
         ::kill(pid, SIGKILL);  // the root at least
       }

@@ -194,12 +194,18 @@ void CriuRuntime::checkpoint(const ContainerInfo& container, const fs::path& dir
 
 void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options,
                        SignatureFormat format, bool predump) {
-  dump(container, dir, options, format, predump, {});
+  dump(container, dir, options, format, predump, HandOver{});
 }
 
 void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, const CriuOptions& options,
                        SignatureFormat format, bool predump, const HandOver& hand_over) {
   require_root(predump ? "Pre-dump" : "Checkpoint");
+  // Post-copy: CRIU leaves the memory out and serves it once the images are written, so the
+  // checkpoint is signed at its post-dump notification and its log cannot be part of it.
+  const bool lazy = hand_over.lazy_pages_socket >= 0;
+  if (lazy && (predump || !options.parent.empty() || options.leave_running || format == SignatureFormat::seed))
+    throw Error(Status::invalid, "a post-copy dump is a migration's final dump: no pre-dump, parent, leave-running or "
+                                 "seed format");
   if (format != SignatureFormat::seed && format != SignatureFormat::chunked && format != SignatureFormat::manifest)
     throw Error(Status::invalid, fmt::format("unknown signature format {}", static_cast<int>(format)));
   require_signable(format, options.signing);
@@ -248,6 +254,7 @@ void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, cons
       effective.network_lock = NetworkLock::skip;
   }
   record_dump_options(effective, metadata.record);
+  metadata.record.post_copy_key = hand_over.post_copy_key;
   metadata.to_json();
   // The signer's key alone (an Ed25519 dump makes no HMAC key), loaded before CRIU touches the
   // tree: a key problem loses nothing. The seed format is HMAC-only (require_signable).
@@ -266,13 +273,20 @@ void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, cons
     if (layer)
       metadata.chain = ChainRecord{predump, effective.parent.filename().native(),
                                    parents.empty() ? std::string() : parents.front().signature_sha256};
-    // CRIU's log goes into the checkpoint, and so is signed with it, unless a work dir is given.
+    // CRIU's log goes into the checkpoint, and so is signed with it, unless a work dir is given (or
+    // the dump is post-copy: CRIU logs on after the signature).
+    const std::optional<PrivateRunDir> lazy_work =
+        lazy && options.work_dir.empty() ? std::optional(make_private_run_dir(run_dir, "dump", "dump work directory"))
+                                         : std::nullopt;
     const UniqueFd work = options.work_dir.empty() ? UniqueFd() : open_work_dir(options.work_dir);
-    const int work_fd = work ? work.get() : cd.dir();
+    const int work_fd = lazy_work ? lazy_work->dir.get() : work ? work.get() : cd.dir();
     auto args = (predump ? criu_predump_args : criu_dump_args)(container.pid, proc_fd_path(child_fd(0)),
                                                                proc_fd_path(child_fd(1)), effective);
-    const Notifications notifications(options.notify);
-    notifications.add_args(args);
+    std::vector<int> criu_fds{cd.images(), work_fd};
+    if (lazy) {
+      args.insert(args.end(), {"--lazy-pages", "--ps-socket", std::to_string(child_fd(2))});
+      criu_fds.push_back(hand_over.lazy_pages_socket);
+    }
     // With the tree left running, its images are hashed as CRIU writes them, on CPU CRIU leaves
     // idle, and signing hashes only what is left. That relies on CRIU writing each image once,
     // front to back. Without leave_running the tree dies once this returns, so there the
@@ -289,30 +303,9 @@ void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, cons
     // restored tree into its own process group.)
     // Should the caller die from here until the tree is dealt with, the guardian resumes the tree.
     const DumpGuardian guardian(container.pid, root.pidfd.get(), cd);
-    ProcessWatch watch = notifications.watch() ? *notifications.watch() : ProcessWatch{};
-    watch.on_start = [&guardian](pid_t criu) { guardian.criu_started(criu); };
-    const ProcessResult r = run_process(binary_fd_, "criu", args, {cd.images(), work_fd}, criu_environment(),
-                                        options.timeout, ProcessGroup::own, &watch);
-    guardian.criu_ended();
-    StartedDigests started = live ? live->stop() : StartedDigests();
-    if (!r.succeeded_by(r.status_lost ? log_tail(work_fd, "dump.log") : "",
-                        predump ? "Pre-dumping finished successfully" : "Dumping finished successfully")) {
-      // CRIU resumes the tree when it fails; killed, it may have left it stopped: resume it.
-      ProcessTree::open(container.pid, root.pidfd.get()).signal(SIGCONT);
-      const std::string errors = criu_errors(work_fd, "dump.log", r.output);
-      const std::string refusal = notifications.refusal();
-      const std::string hint = refusal.empty() ? criu_hint(errors) : refusal;
-      throw CriuError(r.exit_code, criu_error_lines(errors), fmt::format("criu {} of PID {} ({}) failed ({}): {}{}. Full log: {}{}", predump ? "pre-dump" : "dump", container.pid,
-                                            process.comm, r.describe(), hint.empty() ? "" : hint + ". CRIU said: ", errors,
-                                            work ? (options.work_dir / "dump.log").native() : keep_failed_log(cd),
-                                            r.timed_out ? ". The tree runs on: CRIU's parasite code removes itself "
-                                                          "when CRIU goes away" : ""));
-    }
-    // The tree is now stopped (or running, with leave_running); it ends only once the checkpoint
-    // is safely in place, and runs on if anything fails first.
-    const ProcessTree tree = ProcessTree::open(container.pid, root.pidfd.get());
-    HeldTree held(container.pid, guardian, ed25519 ? TreeKey(*ed25519) : TreeKey(*hmac));
-    try {
+    HeldTree held(container.pid, root.pidfd.get(), guardian, ed25519 ? TreeKey(*ed25519) : TreeKey(*hmac), lazy);
+    // The checkpoint signed and moved into place, the tree stopped.
+    const auto seal = [&](StartedDigests* started) {
       metadata.checkpoint_at = static_cast<std::uint64_t>(
           std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count());
       make_tree_private(cd.dir());  // CRIU writes its images 0644; they hold process memory
@@ -326,13 +319,93 @@ void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, cons
         });
       metadata.save(cd.dir());
       if (format == SignatureFormat::seed) HmacTree::sign_as(cd.dir(), *hmac, SignatureFormat::seed);
-      else if (ed25519) sign_chunked(cd.dir(), *ed25519, {}, &started, &twins, format);
-      else sign_chunked(cd.dir(), *hmac, {}, &started, &twins, format);
+      else if (ed25519) sign_chunked(cd.dir(), *ed25519, {}, started, &twins, format);
+      else sign_chunked(cd.dir(), *hmac, {}, started, &twins, format);
       cd.commit();
-      if (hand_over) hand_over(held);  // a migration: the tree ends only once it runs elsewhere
-    } catch (...) {
-      if (!running && !held.may_run_elsewhere()) tree.signal(SIGCONT);
-      throw;
+    };
+    // Post-copy: sealed and handed over while CRIU waits at post-dump; a failure there is answered
+    // "fail", so CRIU resumes the tree, and is the error reported.
+    bool handed = false;
+    std::exception_ptr hand_over_failure;
+    // CRIU serves the pages even when told "fail" at post-dump: `refused` ends that wait.
+    const NotifyCallback lazy_notify = [&](const NotifyEvent& event) {
+      if (event.what != CriuNotification::post_dump) return !options.notify || options.notify(event);
+      try {
+        if (options.notify && !options.notify(event))
+          throw Error(Status::criu, "the caller's notification callback refused post-dump");
+        seal(nullptr);
+        handed = true;
+        hand_over.give(held);
+        return true;
+      } catch (...) {
+        hand_over_failure = std::current_exception();
+        hand_over.refused();
+        return false;
+      }
+    };
+    const Notifications notifications(lazy ? lazy_notify : options.notify,
+                                      lazy && !options.notify ? std::vector{CriuNotification::post_dump}
+                                                              : std::vector<CriuNotification>{});
+    notifications.add_args(args);
+    ProcessWatch watch = notifications.watch() ? *notifications.watch() : ProcessWatch{};
+    UniqueFd criu_pidfd;
+    watch.on_start = [&](pid_t criu) {
+      guardian.criu_started(criu);
+      if (lazy) {
+        criu_pidfd.reset(open_pidfd(criu));
+        held.criu_started(criu_pidfd.get());
+      }
+    };
+    const ProcessResult r = run_process(binary_fd_, "criu", args, criu_fds, criu_environment(), options.timeout,
+                                        ProcessGroup::own, &watch);
+    guardian.criu_ended();
+    StartedDigests started = live ? live->stop() : StartedDigests();
+    const ProcessTree tree = ProcessTree::open(container.pid, root.pidfd.get());
+    const std::string log_path = lazy_work ? lazy_work->path() + "/dump.log"
+                                 : work    ? (options.work_dir / "dump.log").native()
+                                           : std::string();
+    if (lazy) {
+      if (hand_over_failure) {
+        tree.signal(SIGCONT);  // CRIU resumes the tree when told "fail"; killed, it may have left it stopped
+        std::rethrow_exception(hand_over_failure);
+      }
+    }
+    const bool criu_succeeded = r.succeeded_by(r.status_lost ? log_tail(work_fd, "dump.log") : "",
+                                               predump ? "Pre-dumping finished successfully" : "Dumping finished successfully");
+    // Post-copy, once handed over: whatever CRIU says, the receiver's word decides (`served`).
+    if (handed) {
+      try {
+        hand_over.served(held);
+      } catch (...) {
+        if (!held.may_run_elsewhere()) tree.signal(SIGCONT);
+        throw;
+      }
+      if (criu_succeeded) {
+        for (const char* f : {"dump.log", "stats-dump"}) ::unlinkat(work_fd, f, 0);
+        if (lazy_work) ::unlinkat(lazy_work->parent.get(), lazy_work->name.c_str(), AT_REMOVEDIR);
+      }
+    } else if (!criu_succeeded) {
+      // CRIU resumes the tree when it fails; killed, it may have left it stopped: resume it.
+      tree.signal(SIGCONT);
+      const std::string errors = criu_errors(work_fd, "dump.log", r.output);
+      const std::string refusal = notifications.refusal();
+      const std::string hint = refusal.empty() ? criu_hint(errors) : refusal;
+      throw CriuError(r.exit_code, criu_error_lines(errors), fmt::format("criu {} of PID {} ({}) failed ({}): {}{}. Full log: {}{}", predump ? "pre-dump" : "dump", container.pid,
+                                            process.comm, r.describe(), hint.empty() ? "" : hint + ". CRIU said: ", errors,
+                                            log_path.empty() ? keep_failed_log(cd) : log_path,
+                                            r.timed_out ? ". The tree runs on: CRIU's parasite code removes itself "
+                                                          "when CRIU goes away" : ""));
+    }
+    // The tree is now stopped (or running, with leave_running); it ends only once the checkpoint
+    // is safely in place, and runs on if anything fails first.
+    if (!handed) {
+      try {
+        seal(&started);
+        if (hand_over.give) hand_over.give(held);  // a migration: the tree ends only once it runs elsewhere
+      } catch (...) {
+        if (!running && !held.may_run_elsewhere()) tree.signal(SIGCONT);
+        throw;
+      }
     }
     if (!running) tree.kill();
   });

@@ -127,4 +127,18 @@ DumpGuardian::~DumpGuardian() {
   }
 }
 
+void HeldTree::may_run_elsewhere(bool may) noexcept {
+  may_run_elsewhere_ = may;
+  guardian_.hold(may);
+  // SIGCONT discards a SIGSTOP still pending.
+  if (held_by_criu_) ProcessTree::open(root_, root_pidfd_).signal(may ? SIGSTOP : SIGCONT);
+}
+
+void HeldTree::end_criu(std::chrono::milliseconds grace) const noexcept {
+  if (criu_pidfd_ < 0) return;
+  pollfd p{criu_pidfd_, POLLIN, 0};  // readable once CRIU has exited
+  if (::poll(&p, 1, static_cast<int>(grace.count())) == 0)
+    ::syscall(SYS_pidfd_send_signal, criu_pidfd_, SIGKILL, nullptr, 0);
+}
+
 }  // namespace nucleus::checkpoint

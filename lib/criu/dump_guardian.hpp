@@ -6,7 +6,9 @@
 // may let the tree run on another host, it is held: then the caller's death leaves the tree stopped.
 #pragma once
 
+#include <chrono>
 #include <functional>
+#include <string>
 
 #include <sys/types.h>
 
@@ -43,21 +45,47 @@ class DumpGuardian {
 // stopped, since resuming it could run the workload twice.
 class HeldTree {
  public:
-  HeldTree(pid_t root, const DumpGuardian& guardian, TreeKey signer) : root_(root), guardian_(guardian), signer_(signer) {}
+  // held_by_criu: CRIU still holds the tree (a post-copy dump serves its memory until the receiver
+  // has it all) and resumes it when it ends without success, or is killed; so once the tree may run
+  // elsewhere it is sent SIGSTOP, which it takes when CRIU lets go of it.
+  HeldTree(pid_t root, int root_pidfd, const DumpGuardian& guardian, TreeKey signer, bool held_by_criu)
+      : root_(root), root_pidfd_(root_pidfd), guardian_(guardian), signer_(signer), held_by_criu_(held_by_criu) {}
   pid_t root() const noexcept { return root_; }
   TreeKey signer() const noexcept { return signer_; }  // the key that signed the dump
-  void may_run_elsewhere(bool may) noexcept {
-    may_run_elsewhere_ = may;
-    guardian_.hold(may);
-  }
+  void may_run_elsewhere(bool may) noexcept;
   bool may_run_elsewhere() const noexcept { return may_run_elsewhere_; }
+  // Post-copy: CRIU runs as `criu_pidfd` (owned by the caller of dump).
+  void criu_started(int criu_pidfd) noexcept { criu_pidfd_ = criu_pidfd; }
+  // Post-copy, once the page stream failed: CRIU ends by itself when its socket is shut, unless it
+  // hangs (its page server waits in splice for pages it does not have): then, after `grace`, it
+  // is killed, which leaves the tree as CRIU's end would (resumed, or stopped once it may run
+  // elsewhere).
+  void end_criu(std::chrono::milliseconds grace) const noexcept;
 
  private:
   pid_t root_;
+  int root_pidfd_;
   const DumpGuardian& guardian_;
   TreeKey signer_;
+  bool held_by_criu_;
   bool may_run_elsewhere_ = false;
+  int criu_pidfd_ = -1;
 };
-using HandOver = std::function<void(HeldTree&)>;
+
+// What a migration does with the tree it dumps (CriuRuntime::dump).
+struct HandOver {
+  // Runs once the checkpoint is signed and in place, the tree still stopped: hands it over. The
+  // tree is killed once this returns (and, post-copy, once `served` returns too), resumed if it
+  // throws, unless it said through the HeldTree that the tree may run elsewhere.
+  std::function<void(HeldTree&)> give;
+  // Post-copy: CRIU's end of a socket through which CRIU serves the memory it left out of the
+  // checkpoint (--lazy-pages --ps-socket) once `give` has returned; -1: a cold dump.
+  int lazy_pages_socket = -1;
+  std::string post_copy_key;  // post-copy: the page stream's key, recorded in the signed metadata
+  // Post-copy: runs once CRIU has ended; throws unless every page reached the receiver.
+  std::function<void(HeldTree&)> served;
+  // Post-copy: CRIU was told "fail" at post-dump, and then waits on its socket all the same: end it.
+  std::function<void()> refused;
+};
 
 }  // namespace nucleus::checkpoint

@@ -158,11 +158,27 @@ int ProcessTree::reach(const Member& m, UniqueFd& opened) noexcept {
   return st && st->start_ticks == m.start_ticks ? opened.get() : -1;
 }
 
+std::vector<int> ProcessTree::pidfds() const {
+  std::vector<int> fds;
+  for (const auto& m : members_)
+    if (m.pidfd) fds.push_back(m.pidfd.get());
+  return fds;
+}
+
 void ProcessTree::signal(int sig) const noexcept {
   for (const auto& m : members_) {
     UniqueFd opened;
     if (const int fd = reach(m, opened); fd >= 0) ::syscall(SYS_pidfd_send_signal, fd, sig, nullptr, 0);
   }
+}
+
+ProcessTree ProcessTree::open_stopped(pid_t pid, int root_pidfd) {
+  for (int round = 0; round < 16; ++round) {
+    const ProcessTree seen = open(pid, root_pidfd);
+    seen.signal(SIGSTOP);
+    if (open(pid, root_pidfd).size() == seen.size()) break;
+  }
+  return open(pid, root_pidfd);
 }
 
 void ProcessTree::kill() const noexcept {

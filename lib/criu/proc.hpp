@@ -38,8 +38,13 @@ class ProcessTree {
   // the PID of one that exited while the tree was listed is not). `root_pidfd`, if given, is the
   // root's pidfd taken earlier: if that process is gone by the end of the listing, the tree is empty.
   static ProcessTree open(pid_t pid, int root_pidfd = -1);
+  // As open, for a tree that runs: each member is sent SIGSTOP, again while the tree still grows
+  // (a fork racing the listing), so that what is returned is all of it, stopped.
+  static ProcessTree open_stopped(pid_t pid, int root_pidfd = -1);
 
   bool empty() const noexcept { return members_.empty(); }
+  // The members' pidfds (those it holds; none past the descriptor limit), owned by the tree.
+  std::vector<int> pidfds() const;
   std::size_t size() const noexcept { return members_.size(); }
   // Sends sig to every member that still lives.
   void signal(int sig) const noexcept;

@@ -180,7 +180,8 @@ RestoredTree CriuRuntime::restore_tree(const fs::path& dir, const CriuOptions& o
   return restore_tracked(dir, options, true);
 }
 
-RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions& options, bool track) {
+RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions& options, bool track,
+                                          bool lazy_pages) {
   require_root("Restore");
   begin(CheckpointState::Restoring);
   const RestoredTree restored = guarded(*this, &CriuRuntime::finish, [&] {
@@ -196,7 +197,8 @@ RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions
     // images. The whole chain verifies first, every layer and the folder holding them private.
     const bool layer = has_parent_link(dir_fd.get());
     std::optional<SignedManifest> manifest;
-    if (options.stream_images && !layer) {
+    // Post-copy: CRIU's lazy-pages daemon reads the images too, so they are read from the folder.
+    if (options.stream_images && !layer && !lazy_pages) {
       if (std::optional<ChunkedSignature> signature = SignedManifest::read_signature(dir_fd.get()))
         manifest = key_ ? SignedManifest::authenticate(dir_fd.get(), *key_, std::move(*signature))
                         : SignedManifest::authenticate(dir_fd.get(), KeyStore(), std::move(*signature));
@@ -215,6 +217,12 @@ RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions
       throw Error(Status::invalid, fmt::format("{} is a pre-dump: it holds the memory of a tree that ran on, and cannot "
                                                "be restored alone; restore the final dump made on it (dump --parent)",
                                                dir.native()));
+    if (metadata.record.post_copy_key.empty() == lazy_pages)
+      throw Error(Status::invalid,
+                  lazy_pages ? fmt::format("{} is not a post-copy checkpoint", dir.native())
+                             : fmt::format("{} is a post-copy checkpoint: its memory went to the receiver of a "
+                                           "migration and is not in the folder, so it cannot be restored",
+                                           dir.native()));
     require_expected(metadata, options, dir);
     UniqueFd images;
     try {
@@ -234,6 +242,7 @@ RestoredTree CriuRuntime::restore_tracked(const fs::path& dir, const CriuOptions
     fds[1] = work.dir;
     auto args = criu_restore_args(proc_fd_path(child_fd(0)), proc_fd_path(child_fd(1)), plan.options, plan.inherited);
     if (manifest) args.emplace_back("--stream");
+    if (lazy_pages) args.emplace_back("--lazy-pages");
     // While the restored tree is still stopped (pre-resume), whatever CRIU did not read whole is
     // verified too: the tree runs only if the whole checkpoint is as signed.
     ImageServer* server = nullptr;

@@ -264,6 +264,17 @@ void write_all(int fd, const void* data, std::size_t size, std::string_view what
   }
 }
 
+UniqueFd unnamed_file_at(int dir_fd, std::string_view what) {
+  UniqueFd fd(::openat(dir_fd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+  if (const int err = errno; !fd)
+    throw system_error(status_of_errno(err), err,
+                       fmt::format("cannot create {}{}", what,
+                                   err == EOPNOTSUPP ? " (its file system has no unnamed files, O_TMPFILE, which local "
+                                                       "ones such as ext4, xfs, btrfs and tmpfs have)"
+                                                     : ""));
+  return fd;
+}
+
 void fsync_fd(int fd, std::string_view what) {
   if (::fsync(fd) != 0) throw system_error(Status::io, errno, fmt::format("cannot fsync {}", what));
 }

@@ -74,6 +74,9 @@ void remove_stale_temp_at(int dir_fd, const std::string& name);
 // renamed over name, then the folder fsynced. A stale name.tmp is removed first.
 void write_file_atomic_at(int dir_fd, const std::string& name, std::string_view data, mode_t mode);
 void write_all(int fd, const void* data, std::size_t size, std::string_view what);
+// An unnamed file (O_TMPFILE, 0600, read-write) in the folder open at dir_fd: it never shows there,
+// and is gone however the caller ends. `what` names it in errors.
+UniqueFd unnamed_file_at(int dir_fd, std::string_view what);
 // Reads size bytes at offset, fewer only at the end of the file; returns how many it read.
 std::size_t pread_full(int fd, void* data, std::size_t size, std::uint64_t offset, std::string_view what);
 void fsync_fd(int fd, std::string_view what);

@@ -352,12 +352,15 @@ void extract_layer(const LayerSource& source, LayerCompression compression, std:
   LayerReader reader(source, compression,
                      headers_of(0) * 2 + in_blocks(max_signature) + in_blocks(transfer::max_listing_bytes),
                      "a signature and a listing may take before they are authenticated");
-  std::string signature_text(require_file(reader, HmacTree::signature_file, max_signature, "first"), '\0');
-  reader.read(signature_text.data(), signature_text.size(), HmacTree::signature_file);
-  ChunkedSignature signature = transfer::parse_manifest_signature(signature_text, "the image", "pushing");
-  const TreeKey key = keys.key_for(signature);  // loaded only now that the layer is known to be signed
-  transfer::ListingReceiver listing("the image layer", key, std::move(signature));
+  transfer::ListingReceiver listing("the image layer", staging_fd, keys);
+  listing.receive_signature(
+      require_file(reader, HmacTree::signature_file, max_signature, "first"),
+      [&](char* data, std::size_t size) { reader.read(data, size, HmacTree::signature_file); }, "pushing");
 
+  // The rest of the layer is the listed tree, no larger as a tar than its entries' headers and
+  // data, and the end (two blocks, the record padded to 10 KiB); compressed, only a little larger
+  // than that (stored blocks).
+  std::uint64_t tar_bytes = 2 * tar_block + 10240;
   std::uint64_t left = require_file(reader, listing_entry, transfer::max_listing_bytes, "second");
   std::string record;
   while (left > 0) {
@@ -373,19 +376,11 @@ void extract_layer(const LayerSource& source, LayerCompression compression, std:
     record.resize(frame.length);
     reader.read(record.data(), record.size(), listing_entry);
     left -= frame.length;
-    listing.add(frame, record);
+    const transfer::ListedRecord listed = listing.add(frame, record);
+    tar_bytes += headers_of(listed.path.size()) + (listed.folder ? 0 : in_blocks(listed.size));
   }
-  const SignedManifest manifest = listing.authenticate();
+  listing.authenticate();
 
-  // Authenticated: the rest of the layer is the listed tree, no larger as a tar than its entries'
-  // headers and data, and the end (two blocks, the record padded to 10 KiB); compressed, only a
-  // little larger than that (stored blocks).
-  std::uint64_t tar_bytes = 2 * tar_block + 10240;
-  std::size_t next_file = 0;
-  for (const transfer::ListedEntry& entry : listing.entries()) {
-    const ManifestFile* file = entry.folder ? nullptr : &manifest.files()[next_file++];
-    tar_bytes += headers_of((file ? file->path : entry.path).size()) + (file ? in_blocks(file->size) : 0);
-  }
   const std::uint64_t whole_tar = reader.decompressed() + tar_bytes;
   if (compressed_size > whole_tar + whole_tar / 64 + io_size)
     throw integrity(fmt::format("the image layer is {} bytes, more than the {} its signed listing takes even "
@@ -394,22 +389,21 @@ void extract_layer(const LayerSource& source, LayerCompression compression, std:
   reader.allow(tar_bytes, "its signed listing takes as a tar");
 
   std::vector<char> chunk;
-  transfer::make_listed_tree(staging_fd, listing.entries(), manifest,
-                             [&](const std::string& path, const ManifestFile* file, int fd) {
-                               require_entry(reader, path, !file, file ? file->size : 0);
-                               if (!file) return;
-                               transfer::receive_chunks(*file, manifest.chunk_size(), fd, chunk,
-                                                        [&](std::uint64_t, char* data, std::size_t length) {
-                                                          reader.read(data, length, fmt::format("'{}'", file->path));
-                                                        });
+  transfer::make_listed_tree(staging_fd, listing, [&](const std::string& path, const ManifestFile* file, int fd) {
+    require_entry(reader, path, !file, file ? file->size : 0);
+    if (!file) return;
+    transfer::receive_chunks(*file, listing.chunk_size(), fd, chunk,
+                             [&](std::uint64_t, char* data, std::size_t length) {
+                               reader.read(data, length, fmt::format("'{}'", file->path));
                              });
+  });
   if (archive_entry* extra = reader.next("the end of the layer")) {
     const char* name = archive_entry_pathname_utf8(extra);
     throw integrity(fmt::format("the image layer has an entry '{}' after those its signed listing names; refused",
                                 quotable(name ? name : "")));
   }
   reader.end();
-  transfer::write_signature(staging_fd, signature_text);
+  transfer::write_signature(staging_fd, listing.signature_text());
 }
 
 }  // namespace nucleus::checkpoint::registry

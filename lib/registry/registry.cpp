@@ -170,14 +170,6 @@ std::string image_manifest(const std::string& config, const LayerBlob& layer, co
   return {out.GetString(), out.GetSize()};
 }
 
-// An unnamed file (O_TMPFILE) in the folder open at dir_fd: gone however the caller ends.
-UniqueFd unnamed_file(int dir_fd, std::string_view where) {
-  UniqueFd fd(::openat(dir_fd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
-  if (!fd)
-    throw system_error(status_of_errno(errno), errno, fmt::format("cannot create the image layer's file in {}", where));
-  return fd;
-}
-
 struct LayerRef {
   std::string digest;
   std::uint64_t size = 0;
@@ -358,7 +350,7 @@ PushedImage push_image(const std::filesystem::path& dir, const std::string& refe
   // The layer is staged in an unnamed file beside the checkpoint (the same file system, which held it).
   const std::filesystem::path parent = path.has_relative_path() ? path.parent_path() : path;
   const UniqueFd parent_fd = open_dir(parent, "the checkpoint's parent folder");
-  const UniqueFd layer_fd = unnamed_file(parent_fd.get(), parent.native());
+  const UniqueFd layer_fd = unnamed_file_at(parent_fd.get(), fmt::format("the image layer's file in {}", parent.native()));
   const LayerBlob layer = write_layer(dir_fd.get(), signature_text, layer_fd.get());
   const std::string config = image_config(metadata, layer.digest);
   const std::string manifest = image_manifest(config, layer, annotations_of(metadata, dir_fd.get()));

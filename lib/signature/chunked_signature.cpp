@@ -40,28 +40,16 @@ std::string_view take_line(std::string_view& text, std::string_view key) {
 std::vector<std::vector<Sha256::Digest>> parse_manifest(std::string_view text) {
   static_assert(std::is_same_v<Sha256::Digest, HmacSha256::Mac>, "digests are read as MACs are");
   constexpr std::size_t digits = 2 * std::tuple_size_v<Sha256::Digest>;
+  // Checked whole before a line is kept, since an empty line costs its text one byte and the
+  // manifest a vector.
+  ManifestForm form;
+  form.feed(text);
   std::vector<std::vector<Sha256::Digest>> manifest;
-  for (std::size_t line = 1; !text.empty(); ++line) {
-    // A line per file, and no tree has more files than entries: checked before the line is kept,
-    // since an empty line costs its text one byte and the manifest a vector.
-    if (line > HmacTree::max_entries)
-      throw malformed(fmt::format("the manifest has more than {} lines, one for each file of a tree of at most {} "
-                                  "entries",
-                                  HmacTree::max_entries, HmacTree::max_entries));
-    const auto end = text.find('\n');
-    if (end == std::string_view::npos) throw malformed(fmt::format("manifest line {} is unterminated", line));
-    const std::string_view hex = text.substr(0, end);
-    text.remove_prefix(end + 1);
-    if (hex.size() % digits != 0)
-      throw malformed(fmt::format("manifest line {} is {} characters long, not {} hex digits for each chunk", line,
-                                  hex.size(), digits));
+  manifest.reserve(form.finish());
+  for (std::size_t end; (end = text.find('\n')) != std::string_view::npos; text.remove_prefix(end + 1)) {
     auto& chunks = manifest.emplace_back();
-    chunks.reserve(hex.size() / digits);
-    for (std::size_t at = 0; at < hex.size(); at += digits) {
-      const auto digest = HmacSha256::from_hex(hex.substr(at, digits));
-      if (!digest) throw malformed(fmt::format("manifest line {} is not lowercase hex digits", line));
-      chunks.push_back(*digest);
-    }
+    chunks.reserve(end / digits);
+    for (std::size_t at = 0; at < end; at += digits) chunks.push_back(*HmacSha256::from_hex(text.substr(at, digits)));
   }
   return manifest;
 }
@@ -76,6 +64,37 @@ const ManifestFile& listed_file(const SignedManifest& manifest, std::size_t inde
 }
 
 }  // namespace
+
+void ManifestForm::feed(std::string_view text) {
+  constexpr std::size_t digits = 2 * std::tuple_size_v<Sha256::Digest>;
+  for (const char c : text) {
+    if (!in_line_) {
+      // A line per file, and no tree has more files than entries.
+      if (lines_ == HmacTree::max_entries)
+        throw malformed(fmt::format("the manifest has more than {} lines, one for each file of a tree of at most {} "
+                                    "entries",
+                                    HmacTree::max_entries, HmacTree::max_entries));
+      in_line_ = true;
+    }
+    if (c != '\n') {
+      not_hex_ = not_hex_ || ((c < '0' || c > '9') && (c < 'a' || c > 'f'));
+      ++length_;
+      continue;
+    }
+    if (length_ % digits != 0)
+      throw malformed(fmt::format("manifest line {} is {} characters long, not {} hex digits for each chunk",
+                                  lines_ + 1, length_, digits));
+    if (not_hex_) throw malformed(fmt::format("manifest line {} is not lowercase hex digits", lines_ + 1));
+    ++lines_;
+    length_ = 0;
+    in_line_ = false;
+  }
+}
+
+std::size_t ManifestForm::finish() const {
+  if (in_line_) throw malformed(fmt::format("manifest line {} is unterminated", lines_ + 1));
+  return lines_;
+}
 
 std::uint64_t ChunkedSignature::max_manifest_text_size() {
   constexpr std::uint64_t digits = 64, head = 4096;

@@ -67,6 +67,21 @@ struct ChunkedSignature {
   static ChunkedSignature parse(std::string_view text);
 };
 
+// Format 3's manifest checked for its form alone, a piece at a time as it arrives: lines of
+// 64-digit lowercase hex digests, at most HmacTree::max_entries of them (a line per file), the last
+// one terminated. Status::integrity saying what is malformed, at the first byte that is.
+class ManifestForm {
+ public:
+  void feed(std::string_view text);
+  std::size_t finish() const;  // the number of lines, once the whole manifest was fed
+
+ private:
+  std::size_t lines_ = 0;    // ended
+  std::size_t length_ = 0;   // of the line being fed
+  bool in_line_ = false;     // one was begun
+  bool not_hex_ = false;     // it holds a byte that is not a lowercase hex digit (told after its length)
+};
+
 // The chunks a file of `size` bytes is cut into: what its manifest line lists.
 constexpr std::uint64_t chunk_count(std::uint64_t size, std::uint64_t chunk_size) {
   return size / chunk_size + (size % chunk_size != 0);

@@ -61,43 +61,58 @@ SignedManifest SignedManifest::authenticate(int dir_fd, const VerifyingKeys& key
   return std::move(listing).authenticate();
 }
 
-ManifestListing::ManifestListing(TreeKey key, ChunkedSignature signature)
-    : signature_(std::move(signature)), mac_(key, SignatureFormat::manifest, signature_.chunk_size) {
-  manifest_.chunk_size_ = signature_.chunk_size;
+ManifestCheck::ManifestCheck(TreeKey key, ChunkedSignature signature, std::size_t lines)
+    : signature_(std::move(signature)), mac_(key, SignatureFormat::manifest, signature_.chunk_size), lines_(lines) {
+  signature_.manifest.clear();
 }
 
-void ManifestListing::folder(std::string_view rel) { mac_.folder(rel); }
-
-void ManifestListing::link(std::string_view rel, std::string_view target) { mac_.link(rel, target); }
-
-void ManifestListing::file(std::string_view rel, std::uint64_t size) {
-  // The MAC is over the file digests: those of the listed chunk digests stand in for the bytes.
+std::optional<std::size_t> ManifestCheck::next_line() {
   // The manifest has no paths: its lines are the listing's files in order, so a wrong number of
   // them is told first (it would put the lines after it against the wrong files).
   const std::size_t line = files_++;
-  std::vector<std::vector<Sha256::Digest>>& lines = signature_.manifest;
-  if (line >= lines.size() || !wrong_length_.empty()) return;  // only counted from here on
-  const std::uint64_t chunk_size = manifest_.chunk_size_;
-  std::vector<Sha256::Digest>& chunks = lines[line];
-  if (const std::uint64_t count = chunk_count(size, chunk_size); chunks.size() != count) {
+  if (line >= lines_ || !wrong_length_.empty()) return std::nullopt;
+  return line;
+}
+
+bool ManifestCheck::file(std::string_view rel, std::uint64_t size, std::size_t line, std::uint64_t chunks,
+                         const Sha256::Digest& file_digest) {
+  const std::uint64_t chunk_size = signature_.chunk_size;
+  if (const std::uint64_t count = chunk_count(size, chunk_size); chunks != count) {
     wrong_length_ = fmt::format(
         "Checkpoint integrity verification failed: {} lists {} chunk digests for '{}' (manifest line {}), but its "
         "{} bytes make {} chunks of {}: it changed size since it was signed, or the signature is damaged",
-        HmacTree::signature_file, chunks.size(), rel, line + 1, size, count, chunk_size);
-    return;
+        HmacTree::signature_file, chunks, rel, line + 1, size, count, chunk_size);
+    return false;
   }
-  mac_.file(rel, size, file_digest_of(chunks));
-  manifest_.files_.push_back({std::string(rel), size, std::move(chunks)});
+  mac_.file(rel, size, file_digest);
+  return true;
 }
 
-SignedManifest ManifestListing::authenticate() && {
-  if (files_ != signature_.manifest.size())
+void ManifestCheck::authenticate() {
+  if (files_ != lines_)
     throw integrity(fmt::format(
         "Checkpoint integrity verification failed: {} lists the chunks of {} files, but the folder holds {}: files "
         "were added or removed since it was signed, or the signature is damaged",
-        HmacTree::signature_file, signature_.manifest.size(), files_));
+        HmacTree::signature_file, lines_, files_));
   if (!wrong_length_.empty()) throw integrity(std::move(wrong_length_));
   mac_.check(signature_);
+}
+
+ManifestListing::ManifestListing(TreeKey key, ChunkedSignature signature)
+    : lines_(std::move(signature.manifest)), check_(key, std::move(signature), lines_.size()) {
+  manifest_.chunk_size_ = check_.chunk_size();
+}
+
+void ManifestListing::file(std::string_view rel, std::uint64_t size) {
+  const std::optional<std::size_t> line = check_.next_line();
+  if (!line) return;
+  std::vector<Sha256::Digest>& chunks = lines_[*line];
+  if (check_.file(rel, size, *line, chunks.size(), file_digest_of(chunks)))
+    manifest_.files_.push_back({std::string(rel), size, std::move(chunks)});
+}
+
+SignedManifest ManifestListing::authenticate() && {
+  check_.authenticate();
   SignedManifest& m = manifest_;
   m.by_path_.resize(m.files_.size());
   std::iota(m.by_path_.begin(), m.by_path_.end(), std::size_t{0});

@@ -54,24 +54,51 @@ class SignedManifest {
 };
 
 // Authenticates a format 3 signature against a listing of the tree given entry by entry in walk
-// order: the folder's own walk (SignedManifest::authenticate), or a transfer stream's listing,
-// which arrives before any file byte. Each file's listed chunk digests stand in for its bytes.
+// order, each file with what its manifest line lists: how many chunk digests, and the file digest
+// they make, which stand in for its bytes. It holds no manifest line, so the lines may be read one
+// at a time (a transfer's, spooled until they are authenticated).
+class ManifestCheck {
+ public:
+  // `signature`'s manifest, if it has one, is not used: it has `lines` lines. `key` (the HMAC key,
+  // or the public key the signature names) must outlive the check.
+  ManifestCheck(TreeKey key, ChunkedSignature signature, std::size_t lines);
+  void folder(std::string_view rel) { mac_.folder(rel); }
+  void link(std::string_view rel, std::string_view target) { mac_.link(rel, target); }
+  // The manifest line (from 0) the next file takes, or none once the lines no longer fit the files:
+  // they are only counted from there on, the first misfit being what authenticate reports.
+  std::optional<std::size_t> next_line();
+  // The file that took `line`, which lists `chunks` digests making `file_digest`; false if they
+  // cannot be its chunks.
+  bool file(std::string_view rel, std::uint64_t size, std::size_t line, std::uint64_t chunks,
+            const Sha256::Digest& file_digest);
+  std::uint64_t chunk_size() const noexcept { return signature_.chunk_size; }
+  // Status::integrity unless the listing is exactly what was signed.
+  void authenticate();
+
+ private:
+  ChunkedSignature signature_;  // without its manifest
+  ChunkedTreeMac mac_;
+  std::size_t lines_, files_ = 0;
+  std::string wrong_length_;  // the first line that does not fit its file
+};
+
+// Authenticates a format 3 signature against a listing of the tree given entry by entry in walk
+// order: the folder's own walk (SignedManifest::authenticate). Each file's listed chunk digests
+// stand in for its bytes, and are kept in the manifest it returns.
 class ManifestListing {
  public:
   // `key` (the HMAC key, or the public key the signature names) must outlive the listing.
   ManifestListing(TreeKey key, ChunkedSignature signature);
-  void folder(std::string_view rel);
+  void folder(std::string_view rel) { check_.folder(rel); }
   void file(std::string_view rel, std::uint64_t size);
-  void link(std::string_view rel, std::string_view target);  // a chain layer's parent link
+  void link(std::string_view rel, std::string_view target) { check_.link(rel, target); }  // a chain layer's parent link
   // Status::integrity unless the listing is exactly what was signed; the manifest otherwise.
   SignedManifest authenticate() &&;
 
  private:
-  ChunkedSignature signature_;  // its manifest lines are moved into manifest_ as files are listed
-  ChunkedTreeMac mac_;
+  std::vector<std::vector<Sha256::Digest>> lines_;  // the signature's manifest, moved into manifest_ file by file
+  ManifestCheck check_;
   SignedManifest manifest_;
-  std::size_t files_ = 0;
-  std::string wrong_length_;  // the first line that does not fit its file
 };
 
 // Status::integrity (naming the file and the byte range) unless `data`, `size` bytes, is exactly

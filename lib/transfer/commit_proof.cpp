@@ -12,8 +12,9 @@ namespace nucleus::checkpoint::transfer {
 namespace {
 
 // The signed message: its own domain (no checkpoint signature's message begins so, and Ed25519
-// here is pure where checkpoints use Ed25519ph), the nonce, and the SHA-256 of the signature text.
-std::string commit_message(const CommitNonce& nonce, std::string_view signature_text) {
+// here is pure where checkpoints use Ed25519ph), the nonce, the SHA-256 of the signature text, and
+// what else is bound (of a fixed length for each kind of migration).
+std::string commit_message(const CommitNonce& nonce, std::string_view signature_text, std::string_view bound) {
   static constexpr std::string_view domain{"nucleus-checkpoint-migration-commit\0", 36};
   Sha256 sha;
   sha.update(signature_text.data(), signature_text.size());
@@ -21,6 +22,7 @@ std::string commit_message(const CommitNonce& nonce, std::string_view signature_
   std::string message(domain);
   message.append(reinterpret_cast<const char*>(nonce.data()), nonce.size());
   message.append(reinterpret_cast<const char*>(digest.data()), digest.size());
+  message.append(bound);
   return message;
 }
 
@@ -43,8 +45,9 @@ CommitNonce new_commit_nonce() {
   return nonce;
 }
 
-std::string prove_commit(TreeKey key, const CommitNonce& nonce, std::string_view signature_text) {
-  const std::string message = commit_message(nonce, signature_text);
+std::string prove_commit(TreeKey key, const CommitNonce& nonce, std::string_view signature_text,
+                         std::string_view bound) {
+  const std::string message = commit_message(nonce, signature_text, bound);
   if (const HmacKey* hmac = key.get<HmacKey>()) return HmacSha256::to_hex(mac_of(*hmac, message));
   const Ed25519SecretKey* secret = key.get<Ed25519SecretKey>();
   if (!secret) throw Error(Status::internal, "a commit is proven with a secret key");
@@ -54,8 +57,9 @@ std::string prove_commit(TreeKey key, const CommitNonce& nonce, std::string_view
   return to_lower_hex(signature);
 }
 
-void check_commit(TreeKey key, const CommitNonce& nonce, std::string_view signature_text, std::string_view proof) {
-  const std::string message = commit_message(nonce, signature_text);
+void check_commit(TreeKey key, const CommitNonce& nonce, std::string_view signature_text, std::string_view proof,
+                  std::string_view bound) {
+  const std::string message = commit_message(nonce, signature_text, bound);
   if (const HmacKey* hmac = key.get<HmacKey>()) {
     const std::optional<HmacSha256::Mac> given = HmacSha256::from_hex(proof);
     if (!given || sodium_memcmp(given->data(), mac_of(*hmac, message).data(), given->size()) != 0) throw bad_proof();

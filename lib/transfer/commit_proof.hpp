@@ -16,10 +16,13 @@ namespace nucleus::checkpoint::transfer {
 using CommitNonce = std::array<unsigned char, 32>;
 
 CommitNonce new_commit_nonce();
-// The proof, in lowercase hex, made with the HMAC key or an Ed25519 secret key.
-std::string prove_commit(TreeKey key, const CommitNonce& nonce, std::string_view signature_text);
-// Status::integrity unless `proof` is the proof for nonce and signature_text by the HMAC key
+// The proof, in lowercase hex, made with the HMAC key or an Ed25519 secret key. `bound`: what else
+// the commit vouches for (post-copy: the page stream's keys, page_keys_bound), empty if nothing.
+std::string prove_commit(TreeKey key, const CommitNonce& nonce, std::string_view signature_text,
+                         std::string_view bound = {});
+// Status::integrity unless `proof` is the proof for nonce, signature_text and bound by the HMAC key
 // (compared in constant time) or by the Ed25519 public key.
-void check_commit(TreeKey key, const CommitNonce& nonce, std::string_view signature_text, std::string_view proof);
+void check_commit(TreeKey key, const CommitNonce& nonce, std::string_view signature_text, std::string_view proof,
+                  std::string_view bound = {});
 
 }  // namespace nucleus::checkpoint::transfer

@@ -35,22 +35,13 @@ Error unexpected(const transfer::FrameHeader& frame, std::string_view expected) 
                                expected, static_cast<unsigned char>(frame.type), frame.length));
 }
 
-// The signature frame's text, parsed, if it is format 3; formats 1 and 2 cannot be checked as
-// they arrive, and no byte that cannot be checked is written.
-std::pair<std::string, ChunkedSignature> read_signature(transfer::StreamReader& in) {
-  const transfer::FrameHeader frame = in.next("the signature frame");
-  if (frame.type != static_cast<char>(Frame::signature)) throw unexpected(frame, "the signature frame");
-  if (frame.length > ChunkedSignature::max_manifest_text_size())
-    throw integrity(fmt::format("the transfer stream's signature is {} bytes, more than the {} a signature may be",
-                                frame.length, ChunkedSignature::max_manifest_text_size()));
-  std::string text(frame.length, '\0');
-  in.read(text.data(), text.size(), "the signature");
-  ChunkedSignature signature = transfer::parse_manifest_signature(text, "the transfer stream", "exporting");
-  return {std::move(text), std::move(signature)};
-}
-
-// Reads the listing up to its end frame, authenticating it as it comes.
-SignedManifest read_listing(transfer::StreamReader& in, transfer::ListingReceiver& listing) {
+// Reads the signature frame and the listing up to its end frame into `listing`, which spools
+// them and authenticates them as they come.
+void read_listing(transfer::StreamReader& in, transfer::ListingReceiver& listing) {
+  const transfer::FrameHeader signature = in.next("the signature frame");
+  if (signature.type != static_cast<char>(Frame::signature)) throw unexpected(signature, "the signature frame");
+  listing.receive_signature(
+      signature.length, [&](char* data, std::size_t size) { in.read(data, size, "the signature"); }, "exporting");
   std::string record;
   for (;;) {
     const transfer::FrameHeader frame = in.next("the listing");
@@ -62,7 +53,7 @@ SignedManifest read_listing(transfer::StreamReader& in, transfer::ListingReceive
     in.read(record.data(), record.size(), "the listing");
     listing.add(frame, record);
   }
-  return listing.authenticate();
+  listing.authenticate();
 }
 
 // Receives one file's chunks into fd, checking each before it is written.
@@ -81,20 +72,18 @@ std::string import_with(int fd, const std::filesystem::path& dir, const Verifyin
                         transfer::StreamEnd stream_end, std::chrono::milliseconds stall_timeout = {}) {
   CheckpointDir staging = CheckpointDir::prepare(dir, CheckpointDir::Start::empty);
   transfer::StreamReader in(fd, stall_timeout);
-  auto [signature_text, signature] = read_signature(in);
-  const TreeKey key = keys.key_for(signature);  // loaded only now that the stream is known to be signed
-  transfer::ListingReceiver listing("the transfer stream", key, std::move(signature));
-  const SignedManifest manifest = read_listing(in, listing);
+  transfer::ListingReceiver listing("the transfer stream", staging.dir(), keys);
+  read_listing(in, listing);
 
   // Authenticated: the importer makes each folder and file itself, relative to the staging folder.
   std::vector<char> chunk;
-  transfer::make_listed_tree(staging.dir(), listing.entries(), manifest,
-                             [&](const std::string&, const ManifestFile* file, int file_fd) {
-                               if (file) receive_file(in, file_fd, *file, manifest.chunk_size(), chunk);
-                             });
+  transfer::make_listed_tree(staging.dir(), listing, [&](const std::string&, const ManifestFile* file, int file_fd) {
+    if (file) receive_file(in, file_fd, *file, listing.chunk_size(), chunk);
+  });
   const transfer::FrameHeader end = in.next("the end frame");
   if (end.type != static_cast<char>(Frame::end) || end.length != 0) throw unexpected(end, "the end frame");
   in.require_end(stream_end);
+  std::string signature_text = listing.signature_text();
   transfer::write_signature(staging.dir(), signature_text);
   staging.commit();
   return signature_text;

@@ -7,18 +7,20 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "fs/unique_fd.hpp"
 #include "signature/signed_manifest.hpp"
 #include "transfer/transfer_stream.hpp"
 
 namespace nucleus::checkpoint::transfer {
 
-// The listing's paths are held until it is authenticated: within HmacTree's limits alone they
-// could reach 4 GiB (a million 4096-byte paths), sent as a few MiB of zstd. 128 MiB is an average
-// of 134 bytes over the most entries a tree may have.
+// The listing's paths are spooled and hashed before it is authenticated: within HmacTree's limits
+// alone they could reach 4 GiB (a million 4096-byte paths), sent as a few MiB of zstd. 128 MiB is
+// an average of 134 bytes over the most entries a tree may have.
 inline constexpr std::uint64_t max_listing_path_bytes = std::uint64_t{128} << 20;
 // The most a listing's records may take, as frames: the paths, and per entry a frame header and a
 // file's size.
@@ -36,38 +38,84 @@ std::string manifest_signature_text(int dir_fd, const std::filesystem::path& dir
 // is done with it ("exporting").
 ChunkedSignature parse_manifest_signature(std::string_view text, std::string_view source, std::string_view before);
 
-struct ListedEntry {
+// A listing record as add takes it: a folder, or a file and its size.
+struct ListedRecord {
   bool folder = false;
-  std::string path;  // a folder's; a file's is its ManifestFile's
+  std::string_view path;  // in the payload given to add
+  std::uint64_t size = 0;
 };
 
-// Receives a listing record by record, held to what the walk of a checkpoint folder could have
-// produced before anything is spent on it (plain relative names, each folder listed before its
-// contents, the names in each folder in byte order and each once, within HmacTree's limits), and
-// authenticates it at its end.
+// Reads a range of a spool back a buffer at a time.
+class SpoolReader {
+ public:
+  SpoolReader(int fd, std::uint64_t from, std::uint64_t to);
+  bool get(char& c);                       // the next byte; false at the range's end
+  void read(char* data, std::size_t size);  // exactly the next `size` bytes
+
+ private:
+  int fd_;
+  std::uint64_t at_, end_;
+  std::vector<char> buffer_;
+  std::size_t pos_ = 0, len_ = 0;
+};
+
+// Receives a checkpoint's signature, then its listing record by record, and authenticates them.
+// Until then they come from anyone, so nothing of them is held in memory: they are spooled to an
+// unnamed file (O_TMPFILE, gone however the receiver ends) as they come, the manifest checked for
+// its form alone, and the MAC computed as the listing arrives from its records and, for each file,
+// its manifest line read back from the spool a digest at a time. Each record is held to what the
+// walk of a checkpoint folder could have produced before anything is spent on it (plain relative
+// names, each folder listed before its contents, the names in each folder in byte order and each
+// once, within HmacTree's limits). Once authenticated, the listing is read back from the spool.
 class ListingReceiver {
  public:
-  // `source` names what carries the listing in errors ("the transfer stream"); `key` must
-  // outlive the receiver.
-  ListingReceiver(std::string_view source, TreeKey key, ChunkedSignature signature);
+  // Reads exactly `size` bytes into `data`.
+  using ReadBytes = std::function<void(char* data, std::size_t size)>;
+  // `source` names what carries the listing in errors ("the transfer stream"); the spool is made
+  // in the folder open at spool_dir_fd (the staging folder: the file system that is to hold the
+  // checkpoint); `keys` must outlive the receiver.
+  ListingReceiver(std::string_view source, int spool_dir_fd, const VerifyingKeys& keys);
+
+  // The signature, `size` bytes (Status::integrity if more than a signature may be), read with
+  // `read` a piece at a time: format 3, or refused as parse_manifest_signature does (`before`
+  // says what was done with it); the key that checks it is loaded only then.
+  void receive_signature(std::uint64_t size, const ReadBytes& read, std::string_view before);
   // Whether a frame of this header can be a record: a folder ('D', its path) or a file ('F', its
   // size as u64 LE, then its path) whose path is 1 to HmacTree::max_path_length bytes.
   static bool is_record(const FrameHeader& frame);
-  void add(const FrameHeader& frame, std::string_view payload);  // a record, once is_record
-  // Status::integrity unless the listing is exactly what was signed; the manifest otherwise.
-  SignedManifest authenticate();
-  const std::vector<ListedEntry>& entries() const noexcept { return entries_; }
+  ListedRecord add(const FrameHeader& frame, std::string_view payload);  // a record, once is_record
+  // Status::integrity unless the listing is exactly what was signed.
+  void authenticate();
+
+  // Once authenticated: the chunk size, the signature's text, and the listing read back.
+  std::uint64_t chunk_size() const;
+  std::string signature_text() const;
+  // Calls `each` with every listed entry in order: its path, and for a file its signed chunks
+  // (nullptr for a folder).
+  using EachListed = std::function<void(const std::string& path, const ManifestFile* file)>;
+  void for_each_listed(const EachListed& each) const;
 
  private:
   void check(bool folder, std::string_view rel, std::uint64_t size);
+  void require_authenticated() const;
+  void spool(const void* data, std::size_t size);
+  void flush();
 
   struct Level {
     std::string path;       // "" for the checkpoint folder itself
     std::string last_name;  // the last name listed in it
   };
   std::string source_;
-  ManifestListing listing_;
-  std::vector<ListedEntry> entries_;
+  const VerifyingKeys& keys_;
+  UniqueFd spool_;
+  std::vector<char> out_;  // spooled bytes not yet written
+  // The spool holds the signature's text, its three lines (head_size_ bytes) then its manifest,
+  // and from signature_size_ on the listing's records as frames.
+  std::uint64_t head_size_ = 0, signature_size_ = 0, spooled_ = 0;
+  std::optional<ManifestCheck> check_;
+  std::optional<SpoolReader> lines_;  // the manifest, read back a line for each file listed
+  bool authenticated_ = false;
+  std::uint64_t entries_ = 0;
   std::vector<Level> levels_{Level{}};
   std::uint64_t path_bytes_ = 0;
   std::uint64_t bytes_ = 0;
@@ -79,8 +127,7 @@ class ListingReceiver {
 // after making each, calls fill with its path, its signed file (nullptr for a folder) and the
 // descriptor its bytes are to be written to (-1 for a folder).
 using FillListed = std::function<void(const std::string& path, const ManifestFile* file, int fd)>;
-void make_listed_tree(int staging_fd, const std::vector<ListedEntry>& entries, const SignedManifest& manifest,
-                      const FillListed& fill);
+void make_listed_tree(int staging_fd, const ListingReceiver& listing, const FillListed& fill);
 
 // Reads the next chunk of `file` (chunk `index`, `length` bytes) into `chunk` with `read`, checks
 // it against the signed digest and only then writes it to fd: every chunk of the file in turn.

@@ -1,6 +1,6 @@
-// migrate and receive_migration: a cold migration over one connection. The source's tree stays
-// stopped from its dump until the receiver's reply; the reply decides whether it ends (the tree
-// runs on the receiver) or resumes (anything else).
+// migrate and receive_migration: a migration over one connection, cold or post-copy. The source's
+// tree stays stopped from its dump until the receiver's reply; the reply decides whether it ends
+// (the tree runs on the receiver) or resumes (anything else).
 #include <nucleus/checkpoint/migrate.hpp>
 
 #include <linux/tcp.h>
@@ -11,7 +11,11 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <thread>
 #include <csignal>
 #include <cstddef>
 #include <optional>
@@ -24,15 +28,19 @@
 #include <rapidjson/writer.h>
 
 #include <nucleus/checkpoint/error.hpp>
+#include <nucleus/checkpoint/metadata.hpp>
 
 #include "checkpoint/utf8.hpp"
 #include "criu/dump_guardian.hpp"
+#include "criu/lazy_pages.hpp"
 #include "criu/proc.hpp"
 #include "criu/runtime_support.hpp"
+#include "fs/checkpoint_dir.hpp"
 #include "fs/fs_util.hpp"
 #include "signature/hex.hpp"
 #include "transfer/commit_proof.hpp"
 #include "transfer/listing.hpp"
+#include "transfer/page_relay.hpp"
 #include "transfer/transfer_stream.hpp"
 
 namespace nucleus::checkpoint {
@@ -103,21 +111,43 @@ std::string read_reply(int fd, Clock::time_point deadline, std::string_view peer
   char buf[4096];
   for (;;) {
     if (!readable_by(fd, deadline)) throw Error(Status::io, fmt::format("{} did not answer in time ({})", peer, late));
-    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    // Looked at first, then taken up to the newline only: a post-copy page stream follows it.
+    ssize_t n = ::recv(fd, buf, sizeof buf, MSG_PEEK);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw system_error(Status::io, errno, fmt::format("the connection to {} failed before its answer", peer));
     if (n == 0) throw Error(Status::io, fmt::format("{} closed the connection without an answer (it was stopped or failed)", peer));
+    const auto* newline = static_cast<const char*>(std::memchr(buf, '\n', static_cast<std::size_t>(n)));
+    n = ::recv(fd, buf, newline ? static_cast<std::size_t>(newline - buf + 1) : static_cast<std::size_t>(n), 0);
+    if (n <= 0) throw system_error(Status::io, errno, fmt::format("the connection to {} failed before its answer", peer));
     line.append(buf, static_cast<std::size_t>(n));
-    if (const auto end = line.find('\n'); end != std::string::npos) return line.substr(0, end);
+    if (newline) return line.substr(0, line.size() - 1);
     if (line.size() > max_reply)
       throw Error(Status::io, fmt::format("{}'s answer is longer than {} bytes: not a migration's", peer, max_reply));
   }
 }
 
-// The receiver's next answer.
-std::string read_receivers(int fd, Clock::time_point deadline) {
-  return read_reply(fd, deadline, "the receiver", "raise the reply timeout if its import and restore take longer");
-}
+// The migration's lines: on the connection itself, or post-copy, once the page stream runs,
+// between its frames.
+class Conversation {
+ public:
+  explicit Conversation(int fd) : fd_(fd) {}
+  void framed_by(transfer::PageStream* pages) noexcept { pages_ = pages; }
+  std::string read(Clock::time_point deadline, std::string_view peer, std::string_view late) {
+    return pages_ ? pages_->read_line(deadline, peer) : read_reply(fd_, deadline, peer, late);
+  }
+  // The receiver's next answer.
+  std::string read_receivers(Clock::time_point deadline) {
+    return read(deadline, "the receiver", "raise the reply timeout if its import and restore take longer");
+  }
+  void write(const std::string& line, std::string_view what) {
+    if (pages_) pages_->send_line(line);
+    else write_all(fd_, line.data(), line.size(), what);
+  }
+
+ private:
+  int fd_;
+  transfer::PageStream* pages_ = nullptr;
+};
 
 std::uint64_t member_u64(const rapidjson::Value& v, const char* name) {
   const auto it = v.FindMember(name);
@@ -158,6 +188,13 @@ bool says(const rapidjson::Document& reply, const char* word) {
   return it != reply.MemberEnd() && it->value.IsBool() && it->value.GetBool();
 }
 
+// A post-copy key in a reply ({"post_copy":{"key":hex, ...}}), or nothing.
+std::optional<transfer::PageKey> post_copy_key(const rapidjson::Document& reply) {
+  const auto it = reply.FindMember("post_copy");
+  if (it == reply.MemberEnd() || !it->value.IsObject()) return std::nullopt;
+  return array_from_lower_hex<std::tuple_size_v<transfer::PageKey>>(member_string(it->value, "key"));
+}
+
 // The restored tree's numbers in a ready or ok reply, into report.
 void take_restored(const rapidjson::Document& reply, MigrationReport& report) {
   const std::uint64_t pid = member_u64(reply, "pid");
@@ -170,10 +207,10 @@ void take_restored(const rapidjson::Document& reply, MigrationReport& report) {
 
 // The receiver's second word, once it was told to let the tree run: only its "ok" ends the tree
 // here, only its refusal resumes it; anything else leaves the tree stopped, since it may run there.
-void confirm(int fd, const MigrateOptions& options, HeldTree& tree, MigrationReport& report) {
+void confirm(Conversation& lines, const MigrateOptions& options, HeldTree& tree, MigrationReport& report) {
   std::optional<Error> refused;
   try {
-    const rapidjson::Document reply = parse_reply(read_receivers(fd, Clock::now() + options.reply_timeout));
+    const rapidjson::Document reply = parse_reply(lines.read_receivers(Clock::now() + options.reply_timeout));
     refused = refusal_in(reply);
     if (!refused) {
       if (!says(reply, "ok")) throw Error(Status::io, "the receiver's reply is neither \"ok\" nor a refusal");
@@ -192,45 +229,94 @@ void confirm(int fd, const MigrateOptions& options, HeldTree& tree, MigrationRep
   throw *refused;
 }
 
+// The processes a dump's images hold memory of (pagemap-PID.img), by the PIDs CRIU's images use.
+std::vector<std::uint64_t> dumped_pids(const fs::path& work_dir) {
+  const UniqueFd dir = open_dir(work_dir, "checkpoint directory");
+  const UniqueFd images = open_dir_at(dir.get(), CheckpointDir::images_name, "checkpoint images directory");
+  std::vector<std::uint64_t> pids;
+  for_each_name(images.get(), "checkpoint images directory", [&](std::string_view name) {
+    constexpr std::string_view prefix = "pagemap-", suffix = ".img";
+    if (!name.starts_with(prefix) || !name.ends_with(suffix)) return;
+    const std::string_view digits = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+    std::uint64_t pid = 0;
+    const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), pid);
+    if (error == std::errc() && end == digits.data() + digits.size()) pids.push_back(pid);
+  });
+  return pids;
+}
+
+// The source's proof that it commits this checkpoint on this connection (and post-copy, `bound`).
+std::string proof_of(const fs::path& work_dir, const transfer::CommitNonce& nonce, TreeKey key, std::string_view bound) {
+  const UniqueFd dir = open_dir(work_dir, "checkpoint directory");
+  return transfer::prove_commit(key, nonce, read_signature_text(dir.get()), bound);
+}
+
 // Sends the stream and takes the receiver's answer in two steps: "ready" (the tree is restored and
 // held stopped there), to which the source answers "commit" once it no longer resumes its own
 // copy, and then "ok" (the tree runs there). Throws, and so resumes the tree, until the commit; a
-// failed send still looks for the receiver's reason, which says more than a reset.
-void hand_over(const fs::path& work_dir, int fd, const MigrateOptions& options, const std::string& proof,
-               Clock::time_point dumped, HeldTree& tree, MigrationReport& report) {
+// failed send still looks for the receiver's reason, which says more than a reset. Post-copy, the
+// page stream is keyed and started between the stream and "ready": the restore needs pages.
+void hand_over(const fs::path& work_dir, int fd, const MigrateOptions& options, const transfer::CommitNonce& nonce,
+               Clock::time_point dumped, HeldTree& tree, MigrationReport& report, transfer::PageSender* pages) {
   std::optional<Error> sending;
   try {
     export_checkpoint(work_dir, fd, options.transfer);
   } catch (const Error& e) {
     sending = e;
   }
+  Conversation lines(fd);
   rapidjson::Document reply;
   try {
-    reply = parse_reply(read_receivers(fd, sending ? Clock::now() + reason_time : Clock::now() + options.reply_timeout));
+    reply = parse_reply(lines.read_receivers(sending ? Clock::now() + reason_time : Clock::now() + options.reply_timeout));
   } catch (const Error& e) {
     if (sending) throw Error(sending->status(), fmt::format("{} ({})", sending->what(), e.what()));
     throw;
   }
-  report.bytes_sent = bytes_acked(fd);
   if (std::optional<Error> refused = refusal_in(reply)) throw *refused;
   if (sending) throw *sending;
+  std::string bound;
+  if (pages) {
+    const std::optional<transfer::PageKey> receiver = post_copy_key(reply);
+    if (!receiver)
+      throw Error(Status::unsupported, "the receiver does not take post-copy migrations (it answered the stream with "
+                                       "no page stream key): upgrade it, or migrate without post-copy");
+    const std::string header = fmt::format("{{\"post_copy\":{{\"header\":\"{}\"}}}}\n", pages->key_exchange(*receiver));
+    write_all(fd, header.data(), header.size(), "the page stream's header to the receiver");
+    pages->start(dumped_pids(work_dir));
+    lines.framed_by(pages);
+    bound = transfer::page_keys_bound(pages->key(), *receiver);
+    reply = parse_reply(lines.read_receivers(Clock::now() + options.reply_timeout));
+    if (std::optional<Error> refused = refusal_in(reply)) throw *refused;
+  }
+  report.bytes_sent = bytes_acked(fd);
   if (!says(reply, "ready"))
     throw Error(Status::io, "the receiver's reply is not a migration reply (neither \"ready\" nor a refusal)");
   take_restored(reply, report);
   if (report.transfer.count() == 0) report.transfer = since(dumped);
+  const std::string commit =
+      fmt::format("{{\"commit\":true,\"proof\":\"{}\"}}\n", proof_of(work_dir, nonce, tree.signer(), bound));
   // From here the receiver may run the tree: ours must never resume unless the receiver says it
   // refused, even should this process die.
   tree.may_run_elsewhere(true);
-  const std::string commit = fmt::format("{{\"commit\":true,\"proof\":\"{}\"}}\n", proof);
   const transfer::SigpipeBlock sigpipe_blocked;
   try {
-    write_all(fd, commit.data(), commit.size(), "the commit to the receiver");
+    lines.write(commit, "the commit to the receiver");
   } catch (const Error&) {
     // Not sent whole: the receiver cannot have been told. Without its word it lets nothing run.
     tree.may_run_elsewhere(false);
     throw;
   }
-  confirm(fd, options, tree, report);
+  if (pages) pages->done_talking();  // the source's last line
+  confirm(lines, options, tree, report);
+}
+
+// Post-copy, after "ok": the receiver's last word, {"done":true}, once every page is in and CRIU's
+// daemon has ended well. Only then may the source's copy end: a stream that ended otherwise (a
+// daemon that failed, then closed it; a last message lost) leaves the receiver's copy killed.
+void await_done(transfer::PageStream& pages) {
+  const rapidjson::Document done = parse_reply(pages.read_line(Clock::now() + std::chrono::hours(24), "the receiver"));
+  if (std::optional<Error> refused = refusal_in(done)) throw *refused;
+  if (!says(done, "done")) throw Error(Status::io, "the receiver's last word is not that every page is in");
 }
 
 // The receiver's first line: the nonce the source's commit must prove (transfer/commit_proof.hpp).
@@ -242,11 +328,6 @@ transfer::CommitNonce read_hello(int fd, Clock::time_point deadline) {
   return *nonce;
 }
 
-// The source's proof that it commits this checkpoint on this connection.
-std::string proof_of(const fs::path& work_dir, const transfer::CommitNonce& nonce, TreeKey key) {
-  const UniqueFd dir = open_dir(work_dir, "checkpoint directory");
-  return transfer::prove_commit(key, nonce, read_signature_text(dir.get()));
-}
 
 // The receiver's word as one JSON line (ASCII: the message is escaped): a refusal, or the restored
 // tree's numbers under `word` ("ready": restored and held stopped; "ok": running).
@@ -303,29 +384,133 @@ std::string received_name() {
   return fmt::format("migration-{}-{:08x}", seconds, randombytes_random());
 }
 
+// The receiver's restored tree, as the page stream's failure must find it from its own threads:
+// killed whole before anything else of the migration goes.
+class RestoredHandle {
+ public:
+  void set(const RestoredTree& tree) {
+    const std::lock_guard lock(mutex_);
+    tree_ = tree;
+  }
+  void kill() noexcept {
+    const std::lock_guard lock(mutex_);
+    if (tree_.pidfd >= 0) ProcessTree::open_stopped(tree_.pid, tree_.pidfd).kill();
+  }
+
+ private:
+  std::mutex mutex_;
+  RestoredTree tree_;
+};
+
+// The receiver's post-copy: CRIU's lazy-pages daemon, and the page stream that feeds it.
+struct PostCopyReceiver {
+  UniqueFd daemon_end, receiver_end;
+  std::optional<LazyPagesDaemon> daemon;
+  std::optional<transfer::PageReceiver> pages;
+
+  PostCopyReceiver(int criu_binary_fd, int dir_fd, int connected_fd, const CriuOptions& options,
+                   milliseconds stall_timeout, RestoredHandle& restored) {
+    int pair[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0)
+      throw system_error(Status::io, errno, "cannot create the socket for CRIU's lazy-pages daemon");
+    daemon_end.reset(pair[0]);
+    receiver_end.reset(pair[1]);
+    const UniqueFd images = open_dir_at(dir_fd, CheckpointDir::images_name, "checkpoint images directory");
+    daemon.emplace(criu_binary_fd, images.get(), daemon_end.get(), receiver_end.get(), options, commit_time);
+    daemon_end.reset();  // the daemon's own copy: its end must be the socket's
+    pages.emplace(receiver_end.get(), connected_fd, stall_timeout, [&restored] { restored.kill(); });
+  }
+};
+
 }  // namespace
 
 MigrationReport migrate(CriuRuntime& runtime, const ContainerInfo& container, const fs::path& work_dir,
                         int connected_fd, const MigrateOptions& options) {
   require_socket(connected_fd, "migrate");
   if (options.reply_timeout.count() <= 0) throw Error(Status::invalid, "migrate: the reply timeout must be positive");
+  if (options.post_copy) require_lazy_page_server();
   bound_stalls(connected_fd, options.reply_timeout);
   MigrationReport report;
   // Pre-dump rounds would shorten the downtime where CRIU can track memory; they are not made yet.
-  report.rounds_reason = memory_tracking_missing(runtime.binary_fd_)
-                             .value_or("a cold migration: pre-dump rounds are not implemented yet");
+  report.rounds_reason =
+      memory_tracking_missing(runtime.binary_fd_)
+          .value_or(options.post_copy ? "post-copy: the memory follows the tree"
+                                      : "a cold migration: pre-dump rounds are not implemented yet");
   // Before anything is dumped: a peer that is not a receiver costs the tree nothing.
   const transfer::CommitNonce nonce = read_hello(connected_fd, Clock::now() + options.reply_timeout);
   CriuOptions criu = options.criu;
   criu.leave_running = false;
   const Clock::time_point start = Clock::now();
-  runtime.dump(container, work_dir, criu, SignatureFormat::manifest, false, [&](HeldTree& tree) {
+  HandOver hand_over_tree;
+  // Post-copy: CRIU's page server on one end of a socket pair, the page stream on the other. CRIU
+  // serves only once the post-dump notification returns, and the receiver's restore needs pages:
+  // so the hand-over goes on beside CRIU, on a thread of its own, and `served` waits for it.
+  UniqueFd criu_end, sender_end;
+  std::optional<transfer::PageSender> pages;
+  std::thread beside_criu;
+  std::exception_ptr failure;
+  if (options.post_copy) {
+    int pair[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0)
+      throw system_error(Status::io, errno, "cannot create the socket for CRIU's page server");
+    criu_end.reset(pair[0]);
+    sender_end.reset(pair[1]);
+    pages.emplace(sender_end.get(), connected_fd, options.reply_timeout);
+    hand_over_tree.lazy_pages_socket = criu_end.get();
+    hand_over_tree.post_copy_key = to_lower_hex(pages->key());
+  }
+  hand_over_tree.give = [&](HeldTree& tree) {
     const Clock::time_point dumped = Clock::now();
     report.dump = since(start);
-    const std::string proof = proof_of(work_dir, nonce, tree.signer());  // by the key that signed the dump
-    hand_over(work_dir, connected_fd, options, proof, dumped, tree, report);
-    report.downtime = since(start);
-  });
+    if (!pages) {
+      hand_over(work_dir, connected_fd, options, nonce, dumped, tree, report, nullptr);
+      report.downtime = since(start);
+      return;
+    }
+    criu_end.reset();  // CRIU's own copy: its end must be the socket's
+    beside_criu = std::thread([&, dumped] {
+      try {
+        hand_over(work_dir, connected_fd, options, nonce, dumped, tree, report, &*pages);
+        report.downtime = since(start);
+        const Clock::time_point running = Clock::now();
+        await_done(*pages);
+        report.pages_sent = pages->finish().pages;
+        report.post_copy = since(running);
+      } catch (...) {
+        failure = std::current_exception();
+        // CRIU's socket shut: CRIU ends (or is ended), and the tree is resumed unless it may run
+        // elsewhere, when it stays stopped.
+        pages->abort(failure);
+        tree.end_criu(std::chrono::seconds(5));
+      }
+    });
+  };
+  hand_over_tree.refused = [&] { ::shutdown(sender_end.get(), SHUT_RDWR); };
+  hand_over_tree.served = [&](HeldTree& tree) {
+    if (beside_criu.joinable()) beside_criu.join();
+    if (!failure) return;
+    if (!tree.may_run_elsewhere()) std::rethrow_exception(failure);
+    try {
+      std::rethrow_exception(failure);
+    } catch (const Error& e) {
+      if (e.status() == Status::unconfirmed) throw;
+      throw Error(Status::unconfirmed,
+                  fmt::format("the tree runs on the receiver, but its memory did not all reach it ({}); the receiver "
+                              "kills its copy when it loses the page stream, so this one, root PID {}, is left "
+                              "stopped: once the receiver's copy is gone ({}), resume it here (kill -CONT to each of "
+                              "its processes), or kill it",
+                              e.what(), tree.root(), report.restored_dir.empty() ? "no folder named" : report.restored_dir));
+    }
+  };
+  try {
+    runtime.dump(container, work_dir, criu, SignatureFormat::manifest, false, hand_over_tree);
+  } catch (...) {
+    if (beside_criu.joinable()) {
+      pages->abort(std::current_exception());
+      beside_criu.join();
+    }
+    throw;
+  }
   return report;
 }
 
@@ -334,6 +519,17 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
   ReceivedMigration received;
   std::optional<Error> failure;
   const transfer::SigpipeBlock sigpipe_blocked;
+  Conversation lines(connected_fd);
+  // Post-copy, the tree dies on any failure before anything else of it goes: the daemon, and with
+  // it the memory not yet in, which the kernel would otherwise hand out as zero pages.
+  RestoredHandle restored;
+  std::optional<PostCopyReceiver> post_copy;
+  const auto give_up_tree = [&] {
+    restored.kill();
+    restored.set({});  // before its pidfd closes: the page stream's threads may still reach for it
+    if (received.tree.pidfd >= 0) ::close(received.tree.pidfd);
+    received.tree = {};
+  };
   try {
     require_socket(connected_fd, "receive");
     if (stream_timeout.count() <= 0) throw Error(Status::invalid, "receive: the stream timeout must be positive");
@@ -357,27 +553,51 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
     // it stays stopped), and runs only once the source has given up resuming its own copy.
     CriuOptions stopped = options;
     stopped.leave_stopped = true;
-    received.tree = runtime.restore_tree(received.dir, stopped);
+    std::string bound;
+    {
+      const UniqueFd dir = open_dir(received.dir, "received checkpoint");
+      const std::string source_key_hex = CheckpointMetadata::load(dir.get()).record.post_copy_key;
+      if (!source_key_hex.empty()) {
+        // Post-copy: the page stream is keyed (the source's key as its signed metadata gives it)
+        // and runs before the restore, which needs pages.
+        const auto source_key = array_from_lower_hex<std::tuple_size_v<transfer::PageKey>>(source_key_hex);
+        if (!source_key) throw Error(Status::integrity, "the checkpoint's post-copy key is not a key");
+        post_copy.emplace(runtime.binary_fd_, dir.get(), connected_fd, options, stream_timeout, restored);
+        const std::string key =
+            fmt::format("{{\"post_copy\":{{\"key\":\"{}\"}}}}\n", to_lower_hex(post_copy->pages->key()));
+        write_all(connected_fd, key.data(), key.size(), "the page stream's key to the source");
+        // From here the source reads only the page stream's frames: a refusal goes as one.
+        lines.framed_by(&*post_copy->pages);
+        const rapidjson::Document header = parse_reply(
+            read_reply(connected_fd, Clock::now() + commit_time, "the source", "it must answer at once"), "the source");
+        const auto it = header.FindMember("post_copy");
+        post_copy->pages->key_exchange(*source_key,
+                                       it != header.MemberEnd() && it->value.IsObject() ? member_string(it->value, "header")
+                                                                                        : std::string());
+        post_copy->pages->start();
+        stopped.work_dir = post_copy->daemon->work_path();
+        bound = transfer::page_keys_bound(*source_key, post_copy->pages->key());
+      }
+    }
+    received.tree = runtime.restore_tracked(received.dir, stopped, true, post_copy.has_value());
+    restored.set(received.tree);
     received.restore_time = since(imported);
-    const ProcessTree tree = ProcessTree::open(received.tree.pid, received.tree.pidfd);
     try {
-      const std::string ready = reply_line(std::nullopt, received, "ready");
-      write_all(connected_fd, ready.data(), ready.size(), "the answer to the source");
-      const rapidjson::Document commit = parse_reply(
-          read_reply(connected_fd, Clock::now() + commit_time, "the source", "it must commit at once"), "the source");
+      if (post_copy) post_copy->daemon->hold(ProcessTree::open(received.tree.pid, received.tree.pidfd));
+      lines.write(reply_line(std::nullopt, received, "ready"), "the answer to the source");
+      const rapidjson::Document commit =
+          parse_reply(lines.read(Clock::now() + commit_time, "the source", "it must commit at once"), "the source");
       if (!says(commit, "commit")) throw Error(Status::io, "the source's answer is not a commit");
       const TreeKey key = keys.key_for(
           transfer::parse_manifest_signature(signature_text, "the imported checkpoint", "checking the commit"));
-      transfer::check_commit(key, nonce, signature_text, member_string(commit, "proof"));
+      transfer::check_commit(key, nonce, signature_text, member_string(commit, "proof"), bound);
     } catch (const Error& e) {
-      tree.kill();
-      ::close(received.tree.pidfd);
-      received.tree = {};
+      give_up_tree();
       throw Error(e.status(), fmt::format("the source did not commit the migration, so the restored tree was killed "
                                           "before it ran; the checkpoint stays in {} ({})",
                                           received.dir.native(), e.what()));
     }
-    tree.signal(SIGCONT);
+    ProcessTree::open(received.tree.pid, received.tree.pidfd).signal(SIGCONT);
   } catch (const Error& e) {
     failure = e;
   } catch (const std::exception& e) {
@@ -385,16 +605,37 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
   }
   received.reply = reply_line(failure, received, "ok");
   try {
-    write_all(connected_fd, received.reply.data(), received.reply.size(), "the reply to the source");
+    lines.write(received.reply, "the reply to the source");
   } catch (const Error&) {
     if (failure) throw *failure;
     // The tree runs here: the source, told to let it, keeps its copy stopped and says it is unsure.
     received.source_told = false;
   }
   if (failure) {
+    if (post_copy) {
+      post_copy->pages->abort(std::make_exception_ptr(*failure));
+      throw *failure;
+    }
     ::shutdown(connected_fd, SHUT_WR);
     drain(connected_fd);
     throw *failure;
+  }
+  if (post_copy) {
+    const Clock::time_point running = Clock::now();
+    try {
+      received.pages_received = post_copy->pages->finish().pages;
+      post_copy->daemon->wait_done(stream_timeout);
+      post_copy->pages->send_line("{\"done\":true}\n");
+      post_copy->pages->done_talking();
+    } catch (const Error& e) {
+      const pid_t pid = received.tree.pid;
+      give_up_tree();
+      throw Error(e.status(), fmt::format("the restored tree (root PID {}) ran, but its memory did not all arrive, so "
+                                          "it was killed; the source keeps its own copy stopped and can resume it. "
+                                          "The checkpoint stays in {}; CRIU's lazy-pages daemon: {} ({})",
+                                          pid, received.dir.native(), post_copy->daemon->keep_logs(), e.what()));
+    }
+    received.post_copy_time = since(running);
   }
   return received;
 }

@@ -1875,6 +1875,7 @@ class Rewriter {
 struct Phases {
   double downtime = 0, dump = 0, transfer = 0, restore = 0;
   std::uint64_t bytes = 0;  // sent over the connection, or copied by tar
+  double memory_after = 0;  // post-copy: from the tree running again until its last page was in
 };
 
 // A restored tree's init, recorded for scripts/bench.sh, checked to run, then killed and reaped.
@@ -1898,9 +1899,10 @@ int free_port() {
   return ntohs(address.sin_port);
 }
 
-// One `receive` on 127.0.0.1 and one `migrate` of a fresh workload to it; the phases from
-// migrate's --json report. rounds_reason gets the report's reason for making no pre-dump rounds.
-Phases migrate_once(const Config& c, const fs::path& base, bool zstd, std::string& rounds_reason) {
+// One `receive` on 127.0.0.1 and one `migrate` of a fresh workload to it, with `flag` ("--zstd",
+// "--post-copy" or none); the phases from migrate's --json report. rounds_reason gets the report's
+// reason for making no pre-dump rounds.
+Phases migrate_once(const Config& c, const fs::path& base, const std::string& flag, std::string& rounds_reason) {
   const std::vector<std::string> env = cli_environment(c);
   const fs::path store = base / "store", dir = base / "migrated";
   private_dir(store);
@@ -1924,7 +1926,7 @@ Phases migrate_once(const Config& c, const fs::path& base, bool zstd, std::strin
   }
   std::vector<std::string> argv{c.cli.native(), "--json", "migrate", "--pid", std::to_string(workload.init()),
                                 "--to", to, "--dir", dir.native()};
-  if (zstd) argv.emplace_back("--zstd");
+  if (!flag.empty()) argv.push_back(flag);
   const pid_t migrator = spawn_io(c.cli, argv, env, -1, migrate_out, -1);
   const int migrated = await_exit_or_fail(migrator, "migrate", std::chrono::seconds(600));
   const int received = await_exit_or_fail(receiver, "receive", std::chrono::seconds(60));
@@ -1944,7 +1946,8 @@ Phases migrate_once(const Config& c, const fs::path& base, bool zstd, std::strin
   fs::remove_all(dir);
   fs::remove_all(store);
   return {number("downtime_ms") / 1000, number("dump_ms") / 1000, number("transfer_ms") / 1000,
-          number("restore_ms") / 1000, static_cast<std::uint64_t>(number("bytes_sent"))};
+          number("restore_ms") / 1000, static_cast<std::uint64_t>(number("bytes_sent")),
+          std::max(number("post_copy_ms"), 0.0) / 1000};
 }
 
 // The cold move with bare CRIU: `criu dump` (the tree ends), `tar | tar` into another folder,
@@ -1997,7 +2000,7 @@ Phases median_phases(const std::vector<Phases>& runs) {
     return median(v);
   };
   return {of(&Phases::downtime), of(&Phases::dump), of(&Phases::transfer), of(&Phases::restore),
-          static_cast<std::uint64_t>(of(&Phases::bytes))};
+          static_cast<std::uint64_t>(of(&Phases::bytes)), of(&Phases::memory_after)};
 }
 
 void bench_migration(const Config& c, std::vector<MigrationRow>& rows, std::string& rounds_reason) {
@@ -2009,8 +2012,9 @@ void bench_migration(const Config& c, std::vector<MigrationRow>& rows, std::stri
     methods.emplace_back(name, std::make_shared<std::vector<Phases>>());
     timings.push_back(migration_timing(name, std::move(once), methods.back().second));
   };
-  add("migrate", [&] { return migrate_once(c, base, false, rounds_reason); });
-  add("migrate --zstd", [&] { return migrate_once(c, base, true, rounds_reason); });
+  add("migrate", [&] { return migrate_once(c, base, "", rounds_reason); });
+  add("migrate --zstd", [&] { return migrate_once(c, base, "--zstd", rounds_reason); });
+  add("migrate --post-copy", [&] { return migrate_once(c, base, "--post-copy", rounds_reason); });
   add("bare CRIU + tar", [&] { return bare_migrate_once(c, base); });
   std::vector<Timing*> order;
   for (Timing& t : timings) order.push_back(&t);
@@ -2208,10 +2212,12 @@ void print_table(const std::vector<Row>& rows, const std::vector<CriuRow>& criu_
         "its report (dump: dump, sign, commit; transfer: the receiver's import, received and verified; restore: the\n"
         "receiver's streamed restore). Bare CRIU + tar: a cold move, `criu dump` (the tree ends), `tar | tar` into\n"
         "another folder, `criu restore -d` from it; downtime is their sum. The methods take turns going first.\n"
-        "Bytes: sent over the connection (migrate), the images (bare).\n\n",
+        "Bytes: sent over the connection (migrate; post-copy: before the tree ran again), the images (bare).\n"
+        "--post-copy leaves the memory out of the checkpoint and sends it once the tree runs on the receiver: its\n"
+        "memory column is the time from then until the last page was in (needs fs.pipe-max-size >= 4194304).\n\n",
         migration_runs, migration_mib, rewrite_mib_per_s);
     std::vector<std::vector<std::string>> lines{
-        {"method", "downtime", "dump", "transfer", "restore", "MB", "downtime / bare", "cores"}};
+        {"method", "downtime", "dump", "transfer", "restore", "MB", "memory", "downtime / bare", "cores"}};
     const auto bare = std::find_if(transfer.migrations.begin(), transfer.migrations.end(),
                                    [](const MigrationRow& r) { return r.method.starts_with("bare"); });
     for (const MigrationRow& r : transfer.migrations) {
@@ -2219,6 +2225,7 @@ void print_table(const std::vector<Row>& rows, const std::vector<CriuRow>& criu_
       lines.push_back({r.method, fmt::format("{:.3f}", p.downtime), fmt::format("{:.3f}", p.dump),
                        fmt::format("{:.3f}", p.transfer), fmt::format("{:.3f}", p.restore),
                        fmt::format("{:.1f}", static_cast<double>(p.bytes) / 1e6),
+                       p.memory_after > 0 ? fmt::format("{:.3f}", p.memory_after) : "-",
                        bare == transfer.migrations.end() ? "-" : ratio_text(p.downtime / bare->median.downtime),
                        cores(r.cores)});
     }

@@ -3,6 +3,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <compare>
 #include <cstdint>
 #include <filesystem>
@@ -59,6 +60,8 @@ struct CriuVersion {
 struct MigrateOptions;
 struct MigrationReport;
 class HeldTree;
+struct HandOver;
+struct ReceivedMigration;
 
 class NC_EXPORT CriuRuntime {
  public:
@@ -125,14 +128,17 @@ class NC_EXPORT CriuRuntime {
   Ed25519SecretKey ed25519_signing_key() const;
   void dump(const ContainerInfo& container, const std::filesystem::path& dir, const CriuOptions& options,
             SignatureFormat format, bool predump);
-  // hand_over, if given, runs once the checkpoint is committed, while the tree is still stopped: the
-  // tree is killed if it returns, resumed if it throws, unless hand_over said through the HeldTree
-  // that it may run elsewhere: then it stays stopped (a migration's, nucleus/checkpoint/migrate.hpp).
+  // A migration's dump (nucleus/checkpoint/migrate.hpp): hand_over gets the stopped tree once the
+  // checkpoint is committed (lib/criu/dump_guardian.hpp).
   void dump(const ContainerInfo& container, const std::filesystem::path& dir, const CriuOptions& options,
-            SignatureFormat format, bool predump, const std::function<void(HeldTree&)>& hand_over);
+            SignatureFormat format, bool predump, const HandOver& hand_over);
   friend MigrationReport migrate(CriuRuntime&, const ContainerInfo&, const std::filesystem::path&, int,
                                  const MigrateOptions&);
-  RestoredTree restore_tracked(const std::filesystem::path& dir, const CriuOptions& options, bool track);
+  friend ReceivedMigration receive_migration(CriuRuntime&, int, const std::filesystem::path&, const CriuOptions&,
+                                             std::chrono::milliseconds);
+  // lazy_pages: a post-copy checkpoint, its memory served by a lazy-pages daemon in options.work_dir.
+  RestoredTree restore_tracked(const std::filesystem::path& dir, const CriuOptions& options, bool track,
+                               bool lazy_pages = false);
 
   std::filesystem::path binary_;
   int binary_fd_ = -1;  // O_PATH: what was validated is what runs

@@ -64,6 +64,10 @@ struct DumpRecord {
   bool ext_unix_sk = false;
   bool file_locks = false;
   bool evasive_devices = false;
+  // Post-copy: the memory CRIU left out (--lazy-pages) is not in the folder; it goes to the
+  // receiver of a migration, which alone can restore the tree from it, in a page stream keyed with
+  // this public key of the source's (hex). Empty: not post-copy.
+  std::string post_copy_key;
   std::string manage_cgroups;   // "", "soft", "full", "strict", "ignore"
   std::string network_lock;     // "", "iptables", "nftables", "skip"
   std::string file_validation;  // "", "filesize", "buildid"

@@ -28,6 +28,13 @@ struct MigrateOptions {
   // How long the stream may stall (unacknowledged) and, once it is sent, how long each of the
   // receiver's replies may take: "ready" (its import and restore), then "ok" after the commit.
   std::chrono::milliseconds reply_timeout{std::chrono::minutes(5)};
+  // Post-copy (the README's "Post-copy"): the tree's private memory is left out of the checkpoint
+  // and sent once the tree runs on the receiver, as it touches it and in the background, so the
+  // downtime no longer grows with memory. Needs fs.pipe-max-size >= 4194304 on the source. Until
+  // the last page is in, the tree's memory is split between the hosts: a failure then (a lost
+  // connection, a page that does not authenticate) kills the receiver's copy and leaves the
+  // source's stopped, with Status::unconfirmed.
+  bool post_copy = false;
 };
 
 struct MigrationReport {
@@ -40,6 +47,9 @@ struct MigrationReport {
   std::string rounds_reason;              // why there were that many
   pid_t restored_pid = 0;                 // the tree's root on the receiver (its PID there)
   std::string restored_dir;               // the checkpoint folder the receiver imported
+  // Post-copy: from the receiver's "ok" until it had every page, and the pages sent meanwhile.
+  std::chrono::milliseconds post_copy{0};
+  std::uint64_t pages_sent = 0;
 };
 
 // Dumps the tree into the new checkpoint folder work_dir (signed in the manifest format), keeps it
@@ -59,6 +69,9 @@ struct ReceivedMigration {
   std::chrono::milliseconds import_time{0}, restore_time{0};
   std::string reply;          // the last JSON line sent back
   bool source_told = true;    // false: the tree runs here, but the final "ok" could not be sent
+  // Post-copy: from the "ok" until every page was in, and the pages received meanwhile.
+  std::chrono::milliseconds post_copy_time{0};
+  std::uint64_t pages_received = 0;
 };
 
 // Greets the source with a fresh nonce ({"nonce":"<hex>"}), reads one transfer stream from

@@ -97,6 +97,8 @@ pub struct nc_migration_report {
     pub restored_pid: pid_t,
     pub rounds_reason: [c_char; 512],
     pub restored_dir: [c_char; 4096],
+    pub post_copy_ms: c_ulonglong,
+    pub pages_sent: c_ulonglong,
 }
 
 /// Called on the calling thread with the running total of bytes hashed. Must not unwind.
@@ -160,10 +162,13 @@ extern "C" {
     pub fn nc_export(dir: *const c_char, fd: c_int, opts: *const nc_options) -> nc_status;
     pub fn nc_import(fd: c_int, dir: *const c_char, opts: *const nc_options) -> nc_status;
     pub fn nc_options_set_reply_timeout_ms(opts: *mut nc_options, ms: c_uint) -> nc_status;
+    pub fn nc_options_set_post_copy(opts: *mut nc_options, on: c_int) -> nc_status;
     pub fn nc_migrate(rt: *mut nc_runtime, container_id: *const c_char, pid: pid_t, work_dir: *const c_char,
                       connected_fd: c_int, opts: *const nc_options, report: *mut nc_migration_report) -> nc_status;
     pub fn nc_receive(rt: *mut nc_runtime, connected_fd: c_int, store_dir: *const c_char, opts: *const nc_options,
                       restored_pid: *mut pid_t, reply_out: *mut *mut c_char) -> nc_status;
+    pub fn nc_receive_ex(rt: *mut nc_runtime, connected_fd: c_int, store_dir: *const c_char, opts: *const nc_options,
+                         restored_pid: *mut pid_t, reply_out: *mut *mut c_char, source_told: *mut c_int) -> nc_status;
     pub fn nc_options_set_insecure_registry(opts: *mut nc_options, on: c_int) -> nc_status;
     pub fn nc_push_image(dir: *const c_char, reference: *const c_char, opts: *const nc_options,
                          digest_out: *mut *mut c_char) -> nc_status;
@@ -347,6 +352,9 @@ extern "C" {
                         err: *mut nc_error) -> nc_status;
     pub fn nc_receive_e(rt: *mut nc_runtime, connected_fd: c_int, store_dir: *const c_char, opts: *const nc_options,
                         restored_pid: *mut pid_t, reply_out: *mut *mut c_char, err: *mut nc_error) -> nc_status;
+    pub fn nc_receive_ex_e(rt: *mut nc_runtime, connected_fd: c_int, store_dir: *const c_char,
+                           opts: *const nc_options, restored_pid: *mut pid_t, reply_out: *mut *mut c_char,
+                           source_told: *mut c_int, err: *mut nc_error) -> nc_status;
     pub fn nc_push_image_e(dir: *const c_char, reference: *const c_char, opts: *const nc_options,
                            digest_out: *mut *mut c_char, err: *mut nc_error) -> nc_status;
     pub fn nc_pull_image_e(reference: *const c_char, dir: *const c_char, opts: *const nc_options,

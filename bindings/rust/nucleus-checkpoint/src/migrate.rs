@@ -2,7 +2,7 @@
 //! `nc_receive`; the README's "Migration"). Since 0.3.
 use std::ffi::OsString;
 use std::mem;
-use std::os::raw::c_char;
+use std::os::raw::{c_char, c_int};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::io::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
@@ -38,14 +38,22 @@ pub struct MigrationReport {
     pub restored_pid: libc::pid_t,
     /// The checkpoint folder the receiver imported.
     pub restored_dir: PathBuf,
+    /// Post-copy ([`Options::post_copy`]): from the receiver's "ok" until it had every page, and
+    /// the 4 KiB pages sent meanwhile; zero otherwise.
+    pub post_copy: Duration,
+    pub pages_sent: u64,
 }
 
-/// What [`Runtime::receive`] restored: the tree's root as this host numbers it, and the reply line
-/// sent to the source, `{"ok":true,"pid":N,"dir":"...","import_ms":N,"restore_ms":N}`.
+/// What [`Runtime::receive`] restored: the tree's root as this host numbers it, and the last reply
+/// line, `{"ok":true,"pid":N,"dir":"...","import_ms":N,"restore_ms":N}`. `source_told` is false
+/// when the tree runs here but that line could not be sent (the source closed or reset the
+/// connection after its commit): the source then keeps its copy stopped (`Status::UNCONFIRMED`
+/// there), and that copy must be killed there, as this one runs (`nc_receive_ex`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceivedMigration {
     pub pid: libc::pid_t,
     pub reply: String,
+    pub source_told: bool,
 }
 
 /// The bytes of a NUL-terminated C array, up to its NUL (all of them if it has none).
@@ -65,6 +73,8 @@ impl From<&sys::nc_migration_report> for MigrationReport {
             rounds_reason: String::from_utf8_lossy(&c_array_bytes(&r.rounds_reason)).into_owned(),
             restored_pid: r.restored_pid,
             restored_dir: PathBuf::from(OsString::from_vec(c_array_bytes(&r.restored_dir))),
+            post_copy: Duration::from_millis(r.post_copy_ms),
+            pages_sent: r.pages_sent,
         }
     }
 }
@@ -122,15 +132,17 @@ impl Runtime {
         let store = args::path("store dir", store_dir.as_ref())?;
         let fd = conn.as_fd();
         let opts = options_ptr(options);
-        let (mut pid, mut reply): (libc::pid_t, *mut c_char) = (0, ptr::null_mut());
+        let (mut pid, mut reply, mut told): (libc::pid_t, *mut c_char, c_int) = (0, ptr::null_mut(), 0);
         let rt = self.as_ptr();
         let outcome = with_notify_panics(|| {
             // SAFETY: the live handle, a descriptor borrowed across the call, a C string, options
             // that outlive it, and valid out pointers.
-            call(|err| unsafe { sys::nc_receive_e(rt, fd.as_raw_fd(), store.as_ptr(), opts, &mut pid, &mut reply, err) })
+            call(|err| unsafe {
+                sys::nc_receive_ex_e(rt, fd.as_raw_fd(), store.as_ptr(), opts, &mut pid, &mut reply, &mut told, err)
+            })
         });
         // SAFETY: NULL, or the library's string, ours to free (taken whatever the outcome).
         let reply = unsafe { take_string(reply) }.unwrap_or_default();
-        outcome.map(|()| ReceivedMigration { pid, reply })
+        outcome.map(|()| ReceivedMigration { pid, reply, source_told: told != 0 })
     }
 }

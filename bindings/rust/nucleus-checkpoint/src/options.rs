@@ -113,6 +113,13 @@ impl Options {
         /// [`crate::push_image`] and [`crate::pull_image`]: plain http, for a registry on
         /// localhost or a lab network (the default is https). Since 0.3.
         insecure_registry => nc_options_set_insecure_registry,
+        /// [`crate::Runtime::migrate`] post-copy (the README's "Post-copy"): the tree's private
+        /// memory is left out of the checkpoint and follows the tree once it runs on the receiver,
+        /// so the downtime no longer grows with memory. Needs `fs.pipe-max-size` >= 4194304 on the
+        /// source (`Status::UNSUPPORTED` otherwise). Until every page is in, a failure kills the
+        /// receiver's copy and returns `Status::UNCONFIRMED` with this copy stopped, to resume.
+        /// Since 0.3.
+        post_copy => nc_options_set_post_copy,
     }
 
     /// Both: CRIU's `--manage-cgroups`.

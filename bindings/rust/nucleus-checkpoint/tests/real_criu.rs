@@ -7,7 +7,9 @@
 //! flipped byte refused with nothing left, pre-dumps, registry arguments; and migrations of a
 //! counter in a PID namespace of its own, the receiver on one thread and the source on another:
 //! one over loopback TCP that the receiver restores, one over a socket pair that a receiver
-//! trusting no key refuses, so that the source resumes.
+//! trusting no key refuses, so that the source resumes, and one cut right after the commit, which
+//! runs on the receiver (`source_told` false) and stays stopped at the source; and one post-copy,
+//! whose memory follows the tree through the page stream.
 //!
 //! Run by tests/rust_binding_test.sh, which sets NC_RUST_TEST_DIR (a private folder under
 //! /var/tmp/nucleus-checkpoint-tests), NUCLEUS_CHECKPOINT_HMAC_KEY_FILE (in a 0700 folder) and
@@ -15,13 +17,14 @@
 use std::env;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::ops::ControlFlow;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -65,10 +68,12 @@ fn reap() {
 
 /// Running (not a zombie, not gone).
 fn alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{}/stat", pid)) {
-        Ok(stat) => stat.rsplit(") ").next().map_or(false, |rest| !rest.starts_with('Z')),
-        Err(_) => false,
-    }
+    state_of(pid).map_or(false, |state| state != 'Z')
+}
+
+/// Its state letter in /proc/PID/stat (T: stopped), None once it is gone.
+fn state_of(pid: i32) -> Option<char> {
+    fs::read_to_string(format!("/proc/{}/stat", pid)).ok()?.rsplit(") ").next()?.chars().next()
 }
 
 fn wait_until(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
@@ -732,12 +737,19 @@ struct ContainedCounter {
 impl ContainedCounter {
     /// Starts it counting in `work`/counter.
     fn start(work: &Path) -> ContainedCounter {
+        ContainedCounter::filling(work, &[])
+    }
+
+    /// Starts it counting in `work`/counter, with the counter's further arguments (`MIB
+    /// [private]`: the memory it fills).
+    fn filling(work: &Path, memory: &[&str]) -> ContainedCounter {
         let dir = private_dir(work, "counter");
         let counter = env::var_os("NC_TEST_COUNTER").expect("NC_TEST_COUNTER names examples/counter");
         let unshare = Command::new("unshare")
             .args(["--pid", "--fork"])
             .arg(counter)
             .arg(&dir)
+            .args(memory)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -802,6 +814,29 @@ fn receive_on<C: std::os::unix::io::AsFd + Send + 'static>(
     })
 }
 
+/// Receives (as [`receive_on`] does) on loopback TCP into `store`; returns the source's end,
+/// connected to it, and the receiving thread.
+fn receive_over_loopback(
+    store: PathBuf,
+) -> (TcpStream, thread::JoinHandle<nucleus_checkpoint::Result<ReceivedMigration>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let receiver = receive_on(move || listener.accept().unwrap().0, store);
+    (TcpStream::connect(address).unwrap(), receiver)
+}
+
+/// The migrated counter is gone here, and its copy restored as `restored` counts on from where it
+/// stopped.
+fn counts_on_there(counter: &ContainedCounter, restored: i32) {
+    assert!(wait_until(10, || {
+        reap();
+        !alive(counter.pid)
+    }));
+    let (parent, at_move) = (&counter.parent, count_of(&counter.parent));
+    assert!(wait_until(10, || count_of(parent) > at_move + 3), "the migrated counter counts on from {}", at_move);
+    assert!(alive(restored));
+}
+
 #[test]
 fn migration_with_real_criu() {
     let _serial = serial();
@@ -817,10 +852,7 @@ fn migration_with_real_criu() {
     assert!(!out.exists(), "a refused migration left {}", out.display());
 
     // Loopback TCP: the receiver accepts on its thread, the source connects on this one.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    let receiver = receive_on(move || listener.accept().unwrap().0, store.clone());
-    let conn = TcpStream::connect(address).unwrap();
+    let (conn, receiver) = receive_over_loopback(store.clone());
     let mut opts = Options::new().unwrap();
     opts.reply_timeout_ms(120_000).unwrap();
     let start = Instant::now();
@@ -839,17 +871,53 @@ fn migration_with_real_criu() {
     assert!(report.restored_dir.file_name().unwrap().to_string_lossy().starts_with("migration-"), "{:?}", report);
     let expected_reply = format!("{{\"ok\":true,\"pid\":{},\"dir\":\"{}\",", received.pid, report.restored_dir.display());
     assert!(received.reply.starts_with(&expected_reply), "reply {:?}", received.reply);
+    assert!(received.source_told, "the source confirmed, yet source_told is false");
     verify(&report.restored_dir).expect("the received folder verifies");
     verify(&out).expect("the source's folder verifies");
 
     // The source's tree is gone, and the restored one counts on from where it stopped.
-    assert!(wait_until(10, || {
-        reap();
-        !alive(counter.pid)
-    }));
-    let at_move = count_of(parent);
-    assert!(wait_until(10, || count_of(parent) > at_move + 3), "the migrated counter counts on from {}", at_move);
-    assert!(alive(report.restored_pid));
+    counts_on_there(&counter, report.restored_pid);
+}
+
+/// Raises `fs.pipe-max-size`, if lower, to the 4 MiB that post-copy needs on the source (root
+/// may). It is left raised: other tests running meanwhile may need it too.
+fn raise_pipe_max_size() {
+    const SYSCTL: &str = "/proc/sys/fs/pipe-max-size";
+    const NEEDED: u64 = 4 << 20;
+    let now: u64 = fs::read_to_string(SYSCTL).unwrap().trim().parse().unwrap();
+    if now < NEEDED {
+        fs::write(SYSCTL, NEEDED.to_string()).expect("post-copy needs fs.pipe-max-size >= 4194304");
+    }
+}
+
+#[test]
+fn post_copy_migration_with_real_criu() {
+    const MEMORY_MIB: u64 = 16;
+    let _serial = serial();
+    become_subreaper();
+    raise_pipe_max_size();
+    let work = fresh("migration-post-copy");
+    let memory = MEMORY_MIB.to_string();
+    let (counter, store) = (ContainedCounter::filling(&work, &[&memory, "private"]), private_dir(&work, "store"));
+
+    // Loopback TCP, post-copy: the counter's memory is left out of the checkpoint, and follows it
+    // once it runs on the receiver.
+    let (conn, receiver) = receive_over_loopback(store);
+    let mut opts = Options::new().unwrap();
+    opts.post_copy(true).unwrap().reply_timeout_ms(120_000).unwrap();
+    let mut rt = Runtime::new().unwrap();
+    let report = rt.migrate("rust-post-copy", counter.pid, work.join("out"), &conn, Some(&opts));
+    let received = receiver.join().expect("the receiving thread");
+    let _restored = KillNamespace(received.as_ref().map_or(0, |r| r.pid));
+    let (report, received) = (report.expect("migrate post-copy"), received.expect("receive"));
+    eprintln!("migrated post-copy: {:?}", report);
+
+    // Most of the counter's memory came through the page stream: the checkpoint did not carry it.
+    // (post_copy may be 0: the receiver's CRIU fetches pages from the restore on, so all of a small
+    // tree's may be in before its "ok".)
+    assert!(report.pages_sent >= MEMORY_MIB * 256 / 2, "{:?}", report);
+    assert!(report.restored_pid > 0 && report.restored_pid == received.pid && received.source_told, "{:?}", received);
+    counts_on_there(&counter, report.restored_pid);
 }
 
 #[test]
@@ -883,4 +951,66 @@ fn migration_refused_by_a_receiver_trusting_no_key() {
     // The source resumed: the counter runs on here.
     let at = count_of(parent);
     assert!(wait_until(10, || count_of(parent) > at + 3) && alive(counter.pid), "the source's counter resumes");
+}
+
+#[test]
+fn migration_cut_after_the_commit_runs_on_the_receiver_untold() {
+    let _serial = serial();
+    become_subreaper();
+    let work = fresh("migration-untold");
+    let (counter, store) = (ContainedCounter::start(&work), private_dir(&work, "store"));
+    let parent = &counter.parent;
+
+    // A relay between the two ends: the receiver's answers passed back, its "ready" noted before
+    // the source reads it; the source's stream passed on, and then its commit, once the receiver's
+    // side is read no more (its "ok" then meets EPIPE); the source's side is shut after it.
+    let (source, mut to_source) = UnixStream::pair().unwrap();
+    let (mut to_receiver, receiving) = UnixStream::pair().unwrap();
+    let receiver = receive_on(move || receiving, store.clone());
+    let ready_passed = Arc::new(AtomicBool::new(false));
+    let (mut answers, mut answers_to, passed) =
+        (to_receiver.try_clone().unwrap(), to_source.try_clone().unwrap(), ready_passed.clone());
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = match answers.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if String::from_utf8_lossy(&buf[..n]).contains("\"ready\":true") {
+                passed.store(true, Ordering::SeqCst);
+            }
+            if answers_to.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    });
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = match to_source.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if ready_passed.load(Ordering::SeqCst) {
+                let _ = to_receiver.shutdown(Shutdown::Read);
+                let _ = to_receiver.write_all(&buf[..n]);
+                let _ = to_source.shutdown(Shutdown::Both);
+                return;
+            }
+            if to_receiver.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    });
+    let mut rt = Runtime::new().unwrap();
+    let migrated = rt.migrate("rust-untold", counter.pid, work.join("out"), &source, None);
+    let received = receiver.join().expect("the receiving thread");
+    let _restored = KillNamespace(received.as_ref().map_or(0, |r| r.pid));
+    let received = received.expect("receive");
+    assert!(received.pid > 0 && !received.source_told, "{:?}", received);
+    expect_err(migrated, Status::UNCONFIRMED, "");
+    assert_eq!(state_of(counter.pid), Some('T'), "the source's copy stays stopped");
+    let at = count_of(parent);
+    assert!(wait_until(10, || count_of(parent) > at + 3), "the received counter counts on from {}", at);
 }

@@ -1,0 +1,272 @@
+#include "criu/lazy_pages.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <array>
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <csignal>
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include <nucleus/checkpoint/error.hpp>
+
+#include "criu/criu_args.hpp"
+#include "criu/criu_log.hpp"
+#include "criu/criu_tools.hpp"
+#include "fs/fs_util.hpp"
+
+namespace nucleus::checkpoint {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// CRIU's page server pipes: PIPE_MAX_SIZE (819) pages, which the kernel rounds up to 4 MiB.
+constexpr int page_server_pipe = 4 << 20;
+
+constexpr const char* log_name = "lazy-pages.log";
+
+constexpr std::size_t max_fds_per_word = 64;
+constexpr int max_kept_pidfds = 4096;
+
+// Closes every descriptor but a and b.
+void close_all_but(int a, int b) noexcept {
+  const unsigned low = static_cast<unsigned>(std::min(a, b)), high = static_cast<unsigned>(std::max(a, b));
+  if (low > 3) ::close_range(3, low - 1, 0);
+  if (high > low + 1) ::close_range(low + 1, high - 1, 0);
+  ::close_range(high + 1, ~0U, 0);
+}
+
+// The keeper's whole life, in the forked child: system calls alone (the parent may have threads).
+[[noreturn]] void keep(int words, int page_socket) {
+  close_all_but(words, page_socket);
+  int pidfds[max_kept_pidfds];
+  int kept = 0;
+  for (;;) {
+    char what = 0;
+    iovec iov{&what, 1};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_word)];
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    const ssize_t n = ::recvmsg(words, &msg, MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;  // the parent is gone without saying it is done
+    if (what == 'd') ::_exit(0);
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (std::size_t i = 0; i < count; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        if (what == 'p' && kept < max_kept_pidfds) pidfds[kept++] = fd;  // others ('u') are only held
+      }
+    }
+  }
+  for (int i = 0; i < kept; ++i) ::syscall(SYS_pidfd_send_signal, pidfds[i], SIGKILL, nullptr, 0);
+  for (int i = 0; i < kept; ++i) {
+    pollfd p{pidfds[i], POLLIN, 0};
+    ::poll(&p, 1, 5000);
+  }
+  ::_exit(0);
+}
+
+}  // namespace
+
+void require_lazy_page_server() {
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) throw system_error(Status::io, errno, "cannot create a pipe");
+  const int set = ::fcntl(p[0], F_SETPIPE_SZ, page_server_pipe);
+  const int error = errno;
+  ::close(p[0]);
+  ::close(p[1]);
+  if (set >= 0) return;
+  std::string limit = "?";
+  if (std::ifstream in("/proc/sys/fs/pipe-max-size"); in) in >> limit;
+  throw Error(Status::unsupported,
+              fmt::format("post-copy needs pipes of 4 MiB for CRIU's page server, and this host allows {} bytes "
+                          "(fs.pipe-max-size) without CAP_SYS_RESOURCE ({}); raise it with `sysctl -w "
+                          "fs.pipe-max-size=4194304`, or migrate without post-copy",
+                          limit, std::strerror(error)));
+}
+
+LazyPagesDaemon::LazyPagesDaemon(int criu_binary_fd, int images_fd, int page_socket, int relay_end,
+                                 const CriuOptions& options, std::chrono::milliseconds timeout)
+    : run_(make_private_run_dir(run_dir, "lazy-pages", "CRIU lazy-pages folder")) {
+  start_keeper(relay_end);
+  int status[2];
+  if (::pipe2(status, O_CLOEXEC) != 0) throw system_error(Status::io, errno, "cannot create a pipe for CRIU");
+  UniqueFd ready(status[0]), ready_writer(status[1]);
+  const std::vector<std::string> args =
+      criu_lazy_pages_args(proc_fd_path(child_fd(0)), proc_fd_path(child_fd(1)), child_fd(2), child_fd(3), options);
+  const std::vector<int> fds{images_fd, run_.dir.get(), page_socket, ready_writer.get()};
+  thread_ = std::thread([this, criu_binary_fd, args, fds, &ready_writer] {
+    ProcessWatch watch;
+    watch.on_start = [&](pid_t pid) {
+      const std::lock_guard lock(mutex_);
+      pid_ = pid;
+      pidfd_.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+      ready_writer.reset();  // the daemon's copy alone: its end is the pipe's end
+      changed_.notify_all();
+    };
+    ProcessResult r;
+    try {
+      r = run_process(criu_binary_fd, "criu", args, fds, criu_environment(), {}, ProcessGroup::own, &watch);
+    } catch (const std::exception& e) {
+      r.output = e.what();
+    }
+    const std::lock_guard lock(mutex_);
+    result_ = std::move(r);
+    changed_.notify_all();
+  });
+  {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return pidfd_ || result_; });
+  }
+  // CRIU writes one byte to its status fd once it listens.
+  const Clock::time_point deadline = Clock::now() + timeout;
+  char byte = 1;
+  pollfd p{ready.get(), POLLIN, 0};
+  int n;
+  while ((n = ::poll(&p, 1, static_cast<int>(std::max<long long>(
+                                  std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count(),
+                                  0)))) < 0 &&
+         errno == EINTR) {
+  }
+  if (n <= 0 || ::read(ready.get(), &byte, 1) != 1 || byte != 0) {
+    stop();
+    keeper_.reset();  // not told it is done: with no tree to kill, it just exits
+    ::waitpid(keeper_pid_, nullptr, 0);
+    throw Error(Status::criu, failure(n == 0 ? "did not start in time" : "ended before it was ready"));
+  }
+}
+
+void LazyPagesDaemon::start_keeper(int relay_end) {
+  int pair[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0)
+    throw system_error(Status::io, errno, "cannot create the socket for the restored tree's keeper");
+  UniqueFd ours(pair[0]), its(pair[1]);
+  const pid_t pid = ::fork();
+  if (pid < 0) throw system_error(Status::internal, errno, "cannot start the restored tree's keeper");
+  if (pid == 0) keep(its.get(), relay_end);
+  keeper_ = std::move(ours);
+  keeper_pid_ = pid;
+}
+
+void LazyPagesDaemon::tell_keeper(char what, const std::vector<int>& fds) {
+  for (std::size_t at = 0; at < fds.size() || (at == 0 && fds.empty()); at += max_fds_per_word) {
+    const std::size_t count = std::min(max_fds_per_word, fds.size() - at);
+    iovec iov{&what, 1};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * max_fds_per_word)]{};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (count > 0) {
+      msg.msg_control = control;
+      msg.msg_controllen = CMSG_SPACE(sizeof(int) * count);
+      cmsghdr* c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * count);
+      std::memcpy(CMSG_DATA(c), fds.data() + at, sizeof(int) * count);
+    }
+    if (::sendmsg(keeper_.get(), &msg, MSG_NOSIGNAL) != 1)
+      throw system_error(Status::internal, errno, "cannot reach the restored tree's keeper");
+    if (fds.empty()) break;
+  }
+}
+
+LazyPagesDaemon::~LazyPagesDaemon() {
+  // Done or not, the tree is dealt with by now; a keeper not told so kills it (again) on its way.
+  keeper_.reset();
+  if (keeper_pid_ > 0) ::waitpid(keeper_pid_, nullptr, 0);
+  stop();
+  userfaultfds_.clear();
+  if (keep_ || !run_.dir) return;
+  for (const char* f : {log_name, "lazy-pages.socket", "restore.log", "stats-restore", "restore.pid"})
+    ::unlinkat(run_.dir.get(), f, 0);
+  ::unlinkat(run_.parent.get(), run_.name.c_str(), AT_REMOVEDIR);
+}
+
+void LazyPagesDaemon::stop() noexcept {
+  if (thread_.joinable()) {
+    {
+      const std::lock_guard lock(mutex_);
+      if (pidfd_ && !result_) ::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
+    }
+    thread_.join();
+  }
+}
+
+void LazyPagesDaemon::hold(const ProcessTree& tree) {
+  tell_keeper('p', tree.pidfds());
+  int pidfd;
+  {
+    const std::lock_guard lock(mutex_);
+    // A tree with little memory to follow may have it all before the restore has even returned.
+    if (result_ && result_->succeeded()) return;
+    if (result_ || !pidfd_) throw Error(Status::criu, failure("ended before the tree's memory was in"));
+    pidfd = pidfd_.get();
+  }
+  const UniqueFd fd_dir(::open(fmt::format("/proc/{}/fd", pid_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd_dir) {
+    const int error = errno;
+    // Ending as it is listed: done, when it has brought every page in.
+    if (exited_by(Clock::now() + std::chrono::seconds(5)) && result_->succeeded()) return;
+    throw system_error(Status::criu, error, "cannot list CRIU lazy-pages daemon's descriptors");
+  }
+  for_each_name(fd_dir.get(), "CRIU lazy-pages daemon's descriptors", [&](std::string_view name) {
+    std::array<char, 64> target{};
+    const std::string fd(name);
+    if (::readlinkat(fd_dir.get(), fd.c_str(), target.data(), target.size() - 1) < 0 ||
+        std::string_view(target.data()) != "anon_inode:[userfaultfd]")
+      return;
+    UniqueFd copy(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, std::atoi(fd.c_str()), 0)));
+    if (copy) userfaultfds_.push_back(std::move(copy));
+  });
+  // Listed through its PID: still that process only if it has not ended meanwhile (or ended well).
+  if (exited_by(Clock::now())) {
+    userfaultfds_.clear();
+    if (result_->succeeded()) return;
+    throw Error(Status::criu, failure("ended before the tree's memory was in"));
+  }
+  std::vector<int> held;
+  for (const UniqueFd& fd : userfaultfds_) held.push_back(fd.get());
+  tell_keeper('u', held);
+}
+
+bool LazyPagesDaemon::exited_by(Clock::time_point deadline) {
+  std::unique_lock lock(mutex_);
+  return changed_.wait_until(lock, deadline, [&] { return result_.has_value(); });
+}
+
+void LazyPagesDaemon::wait_done(std::chrono::milliseconds timeout) {
+  if (!exited_by(Clock::now() + timeout)) throw Error(Status::criu, failure("did not end once every page was in"));
+  if (!result_->succeeded()) throw Error(Status::criu, failure(fmt::format("failed ({})", result_->describe())));
+  tell_keeper('d', {});
+  userfaultfds_.clear();
+}
+
+std::string LazyPagesDaemon::keep_logs() {
+  keep_ = true;
+  return fmt::format("its logs are in {}", run_.path());
+}
+
+std::string LazyPagesDaemon::failure(std::string_view what) {
+  const std::string output = result_ ? result_->output : std::string();
+  const std::string errors = criu_errors(run_.dir.get(), log_name, output);
+  keep_ = true;
+  return fmt::format("CRIU's lazy-pages daemon {}: {}. Full log: {}/{}", what, errors, run_.path(), log_name);
+}
+
+}  // namespace nucleus::checkpoint

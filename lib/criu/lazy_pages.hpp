@@ -1,0 +1,83 @@
+// CRIU's post-copy ("lazy pages") on both hosts: what the source must have before it dumps that
+// way, and the receiver's lazy-pages daemon, which gives the restored tree its memory as the tree
+// touches it and fetches the rest in the background, through a page socket only the library holds.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nucleus/checkpoint/criu_options.hpp>
+
+#include "criu/proc.hpp"
+#include "criu/runtime_support.hpp"
+#include "criu/subprocess.hpp"
+#include "fs/unique_fd.hpp"
+
+namespace nucleus::checkpoint {
+
+// Throws Status::unsupported, saying what to change, unless CRIU's page server could serve lazy
+// pages from this process: it sets its pipes to 4 MiB (F_SETPIPE_SZ), which needs
+// fs.pipe-max-size >= 4194304 or CAP_SYS_RESOURCE; without it CRIU fails at the first page.
+void require_lazy_page_server();
+
+// `criu lazy-pages` for one restore: started on the verified checkpoint's images in a private work
+// folder, which the restore must be given as its work dir (CRIU finds the daemon there), with its
+// page server the other end of page_socket: relay_end.
+class LazyPagesDaemon {
+ public:
+  // Returns once the daemon listens; throws with its log if it exits first or takes longer than
+  // `timeout`.
+  LazyPagesDaemon(int criu_binary_fd, int images_fd, int page_socket, int relay_end, const CriuOptions& options,
+                  std::chrono::milliseconds timeout);
+  // Kills it if it still runs (after the tree, which the caller has dealt with), and removes the
+  // folder unless a failure's logs are kept there.
+  ~LazyPagesDaemon();
+  LazyPagesDaemon(const LazyPagesDaemon&) = delete;
+  LazyPagesDaemon& operator=(const LazyPagesDaemon&) = delete;
+
+  std::string work_path() const { return run_.path(); }
+  // Once the restore has returned, the tree still stopped: duplicates of the daemon's
+  // userfaultfds, held until it is done. Should the daemon die, the tree's missing pages then block
+  // instead of reading as zeros (the kernel zero-fills a range whose userfaultfd is gone). And
+  // should this process die, its keeper (below) kills the tree before the daemon can go. Throws
+  // unless it holds at least one and the daemon still runs.
+  void hold(const ProcessTree& tree);
+  // Waits (up to `timeout`) for the daemon to end once every page is in; throws with its log unless
+  // it succeeded.
+  void wait_done(std::chrono::milliseconds timeout);
+  // Where its logs stay after a failure.
+  std::string keep_logs();
+
+ private:
+  void stop() noexcept;  // kills the daemon if it still runs, and waits for it
+  bool exited_by(std::chrono::steady_clock::time_point deadline);
+  std::string failure(std::string_view what);
+
+  // A small process forked at the start, which outlives this one: it holds a copy of the daemon's
+  // page socket (so the daemon sees no end while it lives), and the tree's pidfds and userfaultfds
+  // it is sent. When this process goes without saying it is done (its end of `keeper_` closes), it
+  // kills the tree, waits for it to die, and only then exits, letting go of the rest.
+  void start_keeper(int page_socket);
+  void tell_keeper(char what, const std::vector<int>& fds);
+
+  PrivateRunDir run_;
+  UniqueFd keeper_;
+  pid_t keeper_pid_ = -1;
+  std::thread thread_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  pid_t pid_ = 0;
+  UniqueFd pidfd_;
+  std::optional<ProcessResult> result_;
+  std::vector<UniqueFd> userfaultfds_;
+  bool keep_ = false;
+};
+
+}  // namespace nucleus::checkpoint
