@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <charconv>
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -22,6 +23,7 @@
 #include "criu/criu_log.hpp"
 #include "criu/criu_tools.hpp"
 #include "fs/fs_util.hpp"
+#include "pagemap.pb-c.h"
 
 namespace nucleus::checkpoint {
 
@@ -81,7 +83,84 @@ void close_all_but(int a, int b) noexcept {
   ::_exit(0);
 }
 
+// CRIU's image magics (criu/include/magic.h) and a pagemap entry's "lazy" flag (pagemap.h).
+constexpr std::uint32_t img_common_magic = 0x54564319, img_service_magic = 0x55105940, pagemap_magic = 0x56084025;
+constexpr std::uint32_t pe_lazy = 1U << 1;
+constexpr std::size_t max_pagemap_image = 64 << 20;
+
+std::uint32_t u32_at(const std::string& bytes, std::size_t at) {
+  std::uint32_t value;
+  std::memcpy(&value, bytes.data() + at, sizeof value);
+  return value;
+}
+
+// One pagemap-PID.img: its head, then its entries, each a u32 size and a protobuf message.
+std::vector<std::pair<std::uint64_t, std::uint64_t>> lazy_ranges_in(const std::string& image, const std::string& name) {
+  const auto malformed = [&] { return Error(Status::integrity, fmt::format("CRIU's {} is not a pagemap image", name)); };
+  std::size_t at = 0;
+  if (image.size() < 8) throw malformed();
+  if (u32_at(image, 0) == img_common_magic || u32_at(image, 0) == img_service_magic) at = 4;
+  if (u32_at(image, at) != pagemap_magic) throw malformed();
+  at += 4;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+  for (bool head = true; at < image.size(); head = false) {
+    if (image.size() - at < 4) throw malformed();
+    const std::uint32_t size = u32_at(image, at);
+    at += 4;
+    if (size > image.size() - at) throw malformed();
+    const auto* data = reinterpret_cast<const std::uint8_t*>(image.data() + at);
+    at += size;
+    if (head) {
+      PagemapHead* h = pagemap_head__unpack(nullptr, size, data);
+      if (!h) throw malformed();
+      pagemap_head__free_unpacked(h, nullptr);
+      continue;
+    }
+    PagemapEntry* e = pagemap_entry__unpack(nullptr, size, data);
+    if (!e) throw malformed();
+    const std::uint64_t pages = e->has_nr_pages ? e->nr_pages : e->compat_nr_pages;
+    const bool lazy = e->has_flags && (e->flags & pe_lazy) != 0;
+    const std::uint64_t start = e->vaddr;
+    pagemap_entry__free_unpacked(e, nullptr);
+    if (!lazy || pages == 0) continue;
+    if (pages > (~std::uint64_t{0} - start) / 4096) throw malformed();
+    ranges.emplace_back(start, start + pages * 4096);
+  }
+  std::sort(ranges.begin(), ranges.end());
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> merged;
+  for (const auto& r : ranges) {
+    if (!merged.empty() && r.first <= merged.back().second) merged.back().second = std::max(merged.back().second, r.second);
+    else merged.push_back(r);
+  }
+  return merged;
+}
+
 }  // namespace
+
+LazyExtents read_lazy_extents(int images_fd) {
+  LazyExtents extents;
+  for (const std::string& name : list_dir(images_fd, "checkpoint images directory")) {
+    constexpr std::string_view prefix = "pagemap-", suffix = ".img";
+    if (!name.starts_with(prefix) || !name.ends_with(suffix)) continue;
+    const std::string digits = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
+    std::uint64_t pid = 0;
+    const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), pid);
+    if (error != std::errc() || end != digits.data() + digits.size()) continue;
+    extents[pid] = lazy_ranges_in(read_file_at(images_fd, name, max_pagemap_image, "CRIU pagemap image"), name);
+  }
+  return extents;
+}
+
+bool is_lazy(const LazyExtents& extents, std::uint64_t pid, std::uint64_t vaddr, std::uint64_t bytes) {
+  const auto it = extents.find(pid);
+  if (it == extents.end() || bytes > ~std::uint64_t{0} - vaddr) return false;
+  const auto& ranges = it->second;
+  // The last range starting at or before vaddr.
+  auto r = std::upper_bound(ranges.begin(), ranges.end(), std::make_pair(vaddr, ~std::uint64_t{0}));
+  if (r == ranges.begin()) return false;
+  --r;
+  return vaddr >= r->first && vaddr + bytes <= r->second;
+}
 
 void require_lazy_page_server() {
   int p[2];

@@ -7,10 +7,13 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <nucleus/checkpoint/criu_options.hpp>
@@ -21,6 +24,14 @@
 #include "fs/unique_fd.hpp"
 
 namespace nucleus::checkpoint {
+
+// The memory a post-copy dump left out, by process (the PIDs CRIU's images use): for each, its
+// lazy ranges [start, end) in bytes, sorted, adjacent ones merged. What the receiver may ask for.
+using LazyExtents = std::map<std::uint64_t, std::vector<std::pair<std::uint64_t, std::uint64_t>>>;
+// Read from the dump's pagemap-PID.img files in the images folder (the checkpoint's own, signed).
+LazyExtents read_lazy_extents(int images_fd);
+// Whether [vaddr, vaddr + bytes) of process `pid` lies within one of its lazy ranges.
+bool is_lazy(const LazyExtents& extents, std::uint64_t pid, std::uint64_t vaddr, std::uint64_t bytes);
 
 // Throws Status::unsupported, saying what to change, unless CRIU's page server could serve lazy
 // pages from this process: it sets its pipes to 4 MiB (F_SETPIPE_SZ), which needs

@@ -9,6 +9,7 @@
 #include <sodium.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 
 #include <algorithm>
 #include <charconv>
@@ -229,20 +230,10 @@ void confirm(Conversation& lines, const MigrateOptions& options, HeldTree& tree,
   throw *refused;
 }
 
-// The processes a dump's images hold memory of (pagemap-PID.img), by the PIDs CRIU's images use.
-std::vector<std::uint64_t> dumped_pids(const fs::path& work_dir) {
+// The memory the post-copy dump in work_dir left out, from its own images.
+LazyExtents left_out(const fs::path& work_dir) {
   const UniqueFd dir = open_dir(work_dir, "checkpoint directory");
-  const UniqueFd images = open_dir_at(dir.get(), CheckpointDir::images_name, "checkpoint images directory");
-  std::vector<std::uint64_t> pids;
-  for_each_name(images.get(), "checkpoint images directory", [&](std::string_view name) {
-    constexpr std::string_view prefix = "pagemap-", suffix = ".img";
-    if (!name.starts_with(prefix) || !name.ends_with(suffix)) return;
-    const std::string_view digits = name.substr(prefix.size(), name.size() - prefix.size() - suffix.size());
-    std::uint64_t pid = 0;
-    const auto [end, error] = std::from_chars(digits.data(), digits.data() + digits.size(), pid);
-    if (error == std::errc() && end == digits.data() + digits.size()) pids.push_back(pid);
-  });
-  return pids;
+  return read_lazy_extents(open_dir_at(dir.get(), CheckpointDir::images_name, "checkpoint images directory").get());
 }
 
 // The source's proof that it commits this checkpoint on this connection (and post-copy, `bound`).
@@ -282,7 +273,7 @@ void hand_over(const fs::path& work_dir, int fd, const MigrateOptions& options, 
                                        "no page stream key): upgrade it, or migrate without post-copy");
     const std::string header = fmt::format("{{\"post_copy\":{{\"header\":\"{}\"}}}}\n", pages->key_exchange(*receiver));
     write_all(fd, header.data(), header.size(), "the page stream's header to the receiver");
-    pages->start(dumped_pids(work_dir));
+    pages->start(left_out(work_dir));
     lines.framed_by(pages);
     bound = transfer::page_keys_bound(pages->key(), *receiver);
     reply = parse_reply(lines.read_receivers(Clock::now() + options.reply_timeout));
@@ -300,9 +291,12 @@ void hand_over(const fs::path& work_dir, int fd, const MigrateOptions& options, 
   tree.may_run_elsewhere(true);
   const transfer::SigpipeBlock sigpipe_blocked;
   try {
+    // Post-copy: a page stream that failed may have let CRIU resume the tree: no commit then.
+    if (pages) pages->rethrow_failure();
     lines.write(commit, "the commit to the receiver");
-  } catch (const Error&) {
-    // Not sent whole: the receiver cannot have been told. Without its word it lets nothing run.
+  } catch (...) {
+    // Not sent whole (or not at all): the receiver cannot have been told. Without its word it
+    // lets nothing run.
     tree.may_run_elsewhere(false);
     throw;
   }
@@ -394,7 +388,12 @@ class RestoredHandle {
   }
   void kill() noexcept {
     const std::lock_guard lock(mutex_);
-    if (tree_.pidfd >= 0) ProcessTree::open_stopped(tree_.pid, tree_.pidfd).kill();
+    if (tree_.pidfd < 0) return;
+    try {
+      ProcessTree::open_stopped(tree_.pid, tree_.pidfd).kill();
+    } catch (...) {
+      ::syscall(SYS_pidfd_send_signal, tree_.pidfd, SIGKILL, nullptr, 0);  // the root at least
+    }
   }
 
  private:

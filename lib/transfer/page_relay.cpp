@@ -12,7 +12,6 @@
 #include <deque>
 #include <exception>
 #include <mutex>
-#include <new>
 #include <optional>
 #include <thread>
 
@@ -42,8 +41,6 @@ struct PageSession {
 };
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
 
 constexpr std::size_t page_size = 4096;
 // CRIU's lazy-pages daemon asks for at most 4 MiB at once (its MAX_XFER_LEN).
@@ -234,6 +231,11 @@ void PageStream::fail(std::exception_ptr why) noexcept {
 
 void PageStream::abort(std::exception_ptr why) noexcept { fail(why); }
 
+void PageStream::rethrow_failure() {
+  const std::lock_guard lock(mutex_);
+  if (failure_) std::rethrow_exception(failure_);
+}
+
 template <typename F>
 void PageStream::guarded(F&& body) noexcept {
   try {
@@ -325,12 +327,11 @@ void PageReceiver::send_line(std::string_view line) {
   send_net(frame.data(), frame.size());
 }
 
-void PageSender::start(std::vector<std::uint64_t> pids) {
-  std::sort(pids.begin(), pids.end());
+void PageSender::start(LazyExtents lazy) {
   auto pending = std::make_shared<PendingRequests>();
   // The receiver's requests, checked, on to CRIU; its lines, to read_line. After its CRIU closed the
   // stream only lines may come, until it is done.
-  from_net_ = std::thread([this, pending, pids = std::move(pids)] {
+  from_net_ = std::thread([this, pending, lazy = std::move(lazy)] {
     guarded([&] {
       bool closed = false;
       for (;;) {
@@ -349,8 +350,8 @@ void PageSender::start(std::vector<std::uint64_t> pids) {
         if (!closes(iov)) {
           if (iov.cmd != iov_get) throw refuse("not a request for pages");
           check_get(iov, refuse);
-          // CRIU's page server would crash on a PID it did not dump.
-          if (!std::binary_search(pids.begin(), pids.end(), iov.dst_id)) throw refuse("no such process was dumped");
+          if (!is_lazy(lazy, iov.dst_id, iov.vaddr, iov.nr_pages * page_size))
+            throw refuse("not memory the dump left out");
         }
         pending->push(iov);
         const IovBytes canonical = encode(iov);

@@ -26,6 +26,8 @@
 #include <thread>
 #include <vector>
 
+#include "criu/lazy_pages.hpp"
+
 namespace nucleus::checkpoint::transfer {
 
 using PageKey = std::array<unsigned char, crypto_kx_PUBLICKEYBYTES>;
@@ -57,6 +59,8 @@ class PageStream {
   PageStreamStats finish();
   // Ends the relay now for `why` (the conversation failed): the sockets are shut, as on a failure.
   void abort(std::exception_ptr why) noexcept;
+  // The failure that ended the relay, if one did (rethrown); nothing otherwise.
+  void rethrow_failure();
 
  protected:
   PageStream(int local_fd, int net_fd, std::chrono::milliseconds stall_timeout, std::function<void()> on_failure);
@@ -95,9 +99,10 @@ class PageSender : public PageStream {
   // Keys the stream for the receiver's public key; returns the stream's header (hex) for the
   // receiver, which must have it before the relay starts.
   std::string key_exchange(const PageKey& receiver);
-  // `pids`: the dumped processes' PIDs as CRIU's images name them; a request for another is
-  // refused before CRIU sees it.
-  void start(std::vector<std::uint64_t> pids);
+  // `lazy`: the memory the dump left out; a request for anything else is refused before CRIU
+  // sees it (CRIU's page server crashes on a PID it did not dump, and hangs on pages it holds
+  // that are not lazy).
+  void start(LazyExtents lazy);
   void send_line(std::string_view line) override;
 };
 
