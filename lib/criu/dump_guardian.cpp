@@ -9,11 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
-#include <vector>
 
 #include "criu/proc.hpp"
 
@@ -27,26 +25,16 @@ struct Word {
   pid_t pid;
 };
 
-// The caller's other descriptors (its sockets, its pipes) must not live on in the guardian: a peer
-// would wait for an end of stream that the guardian holds off.
-void close_all_but(std::vector<int> keep) {
-  std::sort(keep.begin(), keep.end());
-  unsigned next = 3;  // standard input, output and error stay
-  for (const int fd : keep) {
-    if (fd < 0 || static_cast<unsigned>(fd) < next) continue;
-    if (static_cast<unsigned>(fd) > next) ::close_range(next, static_cast<unsigned>(fd) - 1, 0);
-    next = static_cast<unsigned>(fd) + 1;
-  }
-  ::close_range(next, ~0U, 0);
-}
-
 // The guardian's body, in the forked child: follows its parent's words until dismissed, or until
 // the parent dies (the death signal, or the pipe's end without a word), and then acts.
 [[noreturn]] void guard(pid_t parent, int words, pid_t root, int root_pidfd, const CheckpointDir& staging) {
   // Out of the caller's session and process group: a Ctrl-C or a group kill meant for the caller
   // must not take the guardian with it.
   ::setsid();
-  close_all_but({words, root_pidfd, staging.parent(), staging.dir(), staging.images()});
+  // The caller's other descriptors (its sockets, its pipes) must not live on in the guardian: a
+  // peer would wait for an end of stream that the guardian holds off.
+  int keep[] = {words, root_pidfd, staging.parent(), staging.dir(), staging.images()};
+  close_all_but(keep);
   sigset_t death;
   sigemptyset(&death);
   sigaddset(&death, SIGUSR2);

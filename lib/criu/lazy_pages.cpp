@@ -39,17 +39,10 @@ constexpr const char* log_name = "lazy-pages.log";
 constexpr std::size_t max_fds_per_word = 64;
 constexpr int max_kept_pidfds = 4096;
 
-// Closes every descriptor but a and b.
-void close_all_but(int a, int b) noexcept {
-  const unsigned low = static_cast<unsigned>(std::min(a, b)), high = static_cast<unsigned>(std::max(a, b));
-  if (low > 3) ::close_range(3, low - 1, 0);
-  if (high > low + 1) ::close_range(low + 1, high - 1, 0);
-  ::close_range(high + 1, ~0U, 0);
-}
-
 // The keeper's whole life, in the forked child: system calls alone (the parent may have threads).
 [[noreturn]] void keep(int words, int page_socket) {
-  close_all_but(words, page_socket);
+  int keep[] = {words, page_socket};
+  close_all_but(keep);
   int pidfds[max_kept_pidfds];
   int kept = 0;
   for (;;) {

@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <chrono>
 #include <optional>
@@ -170,6 +171,17 @@ void ProcessTree::signal(int sig) const noexcept {
     UniqueFd opened;
     if (const int fd = reach(m, opened); fd >= 0) ::syscall(SYS_pidfd_send_signal, fd, sig, nullptr, 0);
   }
+}
+
+void close_all_but(std::span<int> keep) noexcept {
+  std::sort(keep.begin(), keep.end());
+  unsigned next = 3;  // standard input, output and error stay
+  for (const int fd : keep) {
+    if (fd < 0 || static_cast<unsigned>(fd) < next) continue;
+    if (static_cast<unsigned>(fd) > next) ::close_range(next, static_cast<unsigned>(fd) - 1, 0);
+    next = static_cast<unsigned>(fd) + 1;
+  }
+  ::close_range(next, ~0U, 0);
 }
 
 ProcessTree ProcessTree::open_stopped(pid_t pid, int root_pidfd) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <span>
 #include <vector>
 
 #include "fs/unique_fd.hpp"
@@ -77,6 +78,10 @@ bool descends_from(pid_t pid, pid_t ancestor);
 
 // A pidfd for pid (-1 with errno set if there is no such process).
 int open_pidfd(pid_t pid) noexcept;
+
+// Closes every descriptor above standard error but those in `keep` (sorted in place; negative ones
+// ignored). Allocates nothing: for a child just forked from a process that may have threads.
+void close_all_but(std::span<int> keep) noexcept;
 // Clock ticks since boot now, as /proc/PID/stat counts a process's start time.
 std::uint64_t boot_ticks_now() noexcept;
 
