@@ -33,6 +33,7 @@
 #include "checkpoint/utf8.hpp"
 #include "criu/criu_args.hpp"
 #include "fs/fs_util.hpp"
+#include "signature/hex.hpp"
 
 namespace nc = nucleus::checkpoint;
 
@@ -58,6 +59,7 @@ struct nc_options {
   std::vector<std::pair<std::string, std::string>> runtime_files;  // name, bytes
   nc::SignatureFormat signature_format = nc::SignatureFormat::manifest;
   nc::TransferOptions transfer;  // nc_export's
+  std::vector<std::string> receiver_has;  // nc_export_chain's: the layers left out
   nc::RegistryOptions registry;  // nc_push_image's and nc_pull_image's
   std::chrono::milliseconds reply_timeout = nc::MigrateOptions{}.reply_timeout;  // nc_migrate's, nc_receive's
   bool post_copy = false;                                                          // nc_migrate's
@@ -587,6 +589,48 @@ nc_status nc_import_e(int fd, const char* dir, const nc_options*, nc_error* err)
     require(dir != nullptr && *dir != '\0', "nc_import: dir is NULL or empty");
     require(fd >= 0, "nc_import: fd is negative");
     named("nc_import", [&] { nc::import_checkpoint(fd, dir); });
+  });
+}
+
+nc_status nc_options_add_receiver_has(nc_options* o, const char* signature_sha256) {
+  return set_option(o, __func__, [&](nc_options& all) {
+    require(signature_sha256 != nullptr, "signature_sha256 is NULL");
+    const std::string_view sha(signature_sha256);
+    require(nc::array_from_lower_hex<32>(sha).has_value(),
+            "signature_sha256 must be the SHA-256 of a layer's checkpoint.hmac as 64 lowercase hex digits");
+    require(all.receiver_has.size() < nc::CheckpointChain::max_layers,
+            "more layers held than a chain may have (" + std::to_string(nc::CheckpointChain::max_layers) + ")");
+    all.receiver_has.emplace_back(sha);
+  });
+}
+
+nc_status nc_export_chain(const char* layer_dir, int fd, const nc_options* opts) {
+  return nc_export_chain_e(layer_dir, fd, opts, nullptr);
+}
+
+nc_status nc_export_chain_e(const char* layer_dir, int fd, const nc_options* opts, nc_error* err) {
+  return guard(err, [&] {
+    require(layer_dir != nullptr && *layer_dir != '\0', "nc_export_chain: layer_dir is NULL or empty");
+    require(fd >= 0, "nc_export_chain: fd is negative");
+    nc::ChainTransferOptions options;
+    if (opts) options = {opts->transfer.compression, opts->receiver_has};
+    named("nc_export_chain", [&] { nc::export_chain(layer_dir, fd, options); });
+  });
+}
+
+nc_status nc_import_chain(int fd, const char* store_dir, const nc_options* opts, char** layer_out) {
+  return nc_import_chain_e(fd, store_dir, opts, layer_out, nullptr);
+}
+
+nc_status nc_import_chain_e(int fd, const char* store_dir, const nc_options*, char** layer_out, nc_error* err) {
+  if (layer_out) *layer_out = nullptr;
+  return guard(err, [&] {
+    require(store_dir != nullptr && *store_dir != '\0', "nc_import_chain: store_dir is NULL or empty");
+    require(fd >= 0, "nc_import_chain: fd is negative");
+    named("nc_import_chain", [&] {
+      const std::filesystem::path newest = nc::import_chain(fd, store_dir);
+      if (layer_out) *layer_out = malloc_copy(newest.native());
+    });
   });
 }
 

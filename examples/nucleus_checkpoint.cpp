@@ -759,9 +759,11 @@ int cmd_hash(std::optional<nc_signature_format> sign_format, const std::string& 
   return r.finish(hashed);
 }
 
-// Writes --dir as a transfer stream to --output (created, 0600) or stdout; the report goes to
-// stderr when the stream takes stdout.
-int cmd_export(const std::string& dir, bool zstd, const std::string& output, bool json) {
+// Writes --dir as a transfer stream to --output (created, 0600) or stdout; with --chain, the chain of
+// the layer --dir, leaving out the layers --have names. The report goes to stderr when the stream
+// takes stdout.
+int cmd_export(const std::string& dir, bool zstd, const std::string& output, bool chain,
+               const std::vector<std::string>& have, bool json) {
   Report r(json, output.empty() ? stderr : stdout);
   Outcome exported;
   Options opts;
@@ -769,6 +771,8 @@ int cmd_export(const std::string& dir, bool zstd, const std::string& output, boo
   exported(nc_options_new(&raw));
   opts.reset(raw);
   if (exported.ok()) exported(nc_options_set_compression(raw, zstd ? NC_COMPRESSION_ZSTD : NC_COMPRESSION_NONE));
+  for (const std::string& sha : have)
+    if (exported.ok()) exported(nc_options_add_receiver_has(raw, sha.c_str()));
   if (!exported.ok()) return r.finish(exported);
   int fd = STDOUT_FILENO;
   if (output.empty() && ::isatty(fd))
@@ -780,22 +784,24 @@ int cmd_export(const std::string& dir, bool zstd, const std::string& output, boo
                fmt::format("cannot create --output {}: {}{}", output, std::strerror(errno),
                            errno == EEXIST ? " (give a new name, or remove it first)" : ""));
   }
-  if (exported.ok()) exported(nc_export(dir.c_str(), fd, opts.get()));
+  if (exported.ok()) exported(chain ? nc_export_chain(dir.c_str(), fd, opts.get()) : nc_export(dir.c_str(), fd, opts.get()));
   if (!output.empty() && fd >= 0) {
     // A partial stream is refused on import anyway; it is not left lying about either.
     if (!exported.ok()) ::unlink(output.c_str());
     ::close(fd);
   }
   if (exported.ok()) {
-    r.field("dir", dir, "checkpoint");
+    r.field("dir", dir, chain ? "chain of layer" : "checkpoint");
     r.field("output", output.empty() ? "-" : output, "stream");
     r.field("compression", zstd ? "zstd" : "none");
+    if (chain) r.field("layers_left_out", static_cast<std::int64_t>(have.size()), "layers left out (--have)");
   }
   return r.finish(exported);
 }
 
-// Reads a transfer stream from --input or stdin into the new checkpoint folder --dir.
-int cmd_import(const std::string& dir, const std::string& input, bool json) {
+// Reads a transfer stream from --input or stdin into the new checkpoint folder --dir; with --chain,
+// a chain stream into the store folder --dir.
+int cmd_import(const std::string& dir, const std::string& input, bool chain, bool json) {
   Report r(json);
   Outcome imported;
   int fd = STDIN_FILENO;
@@ -804,13 +810,17 @@ int cmd_import(const std::string& dir, const std::string& input, bool json) {
   if (!input.empty() && (fd = ::open(input.c_str(), O_RDONLY | O_CLOEXEC)) < 0)
     imported(errno == ENOENT ? NC_E_NOT_FOUND : NC_E_IO,
              fmt::format("cannot open --input {}: {}", input, std::strerror(errno)));
-  if (imported.ok()) imported(nc_import(fd, dir.c_str(), nullptr));
+  char* newest = nullptr;
+  if (imported.ok()) imported(chain ? nc_import_chain(fd, dir.c_str(), nullptr, &newest) : nc_import(fd, dir.c_str(), nullptr));
   if (!input.empty() && fd >= 0) ::close(fd);
   if (imported.ok()) {
-    r.field("dir", dir, "checkpoint");
-    r.field("signature", "valid");
-    report_format(r, dir);
+    const std::string checkpoint = chain ? std::string(newest) : dir;
+    if (chain) r.field("store", dir, "store");
+    r.field("dir", checkpoint, chain ? "newest layer" : "checkpoint");
+    r.field("signature", chain ? "valid, and its chain" : "valid");
+    report_format(r, checkpoint);
   }
+  nc_free(newest);
   return r.finish(imported);
 }
 
@@ -1176,10 +1186,22 @@ int main(int argc, char** argv) {
   export_cmd->add_flag("--zstd", export_zstd, "Compress the stream with zstd (level 1)");
   std::string stream_file;
   export_cmd->add_option("--output", stream_file, "File to create (0600) for the stream (default: stdout)");
+  bool export_chain = false;
+  export_cmd->add_flag("--chain", export_chain,
+                       "--dir is a pre-dump chain's layer: write it with all its parents, oldest first");
+  std::vector<std::string> receiver_has;
+  export_cmd->add_option("--have", receiver_has,
+                         "With --chain: the receiver holds the layer whose checkpoint.hmac has this SHA-256 (64 hex "
+                         "digits, as sha256sum shows it); named, not sent. Repeatable")
+      ->needs(export_cmd->get_option("--chain"));
   auto* import_cmd = app.add_subcommand("import", "Read a transfer stream from --input or stdin into the new "
                                                   "checkpoint folder --dir, verifying every chunk as it arrives");
   import_cmd->add_option("--dir", dir, "Checkpoint folder to create")->required();
   import_cmd->add_option("--input", stream_file, "File holding the stream (default: stdin)");
+  bool import_chain = false;
+  import_cmd->add_flag("--chain", import_chain,
+                       "The stream is a pre-dump chain (export --chain): --dir is the store folder its layers go in, "
+                       "each beside its parent");
   std::string image_ref;
   bool insecure = false;
   auto* push = app.add_subcommand("push", "Publish --dir (verified first) as the OCI image REF in a registry");
@@ -1258,8 +1280,8 @@ int main(int argc, char** argv) {
   }
   if (*verify) return cmd_hash(std::nullopt, dir, json);
   if (*inspect) return cmd_inspect(dir, json);
-  if (*export_cmd) return cmd_export(dir, export_zstd, stream_file, json);
-  if (*import_cmd) return cmd_import(dir, stream_file, json);
+  if (*export_cmd) return cmd_export(dir, export_zstd, stream_file, export_chain, receiver_has, json);
+  if (*import_cmd) return cmd_import(dir, stream_file, import_chain, json);
   if (*migrate) return cmd_migrate(criu, pid, peer, dir, id, migrate_zstd, post_copy, reply_timeout_s, flags, json);
   if (*receive) return cmd_receive(criu, peer, dir, stream_timeout_s, receive_count, flags, json);
   if (*push) return cmd_push(dir, image_ref, insecure, json);

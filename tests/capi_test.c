@@ -837,6 +837,60 @@ static void test_transfer(void) {
   nc_options_free(opts);
 }
 
+/* Chain streams through the C ABI: a folder without a parent is a chain of one, exported and
+ * imported into a store; the layers held, and the arguments. (tests/chain_transfer_test.cpp has
+ * real chains.) */
+static void test_chain_transfer(void) {
+  char src[4200], pages[4400], store[4200], stream[4200], expected[8600];
+  path_of(src, sizeof src, "chain-src");
+  path_of(store, sizeof store, "chain-store");
+  path_of(stream, sizeof stream, "chain.stream");
+  snprintf(expected, sizeof expected, "%s/chain-src", store);
+  make_pages_folder(src, pages, sizeof pages, "a layer's pages");
+  CHECK(nc_sign_ex(src, NC_SIGNATURE_MANIFEST, NULL, NULL) == NC_OK);
+  nc_options *opts = NULL;
+  nc_error *err = NULL;
+  CHECK(nc_options_new(&opts) == NC_OK && nc_error_new(&err) == NC_OK);
+  CHECK(nc_options_add_receiver_has(opts, NULL) == NC_E_INVALID);
+  CHECK(nc_options_add_receiver_has(NULL, "00") == NC_E_INVALID);
+  CHECK(nc_options_add_receiver_has(opts, "ABCD") == NC_E_INVALID);
+  CHECK(strstr(nc_error_message(nc_options_error(opts)), "64 lowercase hex digits") != NULL);
+  /* A layer the receiver is said to hold that is not in the chain changes nothing. */
+  CHECK(nc_options_add_receiver_has(opts, "00000000000000000000000000000000000000000000000000000000000000ff") ==
+        NC_OK);
+  CHECK(nc_options_set_compression(opts, NC_COMPRESSION_ZSTD) == NC_OK);
+
+  int fd = open(stream, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  CHECK(nc_export_chain_e(src, fd, opts, err) == NC_OK);
+  CHECK(lseek(fd, 0, SEEK_SET) == 0);
+  char *layer = (char *)1;
+  CHECK(nc_import_chain_e(fd, store, NULL, &layer, err) == NC_OK);
+  CHECK(layer != NULL && strcmp(layer, expected) == 0);
+  nc_free(layer);
+  CHECK(nc_verify(expected) == NC_OK);
+  /* Again into the same store: the layer is there, so it is refused and left alone. */
+  CHECK(lseek(fd, 0, SEEK_SET) == 0);
+  layer = (char *)1;
+  CHECK(nc_import_chain_e(fd, store, NULL, &layer, err) == NC_E_INVALID);
+  CHECK(layer == NULL && strstr(nc_error_message(err), "--have") != NULL);
+  CHECK(nc_verify(expected) == NC_OK);
+  /* A checkpoint stream is not a chain stream. */
+  CHECK(ftruncate(fd, 0) == 0 && lseek(fd, 0, SEEK_SET) == 0);
+  CHECK(nc_export(src, fd, NULL) == NC_OK && lseek(fd, 0, SEEK_SET) == 0);
+  CHECK(nc_import_chain_e(fd, store, NULL, NULL, err) == NC_E_INTEGRITY);
+  CHECK(strstr(nc_error_message(err), "not a chain") != NULL);
+  close(fd);
+
+  CHECK(nc_export_chain_e(NULL, 1, NULL, err) == NC_E_INVALID &&
+        strstr(nc_error_message(err), "nc_export_chain: layer_dir") != NULL);
+  CHECK(nc_export_chain(src, -1, NULL) == NC_E_INVALID);
+  CHECK(nc_import_chain_e(-1, store, NULL, NULL, err) == NC_E_INVALID &&
+        strstr(nc_error_message(err), "nc_import_chain: fd") != NULL);
+  CHECK(nc_import_chain(0, NULL, NULL, NULL) == NC_E_INVALID);
+  nc_error_free(err);
+  nc_options_free(opts);
+}
+
 /* Pre-dump chains through the C ABI: the setters, the arguments, and a chain of the sample tree
  * (pre-dump, final dump on it, verified and restored) where the kernel tracks changed memory;
  * elsewhere nc_predump must fail, saying why, and make nothing. */
@@ -946,6 +1000,7 @@ int main(void) {
   test_checkpoint_restore();
   test_predump();
   test_transfer();
+  test_chain_transfer();
   test_registry_arguments();
   test_ed25519();
   return leave_test_folder("capi");

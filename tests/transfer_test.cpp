@@ -1,9 +1,12 @@
 // Transfer streams (export_checkpoint / import_checkpoint): real CRIU checkpoints through files,
 // pipes and socket pairs, plain and zstd; and every kind of bad stream refused, leaving nothing
-// behind. Streams are taken apart and made up here from the README's "Transfer stream" alone.
+// behind. Chain streams (export_chain / import_chain) likewise, below. Streams are taken apart and
+// made up here from the README's "Transfer stream" and "Chain stream" alone.
+#include <nucleus/checkpoint/chain.hpp>
 #include <nucleus/checkpoint/criu_runtime.hpp>
 #include <nucleus/checkpoint/error.hpp>
 #include <nucleus/checkpoint/hmac_tree.hpp>
+#include <nucleus/checkpoint/metadata.hpp>
 #include <nucleus/checkpoint/transfer.hpp>
 
 #include <fcntl.h>
@@ -17,9 +20,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -27,9 +32,12 @@
 #include <utility>
 #include <vector>
 
+#include "checkpoint/chain.hpp"
 #include "fs/fs_util.hpp"
+#include "fs/tree_walk.hpp"
 #include "fs/unique_fd.hpp"
 #include "process_support.hpp"
+#include "signature/hex.hpp"
 
 using namespace nucleus::checkpoint;
 using namespace nucleus::checkpoint::test;
@@ -47,8 +55,10 @@ std::string u64le(std::uint64_t v) {
 
 std::string frame(char type, const std::string& payload) { return type + u64le(payload.size()) + payload; }
 
-std::string plain_header() {
-  std::string h("\x89NCXFER\n", 8);
+constexpr std::string_view checkpoint_magic{"\x89NCXFER\n", 8}, chain_magic{"\x89NCXCHN\n", 8};
+
+std::string plain_header(std::string_view magic = checkpoint_magic) {
+  std::string h(magic);
   h += std::string("\x01\0\0\0\0\0\0\0", 8);  // version 1, no compression
   return h;
 }
@@ -59,8 +69,8 @@ struct Frame {
 };
 
 // The frames of a plain stream, after its header.
-std::vector<Frame> frames_of(const std::string& stream) {
-  REQUIRE(stream.substr(0, 8) == std::string("\x89NCXFER\n", 8));
+std::vector<Frame> frames_of(const std::string& stream, std::string_view magic = checkpoint_magic) {
+  REQUIRE(stream.substr(0, 8) == magic);
   REQUIRE(stream[12] == 0);  // not compressed
   std::vector<Frame> frames;
   for (std::size_t at = stream_header; at < stream.size();) {
@@ -72,8 +82,8 @@ std::vector<Frame> frames_of(const std::string& stream) {
   return frames;
 }
 
-std::string stream_of(const std::vector<Frame>& frames) {
-  std::string s = plain_header();
+std::string stream_of(const std::vector<Frame>& frames, std::string_view magic = checkpoint_magic) {
+  std::string s = plain_header(magic);
   for (const Frame& f : frames) s += frame(f.type, f.payload);
   return s;
 }
@@ -155,6 +165,168 @@ void through(int fds[2], const fs::path& from, const fs::path& to, Compression c
   if (export_error) FAIL("export: " << export_error->what());
   if (import_error) FAIL("import: " << import_error->what());
 }
+
+// Pre-dump chains as one stream (export_chain / import_chain): chains of real dumps linked and signed
+// as a dump on a parent makes them (as chain_test builds them where the kernel cannot pre-dump),
+// moved to a fresh store and restored there, or only the layers a receiver lacks; and every kind of
+// bad chain stream refused, leaving the store as it was. Made up from the README's "Chain stream".
+// One entry of the chain table.
+struct Entry {
+  bool sent;
+  std::string sha256;  // hex
+  std::string name;
+};
+
+std::string table_of(const std::vector<Entry>& entries) {
+  std::string table;
+  for (const Entry& e : entries) {
+    const auto sha = array_from_lower_hex<32>(e.sha256);
+    REQUIRE(sha.has_value());
+    table += static_cast<char>(e.sent ? 1 : 0);
+    table.append(reinterpret_cast<const char*>(sha->data()), sha->size());
+    table += static_cast<char>(e.name.size());
+    table += e.name;
+  }
+  return table;
+}
+
+std::vector<Entry> entries_of(const std::string& table) {
+  std::vector<Entry> entries;
+  for (std::size_t at = 0; at < table.size();) {
+    const auto* sha = reinterpret_cast<const unsigned char*>(table.data() + at + 1);
+    const std::size_t name_size = static_cast<unsigned char>(table[at + 33]);
+    entries.push_back({table[at] == 1, to_lower_hex({sha, 32}), table.substr(at + 34, name_size)});
+    at += 34 + name_size;
+  }
+  return entries;
+}
+
+// A plain chain stream taken apart: its table, and each layer sent as its frames ('S' to 'E').
+struct ChainStream {
+  std::vector<Entry> table;
+  std::vector<std::vector<Frame>> layers;
+
+  explicit ChainStream(const std::string& bytes) {
+    const std::vector<Frame> frames = frames_of(bytes, chain_magic);
+    REQUIRE(frames.size() >= 2);
+    REQUIRE(frames.front().type == 'H');
+    REQUIRE(frames.back().type == 'E');
+    table = entries_of(frames.front().payload);
+    for (std::size_t i = 1; i + 1 < frames.size(); ++i) {
+      if (frames[i].type == 'S') layers.emplace_back();
+      layers.back().push_back(frames[i]);
+    }
+  }
+
+  std::string bytes() const {
+    std::vector<Frame> frames{{'H', table_of(table)}};
+    for (const auto& layer : layers) frames.insert(frames.end(), layer.begin(), layer.end());
+    frames.push_back({'E', ""});
+    return stream_of(frames, chain_magic);
+  }
+};
+
+// The names in a folder, and for each file its bytes: what "left as it was" compares.
+std::map<std::string, std::string> contents_of(const fs::path& dir) {
+  std::map<std::string, std::string> contents;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    const std::string rel = fs::relative(e.path(), dir).native();
+    contents[rel] = e.is_symlink() ? "-> " + fs::read_symlink(e.path()).native()
+                    : e.is_regular_file() ? read_file(e.path())
+                                          : "folder";
+  }
+  return contents;
+}
+
+struct ChainFixture {
+  TempDir tmp;
+  KeyFileEnv key_env{secure_key_dir(tmp) / "checkpoint.key"};
+  std::unique_ptr<CriuRuntime> rt = real_criu();
+  fs::path chains = tmp / "chains";  // the sender's layers
+  fs::path store = tmp / "store";    // the receiver's
+  CounterTree tree{tmp / "counter"};
+  long at_final = 0;
+
+  // p0 (a pre-dump), p1 (a pre-dump on p0: a copy of p0, linked), final (dumped last, on p1).
+  ChainFixture() {
+    make_private_dir(chains);
+    rt->checkpoint(container("chain", tree.pid()), chains / "p0", running());
+    link_layer(chains, "p0", "", true);
+    fs::copy(chains / "p0", chains / "p1", fs::copy_options::recursive);
+    link_layer(chains, "p1", "p0", true);
+    rt->checkpoint(container("chain", tree.pid()), chains / "final", false);
+    REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+    at_final = tree.count("parent");
+    link_layer(chains, "final", "p1", false);
+  }
+
+  static void make_private_dir(const fs::path& dir) {
+    fs::create_directory(dir);
+    fs::permissions(dir, fs::perms::owner_all, fs::perm_options::replace);
+  }
+  static CriuOptions running() {
+    CriuOptions o;
+    o.leave_running = true;
+    return o;
+  }
+  // Makes the checkpoint in[layer] a layer on in[parent] as a dump on a parent writes one.
+  static void link_layer(const fs::path& in, const std::string& layer, const std::string& parent, bool predump) {
+    const UniqueFd dir = open_dir(in / layer, "layer");
+    CheckpointMetadata m = CheckpointMetadata::load(dir.get());
+    m.chain = ChainRecord{predump, parent, parent.empty() ? "" : sha_of(in / parent)};
+    m.save(dir.get());
+    fs::remove(in / layer / "images/parent");
+    if (!parent.empty()) fs::create_directory_symlink(parent_link_target(parent), in / layer / "images/parent");
+    HmacTree::sign_as(dir.get(), KeyStore().load(), SignatureFormat::manifest);
+  }
+  static std::string sha_of(const fs::path& layer) { return signature_sha256(open_dir(layer, "layer").get()); }
+
+  // Another chain beside the first, its layers of the same names: p0 holds one more file, so every
+  // signature differs.
+  fs::path other_chain() const {
+    const fs::path other = tmp / "other";
+    make_private_dir(other);
+    for (const char* layer : {"p0", "p1", "final"})
+      fs::copy(chains / layer, other / layer, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+    write_file(other / "p0/images/extra.img", "another chain");
+    link_layer(other, "p0", "", true);
+    link_layer(other, "p1", "p0", true);
+    link_layer(other, "final", "p1", false);
+    return other;
+  }
+
+  std::string exported(const fs::path& layer, const ChainTransferOptions& options = {}) const {
+    const fs::path path = tmp / "stream.out";
+    {
+      const UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+      REQUIRE(fd);
+      export_chain(layer, fd.get(), options);
+    }
+    std::string bytes = read_file(path);
+    fs::remove(path);
+    return bytes;
+  }
+
+  std::optional<Error> import_bytes(const std::string& bytes) const {
+    const UniqueFd fd = fd_of(tmp, bytes);
+    fs::path newest;
+    std::optional<Error> error = error_of([&] { newest = import_chain(fd.get(), store); });
+    if (!error) CHECK(newest == store / "final");
+    if (error) UNSCOPED_INFO("the import: " << error->what());
+    return error;
+  }
+
+  // Refused with `status` and a message holding `why`, the store left exactly as it was.
+  void refused(const std::string& bytes, Status status, std::string_view why) const {
+    const auto before = fs::exists(store) ? contents_of(store) : std::map<std::string, std::string>{};
+    const std::optional<Error> error = import_bytes(bytes);
+    REQUIRE(error.has_value());
+    INFO(error->what());
+    CHECK(error->status() == status);
+    CHECK(contains(error->what(), why));
+    CHECK((fs::exists(store) ? contents_of(store) : std::map<std::string, std::string>{}) == before);
+  }
+};
 
 }  // namespace
 
@@ -621,4 +793,203 @@ TEST_CASE_METHOD(Fixture, "a listing larger than the target's free space is refu
   CHECK(cost.status == static_cast<int>(Status::io));
   CHECK(contains(cost.message, "signature and listing wait to be authenticated: No space left on device"));
   nothing_left();
+}
+
+TEST_CASE_METHOD(ChainFixture, "a chain travels as one stream, parents first, and restores from the new store",
+                 "[chain_transfer][e2e]") {
+  const std::string bytes = exported(chains / "final");
+  const ChainStream stream(bytes);
+  REQUIRE(stream.table.size() == 3);
+  CHECK(stream.table[0].name == "p0");
+  CHECK(stream.table[1].name == "p1");
+  CHECK(stream.table[2].name == "final");
+  CHECK(stream.table[2].sha256 == sha_of(chains / "final"));
+  CHECK(stream.layers.size() == 3);
+  for (const auto& layer : stream.layers)  // no layer carries its parent link: the importer makes it
+    for (const Frame& f : layer) CHECK_FALSE(contains(f.payload, "images/parent"));
+
+  REQUIRE_FALSE(import_bytes(bytes).has_value());
+  CHECK_NOTHROW(CheckpointChain::verify(store / "final", KeyStore()));
+  CHECK(fs::read_symlink(store / "final/images/parent") == "../../p1/images");
+  CHECK(fs::read_symlink(store / "p1/images/parent") == "../../p0/images");
+  CHECK_FALSE(fs::exists(fs::symlink_status(store / "p0/images/parent")));
+  for (const char* layer : {"p0", "p1", "final"}) CHECK(sha_of(store / layer) == sha_of(chains / layer));
+  CHECK((fs::status(store).permissions() & fs::perms::all) == fs::perms::owner_all);
+  CHECK(fs::directory_iterator(store) != fs::directory_iterator());
+  CHECK(std::distance(fs::directory_iterator(store), fs::directory_iterator()) == 3);  // no staging left
+
+  const pid_t restored = rt->restore(store / "final");
+  CHECK(restored == tree.pid());
+  REQUIRE(wait_until([&] { return tree.count("parent") > at_final + 5; }));
+  CounterTree::stop(restored);
+
+  // Compressed, into another store.
+  store = tmp / "store-zstd";
+  REQUIRE_FALSE(import_bytes(exported(chains / "final", {Compression::zstd, {}})).has_value());
+  CHECK_NOTHROW(CheckpointChain::verify(store / "final", KeyStore()));
+}
+
+TEST_CASE_METHOD(ChainFixture, "only the layers the receiver lacks are sent, and the result verifies", "[chain_transfer]") {
+  make_private_dir(store);
+  fs::copy(chains / "p0", store / "p0", fs::copy_options::recursive);
+  const auto held_before = contents_of(store / "p0");
+  const std::string full = exported(chains / "final");
+  const std::string lacking = exported(chains / "final", {Compression::none, {sha_of(chains / "p0")}});
+  CHECK(lacking.size() + fs::file_size(chains / "p0/images/pages-1.img") < full.size());
+  const ChainStream stream(lacking);
+  REQUIRE(stream.table.size() == 3);
+  CHECK_FALSE(stream.table[0].sent);
+  CHECK(stream.table[1].sent);
+  CHECK(stream.layers.size() == 2);
+
+  SECTION("imported beside the layer held") {
+    REQUIRE_FALSE(import_bytes(lacking).has_value());
+    CHECK_NOTHROW(CheckpointChain::verify(store / "final", KeyStore()));
+    CHECK(contents_of(store / "p0") == held_before);
+  }
+  SECTION("a layer sent that the store holds already is refused, saying to leave it out") {
+    refused(full, Status::invalid, "export the chain with --have " + sha_of(chains / "p0"));
+  }
+  SECTION("a layer left out that the store lacks is refused") {
+    fs::remove_all(store / "p0");
+    refused(lacking, Status::invalid, "leaves out layer 'p0' as held here");
+  }
+  SECTION("a layer held that changed since it was signed fails the chain; the layers imported are removed") {
+    flip_byte(store / "p0/images/pages-1.img", 100);
+    refused(lacking, Status::integrity, "parent checkpoint 'p0'");
+  }
+}
+
+TEST_CASE_METHOD(ChainFixture, "a chain in the store other than the one the table names is refused",
+                 "[chain_transfer][security]") {
+  // The store holds p1 on x0 (a copy of p0, so of p0's very signature); the stream sends p0 and a
+  // final layer on that p1, and says p1 is held: every layer verifies, but p1's parent is not p0.
+  make_private_dir(store);
+  fs::copy(chains / "p0", store / "x0", fs::copy_options::recursive);
+  fs::copy(chains / "p1", store / "p1", fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  link_layer(store, "p1", "x0", true);
+  const fs::path sender = tmp / "sender";
+  make_private_dir(sender);
+  for (const char* layer : {"x0", "p1"})
+    fs::copy(store / layer, sender / layer, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  fs::copy(chains / "final", sender / "final", fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  link_layer(sender, "final", "p1", false);
+  const ChainStream on_x0(exported(sender / "final"));
+  ChainStream stream(exported(chains / "final"));
+  stream.table[1] = on_x0.table[1];
+  stream.table[1].sent = false;
+  stream.table[2] = on_x0.table[2];
+  stream.layers = {stream.layers[0], on_x0.layers[2]};
+  refused(stream.bytes(), Status::integrity, "is not the one the stream names (at layer 'p0')");
+}
+
+TEST_CASE_METHOD(ChainFixture, "a layer swapped for another chain's layer is refused", "[chain_transfer][security]") {
+  const fs::path other = other_chain();
+  ChainStream stream(exported(chains / "final"));
+  const ChainStream theirs(exported(other / "final"));
+  // Layer i of the stream is theirs; with `table`, its table entry too.
+  const auto swapped = [&](std::size_t i, bool table, const std::string& why) {
+    stream.layers[i] = theirs.layers[i];
+    if (table) stream.table[i] = theirs.table[i];
+    refused(stream.bytes(), Status::integrity, why);
+  };
+  SECTION("the table as sent") { swapped(1, false, "layer 'p1' is not the one its table names"); }
+  // Their p1 binds their p0, not this p0.
+  SECTION("the table naming the other layer") { swapped(1, true, "layer 'p1' was not dumped on its layer 'p0'"); }
+  SECTION("the newest layer") { swapped(2, true, "layer 'final' was not dumped on its layer 'p1'"); }
+  // p1's link is signed with p0's name alone; what binds the parent is p1's metadata.
+  SECTION("the first layer") { swapped(0, true, "layer 'p1' was not dumped on its layer 'p0'"); }
+}
+
+TEST_CASE_METHOD(ChainFixture, "a parent link other than the signed one is refused", "[chain_transfer][security]") {
+  ChainStream stream(exported(chains / "final"));
+  SECTION("the parent renamed in the table: the link made to it is not the one signed") {
+    stream.table[0].name = "q0";
+    refused(stream.bytes(), Status::integrity, "listing does not match its signature");
+  }
+  // The stream's own images/parent, where the walk would meet it in a layer's listing.
+  const auto listed = [&](std::size_t layer, const Frame& link) {
+    auto& listing = stream.layers[layer];
+    const auto at = std::find_if(listing.begin(), listing.end(), [](const Frame& f) {
+      return f.type == 'F' && f.payload.substr(8) > "images/parent";
+    });
+    REQUIRE(at != listing.end());
+    listing.insert(at, link);
+    refused(stream.bytes(), Status::integrity, "lists 'images/parent' out of walk order");
+  };
+  SECTION("the link listed as a file") { listed(1, Frame{'F', u64le(0) + "images/parent"}); }
+  SECTION("the link listed as a folder") { listed(2, Frame{'D', "images/parent"}); }
+}
+
+TEST_CASE_METHOD(ChainFixture, "a stream cut in its second layer leaves the store as it was", "[chain_transfer][security]") {
+  make_private_dir(store);
+  make_private_dir(store / "kept");
+  write_file(store / "kept/file", "there before");
+  const std::string bytes = exported(chains / "final");
+  const ChainStream stream(bytes);
+  std::size_t first_layer = 0;  // bytes of the header, the table and the first layer
+  first_layer += stream_header + 9 + table_of(stream.table).size();
+  for (const Frame& f : stream.layers[0]) first_layer += 9 + f.payload.size();
+  std::size_t second_layer = 0;
+  for (const Frame& f : stream.layers[1]) second_layer += 9 + f.payload.size();
+  for (const std::size_t cut : {first_layer + 5, first_layer + second_layer / 2, first_layer + second_layer - 1}) {
+    INFO("cut at " << cut);
+    refused(bytes.substr(0, cut), Status::integrity, "ends early");
+    CHECK_FALSE(fs::exists(store / "p0"));
+  }
+  // Cut before its end frame: every layer in, and removed again.
+  refused(bytes.substr(0, bytes.size() - 9), Status::integrity, "ends early");
+}
+
+TEST_CASE_METHOD(ChainFixture, "a layer name that is not a plain folder name is refused", "[chain_transfer][security]") {
+  ChainStream stream(exported(chains / "final"));
+  for (const std::string& name : std::vector<std::string>{"a/b", "..", ".", "../p0", std::string("p\0", 2)}) {
+    INFO(name);
+    stream.table[0].name = name;
+    refused(stream.bytes(), Status::integrity, "not a plain folder name");
+  }
+  CHECK_FALSE(fs::exists(tmp / "a"));
+  stream.table[0].name = "p1";
+  refused(stream.bytes(), Status::integrity, "names layer 'p1' twice");
+}
+
+TEST_CASE_METHOD(ChainFixture, "a folder of a layer's name with another signature is refused and left alone",
+                 "[chain_transfer][security]") {
+  const fs::path other = other_chain();
+  make_private_dir(store);
+  fs::copy(other / "p0", store / "p0", fs::copy_options::recursive);
+  refused(exported(chains / "final"), Status::invalid, (store / "p0").native() + " is another checkpoint");
+  refused(exported(chains / "final", {Compression::none, {sha_of(chains / "p0")}}), Status::invalid,
+          (store / "p0").native() + " is another checkpoint");
+}
+
+TEST_CASE_METHOD(ChainFixture, "a chain of more layers than a chain may have is refused", "[chain_transfer][security]") {
+  ChainStream stream(exported(chains / "final"));
+  std::vector<Entry> table;
+  for (std::size_t i = 0; i <= CheckpointChain::max_layers; ++i)
+    table.push_back({false, stream.table[0].sha256, "l" + std::to_string(i)});
+  stream.table = table;
+  stream.layers.clear();
+  refused(stream.bytes(), Status::integrity, "more than 64 layers");
+  table.pop_back();  // 64 are read, and checked against the store
+  stream.table = table;
+  refused(stream.bytes(), Status::invalid, "leaves out layer 'l0'");
+}
+
+TEST_CASE_METHOD(ChainFixture, "a chain stream and a checkpoint stream are not taken for each other", "[chain_transfer]") {
+  const UniqueFd chain = fd_of(tmp, exported(chains / "final"));
+  const Error e = require_error([&] { import_checkpoint(chain.get(), tmp / "single"); });
+  CHECK(e.status() == Status::integrity);
+  CHECK(contains(e.what(), "import it with nucleus-checkpoint import --chain"));
+  CHECK_FALSE(fs::exists(tmp / "single"));
+
+  const fs::path single = tmp / "single.stream";
+  {
+    const UniqueFd out(::open(single.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    export_checkpoint(chains / "p0", out.get());  // no parent: a checkpoint stream carries it
+    const Error layer = require_error([&] { export_checkpoint(chains / "final", out.get()); });
+    CHECK(layer.status() == Status::invalid);
+    CHECK(contains(layer.what(), "export it with its chain"));
+  }
+  refused(read_file(single), Status::integrity, "holds one checkpoint, not a chain");
 }

@@ -224,6 +224,29 @@ NC_EXPORT nc_status nc_export(const char *dir, int fd, const nc_options *opts);
  * leaves nothing behind. opts may be NULL (none of its options apply yet). Since 0.3. */
 NC_EXPORT nc_status nc_import(int fd, const char *dir, const nc_options *opts);
 
+/* Pre-dump chains as one stream (the README's "Chain stream"). Since 0.3. */
+/* Export: the receiver holds the layer whose checkpoint.hmac has this SHA-256 (64 lowercase hex
+ * digits): nc_export_chain names it but does not send it. Repeatable, up to 64 layers (more, or
+ * another form: NC_E_INVALID). Since 0.3. */
+NC_EXPORT nc_status nc_options_add_receiver_has(nc_options *opts, const char *signature_sha256);
+/* Writes the chain of the layer folder layer_dir (the layer and each parent, a sibling folder) to fd
+ * as one chain stream, oldest first: a table naming every layer and its signature's SHA-256, then
+ * each layer the receiver lacks as nc_export writes a checkpoint (nc_options_set_compression
+ * applies). The chain's links and bindings are checked, no signature (the importer verifies): a
+ * broken chain (NC_E_INTEGRITY) or a layer to send not signed in NC_SIGNATURE_MANIFEST (NC_E_INVALID)
+ * is refused before a byte is written. A folder without a parent is a chain of one. opts may be
+ * NULL. Since 0.3. */
+NC_EXPORT nc_status nc_export_chain(const char *layer_dir, int fd, const nc_options *opts);
+/* Reads a stream written by nc_export_chain from fd into the store folder store_dir (created if
+ * missing): each layer sent as nc_import imports a checkpoint, parents first, into the sibling
+ * folder the stream names, its parent link made by the importer exactly as signed. A layer not sent
+ * must be in store_dir already with the signature the stream names, a layer sent must not be
+ * (NC_E_INVALID, naming the folder). Once the stream has ended the whole chain is verified as
+ * nc_verify verifies it. Any failure removes the layers this call made, and leaves folders that
+ * were there before alone. On success *layer_out (if layer_out is not NULL) is the newest layer's
+ * folder, to free with nc_free. opts may be NULL (none of its options apply yet). Since 0.3. */
+NC_EXPORT nc_status nc_import_chain(int fd, const char *store_dir, const nc_options *opts, char **layer_out);
+
 /* --- Migration: a process tree moved to another host over one connection, the README's
  * "Migration". A cold migration: one final dump, no pre-dump rounds. The connection is neither
  * encrypted nor authenticated (use a private network or a tunnel); the receiver restores only what
@@ -542,6 +565,10 @@ NC_EXPORT nc_status nc_criu_version_e(const nc_runtime *rt, int *major, int *min
 NC_EXPORT nc_status nc_criu_check_e(const nc_runtime *rt, nc_error *err);
 NC_EXPORT nc_status nc_export_e(const char *dir, int fd, const nc_options *opts, nc_error *err); /* Since 0.3. */
 NC_EXPORT nc_status nc_import_e(int fd, const char *dir, const nc_options *opts, nc_error *err); /* Since 0.3. */
+NC_EXPORT nc_status nc_export_chain_e(const char *layer_dir, int fd, const nc_options *opts,
+                                      nc_error *err); /* Since 0.3. */
+NC_EXPORT nc_status nc_import_chain_e(int fd, const char *store_dir, const nc_options *opts, char **layer_out,
+                                      nc_error *err); /* Since 0.3. */
 NC_EXPORT nc_status nc_migrate_e(nc_runtime *rt, const char *container_id, pid_t pid, const char *work_dir,
                                  int connected_fd, const nc_options *opts, nc_migration_report *report,
                                  nc_error *err); /* Since 0.3. */

@@ -50,8 +50,9 @@ bool has_parent_link(int dir_fd) {
   return ::fstatat(dir_fd, std::string(parent_link_path).c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
 }
 
-std::string signature_sha256(int dir_fd) {
-  const std::string text = read_signature_text(dir_fd);
+std::string signature_sha256(int dir_fd) { return signature_text_sha256(read_signature_text(dir_fd)); }
+
+std::string signature_text_sha256(std::string_view text) {
   Sha256 sha;
   sha.update(text.data(), text.size());
   return HmacSha256::to_hex(sha.final());

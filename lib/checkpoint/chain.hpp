@@ -50,6 +50,8 @@ bool has_parent_link(int dir_fd);
 
 // The lowercase hex SHA-256 of dir_fd/checkpoint.hmac (read within its bound).
 std::string signature_sha256(int dir_fd);
+// The same of a signature's text.
+std::string signature_text_sha256(std::string_view text);
 
 // After CRIU's auto-dedup punched holes in the parents' pages images (verified before CRIU ran):
 // re-signs each, the oldest first, each rebound to its parent's new signature, with `sign`.

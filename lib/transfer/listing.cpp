@@ -59,6 +59,20 @@ bool is_plain_path(std::string_view rel) {
   }
 }
 
+// Whether the walk meets relative path a before b: folder by folder, the names in byte order, a
+// folder before its contents.
+bool walks_before(std::string_view a, std::string_view b) {
+  for (;;) {
+    const auto a_end = a.find('/'), b_end = b.find('/');
+    const std::string_view a_name = a.substr(0, a_end), b_name = b.substr(0, b_end);
+    if (a_name != b_name) return a_name < b_name;
+    if (a_end == std::string_view::npos) return b_end != std::string_view::npos;
+    if (b_end == std::string_view::npos) return false;
+    a.remove_prefix(a_end + 1);
+    b.remove_prefix(b_end + 1);
+  }
+}
+
 }  // namespace
 
 std::string manifest_signature_text(int dir_fd, const std::filesystem::path& dir) {
@@ -159,10 +173,22 @@ bool ListingReceiver::is_record(const FrameHeader& frame) {
          frame.length - head <= HmacTree::max_path_length;
 }
 
+void ListingReceiver::expect_link(std::string_view rel, std::string_view target) {
+  link_.emplace(rel, target);
+}
+
+void ListingReceiver::take_link_before(std::optional<std::string_view> rel) {
+  if (!link_ || (rel && !walks_before(link_->first, *rel))) return;
+  const auto [path, target] = *std::exchange(link_, std::nullopt);
+  check(false, path, 0);  // an entry in its folder's order, as a file of no bytes would be
+  check_->link(path, target);
+}
+
 ListedRecord ListingReceiver::add(const FrameHeader& frame, std::string_view payload) {
   const bool folder = static_cast<Frame>(frame.type) == Frame::folder;
   const std::string_view path = payload.substr(folder ? 0 : 8);
   const std::uint64_t size = folder ? 0 : get_u64le(payload.data());
+  take_link_before(path);
   check(folder, path, size);
   char header[frame_header_size];
   header[0] = frame.type;
@@ -231,6 +257,7 @@ void ListingReceiver::check(bool folder, std::string_view rel, std::uint64_t siz
 }
 
 void ListingReceiver::authenticate() {
+  take_link_before(std::nullopt);
   flush();
   try {
     check_->authenticate();

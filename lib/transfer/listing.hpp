@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "fs/unique_fd.hpp"
@@ -83,6 +84,9 @@ class ListingReceiver {
   // Whether a frame of this header can be a record: a folder ('D', its path) or a file ('F', its
   // size as u64 LE, then its path) whose path is 1 to HmacTree::max_path_length bytes.
   static bool is_record(const FrameHeader& frame);
+  // A chain layer's parent link, which the stream does not carry: the signature must cover exactly
+  // this link, taken into the listing where the walk meets it. Before the first record.
+  void expect_link(std::string_view rel, std::string_view target);
   ListedRecord add(const FrameHeader& frame, std::string_view payload);  // a record, once is_record
   // Status::integrity unless the listing is exactly what was signed.
   void authenticate();
@@ -97,6 +101,7 @@ class ListingReceiver {
 
  private:
   void check(bool folder, std::string_view rel, std::uint64_t size);
+  void take_link_before(std::optional<std::string_view> rel);  // the expected link, if it walks before rel
   void require_authenticated() const;
   void spool(const void* data, std::size_t size);
   void flush();
@@ -115,6 +120,7 @@ class ListingReceiver {
   std::optional<ManifestCheck> check_;
   std::optional<SpoolReader> lines_;  // the manifest, read back a line for each file listed
   bool authenticated_ = false;
+  std::optional<std::pair<std::string, std::string>> link_;  // the expected link not yet taken: path, target
   std::uint64_t entries_ = 0;
   std::vector<Level> levels_{Level{}};
   std::uint64_t path_bytes_ = 0;

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <set>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -15,7 +17,10 @@
 
 #include <nucleus/checkpoint/error.hpp>
 
+#include "checkpoint/utf8.hpp"
 #include "fs/fs_util.hpp"
+#include "fs/tree_walk.hpp"
+#include "signature/hex.hpp"
 
 namespace nucleus::checkpoint::transfer {
 
@@ -61,6 +66,48 @@ std::uint64_t get_u64le(const char* in) {
   return value;
 }
 
+std::string encode_chain_table(const std::vector<ChainEntry>& layers) {
+  std::string table;
+  for (const ChainEntry& layer : layers) {
+    std::array<unsigned char, 32> sha{};
+    if (!from_lower_hex(layer.signature_sha256, sha) || layer.name.empty() || layer.name.size() > 255)
+      throw Error(Status::internal, fmt::format("chain layer '{}' cannot be put in a chain table", layer.name));
+    table += static_cast<char>(layer.sent ? 1 : 0);
+    table.append(reinterpret_cast<const char*>(sha.data()), sha.size());
+    table += static_cast<char>(layer.name.size());
+    table += layer.name;
+  }
+  return table;
+}
+
+std::vector<ChainEntry> decode_chain_table(std::string_view payload) {
+  std::vector<ChainEntry> layers;
+  std::set<std::string, std::less<>> names;
+  while (!payload.empty()) {
+    if (layers.size() == CheckpointChain::max_layers)
+      throw integrity(fmt::format("the chain stream names more than {} layers, the most a chain may have; nothing "
+                                  "was imported",
+                                  CheckpointChain::max_layers));
+    constexpr std::size_t head = 1 + 32 + 1;
+    const std::size_t name_size = payload.size() < head ? 0 : static_cast<unsigned char>(payload[head - 1]);
+    if (payload.size() < head || payload.size() - head < name_size || static_cast<unsigned char>(payload[0]) > 1)
+      throw integrity("the chain stream's table of layers is malformed (an entry is cut short or its first byte is "
+                      "neither 0 nor 1); nothing was imported");
+    const std::string_view name = payload.substr(head, name_size);
+    if (!is_plain_name(name))
+      throw integrity(fmt::format("the chain stream names layer '{}', which is not a plain folder name (UTF-8, 1 to "
+                                  "255 bytes, no '/' or NUL, not '.' or '..'); nothing was imported",
+                                  printable(name)));
+    if (!names.emplace(name).second)
+      throw integrity(fmt::format("the chain stream names layer '{}' twice; nothing was imported", name));
+    const auto* sha = reinterpret_cast<const unsigned char*>(payload.data() + 1);
+    layers.push_back({std::string(name), to_lower_hex({sha, 32}), payload[0] == 1});
+    payload.remove_prefix(head + name_size);
+  }
+  if (layers.empty()) throw integrity("the chain stream's table names no layer; nothing was imported");
+  return layers;
+}
+
 SigpipeBlock::SigpipeBlock() {
   sigset_t pipe_only, old, pending;
   sigemptyset(&pipe_only);
@@ -84,13 +131,13 @@ SigpipeBlock::~SigpipeBlock() {
   if (!was_blocked_) pthread_sigmask(SIG_UNBLOCK, &pipe_only, nullptr);
 }
 
-StreamWriter::StreamWriter(int fd, Compression compression) : fd_(fd), buffer_(io_buffer_size) {
+StreamWriter::StreamWriter(int fd, Compression compression, StreamKind kind) : fd_(fd), buffer_(io_buffer_size) {
   if (compression != Compression::none && compression != Compression::zstd)
     throw Error(Status::invalid, fmt::format("unknown compression {}", static_cast<int>(compression)));
   const struct stat st = stat_fd(fd, "the transfer stream's descriptor");
   socket_ = S_ISSOCK(st.st_mode);
   char header[header_size];
-  std::memcpy(header, magic.data(), magic.size());
+  std::memcpy(header, (kind == StreamKind::chain ? chain_magic : magic).data(), magic.size());
   const std::uint32_t fields[2] = {version, static_cast<std::uint32_t>(compression)};
   for (int i = 0; i < 2; ++i)
     for (int b = 0; b < 4; ++b) header[magic.size() + 4 * i + b] = static_cast<char>(fields[i] >> (8 * b));
@@ -173,7 +220,7 @@ void StreamWriter::write_out(const void* data, std::size_t size) {
   }
 }
 
-StreamReader::StreamReader(int fd, std::chrono::milliseconds stall_timeout)
+StreamReader::StreamReader(int fd, std::chrono::milliseconds stall_timeout, StreamKind kind)
     : fd_(fd), stall_ms_(stall_timeout.count() > 0 ? static_cast<int>(std::min<std::chrono::milliseconds::rep>(
                                                          stall_timeout.count(), 0x7fffffff))
                                                    : -1),
@@ -186,9 +233,19 @@ StreamReader::StreamReader(int fd, std::chrono::milliseconds stall_timeout)
     got += n;
   }
   if (got == 0) throw integrity("the transfer stream is empty: nothing was sent (did the export fail?)");
-  if (std::memcmp(header, magic.data(), std::min(got, magic.size())) != 0)
-    throw integrity("this is not a nucleus-checkpoint transfer stream (it does not start with the stream's magic "
-                    "bytes): give the output of nucleus-checkpoint export / nc_export");
+  const std::string_view expected = kind == StreamKind::chain ? chain_magic : magic;
+  const std::string_view other = kind == StreamKind::chain ? magic : chain_magic;
+  if (got >= other.size() && std::memcmp(header, other.data(), other.size()) == 0)
+    throw integrity(kind == StreamKind::chain
+                        ? "this transfer stream holds one checkpoint, not a chain: import it with nucleus-checkpoint "
+                          "import / nc_import"
+                        : "this transfer stream holds a pre-dump chain, not one checkpoint: import it with "
+                          "nucleus-checkpoint import --chain / nc_import_chain");
+  if (std::memcmp(header, expected.data(), std::min(got, expected.size())) != 0)
+    throw integrity(fmt::format("this is not a nucleus-checkpoint transfer stream (it does not start with the "
+                                "stream's magic bytes): give the output of {}",
+                                kind == StreamKind::chain ? "nucleus-checkpoint export --chain / nc_export_chain"
+                                                          : "nucleus-checkpoint export / nc_export"));
   if (got < sizeof header) throw truncated("its header");
   std::uint32_t fields[2] = {0, 0};
   for (int i = 0; i < 2; ++i)

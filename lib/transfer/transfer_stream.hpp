@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include <nucleus/checkpoint/chain.hpp>
 #include <nucleus/checkpoint/transfer.hpp>
 
 #include "signature/chunked_signature.hpp"
@@ -24,6 +25,9 @@ namespace nucleus::checkpoint::transfer {
 
 // "\x89" catches a 7-bit channel, "\n" a newline conversion, as in PNG's signature.
 inline constexpr std::string_view magic{"\x89NCXFER\n", 8};
+// A chain stream's (the README's "Chain stream"): a chain table, then each layer's frames as a
+// checkpoint stream's body holds them. Its own magic, so neither importer takes the other's stream.
+inline constexpr std::string_view chain_magic{"\x89NCXCHN\n", 8};
 inline constexpr std::uint32_t version = 1;
 inline constexpr std::size_t header_size = 16;  // magic, version (u32 LE), compression (u32 LE)
 inline constexpr std::size_t frame_header_size = 9;
@@ -38,7 +42,11 @@ enum class Frame : char {
   listing_end = 'L',   // the listing is complete: the importer authenticates it here
   chunk = 'C',         // the next chunk of the next file with bytes, in walk order
   end = 'E',           // the stream is complete; nothing may follow
+  chain = 'H',         // a chain stream's table of its layers, first
 };
+
+// What a stream carries, told by its magic: one checkpoint, or a pre-dump chain's layers.
+enum class StreamKind { checkpoint, chain };
 
 // What ends a stream: its end frame and its descriptor's end (a file, a pipe), or its end frame
 // alone (a connection that goes on: a migration's confirmation follows it).
@@ -53,7 +61,7 @@ struct FrameHeader {
 // EINTR retried, a non-blocking descriptor waited for), with send(MSG_NOSIGNAL) on a socket.
 class StreamWriter {
  public:
-  StreamWriter(int fd, Compression compression);
+  StreamWriter(int fd, Compression compression, StreamKind kind = StreamKind::checkpoint);
   StreamWriter(const StreamWriter&) = delete;
   StreamWriter& operator=(const StreamWriter&) = delete;
 
@@ -81,8 +89,10 @@ class StreamWriter {
 // descriptor failed), with a message saying which.
 class StreamReader {
  public:
-  // Reads and checks the header. With a stall timeout, a read that waits longer fails (Status::io).
-  explicit StreamReader(int fd, std::chrono::milliseconds stall_timeout = {});
+  // Reads and checks the header, which must be of a stream of `kind`. With a stall timeout, a read
+  // that waits longer fails (Status::io).
+  explicit StreamReader(int fd, std::chrono::milliseconds stall_timeout = {},
+                        StreamKind kind = StreamKind::checkpoint);
   StreamReader(const StreamReader&) = delete;
   StreamReader& operator=(const StreamReader&) = delete;
 
@@ -126,6 +136,23 @@ class SigpipeBlock {
 // the text of the checkpoint's signature.
 std::string import_checkpoint(int fd, const std::filesystem::path& dir, const VerifyingKeys& keys, StreamEnd end,
                               std::chrono::milliseconds stall_timeout = {});
+
+// One layer in a chain stream's table: its folder name, the SHA-256 (lowercase hex) of its
+// checkpoint.hmac, and whether its frames follow (or the receiver holds it already).
+struct ChainEntry {
+  std::string name;
+  std::string signature_sha256;
+  bool sent = true;
+  bool operator==(const ChainEntry&) const = default;
+};
+// A table entry: whether sent (1 byte), the SHA-256 (32 bytes), the name's length (1 byte), the name.
+inline constexpr std::size_t max_chain_entry_size = 1 + 32 + 1 + 255;
+inline constexpr std::size_t max_chain_table_size = CheckpointChain::max_layers * max_chain_entry_size;
+// The chain frame's payload: the layers, oldest first.
+std::string encode_chain_table(const std::vector<ChainEntry>& layers);
+// Status::integrity unless `payload` is 1 to CheckpointChain::max_layers entries, each sent or not,
+// each name a plain folder name (UTF-8, no '/', not '.' or '..') met once.
+std::vector<ChainEntry> decode_chain_table(std::string_view payload);
 
 void put_u64le(char* out, std::uint64_t value);
 std::uint64_t get_u64le(const char* in);

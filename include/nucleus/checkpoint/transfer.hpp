@@ -5,6 +5,8 @@
 #pragma once
 
 #include <filesystem>
+#include <string>
+#include <vector>
 
 #include <nucleus/checkpoint/key_store.hpp>
 #include <nucleus/checkpoint_export.h>
@@ -35,5 +37,34 @@ NC_EXPORT void export_checkpoint(const std::filesystem::path& dir, int fd, const
 // bytes, or does not verify is refused with Status::integrity, and leaves nothing behind.
 NC_EXPORT void import_checkpoint(int fd, const std::filesystem::path& dir, const KeyStore& store = KeyStore());
 NC_EXPORT void import_checkpoint(int fd, const std::filesystem::path& dir, const HmacKey& key);
+
+// Pre-dump chains (the README's "Chain stream"): a layer with all its parents, or only those a
+// receiver lacks, as one stream.
+struct ChainTransferOptions {
+  Compression compression = Compression::none;
+  // The SHA-256s (lowercase hex) of the checkpoint.hmac of layers the receiver holds already (as
+  // `nucleus-checkpoint inspect` or sha256sum shows them): named in the stream, not sent.
+  std::vector<std::string> receiver_has;
+};
+
+// Writes the chain of the layer folder `layer` (the layer and each parent, a sibling folder) to fd,
+// oldest first: a table naming every layer and its signature's SHA-256, then each layer not in
+// options.receiver_has as export_checkpoint writes a checkpoint, its parent link left out. Only the
+// chain's structure is checked, no signature (the importer verifies): a broken link, a parent not
+// bound, more than CheckpointChain::max_layers layers (Status::integrity), or a layer to send not
+// signed in format 3 (Status::invalid) is refused before a byte is written. A folder without a
+// parent is a chain of one.
+NC_EXPORT void export_chain(const std::filesystem::path& layer, int fd, const ChainTransferOptions& options = {});
+
+// Reads a stream written by export_chain from fd into the store folder `store_dir` (created if
+// missing), each layer sent imported as import_checkpoint imports a checkpoint into the sibling
+// folder the stream names, the parents first, its parent link made by the importer as its signature
+// covers it. A layer not sent must be in the store already, under its name, with the signature the
+// stream names; a layer sent must not be. Once the stream has ended, the whole chain is verified
+// (CheckpointChain::verify). Any failure is Status::integrity (a layer named by another folder in
+// the store: Status::invalid) and removes the layers this import made; folders that were there
+// before are left alone. Returns the newest layer's folder.
+NC_EXPORT std::filesystem::path import_chain(int fd, const std::filesystem::path& store_dir,
+                                             const KeyStore& store = KeyStore());
 
 }  // namespace nucleus::checkpoint
