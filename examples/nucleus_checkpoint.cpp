@@ -794,7 +794,6 @@ int cmd_export(const std::string& dir, bool zstd, const std::string& output, boo
     r.field("dir", dir, chain ? "chain of layer" : "checkpoint");
     r.field("output", output.empty() ? "-" : output, "stream");
     r.field("compression", zstd ? "zstd" : "none");
-    if (chain) r.field("layers_left_out", static_cast<std::int64_t>(have.size()), "layers left out (--have)");
   }
   return r.finish(exported);
 }

@@ -486,6 +486,66 @@ make_layer("p0", "")
 make_layer("final", "p0")
 r = run("verify", "--dir", os.path.join(chain, "final"))
 check(r.returncode == 0, "verify: a chain", r.stdout + r.stderr)
+
+# A chain as one stream: export --chain, whole and then leaving out (--have) the layer a receiver
+# holds, and import --chain into a store; refused clearly: a --have that is not a SHA-256, --have
+# without --chain, a layer with a parent exported alone, each importer given the other's stream.
+chain_xfer = os.path.join(tmp, "chain-xfer")
+os.makedirs(chain_xfer, mode=0o700)
+whole = os.path.join(chain_xfer, "whole.stream")
+r = run("export", "--chain", "--dir", os.path.join(chain, "final"), "--output", whole, "--json")
+exported = json_of(r.stdout.encode()) or {}
+check(r.returncode == 0 and exported.get("dir") == os.path.join(chain, "final") and exported.get("output") == whole,
+      "export --chain writes the whole chain", r.stdout + r.stderr)
+store = os.path.join(chain_xfer, "store")
+r = run("import", "--chain", "--dir", store, "--input", whole, "--json")
+imported = json_of(r.stdout.encode()) or {}
+check(r.returncode == 0 and imported.get("store") == store and imported.get("dir") == os.path.join(store, "final")
+      and imported.get("signature") == "valid, and its chain" and imported.get("format") == "manifest",
+      "import --chain names the store and its newest layer", r.stdout + r.stderr)
+check(os.path.isdir(store) and sorted(os.listdir(store)) == ["final", "p0"]
+      and os.path.islink(os.path.join(store, "final", "images", "parent"))
+      and os.readlink(os.path.join(store, "final", "images", "parent")) == "../../p0/images",
+      "import --chain makes each layer beside its parent", str(os.listdir(store) if os.path.isdir(store) else None))
+r = run("verify", "--dir", os.path.join(store, "final"))
+check(r.returncode == 0, "the imported chain verifies", r.stdout + r.stderr)
+r = run("import", "--chain", "--dir", store, "--input", whole)
+check(r.returncode == 1 and "--have" in r.stderr, "import --chain refuses a layer the store holds already", r.stderr)
+with open(os.path.join(chain, "p0", "checkpoint.hmac"), "rb") as f:
+    p0_sha = hashlib.sha256(f.read()).hexdigest()
+lacking = os.path.join(chain_xfer, "lacking.stream")
+r = run("export", "--chain", "--dir", os.path.join(chain, "final"), "--have", p0_sha, "--output", lacking, "--json")
+exported = json_of(r.stdout.encode()) or {}
+pages = os.path.getsize(os.path.join(chain, "p0", "images", "pages-1.img"))
+check(r.returncode == 0 and os.path.getsize(lacking) + pages <= os.path.getsize(whole),
+      "export --chain --have leaves the layer held out", r.stdout + r.stderr)
+held = os.path.join(chain_xfer, "held")
+os.makedirs(held, mode=0o700)
+shutil.copytree(os.path.join(chain, "p0"), os.path.join(held, "p0"))
+r = run("import", "--chain", "--dir", held, "--input", lacking, "--json")
+check(r.returncode == 0 and (json_of(r.stdout.encode()) or {}).get("dir") == os.path.join(held, "final")
+      and run("verify", "--dir", os.path.join(held, "final")).returncode == 0,
+      "import --chain beside the layer held completes the chain", r.stdout + r.stderr)
+lacks = os.path.join(chain_xfer, "lacks")
+r = run("import", "--chain", "--dir", lacks, "--input", lacking)
+check(r.returncode == 1 and "'p0'" in r.stderr and not (os.path.isdir(lacks) and os.listdir(lacks)),
+      "import --chain without the layer left out: refused, naming it", r.stderr)
+refused = os.path.join(chain_xfer, "refused.stream")
+r = run("export", "--chain", "--dir", os.path.join(chain, "final"), "--have", p0_sha.upper(), "--output", refused)
+check(r.returncode == 1 and "64 lowercase hex digits" in r.stderr and not os.path.exists(refused),
+      "export --have that is not a lowercase SHA-256: refused, nothing written", r.stderr)
+r = run("export", "--dir", os.path.join(chain, "final"), "--have", p0_sha, "--output", refused)
+check(r.returncode == 64 and "--chain" in r.stderr and not os.path.exists(refused), "--have needs --chain", r.stderr)
+r = run("export", "--dir", os.path.join(chain, "final"), "--output", refused)
+check(r.returncode == 1 and "export --chain" in r.stderr and not os.path.exists(refused),
+      "export of a layer with a parent says to export its chain", r.stderr)
+from_plain = os.path.join(chain_xfer, "from-plain")
+r = run("import", "--chain", "--dir", from_plain, "--input", stream)
+check(r.returncode == 6 and "holds one checkpoint, not a chain" in r.stderr
+      and not (os.path.isdir(from_plain) and os.listdir(from_plain)), "import --chain of a checkpoint's stream", r.stderr)
+r = run("import", "--dir", os.path.join(chain_xfer, "one"), "--input", whole)
+check(r.returncode == 6 and "import --chain" in r.stderr and not os.path.exists(os.path.join(chain_xfer, "one")),
+      "import of a chain stream says to import it with --chain", r.stderr)
 with open(os.path.join(chain, "p0", "images", "inventory.img"), "r+b") as f:
     f.seek(2)
     byte = f.read(1)

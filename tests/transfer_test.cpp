@@ -848,7 +848,7 @@ TEST_CASE_METHOD(ChainFixture, "only the layers the receiver lacks are sent, and
     CHECK(contents_of(store / "p0") == held_before);
   }
   SECTION("a layer sent that the store holds already is refused, saying to leave it out") {
-    refused(full, Status::invalid, "export the chain with --have " + sha_of(chains / "p0"));
+    refused(full, Status::invalid, "export the chain with " + sha_of(chains / "p0") + " among the layers the receiver has");
   }
   SECTION("a layer left out that the store lacks is refused") {
     fs::remove_all(store / "p0");

@@ -2,8 +2,9 @@
 // runs it): errors and their statuses; a real process tree checkpointed, a tampered copy refused,
 // the tree restored and seen counting on; callbacks; 64 goroutines failing at once, each with its
 // own message; and the 0.3 calls: a tree dumped with Ed25519, moved as a transfer stream to a
-// receiver that holds only the public key, and restored there; pre-dumps; registry arguments;
-// migrations, to a receiver on another goroutine and refused by one trusting no key.
+// receiver that holds only the public key, and restored there; pre-dumps; a chain of layers moved
+// as one chain stream and restored; registry arguments; migrations, to a receiver on another
+// goroutine and refused by one trusting no key.
 //
 // It needs NC_TEST_COUNTER (examples/counter) and NC_TEST_TMPDIR (a folder only root can change,
 // such as /var/tmp/nucleus-checkpoint-tests); without NC_TEST_COUNTER the tests that need CRIU skip.

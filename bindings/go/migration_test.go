@@ -91,9 +91,9 @@ func smallCheckpoint(t *testing.T, name string, format checkpoint.SignatureForma
 	return dir
 }
 
-// exportThroughSocket exports dir on a goroutine into one end of a socket pair while this
-// goroutine imports from the other end into to; it returns both outcomes.
-func exportThroughSocket(t *testing.T, dir, to string, opts *checkpoint.Options) (exported, imported error) {
+// throughSocketPair runs exportTo on a goroutine, writing into one end of a socket pair, while this
+// goroutine runs importFrom, reading from the other end; it returns both outcomes.
+func throughSocketPair(t *testing.T, exportTo, importFrom func(*os.File) error) (exported, imported error) {
 	t.Helper()
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -102,10 +102,10 @@ func exportThroughSocket(t *testing.T, dir, to string, opts *checkpoint.Options)
 	reader, writer := os.NewFile(uintptr(fds[0]), "import"), os.NewFile(uintptr(fds[1]), "export")
 	done := make(chan error, 1)
 	go func() {
-		done <- checkpoint.Export(dir, writer, opts)
+		done <- exportTo(writer)
 		writer.Close() // the end of the stream
 	}()
-	imported = checkpoint.Import(reader, to, nil)
+	imported = importFrom(reader)
 	reader.Close() // an exporter still writing gets EPIPE, not a wait for ever
 	return <-done, imported
 }
@@ -247,7 +247,9 @@ func TestEd25519TransferRestore(t *testing.T) {
 
 	// Through a socket pair, compressed; through a pipe; from the file: each verifies.
 	viaSocket := filepath.Join(base, "via-socket")
-	exported, imported := exportThroughSocket(t, ckpt, viaSocket, &checkpoint.Options{Compression: checkpoint.CompressionZstd})
+	exported, imported := throughSocketPair(t, func(w *os.File) error {
+		return checkpoint.Export(ckpt, w, &checkpoint.Options{Compression: checkpoint.CompressionZstd})
+	}, func(r *os.File) error { return checkpoint.Import(r, viaSocket, nil) })
 	if exported != nil || imported != nil {
 		t.Fatalf("through a socket pair: export %v, import %v", exported, imported)
 	}

@@ -187,8 +187,12 @@ type Options struct {
 	// with a Parent), re-signing each parent afterwards.
 	AutoDedup bool
 
-	Compression      Compression // Export and Migrate (since 0.3)
+	Compression      Compression // Export, ExportChain and Migrate (since 0.3)
 	InsecureRegistry bool        // PushImage and PullImage: plain http, for localhost or a lab (since 0.3)
+	// ReceiverHas are the layers the receiver of ExportChain holds already (since 0.3), named in the
+	// stream but not sent: each the SHA-256 of the layer's checkpoint.hmac as 64 lowercase hex
+	// digits, as sha256sum shows it; at most 64.
+	ReceiverHas []string
 	// ReplyTimeout bounds Migrate (since 0.3): how long its stream may stall unacknowledged and,
 	// once sent, how long each of the receiver's answers may take (its import and restore); and
 	// Receive: how long the source may take to start its stream and may stall it. 0: 5 minutes.
@@ -390,6 +394,11 @@ func (o *Options) build() (*cOptions, error) {
 	}
 	if o.InsecureRegistry {
 		set(C.nc_options_set_insecure_registry(handle, 1))
+	}
+	for _, sha := range o.ReceiverHas {
+		if p := str("receiver-has", sha); p != nil && failed == nil {
+			set(C.nc_options_add_receiver_has(handle, p))
+		}
 	}
 	setMilliseconds("ReplyTimeout", o.ReplyTimeout, func(ms C.uint) C.nc_status {
 		return C.nc_options_set_reply_timeout_ms(handle, ms)

@@ -55,6 +55,42 @@ func Import(r syscall.Conn, dir string, opts *Options) error {
 	})
 }
 
+// ExportChain writes the chain of the layer folder layerDir (the layer and each parent, a sibling
+// folder) to w as one chain stream (the README's "Chain stream"), oldest first: a table naming
+// every layer and its signature's SHA-256, then each layer the receiver lacks as Export writes a
+// checkpoint, compressed as opts.Compression says (opts may be nil). opts.ReceiverHas names the
+// layers the receiver holds, which are not sent. The chain's links and bindings are checked, no
+// signature (ImportChain verifies): a broken chain (ErrIntegrity) or a layer to send not signed in
+// SignatureManifest (ErrInvalid) is refused before a byte is written. A folder without a parent is
+// a chain of one. It blocks until the whole stream is written, as Export does. Since 0.3.
+func ExportChain(layerDir string, w syscall.Conn, opts *Options) error {
+	return withArgs(opts, []arg{{"layer folder", layerDir}}, func(c []*C.char, o *cOptions) error {
+		return withFd("export chain", w, func(fd C.int) error {
+			return call(func(e *C.nc_error) C.nc_status { return C.nc_export_chain_e(c[0], fd, o.handle, e) })
+		})
+	})
+}
+
+// ImportChain reads a stream written by ExportChain from r into the store folder storeDir (created
+// if missing) and returns the newest layer's folder in it. Each layer sent is imported as Import
+// imports a checkpoint, parents first, into the sibling folder the stream names, its parent link
+// made here exactly as signed. A layer not sent must be in storeDir already with the signature the
+// stream names, and a layer sent must not be (ErrInvalid, naming the folder). Once the stream has
+// ended, the whole chain is verified as Verify verifies it. Any failure (ErrIntegrity for a
+// changed, cut or foreign stream) removes the layers this call made and leaves the folders that
+// were there before alone. opts may be nil. Since 0.3.
+func ImportChain(r syscall.Conn, storeDir string, opts *Options) (newestLayer string, err error) {
+	err = withArgs(opts, []arg{{"store folder", storeDir}}, func(c []*C.char, o *cOptions) error {
+		return withFd("import chain", r, func(fd C.int) error {
+			var layer *C.char
+			err := call(func(e *C.nc_error) C.nc_status { return C.nc_import_chain_e(fd, c[0], o.handle, &layer, e) })
+			newestLayer = takeString(layer)
+			return err
+		})
+	})
+	return newestLayer, err
+}
+
 // PushImage verifies the checkpoint folder dir with this host's keys (ErrIntegrity: not
 // published), then uploads it to a registry as the OCI image reference, HOST[:PORT]/NAME[:TAG]
 // (the README's "Registry images"), and returns the manifest's digest ("sha256:..."): pulling

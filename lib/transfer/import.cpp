@@ -112,7 +112,8 @@ void check_store(int store_fd, const std::filesystem::path& store_dir, const std
       if (errno != ENOENT) throw system_error(status_of_errno(errno), errno, fmt::format("cannot examine {}", shown.native()));
       if (!layer.sent)
         throw Error(Status::invalid, fmt::format("the chain stream leaves out layer '{}' as held here, but {} does not "
-                                                 "exist: export the chain again without --have {}",
+                                                 "exist: export the chain again without {} among the layers the receiver "
+                                                 "has (--have, nc_options_add_receiver_has)",
                                                  layer.name, shown.native(), layer.signature_sha256));
       continue;
     }
@@ -124,8 +125,9 @@ void check_store(int store_fd, const std::filesystem::path& store_dir, const std
                                                shown.native(), layer.name, held, layer.signature_sha256,
                                                shown.native()));
     if (layer.sent)
-      throw Error(Status::invalid, fmt::format("{} holds the chain's layer '{}' already: export the chain with --have "
-                                               "{} to leave it out",
+      throw Error(Status::invalid, fmt::format("{} holds the chain's layer '{}' already: export the chain with {} among "
+                                               "the layers the receiver has (--have, nc_options_add_receiver_has), "
+                                               "which leaves it out",
                                                shown.native(), layer.name, layer.signature_sha256));
   }
 }

@@ -161,6 +161,10 @@ extern "C" {
     pub fn nc_options_set_compression(opts: *mut nc_options, compression: nc_compression) -> nc_status;
     pub fn nc_export(dir: *const c_char, fd: c_int, opts: *const nc_options) -> nc_status;
     pub fn nc_import(fd: c_int, dir: *const c_char, opts: *const nc_options) -> nc_status;
+    pub fn nc_options_add_receiver_has(opts: *mut nc_options, signature_sha256: *const c_char) -> nc_status;
+    pub fn nc_export_chain(layer_dir: *const c_char, fd: c_int, opts: *const nc_options) -> nc_status;
+    pub fn nc_import_chain(fd: c_int, store_dir: *const c_char, opts: *const nc_options,
+                           layer_out: *mut *mut c_char) -> nc_status;
     pub fn nc_options_set_reply_timeout_ms(opts: *mut nc_options, ms: c_uint) -> nc_status;
     pub fn nc_options_set_post_copy(opts: *mut nc_options, on: c_int) -> nc_status;
     pub fn nc_migrate(rt: *mut nc_runtime, container_id: *const c_char, pid: pid_t, work_dir: *const c_char,
@@ -347,6 +351,10 @@ extern "C" {
     pub fn nc_criu_check_e(rt: *const nc_runtime, err: *mut nc_error) -> nc_status;
     pub fn nc_export_e(dir: *const c_char, fd: c_int, opts: *const nc_options, err: *mut nc_error) -> nc_status;
     pub fn nc_import_e(fd: c_int, dir: *const c_char, opts: *const nc_options, err: *mut nc_error) -> nc_status;
+    pub fn nc_export_chain_e(layer_dir: *const c_char, fd: c_int, opts: *const nc_options,
+                             err: *mut nc_error) -> nc_status;
+    pub fn nc_import_chain_e(fd: c_int, store_dir: *const c_char, opts: *const nc_options,
+                             layer_out: *mut *mut c_char, err: *mut nc_error) -> nc_status;
     pub fn nc_migrate_e(rt: *mut nc_runtime, container_id: *const c_char, pid: pid_t, work_dir: *const c_char,
                         connected_fd: c_int, opts: *const nc_options, report: *mut nc_migration_report,
                         err: *mut nc_error) -> nc_status;

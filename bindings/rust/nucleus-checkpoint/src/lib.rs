@@ -1,9 +1,9 @@
 //! Checkpoint and restore Linux process trees through CRIU, with every checkpoint signed
 //! (HMAC-SHA256, or Ed25519 for hosts that hold only the public key) and verified before CRIU reads
 //! it: a safe API over libnucleuscheckpoint's C ABI (the raw one is the `nucleus-checkpoint-sys`
-//! crate). Checkpoints move between hosts as verified streams ([`export`], [`import`]) or
-//! registry images ([`push_image`], [`pull_image`]), and running trees by migration
-//! ([`Runtime::migrate`], [`Runtime::receive`]).
+//! crate). Checkpoints move between hosts as verified streams ([`export`], [`import`]; a pre-dump
+//! chain as one: [`export_chain`], [`import_chain`]) or registry images ([`push_image`],
+//! [`pull_image`]), and running trees by migration ([`Runtime::migrate`], [`Runtime::receive`]).
 //!
 //! - Every fallible call returns [`Result`], whose [`Error`] carries the C ABI's [`Status`], the
 //!   library's message, and CRIU's exit code and `Error` lines where CRIU's run failed. Each call
@@ -54,7 +54,7 @@ pub use error::{Error, Result, Status};
 pub use migrate::{MigrationReport, ReceivedMigration};
 pub use options::Options;
 pub use runtime::{CriuVersion, RestoredTree, Runtime};
-pub use transfer::{export, import, pull_image, push_image};
+pub use transfer::{export, export_chain, import, import_chain, pull_image, push_image};
 pub use types::{CgroupMode, Compression, NetworkLock, Notification, RestoreMode, SignatureFormat, Signing};
 
 use callback::Progress;
@@ -133,12 +133,29 @@ pub fn signer_of(dir: impl AsRef<Path>) -> Result<(Signing, Option<String>)> {
 /// # Safety
 /// `s` is NULL or a NUL-terminated string from the library, not used afterwards.
 unsafe fn take_string(s: *mut c_char) -> Option<String> {
+    take_bytes(s).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// A path the library allocated, copied byte for byte (a path need not be UTF-8) and freed;
+/// `None` for NULL.
+///
+/// # Safety
+/// As [`take_string`].
+unsafe fn take_path(s: *mut c_char) -> Option<PathBuf> {
+    take_bytes(s).map(|b| PathBuf::from(std::ffi::OsString::from_vec(b)))
+}
+
+/// The bytes of a string the library allocated, copied, and the string freed; `None` for NULL.
+///
+/// # Safety
+/// As [`take_string`].
+unsafe fn take_bytes(s: *mut c_char) -> Option<Vec<u8>> {
     if s.is_null() {
         return None;
     }
-    let text = error::c_string(s);
+    let bytes = CStr::from_ptr(s).to_bytes().to_vec();
     sys::nc_free(s as *mut _);
-    Some(text)
+    Some(bytes)
 }
 
 /// Ok if `dir` verifies, in whichever format it is signed; `Status::INTEGRITY` if it was changed,

@@ -188,10 +188,20 @@ impl Options {
         self.set(|o| unsafe { sys::nc_options_set_parent(o, opt_ptr(&dir)) })
     }
 
-    /// Export and migrate: how the stream is compressed (default [`Compression::NONE`]). Since 0.3.
+    /// Export, [`crate::export_chain`] and migrate: how the stream is compressed (default
+    /// [`Compression::NONE`]). Since 0.3.
     pub fn compression(&mut self, compression: Compression) -> Result<&mut Self> {
         // SAFETY: live handle; any value is checked by the library.
         self.set(|o| unsafe { sys::nc_options_set_compression(o, compression.0) })
+    }
+
+    /// [`crate::export_chain`]: the receiver holds the layer whose `checkpoint.hmac` has this
+    /// SHA-256, 64 lowercase hex digits as `sha256sum` shows it; the stream names that layer but
+    /// does not send it (`nc_options_add_receiver_has`). Repeatable, up to 64 layers. Since 0.3.
+    pub fn add_receiver_has(&mut self, signature_sha256: &str) -> Result<&mut Self> {
+        let sha = args::text("receiver_has", signature_sha256)?;
+        // SAFETY: live handle and C string.
+        self.set(|o| unsafe { sys::nc_options_add_receiver_has(o, sha.as_ptr()) })
     }
 
     /// [`crate::Runtime::migrate`]: how long the stream may stall unacknowledged and, once sent,

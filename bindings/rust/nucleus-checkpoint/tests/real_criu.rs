@@ -4,7 +4,9 @@
 //! failing calls each getting exactly their own message; callbacks whose panics become errors;
 //! and the 0.3 calls: a tree dumped with Ed25519 on a "signer" key store, moved as transfer streams
 //! to a "receiver" key store that holds only the public key and restored there, a stream with a
-//! flipped byte refused with nothing left, pre-dumps, registry arguments; and migrations of a
+//! flipped byte refused with nothing left, pre-dumps; a chain of two layers made of a real dump
+//! moved as one chain stream, whole or without the layer a receiver holds, and restored from the
+//! new store, and bad chain streams refused; registry arguments; and migrations of a
 //! counter in a PID namespace of its own, the receiver on one thread and the source on another:
 //! one over loopback TCP that the receiver restores, one over a socket pair that a receiver
 //! trusting no key refuses, so that the source resumes, and one cut right after the commit, which
@@ -30,9 +32,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nucleus_checkpoint::{
-    export, import, keygen, keygen_ed25519, key_path, public_key, pull_image, push_image, read_metadata, sign_as,
-    sign_with_progress, signature_format_of, signer_of, trust_key, verify, verify_with_progress, Compression, Error,
-    Notification, Options, ReceivedMigration, RestoreMode, Runtime, SignatureFormat, Signing, Status,
+    export, export_chain, import, import_chain, keygen, keygen_ed25519, key_path, public_key, pull_image, push_image,
+    read_metadata, sign_as, sign_with_progress, signature_format_of, signer_of, trust_key, verify,
+    verify_with_progress, Compression, Error, Notification, Options, ReceivedMigration, RestoreMode, Runtime,
+    SignatureFormat, Signing, Status,
 };
 
 /// The tests reap as a subreaper with waitpid(-1): one at a time, so none reaps another's child.
@@ -722,6 +725,165 @@ fn predump_and_registry_arguments() {
         "http://127.0.0.1:1/v2/checkpoints/web/manifests/v1",
     );
     assert!(!pulled.exists());
+}
+
+/// The SHA-256 of the checkpoint's `checkpoint.hmac` as `sha256sum` shows it, which
+/// [`Options::add_receiver_has`] takes.
+fn signature_sha256(dir: &Path) -> String {
+    let out = Command::new("sha256sum").arg(dir.join("checkpoint.hmac")).output().unwrap();
+    assert!(out.status.success(), "sha256sum: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
+}
+
+/// Sets the "chain" record in a checkpoint's metadata.json (python3's json module: no JSON crate
+/// is at hand offline): a pre-dump without a parent, or a final dump on `parent` bound to `bound`.
+const SET_CHAIN_RECORD: &str = r#"
+import json, sys
+path, parent, bound = sys.argv[1:4]
+with open(path) as f:
+    metadata = json.load(f)
+metadata["nucleus"]["chain"] = {"predump": parent == "", "parent": parent, "parent_signature_sha256": bound}
+with open(path, "w") as f:
+    json.dump(metadata, f)
+"#;
+
+/// Copies the checkpoint `dumped` into `layers`/`name` and makes it a layer as a dump on a parent
+/// makes one: the metadata's chain record bound to the signature of `layers`/`parent`, and CRIU's
+/// link to the parent's images, all signed again. Without a parent ("") it is the chain's oldest
+/// layer, a pre-dump; with one, the final dump.
+fn link_layer(dumped: &Path, layers: &Path, name: &str, parent: &str) -> PathBuf {
+    let dir = layers.join(name);
+    copy_tree(dumped, &dir);
+    let bound = if parent.is_empty() {
+        String::new()
+    } else {
+        std::os::unix::fs::symlink(format!("../../{}/images", parent), dir.join("images/parent")).unwrap();
+        signature_sha256(&layers.join(parent))
+    };
+    let status = Command::new("python3")
+        .args(["-c", SET_CHAIN_RECORD])
+        .arg(dir.join("metadata.json"))
+        .args([parent, bound.as_str()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "setting the chain record of {}", dir.display());
+    sign_as(&dir, SignatureFormat::MANIFEST, Signing::HMAC).unwrap();
+    dir
+}
+
+/// The names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn chain_stream_with_real_criu() {
+    let _serial = serial();
+    become_subreaper();
+    let work = fresh("chain-stream");
+    let counter_dir = work.join("counter");
+    fs::create_dir(&counter_dir).unwrap();
+    let mut child = start_counter(&counter_dir, None);
+    let pid = child.id() as i32;
+    let _cleanup = KillOnDrop(pid);
+    let dumped = work.join("dumped");
+    let mut rt = Runtime::new().unwrap();
+    rt.checkpoint("rust-chain-stream", pid, &dumped, None).expect("the dump");
+    wait_dumped(&mut child);
+    let at_dump = count_of(&counter_dir.join("parent"));
+    // A chain of two layers made of the real dump, as a dump on a parent makes one: this runs
+    // where the kernel cannot pre-dump.
+    let layers = private_dir(&work, "layers");
+    let p0 = link_layer(&dumped, &layers, "p0", "");
+    let last = link_layer(&dumped, &layers, "final", "p0");
+    verify(&last).expect("the chain verifies");
+    let refused = fs::File::create(work.join("layer.stream")).unwrap();
+    expect_err(export(&last, &refused, None), Status::INVALID, "export it with its chain");
+
+    // The whole chain through a socket pair (zstd, exported on a thread) into a store made for it.
+    let store = work.join("store");
+    let (reader, writer) = UnixStream::pair().unwrap();
+    let mut compressed = Options::new().unwrap();
+    compressed.compression(Compression::ZSTD).unwrap();
+    let source = last.clone();
+    let sender = thread::spawn(move || export_chain(&source, writer, Some(&compressed)));
+    let newest = import_chain(&reader, &store, None).expect("import_chain from the socket");
+    drop(reader);
+    sender.join().unwrap().expect("export_chain into the socket");
+    assert_eq!(newest, store.join("final"));
+    assert_eq!(names_in(&store), ["final", "p0"], "the two layers alone");
+    assert_eq!(fs::read_link(newest.join("images/parent")).unwrap(), Path::new("../../p0/images"));
+    for layer in ["p0", "final"] {
+        assert_eq!(signature_sha256(&store.join(layer)), signature_sha256(&layers.join(layer)), "{}", layer);
+    }
+    verify(&newest).expect("the imported chain verifies");
+
+    // A receiver that holds p0 is sent final alone; without p0 the same stream is refused.
+    let full = work.join("full.stream");
+    export_chain(&last, fs::File::create(&full).unwrap(), None).unwrap();
+    let mut has_p0 = Options::new().unwrap();
+    has_p0.add_receiver_has(&signature_sha256(&p0)).unwrap();
+    let lacking = work.join("lacking.stream");
+    export_chain(&last, fs::File::create(&lacking).unwrap(), Some(&has_p0)).unwrap();
+    let size = |p: &Path| fs::metadata(p).unwrap().len();
+    let pages = size(&p0.join("images/pages-1.img"));
+    assert!(
+        size(&lacking) + pages <= size(&full),
+        "the stream leaving p0 out ({} bytes) is not {} bytes of pages smaller than the whole chain's ({})",
+        size(&lacking),
+        pages,
+        size(&full)
+    );
+    let held = private_dir(&work, "held");
+    copy_tree(&p0, &held.join("p0"));
+    let completed = import_chain(fs::File::open(&lacking).unwrap(), &held, None).expect("import beside p0");
+    assert_eq!(completed, held.join("final"));
+    verify(&completed).expect("the chain completed beside the layer held verifies");
+    expect_err(import_chain(fs::File::open(&lacking).unwrap(), work.join("empty"), None), Status::INVALID, "'p0'");
+
+    // A plain dump is a chain of one.
+    let one = work.join("one.stream");
+    export_chain(&dumped, fs::File::create(&one).unwrap(), None).unwrap();
+    let one_store = work.join("one-store");
+    assert_eq!(import_chain(fs::File::open(&one).unwrap(), &one_store, None).unwrap(), one_store.join("dumped"));
+
+    // Refused: one byte flipped in final's part of the stream, after p0 was imported; nothing is
+    // left in the store.
+    let mut data = fs::read(&full).unwrap();
+    let at = data.len() * 3 / 4;
+    data[at] ^= 0x01;
+    let flipped = work.join("flipped.stream");
+    fs::write(&flipped, data).unwrap();
+    let flipped_store = private_dir(&work, "flipped-store");
+    let e = expect_err(import_chain(fs::File::open(&flipped).unwrap(), &flipped_store, None), Status::INTEGRITY, "");
+    assert!(names_in(&flipped_store).is_empty(), "{:?}", names_in(&flipped_store));
+    // A layer held that is not a SHA-256 in lowercase hex.
+    let mut bad = Options::new().unwrap();
+    expect_err(bad.add_receiver_has("p0"), Status::INVALID, "64 lowercase hex digits");
+    expect_err(bad.add_receiver_has(&signature_sha256(&p0).to_uppercase()), Status::INVALID, "64 lowercase hex digits");
+    expect_err(bad.add_receiver_has("a\0b"), Status::INVALID, "NUL byte");
+    // Each importer refuses the other's stream, saying which to use.
+    let plain = work.join("plain.stream");
+    export(&dumped, fs::File::create(&plain).unwrap(), None).unwrap();
+    let plain_store = work.join("plain-store");
+    expect_err(import_chain(fs::File::open(&plain).unwrap(), &plain_store, None), Status::INTEGRITY, "not a chain");
+    let as_one = work.join("chain-as-one");
+    expect_err(import(fs::File::open(&full).unwrap(), &as_one, None), Status::INTEGRITY, "nc_import_chain");
+
+    // The chain restores from the store it was imported into: the tree counts on.
+    let tree = rt.restore(&newest, None).expect("the imported chain restores");
+    assert_eq!(tree.pid(), pid);
+    assert!(
+        wait_until(10, || count_of(&counter_dir.join("parent")) > at_dump + 3),
+        "counting on: {} at the dump, {} now",
+        at_dump,
+        count_of(&counter_dir.join("parent"))
+    );
+    kill_tree(pid);
+    println!("chain stream: whole {} bytes, without p0 {}; a flipped byte: {}", size(&full), size(&lacking), e);
 }
 
 /// The counter as the init of a PID namespace of its own (`unshare --pid --fork`), so that while
