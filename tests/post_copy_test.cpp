@@ -2,25 +2,33 @@
 // receive_migration on two threads, the real CRIU (its lazy pages) on both, a counter tree in its
 // own PID namespace (so that its restored copy can take the same PIDs while the source's is still
 // there) whose memory it checks itself (the counter's SIGUSR1). Between the ends a proxy that can
-// change a byte or cut the connection once the page stream runs.
+// change a byte or cut the connection once the page stream runs. Then the receiver's lazy-pages
+// daemon alone (its hold, its start), and the page stream's bounds between stand-ins for CRIU.
 #include <nucleus/checkpoint/criu_runtime.hpp>
 #include <nucleus/checkpoint/error.hpp>
 #include <nucleus/checkpoint/migrate.hpp>
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstring>
 #include <fstream>
 #include <optional>
+#include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 
+#include "criu/lazy_pages.hpp"
 #include "fs/unique_fd.hpp"
 #include "process_support.hpp"
+#include "transfer/page_relay.hpp"
 
 using namespace nucleus::checkpoint;
 using namespace nucleus::checkpoint::test;
@@ -395,4 +403,231 @@ TEST_CASE_METHOD(Fixture, "post-copy: a request for memory the dump did not leav
   REQUIRE(out.receiver_error);
   CHECK(contains(out.receiver_error->what(), "it was killed"));
   counter.stays_stopped_then_resumes();
+}
+
+TEST_CASE_METHOD(Fixture, "post-copy: a tree without a PID namespace of its own is refused", "[post-copy]") {
+  // Should the receiver die, killing a PID namespace's init is what kills every process of the
+  // tree, whenever it forked them: without one, a process forked after the restore would escape
+  // the receiver's keeper and run on zero pages.
+  CounterTree counter(tmp / "counter", 0, false);
+  const auto error = error_of([&] { require_own_pid_namespace(counter.pid()); });
+  REQUIRE(error);
+  CHECK(error->status() == Status::unsupported);
+  CHECK(contains(error->what(), "PID namespace of its own"));
+  const CounterTree own(tmp / "own", 0, true);
+  CHECK_FALSE(error_of([&] { require_own_pid_namespace(own.pid()); }));
+}
+
+TEST_CASE_METHOD(Fixture, "post-copy migration of a tree without a PID namespace of its own is refused before anything "
+                          "is dumped", "[post-copy]") {
+  CounterTree counter(tmp / "counter", 0, false);
+  const Outcome out = migrate_post_copy(counter.pid());
+  INFO((out.receiver_error ? out.receiver_error->what() : "") << " / " << (out.source_error ? out.source_error->what() : ""));
+  REQUIRE(out.source_error);
+  CHECK(out.source_error->status() == Status::unsupported);
+  CHECK(contains(out.source_error->what(), "PID namespace of its own"));
+  CHECK_FALSE(fs::exists(work_dir));
+  const long before = counter.count("parent");
+  CHECK(wait_until([&] { return counter.count("parent") > before + 2; }));
+}
+
+namespace {
+
+// The processes this one has forked and not reaped (zombies too).
+std::set<pid_t> children() {
+  std::set<pid_t> pids;
+  for (const auto& task : fs::directory_iterator("/proc/self/task")) {
+    std::istringstream in(read_file(task.path() / "children"));
+    for (pid_t pid; in >> pid;) pids.insert(pid);
+  }
+  return pids;
+}
+
+// The descriptor limit that leaves `spare` descriptors free.
+int limit_leaving(unsigned spare) {
+  for (int fd = 0, free = 0;; ++fd)
+    if (::fcntl(fd, F_GETFD) == -1 && free++ == static_cast<int>(spare)) return fd;
+}
+
+// CRIU's lazy-pages daemon on a small tree's checkpoint (it needs its process tree to start), with
+// its page socket.
+struct Daemon {
+  TempDir tmp;
+  KeyFileEnv key{secure_key_dir(tmp) / "checkpoint.key"};
+  UniqueFd criu, images, daemon_end, relay_end;
+  Daemon() {
+    const std::unique_ptr<CriuRuntime> rt = real_criu();
+    criu.reset(::open(rt->binary().c_str(), O_PATH | O_CLOEXEC));
+    REQUIRE(criu);
+    {
+      const CounterTree dumped(tmp / "counter", 0, true);
+      rt->checkpoint(container("lazy", dumped.pid()), tmp / "checkpoint", true);
+    }
+    images.reset(::open((tmp / "checkpoint" / "images").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    REQUIRE(images);
+    int pair[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == 0);
+    daemon_end.reset(pair[0]);
+    relay_end.reset(pair[1]);
+  }
+  LazyPagesDaemon start() {
+    return LazyPagesDaemon(criu.get(), images.get(), daemon_end.get(), relay_end.get(), {}, std::chrono::seconds(10));
+  }
+};
+
+}  // namespace
+
+TEST_CASE("post-copy: the receiver holds only a tree whose root is a PID namespace's init", "[post-copy]") {
+  Daemon d;
+  const TempDir tmp;
+  CounterTree shared(tmp / "shared", 0, false);
+  const UniqueFd shared_pidfd(open_pidfd(shared.pid()));
+  {
+    LazyPagesDaemon daemon = d.start();
+    const auto refused = error_of([&] { daemon.hold(shared_pidfd.get()); });
+    REQUIRE(refused);
+    CHECK(refused->status() == Status::unsupported);
+    CHECK(contains(refused->what(), "not a PID namespace of its own"));
+  }
+  // Its keeper was never given it (the caller kills a tree it refused, still stopped).
+  const long before = shared.count("parent");
+  CHECK(wait_until([&] { return shared.count("parent") > before + 2; }));
+
+  // A namespace's init is held: should this process go without wait_done, its keeper kills it, and
+  // the kernel every other process of the namespace.
+  CounterTree own(tmp / "own", 0, true);
+  const UniqueFd own_pidfd(open_pidfd(own.pid()));
+  {
+    LazyPagesDaemon daemon = d.start();
+    daemon.hold(own_pidfd.get());
+  }
+  CHECK(wait_until([&] { return ::waitpid(own.pid(), nullptr, WNOHANG) == own.pid(); }));
+}
+
+TEST_CASE("post-copy: a lazy-pages daemon that cannot start leaves no process behind", "[post-copy]") {
+  Daemon d;
+  // UBSan's first check of an object's type probes its memory through a pipe: made here, with
+  // descriptors to spare (a start, and a failure caught as the daemon's thread catches one).
+  d.start();
+  try {
+    throw Error(Status::io, "no descriptors");
+  } catch (const std::exception& e) {
+    CHECK(contains(e.what(), "descriptors"));
+  }
+  const std::set<pid_t> before = children();
+  rlimit limit{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &limit) == 0);
+  // Short of descriptors, by fewer and fewer: each start fails at a later step of its own (its
+  // pipe, CRIU's output), before CRIU runs.
+  for (unsigned spare = 2; spare <= 6; ++spare) {
+    rlimit lowered = limit;
+    lowered.rlim_cur = static_cast<rlim_t>(limit_leaving(spare));
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &lowered) == 0);
+    const auto failure = error_of([&] { const LazyPagesDaemon daemon = d.start(); });
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &limit) == 0);
+    REQUIRE(failure);
+    INFO(spare << " descriptors spare: " << failure->what());
+    CHECK(children() == before);
+    // The folder a failure keeps for its logs.
+    const std::string what = failure->what();
+    if (const auto at = what.find("Full log: "); at != std::string::npos)
+      fs::remove_all(fs::path(what.substr(at + 10)).parent_path());
+  }
+}
+
+namespace {
+
+// CRIU's struct page_server_iov as the page stream carries it.
+struct Iov {
+  std::uint32_t cmd, padding;
+  std::uint64_t nr_pages, vaddr, dst_id;
+};
+
+// Both ends of a page stream, each with a stand-in for its CRIU: the source's page server, the
+// receiver's lazy-pages daemon; 16 lazy pages of PID 1 from page 16 on.
+struct Relay {
+  static std::pair<UniqueFd, UniqueFd> pair() {
+    int fds[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+    return {UniqueFd(fds[0]), UniqueFd(fds[1])};
+  }
+  std::pair<UniqueFd, UniqueFd> criu = pair(), net = pair(), daemon = pair();  // stand-in first
+  const std::uint64_t page = page_bytes();
+  std::atomic<bool> tree_stopped = false;
+  transfer::PageSender sender;
+  transfer::PageReceiver receiver;
+
+  Relay(std::chrono::milliseconds source_stall, std::chrono::milliseconds receiver_stall)
+      : sender(criu.second.get(), net.first.get(), source_stall),
+        receiver(daemon.second.get(), net.second.get(), receiver_stall, [this] { tree_stopped = true; }) {
+    receiver.key_exchange(sender.key(), sender.key_exchange(receiver.key()));
+    sender.start({{1, {{16 * page, 32 * page}}}});
+    receiver.start();
+  }
+  // The receiver's daemon asks for page `n` (of the 16); false if the receiver has stopped.
+  bool ask(std::uint64_t n) {
+    const Iov get{7, 0, 1, (16 + n) * page, 1};
+    return ::send(daemon.first.get(), &get, sizeof get, MSG_NOSIGNAL) == sizeof get;
+  }
+  // The source's page server answers the request it is given; the receiver's daemon gets the page.
+  void serve() {
+    Iov asked{};
+    REQUIRE(::recv(criu.first.get(), &asked, sizeof asked, MSG_WAITALL) == sizeof asked);
+    std::string answer(sizeof(Iov) + page, '\x5a');
+    const Iov header{6 | (4 << 16), 0, 1, asked.vaddr, asked.dst_id};
+    std::memcpy(answer.data(), &header, sizeof header);
+    REQUIRE(::write(criu.first.get(), answer.data(), answer.size()) == static_cast<ssize_t>(answer.size()));
+    std::string received(answer.size(), '\0');
+    REQUIRE(::recv(daemon.first.get(), received.data(), received.size(), MSG_WAITALL) ==
+            static_cast<ssize_t>(received.size()));
+    CHECK(received == answer);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("post-copy: the receiver's stall bound runs only while pages are asked for", "[post-copy]") {
+  const std::chrono::seconds stall(1);
+  Relay relay(std::chrono::minutes(5), stall);
+  // A tree that leaves its memory alone asks nothing: the source owes nothing.
+  std::this_thread::sleep_for(3 * stall);
+  CHECK_NOTHROW(relay.receiver.rethrow_failure());
+  CHECK_FALSE(relay.tree_stopped);
+  REQUIRE(relay.ask(0));
+  relay.serve();
+  // A page asked for and not answered: a stall, within its bound.
+  const auto asked_at = std::chrono::steady_clock::now();
+  REQUIRE(relay.ask(1));
+  REQUIRE(wait_until([&] { return relay.tree_stopped.load(); }, 5 * stall));
+  CHECK(std::chrono::steady_clock::now() - asked_at < 2 * stall);
+  const auto failure = error_of([&] { relay.receiver.rethrow_failure(); });
+  REQUIRE(failure);
+  CHECK(contains(failure->what(), "sent nothing for 1 s while pages were asked for"));
+}
+
+TEST_CASE("post-copy: a receiver that asks for its memory slowly for ever is cut off", "[post-copy]") {
+  // The source's stall bound (3 s) bounds its idle time in all too: each gap is well within it.
+  Relay relay(std::chrono::seconds(3), std::chrono::minutes(5));
+  const auto start = std::chrono::steady_clock::now();
+  std::optional<Error> failure;
+  for (std::uint64_t n = 0; n < 16 && !failure; ++n) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    Iov asked{};
+    // The source stops reading requests (and shuts CRIU's socket and the connection) once the
+    // budget is spent.
+    if (!relay.ask(n) || ::recv(relay.criu.first.get(), &asked, sizeof asked, MSG_WAITALL) != sizeof asked) {
+      failure = error_of([&] { relay.sender.rethrow_failure(); });
+      break;
+    }
+    std::string answer(sizeof(Iov) + relay.page, '\x5a');
+    const Iov header{6 | (4 << 16), 0, 1, asked.vaddr, asked.dst_id};
+    std::memcpy(answer.data(), &header, sizeof header);
+    REQUIRE(::send(relay.criu.first.get(), answer.data(), answer.size(), MSG_NOSIGNAL) ==
+            static_cast<ssize_t>(answer.size()));
+  }
+  REQUIRE(failure);
+  CHECK(contains(failure->what(), "left the page stream idle for 3 s in all"));
+  const auto took = std::chrono::steady_clock::now() - start;
+  CHECK(took >= std::chrono::seconds(3));
+  CHECK(took < std::chrono::seconds(5));
 }

@@ -7,13 +7,15 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <array>
-#include <charconv>
 #include <algorithm>
+#include <array>
+#include <bit>
 #include <cerrno>
-#include <cstring>
+#include <charconv>
 #include <csignal>
+#include <cstring>
 #include <fstream>
+#include <sstream>
 
 #include <fmt/format.h>
 
@@ -31,20 +33,19 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// CRIU's page server pipes: PIPE_MAX_SIZE (819) pages, which the kernel rounds up to 4 MiB.
-constexpr int page_server_pipe = 4 << 20;
+// CRIU's page server pipes: PIPE_MAX_SIZE (819) pages, which the kernel rounds up to a power of
+// two (4 MiB with 4 KiB pages).
+std::uint64_t page_server_pipe() { return std::bit_ceil(819 * page_bytes()); }
 
 constexpr const char* log_name = "lazy-pages.log";
 
 constexpr std::size_t max_fds_per_word = 64;
-constexpr int max_kept_pidfds = 4096;
 
-// The keeper's whole life, in the forked child: system calls alone (the parent may have threads).
+// The keeper's whole life, in the forked child: system calls alone (the parent has threads).
 [[noreturn]] void keep(int words, int page_socket) {
   int keep[] = {words, page_socket};
   close_all_but(keep);
-  int pidfds[max_kept_pidfds];
-  int kept = 0;
+  int root = -1;
   for (;;) {
     char what = 0;
     iovec iov{&what, 1};
@@ -58,22 +59,33 @@ constexpr int max_kept_pidfds = 4096;
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;  // the parent is gone without saying it is done
     if (what == 'd') ::_exit(0);
-    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (std::size_t i = 0; i < count; ++i) {
-        int fd;
-        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
-        if (what == 'p' && kept < max_kept_pidfds) pidfds[kept++] = fd;  // others ('u') are only held
-      }
-    }
+    // The root's pidfd ('p'); the others ('u', userfaultfds) are only held.
+    const cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    if (what == 'p' && c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS &&
+        c->cmsg_len >= CMSG_LEN(sizeof root))
+      std::memcpy(&root, CMSG_DATA(c), sizeof root);
   }
-  for (int i = 0; i < kept; ++i) ::syscall(SYS_pidfd_send_signal, pidfds[i], SIGKILL, nullptr, 0);
-  for (int i = 0; i < kept; ++i) {
-    pollfd p{pidfds[i], POLLIN, 0};
+  // SIGKILL to a PID namespace's init: the kernel kills every other process of it, and the root
+  // ends (its pidfd readable) only once they are gone.
+  if (root >= 0) {
+    ::syscall(SYS_pidfd_send_signal, root, SIGKILL, nullptr, 0);
+    pollfd p{root, POLLIN, 0};
     ::poll(&p, 1, 5000);
   }
   ::_exit(0);
+}
+
+// Whether /proc's NSpid line in `text` (a process's status, or a pidfd's fdinfo) says the process
+// is the init of a PID namespace below this one: its PID there, the last, is 1.
+bool is_pid_namespace_init(const std::string& text) {
+  constexpr std::string_view key = "\nNSpid:";
+  const std::size_t at = text.find(key);
+  if (at == std::string::npos) return false;
+  const std::size_t end = std::min(text.find('\n', at + key.size()), text.size());
+  std::istringstream fields(text.substr(at + key.size(), end - at - key.size()));
+  std::vector<std::string> pids;
+  for (std::string pid; fields >> pid;) pids.push_back(pid);
+  return pids.size() >= 2 && pids.back() == "1";
 }
 
 // CRIU's image magics (criu/include/magic.h) and a pagemap entry's "lazy" flag (pagemap.h).
@@ -116,8 +128,8 @@ std::vector<std::pair<std::uint64_t, std::uint64_t>> lazy_ranges_in(const std::s
     const std::uint64_t start = e->vaddr;
     pagemap_entry__free_unpacked(e, nullptr);
     if (!lazy || pages == 0) continue;
-    if (pages > (~std::uint64_t{0} - start) / 4096) throw malformed();
-    ranges.emplace_back(start, start + pages * 4096);
+    if (start % page_bytes() != 0 || pages > (~std::uint64_t{0} - start) / page_bytes()) throw malformed();
+    ranges.emplace_back(start, start + pages * page_bytes());
   }
   std::sort(ranges.begin(), ranges.end());
   std::vector<std::pair<std::uint64_t, std::uint64_t>> merged;
@@ -155,10 +167,16 @@ bool is_lazy(const LazyExtents& extents, std::uint64_t pid, std::uint64_t vaddr,
   return vaddr >= r->first && vaddr + bytes <= r->second;
 }
 
+std::uint64_t page_bytes() {
+  static const auto bytes = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  return bytes;
+}
+
 void require_lazy_page_server() {
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) throw system_error(Status::io, errno, "cannot create a pipe");
-  const int set = ::fcntl(p[0], F_SETPIPE_SZ, page_server_pipe);
+  const std::uint64_t pipe_bytes = page_server_pipe();
+  const int set = ::fcntl(p[0], F_SETPIPE_SZ, static_cast<int>(pipe_bytes));
   const int error = errno;
   ::close(p[0]);
   ::close(p[1]);
@@ -166,29 +184,52 @@ void require_lazy_page_server() {
   std::string limit = "?";
   if (std::ifstream in("/proc/sys/fs/pipe-max-size"); in) in >> limit;
   throw Error(Status::unsupported,
-              fmt::format("post-copy needs pipes of 4 MiB for CRIU's page server, and this host allows {} bytes "
+              fmt::format("post-copy needs pipes of {} MiB for CRIU's page server, and this host allows {} bytes "
                           "(fs.pipe-max-size) without CAP_SYS_RESOURCE ({}); raise it with `sysctl -w "
-                          "fs.pipe-max-size=4194304`, or migrate without post-copy",
-                          limit, std::strerror(error)));
+                          "fs.pipe-max-size={}`, or migrate without post-copy",
+                          pipe_bytes >> 20, limit, std::strerror(error), pipe_bytes));
+}
+
+void require_own_pid_namespace(pid_t root) {
+  const std::string status = read_file_at(AT_FDCWD, fmt::format("/proc/{}/status", root), 64 << 10, "process status");
+  if (is_pid_namespace_init(status)) return;
+  throw Error(Status::unsupported,
+              fmt::format("post-copy needs the tree in a PID namespace of its own, and process {} is not the init of "
+                          "one: should the receiver fail while the memory still comes, killing that init is what "
+                          "kills every process the tree has by then. Start the workload in its own PID namespace "
+                          "(e.g. `unshare --pid --fork`, or a container), or migrate without post-copy",
+                          root));
 }
 
 LazyPagesDaemon::LazyPagesDaemon(int criu_binary_fd, int images_fd, int page_socket, int relay_end,
                                  const CriuOptions& options, std::chrono::milliseconds timeout)
     : run_(make_private_run_dir(run_dir, "lazy-pages", "CRIU lazy-pages folder")) {
-  start_keeper(relay_end);
+  // No destructor runs for a constructor that throws: nothing may be left then, neither the daemon
+  // nor the keeper (started last, once nothing else can fail) nor the folder (but a failure's logs).
+  try {
+    start_daemon(criu_binary_fd, images_fd, page_socket, options, timeout);
+    start_keeper(relay_end);
+  } catch (...) {
+    stop();
+    remove_folder();
+    throw;
+  }
+}
+
+void LazyPagesDaemon::start_daemon(int criu_binary_fd, int images_fd, int page_socket, const CriuOptions& options,
+                                   std::chrono::milliseconds timeout) {
   int status[2];
   if (::pipe2(status, O_CLOEXEC) != 0) throw system_error(Status::io, errno, "cannot create a pipe for CRIU");
   UniqueFd ready(status[0]), ready_writer(status[1]);
   const std::vector<std::string> args =
       criu_lazy_pages_args(proc_fd_path(child_fd(0)), proc_fd_path(child_fd(1)), child_fd(2), child_fd(3), options);
   const std::vector<int> fds{images_fd, run_.dir.get(), page_socket, ready_writer.get()};
-  thread_ = std::thread([this, criu_binary_fd, args, fds, &ready_writer] {
+  thread_ = std::thread([this, criu_binary_fd, args, fds] {
     ProcessWatch watch;
     watch.on_start = [&](pid_t pid) {
       const std::lock_guard lock(mutex_);
       pid_ = pid;
       pidfd_.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-      ready_writer.reset();  // the daemon's copy alone: its end is the pipe's end
       changed_.notify_all();
     };
     ProcessResult r;
@@ -205,6 +246,8 @@ LazyPagesDaemon::LazyPagesDaemon(int criu_binary_fd, int images_fd, int page_soc
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return pidfd_ || result_; });
   }
+  // Started or not, the daemon's copy alone: its end (or none) is the pipe's end.
+  ready_writer.reset();
   // CRIU writes one byte to its status fd once it listens.
   const Clock::time_point deadline = Clock::now() + timeout;
   char byte = 1;
@@ -216,9 +259,7 @@ LazyPagesDaemon::LazyPagesDaemon(int criu_binary_fd, int images_fd, int page_soc
          errno == EINTR) {
   }
   if (n <= 0 || ::read(ready.get(), &byte, 1) != 1 || byte != 0) {
-    stop();
-    keeper_.reset();  // not told it is done: with no tree to kill, it just exits
-    ::waitpid(keeper_pid_, nullptr, 0);
+    stop();  // for its log to be complete
     throw Error(Status::criu, failure(n == 0 ? "did not start in time" : "ended before it was ready"));
   }
 }
@@ -264,6 +305,10 @@ LazyPagesDaemon::~LazyPagesDaemon() {
   if (keeper_pid_ > 0) ::waitpid(keeper_pid_, nullptr, 0);
   stop();
   userfaultfds_.clear();
+  remove_folder();
+}
+
+void LazyPagesDaemon::remove_folder() noexcept {
   if (keep_ || !run_.dir) return;
   for (const char* f : {log_name, "lazy-pages.socket", "restore.log", "stats-restore", "restore.pid"})
     ::unlinkat(run_.dir.get(), f, 0);
@@ -280,8 +325,17 @@ void LazyPagesDaemon::stop() noexcept {
   }
 }
 
-void LazyPagesDaemon::hold(const ProcessTree& tree) {
-  tell_keeper('p', tree.pidfds());
+void LazyPagesDaemon::hold(int root_pidfd) {
+  if (root_pidfd < 0) throw Error(Status::internal, "the restored tree's root has no pidfd to hold it by");
+  // Read through the pidfd itself: this very process, whatever PIDs have been reused since.
+  const std::string root =
+      read_file_at(AT_FDCWD, fmt::format("/proc/self/fdinfo/{}", root_pidfd), 64 << 10, "restored root's pidfd");
+  if (!is_pid_namespace_init(root))
+    throw Error(Status::unsupported,
+                "the restored tree is not a PID namespace of its own (its root is not the init of one), so nothing "
+                "could kill every process it forks should this receiver fail while its memory still comes; migrate "
+                "such a tree without post-copy");
+  tell_keeper('p', {root_pidfd});
   int pidfd;
   {
     const std::lock_guard lock(mutex_);

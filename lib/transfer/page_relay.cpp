@@ -42,9 +42,11 @@ struct PageSession {
 
 namespace {
 
-constexpr std::size_t page_size = 4096;
+using Clock = std::chrono::steady_clock;
+
 // CRIU's lazy-pages daemon asks for at most 4 MiB at once (its MAX_XFER_LEN).
-constexpr std::uint64_t max_request_pages = 1024;
+constexpr std::uint64_t max_request_bytes = 4 << 20;
+std::uint64_t max_request_pages() { return max_request_bytes / page_bytes(); }
 // CRIU's page server commands (criu/page-xfer.c) and the header of its answer to a GET.
 constexpr std::uint32_t iov_get = 7, iov_close = 0x1023, iov_force_close = 0x1024;
 constexpr std::uint32_t page_answer = 6 /* PS_IOV_ADD_F */ | ((1U << 2) /* PE_PRESENT */ << 16);
@@ -60,7 +62,7 @@ struct RawIov {
   std::uint64_t nr_pages, vaddr, dst_id;
 };
 static_assert(sizeof(RawIov) == 32);
-constexpr std::size_t max_message = sizeof(RawIov) + max_request_pages * page_size + sealed_overhead;
+constexpr std::size_t max_message = sizeof(RawIov) + max_request_bytes + sealed_overhead;
 using IovBytes = std::array<unsigned char, sizeof(RawIov)>;
 
 RawIov decode(const unsigned char* bytes) {
@@ -80,6 +82,10 @@ IovBytes encode(RawIov iov) {
 
 bool closes(const RawIov& iov) { return iov.cmd == iov_close || iov.cmd == iov_force_close; }
 
+std::string in_seconds(std::chrono::milliseconds stall) {
+  return fmt::format("{} s", std::chrono::duration_cast<std::chrono::seconds>(stall).count());
+}
+
 // Reads what is there of size bytes (at least one), waiting `stall` at most (zero: for ever);
 // 0 at the end of the stream.
 std::size_t read_some(int fd, unsigned char* data, std::size_t size, std::chrono::milliseconds stall,
@@ -89,9 +95,7 @@ std::size_t read_some(int fd, unsigned char* data, std::size_t size, std::chrono
       pollfd pfd{fd, POLLIN, 0};
       const int n = ::poll(&pfd, 1, static_cast<int>(std::min<long long>(stall.count(), 0x7fffffff)));
       if (n < 0 && errno == EINTR) continue;
-      if (n == 0)
-        throw Error(Status::io, fmt::format("{} sent nothing for {} s", what,
-                                            std::chrono::duration_cast<std::chrono::seconds>(stall).count()));
+      if (n == 0) throw Error(Status::io, fmt::format("{} sent nothing for {}", what, in_seconds(stall)));
     }
     const ssize_t n = ::recv(fd, data, size, 0);
     if (n < 0 && errno == EINTR) continue;
@@ -134,7 +138,7 @@ class PendingRequests {
  public:
   void push(const RawIov& iov) {
     const std::lock_guard lock(mutex_);
-    queue_.push_back(iov);
+    queue_.push_back({iov, Clock::now()});
     ready_.notify_one();
   }
   // The oldest; waits for one unless `wait` is false; nothing once stopped and empty.
@@ -142,9 +146,22 @@ class PendingRequests {
     std::unique_lock lock(mutex_);
     if (wait) ready_.wait(lock, [&] { return !queue_.empty() || stopped_; });
     if (queue_.empty()) return std::nullopt;
-    const RawIov iov = queue_.front();
+    const RawIov iov = queue_.front().iov;
     queue_.pop_front();
+    if (queue_.empty()) drained_ = Clock::now();
     return iov;
+  }
+  // When the oldest was pushed, if there is one.
+  std::optional<Clock::time_point> oldest_since() {
+    const std::lock_guard lock(mutex_);
+    if (queue_.empty()) return std::nullopt;
+    return queue_.front().since;
+  }
+  // Since when none has waited, if none does.
+  std::optional<Clock::time_point> drained_since() {
+    const std::lock_guard lock(mutex_);
+    if (!queue_.empty()) return std::nullopt;
+    return drained_;
   }
   void stop() {
     const std::lock_guard lock(mutex_);
@@ -153,11 +170,71 @@ class PendingRequests {
   }
 
  private:
+  struct Pending {
+    RawIov iov;
+    Clock::time_point since;
+  };
   std::mutex mutex_;
   std::condition_variable ready_;
-  std::deque<RawIov> queue_;
+  std::deque<Pending> queue_;
+  Clock::time_point drained_ = Clock::now();
   bool stopped_ = false;
 };
+
+// Whether fd has something to read (or its end) by `deadline`.
+bool readable_by(int fd, Clock::time_point deadline) {
+  for (;;) {
+    const auto wait = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    pollfd pfd{fd, POLLIN, 0};
+    const int n = ::poll(&pfd, 1, static_cast<int>(std::clamp<long long>(wait, 0, 0x7fffffff)));
+    if (n > 0) return true;
+    if (n == 0) return false;
+    if (errno != EINTR) throw system_error(Status::io, errno, "cannot wait for the other host");
+  }
+}
+
+// Waits until fd has something to read (or its end). While a request waits for its answer, for
+// `stall` at most after it was made or after `last_answer`, whichever is later; without a limit
+// while nothing is asked.
+void await_answer(int fd, PendingRequests& pending, Clock::time_point last_answer, std::chrono::milliseconds stall) {
+  for (;;) {
+    const std::optional<Clock::time_point> asked = pending.oldest_since();
+    const Clock::time_point now = Clock::now();
+    // Nothing asked: look again after `stall`, which is no later than the deadline of a request
+    // made meanwhile.
+    const Clock::time_point deadline = asked ? std::max(*asked, last_answer) + stall : now + stall;
+    if (deadline <= now)
+      throw Error(Status::io,
+                  fmt::format("the source sent nothing for {} while pages were asked for", in_seconds(stall)));
+    if (readable_by(fd, deadline)) return;
+  }
+}
+
+// Waits until the receiver's next record comes (or its end), `stall` at most after its last one
+// (`last_record`). The time it leaves the source owing nothing meanwhile is added to `idle`, the
+// whole transfer's, which may not reach `stall` either: a receiver that asked slowly for ever would
+// keep the source's copy stopped, and its CRIU serving, for ever.
+void await_request(int fd, PendingRequests& pending, Clock::time_point last_record, std::chrono::milliseconds stall,
+                   Clock::duration& idle) {
+  const auto idle_since = [&](Clock::time_point now) {
+    const std::optional<Clock::time_point> drained = pending.drained_since();
+    return drained ? std::max(*drained, last_record) : now;  // still owing: idle from now at the earliest
+  };
+  for (;;) {
+    const Clock::time_point now = Clock::now(), since = idle_since(now);
+    if (idle + (now - since) >= stall)
+      throw Error(Status::io, fmt::format("the receiver left the page stream idle for {} in all, asking for its "
+                                          "memory slowly or not at all; the stream is stopped",
+                                          in_seconds(stall)));
+    if (now - last_record >= stall)
+      throw Error(Status::io, fmt::format("the receiver sent nothing for {}", in_seconds(stall)));
+    if (readable_by(fd, std::min(last_record + stall, since + (stall - idle)))) {
+      const Clock::time_point arrived = Clock::now();
+      idle += arrived - idle_since(arrived);
+      return;
+    }
+  }
+}
 
 Error refused_request(const RawIov& iov, std::string_view why) {
   return Error(Status::integrity,
@@ -169,9 +246,9 @@ Error refused_request(const RawIov& iov, std::string_view why) {
 // A GET's bounds, checked before anything is spent on it.
 template <typename Refuse>
 void check_get(const RawIov& iov, Refuse refuse) {
-  if (iov.nr_pages == 0 || iov.nr_pages > max_request_pages) throw refuse("more than 4 MiB, or nothing");
-  if (iov.vaddr % page_size != 0) throw refuse("not at a page's start");
-  if (iov.vaddr > ~std::uint64_t{0} - iov.nr_pages * page_size) throw refuse("past the address space");
+  if (iov.nr_pages == 0 || iov.nr_pages > max_request_pages()) throw refuse("more than 4 MiB, or nothing");
+  if (iov.vaddr % page_bytes() != 0) throw refuse("not at a page's start");
+  if (iov.vaddr > ~std::uint64_t{0} - iov.nr_pages * page_bytes()) throw refuse("past the address space");
 }
 
 // A line between the pages: receiver to source, a record whose command is `line_cmd` and whose
@@ -334,8 +411,11 @@ void PageSender::start(LazyExtents lazy) {
   from_net_ = std::thread([this, pending, lazy = std::move(lazy)] {
     guarded([&] {
       bool closed = false;
+      Clock::time_point last_record = Clock::now();
+      Clock::duration idle{};
       for (;;) {
         IovBytes bytes;
+        if (!closed) await_request(net_fd_, *pending, last_record, stall_, idle);
         if (!read_exact_or_end(net_fd_, bytes.data(), bytes.size(), stall_, "the receiver")) {
           if (closed) return;  // the receiver is done
           throw Error(Status::io, "the receiver closed the page stream before its end");
@@ -343,6 +423,7 @@ void PageSender::start(LazyExtents lazy) {
         const RawIov iov = decode(bytes.data());
         if (iov.cmd == line_cmd) {
           take_line(read_line_of(net_fd_, iov.nr_pages, stall_, "the receiver"));
+          last_record = Clock::now();
           continue;
         }
         const auto refuse = [&](std::string_view why) { return refused_request(iov, why); };
@@ -350,10 +431,11 @@ void PageSender::start(LazyExtents lazy) {
         if (!closes(iov)) {
           if (iov.cmd != iov_get) throw refuse("not a request for pages");
           check_get(iov, refuse);
-          if (!is_lazy(lazy, iov.dst_id, iov.vaddr, iov.nr_pages * page_size))
+          if (!is_lazy(lazy, iov.dst_id, iov.vaddr, iov.nr_pages * page_bytes()))
             throw refuse("not memory the dump left out");
         }
         pending->push(iov);
+        last_record = Clock::now();
         const IovBytes canonical = encode(iov);
         send_all(local_fd_, canonical.data(), canonical.size(), "CRIU's page server");
         closed = closes(iov);
@@ -365,7 +447,7 @@ void PageSender::start(LazyExtents lazy) {
   // CRIU's answers, in order, each sealed to the request it answers.
   to_net_ = std::thread([this, pending] {
     guarded([&] {
-      std::vector<unsigned char> plain(sizeof(RawIov) + max_request_pages * page_size), sealed(max_message + 4);
+      std::vector<unsigned char> plain(sizeof(RawIov) + max_request_bytes), sealed(max_message + 4);
       for (;;) {
         const std::optional<RawIov> request = pending->pop(true);
         if (!request) return;  // the other direction ended first: its failure says why
@@ -384,7 +466,7 @@ void PageSender::start(LazyExtents lazy) {
                                                   "{} with another ({:#x}, {} pages at {:#x})",
                                                   request->nr_pages, request->vaddr, request->dst_id, answer.cmd,
                                                   answer.nr_pages, answer.vaddr));
-          length = sizeof(RawIov) + answer.nr_pages * page_size;
+          length = sizeof(RawIov) + answer.nr_pages * page_bytes();
           read_exact(local_fd_, plain.data() + sizeof(RawIov), length - sizeof(RawIov), criu_stall,
                      "CRIU's page server");
           stats_.pages += answer.nr_pages;
@@ -452,8 +534,10 @@ void PageReceiver::start() {
     guarded([&] {
       std::vector<unsigned char> sealed(max_message), plain(max_message);
       bool ended = false;
+      Clock::time_point last_answer = Clock::now();
       for (;;) {
         std::uint32_t length = 0;
+        if (!ended) await_answer(net_fd_, *pending, last_answer, stall_);  // after it, its end is owed
         if (!read_exact_or_end(net_fd_, &length, sizeof length, stall_, "the source")) {
           if (ended) return;  // the source is done
           throw Error(Status::io, "the source closed the page stream before its end");
@@ -467,6 +551,7 @@ void PageReceiver::start() {
           throw Error(Status::integrity, fmt::format("the source's page message of {} bytes is not one (at most {})",
                                                      length, max_message));
         read_exact(net_fd_, sealed.data(), length, stall_, "the source");
+        last_answer = Clock::now();
         const std::optional<RawIov> request = pending->pop(false);
         if (!request) throw Error(Status::integrity, "the source sent pages nobody asked for");
         const IovBytes ad = encode(*request);
@@ -488,7 +573,7 @@ void PageReceiver::start() {
         const RawIov answer = plain_length >= sizeof(RawIov) ? decode(plain.data()) : RawIov{};
         if (tag != crypto_secretstream_xchacha20poly1305_TAG_MESSAGE || answer.cmd != page_answer ||
             answer.vaddr != request->vaddr || answer.dst_id != request->dst_id || answer.nr_pages == 0 ||
-            answer.nr_pages > request->nr_pages || plain_length != sizeof(RawIov) + answer.nr_pages * page_size)
+            answer.nr_pages > request->nr_pages || plain_length != sizeof(RawIov) + answer.nr_pages * page_bytes())
           throw Error(Status::integrity, fmt::format("page message {} does not answer its request ({} pages at {:#x} "
                                                      "of PID {})", stats_.messages, request->nr_pages, request->vaddr,
                                                      request->dst_id));

@@ -33,7 +33,7 @@ namespace nucleus::checkpoint::transfer {
 using PageKey = std::array<unsigned char, crypto_kx_PUBLICKEYBYTES>;
 
 struct PageStreamStats {
-  std::uint64_t pages = 0;     // 4 KiB pages sent (source) or received (receiver)
+  std::uint64_t pages = 0;     // pages (this host's size) sent (source) or received (receiver)
   std::uint64_t messages = 0;  // answers to requests
 };
 
@@ -91,7 +91,10 @@ class PageStream {
 };
 
 // The source's end: between CRIU's page server (criu_fd, its --ps-socket's other end) and the
-// receiver (net_fd). Made before the dump, whose signed metadata carries its key.
+// receiver (net_fd). Made before the dump, whose signed metadata carries its key. The receiver may
+// send nothing for `stall_timeout`, and leave it owing nothing (no request open) for as long summed
+// over the whole transfer: one that asked slowly for ever would keep the source's copy stopped,
+// and CRIU serving, for ever.
 class PageSender : public PageStream {
  public:
   PageSender(int criu_fd, int net_fd, std::chrono::milliseconds stall_timeout);
@@ -109,7 +112,9 @@ class PageSender : public PageStream {
 // The receiver's end: between the source (net_fd) and CRIU's lazy-pages daemon (daemon_fd). On any
 // failure (a message that does not authenticate or answer its request, the source or the daemon
 // gone, a stall) it calls `stop_tree` first, which must leave the restored tree (if any) dead, and
-// only then lets go of the daemon.
+// only then lets go of the daemon. A stall is the source sending nothing for `stall_timeout` while
+// a request waits for its answer, or within a message: while nothing is asked (a tree that leaves
+// its memory alone) the source owes nothing.
 class PageReceiver : public PageStream {
  public:
   PageReceiver(int daemon_fd, int net_fd, std::chrono::milliseconds stall_timeout, std::function<void()> stop_tree);
