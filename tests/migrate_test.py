@@ -22,7 +22,10 @@ receiver while the source is stopped), appending 1, 2, 3... to a file both see:
    source fails with NC_E_UNCONFIRMED and its copy stays stopped until killed;
  - post-copy with the C example (send --post-copy), from wherever the tree then runs to the other
    host (fs.pipe-max-size raised to 4 MiB first if lower): the tree's memory follows it through
-   the page stream (pages_sent > 0), the count goes on there in order, the source is gone.
+   the page stream (pages_sent > 0), the count goes on there in order, the source is gone;
+ - Ed25519, each host with a key of its own (--sign ed25519): a source that does not trust the
+   receiver's key refuses before anything is dumped (the receiver's answers could not be told from
+   forged ones); once each trusts the other's, there and back.
 Commands enter a namespace with `nsenter --net` rather than `ip netns exec`, which also makes a
 mount namespace of its own that CRIU would then have to dump and restore.
 Usage: migrate_test.py NUCLEUS_CHECKPOINT MIGRATE_EXAMPLE TMPDIR"""
@@ -104,8 +107,9 @@ def in_host(h, *args):
     return ["nsenter", f"--net=/run/netns/{net[h]}", *args]
 
 
-def run_in(h, *args, timeout=180):
-    return subprocess.run(in_host(h, cli, "--json", *args), env=env, capture_output=True, text=True, timeout=timeout)
+def run_in(h, *args, timeout=180, host_env=None):
+    return subprocess.run(in_host(h, cli, "--json", *args), env=host_env or env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def result(r_stdout):
@@ -196,8 +200,9 @@ def stop(proc):
         proc.wait()
 
 
-def migrate(h, pid, to, name, *extra):
-    return run_in(h, "migrate", "--pid", str(pid), "--to", to, "--dir", os.path.join(store[h], name), *extra)
+def migrate(h, pid, to, name, *extra, host_env=None):
+    return run_in(h, "migrate", "--pid", str(pid), "--to", to, "--dir", os.path.join(store[h], name), *extra,
+                  host_env=host_env)
 
 
 def c_migrate(h, pid, to, name, *extra):
@@ -448,6 +453,49 @@ try:
     check(moved > 0 and net_of(moved) == os.stat(f"/run/netns/{net[dst]}").st_ino and goes_on(moved) and
           len(counts()) > before, f"post-copy, C: the count goes on in {dst}, in order", str(counts()[-20:]))
     print(f"post-copy, C: {r.stdout.strip()}")
+
+    # --- Ed25519, each host with a key of its own: the receiver proves its answers with its key,
+    # which the source must trust. Not yet: refused before anything is dumped. Then there and back. ---
+    current = moved
+    host_env, public = {}, {}
+    for h in "AB":
+        keys = os.path.join(tmp, f"ed25519-{h}")
+        os.makedirs(keys, mode=0o700)
+        host_env[h] = dict(env, NUCLEUS_CHECKPOINT_ED25519_KEY_FILE=os.path.join(keys, "ed25519.key"),
+                           NUCLEUS_CHECKPOINT_TRUSTED_KEYS=os.path.join(keys, "trusted"))
+        public[h] = os.path.join(tmp, f"{h}.pub")
+        r = subprocess.run([cli, "--json", "keygen", "--ed25519", "--public-key-out", public[h]], env=host_env[h],
+                           capture_output=True, text=True)
+        check(r.returncode == 0, f"Ed25519: {h} makes its key", r.stdout + r.stderr)
+    src = dst
+    dst = "B" if src == "A" else "A"
+    r = subprocess.run([cli, "--json", "trust", "add", public[src]], env=host_env[dst], capture_output=True, text=True)
+    check(r.returncode == 0, f"Ed25519: {dst} trusts {src}'s key", r.stdout + r.stderr)
+    rx = receiver(dst, 7018, host_env[dst])
+    r = migrate(src, current, f"{addr[dst]}:7018", "ed25519-untrusted", "--sign", "ed25519", host_env=host_env[src])
+    rx.communicate(timeout=60)
+    check(r.returncode == 6 and result(r.stdout).get("status") == "NC_E_INTEGRITY" and
+          "does not trust" in r.stdout and "trust add" in r.stdout and
+          not os.path.exists(os.path.join(store[src], "ed25519-untrusted")),
+          f"Ed25519: {src}, not trusting {dst}'s key, refuses before anything is dumped", r.stdout + r.stderr)
+    check(goes_on(current), f"Ed25519: the counter never stopped in {src}")
+    r = subprocess.run([cli, "--json", "trust", "add", public[dst]], env=host_env[src], capture_output=True, text=True)
+    check(r.returncode == 0, f"Ed25519: {src} trusts {dst}'s key", r.stdout + r.stderr)
+    for port, (a, b) in ((7019, (src, dst)), (7020, (dst, src))):
+        rx = receiver(b, port, host_env[b])
+        before = len(counts())
+        r = migrate(a, current, f"{addr[b]}:{port}", f"ed25519-{port}", "--sign", "ed25519", host_env=host_env[a])
+        out, _ = rx.communicate(timeout=60)
+        moved = result(r.stdout).get("restored_pid", 0)
+        if moved:
+            to_kill.append(moved)
+        check(r.returncode == 0 and rx.returncode == 0 and moved > 0 and result(out).get("pid") == moved,
+              f"Ed25519: {a} to {b} migrated, the answers proven by {b}'s key", r.stdout + r.stderr + out)
+        check(wait_for(lambda: not alive(current)) and moved > 0 and goes_on(moved) and len(counts()) > before,
+              f"Ed25519: the count goes on in {b}, in order", str(counts()[-20:]))
+        current = moved
+    check(in_order(counts()), "the whole count, to the end: 1, 2, 3... never repeated, never back",
+          str(counts()[-40:]))
 finally:
     for p in to_kill:
         kill(p)

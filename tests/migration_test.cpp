@@ -33,6 +33,9 @@ namespace {
 // A receiver's greeting with a fixed nonce (a real one is random), and the proof a commit must carry.
 const transfer::CommitNonce nonce{7};
 const std::string hello = fmt::format("{{\"nonce\":\"{}\"}}\n", to_lower_hex(nonce));
+// A source's answer to the greeting, with a fixed nonce.
+const transfer::CommitNonce source_nonce{9};
+const std::string source_hello = fmt::format("{{\"nonce\":\"{}\"}}\n", to_lower_hex(source_nonce));
 std::string signature_of(const fs::path& dir) {
   const UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   return read_signature_text(fd.get());
@@ -50,6 +53,20 @@ bool is_proven_commit(const std::string& line, const fs::path& dir) {
   return !error_of([&] {
     transfer::check_commit(key, nonce, signature_of(dir), line.substr(prefix.size(), line.size() - prefix.size() - 3));
   });
+}
+// The nonce of a greeting, or of the source's answer to it.
+transfer::CommitNonce nonce_in(const std::string& greeting) {
+  const std::string prefix = R"({"nonce":")";
+  REQUIRE(greeting.starts_with(prefix));
+  const auto given = array_from_lower_hex<32>(greeting.substr(prefix.size(), 64));
+  REQUIRE(given.has_value());
+  return *given;
+}
+// A receiver's answer line proven, as a receiver holding this host's HMAC key proves it, for the
+// greeting's nonce and the source's `from_source`.
+std::string proven(const std::string& line, const transfer::CommitNonce& from_source) {
+  const HmacKey key = KeyStore().load();
+  return transfer::prove_answer(key, {nonce, from_source}, line.substr(0, line.size() - 1));
 }
 const std::string ready = R"({"ready":true,"pid":4242,"dir":"/srv/m/c1","import_ms":30,"restore_ms":40})" "\n";
 const std::string ok = R"({"ok":true,"pid":4242,"dir":"/srv/m/c1","import_ms":30,"restore_ms":45})" "\n";
@@ -90,8 +107,11 @@ struct Fixture {
   }
 
   // A scripted receiver: takes the stream whole (an import that checks it), says `first`, and if
-  // the source commits, says `second`; an empty line is the connection closed instead.
+  // the source commits, says `second`; an empty line is the connection closed instead. JSON lines
+  // go proven for this connection, unless their Proof says otherwise.
+  enum class Proof { this_connection, none, another_connection };
   struct Script {
+    Proof first_proof = Proof::this_connection, second_proof = Proof::this_connection;
     bool imported = false;
     std::string commit_seen;
   };
@@ -99,16 +119,21 @@ struct Fixture {
                                   std::optional<Error>& error, Script& script) {
     std::thread receiver([&] {
       say(there.get(), hello);
+      const transfer::CommitNonce from_source = nonce_in(read_from(there.get(), true));
+      const auto answer = [&](const std::string& line, Proof proof) {
+        if (proof == Proof::none || !line.starts_with('{')) return line;
+        return proven(line, proof == Proof::this_connection ? from_source : transfer::CommitNonce{1});
+      };
       try {
         transfer::import_checkpoint(there.get(), tmp / "received", KeyStore(), transfer::StreamEnd::frame);
         script.imported = true;
       } catch (const Error&) {
       }
       if (first.empty()) return there.reset();
-      say(there.get(), first);
+      say(there.get(), answer(first, script.first_proof));
       script.commit_seen = read_from(there.get(), true);
       if (second.empty() || script.commit_seen.empty()) return there.reset();
-      say(there.get(), second);
+      say(there.get(), answer(second, script.second_proof));
     });
     MigrationReport report;
     error = error_of([&] { report = migrate(*rt, container("m1", pid), work_dir, here.get(), {}); });
@@ -117,15 +142,6 @@ struct Fixture {
     return report;
   }
 };
-
-// The nonce of a receiver's greeting.
-transfer::CommitNonce nonce_in(const std::string& greeting) {
-  const std::string prefix = R"({"nonce":")";
-  REQUIRE(greeting.starts_with(prefix));
-  const auto given = array_from_lower_hex<32>(greeting.substr(prefix.size(), 64));
-  REQUIRE(given.has_value());
-  return *given;
-}
 
 bool counts_on(const CounterTree& tree) {
   const long before = tree.count("parent");
@@ -146,6 +162,7 @@ TEST_CASE_METHOD(Fixture, "a receiver's refusal resumes the tree, with the recei
   CounterTree tree(tmp / "counter");
   std::optional<Error> error;
   Script script;
+  script.first_proof = Proof::none;  // taken unproven: before the commit a refusal only resumes, as a cut would
   migrate_against(tree.pid(), R"({"ok":false,"status":6,"status_name":"NC_E_INTEGRITY","error":"chunk 3 differs"})"
                               "\n", "", error, script);
   REQUIRE(error.has_value());
@@ -209,6 +226,97 @@ TEST_CASE_METHOD(Fixture, "a refusal after the commit resumes the tree", "[migra
   CHECK(counts_on(tree));
 }
 
+TEST_CASE_METHOD(Fixture, "answers not proven by the receiver on this connection never end the tree, nor resume it once "
+                          "committed", "[migrate]") {
+  // Whoever sits on the path, answering for the receiver: its "ready" gets no commit (the tree
+  // resumes); after the commit, its "ok" or refusal leaves the tree stopped, neither ended nor
+  // resumed. Unproven, or proven for another connection (an answer replayed).
+  const std::string refusal = R"({"ok":false,"status":5,"status_name":"NC_E_CRIU","error":"post-resume failed"})" "\n";
+  for (const auto& [first_proof, second_proof, second] :
+       {std::tuple{Proof::none, Proof::this_connection, ok}, std::tuple{Proof::another_connection, Proof::this_connection, ok},
+        std::tuple{Proof::this_connection, Proof::none, ok}, std::tuple{Proof::this_connection, Proof::another_connection, ok},
+        std::tuple{Proof::this_connection, Proof::none, refusal},
+        std::tuple{Proof::this_connection, Proof::another_connection, refusal}}) {
+    CounterTree tree(tmp / "counter");
+    std::optional<Error> error;
+    Script script;
+    script.first_proof = first_proof;
+    script.second_proof = second_proof;
+    migrate_against(tree.pid(), ready, second, error, script);
+    there.reset();
+    REQUIRE(error.has_value());
+    INFO(error->what());
+    CHECK(contains(error->what(), "on this connection"));
+    if (first_proof != Proof::this_connection) {
+      CHECK(error->status() == Status::integrity);
+      CHECK(script.commit_seen.empty());
+      CHECK(counts_on(tree));
+    } else {
+      CHECK(is_proven_commit(script.commit_seen, work_dir));
+      CHECK(error->status() == Status::unconfirmed);
+      CHECK(stays_stopped(tree));
+    }
+    fs::remove_all(work_dir);
+    fs::remove_all(tmp / "received");
+    reconnect();
+  }
+}
+
+TEST_CASE_METHOD(Fixture, "Ed25519: the source migrates only to a receiver it trusts to answer, and dumps nothing before",
+                 "[migrate]") {
+  KeyStore().load_or_create_ed25519();  // this host's key, trusted here
+  const Ed25519SecretKey stranger = Ed25519SecretKey::generate();
+  MigrateOptions options;
+  options.criu.signing = SignatureKind::ed25519;
+  const std::string keyless = hello;
+  const std::string untrusted = fmt::format(R"({{"nonce":"{}","answer_key_id":"{}"}})" "\n", to_lower_hex(nonce),
+                                            stranger.public_key().id_hex());
+  for (const std::string& greeting : {keyless, untrusted}) {
+    CounterTree tree(tmp / "counter");
+    say(there.get(), greeting);
+    const auto error = error_of([&] { migrate(*rt, container("m1", tree.pid()), work_dir, here.get(), options); });
+    REQUIRE(error.has_value());
+    INFO(error->what());
+    CHECK(error->status() == (greeting == keyless ? Status::key : Status::integrity));
+    CHECK(contains(error->what(), greeting == keyless ? "holds no Ed25519 key of its own" : "does not trust"));
+    CHECK(contains(error->what(), "nucleus-checkpoint trust add FILE"));
+    CHECK(contains(error->what(), "nothing was dumped"));
+    CHECK_FALSE(fs::exists(work_dir));
+    CHECK(counts_on(tree));
+    reconnect();
+  }
+}
+
+TEST_CASE_METHOD(Fixture, "Ed25519: a real migration, the receiver's answers proven by its own key", "[migrate]") {
+  KeyStore().load_or_create_ed25519();  // one host plays both: its key signs, and proves the answers
+  CounterTree tree(tmp / "counter", 0, true);  // its own PID namespace: the restored copy takes its PIDs
+  const std::unique_ptr<CriuRuntime> receiver_rt = real_criu();
+  std::optional<ReceivedMigration> received;
+  std::optional<Error> receiver_error;
+  std::thread receiver([&] {
+    receiver_error = error_of([&] { received = receive_migration(*receiver_rt, there.get(), store); });
+    ::shutdown(there.get(), SHUT_RDWR);
+  });
+  MigrateOptions options;
+  options.criu.signing = SignatureKind::ed25519;
+  MigrationReport report;
+  const auto error = error_of([&] { report = migrate(*rt, container("m1", tree.pid()), work_dir, here.get(), options); });
+  ::shutdown(here.get(), SHUT_RDWR);
+  receiver.join();
+  if (error) FAIL(error->what());
+  if (receiver_error) FAIL(receiver_error->what());
+  const UniqueFd pidfd(received->tree.pidfd);
+  INFO(received->reply);
+  CHECK(report.restored_pid == received->tree.pid);
+  // An Ed25519 signature (64 bytes, in hex) ends the "ok".
+  REQUIRE(received->reply.size() > 10 + 128 + 3);
+  CHECK(received->reply.substr(received->reply.size() - 10 - 128 - 3, 10) == R"(,"proof":")");
+  CHECK(received->reply.ends_with("\"}\n"));
+  CHECK(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  CHECK(counts_on(tree));  // the receiver's copy, counting in the same files
+  CounterTree::stop(received->tree.pid);
+}
+
 TEST_CASE_METHOD(Fixture, "no answer after the commit leaves the tree stopped, neither resumed nor killed",
                  "[migrate]") {
   for (const std::string& second : {std::string(), std::string("garbage\n")}) {
@@ -246,9 +354,10 @@ TEST_CASE_METHOD(Fixture, "a source that dies after its commit leaves its tree s
     }
     there.reset();
     say(here.get(), hello);
+    const transfer::CommitNonce from_source = nonce_in(read_from(here.get(), true));
     REQUIRE_NOTHROW(transfer::import_checkpoint(here.get(), tmp / "received", KeyStore(), transfer::StreamEnd::frame));
     if (after_commit) {
-      say(here.get(), ready);
+      say(here.get(), proven(ready, from_source));
       CHECK(is_proven_commit(read_from(here.get(), true), work_dir));
     }
     ::kill(source, SIGKILL);  // the dump's guardian outlives it
@@ -276,7 +385,7 @@ TEST_CASE_METHOD(Fixture, "a descriptor that is not a socket is refused before a
 TEST_CASE_METHOD(Fixture, "the receiver refuses a corrupt stream, replies why, and commits nothing", "[migrate]") {
   std::string reply;
   std::thread source([&] {
-    say(there.get(), std::string("\x89NCXFER\n\x01\0\0\0\0\0\0\0", 16) + "garbage");
+    say(there.get(), source_hello + std::string("\x89NCXFER\n\x01\0\0\0\0\0\0\0", 16) + "garbage");
     ::shutdown(there.get(), SHUT_WR);
     reply = read_from(there.get());
     reply.erase(0, reply.find('\n') + 1);  // the greeting
@@ -300,8 +409,10 @@ TEST_CASE_METHOD(Fixture, "the receiver holds the restored tree until the commit
   const long stopped_at = tree.count("parent");
   std::string first, second;
   bool held = false;
+  transfer::CommitNonce given{};
   std::thread source([&] {
-    const transfer::CommitNonce given = nonce_in(read_from(there.get(), true));
+    given = nonce_in(read_from(there.get(), true));
+    say(there.get(), source_hello);
     export_checkpoint(work_dir, there.get());
     first = read_from(there.get(), true);
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -320,6 +431,9 @@ TEST_CASE_METHOD(Fixture, "the receiver holds the restored tree until the commit
                                       received->dir.native())));
   CHECK(held);
   CHECK(second == received->reply);
+  const HmacKey key = KeyStore().load();
+  for (const std::string& line : {first, second})  // each proven for this connection
+    CHECK_NOTHROW(transfer::check_answer(key, {given, source_nonce}, line.substr(0, line.size() - 1)));
   CHECK(second.starts_with(fmt::format(R"({{"ok":true,"pid":{},"dir":"{}")", received->tree.pid,
                                        received->dir.native())));
   CHECK(received->source_told);
@@ -336,6 +450,7 @@ TEST_CASE_METHOD(Fixture, "without the source's commit the restored tree is kill
   std::string first;
   std::thread source([&] {
     read_from(there.get(), true);
+    say(there.get(), source_hello);
     export_checkpoint(work_dir, there.get());
     first = read_from(there.get(), true);
     say(there.get(), R"({"commit":false})" "\n");
@@ -374,6 +489,7 @@ TEST_CASE_METHOD(Fixture, "a receiver that dies before the commit leaves the res
   }
   here.reset();
   read_from(there.get(), true);
+  say(there.get(), source_hello);
   export_checkpoint(work_dir, there.get());
   const std::string first = read_from(there.get(), true);
   ::kill(receiver, SIGKILL);
@@ -398,6 +514,7 @@ TEST_CASE_METHOD(Fixture, "a replayed stream, or a commit not proven for this co
     std::string first;
     std::thread source([&] {
       read_from(there.get(), true);
+      say(there.get(), source_hello);
       export_checkpoint(work_dir, there.get());
       first = read_from(there.get(), true);
       say(there.get(), forged);
@@ -421,6 +538,7 @@ TEST_CASE_METHOD(Fixture, "a source that sends no stream, or stalls it, does not
   for (const bool partial : {false, true}) {
     std::thread source([&] {
       read_from(there.get(), true);
+      say(there.get(), source_hello);
       if (partial) say(there.get(), std::string("\x89NCXFER\n\x01\0\0\0\0\0\0\0", 16));
       read_from(there.get());  // until the receiver gives up
     });
@@ -445,6 +563,7 @@ TEST_CASE_METHOD(Fixture, "a source gone after its commit: the tree runs here, a
   std::string first;
   std::thread source([&] {
     const transfer::CommitNonce given = nonce_in(read_from(there.get(), true));
+    say(there.get(), source_hello);
     export_checkpoint(work_dir, there.get());
     first = read_from(there.get(), true);
     // A source that reads no more from here on (then closes): every later write to it fails

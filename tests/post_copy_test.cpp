@@ -108,12 +108,18 @@ class Proxy {
       if (from == receiver_side && seen.find(R"("ok":true,"pid":)") != std::string_view::npos) {
         ok_seen = true;
         restored_ = std::atoi(buf + seen.find(R"("pid":)") + 6);
-        if (act == Act::forge_request_after_ok && seen.back() == '\n') {
-          // After the line, at a record's boundary: CRIU's GET (7) of one page at 0x1000 of PID
-          // 1, which the dump holds no lazy memory at.
+        const std::size_t line_end = seen.find('\n', seen.find(R"("ok":true,"pid":)"));
+        if (act == Act::forge_request_after_ok && line_end != std::string_view::npos) {
+          // After the line, at a record's boundary (the tree's own requests may follow in the
+          // same read): CRIU's GET (7) of one page at 0x1000 of PID 1, which the dump holds no
+          // lazy memory at.
           const std::uint64_t forged[4] = {7, 1, 0x1000, 1};
-          if (::send(to, buf, static_cast<std::size_t>(n), MSG_NOSIGNAL) != n) break;
+          const auto line_size = static_cast<ssize_t>(line_end + 1);
+          if (::send(to, buf, static_cast<std::size_t>(line_size), MSG_NOSIGNAL) != line_size) break;
           acted_ = ::send(to, forged, sizeof forged, MSG_NOSIGNAL) == sizeof forged;
+          if (n > line_size &&
+              ::send(to, buf + line_size, static_cast<std::size_t>(n - line_size), MSG_NOSIGNAL) != n - line_size)
+            break;
           continue;
         }
       } else if (from == source_side && act == Act::flip_last) {

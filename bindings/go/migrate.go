@@ -52,7 +52,9 @@ type ReceivedMigration struct {
 // the receiver's own status and message where it sent one (ErrIntegrity: the stream does not
 // verify there; ErrKey: the receiver has no key), else ErrIO. ErrUnconfirmed: the receiver was
 // told to run the tree but its confirmation never came; the tree is left stopped here. workDir
-// stays. The connection is neither encrypted nor authenticated: use a private network or a tunnel.
+// stays. Each answer acted on is proven by the receiver for this connection; with SigningEd25519
+// the receiver needs an Ed25519 key of its own that this host trusts (ErrKey, ErrIntegrity before
+// anything is dumped). The connection is not encrypted: use a private network or a tunnel.
 //
 // conn's descriptor is used in place, through SyscallConn().Control, which keeps conn from
 // closing it until Migrate returns; a descriptor the poller made non-blocking is fine (the library

@@ -681,8 +681,10 @@ func TestMigratePostCopy(t *testing.T) {
 }
 
 func TestMigrateRefused(t *testing.T) {
-	// The source signs with an Ed25519 key that the receiver (this process, at the same time)
-	// does not trust, and it has no HMAC key either: the stream does not verify there.
+	// First the source refuses: it signs with Ed25519 and does not trust the key the receiver
+	// (this process, at the same time) proves its answers with, so it could not tell the
+	// receiver's "ok" from a forged one; nothing is dumped. Then the receiver refuses: the source
+	// signs with HMAC and the receiver accepts Ed25519 signatures only.
 	keys := privateFolder(t, "refusing-keys")
 	trusted := filepath.Join(keys, "trusted")
 	useKeys(t, filepath.Join(keys, "hmac.key"), filepath.Join(keys, "ed25519.key"), trusted)
@@ -693,31 +695,41 @@ func TestMigrateRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	rt, pid, parentCount, store := migrationSource(t, "refused")
-
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	source, receiving := unixConn(t, fds[0]), unixConn(t, fds[1])
-	done := receiveOn(t, func() (net.Conn, error) { return receiving, nil }, store)
-	_, err = rt.Migrate("go-refused", pid, filepath.Join(base, "refused-out"), source,
-		&checkpoint.Options{Signing: checkpoint.SigningEd25519})
-	source.Close() // the receiver, reading what is left of the stream, sees its end
-	got := outcome(t, done)
-	if !errors.Is(err, checkpoint.ErrIntegrity) || !strings.Contains(err.Error(), "the receiver did not restore") {
-		t.Errorf("Migrate to a receiver that trusts no key = %v, want ErrIntegrity from the receiver", err)
-	}
-	if !errors.Is(got.err, checkpoint.ErrIntegrity) || got.tree.PID != 0 {
-		t.Errorf("Receive of a stream signed by an untrusted key = %+v, %v; want ErrIntegrity", got.tree, got.err)
-	}
-	t.Logf("refused: %v", err)
-	if names := committed(t, store); len(names) != 0 {
-		t.Errorf("a refused migration left %v in the receiver's store", names)
-	}
-	// The source resumed: the counter runs on here.
-	at := count(t, parentCount)
-	if n := waitCount(t, parentCount, at+3); n <= at+3 || !alive(pid) {
-		t.Errorf("the source's counter did not resume: %d, then %d", at, n)
+	for _, c := range []struct {
+		name, want string
+		opts       *checkpoint.Options
+		signers    string
+		receiverIs error
+	}{
+		{"an untrusted receiver", "does not trust", &checkpoint.Options{Signing: checkpoint.SigningEd25519}, "any",
+			checkpoint.ErrIO},
+		{"a receiver refusing HMAC", "the receiver did not restore", nil, "ed25519", checkpoint.ErrIntegrity},
+	} {
+		t.Setenv("NUCLEUS_CHECKPOINT_SIGNERS", c.signers)
+		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		source, receiving := unixConn(t, fds[0]), unixConn(t, fds[1])
+		done := receiveOn(t, func() (net.Conn, error) { return receiving, nil }, store)
+		_, err = rt.Migrate("go-refused", pid, filepath.Join(base, "refused-out-"+c.signers), source, c.opts)
+		source.Close() // the receiver, reading what is left of the stream, sees its end
+		got := outcome(t, done)
+		if !errors.Is(err, checkpoint.ErrIntegrity) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: Migrate = %v, want ErrIntegrity saying %q", c.name, err, c.want)
+		}
+		if !errors.Is(got.err, c.receiverIs) || got.tree.PID != 0 {
+			t.Errorf("%s: Receive = %+v, %v; want %v", c.name, got.tree, got.err, c.receiverIs)
+		}
+		t.Logf("%s: %v", c.name, err)
+		if names := committed(t, store); len(names) != 0 {
+			t.Errorf("%s: a refused migration left %v in the receiver's store", c.name, names)
+		}
+		// The source runs on (or resumed): the counter counts here.
+		at := count(t, parentCount)
+		if n := waitCount(t, parentCount, at+3); n <= at+3 || !alive(pid) {
+			t.Errorf("%s: the source's counter does not count on: %d, then %d", c.name, at, n)
+		}
 	}
 }
 

@@ -282,16 +282,20 @@ NC_EXPORT nc_status nc_options_set_post_copy(nc_options *opts, int on);
  * (signed in the manifest format, with opts' dump options and nc_options_set_signing) and keeps it
  * stopped; sends it on connected_fd as nc_export does (nc_options_set_compression), and waits for
  * the receiver's "ready" (the tree restored there, held stopped); answers "commit" (proven with
- * the signing key) and waits for its "ok" (the tree runs there). On "ok" the stopped tree is
+ * the signing key) and waits for its "ok" (the tree runs there). Each answer it acts on must be
+ * proven by the receiver for this connection: with the HMAC key, or signing with Ed25519, with the
+ * receiver's own Ed25519 key, which this host must trust (else NC_E_KEY or NC_E_INTEGRITY before
+ * anything is dumped; see the README's "Answers"). On "ok" the stopped tree is
  * killed and report is filled. Before the commit, or on the receiver's refusal (a stream that does
  * not verify, a failed restore), the tree resumes here and the receiver's error, when it sent one,
- * is returned in its status. After the commit, no answer (a timeout, a reset, a garbled line)
+ * is returned in its status. After the commit, no answer (a timeout, a reset, a garbled or unproven line)
  * returns NC_E_UNCONFIRMED and leaves the tree stopped here, as does this process's death: it may
  * run on the receiver, and must never run on both sides; the message names its root PID and what
  * to do. work_dir stays. report may be NULL. Since 0.3. */
 NC_EXPORT nc_status nc_migrate(nc_runtime *rt, const char *container_id, pid_t pid, const char *work_dir,
                                int connected_fd, const nc_options *opts, nc_migration_report *report);
-/* The receiving end: greets the source with a fresh nonce, reads one stream from connected_fd into
+/* The receiving end: greets the source with a fresh nonce (and its own Ed25519 key's id, if it has
+ * one: an Ed25519-signed checkpoint needs it, to prove the answers), reads one stream from connected_fd into
  * a new folder under store_dir (verified chunk by chunk as nc_import does, committed only whole),
  * restores it (opts' restore options) with every task left stopped, replies
  * {"ready":true,"pid":N,"dir":"...","import_ms":N,"restore_ms":N} and waits (30 s at most) for the

@@ -32,10 +32,41 @@ HmacSha256::Mac mac_of(const HmacKey& key, const std::string& message) {
   return mac.final();
 }
 
-Error bad_proof() {
-  return Error(Status::integrity, "the source's commit does not prove that the checkpoint's signer sent it on this "
-                                  "connection (a stream replayed, or a forged commit)");
+// The proof of message, in lowercase hex: a MAC by the HMAC key or a signature by an Ed25519 secret key.
+std::string proof_of(TreeKey key, const std::string& message) {
+  if (const HmacKey* hmac = key.get<HmacKey>()) return HmacSha256::to_hex(mac_of(*hmac, message));
+  const Ed25519SecretKey* secret = key.get<Ed25519SecretKey>();
+  if (!secret) throw Error(Status::internal, "a migration's proof is made with a secret key");
+  std::array<unsigned char, crypto_sign_BYTES> signature{};
+  crypto_sign_detached(signature.data(), nullptr, reinterpret_cast<const unsigned char*>(message.data()),
+                       message.size(), secret->bytes().data());
+  return to_lower_hex(signature);
 }
+
+// Whether proof is message's, by the HMAC key (compared in constant time) or an Ed25519 public key.
+bool proves(TreeKey key, const std::string& message, std::string_view proof) {
+  if (const HmacKey* hmac = key.get<HmacKey>()) {
+    const std::optional<HmacSha256::Mac> given = HmacSha256::from_hex(proof);
+    return given && sodium_memcmp(given->data(), mac_of(*hmac, message).data(), given->size()) == 0;
+  }
+  const Ed25519PublicKey* public_key = key.get<Ed25519PublicKey>();
+  if (!public_key) throw Error(Status::internal, "a migration's proof is checked with the HMAC key or a public key");
+  const auto signature = array_from_lower_hex<crypto_sign_BYTES>(proof);
+  return signature && crypto_sign_verify_detached(signature->data(), reinterpret_cast<const unsigned char*>(message.data()),
+                                                  message.size(), public_key->bytes().data()) == 0;
+}
+
+// An answer's signed message: its own domain, both nonces, the answer's bytes.
+std::string answer_message(const AnswerNonces& nonces, std::string_view answer) {
+  static constexpr std::string_view domain{"nucleus-checkpoint-migration-answer\0", 36};
+  std::string message(domain);
+  message.append(reinterpret_cast<const char*>(nonces.receiver.data()), nonces.receiver.size());
+  message.append(reinterpret_cast<const char*>(nonces.source.data()), nonces.source.size());
+  message.append(answer);
+  return message;
+}
+
+constexpr std::string_view proof_member = ",\"proof\":\"";
 
 }  // namespace
 
@@ -47,30 +78,40 @@ CommitNonce new_commit_nonce() {
 
 std::string prove_commit(TreeKey key, const CommitNonce& nonce, std::string_view signature_text,
                          std::string_view bound) {
-  const std::string message = commit_message(nonce, signature_text, bound);
-  if (const HmacKey* hmac = key.get<HmacKey>()) return HmacSha256::to_hex(mac_of(*hmac, message));
-  const Ed25519SecretKey* secret = key.get<Ed25519SecretKey>();
-  if (!secret) throw Error(Status::internal, "a commit is proven with a secret key");
-  std::array<unsigned char, crypto_sign_BYTES> signature{};
-  crypto_sign_detached(signature.data(), nullptr, reinterpret_cast<const unsigned char*>(message.data()),
-                       message.size(), secret->bytes().data());
-  return to_lower_hex(signature);
+  return proof_of(key, commit_message(nonce, signature_text, bound));
 }
 
 void check_commit(TreeKey key, const CommitNonce& nonce, std::string_view signature_text, std::string_view proof,
                   std::string_view bound) {
-  const std::string message = commit_message(nonce, signature_text, bound);
-  if (const HmacKey* hmac = key.get<HmacKey>()) {
-    const std::optional<HmacSha256::Mac> given = HmacSha256::from_hex(proof);
-    if (!given || sodium_memcmp(given->data(), mac_of(*hmac, message).data(), given->size()) != 0) throw bad_proof();
-    return;
-  }
-  const Ed25519PublicKey* public_key = key.get<Ed25519PublicKey>();
-  if (!public_key) throw Error(Status::internal, "a commit is checked with the HMAC key or a public key");
-  const auto signature = array_from_lower_hex<crypto_sign_BYTES>(proof);
-  if (!signature || crypto_sign_verify_detached(signature->data(), reinterpret_cast<const unsigned char*>(message.data()),
-                                                message.size(), public_key->bytes().data()) != 0)
-    throw bad_proof();
+  if (!proves(key, commit_message(nonce, signature_text, bound), proof))
+    throw Error(Status::integrity, "the source's commit does not prove that the checkpoint's signer sent it on this "
+                                   "connection (a stream replayed, or a forged commit)");
+}
+
+std::string prove_answer(TreeKey key, const AnswerNonces& nonces, std::string_view answer) {
+  if (!answer.ends_with('}')) throw Error(Status::internal, "an answer is a JSON object");
+  std::string line(answer.substr(0, answer.size() - 1));
+  line += proof_member;
+  line += proof_of(key, answer_message(nonces, answer));
+  line += "\"}\n";
+  return line;
+}
+
+std::string check_answer(TreeKey key, const AnswerNonces& nonces, std::string_view line) {
+  if (line.ends_with('\n')) line.remove_suffix(1);
+  // The proof is the last member, in hex (no quote, no escape within): what precedes it, closed,
+  // is the answer as the receiver wrote it, byte for byte.
+  const std::size_t at = line.rfind(proof_member);
+  if (at == std::string_view::npos || !line.ends_with("\"}"))
+    throw Error(Status::integrity, "the receiver's answer carries no proof that the receiver gave it on this "
+                                   "connection (is it older than this host's nucleus-checkpoint? upgrade it)");
+  const std::string_view proof = line.substr(at + proof_member.size(), line.size() - at - proof_member.size() - 2);
+  std::string answer(line.substr(0, at));
+  answer += '}';
+  if (!proves(key, answer_message(nonces, answer), proof))
+    throw Error(Status::integrity, "the receiver's answer is not proven by the receiver on this connection (an "
+                                   "answer forged or replayed on the way)");
+  return answer;
 }
 
 }  // namespace nucleus::checkpoint::transfer

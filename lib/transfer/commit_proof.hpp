@@ -1,8 +1,19 @@
-// A migration's commit, proven: the receiver sends a fresh nonce as the connection opens, and the
-// source's commit carries a MAC (HMAC key) or an Ed25519 signature, by the key that signed the
-// checkpoint, over that nonce and the checkpoint's signature. So a tree runs on the receiver only
-// when the holder of its signing key commits this checkpoint on this connection: not from an old
-// stream replayed, nor on a commit forged by whoever can reach the receiver's port.
+// A migration's proofs, one each way.
+//
+// The commit: the receiver sends a fresh nonce as the connection opens, and the source's commit
+// carries a MAC (HMAC key) or an Ed25519 signature, by the key that signed the checkpoint, over
+// that nonce and the checkpoint's signature. So a tree runs on the receiver only when the holder of
+// its signing key commits this checkpoint on this connection: not from an old stream replayed, nor
+// on a commit forged by whoever can reach the receiver's port.
+//
+// The answers: the source answers the greeting with a fresh nonce of its own, and each of the
+// receiver's answers once the stream verified there ends with a proof over both nonces and the
+// answer's exact bytes: a MAC by the HMAC key that signed the checkpoint (both hosts hold it), or
+// for an Ed25519-signed one, a signature by the receiver's own Ed25519 key, which the source must
+// trust. So the source ends its tree only on an "ok" the receiver gave on this connection, and
+// resumes it after the commit only on the receiver's own refusal: whoever sits on the path can cut
+// the connection (the source then keeps its tree stopped and says so), but cannot answer for the
+// receiver.
 #pragma once
 
 #include <array>
@@ -24,5 +35,17 @@ std::string prove_commit(TreeKey key, const CommitNonce& nonce, std::string_view
 // (compared in constant time) or by the Ed25519 public key.
 void check_commit(TreeKey key, const CommitNonce& nonce, std::string_view signature_text, std::string_view proof,
                   std::string_view bound = {});
+
+// The two nonces the receiver's answers are bound to.
+struct AnswerNonces {
+  CommitNonce receiver;  // its greeting's
+  CommitNonce source;    // the source's answer to the greeting
+};
+// `answer` (one JSON object, no newline) with its proof appended as its last member,
+// "proof":"<hex>", and a newline: proven with the HMAC key or the receiver's Ed25519 secret key.
+std::string prove_answer(TreeKey key, const AnswerNonces& nonces, std::string_view answer);
+// The answer `line` (its newline, if any, left out) carries as proven by the HMAC key or the receiver's Ed25519
+// public key, its proof removed; Status::integrity if it carries none or another.
+std::string check_answer(TreeKey key, const AnswerNonces& nonces, std::string_view line);
 
 }  // namespace nucleus::checkpoint::transfer

@@ -189,6 +189,23 @@ bool says(const rapidjson::Document& reply, const char* word) {
   return it != reply.MemberEnd() && it->value.IsBool() && it->value.GetBool();
 }
 
+// The receiver's answers as the source takes them: each proven by the receiver on this connection
+// (transfer/commit_proof.hpp), but for a refusal before the commit, which only resumes the tree
+// here, as a connection cut on the way does.
+class ReceiverAnswers {
+ public:
+  ReceiverAnswers(TreeKey key, const transfer::AnswerNonces& nonces) noexcept : key_(key), nonces_(nonces) {}
+  rapidjson::Document take(const std::string& line, bool committed) const {
+    rapidjson::Document reply = parse_reply(line);
+    if (committed || !refusal_in(reply)) transfer::check_answer(key_, nonces_, line);
+    return reply;
+  }
+
+ private:
+  TreeKey key_;
+  transfer::AnswerNonces nonces_;
+};
+
 // A post-copy key in a reply ({"post_copy":{"key":hex, ...}}), or nothing.
 std::optional<transfer::PageKey> post_copy_key(const rapidjson::Document& reply) {
   const auto it = reply.FindMember("post_copy");
@@ -208,10 +225,12 @@ void take_restored(const rapidjson::Document& reply, MigrationReport& report) {
 
 // The receiver's second word, once it was told to let the tree run: only its "ok" ends the tree
 // here, only its refusal resumes it; anything else leaves the tree stopped, since it may run there.
-void confirm(Conversation& lines, const MigrateOptions& options, HeldTree& tree, MigrationReport& report) {
+void confirm(Conversation& lines, const ReceiverAnswers& answers, const MigrateOptions& options, HeldTree& tree,
+             MigrationReport& report) {
   std::optional<Error> refused;
   try {
-    const rapidjson::Document reply = parse_reply(lines.read_receivers(Clock::now() + options.reply_timeout));
+    const rapidjson::Document reply =
+        answers.take(lines.read_receivers(Clock::now() + options.reply_timeout), true);
     refused = refusal_in(reply);
     if (!refused) {
       if (!says(reply, "ok")) throw Error(Status::io, "the receiver's reply is neither \"ok\" nor a refusal");
@@ -247,8 +266,9 @@ std::string proof_of(const fs::path& work_dir, const transfer::CommitNonce& nonc
 // copy, and then "ok" (the tree runs there). Throws, and so resumes the tree, until the commit; a
 // failed send still looks for the receiver's reason, which says more than a reset. Post-copy, the
 // page stream is keyed and started between the stream and "ready": the restore needs pages.
-void hand_over(const fs::path& work_dir, int fd, const MigrateOptions& options, const transfer::CommitNonce& nonce,
-               Clock::time_point dumped, HeldTree& tree, MigrationReport& report, transfer::PageSender* pages) {
+void hand_over(const fs::path& work_dir, int fd, const MigrateOptions& options, const transfer::AnswerNonces& nonces,
+               const ReceiverAnswers& answers, Clock::time_point dumped, HeldTree& tree, MigrationReport& report,
+               transfer::PageSender* pages) {
   std::optional<Error> sending;
   try {
     export_checkpoint(work_dir, fd, options.transfer);
@@ -258,7 +278,8 @@ void hand_over(const fs::path& work_dir, int fd, const MigrateOptions& options, 
   Conversation lines(fd);
   rapidjson::Document reply;
   try {
-    reply = parse_reply(lines.read_receivers(sending ? Clock::now() + reason_time : Clock::now() + options.reply_timeout));
+    reply = answers.take(
+        lines.read_receivers(sending ? Clock::now() + reason_time : Clock::now() + options.reply_timeout), false);
   } catch (const Error& e) {
     if (sending) throw Error(sending->status(), fmt::format("{} ({})", sending->what(), e.what()));
     throw;
@@ -276,7 +297,7 @@ void hand_over(const fs::path& work_dir, int fd, const MigrateOptions& options, 
     pages->start(left_out(work_dir));
     lines.framed_by(pages);
     bound = transfer::page_keys_bound(pages->key(), *receiver);
-    reply = parse_reply(lines.read_receivers(Clock::now() + options.reply_timeout));
+    reply = answers.take(lines.read_receivers(Clock::now() + options.reply_timeout), false);
     if (std::optional<Error> refused = refusal_in(reply)) throw *refused;
   }
   report.bytes_sent = bytes_acked(fd);
@@ -285,7 +306,7 @@ void hand_over(const fs::path& work_dir, int fd, const MigrateOptions& options, 
   take_restored(reply, report);
   if (report.transfer.count() == 0) report.transfer = since(dumped);
   const std::string commit =
-      fmt::format("{{\"commit\":true,\"proof\":\"{}\"}}\n", proof_of(work_dir, nonce, tree.signer(), bound));
+      fmt::format("{{\"commit\":true,\"proof\":\"{}\"}}\n", proof_of(work_dir, nonces.receiver, tree.signer(), bound));
   // From here the receiver may run the tree: ours must never resume unless the receiver says it
   // refused, even should this process die.
   tree.may_run_elsewhere(true);
@@ -301,30 +322,69 @@ void hand_over(const fs::path& work_dir, int fd, const MigrateOptions& options, 
     throw;
   }
   if (pages) pages->done_talking();  // the source's last line
-  confirm(lines, options, tree, report);
+  confirm(lines, answers, options, tree, report);
 }
 
 // Post-copy, after "ok": the receiver's last word, {"done":true}, once every page is in and CRIU's
 // daemon has ended well. Only then may the source's copy end: a stream that ended otherwise (a
 // daemon that failed, then closed it; a last message lost) leaves the receiver's copy killed.
-void await_done(transfer::PageStream& pages) {
-  const rapidjson::Document done = parse_reply(pages.read_line(Clock::now() + std::chrono::hours(24), "the receiver"));
+void await_done(transfer::PageStream& pages, const ReceiverAnswers& answers) {
+  const rapidjson::Document done =
+      answers.take(pages.read_line(Clock::now() + std::chrono::hours(24), "the receiver"), true);
   if (std::optional<Error> refused = refusal_in(done)) throw *refused;
   if (!says(done, "done")) throw Error(Status::io, "the receiver's last word is not that every page is in");
 }
 
-// The receiver's first line: the nonce the source's commit must prove (transfer/commit_proof.hpp).
-transfer::CommitNonce read_hello(int fd, Clock::time_point deadline) {
-  const rapidjson::Document hello = parse_reply(
-      read_reply(fd, deadline, "the peer", "is a `nucleus-checkpoint receive` listening there?"), "the peer");
-  const auto nonce = array_from_lower_hex<std::tuple_size_v<transfer::CommitNonce>>(member_string(hello, "nonce"));
-  if (!nonce) throw Error(Status::io, "the peer's first line is not a migration receiver's (no nonce)");
+// A greeting's nonce ({"nonce":"<hex>",...}), from `peer`.
+transfer::CommitNonce nonce_in(const rapidjson::Document& greeting, std::string_view peer, std::string_view upgrade) {
+  const auto nonce = array_from_lower_hex<std::tuple_size_v<transfer::CommitNonce>>(member_string(greeting, "nonce"));
+  if (!nonce) throw Error(Status::io, fmt::format("{}'s first line is not a migration's (no nonce){}", peer, upgrade));
   return *nonce;
 }
 
+// The receiver's greeting: the nonce the source's commit must prove, and the id of the Ed25519 key
+// the receiver proves its answers with, if it holds one.
+struct Greeting {
+  transfer::CommitNonce nonce;
+  std::string answer_key_id;
+};
 
-// The receiver's word as one JSON line (ASCII: the message is escaped): a refusal, or the restored
-// tree's numbers under `word` ("ready": restored and held stopped; "ok": running).
+Greeting read_hello(int fd, Clock::time_point deadline) {
+  const rapidjson::Document hello = parse_reply(
+      read_reply(fd, deadline, "the peer", "is a `nucleus-checkpoint receive` listening there?"), "the peer");
+  return {nonce_in(hello, "the peer", ""), member_string(hello, "answer_key_id")};
+}
+
+// Before an Ed25519-signed migration: the receiver's public key its answers must be proven by, from
+// this host's trust folder. Nothing is dumped yet.
+Ed25519PublicKey trusted_receiver(const std::string& key_id) {
+  static constexpr std::string_view how =
+      "on the receiver, `nucleus-checkpoint keygen --ed25519 --public-key-out FILE` writes its public key (and makes "
+      "the key if there is none); here, `nucleus-checkpoint trust add FILE` trusts it";
+  const auto id = array_from_lower_hex<Ed25519PublicKey::id_size>(key_id);
+  if (!id)
+    throw Error(Status::key, fmt::format("the checkpoint is to be signed with Ed25519, and the receiver holds no "
+                                         "Ed25519 key of its own to prove its answers with, so this host could not "
+                                         "tell its \"ok\" from a forged one: {}; nothing was dumped",
+                                         how));
+  const KeyStore store;
+  try {
+    return store.trusted_key(*id);
+  } catch (const Error& e) {
+    // Not found is said in the receiver's terms; anything else (a trust folder that is not safe) as it is.
+    throw Error(e.status(),
+                fmt::format("the receiver proves its answers with Ed25519 key {}, which this host does not trust ({}), "
+                            "so its \"ok\" could not be told from a forged one: {}; nothing was dumped",
+                            key_id,
+                            e.status() == Status::integrity ? fmt::format("no such key in {}", store.trust_dir().native())
+                                                            : std::string(e.what()),
+                            how));
+  }
+}
+
+
+// The receiver's word as one JSON object, no newline (ASCII: the message is escaped): a refusal, or
+// the restored tree's numbers under `word` ("ready": restored and held stopped; "ok": running).
 std::string reply_line(const std::optional<Error>& failure, const ReceivedMigration& received, const char* word) {
   rapidjson::StringBuffer buffer;
   rapidjson::Writer<rapidjson::StringBuffer, rapidjson::UTF8<>, rapidjson::ASCII<>> w(buffer);
@@ -354,7 +414,7 @@ std::string reply_line(const std::optional<Error>& failure, const ReceivedMigrat
     w.Uint64(static_cast<std::uint64_t>(received.restore_time.count()));
   }
   w.EndObject();
-  return std::string(buffer.GetString(), buffer.GetSize()) + "\n";
+  return std::string(buffer.GetString(), buffer.GetSize());
 }
 
 // What the source still sends, read and dropped until it ends or drain_time passes, so that closing
@@ -436,7 +496,13 @@ MigrationReport migrate(CriuRuntime& runtime, const ContainerInfo& container, co
           .value_or(options.post_copy ? "post-copy: the memory follows the tree"
                                       : "a cold migration: pre-dump rounds are not implemented yet");
   // Before anything is dumped: a peer that is not a receiver costs the tree nothing.
-  const transfer::CommitNonce nonce = read_hello(connected_fd, Clock::now() + options.reply_timeout);
+  const Greeting hello = read_hello(connected_fd, Clock::now() + options.reply_timeout);
+  const std::optional<Ed25519PublicKey> receiver_key =
+      options.criu.signing == SignatureKind::ed25519 ? std::optional(trusted_receiver(hello.answer_key_id))
+                                                     : std::nullopt;
+  const transfer::AnswerNonces nonces{hello.nonce, transfer::new_commit_nonce()};
+  const std::string greeted = fmt::format("{{\"nonce\":\"{}\"}}\n", to_lower_hex(nonces.source));
+  write_all(connected_fd, greeted.data(), greeted.size(), "the answer to the receiver's greeting");
   CriuOptions criu = options.criu;
   criu.leave_running = false;
   const Clock::time_point start = Clock::now();
@@ -460,19 +526,21 @@ MigrationReport migrate(CriuRuntime& runtime, const ContainerInfo& container, co
   }
   hand_over_tree.give = [&](HeldTree& tree) {
     const Clock::time_point dumped = Clock::now();
+    // HMAC: the receiver proves its answers with the key the checkpoint is signed with.
+    const ReceiverAnswers answers(receiver_key ? TreeKey(*receiver_key) : tree.signer(), nonces);
     report.dump = since(start);
     if (!pages) {
-      hand_over(work_dir, connected_fd, options, nonce, dumped, tree, report, nullptr);
+      hand_over(work_dir, connected_fd, options, nonces, answers, dumped, tree, report, nullptr);
       report.downtime = since(start);
       return;
     }
     criu_end.reset();  // CRIU's own copy: its end must be the socket's
-    beside_criu = std::thread([&, dumped] {
+    beside_criu = std::thread([&, dumped, answers] {
       try {
-        hand_over(work_dir, connected_fd, options, nonce, dumped, tree, report, &*pages);
+        hand_over(work_dir, connected_fd, options, nonces, answers, dumped, tree, report, &*pages);
         report.downtime = since(start);
         const Clock::time_point running = Clock::now();
-        await_done(*pages);
+        await_done(*pages, answers);
         report.pages_sent = pages->finish().pages;
         report.post_copy = since(running);
       } catch (...) {
@@ -523,6 +591,14 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
   // it the memory not yet in, which the kernel would otherwise hand out as zero pages.
   RestoredHandle restored;
   std::optional<PostCopyReceiver> post_copy;
+  // The answers, proven once the stream verified and the key is known (transfer/commit_proof.hpp).
+  transfer::AnswerNonces nonces{};
+  std::optional<VerifyingKeys> keys;
+  std::optional<Ed25519SecretKey> own_key;
+  std::optional<TreeKey> answer_key;
+  const auto answer = [&](const std::string& json) {
+    return answer_key ? transfer::prove_answer(*answer_key, nonces, json) : json + "\n";
+  };
   const auto give_up_tree = [&] {
     restored.kill();
     restored.set({});  // before its pidfd closes: the page stream's threads may still reach for it
@@ -533,9 +609,21 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
     require_socket(connected_fd, "receive");
     if (stream_timeout.count() <= 0) throw Error(Status::invalid, "receive: the stream timeout must be positive");
     bound_stalls(connected_fd, stream_timeout);
-    const transfer::CommitNonce nonce = transfer::new_commit_nonce();
-    const std::string hello = fmt::format("{{\"nonce\":\"{}\"}}\n", to_lower_hex(nonce));
+    nonces.receiver = transfer::new_commit_nonce();
+    // The key this host proves its answers with when the checkpoint is signed with Ed25519: its own
+    // (the source must trust it); HMAC-signed, both hold the key that signed it.
+    if (runtime.ed25519_key_) own_key = Ed25519SecretKey::from_bytes(runtime.ed25519_key_->bytes());
+    else if (KeyStore store; store.ed25519_exists()) own_key = store.load_ed25519();
+    const std::string hello =
+        own_key ? fmt::format("{{\"nonce\":\"{}\",\"answer_key_id\":\"{}\"}}\n", to_lower_hex(nonces.receiver),
+                              own_key->public_key().id_hex())
+                : fmt::format("{{\"nonce\":\"{}\"}}\n", to_lower_hex(nonces.receiver));
     write_all(connected_fd, hello.data(), hello.size(), "the greeting to the source");
+    // The source answers at once, before it dumps.
+    nonces.source = nonce_in(parse_reply(read_reply(connected_fd, Clock::now() + stream_timeout, "the source",
+                                                    "it answers the greeting before it dumps"),
+                                         "the source"),
+                             "the source", " (is it older than this receiver? upgrade it)");
     // The source dumps once it has the nonce: the import is timed from the stream's first bytes.
     if (!readable_by(connected_fd, Clock::now() + stream_timeout))
       throw Error(Status::io, fmt::format("the source sent no stream within {} s of the greeting (does its dump take "
@@ -543,10 +631,19 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
                                           std::chrono::duration_cast<std::chrono::seconds>(stream_timeout).count()));
     const Clock::time_point start = Clock::now();
     received.dir = store / received_name();
-    const VerifyingKeys keys{KeyStore()};
+    keys.emplace(KeyStore());
     const std::string signature_text =
-        transfer::import_checkpoint(connected_fd, received.dir, keys, transfer::StreamEnd::frame, stream_timeout);
+        transfer::import_checkpoint(connected_fd, received.dir, *keys, transfer::StreamEnd::frame, stream_timeout);
     received.import_time = since(start);
+    const TreeKey key = keys->key_for(
+        transfer::parse_manifest_signature(signature_text, "the imported checkpoint", "checking the commit"));
+    if (key.kind() == SignatureKind::hmac_sha256) answer_key = key;
+    else if (own_key) answer_key = TreeKey(*own_key);
+    else
+      throw Error(Status::key, "the checkpoint is signed with Ed25519, and this host holds no Ed25519 key of its own "
+                               "to prove its answers to the source with: make one (`nucleus-checkpoint keygen "
+                               "--ed25519 --public-key-out FILE`) and have the source trust it (`nucleus-checkpoint "
+                               "trust add FILE` there)");
     const Clock::time_point imported = Clock::now();
     // Restored and verified, the tree is left stopped by CRIU itself (should this process die now,
     // it stays stopped), and runs only once the source has given up resuming its own copy.
@@ -562,9 +659,9 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
         const auto source_key = array_from_lower_hex<std::tuple_size_v<transfer::PageKey>>(source_key_hex);
         if (!source_key) throw Error(Status::integrity, "the checkpoint's post-copy key is not a key");
         post_copy.emplace(runtime.binary_fd_, dir.get(), connected_fd, options, stream_timeout, restored);
-        const std::string key =
-            fmt::format("{{\"post_copy\":{{\"key\":\"{}\"}}}}\n", to_lower_hex(post_copy->pages->key()));
-        write_all(connected_fd, key.data(), key.size(), "the page stream's key to the source");
+        const std::string page_key =
+            answer(fmt::format("{{\"post_copy\":{{\"key\":\"{}\"}}}}", to_lower_hex(post_copy->pages->key())));
+        write_all(connected_fd, page_key.data(), page_key.size(), "the page stream's key to the source");
         // From here the source reads only the page stream's frames: a refusal goes as one.
         lines.framed_by(&*post_copy->pages);
         const rapidjson::Document header = parse_reply(
@@ -583,13 +680,11 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
     received.restore_time = since(imported);
     try {
       if (post_copy) post_copy->daemon->hold(ProcessTree::open(received.tree.pid, received.tree.pidfd));
-      lines.write(reply_line(std::nullopt, received, "ready"), "the answer to the source");
+      lines.write(answer(reply_line(std::nullopt, received, "ready")), "the answer to the source");
       const rapidjson::Document commit =
           parse_reply(lines.read(Clock::now() + commit_time, "the source", "it must commit at once"), "the source");
       if (!says(commit, "commit")) throw Error(Status::io, "the source's answer is not a commit");
-      const TreeKey key = keys.key_for(
-          transfer::parse_manifest_signature(signature_text, "the imported checkpoint", "checking the commit"));
-      transfer::check_commit(key, nonce, signature_text, member_string(commit, "proof"), bound);
+      transfer::check_commit(key, nonces.receiver, signature_text, member_string(commit, "proof"), bound);
     } catch (const Error& e) {
       give_up_tree();
       throw Error(e.status(), fmt::format("the source did not commit the migration, so the restored tree was killed "
@@ -602,7 +697,7 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
   } catch (const std::exception& e) {
     failure = Error(Status::internal, e.what());
   }
-  received.reply = reply_line(failure, received, "ok");
+  received.reply = answer(reply_line(failure, received, "ok"));
   try {
     lines.write(received.reply, "the reply to the source");
   } catch (const Error&) {
@@ -624,7 +719,7 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
     try {
       received.pages_received = post_copy->pages->finish().pages;
       post_copy->daemon->wait_done(stream_timeout);
-      post_copy->pages->send_line("{\"done\":true}\n");
+      post_copy->pages->send_line(answer("{\"done\":true}"));
       post_copy->pages->done_talking();
     } catch (const Error& e) {
       const pid_t pid = received.tree.pid;

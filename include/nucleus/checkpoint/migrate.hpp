@@ -2,9 +2,11 @@
 // tree and keeps it stopped, and sends the checkpoint over a connection as a transfer stream; the
 // receiver imports it (verified chunk by chunk), restores it and holds it stopped, and says
 // "ready"; the source gives up its own copy and says "commit", proven by its signing key for this
-// connection; the receiver lets the tree run and says "ok", and the source's copy ends. The workload never runs on both sides: the source resumes
-// only before its commit or on the receiver's refusal, and a source that cannot learn the outcome
-// after its commit leaves its copy stopped (Status::unconfirmed). A cold migration: one final dump,
+// connection; the receiver lets the tree run and says "ok", and the source's copy ends. Each answer
+// of the receiver's the source acts on is proven by the receiver for this connection (the HMAC
+// key, or the receiver's own Ed25519 key, which the source must trust). The workload never runs on
+// both sides: the source resumes only before its commit or on the receiver's proven refusal, and a
+// source that cannot learn the outcome after its commit leaves its copy stopped (Status::unconfirmed). A cold migration: one final dump,
 // no pre-dump rounds.
 #pragma once
 
@@ -54,10 +56,12 @@ struct MigrationReport {
 
 // Dumps the tree into the new checkpoint folder work_dir (signed in the manifest format), keeps it
 // stopped, exports it over connected_fd (a socket connected to a receiver) and takes the replies
-// above. On the receiver's "ok" the stopped tree is killed and the report returned. Before the
-// commit, or on the receiver's refusal after it, the tree resumes and the error (the receiver's own
-// when it sent one) is thrown. After the commit, anything else (no answer in time, a reset, a
-// garbled line) throws Status::unconfirmed and leaves the tree stopped, as does this process's
+// above. Signing with Ed25519 (options.criu.signing), the receiver's greeting must name an Ed25519
+// key of the receiver's own that this host's trust folder holds: else Status::key (it has none) or
+// Status::integrity (not trusted), before anything is dumped. On the receiver's proven "ok" the
+// stopped tree is killed and the report returned. Before the commit, or on the receiver's proven
+// refusal after it, the tree resumes and the error (the receiver's own when it sent one) is thrown.
+// After the commit, anything else (no answer in time, a reset, a garbled or unproven line) throws Status::unconfirmed and leaves the tree stopped, as does this process's
 // death from the commit on: it may be running on the receiver. work_dir stays either way.
 NC_EXPORT MigrationReport migrate(CriuRuntime& runtime, const ContainerInfo& container,
                                   const std::filesystem::path& work_dir, int connected_fd,
@@ -74,7 +78,8 @@ struct ReceivedMigration {
   std::uint64_t pages_received = 0;
 };
 
-// Greets the source with a fresh nonce ({"nonce":"<hex>"}), reads one transfer stream from
+// Greets the source with a fresh nonce ({"nonce":"<hex>"}, and the id of this host's Ed25519 key if
+// it holds one), reads the source's nonce, then one transfer stream from
 // connected_fd into a new folder under store (verified with this host's keys as it arrives,
 // committed only whole), restores it with options, every task left stopped, and writes
 // {"ready":true,"pid":..,"dir":..,"import_ms":..,"restore_ms":..}; then waits (30 s at most) for the
@@ -83,6 +88,8 @@ struct ReceivedMigration {
 // tree is killed before it ran; with it the tree resumes and {"ok":true,...} goes back. A failure
 // is answered with {"ok":false,"status":..,"status_name":..,"error":..} and thrown; an "ok" that
 // cannot be sent is not (the tree runs here, the source keeps its copy stopped): source_told says so.
+// Every answer once the stream verified carries its proof for both nonces (the README's "Answers"):
+// an Ed25519-signed checkpoint needs an Ed25519 key of this host's own (Status::key otherwise).
 // stream_timeout bounds how long the source may take to start its stream (its dump) and how long
 // the stream may stall: one idle connection must not hold the receiver forever.
 NC_EXPORT ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd,

@@ -91,8 +91,10 @@ impl Runtime {
     /// resumes here, and the error has the receiver's own status and message where it sent one
     /// (`Status::INTEGRITY`: the stream does not verify there; `Status::KEY`: it has no key), else
     /// `Status::IO`. `Status::UNCONFIRMED`: the receiver was told to run the tree but never
-    /// confirmed; the tree is left stopped here. `work_dir` stays. The connection is neither
-    /// encrypted nor authenticated: use a private network or a tunnel. It blocks until the reply:
+    /// confirmed; the tree is left stopped here. `work_dir` stays. Each answer acted on is proven
+    /// by the receiver for this connection; with `Signing::ED25519` the receiver needs an Ed25519
+    /// key of its own that this host trusts (`Status::KEY`, `Status::INTEGRITY` before anything is
+    /// dumped). The connection is not encrypted: use a private network or a tunnel. It blocks until the reply:
     /// run it on a thread of its own when this process is also the receiver.
     pub fn migrate(
         &mut self,

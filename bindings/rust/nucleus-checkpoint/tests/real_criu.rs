@@ -1083,36 +1083,44 @@ fn post_copy_migration_with_real_criu() {
 }
 
 #[test]
-fn migration_refused_by_a_receiver_trusting_no_key() {
+fn migration_refused_by_either_side() {
     let _serial = serial();
     become_subreaper();
     let work = fresh("migration-refused");
-    // The source signs with an Ed25519 key that the receiver (this process, at the same time) does
-    // not trust, and there is no HMAC key either: the stream does not verify there.
+    // First the source refuses: it signs with Ed25519 and does not trust the key the receiver
+    // (this process, at the same time) proves its answers with, so it could not tell the
+    // receiver's "ok" from a forged one; nothing is dumped. Then the receiver refuses: the source
+    // signs with HMAC and the receiver accepts Ed25519 signatures only.
     let keys = private_dir(&work, "keys");
     let _keys = KeyStoreAt::new(&keys);
     keygen_ed25519().unwrap();
     fs::remove_dir_all(keys.join("trusted")).unwrap(); // the key trusted itself: no more
     let (counter, store) = (ContainedCounter::start(&work), private_dir(&work, "store"));
     let parent = &counter.parent;
-
-    let (source, receiving) = UnixStream::pair().unwrap();
-    let receiver = receive_on(move || receiving, store.clone());
-    let mut opts = Options::new().unwrap();
-    opts.signing(Signing::ED25519).unwrap();
-    let mut rt = Runtime::new().unwrap();
-    let migrated = rt.migrate("rust-refused", counter.pid, work.join("out"), &source, Some(&opts));
-    drop(source); // the receiver, reading what is left of the stream, sees its end
-    let received = receiver.join().expect("the receiving thread");
-    let _restored = KillNamespace(received.as_ref().map_or(0, |r| r.pid));
-    let e = expect_err(migrated, Status::INTEGRITY, "the receiver did not restore");
-    eprintln!("refused: {}", e);
-    expect_err(received, Status::INTEGRITY, "");
-    let left: Vec<_> = fs::read_dir(&store).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(left.is_empty(), "a refused migration left {:?} in the receiver's store", left);
-    // The source resumed: the counter runs on here.
-    let at = count_of(parent);
-    assert!(wait_until(10, || count_of(parent) > at + 3) && alive(counter.pid), "the source's counter resumes");
+    let mut ed25519 = Options::new().unwrap();
+    ed25519.signing(Signing::ED25519).unwrap();
+    for (label, opts, signers, said, receiver_status) in [
+        ("an untrusted receiver", Some(&ed25519), "any", "does not trust", Status::IO),
+        ("a receiver refusing HMAC", None, "ed25519", "the receiver did not restore", Status::INTEGRITY),
+    ] {
+        env::set_var("NUCLEUS_CHECKPOINT_SIGNERS", signers);
+        let (source, receiving) = UnixStream::pair().unwrap();
+        let receiver = receive_on(move || receiving, store.clone());
+        let mut rt = Runtime::new().unwrap();
+        let migrated = rt.migrate("rust-refused", counter.pid, work.join(format!("out-{}", signers)), &source, opts);
+        drop(source); // the receiver, reading what is left of the stream, sees its end
+        let received = receiver.join().expect("the receiving thread");
+        env::remove_var("NUCLEUS_CHECKPOINT_SIGNERS");
+        let _restored = KillNamespace(received.as_ref().map_or(0, |r| r.pid));
+        let e = expect_err(migrated, Status::INTEGRITY, said);
+        eprintln!("{}: {}", label, e);
+        expect_err(received, receiver_status, "");
+        let left: Vec<_> = fs::read_dir(&store).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "{}: a refused migration left {:?} in the receiver's store", label, left);
+        // The source runs on (or resumed): the counter counts here.
+        let at = count_of(parent);
+        assert!(wait_until(10, || count_of(parent) > at + 3) && alive(counter.pid), "{}: the source's counter counts", label);
+    }
 }
 
 #[test]
