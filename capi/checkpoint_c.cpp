@@ -63,6 +63,7 @@ struct nc_options {
   nc::RegistryOptions registry;  // nc_push_image's and nc_pull_image's
   std::chrono::milliseconds reply_timeout = nc::MigrateOptions{}.reply_timeout;  // nc_migrate's, nc_receive's
   bool post_copy = false;                                                          // nc_migrate's
+  std::optional<nc::Ed25519PublicKey> receiver_key;                                // nc_migrate's
   nc_error error;  // the outcome of the latest setter called on this handle (nc_options_error)
 };
 
@@ -644,6 +645,14 @@ nc_status nc_options_set_post_copy(nc_options* o, int on) {
   return set_option(o, __func__, [&](nc_options& all) { all.post_copy = on != 0; });
 }
 
+nc_status nc_options_set_receiver_key(nc_options* o, const char* public_key_text) {
+  return set_option(o, __func__, [&](nc_options& all) {
+    all.receiver_key.reset();  // a text that does not parse leaves none, not the one before
+    if (public_key_text)
+      all.receiver_key = nc::Ed25519PublicKey::parse_file_text(public_key_text, "nc_options_set_receiver_key's text");
+  });
+}
+
 nc_status nc_migrate(nc_runtime* rt, const char* container_id, pid_t pid, const char* work_dir, int connected_fd,
                      const nc_options* opts, nc_migration_report* report) {
   return nc_migrate_e(rt, container_id, pid, work_dir, connected_fd, opts, report, nullptr);
@@ -667,7 +676,7 @@ nc_status nc_migrate_e(nc_runtime* rt, const char* container_id, pid_t pid, cons
     info.runtime_files = o.runtime_files;
     nc::MigrationReport done;
     named("nc_migrate", [&] {
-      done = nc::migrate(rt->criu, info, work_dir, connected_fd, {o.criu, o.transfer, o.reply_timeout, o.post_copy});
+      done = nc::migrate(rt->criu, info, work_dir, connected_fd, {o.criu, o.transfer, o.reply_timeout, o.post_copy, o.receiver_key});
     });
     if (!report) return;
     nc_migration_report filled{};
@@ -683,6 +692,7 @@ nc_status nc_migrate_e(nc_runtime* rt, const char* container_id, pid_t pid, cons
     copy_cut(nc::printable(done.restored_dir), filled.restored_dir);  // the receiver's word: shown safe
     filled.post_copy_ms = static_cast<unsigned long long>(done.post_copy.count());
     filled.pages_sent = done.pages_sent;
+    copy_cut(done.receiver_key_id, filled.receiver_key_id);
     std::memcpy(report, &filled, filled.size);  // a caller built against an older, shorter struct gets its part
   });
 }

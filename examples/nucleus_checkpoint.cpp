@@ -906,8 +906,8 @@ std::int64_t json_number(const rapidjson::Document& doc, const char* name) {
 // receiver confirms it runs there, then ended; resumed on a failure, left stopped if the receiver,
 // told to run it, does not confirm (NC_E_UNCONFIRMED).
 int cmd_migrate(const std::string& criu, pid_t pid, const std::string& to, const std::string& dir,
-                const std::string& id, bool zstd, bool post_copy, double reply_timeout_s, const CriuFlags& flags,
-                bool json) {
+                const std::string& id, bool zstd, bool post_copy, double reply_timeout_s,
+                const std::string& receiver_key_file, const CriuFlags& flags, bool json) {
   const unsigned long long start_ticks = start_ticks_of(pid);
   Report r(json);
   Runtime rt;
@@ -918,6 +918,11 @@ int cmd_migrate(const std::string& criu, pid_t pid, const std::string& to, const
   if (migrated.ok())
     migrated(nc_options_set_reply_timeout_ms(opts.get(), static_cast<unsigned>(reply_timeout_s * 1000)));
   if (migrated.ok()) migrated(nc_options_set_post_copy(opts.get(), post_copy ? 1 : 0));
+  if (migrated.ok() && !receiver_key_file.empty()) {
+    std::string text;
+    migrated = read_bounded(receiver_key_file, 4096, text, "the most a public key file may be");
+    if (migrated.ok()) migrated(nc_options_set_receiver_key(opts.get(), text.c_str()));
+  }
   // Connected before anything is dumped: without a receiver the tree is never stopped.
   const int fd = migrated.ok() ? connect_to(to, 10, migrated) : -1;
   nc_migration_report report{};
@@ -939,6 +944,7 @@ int cmd_migrate(const std::string& criu, pid_t pid, const std::string& to, const
   r.field("compression", zstd ? "zstd" : "none");
   r.field("rounds", report.rounds, "pre-dump rounds");
   r.field("rounds_reason", report.rounds_reason, "because");
+  if (report.receiver_key_id[0] != '\0') r.field("receiver_key_id", report.receiver_key_id, "answers proven by key");
   r.flag("post_copy", post_copy, "post-copy");
   if (post_copy) {
     r.field("post_copy_ms", static_cast<std::int64_t>(report.post_copy_ms), "memory followed in (ms)");
@@ -1235,6 +1241,10 @@ int main(int argc, char** argv) {
                     "Send the tree's private memory after it runs on the receiver (downtime no longer grows with "
                     "memory; needs fs.pipe-max-size >= 4194304; a failure before every page is in kills the "
                     "receiver's copy and leaves this one stopped)");
+  std::string receiver_key_file;
+  migrate->add_option("--receiver-key", receiver_key_file,
+                      "With --sign ed25519: the receiver's public key file (keygen --ed25519 --public-key-out there); "
+                      "its answers must be proven by that key, trusted here or not (default: any key trusted here)");
   double reply_timeout_s = 300;
   migrate->add_option("--reply-timeout", reply_timeout_s,
                       "Seconds each answer of the receiver may take: its import and restore, then "
@@ -1281,7 +1291,8 @@ int main(int argc, char** argv) {
   if (*inspect) return cmd_inspect(dir, json);
   if (*export_cmd) return cmd_export(dir, export_zstd, stream_file, export_chain, receiver_has, json);
   if (*import_cmd) return cmd_import(dir, stream_file, import_chain, json);
-  if (*migrate) return cmd_migrate(criu, pid, peer, dir, id, migrate_zstd, post_copy, reply_timeout_s, flags, json);
+  if (*migrate) return cmd_migrate(criu, pid, peer, dir, id, migrate_zstd, post_copy, reply_timeout_s, receiver_key_file, flags,
+                                     json);
   if (*receive) return cmd_receive(criu, peer, dir, stream_timeout_s, receive_count, flags, json);
   if (*push) return cmd_push(dir, image_ref, insecure, json);
   if (*pull) return cmd_pull(image_ref, dir, insecure, json);

@@ -719,6 +719,15 @@ static void test_ed25519(void) {
   CHECK_E(nc_trust_key_e(NULL, err), NC_E_INVALID, "public_key_text is NULL");
   CHECK(nc_trust_key(text) == NC_OK);
   CHECK(nc_verify(dir) == NC_OK);
+  /* A migration's receiver key: a public key's text or none; anything else refused, none kept. */
+  nc_options *migrating = NULL;
+  CHECK(nc_options_new(&migrating) == NC_OK);
+  CHECK(nc_options_set_receiver_key(NULL, text) == NC_E_INVALID);
+  CHECK(nc_options_set_receiver_key(migrating, text) == NC_OK);
+  CHECK(nc_options_set_receiver_key(migrating, "nucleus-checkpoint-ed25519-public 1\nabc\n") == NC_E_KEY);
+  CHECK(strstr(nc_error_message(nc_options_error(migrating)), "nc_options_set_receiver_key") != NULL);
+  CHECK(nc_options_set_receiver_key(migrating, NULL) == NC_OK);
+  nc_options_free(migrating);
   signing = NC_SIGNING_ED25519;
   CHECK(nc_sign_ex(dir, NC_SIGNATURE_MANIFEST, NULL, NULL) == NC_OK); /* re-signed with its own HMAC key */
   CHECK(nc_signer_of(dir, &signing, &signer_id) == NC_OK && signing == NC_SIGNING_HMAC && signer_id == NULL);

@@ -25,7 +25,8 @@ receiver while the source is stopped), appending 1, 2, 3... to a file both see:
    the page stream (pages_sent > 0), the count goes on there in order, the source is gone;
  - Ed25519, each host with a key of its own (--sign ed25519): a source that does not trust the
    receiver's key refuses before anything is dumped (the receiver's answers could not be told from
-   forged ones); once each trusts the other's, there and back.
+   forged ones); there with the receiver's key given (--receiver-key) rather than trusted, and
+   back once each trusts the other's; the report names the key that answered.
 Commands enter a namespace with `nsenter --net` rather than `ip netns exec`, which also makes a
 mount namespace of its own that CRIU would then have to dump and restore.
 Usage: migrate_test.py NUCLEUS_CHECKPOINT MIGRATE_EXAMPLE TMPDIR"""
@@ -479,18 +480,28 @@ try:
           not os.path.exists(os.path.join(store[src], "ed25519-untrusted")),
           f"Ed25519: {src}, not trusting {dst}'s key, refuses before anything is dumped", r.stdout + r.stderr)
     check(goes_on(current), f"Ed25519: the counter never stopped in {src}")
-    r = subprocess.run([cli, "--json", "trust", "add", public[dst]], env=host_env[src], capture_output=True, text=True)
-    check(r.returncode == 0, f"Ed25519: {src} trusts {dst}'s key", r.stdout + r.stderr)
+    # There with the receiver's key given (--receiver-key), not trusted; then trusted, and back.
     for port, (a, b) in ((7019, (src, dst)), (7020, (dst, src))):
+        pinned = ["--receiver-key", public[b]] if port == 7019 else []
         rx = receiver(b, port, host_env[b])
         before = len(counts())
-        r = migrate(a, current, f"{addr[b]}:{port}", f"ed25519-{port}", "--sign", "ed25519", host_env=host_env[a])
+        r = migrate(a, current, f"{addr[b]}:{port}", f"ed25519-{port}", "--sign", "ed25519", *pinned,
+                    host_env=host_env[a])
         out, _ = rx.communicate(timeout=60)
         moved = result(r.stdout).get("restored_pid", 0)
         if moved:
             to_kill.append(moved)
         check(r.returncode == 0 and rx.returncode == 0 and moved > 0 and result(out).get("pid") == moved,
-              f"Ed25519: {a} to {b} migrated, the answers proven by {b}'s key", r.stdout + r.stderr + out)
+              f"Ed25519: {a} to {b} migrated, the answers proven by {b}'s key" + (" (given)" if pinned else ""),
+              r.stdout + r.stderr + out)
+        key_id = subprocess.run([cli, "--json", "keygen", "--ed25519"], env=host_env[b], capture_output=True,
+                                text=True)
+        check(result(r.stdout).get("receiver_key_id") == result(key_id.stdout).get("key_id"),
+              f"Ed25519: the report names {b}'s key as the one that answered", r.stdout + key_id.stdout)
+        if pinned:
+            r = subprocess.run([cli, "--json", "trust", "add", public[dst]], env=host_env[src], capture_output=True,
+                               text=True)
+            check(r.returncode == 0, f"Ed25519: {src} trusts {dst}'s key", r.stdout + r.stderr)
         check(wait_for(lambda: not alive(current)) and moved > 0 and goes_on(moved) and len(counts()) > before,
               f"Ed25519: the count goes on in {b}, in order", str(counts()[-20:]))
         current = moved

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -32,7 +33,7 @@ namespace {
 
 // A receiver's greeting with a fixed nonce (a real one is random), and the proof a commit must carry.
 const transfer::CommitNonce nonce{7};
-const std::string hello = fmt::format("{{\"nonce\":\"{}\"}}\n", to_lower_hex(nonce));
+const std::string hello = fmt::format("{{\"nonce\":\"{}\",\"protocol\":2}}\n", to_lower_hex(nonce));
 // A source's answer to the greeting, with a fixed nonce.
 const transfer::CommitNonce source_nonce{9};
 const std::string source_hello = fmt::format("{{\"nonce\":\"{}\"}}\n", to_lower_hex(source_nonce));
@@ -163,14 +164,16 @@ TEST_CASE_METHOD(Fixture, "a receiver's refusal resumes the tree, with the recei
   std::optional<Error> error;
   Script script;
   script.first_proof = Proof::none;  // taken unproven: before the commit a refusal only resumes, as a cut would
-  migrate_against(tree.pid(), R"({"ok":false,"status":6,"status_name":"NC_E_INTEGRITY","error":"chunk 3 differs"})"
-                              "\n", "", error, script);
+  migrate_against(tree.pid(),
+                  R"({"ok":false,"status":6,"status_name":"NC_E_INTEGRITY","error":"chunk 3 differs\u001b[2J"})"
+                  "\n", "", error, script);
   REQUIRE(error.has_value());
   INFO(error->what());
   CHECK(script.imported);  // a whole, verifying stream came, ended by its frame alone
   CHECK(script.commit_seen.empty());
   CHECK(error->status() == Status::integrity);
-  CHECK(contains(error->what(), "the receiver did not restore the tree: chunk 3 differs"));
+  CHECK(contains(error->what(), "the receiver did not restore the tree: chunk 3 differs?[2J (a refusal the receiver "
+                                "did not prove"));
   CHECK(counts_on(tree));
   HmacTree::verify(work_dir, KeyStore());  // the checkpoint stays, whole
 }
@@ -268,18 +271,25 @@ TEST_CASE_METHOD(Fixture, "Ed25519: the source migrates only to a receiver it tr
   const Ed25519SecretKey stranger = Ed25519SecretKey::generate();
   MigrateOptions options;
   options.criu.signing = SignatureKind::ed25519;
-  const std::string keyless = hello;
-  const std::string untrusted = fmt::format(R"({{"nonce":"{}","answer_key_id":"{}"}})" "\n", to_lower_hex(nonce),
-                                            stranger.public_key().id_hex());
-  for (const std::string& greeting : {keyless, untrusted}) {
+  const auto greeting_with = [](const Ed25519PublicKey& key) {
+    return fmt::format(R"({{"nonce":"{}","protocol":2,"answer_key_id":"{}"}})" "\n", to_lower_hex(nonce),
+                       key.id_hex());
+  };
+  const std::string keyless = hello, untrusted = greeting_with(stranger.public_key());
+  // A receiver pinned (its key given): another key answering is refused, even one trusted here.
+  const std::string not_pinned = greeting_with(KeyStore().load_ed25519().public_key());
+  for (const std::string& greeting : {keyless, untrusted, not_pinned}) {
     CounterTree tree(tmp / "counter");
     say(there.get(), greeting);
+    if (greeting == not_pinned) options.receiver_key = stranger.public_key();
     const auto error = error_of([&] { migrate(*rt, container("m1", tree.pid()), work_dir, here.get(), options); });
     REQUIRE(error.has_value());
     INFO(error->what());
     CHECK(error->status() == (greeting == keyless ? Status::key : Status::integrity));
-    CHECK(contains(error->what(), greeting == keyless ? "holds no Ed25519 key of its own" : "does not trust"));
-    CHECK(contains(error->what(), "nucleus-checkpoint trust add FILE"));
+    CHECK(contains(error->what(), greeting == keyless     ? "holds no Ed25519 key of its own"
+                                  : greeting == untrusted ? "does not trust"
+                                                          : "not with the receiver's key given"));
+    if (greeting != not_pinned) CHECK(contains(error->what(), "nucleus-checkpoint trust add FILE"));
     CHECK(contains(error->what(), "nothing was dumped"));
     CHECK_FALSE(fs::exists(work_dir));
     CHECK(counts_on(tree));
@@ -287,10 +297,14 @@ TEST_CASE_METHOD(Fixture, "Ed25519: the source migrates only to a receiver it tr
   }
 }
 
-TEST_CASE_METHOD(Fixture, "Ed25519: a real migration, the receiver's answers proven by its own key", "[migrate]") {
-  KeyStore().load_or_create_ed25519();  // one host plays both: its key signs, and proves the answers
+TEST_CASE_METHOD(Fixture, "Ed25519: a real migration, the receiver's answers proven by its own key, given to the source",
+                 "[migrate]") {
+  KeyStore().load_or_create_ed25519();  // the source's key, which the receiver (this host too) trusts
+  // The receiver's own key, which the source is given rather than trusts.
+  const Ed25519SecretKey receiver_key = Ed25519SecretKey::generate();
   CounterTree tree(tmp / "counter", 0, true);  // its own PID namespace: the restored copy takes its PIDs
   const std::unique_ptr<CriuRuntime> receiver_rt = real_criu();
+  receiver_rt->set_ed25519_key(Ed25519SecretKey::from_bytes(receiver_key.bytes()));
   std::optional<ReceivedMigration> received;
   std::optional<Error> receiver_error;
   std::thread receiver([&] {
@@ -299,6 +313,7 @@ TEST_CASE_METHOD(Fixture, "Ed25519: a real migration, the receiver's answers pro
   });
   MigrateOptions options;
   options.criu.signing = SignatureKind::ed25519;
+  options.receiver_key = receiver_key.public_key();
   MigrationReport report;
   const auto error = error_of([&] { report = migrate(*rt, container("m1", tree.pid()), work_dir, here.get(), options); });
   ::shutdown(here.get(), SHUT_RDWR);
@@ -308,12 +323,78 @@ TEST_CASE_METHOD(Fixture, "Ed25519: a real migration, the receiver's answers pro
   const UniqueFd pidfd(received->tree.pidfd);
   INFO(received->reply);
   CHECK(report.restored_pid == received->tree.pid);
+  CHECK(report.receiver_key_id == receiver_key.public_key().id_hex());
   // An Ed25519 signature (64 bytes, in hex) ends the "ok".
   REQUIRE(received->reply.size() > 10 + 128 + 3);
   CHECK(received->reply.substr(received->reply.size() - 10 - 128 - 3, 10) == R"(,"proof":")");
   CHECK(received->reply.ends_with("\"}\n"));
   CHECK(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
   CHECK(counts_on(tree));  // the receiver's copy, counting in the same files
+  CounterTree::stop(received->tree.pid);
+}
+
+TEST_CASE_METHOD(Fixture, "versions that differ, or a receiver that refuses at once, say so before anything is dumped",
+                 "[migrate]") {
+  // An older receiver (its greeting names no protocol), and one that refuses in place of a greeting.
+  const std::string older = fmt::format(R"({{"nonce":"{}"}})" "\n", to_lower_hex(nonce));
+  const std::string refusing = R"({"ok":false,"status":8,"status_name":"NC_E_KEY","error":"key file mode 644"})" "\n";
+  for (const std::string& greeting : {older, refusing}) {
+    CounterTree tree(tmp / "counter");
+    say(there.get(), greeting);
+    const auto error = error_of([&] { migrate(*rt, container("m1", tree.pid()), work_dir, here.get(), {}); });
+    REQUIRE(error.has_value());
+    INFO(error->what());
+    CHECK(error->status() == (greeting == older ? Status::unsupported : Status::key));
+    CHECK(contains(error->what(), greeting == older ? "upgrade it" : "key file mode 644"));
+    CHECK(contains(error->what(), "othing was dumped"));
+    CHECK_FALSE(fs::exists(work_dir));
+    CHECK(counts_on(tree));
+    reconnect();
+  }
+  // An older source: its stream where its nonce should be.
+  rt->checkpoint(container("m1", CounterTree(tmp / "counter").pid()), work_dir, false);
+  std::thread source([&] {
+    read_from(there.get(), true);
+    export_checkpoint(work_dir, there.get());
+    read_from(there.get());
+  });
+  const auto error = error_of([&] { receive_migration(*rt, here.get(), store); });
+  here.reset();
+  source.join();
+  REQUIRE(error.has_value());
+  CHECK(error->status() == Status::unsupported);
+  CHECK(contains(error->what(), "the source is older than this receiver"));
+  CHECK(fs::is_empty(store));
+}
+
+TEST_CASE_METHOD(Fixture, "a receiver whose own Ed25519 key does not load still takes HMAC migrations", "[migrate]") {
+  const fs::path bad_key = tmp / "keys" / "ed25519.key";
+  fs::create_directories(bad_key.parent_path());
+  write_file(bad_key, std::string(64, 'k'));
+  fs::permissions(bad_key, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                               fs::perms::others_read);  // a mode the key store refuses
+  const ScopedEnv own_key("NUCLEUS_CHECKPOINT_ED25519_KEY_FILE", bad_key.c_str());
+  CounterTree tree(tmp / "counter");
+  rt->checkpoint(container("m1", tree.pid()), work_dir, false);
+  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  std::string greeting, first, second;
+  std::thread source([&] {
+    greeting = read_from(there.get(), true);
+    say(there.get(), source_hello);
+    export_checkpoint(work_dir, there.get());
+    first = read_from(there.get(), true);
+    say(there.get(), commit_for(work_dir, nonce_in(greeting)));
+    second = read_from(there.get());
+  });
+  std::optional<ReceivedMigration> received;
+  const auto error = error_of([&] { received = receive_migration(*rt, here.get(), store); });
+  here.reset();
+  source.join();
+  if (error) FAIL(error->what());
+  const UniqueFd pidfd(received->tree.pidfd);
+  INFO(greeting << first << second);
+  CHECK_FALSE(contains(greeting, "answer_key_id"));
+  CHECK(second.starts_with(R"({"ok":true,"pid":)"));
   CounterTree::stop(received->tree.pid);
 }
 
@@ -368,6 +449,32 @@ TEST_CASE_METHOD(Fixture, "a source that dies after its commit leaves its tree s
     fs::remove_all(tmp / "received");
     reconnect();
   }
+}
+
+TEST_CASE_METHOD(Fixture, "a receiver that stops reading the stream does not hold the source: the tree resumes",
+                 "[migrate]") {
+  // On a Unix socket no TCP_USER_TIMEOUT bounds the stream: the source's own stall bound must.
+  CounterTree tree(tmp / "counter", 16);  // a stream larger than the socket's buffers
+  std::atomic<bool> source_done = false;
+  std::thread receiver([&] {
+    say(there.get(), hello);
+    read_from(there.get(), true);  // the source's nonce; then nothing more is read
+    for (int i = 0; i < 200 && !source_done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    ::shutdown(there.get(), SHUT_RDWR);  // without the bound, what ends the source's wait
+  });
+  MigrateOptions options;
+  options.reply_timeout = std::chrono::seconds(2);
+  const auto start = std::chrono::steady_clock::now();
+  const auto error = error_of([&] { migrate(*rt, container("m1", tree.pid()), work_dir, here.get(), options); });
+  const auto took = std::chrono::steady_clock::now() - start;
+  source_done = true;
+  receiver.join();
+  REQUIRE(error.has_value());
+  INFO(error->what());
+  CHECK(error->status() == Status::io);
+  CHECK(contains(error->what(), "its reader took nothing for 2000 ms"));
+  CHECK(took < std::chrono::seconds(15));
+  CHECK(counts_on(tree));
 }
 
 TEST_CASE_METHOD(Fixture, "a descriptor that is not a socket is refused before anything is dumped", "[migrate]") {

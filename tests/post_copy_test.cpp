@@ -26,6 +26,7 @@
 #include <thread>
 
 #include "criu/lazy_pages.hpp"
+#include "criu/proc.hpp"
 #include "fs/unique_fd.hpp"
 #include "process_support.hpp"
 #include "transfer/page_relay.hpp"

@@ -264,7 +264,8 @@ typedef struct nc_migration_report {
   char rounds_reason[512];        /* why rounds is what it is (NUL-terminated, cut to fit) */
   char restored_dir[4096];        /* the checkpoint folder the receiver imported (NUL-terminated, cut to fit) */
   unsigned long long post_copy_ms; /* post-copy: from the receiver's "ok" until it had every page */
-  unsigned long long pages_sent;   /* post-copy: the 4 KiB pages sent meanwhile */
+  unsigned long long pages_sent;   /* post-copy: the pages (of the host's size) sent meanwhile */
+  char receiver_key_id[33];        /* Ed25519: the id of the key that proved the receiver's answers; "" otherwise */
 } nc_migration_report;
 
 /* Migrate: how long the receiver's greeting and the stream may stall unacknowledged and, once
@@ -277,15 +278,22 @@ NC_EXPORT nc_status nc_options_set_reply_timeout_ms(nc_options *opts, unsigned i
  * every page is in, a failure kills the receiver's copy and returns NC_E_UNCONFIRMED with this
  * copy stopped, to resume. Default 0. Since 0.3. */
 NC_EXPORT nc_status nc_options_set_post_copy(nc_options *opts, int on);
+/* Migrate signing with Ed25519: the receiver's own public key (the text of its public key file, as
+ * `keygen --ed25519 --public-key-out` writes it), whose proofs its answers must carry (the README's
+ * "Answers"); a receiver greeting with another key is refused with NC_E_INTEGRITY before anything is
+ * dumped. It need not be in this host's trust folder. NULL (the default): any key of the trust
+ * folder may answer. Text that is not a public key: NC_E_KEY, and none is set. Since 0.3. */
+NC_EXPORT nc_status nc_options_set_receiver_key(nc_options *opts, const char *public_key_text);
 /* Reads the receiver's greeting (none: NC_E_IO, nothing dumped; connect before calling, so that no
  * receiver means no freeze), dumps the tree rooted at pid into the new checkpoint folder work_dir
  * (signed in the manifest format, with opts' dump options and nc_options_set_signing) and keeps it
  * stopped; sends it on connected_fd as nc_export does (nc_options_set_compression), and waits for
  * the receiver's "ready" (the tree restored there, held stopped); answers "commit" (proven with
- * the signing key) and waits for its "ok" (the tree runs there). Each answer it acts on must be
- * proven by the receiver for this connection: with the HMAC key, or signing with Ed25519, with the
- * receiver's own Ed25519 key, which this host must trust (else NC_E_KEY or NC_E_INTEGRITY before
- * anything is dumped; see the README's "Answers"). On "ok" the stopped tree is
+ * the signing key) and waits for its "ok" (the tree runs there). "ready", "ok" and any answer after
+ * the commit must be proven by the receiver for this connection: with the HMAC key, or signing with
+ * Ed25519, with the receiver's own Ed25519 key, which this host must trust or be given
+ * (nc_options_set_receiver_key; else NC_E_KEY or NC_E_INTEGRITY before anything is dumped; see the
+ * README's "Answers"). On "ok" the stopped tree is
  * killed and report is filled. Before the commit, or on the receiver's refusal (a stream that does
  * not verify, a failed restore), the tree resumes here and the receiver's error, when it sent one,
  * is returned in its status. After the commit, no answer (a timeout, a reset, a garbled or unproven line)

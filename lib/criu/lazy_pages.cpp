@@ -24,6 +24,7 @@
 #include "criu/criu_args.hpp"
 #include "criu/criu_log.hpp"
 #include "criu/criu_tools.hpp"
+#include "criu/proc.hpp"
 #include "fs/fs_util.hpp"
 #include "pagemap.pb-c.h"
 

@@ -18,7 +18,6 @@
 
 #include <nucleus/checkpoint/criu_options.hpp>
 
-#include "criu/proc.hpp"
 #include "criu/runtime_support.hpp"
 #include "criu/subprocess.hpp"
 #include "fs/unique_fd.hpp"
@@ -72,12 +71,6 @@ class LazyPagesDaemon {
   // namespace, before the daemon can go. Throws (Status::unsupported) unless the root is a PID
   // namespace's init (the caller kills the tree, still stopped), or unless the daemon still runs.
   void hold(int root_pidfd);
-  // Until receive_migration passes the root's pidfd: the tree as ProcessTree::open lists it, root
-  // first.
-  void hold(const ProcessTree& tree) {
-    const std::vector<int> pidfds = tree.pidfds();
-    hold(pidfds.empty() ? -1 : pidfds.front());
-  }
   // Waits (up to `timeout`) for the daemon to end once every page is in; throws with its log unless
   // it succeeded.
   void wait_done(std::chrono::milliseconds timeout);

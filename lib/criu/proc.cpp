@@ -159,13 +159,6 @@ int ProcessTree::reach(const Member& m, UniqueFd& opened) noexcept {
   return st && st->start_ticks == m.start_ticks ? opened.get() : -1;
 }
 
-std::vector<int> ProcessTree::pidfds() const {
-  std::vector<int> fds;
-  for (const auto& m : members_)
-    if (m.pidfd) fds.push_back(m.pidfd.get());
-  return fds;
-}
-
 void ProcessTree::signal(int sig) const noexcept {
   for (const auto& m : members_) {
     UniqueFd opened;

@@ -44,8 +44,6 @@ class ProcessTree {
   static ProcessTree open_stopped(pid_t pid, int root_pidfd = -1);
 
   bool empty() const noexcept { return members_.empty(); }
-  // The members' pidfds (those it holds; none past the descriptor limit), owned by the tree.
-  std::vector<int> pidfds() const;
   std::size_t size() const noexcept { return members_.size(); }
   // Sends sig to every member that still lives.
   void signal(int sig) const noexcept;

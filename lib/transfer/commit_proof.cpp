@@ -104,7 +104,7 @@ std::string check_answer(TreeKey key, const AnswerNonces& nonces, std::string_vi
   const std::size_t at = line.rfind(proof_member);
   if (at == std::string_view::npos || !line.ends_with("\"}"))
     throw Error(Status::integrity, "the receiver's answer carries no proof that the receiver gave it on this "
-                                   "connection (is it older than this host's nucleus-checkpoint? upgrade it)");
+                                   "connection (an answer made on the way)");
   const std::string_view proof = line.substr(at + proof_member.size(), line.size() - at - proof_member.size() - 2);
   std::string answer(line.substr(0, at));
   answer += '}';

@@ -83,14 +83,19 @@ void write_checkpoint(transfer::StreamWriter& out, int dir_fd, const std::filesy
 
 }  // namespace
 
-void export_checkpoint(const std::filesystem::path& dir, int fd, const TransferOptions& options) {
+void transfer::export_checkpoint(const std::filesystem::path& dir, int fd, const TransferOptions& options,
+                                 std::chrono::milliseconds stall_timeout) {
   const UniqueFd dir_fd = open_dir(dir, "checkpoint folder");
   refuse_parent_link(dir_fd.get(), dir);
   const std::string signature = transfer::manifest_signature_text(dir_fd.get(), dir);
   const transfer::SigpipeBlock sigpipe_blocked;
-  transfer::StreamWriter out(fd, options.compression);
+  transfer::StreamWriter out(fd, options.compression, transfer::StreamKind::checkpoint, stall_timeout);
   write_checkpoint(out, dir_fd.get(), dir, signature);
   out.finish();
+}
+
+void export_checkpoint(const std::filesystem::path& dir, int fd, const TransferOptions& options) {
+  transfer::export_checkpoint(dir, fd, options, {});
 }
 
 void export_chain(const std::filesystem::path& layer, int fd, const ChainTransferOptions& options) {

@@ -169,12 +169,19 @@ rapidjson::Document parse_reply(const std::string& line, std::string_view peer =
   return doc;
 }
 
-// A refusal's error, in the receiver's own status; nothing if the reply is no refusal.
+// Marks a refusal taken without its proof (ReceiverAnswers), for refusal_in to say so.
+constexpr const char* unproven_member = " unproven";
+
+// A refusal's error, in the receiver's own status; nothing if the reply is no refusal. Its words
+// are shown without control characters: they may come from anyone on the path.
 std::optional<Error> refusal_in(const rapidjson::Document& reply) {
   const auto ok = reply.FindMember("ok");
   if (ok == reply.MemberEnd() || !ok->value.IsBool() || ok->value.GetBool()) return std::nullopt;
   const std::uint64_t status = member_u64(reply, "status");
-  const std::string error = member_string(reply, "error");
+  std::string error = member_string(reply, "error");
+  std::replace_if(error.begin(), error.end(), [](char c) { return (c >= 0 && c < 0x20) || c == 0x7f; }, '?');
+  if (reply.HasMember(unproven_member))
+    error += " (a refusal the receiver did not prove: it may come from anyone on the path, and the tree resumed)";
   // Unconfirmed is the source's own verdict: a receiver's refusal means the tree did not run there.
   const Status said = status >= 1 && status <= static_cast<int>(Status::unsupported) ? static_cast<Status>(status)
                       : status == static_cast<int>(Status::unconfirmed)              ? Status::io
@@ -197,7 +204,12 @@ class ReceiverAnswers {
   ReceiverAnswers(TreeKey key, const transfer::AnswerNonces& nonces) noexcept : key_(key), nonces_(nonces) {}
   rapidjson::Document take(const std::string& line, bool committed) const {
     rapidjson::Document reply = parse_reply(line);
-    if (committed || !refusal_in(reply)) transfer::check_answer(key_, nonces_, line);
+    if (committed || !refusal_in(reply)) return parse_reply(transfer::check_answer(key_, nonces_, line));
+    try {
+      transfer::check_answer(key_, nonces_, line);
+    } catch (const Error&) {
+      reply.AddMember(rapidjson::StringRef(unproven_member), true, reply.GetAllocator());
+    }
     return reply;
   }
 
@@ -256,7 +268,8 @@ LazyExtents left_out(const fs::path& work_dir) {
 }
 
 // The source's proof that it commits this checkpoint on this connection (and post-copy, `bound`).
-std::string proof_of(const fs::path& work_dir, const transfer::CommitNonce& nonce, TreeKey key, std::string_view bound) {
+std::string commit_proof_of(const fs::path& work_dir, const transfer::CommitNonce& nonce, TreeKey key,
+                            std::string_view bound) {
   const UniqueFd dir = open_dir(work_dir, "checkpoint directory");
   return transfer::prove_commit(key, nonce, read_signature_text(dir.get()), bound);
 }
@@ -271,7 +284,8 @@ void hand_over(const fs::path& work_dir, int fd, const MigrateOptions& options, 
                transfer::PageSender* pages) {
   std::optional<Error> sending;
   try {
-    export_checkpoint(work_dir, fd, options.transfer);
+    // Bounded as the replies are: a receiver that stops reading must not hold the stopped tree.
+    transfer::export_checkpoint(work_dir, fd, options.transfer, options.reply_timeout);
   } catch (const Error& e) {
     sending = e;
   }
@@ -305,8 +319,8 @@ void hand_over(const fs::path& work_dir, int fd, const MigrateOptions& options, 
     throw Error(Status::io, "the receiver's reply is not a migration reply (neither \"ready\" nor a refusal)");
   take_restored(reply, report);
   if (report.transfer.count() == 0) report.transfer = since(dumped);
-  const std::string commit =
-      fmt::format("{{\"commit\":true,\"proof\":\"{}\"}}\n", proof_of(work_dir, nonces.receiver, tree.signer(), bound));
+  const std::string commit = fmt::format("{{\"commit\":true,\"proof\":\"{}\"}}\n",
+                                         commit_proof_of(work_dir, nonces.receiver, tree.signer(), bound));
   // From here the receiver may run the tree: ours must never resume unless the receiver says it
   // refused, even should this process die.
   tree.may_run_elsewhere(true);
@@ -336,11 +350,15 @@ void await_done(transfer::PageStream& pages, const ReceiverAnswers& answers) {
 }
 
 // A greeting's nonce ({"nonce":"<hex>",...}), from `peer`.
-transfer::CommitNonce nonce_in(const rapidjson::Document& greeting, std::string_view peer, std::string_view upgrade) {
+transfer::CommitNonce nonce_in(const rapidjson::Document& greeting, std::string_view peer) {
   const auto nonce = array_from_lower_hex<std::tuple_size_v<transfer::CommitNonce>>(member_string(greeting, "nonce"));
-  if (!nonce) throw Error(Status::io, fmt::format("{}'s first line is not a migration's (no nonce){}", peer, upgrade));
+  if (!nonce) throw Error(Status::io, fmt::format("{}'s first line is not a migration's (no nonce)", peer));
   return *nonce;
 }
+
+// The version of the conversation, in the receiver's greeting: 2 since the receiver proves its
+// answers. A receiver that names none is older, and its answers cannot be told from forged ones.
+constexpr std::uint64_t protocol = 2;
 
 // The receiver's greeting: the nonce the source's commit must prove, and the id of the Ed25519 key
 // the receiver proves its answers with, if it holds one.
@@ -352,12 +370,20 @@ struct Greeting {
 Greeting read_hello(int fd, Clock::time_point deadline) {
   const rapidjson::Document hello = parse_reply(
       read_reply(fd, deadline, "the peer", "is a `nucleus-checkpoint receive` listening there?"), "the peer");
-  return {nonce_in(hello, "the peer", ""), member_string(hello, "answer_key_id")};
+  if (std::optional<Error> refused = refusal_in(hello))
+    throw Error(refused->status(), fmt::format("{}; nothing was dumped", refused->what()));
+  const Greeting greeting{nonce_in(hello, "the peer"), member_string(hello, "answer_key_id")};
+  if (member_u64(hello, "protocol") != protocol)
+    throw Error(Status::unsupported, fmt::format("the receiver speaks another version of the migration (protocol {}, "
+                                                 "this host {}): an older one cannot prove its answers; upgrade it to "
+                                                 "this host's nucleus-checkpoint. Nothing was dumped",
+                                                 member_u64(hello, "protocol"), protocol));
+  return greeting;
 }
 
-// Before an Ed25519-signed migration: the receiver's public key its answers must be proven by, from
-// this host's trust folder. Nothing is dumped yet.
-Ed25519PublicKey trusted_receiver(const std::string& key_id) {
+// Before an Ed25519-signed migration: the receiver's public key its answers must be proven by, the
+// one given (`pinned`) or else from this host's trust folder. Nothing is dumped yet.
+Ed25519PublicKey trusted_receiver(const std::string& key_id, const std::optional<Ed25519PublicKey>& pinned) {
   static constexpr std::string_view how =
       "on the receiver, `nucleus-checkpoint keygen --ed25519 --public-key-out FILE` writes its public key (and makes "
       "the key if there is none); here, `nucleus-checkpoint trust add FILE` trusts it";
@@ -367,6 +393,14 @@ Ed25519PublicKey trusted_receiver(const std::string& key_id) {
                                          "Ed25519 key of its own to prove its answers with, so this host could not "
                                          "tell its \"ok\" from a forged one: {}; nothing was dumped",
                                          how));
+  if (pinned) {
+    if (pinned->id() != *id)
+      throw Error(Status::integrity,
+                  fmt::format("the receiver proves its answers with Ed25519 key {}, not with the receiver's key given "
+                              "({}): is it the host you meant? nothing was dumped",
+                              key_id, pinned->id_hex()));
+    return *pinned;
+  }
   const KeyStore store;
   try {
     return store.trusted_key(*id);
@@ -487,7 +521,10 @@ MigrationReport migrate(CriuRuntime& runtime, const ContainerInfo& container, co
                         int connected_fd, const MigrateOptions& options) {
   require_socket(connected_fd, "migrate");
   if (options.reply_timeout.count() <= 0) throw Error(Status::invalid, "migrate: the reply timeout must be positive");
-  if (options.post_copy) require_lazy_page_server();
+  if (options.post_copy) {
+    require_lazy_page_server();
+    require_own_pid_namespace(container.pid);
+  }
   bound_stalls(connected_fd, options.reply_timeout);
   MigrationReport report;
   // Pre-dump rounds would shorten the downtime where CRIU can track memory; they are not made yet.
@@ -498,8 +535,10 @@ MigrationReport migrate(CriuRuntime& runtime, const ContainerInfo& container, co
   // Before anything is dumped: a peer that is not a receiver costs the tree nothing.
   const Greeting hello = read_hello(connected_fd, Clock::now() + options.reply_timeout);
   const std::optional<Ed25519PublicKey> receiver_key =
-      options.criu.signing == SignatureKind::ed25519 ? std::optional(trusted_receiver(hello.answer_key_id))
-                                                     : std::nullopt;
+      options.criu.signing == SignatureKind::ed25519
+          ? std::optional(trusted_receiver(hello.answer_key_id, options.receiver_key))
+          : std::nullopt;
+  if (receiver_key) report.receiver_key_id = receiver_key->id_hex();
   const transfer::AnswerNonces nonces{hello.nonce, transfer::new_commit_nonce()};
   const std::string greeted = fmt::format("{{\"nonce\":\"{}\"}}\n", to_lower_hex(nonces.source));
   write_all(connected_fd, greeted.data(), greeted.size(), "the answer to the receiver's greeting");
@@ -595,6 +634,7 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
   transfer::AnswerNonces nonces{};
   std::optional<VerifyingKeys> keys;
   std::optional<Ed25519SecretKey> own_key;
+  std::optional<Error> own_key_failure;
   std::optional<TreeKey> answer_key;
   const auto answer = [&](const std::string& json) {
     return answer_key ? transfer::prove_answer(*answer_key, nonces, json) : json + "\n";
@@ -611,19 +651,27 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
     bound_stalls(connected_fd, stream_timeout);
     nonces.receiver = transfer::new_commit_nonce();
     // The key this host proves its answers with when the checkpoint is signed with Ed25519: its own
-    // (the source must trust it); HMAC-signed, both hold the key that signed it.
-    if (runtime.ed25519_key_) own_key = Ed25519SecretKey::from_bytes(runtime.ed25519_key_->bytes());
-    else if (KeyStore store; store.ed25519_exists()) own_key = store.load_ed25519();
+    // (the source must trust it); HMAC-signed, both hold the key that signed it. One that does not
+    // load fails an Ed25519 migration only, and says why there.
+    try {
+      if (runtime.ed25519_key_) own_key = Ed25519SecretKey::from_bytes(runtime.ed25519_key_->bytes());
+      else if (KeyStore store; store.ed25519_exists()) own_key = store.load_ed25519();
+    } catch (const Error& e) {
+      own_key_failure = e;
+    }
     const std::string hello =
-        own_key ? fmt::format("{{\"nonce\":\"{}\",\"answer_key_id\":\"{}\"}}\n", to_lower_hex(nonces.receiver),
-                              own_key->public_key().id_hex())
-                : fmt::format("{{\"nonce\":\"{}\"}}\n", to_lower_hex(nonces.receiver));
+        own_key ? fmt::format("{{\"nonce\":\"{}\",\"protocol\":{},\"answer_key_id\":\"{}\"}}\n",
+                              to_lower_hex(nonces.receiver), protocol, own_key->public_key().id_hex())
+                : fmt::format("{{\"nonce\":\"{}\",\"protocol\":{}}}\n", to_lower_hex(nonces.receiver), protocol);
     write_all(connected_fd, hello.data(), hello.size(), "the greeting to the source");
-    // The source answers at once, before it dumps.
-    nonces.source = nonce_in(parse_reply(read_reply(connected_fd, Clock::now() + stream_timeout, "the source",
-                                                    "it answers the greeting before it dumps"),
-                                         "the source"),
-                             "the source", " (is it older than this receiver? upgrade it)");
+    // The source answers at once, before it dumps; an older one sends its stream instead.
+    const std::string source_hello =
+        read_reply(connected_fd, Clock::now() + stream_timeout, "the source", "it answers the greeting before it dumps");
+    if (source_hello.starts_with("\x89NCX"))
+      throw Error(Status::unsupported, "the source is older than this receiver: it sent its stream without answering "
+                                       "the greeting, so it cannot check this host's answers; upgrade it to this "
+                                       "host's nucleus-checkpoint");
+    nonces.source = nonce_in(parse_reply(source_hello, "the source"), "the source");
     // The source dumps once it has the nonce: the import is timed from the stream's first bytes.
     if (!readable_by(connected_fd, Clock::now() + stream_timeout))
       throw Error(Status::io, fmt::format("the source sent no stream within {} s of the greeting (does its dump take "
@@ -639,6 +687,11 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
         transfer::parse_manifest_signature(signature_text, "the imported checkpoint", "checking the commit"));
     if (key.kind() == SignatureKind::hmac_sha256) answer_key = key;
     else if (own_key) answer_key = TreeKey(*own_key);
+    else if (own_key_failure)
+      throw Error(own_key_failure->status(), fmt::format("the checkpoint is signed with Ed25519, and this host's own "
+                                                         "Ed25519 key, which proves its answers to the source, does "
+                                                         "not load: {}",
+                                                         own_key_failure->what()));
     else
       throw Error(Status::key, "the checkpoint is signed with Ed25519, and this host holds no Ed25519 key of its own "
                                "to prove its answers to the source with: make one (`nucleus-checkpoint keygen "
@@ -679,7 +732,7 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
     restored.set(received.tree);
     received.restore_time = since(imported);
     try {
-      if (post_copy) post_copy->daemon->hold(ProcessTree::open(received.tree.pid, received.tree.pidfd));
+      if (post_copy) post_copy->daemon->hold(received.tree.pidfd);
       lines.write(answer(reply_line(std::nullopt, received, "ready")), "the answer to the source");
       const rapidjson::Document commit =
           parse_reply(lines.read(Clock::now() + commit_time, "the source", "it must commit at once"), "the source");

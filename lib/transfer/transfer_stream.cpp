@@ -48,6 +48,12 @@ bool wait_ready(int fd, short events, int timeout_ms = -1) {
   }
 }
 
+// A timeout in whole milliseconds for poll, -1 for none.
+int poll_ms(std::chrono::milliseconds timeout) {
+  return timeout.count() > 0 ? static_cast<int>(std::min<std::chrono::milliseconds::rep>(timeout.count(), 0x7fffffff))
+                             : -1;
+}
+
 void check_zstd(std::size_t rc, std::string_view what) {
   if (ZSTD_isError(rc))
     throw integrity(fmt::format("the transfer stream's zstd compression is corrupt ({}: {}); nothing was imported",
@@ -131,7 +137,8 @@ SigpipeBlock::~SigpipeBlock() {
   if (!was_blocked_) pthread_sigmask(SIG_UNBLOCK, &pipe_only, nullptr);
 }
 
-StreamWriter::StreamWriter(int fd, Compression compression, StreamKind kind) : fd_(fd), buffer_(io_buffer_size) {
+StreamWriter::StreamWriter(int fd, Compression compression, StreamKind kind, std::chrono::milliseconds stall_timeout)
+    : fd_(fd), stall_ms_(poll_ms(stall_timeout)), buffer_(io_buffer_size) {
   if (compression != Compression::none && compression != Compression::zstd)
     throw Error(Status::invalid, fmt::format("unknown compression {}", static_cast<int>(compression)));
   const struct stat st = stat_fd(fd, "the transfer stream's descriptor");
@@ -204,10 +211,15 @@ void StreamWriter::flush_buffer() {
 void StreamWriter::write_out(const void* data, std::size_t size) {
   const auto* p = static_cast<const char*>(data);
   while (size > 0) {
-    const ssize_t n = socket_ ? ::send(fd_, p, size, MSG_NOSIGNAL) : ::write(fd_, p, size);
+    // Bounded: never blocked in send, but waiting in poll as long as the stall timeout allows.
+    const bool bounded = socket_ && stall_ms_ >= 0;
+    const ssize_t n = socket_ ? ::send(fd_, p, size, MSG_NOSIGNAL | (bounded ? MSG_DONTWAIT : 0)) : ::write(fd_, p, size);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      wait_ready(fd_, POLLOUT);
+      if (!wait_ready(fd_, POLLOUT, bounded ? stall_ms_ : -1))
+        throw Error(Status::io, fmt::format("cannot write the transfer stream: its reader took nothing for {} ms (the "
+                                            "other end stalled)",
+                                            stall_ms_));
       continue;
     }
     if (n < 0 && (errno == EPIPE || errno == ECONNRESET))
@@ -221,10 +233,7 @@ void StreamWriter::write_out(const void* data, std::size_t size) {
 }
 
 StreamReader::StreamReader(int fd, std::chrono::milliseconds stall_timeout, StreamKind kind)
-    : fd_(fd), stall_ms_(stall_timeout.count() > 0 ? static_cast<int>(std::min<std::chrono::milliseconds::rep>(
-                                                         stall_timeout.count(), 0x7fffffff))
-                                                   : -1),
-      in_(io_buffer_size) {
+    : fd_(fd), stall_ms_(poll_ms(stall_timeout)), in_(io_buffer_size) {
   char header[header_size];
   std::size_t got = 0;
   while (got < sizeof header) {

@@ -61,7 +61,10 @@ struct FrameHeader {
 // EINTR retried, a non-blocking descriptor waited for), with send(MSG_NOSIGNAL) on a socket.
 class StreamWriter {
  public:
-  StreamWriter(int fd, Compression compression, StreamKind kind = StreamKind::checkpoint);
+  // With a stall timeout, on a socket, a write the reader leaves waiting that long fails
+  // (Status::io): TCP_USER_TIMEOUT bounds TCP alone, not a Unix socket or a tunnel's.
+  StreamWriter(int fd, Compression compression, StreamKind kind = StreamKind::checkpoint,
+               std::chrono::milliseconds stall_timeout = {});
   StreamWriter(const StreamWriter&) = delete;
   StreamWriter& operator=(const StreamWriter&) = delete;
 
@@ -76,6 +79,7 @@ class StreamWriter {
 
   int fd_;
   bool socket_;
+  int stall_ms_;  // -1: none
   std::vector<char> buffer_;  // plain: frames gathered into larger writes; zstd: compressed output
   std::size_t buffered_ = 0;
   struct CctxFree {
@@ -131,6 +135,10 @@ class SigpipeBlock {
  private:
   bool was_pending_ = false, was_blocked_ = false;
 };
+
+// export_checkpoint (nucleus/checkpoint/transfer.hpp) to a socket whose reader may stall: see StreamWriter.
+void export_checkpoint(const std::filesystem::path& dir, int fd, const TransferOptions& options,
+                       std::chrono::milliseconds stall_timeout);
 
 // import_checkpoint (nucleus/checkpoint/transfer.hpp) of a stream that ends as `end` says; returns
 // the text of the checkpoint's signature.

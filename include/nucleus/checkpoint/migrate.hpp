@@ -3,8 +3,9 @@
 // receiver imports it (verified chunk by chunk), restores it and holds it stopped, and says
 // "ready"; the source gives up its own copy and says "commit", proven by its signing key for this
 // connection; the receiver lets the tree run and says "ok", and the source's copy ends. Each answer
-// of the receiver's the source acts on is proven by the receiver for this connection (the HMAC
-// key, or the receiver's own Ed25519 key, which the source must trust). The workload never runs on
+// that ends or holds the source's copy is proven by the receiver for this connection (the HMAC
+// key, or the receiver's own Ed25519 key, which the source must trust or be given); an unproven
+// refusal before the commit only resumes it. The workload never runs on
 // both sides: the source resumes only before its commit or on the receiver's proven refusal, and a
 // source that cannot learn the outcome after its commit leaves its copy stopped (Status::unconfirmed). A cold migration: one final dump,
 // no pre-dump rounds.
@@ -15,10 +16,12 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include <nucleus/checkpoint/criu_options.hpp>
 #include <nucleus/checkpoint/criu_runtime.hpp>
+#include <nucleus/checkpoint/ed25519.hpp>
 #include <nucleus/checkpoint/transfer.hpp>
 #include <nucleus/checkpoint_export.h>
 
@@ -37,6 +40,10 @@ struct MigrateOptions {
   // connection, a page that does not authenticate) kills the receiver's copy and leaves the
   // source's stopped, with Status::unconfirmed.
   bool post_copy = false;
+  // Signing with Ed25519: the receiver's own public key, the one whose proofs its answers must carry
+  // (the README's "Answers"); a greeting that names another is refused before anything is dumped.
+  // It need not be in this host's trust folder. Without it, any key of the trust folder may answer.
+  std::optional<Ed25519PublicKey> receiver_key;
 };
 
 struct MigrationReport {
@@ -48,6 +55,7 @@ struct MigrationReport {
   unsigned rounds = 0;                    // pre-dump rounds before the final dump
   std::string rounds_reason;              // why there were that many
   pid_t restored_pid = 0;                 // the tree's root on the receiver (its PID there)
+  std::string receiver_key_id;            // Ed25519: the id of the key that proved the receiver's answers
   std::string restored_dir;               // the checkpoint folder the receiver imported
   // Post-copy: from the receiver's "ok" until it had every page, and the pages sent meanwhile.
   std::chrono::milliseconds post_copy{0};
