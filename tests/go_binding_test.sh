@@ -8,10 +8,11 @@
 #   checkpointed, a tampered copy refused with ErrIntegrity, the tree restored and seen counting on,
 #   callbacks, 64 goroutines x 200 failing calls each getting its own message, and the 0.3 calls (a
 #   tree dumped with Ed25519, moved as transfer streams to a key store holding only the public key
-#   and restored there; a flipped byte refused; pre-dumps; registry arguments; a counter in a PID
-#   namespace of its own migrated over loopback TCP to a receiver on another goroutine, once
-#   post-copy, and a migration refused by a receiver trusting no key, the source resuming); none may
-#   skip;
+#   and restored there; a flipped byte refused; pre-dumps; a two-layer chain as one chain stream;
+#   registry arguments; a counter in a PID namespace of its own migrated over loopback TCP to a
+#   receiver on another goroutine, signed with Ed25519 and pinned to the receiver's key, once
+#   post-copy, and migrations refused by the source (a receiver it does not trust, or not the one
+#   given) or by the receiver, the source resuming); none may skip;
 # - the README's Go program ("### From Go"), built in a module of its own that imports the package
 #   through a replace directive, must restore its counter and show it counting on.
 # Usage: go_binding_test.sh BUILD_DIR SOURCE_DIR TMP_DIR   (NC_TEST_COUNTER: examples/counter)

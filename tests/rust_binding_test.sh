@@ -5,9 +5,10 @@
 # Debian's crate registry (librust-*-dev), and run their test (a real tree checkpointed, a tampered
 # copy refused, the tree restored and counting on, CRIU's failures, 32 threads each with its own
 # error, callbacks that panic; an Ed25519 dump moved as transfer streams to a key store holding only
-# the public key and restored there, pre-dumps, registry arguments; a migration over loopback TCP to a
-# receiver on another thread, once post-copy, and one refused, the source resuming) and the README's
-# Rust program.
+# the public key and restored there, pre-dumps, a two-layer chain as one chain stream, registry
+# arguments; a migration over loopback TCP to a receiver on another thread, signed with Ed25519 and
+# pinned to the receiver's key, once post-copy, and migrations refused by either side, the source
+# resuming) and the README's Rust program.
 # Usage: rust_binding_test.sh BUILD_DIR SOURCE_DIR TMP_DIR COUNTER
 set -euo pipefail
 build=$1 src=$2 tmp=$3 counter=$4

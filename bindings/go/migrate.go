@@ -25,9 +25,13 @@ type MigrationReport struct {
 	RestoredPID  int    // the tree's root on the receiver, as the receiver numbers it
 	RestoredDir  string // the checkpoint folder the receiver imported
 	// Post-copy (Options.PostCopy): PostCopy is the time from the receiver's "ok" until it had
-	// every page, and PagesSent the 4 KiB pages sent meanwhile; both 0 otherwise.
+	// every page, and PagesSent the pages (of the host's size) sent meanwhile; both 0 otherwise.
 	PostCopy  time.Duration
 	PagesSent uint64
+	// ReceiverKeyID is the id of the Ed25519 key that proved the receiver's answers (32 hex
+	// digits, as PublicKey gives it): Options.ReceiverKey's, or the trusted key the receiver named;
+	// "" when signed with HMAC.
+	ReceiverKeyID string
 }
 
 // ReceivedMigration is what Receive restored: the tree's root as this host numbers it, and the
@@ -52,9 +56,10 @@ type ReceivedMigration struct {
 // the receiver's own status and message where it sent one (ErrIntegrity: the stream does not
 // verify there; ErrKey: the receiver has no key), else ErrIO. ErrUnconfirmed: the receiver was
 // told to run the tree but its confirmation never came; the tree is left stopped here. workDir
-// stays. Each answer acted on is proven by the receiver for this connection; with SigningEd25519
-// the receiver needs an Ed25519 key of its own that this host trusts (ErrKey, ErrIntegrity before
-// anything is dumped). The connection is not encrypted: use a private network or a tunnel.
+// stays. "ready", "ok" and any answer after the commit are proven by the receiver for this
+// connection; with SigningEd25519 the receiver needs an Ed25519 key of its own that this host
+// trusts or is given (Options.ReceiverKey; else ErrKey, ErrIntegrity before anything is dumped).
+// The connection is not encrypted: use a private network or a tunnel.
 //
 // conn's descriptor is used in place, through SyscallConn().Control, which keeps conn from
 // closing it until Migrate returns; a descriptor the poller made non-blocking is fine (the library
@@ -73,17 +78,18 @@ func (r *Runtime) Migrate(id string, pid int, workDir string, conn syscall.Conn,
 		return MigrationReport{}, err
 	}
 	return MigrationReport{
-		Downtime:     time.Duration(report.downtime_ms) * time.Millisecond,
-		Dump:         time.Duration(report.dump_ms) * time.Millisecond,
-		Transfer:     time.Duration(report.transfer_ms) * time.Millisecond,
-		Restore:      time.Duration(report.restore_ms) * time.Millisecond,
-		BytesSent:    uint64(report.bytes_sent),
-		Rounds:       int(report.rounds),
-		RoundsReason: C.GoString(&report.rounds_reason[0]),
-		RestoredPID:  int(report.restored_pid),
-		RestoredDir:  C.GoString(&report.restored_dir[0]),
-		PostCopy:     time.Duration(report.post_copy_ms) * time.Millisecond,
-		PagesSent:    uint64(report.pages_sent),
+		Downtime:      time.Duration(report.downtime_ms) * time.Millisecond,
+		Dump:          time.Duration(report.dump_ms) * time.Millisecond,
+		Transfer:      time.Duration(report.transfer_ms) * time.Millisecond,
+		Restore:       time.Duration(report.restore_ms) * time.Millisecond,
+		BytesSent:     uint64(report.bytes_sent),
+		Rounds:        int(report.rounds),
+		RoundsReason:  C.GoString(&report.rounds_reason[0]),
+		RestoredPID:   int(report.restored_pid),
+		RestoredDir:   C.GoString(&report.restored_dir[0]),
+		PostCopy:      time.Duration(report.post_copy_ms) * time.Millisecond,
+		PagesSent:     uint64(report.pages_sent),
+		ReceiverKeyID: C.GoString(&report.receiver_key_id[0]),
 	}, nil
 }
 

@@ -3,10 +3,11 @@
 // to a "receiver" key store that holds only the signer's public key, and restored there; a
 // stream with one byte flipped refused with nothing left; pre-dumps; registry arguments; and
 // migrations, the receiver on one goroutine and the source on another, of a counter in a PID
-// namespace of its own: one over loopback TCP that the receiver restores, and one over a socket
-// pair that a receiver trusting no key refuses, so that the source resumes; and one cut right after
-// the commit, which runs on the receiver (SourceTold false) and stays stopped at the source; and one
-// post-copy, whose memory follows the tree through the page stream.
+// namespace of its own: one over loopback TCP, signed with Ed25519 and pinned to the receiver's key,
+// that the receiver restores; over a socket pair, ones the source refuses (a receiver it does not
+// trust, or not the one given) or a receiver trusting no key refuses, so that the source resumes;
+// and one cut right after the commit, which runs on the receiver (SourceTold false) and stays
+// stopped at the source; and one post-copy, whose memory follows the tree through the page stream.
 package checkpoint_test
 
 import (
@@ -574,6 +575,17 @@ func migrationSource(t *testing.T, name string, memory ...string) (rt *checkpoin
 }
 
 func TestMigrate(t *testing.T) {
+	// Signed with Ed25519, the receiver pinned: this process is both ends, so the receiver's key is
+	// the source's own.
+	keys := privateFolder(t, "migration-keys")
+	useKeys(t, filepath.Join(keys, "hmac.key"), filepath.Join(keys, "ed25519.key"), filepath.Join(keys, "trusted"))
+	if _, err := checkpoint.KeygenEd25519(); err != nil {
+		t.Fatal(err)
+	}
+	publicKey, keyID, err := checkpoint.PublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
 	rt, pid, parentCount, store := migrationSource(t, "migration")
 	workDir := filepath.Join(base, "migration-out")
 
@@ -592,7 +604,8 @@ func TestMigrate(t *testing.T) {
 	// Loopback TCP: the receiver accepts on one goroutine, the source connects on this one.
 	conn, done := receiveOverLoopback(t, store)
 	start := time.Now()
-	report, err := rt.Migrate("go-migrate", pid, workDir, conn, &checkpoint.Options{ReplyTimeout: 2 * time.Minute})
+	report, err := rt.Migrate("go-migrate", pid, workDir, conn, &checkpoint.Options{ReplyTimeout: 2 * time.Minute,
+		Signing: checkpoint.SigningEd25519, ReceiverKey: publicKey})
 	elapsed := time.Since(start)
 	got := outcome(t, done)
 	if err != nil || got.err != nil {
@@ -624,6 +637,9 @@ func TestMigrate(t *testing.T) {
 	}
 	if !got.tree.SourceTold {
 		t.Errorf("SourceTold is false, yet the source confirmed the migration")
+	}
+	if report.ReceiverKeyID != keyID {
+		t.Errorf("the receiver's answers proven by key %q, not by the one given, %s", report.ReceiverKeyID, keyID)
 	}
 	if err := checkpoint.Verify(report.RestoredDir); err != nil {
 		t.Errorf("Verify(the received folder): %v", err)
@@ -677,14 +693,28 @@ func TestMigratePostCopy(t *testing.T) {
 	if report.RestoredPID <= 0 || report.RestoredPID != got.tree.PID || !got.tree.SourceTold {
 		t.Errorf("the report's restored PID is %d, Receive's %+v", report.RestoredPID, got.tree)
 	}
+	if report.ReceiverKeyID != "" {
+		t.Errorf("an HMAC-signed migration's answers proven by Ed25519 key %q", report.ReceiverKeyID)
+	}
 	countsOnThere(t, pid, report.RestoredPID, parentCount)
 }
 
 func TestMigrateRefused(t *testing.T) {
 	// First the source refuses: it signs with Ed25519 and does not trust the key the receiver
 	// (this process, at the same time) proves its answers with, so it could not tell the
-	// receiver's "ok" from a forged one; nothing is dumped. Then the receiver refuses: the source
-	// signs with HMAC and the receiver accepts Ed25519 signatures only.
+	// receiver's "ok" from a forged one; nothing is dumped. So it refuses when given another key as
+	// the receiver's, or text that is no key. Then the receiver refuses: the source signs with HMAC
+	// and the receiver accepts Ed25519 signatures only.
+	otherKeys := privateFolder(t, "other-keys")
+	useKeys(t, filepath.Join(otherKeys, "hmac.key"), filepath.Join(otherKeys, "ed25519.key"),
+		filepath.Join(otherKeys, "trusted"))
+	if _, err := checkpoint.KeygenEd25519(); err != nil {
+		t.Fatal(err)
+	}
+	otherKey, _, err := checkpoint.PublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
 	keys := privateFolder(t, "refusing-keys")
 	trusted := filepath.Join(keys, "trusted")
 	useKeys(t, filepath.Join(keys, "hmac.key"), filepath.Join(keys, "ed25519.key"), trusted)
@@ -695,15 +725,21 @@ func TestMigrateRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	rt, pid, parentCount, store := migrationSource(t, "refused")
-	for _, c := range []struct {
-		name, want string
-		opts       *checkpoint.Options
-		signers    string
-		receiverIs error
+	for i, c := range []struct {
+		name, want           string
+		opts                 *checkpoint.Options
+		signers              string
+		sourceIs, receiverIs error
 	}{
 		{"an untrusted receiver", "does not trust", &checkpoint.Options{Signing: checkpoint.SigningEd25519}, "any",
+			checkpoint.ErrIntegrity, checkpoint.ErrIO},
+		{"another receiver than the one given", "not with the receiver's key given", &checkpoint.Options{
+			Signing: checkpoint.SigningEd25519, ReceiverKey: otherKey}, "any", checkpoint.ErrIntegrity, checkpoint.ErrIO},
+		{"half a public key as the receiver's", "nc_options_set_receiver_key", &checkpoint.Options{
+			Signing: checkpoint.SigningEd25519, ReceiverKey: otherKey[:len(otherKey)/2]}, "any", checkpoint.ErrKey,
 			checkpoint.ErrIO},
-		{"a receiver refusing HMAC", "the receiver did not restore", nil, "ed25519", checkpoint.ErrIntegrity},
+		{"a receiver refusing HMAC", "the receiver did not restore", nil, "ed25519", checkpoint.ErrIntegrity,
+			checkpoint.ErrIntegrity},
 	} {
 		t.Setenv("NUCLEUS_CHECKPOINT_SIGNERS", c.signers)
 		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
@@ -712,11 +748,12 @@ func TestMigrateRefused(t *testing.T) {
 		}
 		source, receiving := unixConn(t, fds[0]), unixConn(t, fds[1])
 		done := receiveOn(t, func() (net.Conn, error) { return receiving, nil }, store)
-		_, err = rt.Migrate("go-refused", pid, filepath.Join(base, "refused-out-"+c.signers), source, c.opts)
+		workDir := filepath.Join(base, "refused-out-"+strconv.Itoa(i))
+		_, err = rt.Migrate("go-refused", pid, workDir, source, c.opts)
 		source.Close() // the receiver, reading what is left of the stream, sees its end
 		got := outcome(t, done)
-		if !errors.Is(err, checkpoint.ErrIntegrity) || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: Migrate = %v, want ErrIntegrity saying %q", c.name, err, c.want)
+		if !errors.Is(err, c.sourceIs) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: Migrate = %v, want %v saying %q", c.name, err, c.sourceIs, c.want)
 		}
 		if !errors.Is(got.err, c.receiverIs) || got.tree.PID != 0 {
 			t.Errorf("%s: Receive = %+v, %v; want %v", c.name, got.tree, got.err, c.receiverIs)

@@ -204,6 +204,12 @@ type Options struct {
 	// (ErrUnsupported otherwise). Until every page is in, a failure kills the receiver's copy and
 	// returns ErrUnconfirmed with the source's copy stopped, to resume.
 	PostCopy bool
+	// ReceiverKey pins the receiver of a Migrate signed with SigningEd25519 (since 0.3; the
+	// README's "Answers"): the text of its public key file (PublicKey there, or `keygen --ed25519
+	// --public-key-out`), whose proofs its answers must carry. A receiver greeting with another key
+	// is refused with ErrIntegrity before anything is dumped; this key need not be trusted here
+	// (TrustKey). Text that is no public key: ErrKey. "": any key this host trusts may answer.
+	ReceiverKey string
 
 	// Containers (CRIU's names; see checkpoint.h).
 	NoDetectContainer bool        // both: do not find and record the container's rootfs, mounts, namespaces
@@ -406,6 +412,9 @@ func (o *Options) build() (*cOptions, error) {
 	if o.PostCopy {
 		set(C.nc_options_set_post_copy(handle, 1))
 	}
+	setStr("receiver key", o.ReceiverKey, func(p *C.char) C.nc_status {
+		return C.nc_options_set_receiver_key(handle, p)
+	})
 	if o.NoDetectContainer {
 		set(C.nc_options_set_detect_container(handle, 0))
 	}

@@ -99,6 +99,7 @@ pub struct nc_migration_report {
     pub restored_dir: [c_char; 4096],
     pub post_copy_ms: c_ulonglong,
     pub pages_sent: c_ulonglong,
+    pub receiver_key_id: [c_char; 33],
 }
 
 /// Called on the calling thread with the running total of bytes hashed. Must not unwind.
@@ -167,6 +168,7 @@ extern "C" {
                            layer_out: *mut *mut c_char) -> nc_status;
     pub fn nc_options_set_reply_timeout_ms(opts: *mut nc_options, ms: c_uint) -> nc_status;
     pub fn nc_options_set_post_copy(opts: *mut nc_options, on: c_int) -> nc_status;
+    pub fn nc_options_set_receiver_key(opts: *mut nc_options, public_key_text: *const c_char) -> nc_status;
     pub fn nc_migrate(rt: *mut nc_runtime, container_id: *const c_char, pid: pid_t, work_dir: *const c_char,
                       connected_fd: c_int, opts: *const nc_options, report: *mut nc_migration_report) -> nc_status;
     pub fn nc_receive(rt: *mut nc_runtime, connected_fd: c_int, store_dir: *const c_char, opts: *const nc_options,

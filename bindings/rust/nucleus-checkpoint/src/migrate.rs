@@ -39,9 +39,13 @@ pub struct MigrationReport {
     /// The checkpoint folder the receiver imported.
     pub restored_dir: PathBuf,
     /// Post-copy ([`Options::post_copy`]): from the receiver's "ok" until it had every page, and
-    /// the 4 KiB pages sent meanwhile; zero otherwise.
+    /// the pages (of the host's size) sent meanwhile; zero otherwise.
     pub post_copy: Duration,
     pub pages_sent: u64,
+    /// The id of the Ed25519 key that proved the receiver's answers (32 hex digits, as
+    /// [`crate::public_key`] gives it): [`Options::receiver_key`]'s, or the trusted key the
+    /// receiver named; empty when signed with HMAC.
+    pub receiver_key_id: String,
 }
 
 /// What [`Runtime::receive`] restored: the tree's root as this host numbers it, and the last reply
@@ -75,6 +79,7 @@ impl From<&sys::nc_migration_report> for MigrationReport {
             restored_dir: PathBuf::from(OsString::from_vec(c_array_bytes(&r.restored_dir))),
             post_copy: Duration::from_millis(r.post_copy_ms),
             pages_sent: r.pages_sent,
+            receiver_key_id: String::from_utf8_lossy(&c_array_bytes(&r.receiver_key_id)).into_owned(),
         }
     }
 }
@@ -91,11 +96,12 @@ impl Runtime {
     /// resumes here, and the error has the receiver's own status and message where it sent one
     /// (`Status::INTEGRITY`: the stream does not verify there; `Status::KEY`: it has no key), else
     /// `Status::IO`. `Status::UNCONFIRMED`: the receiver was told to run the tree but never
-    /// confirmed; the tree is left stopped here. `work_dir` stays. Each answer acted on is proven
-    /// by the receiver for this connection; with `Signing::ED25519` the receiver needs an Ed25519
-    /// key of its own that this host trusts (`Status::KEY`, `Status::INTEGRITY` before anything is
-    /// dumped). The connection is not encrypted: use a private network or a tunnel. It blocks until the reply:
-    /// run it on a thread of its own when this process is also the receiver.
+    /// confirmed; the tree is left stopped here. `work_dir` stays. "ready", "ok" and any answer
+    /// after the commit are proven by the receiver for this connection; with `Signing::ED25519`
+    /// the receiver needs an Ed25519 key of its own that this host trusts or is given
+    /// ([`Options::receiver_key`]; else `Status::KEY`, `Status::INTEGRITY` before anything is
+    /// dumped). The connection is not encrypted: use a private network or a tunnel. It blocks
+    /// until the reply: run it on a thread of its own when this process is also the receiver.
     pub fn migrate(
         &mut self,
         container_id: &str,

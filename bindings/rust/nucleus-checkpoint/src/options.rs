@@ -213,6 +213,18 @@ impl Options {
         self.set(|o| unsafe { sys::nc_options_set_reply_timeout_ms(o, ms) })
     }
 
+    /// [`crate::Runtime::migrate`] signed with [`Signing::ED25519`]: the receiver's own public
+    /// key, the text of its public key file ([`crate::public_key`] there, or `keygen --ed25519
+    /// --public-key-out`), whose proofs its answers must carry (the README's "Answers"). A
+    /// receiver greeting with another key is refused with `Status::INTEGRITY` before anything is
+    /// dumped; this key need not be trusted here. Text that is no public key: `Status::KEY`, and
+    /// none is set. `None` (the default): any key this host trusts may answer. Since 0.3.
+    pub fn receiver_key(&mut self, public_key_text: Option<&str>) -> Result<&mut Self> {
+        let text = public_key_text.map(|s| args::text("receiver_key", s)).transpose()?;
+        // SAFETY: live handle; NULL or a C string.
+        self.set(|o| unsafe { sys::nc_options_set_receiver_key(o, opt_ptr(&text)) })
+    }
+
     /// Restore: the container's rootfs, an absolute path (`--root`); `None`: the recorded one.
     pub fn root(&mut self, path: Option<&Path>) -> Result<&mut Self> {
         let path = path.map(|p| args::path("root", p)).transpose()?;

@@ -8,10 +8,11 @@
 //! moved as one chain stream, whole or without the layer a receiver holds, and restored from the
 //! new store, and bad chain streams refused; registry arguments; and migrations of a
 //! counter in a PID namespace of its own, the receiver on one thread and the source on another:
-//! one over loopback TCP that the receiver restores, one over a socket pair that a receiver
-//! trusting no key refuses, so that the source resumes, and one cut right after the commit, which
-//! runs on the receiver (`source_told` false) and stays stopped at the source; and one post-copy,
-//! whose memory follows the tree through the page stream.
+//! one over loopback TCP, signed with Ed25519 and pinned to the receiver's key, that the receiver
+//! restores; over a socket pair, ones the source refuses (a receiver it does not trust, or not the
+//! one given) or a receiver trusting no key refuses, so that the source resumes; and one cut right
+//! after the commit, which runs on the receiver (`source_told` false) and stays stopped at the
+//! source; and one post-copy, whose memory follows the tree through the page stream.
 //!
 //! Run by tests/rust_binding_test.sh, which sets NC_RUST_TEST_DIR (a private folder under
 //! /var/tmp/nucleus-checkpoint-tests), NUCLEUS_CHECKPOINT_HMAC_KEY_FILE (in a 0700 folder) and
@@ -1004,6 +1005,11 @@ fn migration_with_real_criu() {
     let _serial = serial();
     become_subreaper();
     let work = fresh("migration");
+    // Signed with Ed25519, the receiver pinned: this process is both ends, so the receiver's key is
+    // the source's own.
+    let _keys = KeyStoreAt::new(&private_dir(&work, "keys"));
+    keygen_ed25519().unwrap();
+    let key = public_key().unwrap();
     let (counter, store, out) = (ContainedCounter::start(&work), private_dir(&work, "store"), work.join("out"));
     let parent = &counter.parent;
     let mut rt = Runtime::new().unwrap();
@@ -1016,7 +1022,7 @@ fn migration_with_real_criu() {
     // Loopback TCP: the receiver accepts on its thread, the source connects on this one.
     let (conn, receiver) = receive_over_loopback(store.clone());
     let mut opts = Options::new().unwrap();
-    opts.reply_timeout_ms(120_000).unwrap();
+    opts.reply_timeout_ms(120_000).unwrap().signing(Signing::ED25519).unwrap().receiver_key(Some(&key.text)).unwrap();
     let start = Instant::now();
     let report = rt.migrate("rust-migrate", counter.pid, &out, &conn, Some(&opts));
     let elapsed = start.elapsed();
@@ -1034,6 +1040,7 @@ fn migration_with_real_criu() {
     let expected_reply = format!("{{\"ok\":true,\"pid\":{},\"dir\":\"{}\",", received.pid, report.restored_dir.display());
     assert!(received.reply.starts_with(&expected_reply), "reply {:?}", received.reply);
     assert!(received.source_told, "the source confirmed, yet source_told is false");
+    assert_eq!(report.receiver_key_id, key.key_id, "the receiver's answers proven by the key given");
     verify(&report.restored_dir).expect("the received folder verifies");
     verify(&out).expect("the source's folder verifies");
 
@@ -1079,6 +1086,7 @@ fn post_copy_migration_with_real_criu() {
     // tree's may be in before its "ok".)
     assert!(report.pages_sent >= MEMORY_MIB * 256 / 2, "{:?}", report);
     assert!(report.restored_pid > 0 && report.restored_pid == received.pid && received.source_told, "{:?}", received);
+    assert!(report.receiver_key_id.is_empty(), "HMAC-signed, yet answers proven by an Ed25519 key: {:?}", report);
     counts_on_there(&counter, report.restored_pid);
 }
 
@@ -1089,8 +1097,14 @@ fn migration_refused_by_either_side() {
     let work = fresh("migration-refused");
     // First the source refuses: it signs with Ed25519 and does not trust the key the receiver
     // (this process, at the same time) proves its answers with, so it could not tell the
-    // receiver's "ok" from a forged one; nothing is dumped. Then the receiver refuses: the source
-    // signs with HMAC and the receiver accepts Ed25519 signatures only.
+    // receiver's "ok" from a forged one; nothing is dumped. So it refuses when given another key
+    // as the receiver's (text that is no key is refused as it is set). Then the receiver refuses:
+    // the source signs with HMAC and the receiver accepts Ed25519 signatures only.
+    let other_key = {
+        let _other = KeyStoreAt::new(&private_dir(&work, "other-keys"));
+        keygen_ed25519().unwrap();
+        public_key().unwrap().text
+    };
     let keys = private_dir(&work, "keys");
     let _keys = KeyStoreAt::new(&keys);
     keygen_ed25519().unwrap();
@@ -1099,15 +1113,21 @@ fn migration_refused_by_either_side() {
     let parent = &counter.parent;
     let mut ed25519 = Options::new().unwrap();
     ed25519.signing(Signing::ED25519).unwrap();
-    for (label, opts, signers, said, receiver_status) in [
-        ("an untrusted receiver", Some(&ed25519), "any", "does not trust", Status::IO),
-        ("a receiver refusing HMAC", None, "ed25519", "the receiver did not restore", Status::INTEGRITY),
+    let mut pinned = Options::new().unwrap();
+    pinned.signing(Signing::ED25519).unwrap();
+    let half_a_key = &other_key[..other_key.len() / 2];
+    expect_err(pinned.receiver_key(Some(half_a_key)), Status::KEY, "nc_options_set_receiver_key");
+    pinned.receiver_key(Some(&other_key)).unwrap();
+    for (label, opts, out, signers, said, receiver_status) in [
+        ("an untrusted receiver", Some(&ed25519), "out-untrusted", "any", "does not trust", Status::IO),
+        ("not the receiver given", Some(&pinned), "out-pinned", "any", "not with the receiver's key given", Status::IO),
+        ("a receiver refusing HMAC", None, "out-hmac", "ed25519", "the receiver did not restore", Status::INTEGRITY),
     ] {
         env::set_var("NUCLEUS_CHECKPOINT_SIGNERS", signers);
         let (source, receiving) = UnixStream::pair().unwrap();
         let receiver = receive_on(move || receiving, store.clone());
         let mut rt = Runtime::new().unwrap();
-        let migrated = rt.migrate("rust-refused", counter.pid, work.join(format!("out-{}", signers)), &source, opts);
+        let migrated = rt.migrate("rust-refused", counter.pid, work.join(out), &source, opts);
         drop(source); // the receiver, reading what is left of the stream, sees its end
         let received = receiver.join().expect("the receiving thread");
         env::remove_var("NUCLEUS_CHECKPOINT_SIGNERS");
