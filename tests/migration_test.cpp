@@ -477,6 +477,18 @@ TEST_CASE_METHOD(Fixture, "a receiver that stops reading the stream does not hol
   CHECK(counts_on(tree));
 }
 
+TEST_CASE_METHOD(Fixture, "a receiver key without Ed25519 signing is refused before anything is dumped", "[migrate]") {
+  Child child;
+  MigrateOptions options;
+  options.receiver_key = Ed25519SecretKey::generate().public_key();  // with HMAC signing, the default
+  const auto error = error_of([&] { migrate(*rt, container("m1", child.pid()), work_dir, here.get(), options); });
+  REQUIRE(error.has_value());
+  CHECK(error->status() == Status::invalid);
+  CHECK(contains(error->what(), "sign with Ed25519 (--sign ed25519)"));
+  CHECK_FALSE(fs::exists(work_dir));
+  CHECK(process_state(child.pid()) != 'T');
+}
+
 TEST_CASE_METHOD(Fixture, "a descriptor that is not a socket is refused before anything is dumped", "[migrate]") {
   Child child;
   int fds[2];

@@ -583,7 +583,8 @@ struct Relay {
     std::string answer(sizeof(Iov) + page, '\x5a');
     const Iov header{6 | (4 << 16), 0, 1, asked.vaddr, asked.dst_id};
     std::memcpy(answer.data(), &header, sizeof header);
-    REQUIRE(::write(criu.first.get(), answer.data(), answer.size()) == static_cast<ssize_t>(answer.size()));
+    REQUIRE(::send(criu.first.get(), answer.data(), answer.size(), MSG_NOSIGNAL) ==
+            static_cast<ssize_t>(answer.size()));
     std::string received(answer.size(), '\0');
     REQUIRE(::recv(daemon.first.get(), received.data(), received.size(), MSG_WAITALL) ==
             static_cast<ssize_t>(received.size()));
@@ -610,6 +611,18 @@ TEST_CASE("post-copy: the receiver's stall bound runs only while pages are asked
   const auto failure = error_of([&] { relay.receiver.rethrow_failure(); });
   REQUIRE(failure);
   CHECK(contains(failure->what(), "sent nothing for 1 s while pages were asked for"));
+}
+
+TEST_CASE("post-copy: a source whose CRIU serves slowly does not take the receiver for idle", "[post-copy]") {
+  // 4 s of serving in all, beyond the source's bound (3 s): each request is owed until its answer
+  // is sent, and the receiver asks again as soon as it has it.
+  Relay relay(std::chrono::seconds(3), std::chrono::minutes(5));
+  for (std::uint64_t n = 0; n < 8; ++n) {
+    REQUIRE(relay.ask(n));
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // CRIU reading the pages
+    relay.serve();
+  }
+  CHECK_NOTHROW(relay.sender.rethrow_failure());
 }
 
 TEST_CASE("post-copy: a receiver that asks for its memory slowly for ever is cut off", "[post-copy]") {

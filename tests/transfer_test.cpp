@@ -943,7 +943,8 @@ TEST_CASE_METHOD(ChainFixture, "a stream cut in its second layer leaves the stor
 
 TEST_CASE_METHOD(ChainFixture, "a layer name that is not a plain folder name is refused", "[chain_transfer][security]") {
   ChainStream stream(exported(chains / "final"));
-  for (const std::string& name : std::vector<std::string>{"a/b", "..", ".", "../p0", std::string("p\0", 2)}) {
+  for (const std::string& name : std::vector<std::string>{"a/b", "..", ".", "../p0", std::string("p\0", 2),
+                                                          "p\x1b[2J", "p\n"}) {
     INFO(name);
     stream.table[0].name = name;
     refused(stream.bytes(), Status::integrity, "not a plain folder name");
@@ -951,6 +952,38 @@ TEST_CASE_METHOD(ChainFixture, "a layer name that is not a plain folder name is 
   CHECK_FALSE(fs::exists(tmp / "a"));
   stream.table[0].name = "p1";
   refused(stream.bytes(), Status::integrity, "names layer 'p1' twice");
+}
+
+TEST_CASE_METHOD(ChainFixture, "a chain whose layers lie in a folder others can change is not exported",
+                 "[chain_transfer][security]") {
+  // There, another user could put a layer of their own beside someone's checkpoint and name that one
+  // as its parent: the export would send it.
+  const fs::path shared = tmp / "shared";
+  make_private_dir(shared);
+  for (const char* layer : {"p0", "p1", "final"})
+    fs::copy(chains / layer, shared / layer, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  fs::permissions(shared, fs::perms::all);  // writable by anyone, no sticky bit
+  const fs::path out = tmp / "stream.out";
+  const UniqueFd fd(::open(out.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  const auto error = error_of([&] { export_chain(shared / "final", fd.get()); });
+  REQUIRE(error.has_value());
+  INFO(error->what());
+  CHECK(error->status() == Status::permission);
+  CHECK(contains(error->what(), shared.native()));
+  CHECK(fs::file_size(out) == 0);  // refused before a byte is written
+}
+
+TEST_CASE_METHOD(ChainFixture, "a chain store others can change is refused, even when every layer is held there",
+                 "[chain_transfer][security]") {
+  // Nothing of the stream would be written: the import would only verify, by name, layers another
+  // user can swap right after.
+  make_private_dir(store);
+  for (const char* layer : {"p0", "p1", "final"})
+    fs::copy(chains / layer, store / layer, fs::copy_options::recursive | fs::copy_options::copy_symlinks);
+  fs::permissions(store, fs::perms::all);  // writable by anyone, no sticky bit
+  refused(exported(chains / "final", {Compression::none, {sha_of(chains / "p0"), sha_of(chains / "p1"),
+                                                          sha_of(chains / "final")}}),
+          Status::permission, "can be changed by someone other than root");
 }
 
 TEST_CASE_METHOD(ChainFixture, "a folder of a layer's name with another signature is refused and left alone",

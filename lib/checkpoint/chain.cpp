@@ -38,8 +38,21 @@ bool is_sha256_hex(std::string_view hex) {
 UniqueFd containing_folder(int dir_fd, std::string_view shown, ChainUse use) {
   UniqueFd up(::openat(dir_fd, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!up) throw system_error(status_of_errno(errno), errno, fmt::format("cannot open the folder holding {}", shown));
-  // CRIU follows images/parent by name through this folder: only its owner may rename in it.
+  // CRIU, or an export, follows images/parent by name through this folder: only its owner may
+  // rename in it.
   if (use == ChainUse::criu_reads) require_private_dir(up.get(), fmt::format("holding {}", shown), "the folder");
+  if (use == ChainUse::exports) {
+    try {
+      require_private_dir(up.get(), fmt::format("holding {}", shown), "the folder");
+    } catch (const Error& e) {
+      throw Error(e.status(), fmt::format("the folder holding {} ({}) can be changed by other users, and an export "
+                                          "follows the chain's links by name there: one of them could name someone "
+                                          "else's checkpoint as a parent. Copy the chain into a folder of your own "
+                                          "and export the copy",
+                                          shown, std::filesystem::read_symlink(fmt::format("/proc/self/fd/{}", up.get()))
+                                                     .native()));
+    }
+  }
   return up;
 }
 
@@ -83,7 +96,7 @@ std::vector<ChainLayer> verify_chain(int dir_fd, std::string_view shown, const s
     }
     const bool linked = has_parent_link(current.get());
     // A signed folder that is no layer is verified alone; nothing of it need be parsed.
-    if (layers.empty() && !linked && use == ChainUse::signatures) {
+    if (layers.empty() && !linked && use != ChainUse::criu_reads) {
       layers.push_back({std::move(current), name, {}, {}});
       return layers;
     }

@@ -32,16 +32,19 @@ struct ChainLayer {
 // How a chain is checked beside its signatures. `criu_reads`: CRIU will follow the links by name
 // (a restore, or a dump on a parent), so each layer must be the caller's alone (require_private_tree,
 // no writer) and so must the folder holding them (nobody else can rename a sibling in or out).
-// `signatures`: signatures and links only.
-enum class ChainUse { signatures, criu_reads };
+// `exports`: the library itself follows the links by name and sends what it finds (export_chain),
+// so the folder holding the layers must be private (else its other users could put a layer of their
+// own beside another's checkpoint, and name that one as its parent). `signatures`: signatures and
+// links only.
+enum class ChainUse { signatures, exports, criu_reads };
 
 // Verifies the checkpoint at dir_fd (shown as `shown` in messages) with `verify_layer` (which
 // verifies one folder's signature, whatever its format), and if it is a layer, each parent in turn:
 // its link is the one its metadata names, the parent is the sibling folder of that name, and the
 // parent's checkpoint.hmac is the one the layer bound; a parent must be a pre-dump. At most
 // max_chain_layers layers; a folder met twice (a loop) is refused. Returns the layers, the given
-// one first (for `signatures`, a folder without a parent link is verified alone, its metadata not
-// read). Status::integrity for a chain that does not verify, naming the layer and what to do.
+// one first (but for `criu_reads`, a folder without a parent link is verified alone, its metadata
+// not read). Status::integrity for a chain that does not verify, naming the layer and what to do.
 std::vector<ChainLayer> verify_chain(int dir_fd, std::string_view shown, const std::function<void(int)>& verify_layer,
                                      ChainUse use);
 

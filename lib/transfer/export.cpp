@@ -107,7 +107,7 @@ void export_chain(const std::filesystem::path& layer, int fd, const ChainTransfe
   // The chain's structure (links as the metadata names them, parents bound, at most max_layers),
   // without a signature verified: the importer verifies every layer.
   std::vector<ChainLayer> layers = verify_chain(open_dir(dir, "checkpoint folder").get(), name, [](int) {},
-                                                ChainUse::signatures);
+                                                ChainUse::exports);
   std::reverse(layers.begin(), layers.end());  // oldest first
   std::vector<transfer::ChainEntry> table;
   for (ChainLayer& each : layers) {

@@ -144,6 +144,12 @@ std::string signed_parent_link(int layer_fd, const transfer::ChainEntry& layer, 
   return parent_link_target(metadata.chain->parent);
 }
 
+// Whether two descriptors are open on the same file.
+bool same_file(int a, int b) {
+  struct stat sa {}, sb {};
+  return ::fstat(a, &sa) == 0 && ::fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 // Removes a layer this import committed, if its name still holds the folder made.
 void remove_committed(const CheckpointDir& layer) noexcept {
   struct stat named {}, held {};
@@ -163,12 +169,24 @@ std::filesystem::path import_chain_with(transfer::StreamReader& in, const std::f
   in.read(payload.data(), payload.size(), "the chain's table");
   const std::vector<transfer::ChainEntry> table = transfer::decode_chain_table(payload);
   const UniqueFd store_fd = open_or_create_dir(store_dir, 0700, "chain store folder");
+  // The store is read by name (held layers, the chain verified at the end): only root or this user
+  // may change it, or what is verified is not what stays.
+  const std::filesystem::path real_store = std::filesystem::read_symlink(fmt::format("/proc/self/fd/{}", store_fd.get()));
+  if (const auto dir = folder_others_can_change(real_store / table.back().name))
+    throw Error(Status::permission, fmt::format("the chain store {} can be changed by someone other than root ({}), "
+                                                "who could swap its layers once verified; import into a folder only "
+                                                "root can change",
+                                                real_store.native(), dir->native()));
   check_store(store_fd.get(), store_dir, table);
 
   for (std::size_t i = 0; i < table.size(); ++i) {
     const transfer::ChainEntry& layer = table[i];
     if (!layer.sent) continue;
     CheckpointDir staging = CheckpointDir::prepare(store_dir / layer.name, CheckpointDir::Start::empty);
+    if (!same_file(staging.parent(), store_fd.get()))
+      throw Error(Status::permission, fmt::format("the chain store {} was replaced while the chain was imported (a "
+                                                  "symlink on its path changed?); give its real path",
+                                                  store_dir.native()));
     // The parent link the signature must cover: to the layer before, as the table names it.
     std::optional<std::pair<std::string, std::string>> link;
     if (i > 0) link.emplace(parent_link_path, parent_link_target(table[i - 1].name));
@@ -196,7 +214,11 @@ std::filesystem::path import_chain_with(transfer::StreamReader& in, const std::f
   const std::vector<ChainLayer> verified = verify_chain(
       open_dir_at(store_fd.get(), newest, "chain layer").get(), (store_dir / newest).native(),
       [&](int fd) { HmacTree::verify(fd, store); }, ChainUse::signatures);
-  // The newest was opened by its name; each parent must be the entry before it.
+  // The newest was opened by its name: it must be the table's, and each parent the entry before it.
+  if (signature_sha256(verified.front().dir.get()) != table.back().signature_sha256)
+    throw integrity(fmt::format("the chain's newest layer {} in the store is not the one the stream names; nothing "
+                                "was imported",
+                                (store_dir / newest).native()));
   for (std::size_t i = 1; i < table.size(); ++i)
     if (i >= verified.size() || verified[i].name != table[table.size() - 1 - i].name)
       throw integrity(fmt::format("the chain of {} in the store is not the one the stream names (at layer '{}'); "

@@ -521,6 +521,10 @@ MigrationReport migrate(CriuRuntime& runtime, const ContainerInfo& container, co
                         int connected_fd, const MigrateOptions& options) {
   require_socket(connected_fd, "migrate");
   if (options.reply_timeout.count() <= 0) throw Error(Status::invalid, "migrate: the reply timeout must be positive");
+  if (options.receiver_key && options.criu.signing != SignatureKind::ed25519)
+    throw Error(Status::invalid, "migrate: a receiver key (--receiver-key, nc_options_set_receiver_key) pins the key "
+                                 "that proves an Ed25519 migration's answers; sign with Ed25519 (--sign ed25519), or "
+                                 "leave it out: with HMAC the shared key proves them");
   if (options.post_copy) {
     require_lazy_page_server();
     require_own_pid_namespace(container.pid);

@@ -139,6 +139,7 @@ class PendingRequests {
   void push(const RawIov& iov) {
     const std::lock_guard lock(mutex_);
     queue_.push_back({iov, Clock::now()});
+    ++unanswered_;
     ready_.notify_one();
   }
   // The oldest; waits for one unless `wait` is false; nothing once stopped and empty.
@@ -148,8 +149,13 @@ class PendingRequests {
     if (queue_.empty()) return std::nullopt;
     const RawIov iov = queue_.front().iov;
     queue_.pop_front();
-    if (queue_.empty()) drained_ = Clock::now();
     return iov;
+  }
+  // The source: the answer to the oldest request taken is sent. Until then it is owed, however long
+  // CRIU and the network take over it.
+  void answered() {
+    const std::lock_guard lock(mutex_);
+    if (unanswered_ > 0 && --unanswered_ == 0) drained_ = Clock::now();
   }
   // When the oldest was pushed, if there is one.
   std::optional<Clock::time_point> oldest_since() {
@@ -157,10 +163,10 @@ class PendingRequests {
     if (queue_.empty()) return std::nullopt;
     return queue_.front().since;
   }
-  // Since when none has waited, if none does.
+  // The source: since when it has owed no answer, if it owes none.
   std::optional<Clock::time_point> drained_since() {
     const std::lock_guard lock(mutex_);
-    if (!queue_.empty()) return std::nullopt;
+    if (unanswered_ > 0) return std::nullopt;
     return drained_;
   }
   void stop() {
@@ -177,6 +183,7 @@ class PendingRequests {
   std::mutex mutex_;
   std::condition_variable ready_;
   std::deque<Pending> queue_;
+  std::size_t unanswered_ = 0;  // pushed, and not yet answered()
   Clock::time_point drained_ = Clock::now();
   bool stopped_ = false;
 };
@@ -478,6 +485,7 @@ void PageSender::start(LazyExtents lazy) {
         const auto prefix = static_cast<std::uint32_t>(sealed_length);
         std::memcpy(sealed.data(), &prefix, 4);
         send_net(sealed.data(), 4 + sealed_length);
+        pending->answered();
         ++stats_.messages;
         if (tag == crypto_secretstream_xchacha20poly1305_TAG_FINAL) return writer_done();
       }

@@ -100,12 +100,16 @@ std::vector<ChainEntry> decode_chain_table(std::string_view payload) {
       throw integrity("the chain stream's table of layers is malformed (an entry is cut short or its first byte is "
                       "neither 0 nor 1); nothing was imported");
     const std::string_view name = payload.substr(head, name_size);
-    if (!is_plain_name(name))
+    // The newest layer's name is the stream's word alone (each parent's, its child's signed one):
+    // it names a folder made here and shown, so no control character either.
+    if (!is_plain_name(name) ||
+        std::any_of(name.begin(), name.end(), [](char c) { return (c >= 0 && c < 0x20) || c == 0x7f; }))
       throw integrity(fmt::format("the chain stream names layer '{}', which is not a plain folder name (UTF-8, 1 to "
-                                  "255 bytes, no '/' or NUL, not '.' or '..'); nothing was imported",
+                                  "255 bytes, no '/', NUL or control character, not '.' or '..'); nothing was "
+                                  "imported",
                                   printable(name)));
     if (!names.emplace(name).second)
-      throw integrity(fmt::format("the chain stream names layer '{}' twice; nothing was imported", name));
+      throw integrity(fmt::format("the chain stream names layer '{}' twice; nothing was imported", printable(name)));
     const auto* sha = reinterpret_cast<const unsigned char*>(payload.data() + 1);
     layers.push_back({std::string(name), to_lower_hex({sha, 32}), payload[0] == 1});
     payload.remove_prefix(head + name_size);
