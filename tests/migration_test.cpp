@@ -86,6 +86,13 @@ struct Fixture {
     reconnect();
   }
 
+  // Another attempt in the same case: no checkpoint on either side, a new connection.
+  void next_attempt() {
+    fs::remove_all(work_dir);
+    fs::remove_all(tmp / "received");
+    reconnect();
+  }
+
   void reconnect() {
     int fds[2];
     REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
@@ -192,9 +199,7 @@ TEST_CASE_METHOD(Fixture, "no reply, or one that is not a receiver's, resumes th
     CHECK(error->status() == Status::io);
     CHECK(script.commit_seen.empty());
     CHECK(counts_on(tree));
-    fs::remove_all(work_dir);
-    fs::remove_all(tmp / "received");
-    reconnect();
+    next_attempt();
   }
 }
 
@@ -259,9 +264,7 @@ TEST_CASE_METHOD(Fixture, "answers not proven by the receiver on this connection
       CHECK(error->status() == Status::unconfirmed);
       CHECK(stays_stopped(tree));
     }
-    fs::remove_all(work_dir);
-    fs::remove_all(tmp / "received");
-    reconnect();
+    next_attempt();
   }
 }
 
@@ -413,9 +416,7 @@ TEST_CASE_METHOD(Fixture, "no answer after the commit leaves the tree stopped, n
     CHECK(contains(error->what(), fmt::format("root PID {}", tree.pid())));
     CHECK(contains(error->what(), "/srv/m/c1"));
     CHECK(stays_stopped(tree));
-    fs::remove_all(work_dir);
-    fs::remove_all(tmp / "received");
-    reconnect();
+    next_attempt();
   }
 }
 
@@ -445,9 +446,7 @@ TEST_CASE_METHOD(Fixture, "a source that dies after its commit leaves its tree s
     ::waitpid(source, nullptr, 0);
     INFO("died " << (after_commit ? "after" : "before") << " its commit");
     CHECK((after_commit ? stays_stopped(tree) : counts_on(tree)));
-    fs::remove_all(work_dir);
-    fs::remove_all(tmp / "received");
-    reconnect();
+    next_attempt();
   }
 }
 

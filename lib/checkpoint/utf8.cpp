@@ -88,7 +88,7 @@ std::string printable(std::string_view s, bool terminal) {
         else if (c == '\n') out += "\\n";
         else if (c == '\r') out += "\\r";
         else if (c == '\t') out += "\\t";
-        else if (c < 0x20 || c == 0x7f) out += fmt::format("\\x{:02x}", c);
+        else if (is_ascii_control(c)) out += fmt::format("\\x{:02x}", c);
         else if ((c >= 0x80 && c <= 0x9f) || is_bidi_control(c)) out += fmt::format("\\u{:04x}", c);
         else out += sequence;
       });

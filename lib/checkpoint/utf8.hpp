@@ -2,12 +2,15 @@
 // decides which names the seed's checkpoint walk accepts and what metadata.json may hold.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
 namespace nucleus::checkpoint {
 
 bool is_valid_utf8(std::string_view s) noexcept;
+// A C0 control or DEL: what a terminal acts on within ASCII.
+constexpr bool is_ascii_control(std::uint32_t c) noexcept { return c < 0x20 || c == 0x7f; }
 // s with every byte that does not start a valid sequence replaced by U+FFFD.
 std::string to_valid_utf8(std::string_view s);
 // Text from a checkpoint folder, CRIU or an error message, fit to show: bytes that are not UTF-8

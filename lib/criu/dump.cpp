@@ -129,10 +129,9 @@ std::vector<ChainLayer> verified_parents(const CheckpointDir& cd, const fs::path
                                          const std::function<void(int)>& verify_layer) {
   const std::string name = parent.filename().native();
   const auto beside = [&] {
-    const struct stat there = stat_fd(open_dir(parent.parent_path().empty() ? "." : parent.parent_path(),
-                                               "parent checkpoint's folder").get(), "parent checkpoint's folder");
-    const struct stat here = stat_fd(cd.parent(), "checkpoint's folder");
-    return there.st_dev == here.st_dev && there.st_ino == here.st_ino;
+    return same_file(open_dir(parent.parent_path().empty() ? "." : parent.parent_path(), "parent checkpoint's folder")
+                         .get(),
+                     cd.parent());
   };
   if (!is_plain_name(name) || !beside())
     throw Error(Status::invalid, fmt::format("parent checkpoint {} must be a folder beside the new checkpoint {} (in "

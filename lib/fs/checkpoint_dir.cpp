@@ -88,9 +88,17 @@ CheckpointDir::~CheckpointDir() {
 void CheckpointDir::discard() const noexcept {
   // Only while it is still the staging folder: once renamed into place it is the checkpoint (a
   // guardian acting for a caller that died right after commit must leave it).
-  if (!parent_ || staging_name_.empty() || !same_folder(parent_.get(), staging_name_, dir_.get())) return;
+  if (!staging_name_.empty()) remove_if_named(staging_name_);
+}
+
+void CheckpointDir::withdraw() const noexcept {
+  if (committed_) remove_if_named(target_name_);
+}
+
+void CheckpointDir::remove_if_named(const std::string& name) const noexcept {
+  if (!parent_ || !same_folder(parent_.get(), name, dir_.get())) return;
   remove_contents(dir_.get());
-  ::unlinkat(parent_.get(), staging_name_.c_str(), AT_REMOVEDIR);
+  ::unlinkat(parent_.get(), name.c_str(), AT_REMOVEDIR);
 }
 
 void CheckpointDir::commit() {

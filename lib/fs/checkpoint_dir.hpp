@@ -40,8 +40,12 @@ class CheckpointDir {
   // Removes the staging folder (as the destructor does unless committed) if its name still holds
   // the folder created, iteratively and never onto another file system; never the committed one.
   void discard() const noexcept;
+  // Removes the committed checkpoint again (a chain import that failed after it), likewise only
+  // if its name still holds the folder created.
+  void withdraw() const noexcept;
 
  private:
+  void remove_if_named(const std::string& name) const noexcept;
   CheckpointDir() = default;
   std::filesystem::path target_;
   UniqueFd parent_, dir_, images_;

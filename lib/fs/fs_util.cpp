@@ -53,6 +53,11 @@ constexpr int dir_flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
 
 }  // namespace
 
+bool same_file(int a, int b) noexcept {
+  struct stat sa {}, sb {};
+  return ::fstat(a, &sa) == 0 && ::fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
 std::optional<std::filesystem::path> folder_others_can_change(const std::filesystem::path& real_path) {
   const auto trusted_owner = [](const struct stat& st) { return st.st_uid == 0 || st.st_uid == ::geteuid(); };
   std::filesystem::path child = real_path;

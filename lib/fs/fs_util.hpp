@@ -26,6 +26,9 @@ Error system_error(Status status, int err, std::string_view what);
 // The status an errno stands for: ENOENT -> not_found, EACCES/EPERM -> permission, else io.
 Status status_of_errno(int err) noexcept;
 
+// Whether two descriptors are open on the same file (false if either cannot be examined).
+bool same_file(int a, int b) noexcept;
+
 // The first folder above `real_path` (an absolute path without symlinks) that someone other than
 // root or the effective uid could change: owned by another user, writable by group or others
 // without the sticky bit, or owned by another user inside a sticky one. Such a folder lets its

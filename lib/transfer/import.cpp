@@ -144,22 +144,6 @@ std::string signed_parent_link(int layer_fd, const transfer::ChainEntry& layer, 
   return parent_link_target(metadata.chain->parent);
 }
 
-// Whether two descriptors are open on the same file.
-bool same_file(int a, int b) {
-  struct stat sa {}, sb {};
-  return ::fstat(a, &sa) == 0 && ::fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
-}
-
-// Removes a layer this import committed, if its name still holds the folder made.
-void remove_committed(const CheckpointDir& layer) noexcept {
-  struct stat named {}, held {};
-  if (::fstatat(layer.parent(), layer.target_name().c_str(), &named, AT_SYMLINK_NOFOLLOW) != 0 ||
-      ::fstat(layer.dir(), &held) != 0 || named.st_dev != held.st_dev || named.st_ino != held.st_ino)
-    return;
-  remove_contents(layer.dir());
-  ::unlinkat(layer.parent(), layer.target_name().c_str(), AT_REMOVEDIR);
-}
-
 std::filesystem::path import_chain_with(transfer::StreamReader& in, const std::filesystem::path& store_dir,
                                         const KeyStore& store, std::vector<CheckpointDir>& committed) {
   const transfer::FrameHeader head = in.next("the chain's table");
@@ -235,7 +219,7 @@ std::filesystem::path import_chain(int fd, const std::filesystem::path& store_di
   try {
     return import_chain_with(in, store_dir, store, committed);
   } catch (...) {
-    for (auto it = committed.rbegin(); it != committed.rend(); ++it) remove_committed(*it);
+    for (auto it = committed.rbegin(); it != committed.rend(); ++it) it->withdraw();
     throw;
   }
 }

@@ -93,25 +93,14 @@ std::uint64_t bytes_acked(int fd) {
   return info.tcpi_bytes_acked;
 }
 
-// Waits until fd is readable or the deadline passes; false at the deadline.
-bool readable_by(int fd, Clock::time_point deadline) {
-  for (;;) {
-    const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return false;
-    pollfd p{fd, POLLIN, 0};
-    const int n = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 60'000)));
-    if (n > 0) return true;
-    if (n < 0 && errno != EINTR) throw system_error(Status::io, errno, "cannot wait for the connection");
-  }
-}
-
 // The other end's next line, read until its newline (bounded in size and time). `peer` names it
 // ("the receiver"), `late` says what to do when it is late.
 std::string read_reply(int fd, Clock::time_point deadline, std::string_view peer, std::string_view late) {
   std::string line;
   char buf[4096];
   for (;;) {
-    if (!readable_by(fd, deadline)) throw Error(Status::io, fmt::format("{} did not answer in time ({})", peer, late));
+    if (!transfer::readable_by(fd, deadline))
+      throw Error(Status::io, fmt::format("{} did not answer in time ({})", peer, late));
     // Looked at first, then taken up to the newline only: a post-copy page stream follows it.
     ssize_t n = ::recv(fd, buf, sizeof buf, MSG_PEEK);
     if (n < 0 && errno == EINTR) continue;
@@ -179,7 +168,7 @@ std::optional<Error> refusal_in(const rapidjson::Document& reply) {
   if (ok == reply.MemberEnd() || !ok->value.IsBool() || ok->value.GetBool()) return std::nullopt;
   const std::uint64_t status = member_u64(reply, "status");
   std::string error = member_string(reply, "error");
-  std::replace_if(error.begin(), error.end(), [](char c) { return (c >= 0 && c < 0x20) || c == 0x7f; }, '?');
+  std::replace_if(error.begin(), error.end(), [](unsigned char c) { return is_ascii_control(c); }, '?');
   if (reply.HasMember(unproven_member))
     error += " (a refusal the receiver did not prove: it may come from anyone on the path, and the tree resumed)";
   // Unconfirmed is the source's own verdict: a receiver's refusal means the tree did not run there.
@@ -457,7 +446,7 @@ void drain(int fd) noexcept {
   const Clock::time_point deadline = Clock::now() + drain_time;
   char buf[65536];
   try {
-    while (readable_by(fd, deadline)) {
+    while (transfer::readable_by(fd, deadline)) {
       const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
       if (n == 0 || (n < 0 && errno != EINTR)) return;
     }
@@ -677,7 +666,7 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
                                        "host's nucleus-checkpoint");
     nonces.source = nonce_in(parse_reply(source_hello, "the source"), "the source");
     // The source dumps once it has the nonce: the import is timed from the stream's first bytes.
-    if (!readable_by(connected_fd, Clock::now() + stream_timeout))
+    if (!transfer::readable_by(connected_fd, Clock::now() + stream_timeout))
       throw Error(Status::io, fmt::format("the source sent no stream within {} s of the greeting (does its dump take "
                                           "longer? raise the stream timeout)",
                                           std::chrono::duration_cast<std::chrono::seconds>(stream_timeout).count()));

@@ -22,6 +22,7 @@
 #include "fs/fs_util.hpp"
 #include "signature/hex.hpp"
 #include "signature/sodium.hpp"
+#include "transfer/transfer_stream.hpp"
 
 namespace nucleus::checkpoint::transfer {
 
@@ -187,18 +188,6 @@ class PendingRequests {
   Clock::time_point drained_ = Clock::now();
   bool stopped_ = false;
 };
-
-// Whether fd has something to read (or its end) by `deadline`.
-bool readable_by(int fd, Clock::time_point deadline) {
-  for (;;) {
-    const auto wait = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    pollfd pfd{fd, POLLIN, 0};
-    const int n = ::poll(&pfd, 1, static_cast<int>(std::clamp<long long>(wait, 0, 0x7fffffff)));
-    if (n > 0) return true;
-    if (n == 0) return false;
-    if (errno != EINTR) throw system_error(Status::io, errno, "cannot wait for the other host");
-  }
-}
 
 // Waits until fd has something to read (or its end). While a request waits for its answer, for
 // `stall` at most after it was made or after `last_answer`, whichever is later; without a limit

@@ -103,7 +103,7 @@ std::vector<ChainEntry> decode_chain_table(std::string_view payload) {
     // The newest layer's name is the stream's word alone (each parent's, its child's signed one):
     // it names a folder made here and shown, so no control character either.
     if (!is_plain_name(name) ||
-        std::any_of(name.begin(), name.end(), [](char c) { return (c >= 0 && c < 0x20) || c == 0x7f; }))
+        std::any_of(name.begin(), name.end(), [](unsigned char c) { return is_ascii_control(c); }))
       throw integrity(fmt::format("the chain stream names layer '{}', which is not a plain folder name (UTF-8, 1 to "
                                   "255 bytes, no '/', NUL or control character, not '.' or '..'); nothing was "
                                   "imported",
@@ -139,6 +139,18 @@ SigpipeBlock::~SigpipeBlock() {
     }
   }
   if (!was_blocked_) pthread_sigmask(SIG_UNBLOCK, &pipe_only, nullptr);
+}
+
+bool readable_by(int fd, std::chrono::steady_clock::time_point deadline) {
+  for (;;) {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0) return false;
+    pollfd p{fd, POLLIN, 0};
+    const int n = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 60'000)));
+    if (n > 0) return true;
+    if (n < 0 && errno != EINTR) throw system_error(Status::io, errno, "cannot wait for the other host");
+  }
 }
 
 StreamWriter::StreamWriter(int fd, Compression compression, StreamKind kind, std::chrono::milliseconds stall_timeout)

@@ -136,6 +136,9 @@ class SigpipeBlock {
   bool was_pending_ = false, was_blocked_ = false;
 };
 
+// Waits until fd has something to read (or its end); false once `deadline` passes first.
+bool readable_by(int fd, std::chrono::steady_clock::time_point deadline);
+
 // export_checkpoint (nucleus/checkpoint/transfer.hpp) to a socket whose reader may stall: see StreamWriter.
 void export_checkpoint(const std::filesystem::path& dir, int fd, const TransferOptions& options,
                        std::chrono::milliseconds stall_timeout);
