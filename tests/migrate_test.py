@@ -192,6 +192,17 @@ def proxy(h, port, target_port, mode, at):
     return proc
 
 
+def collect(proc):
+    """The output of a helper that should be ending; killed, its output kept, if still running after a minute
+    (a step before it failed), so that the steps after it still run and report."""
+    try:
+        return proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return out, (err or "") + "\n(killed: still running after 60 s)"
+
+
 def stop(proc):
     """Waits a little for a helper that should be ending, then kills it."""
     try:
@@ -210,6 +221,11 @@ def c_migrate(h, pid, to, name, *extra):
     """`migrate send` (the C example) in host h."""
     return subprocess.run(in_host(h, c_example, "send", str(pid), to, os.path.join(store[h], name), *extra), env=env,
                           capture_output=True, text=True, timeout=180)
+
+
+def host_of(pid):
+    """The host whose network namespace pid is in (None: neither)."""
+    return next((h for h in "AB" if net_of(pid) == os.stat(f"/run/netns/{net[h]}").st_ino), None)
 
 
 def fields(text):
@@ -263,7 +279,7 @@ try:
     rx = receiver("B", 7001)
     px = proxy("B", 7101, 7001, "flip", 100000)
     r = migrate("A", pid, f"{addr['B']}:7101", "tampered")
-    out, _ = rx.communicate(timeout=60)
+    out, _ = collect(rx)
     err = result(r.stdout).get("error", "")
     check(r.returncode == 6 and "the receiver did not restore the tree" in err,
           "a flipped byte: the receiver refuses the stream (NC_E_INTEGRITY) and says so", r.stdout + r.stderr)
@@ -288,7 +304,7 @@ try:
     rx.wait(timeout=30)
     px.stdin.write("go\n")
     px.stdin.flush()
-    out, errs = mig.communicate(timeout=60)
+    out, errs = collect(mig)
     check(mig.returncode == 7 and result(out).get("status") == "NC_E_IO", "the receiver killed: migrate fails "
           "(NC_E_IO)", out + errs)
     check(stored("B") == [], "the receiver killed: nothing is committed on B", str(os.listdir(store["B"])))
@@ -314,7 +330,7 @@ try:
         left = os.listdir(store["B"])  # the killed receiver's staging folder above may be there
         rx = c_receiver("B", port, receiver_env)
         r = c_migrate("A", pid, f"{addr['B']}:{port}", name)
-        _, rx_err = rx.communicate(timeout=60)
+        _, rx_err = collect(rx)
         check(r.returncode == code and f"{status}: nc_migrate: the receiver did not restore the tree" in r.stderr,
               f"C, {label}: nc_migrate fails with the receiver's status ({status}) and says so", r.stdout + r.stderr)
         check(rx.returncode == code and f"{status}: nc_receive: " in rx_err, f"C, {label}: nc_receive fails ({status})",
@@ -337,7 +353,7 @@ try:
         before = len(counts())
         to = f"{addr[dst]}:{port}"
         r = (c_migrate if c_sends else migrate)(src, current, to, f"leg-{port}", *extra)
-        out, _ = rx.communicate(timeout=60)
+        out, _ = collect(rx)
         report = fields(r.stdout) if c_sends else result(r.stdout)
         got = result(fields(out).get("reply", "")) if c_receives else result(out)
         moved = report.get("restored_pid", 0)
@@ -354,7 +370,7 @@ try:
         check((fields(out).get("source_told") == 1) if c_receives else got.get("source_told") is True,
               f"{label}: the receiver says the source was told", out)
         check(wait_for(lambda: not alive(current)), f"{label}: the source is gone")
-        check(net_of(moved) == os.stat(f"/run/netns/{net[dst]}").st_ino, f"{label}: the tree runs in {dst}'s network")
+        check(host_of(moved) == dst, f"{label}: the tree runs in {dst}'s network")
         check(goes_on(moved) and len(counts()) > before, f"{label}: the count goes on in {dst}, in order",
               str(counts()[-20:]))
         reason = report.get("rounds_reason", "")  # this kernel's lack of soft-dirty tracking, or rounds not made yet
@@ -384,7 +400,7 @@ try:
         moved.append(result(r.stdout).get("restored_pid", 0))
         to_kill.append(moved[-1])
         check(r.returncode == 0 and moved[-1] > 0, f"--count 2: {name} migrated", r.stdout + r.stderr)
-    out, _ = rx.communicate(timeout=60)
+    out, _ = collect(rx)
     lines = [result(line) for line in out.splitlines()]
     check(rx.returncode == 0 and [line.get("pid") for line in lines] == moved,
           "--count 2: one receiver took both, reported one JSON line each, and exited", out)
@@ -409,8 +425,8 @@ try:
         px.stdin.flush()
         stop(px)
         os.kill(rx.pid, signal.SIGCONT)
-        out, errs = rx.communicate(timeout=60)
-        sent, _ = mig.communicate(timeout=60)
+        out, errs = collect(rx)
+        sent, _ = collect(mig)
         restored = fields(out).get("restored_pid", 0) if c_receives else result(out).get("pid", 0)
         if restored:
             to_kill.append(restored)
@@ -421,7 +437,7 @@ try:
               f"untold, {label}: the receiver says on stderr that the source's copy must be killed", errs)
         check(mig.returncode == 12 and result(sent).get("status") == "NC_E_UNCONFIRMED",
               f"untold, {label}: the source cannot confirm (NC_E_UNCONFIRMED)", sent)
-        check(restored > 0 and goes_on(restored) and net_of(restored) == os.stat(f"/run/netns/{net[dst]}").st_ino,
+        check(restored > 0 and goes_on(restored) and host_of(restored) == dst,
               f"untold, {label}: the tree runs in {dst}", str(counts()[-20:]))
         check(state(current) == "T", f"untold, {label}: the source's copy stays stopped in {src}", state(current))
         print(f"untold, {label}: {errs.strip()}")
@@ -436,12 +452,12 @@ try:
         if int(sysctl.read()) < 4194304:
             sysctl.seek(0)
             sysctl.write("4194304")
-    src = "A" if net_of(current) == os.stat(f"/run/netns/{net['A']}").st_ino else "B"
+    src = host_of(current)
     dst = "B" if src == "A" else "A"
     rx = c_receiver(dst, 7017)
     before = len(counts())
     r = c_migrate(src, current, f"{addr[dst]}:7017", "post-copy", "--post-copy")
-    out, _ = rx.communicate(timeout=60)
+    out, _ = collect(rx)
     report = fields(r.stdout)
     moved = report.get("restored_pid", 0)
     if moved:
@@ -451,13 +467,13 @@ try:
     check(report.get("pages_sent", 0) > 0 and "post_copy_ms" in report, "post-copy, C: the memory followed the "
           "tree through the page stream (pages_sent, post_copy_ms)", r.stdout)
     check(wait_for(lambda: not alive(current)), "post-copy, C: the source is gone")
-    check(moved > 0 and net_of(moved) == os.stat(f"/run/netns/{net[dst]}").st_ino and goes_on(moved) and
+    check(moved > 0 and host_of(moved) == dst and goes_on(moved) and
           len(counts()) > before, f"post-copy, C: the count goes on in {dst}, in order", str(counts()[-20:]))
     print(f"post-copy, C: {r.stdout.strip()}")
 
     # --- Ed25519, each host with a key of its own: the receiver proves its answers with its key,
     # which the source must trust. Not yet: refused before anything is dumped. Then there and back. ---
-    current = moved
+    current = moved or current  # the source's own tree, resumed, when post-copy failed
     host_env, public = {}, {}
     for h in "AB":
         keys = os.path.join(tmp, f"ed25519-{h}")
@@ -468,13 +484,13 @@ try:
         r = subprocess.run([cli, "--json", "keygen", "--ed25519", "--public-key-out", public[h]], env=host_env[h],
                            capture_output=True, text=True)
         check(r.returncode == 0, f"Ed25519: {h} makes its key", r.stdout + r.stderr)
-    src = dst
+    src = host_of(current)
     dst = "B" if src == "A" else "A"
     r = subprocess.run([cli, "--json", "trust", "add", public[src]], env=host_env[dst], capture_output=True, text=True)
     check(r.returncode == 0, f"Ed25519: {dst} trusts {src}'s key", r.stdout + r.stderr)
     rx = receiver(dst, 7018, host_env[dst])
     r = migrate(src, current, f"{addr[dst]}:7018", "ed25519-untrusted", "--sign", "ed25519", host_env=host_env[src])
-    rx.communicate(timeout=60)
+    collect(rx)
     check(r.returncode == 6 and result(r.stdout).get("status") == "NC_E_INTEGRITY" and
           "does not trust" in r.stdout and "trust add" in r.stdout and
           not os.path.exists(os.path.join(store[src], "ed25519-untrusted")),
@@ -487,7 +503,7 @@ try:
         before = len(counts())
         r = migrate(a, current, f"{addr[b]}:{port}", f"ed25519-{port}", "--sign", "ed25519", *pinned,
                     host_env=host_env[a])
-        out, _ = rx.communicate(timeout=60)
+        out, _ = collect(rx)
         moved = result(r.stdout).get("restored_pid", 0)
         if moved:
             to_kill.append(moved)

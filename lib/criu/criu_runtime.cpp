@@ -59,7 +59,12 @@ PrivateRunDir make_private_run_dir(const std::string& parent_path, std::string_v
   run.name = fmt::format("{}-{:08x}", prefix, randombytes_random());
   if (::mkdirat(run.parent.get(), run.name.c_str(), 0700) != 0)
     throw system_error(status_of_errno(errno), errno, fmt::format("cannot create {}", run.path()));
-  run.dir = open_dir_at(run.parent.get(), run.name, what);
+  try {
+    run.dir = open_dir_at(run.parent.get(), run.name, what);
+  } catch (const Error&) {
+    ::unlinkat(run.parent.get(), run.name.c_str(), AT_REMOVEDIR);  // out of descriptors, say: nothing left behind
+    throw;
+  }
   return run;
 }
 

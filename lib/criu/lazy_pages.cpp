@@ -345,22 +345,24 @@ void LazyPagesDaemon::hold(int root_pidfd) {
     if (result_ || !pidfd_) throw Error(Status::criu, failure("ended before the tree's memory was in"));
     pidfd = pidfd_.get();
   }
-  const UniqueFd fd_dir(::open(fmt::format("/proc/{}/fd", pid_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!fd_dir) {
-    const int error = errno;
-    // Ending as it is listed: done, when it has brought every page in.
+  try {
+    const UniqueFd fd_dir(::open(fmt::format("/proc/{}/fd", pid_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd_dir) throw system_error(Status::criu, errno, "cannot list CRIU lazy-pages daemon's descriptors");
+    for_each_name(fd_dir.get(), "CRIU lazy-pages daemon's descriptors", [&](std::string_view name) {
+      std::array<char, 64> target{};
+      const std::string fd(name);
+      if (::readlinkat(fd_dir.get(), fd.c_str(), target.data(), target.size() - 1) < 0 ||
+          std::string_view(target.data()) != "anon_inode:[userfaultfd]")
+        return;
+      UniqueFd copy(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, std::atoi(fd.c_str()), 0)));
+      if (copy) userfaultfds_.push_back(std::move(copy));
+    });
+  } catch (const Error&) {
+    // Ending while it is listed (its /proc folder goes at any step): done, when it brought every page in.
+    userfaultfds_.clear();
     if (exited_by(Clock::now() + std::chrono::seconds(5)) && result_->succeeded()) return;
-    throw system_error(Status::criu, error, "cannot list CRIU lazy-pages daemon's descriptors");
+    throw;
   }
-  for_each_name(fd_dir.get(), "CRIU lazy-pages daemon's descriptors", [&](std::string_view name) {
-    std::array<char, 64> target{};
-    const std::string fd(name);
-    if (::readlinkat(fd_dir.get(), fd.c_str(), target.data(), target.size() - 1) < 0 ||
-        std::string_view(target.data()) != "anon_inode:[userfaultfd]")
-      return;
-    UniqueFd copy(static_cast<int>(::syscall(SYS_pidfd_getfd, pidfd, std::atoi(fd.c_str()), 0)));
-    if (copy) userfaultfds_.push_back(std::move(copy));
-  });
   // Listed through its PID: still that process only if it has not ended meanwhile (or ended well).
   if (exited_by(Clock::now())) {
     userfaultfds_.clear();

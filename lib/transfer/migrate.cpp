@@ -724,18 +724,25 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
     received.tree = runtime.restore_tracked(received.dir, stopped, true, post_copy.has_value());
     restored.set(received.tree);
     received.restore_time = since(imported);
+    const auto killed_before_it_ran = [&](const Error& e, std::string_view why) {
+      give_up_tree();
+      return Error(e.status(), fmt::format("{}, so the restored tree was killed before it ran; the checkpoint stays "
+                                           "in {} ({})",
+                                           why, received.dir.native(), e.what()));
+    };
     try {
       if (post_copy) post_copy->daemon->hold(received.tree.pidfd);
+    } catch (const Error& e) {
+      throw killed_before_it_ran(e, "the restored tree could not be held while its memory follows it");
+    }
+    try {
       lines.write(answer(reply_line(std::nullopt, received, "ready")), "the answer to the source");
       const rapidjson::Document commit =
           parse_reply(lines.read(Clock::now() + commit_time, "the source", "it must commit at once"), "the source");
       if (!says(commit, "commit")) throw Error(Status::io, "the source's answer is not a commit");
       transfer::check_commit(key, nonces.receiver, signature_text, member_string(commit, "proof"), bound);
     } catch (const Error& e) {
-      give_up_tree();
-      throw Error(e.status(), fmt::format("the source did not commit the migration, so the restored tree was killed "
-                                          "before it ran; the checkpoint stays in {} ({})",
-                                          received.dir.native(), e.what()));
+      throw killed_before_it_ran(e, "the source did not commit the migration");
     }
     ProcessTree::open(received.tree.pid, received.tree.pidfd).signal(SIGCONT);
   } catch (const Error& e) {
