@@ -82,7 +82,7 @@ struct ChainFixture : Fixture {
     rt->checkpoint(container("chain", tree.pid()), chains / "p1", running());
     link_layer("p1", "p0", true);
     rt->checkpoint(container("chain", tree.pid()), chains / "final", false);
-    REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+    REQUIRE(wait_until([&] { return ended(tree.pid()); }));
     at_final = tree.count("parent");
     link_layer("final", "p1", false);
   }
@@ -123,7 +123,7 @@ TEST_CASE_METHOD(Fixture, "a pre-dump chain: pre-dump, pre-dump on it, final dum
   CriuOptions on_p1;
   on_p1.parent = chains / "p1";
   rt->checkpoint(container("chain", tree.pid()), chains / "final", on_p1);
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  REQUIRE(wait_until([&] { return ended(tree.pid()); }));
   const long at_final = tree.count("parent");
   // The first layer holds the 16 MiB; the second only what changed since.
   INFO("pages: p0 " << pages_bytes(chains / "p0") << ", p1 " << pages_bytes(chains / "p1") << ", final "

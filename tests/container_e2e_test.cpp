@@ -189,7 +189,7 @@ bool is_number(const std::string& s) {
 
 // Waits for a process this test may hold a pidfd for to be gone (reaping, as the subreaper).
 bool gone(pid_t pid, std::chrono::milliseconds limit = 10s) {
-  return wait_until([&] { reap_all(); return !is_alive(pid); }, limit);
+  return wait_until([&] { return ended(pid); }, limit);
 }
 
 // A pipe whose write end a restore hands to the tree as its stdout.

@@ -45,7 +45,7 @@ TEST_CASE_METHOD(Fixture, "a dumped tree is restored and runs on from where it s
   const pid_t pid = tree.pid();
   rt->checkpoint(container("e2e", pid), checkpoint, false);
   CHECK(rt->state() == CheckpointState::Dumped);
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));  // CRIU stopped the tree
+  REQUIRE(wait_until([&] { return ended(pid); }));  // CRIU stopped the tree
   const long parent_at_dump = tree.count("parent");
   const long child_at_dump = tree.count("child");
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
@@ -96,7 +96,7 @@ TEST_CASE_METHOD(Fixture, "a tampered image is refused and nothing is restored",
   CounterTree tree(tmp / "counter");
   const pid_t pid = tree.pid();
   rt->checkpoint(container("e2e", pid), checkpoint, false);
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));
+  REQUIRE(wait_until([&] { return ended(pid); }));
   const long at_dump = tree.count("parent");
   flip_byte(checkpoint / "images/pages-1.img", 64);
   try {
@@ -107,7 +107,7 @@ TEST_CASE_METHOD(Fixture, "a tampered image is refused and nothing is restored",
   }
   CHECK(rt->state() == CheckpointState::None);
   // What CRIU had made before the bad chunk reached it never ran, and is gone.
-  CHECK(wait_until([&] { reap_all(); return !is_alive(pid); }));
+  CHECK(wait_until([&] { return ended(pid); }));
   CHECK(tree.count("parent") == at_dump);
 }
 
@@ -138,7 +138,7 @@ TEST_CASE_METHOD(Fixture, "a dump signed in the seed format restores", "[e2e][si
   rt->checkpoint(container("e2e", pid), checkpoint, CriuOptions(), SignatureFormat::seed);
   REQUIRE(HmacTree::format_of(checkpoint) == SignatureFormat::seed);
   CHECK(HmacTree::compute(checkpoint, KeyStore().load()) == read_file(checkpoint / HmacTree::signature_file));
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));
+  REQUIRE(wait_until([&] { return ended(pid); }));
   CHECK(rt->restore(checkpoint) == pid);
   CHECK(is_alive(pid));
 }
@@ -202,7 +202,7 @@ TEST_CASE_METHOD(Fixture, "restore as the caller's child", "[e2e][options]") {
   CounterTree tree(tmp / "counter");
   const pid_t pid = tree.pid();
   rt->checkpoint(container("e2e", pid), checkpoint, false);
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));
+  REQUIRE(wait_until([&] { return ended(pid); }));
   CriuOptions o;
   o.restore_mode = RestoreMode::child;
   const pid_t restored = rt->restore(checkpoint, o);
@@ -264,7 +264,7 @@ TEST_CASE_METHOD(Fixture, "CRIU's notifications reach the caller's callback on i
     return true;
   };
   rt->checkpoint(container("notify", tree.pid()), checkpoint, options);
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  REQUIRE(wait_until([&] { return ended(tree.pid()); }));
   CHECK_FALSE(other_thread);
   const auto has = [&](CriuNotification what) {
     return std::any_of(seen.begin(), seen.end(), [&](const NotifyEvent& e) { return e.what == what; });
@@ -305,7 +305,7 @@ TEST_CASE_METHOD(Fixture, "a callback that throws at pre-resume: nothing restore
   CounterTree tree(tmp / "counter");
   const pid_t pid = tree.pid();
   rt->checkpoint(container("notify", pid), checkpoint, false);
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));
+  REQUIRE(wait_until([&] { return ended(pid); }));
   const long at_dump = tree.count("parent");
   CriuOptions options;
   bool asked = false;
@@ -325,7 +325,7 @@ TEST_CASE_METHOD(Fixture, "a callback that throws at pre-resume: nothing restore
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK(tree.count("parent") == at_dump);  // it never ran
   // The checkpoint is untouched and restores once the callback agrees.
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));
+  REQUIRE(wait_until([&] { return ended(pid); }));
   CHECK(rt->restore(checkpoint) == pid);
   CHECK(wait_until([&] { return tree.count("parent") > at_dump + 3; }));
 }
@@ -338,7 +338,7 @@ TEST_CASE_METHOD(Fixture, "checkpoints swapped between containers are refused by
   web_info.annotations = {{"generation", "7"}};
   rt->checkpoint(web_info, store / "web", false);
   rt->checkpoint(db_info, store / "db", false);
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(web.pid()) && !is_alive(db.pid()); }));
+  REQUIRE(wait_until([&] { return ended(web.pid()) && ended(db.pid()); }));
   fs::rename(store / "web", store / "tmp");
   fs::rename(store / "db", store / "web");
   fs::rename(store / "tmp", store / "db");
@@ -478,7 +478,7 @@ TEST_CASE("an Ed25519-signed dump restores, streamed, on a host holding only the
     KeyStore(receiver / "checkpoint-hmac.key").trust(public_key);
     CHECK(HmacTree::signer_of(checkpoint).key_id == public_key.id_hex());
   }
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));
+  REQUIRE(wait_until([&] { return ended(pid); }));
   const long at_dump = tree.count("parent");
   const auto env = on_host(receiver);
   REQUIRE(HmacTree::signer_of(checkpoint).kind == SignatureKind::ed25519);
@@ -494,7 +494,7 @@ TEST_CASE("an Ed25519-signed dump restores, streamed, on a host holding only the
   SECTION("tampered, it does not") {
     flip_byte(checkpoint / "images/pages-1.img", 64);
     CHECK(require_error([&] { rt->restore(checkpoint); }).status() == Status::integrity);
-    CHECK(wait_until([&] { reap_all(); return !is_alive(pid); }));
+    CHECK(wait_until([&] { return ended(pid); }));
     CHECK(tree.count("parent") == at_dump);
   }
 }

@@ -84,7 +84,7 @@ TEST_CASE_METHOD(Fixture, "CRIU killed mid-restore: a clear failure; the checkpo
   CounterTree tree(tmp / "counter");
   const pid_t pid = tree.pid();
   rt.checkpoint(container("e2e", pid), checkpoint, false);
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));
+  REQUIRE(wait_until([&] { return ended(pid); }));
   CriuOptions o;
   o.timeout = std::chrono::milliseconds(15);
   try {
@@ -96,7 +96,7 @@ TEST_CASE_METHOD(Fixture, "CRIU killed mid-restore: a clear failure; the checkpo
     CHECK(e.status() == Status::criu);
     CHECK(contains(e.what(), "timed out"));
     // What CRIU had restored dies with it (its restored tasks carry PDEATHSIG).
-    CHECK(wait_until([&] { reap_all(); return !is_alive(pid); }));
+    CHECK(wait_until([&] { return ended(pid); }));
   }
   CHECK(rt.state() == CheckpointState::None);
   CHECK_NOTHROW(HmacTree::verify(checkpoint, KeyStore().load()));
@@ -133,7 +133,7 @@ TEST_CASE_METHOD(Fixture, "the key goes missing or unsafe between sign and resto
   CounterTree tree(tmp / "counter");
   const pid_t pid = tree.pid();
   rt.checkpoint(container("key", pid), checkpoint, false);
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(pid); }));
+  REQUIRE(wait_until([&] { return ended(pid); }));
   const fs::path key_file = KeyStore::default_path();
   SECTION("removed") {
     fs::remove(key_file);

@@ -460,7 +460,7 @@ TEST_CASE("a helper a killed CRIU leaves behind, stopped, is killed with it", "[
   const auto e = require_error([&] { rt.checkpoint(container("c", ::getpid()), tmp / "cp", o); });
   CHECK(contains(e.what(), "timed out"));
   const pid_t helper = static_cast<pid_t>(std::stol(read_file(tmp / "helper.pid")));
-  CHECK(wait_until([&] { reap_all(); return !is_alive(helper); }));
+  CHECK(wait_until([&] { return ended(helper); }));
 }
 
 TEST_CASE("CRIU gets only its own descriptors and default signals, and its status is ours", "[criu_runtime][spawn]") {

@@ -34,7 +34,7 @@ struct Fixture {
   std::unique_ptr<CounterTree> dumped_tree(int mib) {
     auto tree = std::make_unique<CounterTree>(tmp / "counter", mib);
     rt.checkpoint(container("stream", tree->pid()), checkpoint, false);
-    REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree->pid()); }));
+    REQUIRE(wait_until([&] { return ended(tree->pid()); }));
     return tree;
   }
   fs::path largest_pages() const {

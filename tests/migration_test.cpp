@@ -34,9 +34,8 @@ namespace {
 // A receiver's greeting with a fixed nonce (a real one is random), and the proof a commit must carry.
 const transfer::CommitNonce nonce{7};
 const std::string hello = fmt::format("{{\"nonce\":\"{}\",\"protocol\":2}}\n", to_lower_hex(nonce));
-// A source's answer to the greeting, with a fixed nonce.
+// The source's nonce in its answer to the greeting, fixed.
 const transfer::CommitNonce source_nonce{9};
-const std::string source_hello = fmt::format("{{\"nonce\":\"{}\"}}\n", to_lower_hex(source_nonce));
 std::string signature_of(const fs::path& dir) {
   const UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   return read_signature_text(fd.get());
@@ -69,6 +68,13 @@ std::string proven(const std::string& line, const transfer::CommitNonce& from_so
   const HmacKey key = KeyStore().load();
   return transfer::prove_answer(key, {nonce, from_source}, line.substr(0, line.size() - 1));
 }
+// A source's answer to `greeting`, proven with this host's HMAC key as a source holding it proves it.
+std::string source_hello_for(const std::string& greeting) {
+  const HmacKey key = KeyStore().load_or_create();
+  return fmt::format(R"({{"nonce":"{}","proof":"{}"}})" "\n", to_lower_hex(source_nonce),
+                     transfer::prove_source(key, {nonce_in(greeting), source_nonce}));
+}
+const std::string go = R"({"go":true})" "\n";
 const std::string ready = R"({"ready":true,"pid":4242,"dir":"/srv/m/c1","import_ms":30,"restore_ms":40})" "\n";
 const std::string ok = R"({"ok":true,"pid":4242,"dir":"/srv/m/c1","import_ms":30,"restore_ms":45})" "\n";
 
@@ -113,6 +119,22 @@ struct Fixture {
   static void say(int fd, const std::string& line) {
     CHECK(::send(fd, line.data(), line.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(line.size()));
   }
+  // A scripted source's side of the greeting: reads it, answers as a source holding this host's
+  // key, and takes the receiver's go. Returns the greeting.
+  static std::string greet_as_source(int fd) {
+    const std::string greeting = read_from(fd, true);
+    say(fd, source_hello_for(greeting));
+    const std::string answer = read_from(fd, true);
+    CHECK(answer.starts_with(R"({"go":true,"proof":")"));
+    return greeting;
+  }
+  // A scripted receiver's: greets, reads the source's answer and says go, proven. Returns the source's nonce.
+  static transfer::CommitNonce greet_as_receiver(int fd) {
+    say(fd, hello);
+    const transfer::CommitNonce from_source = nonce_in(read_from(fd, true));
+    say(fd, proven(go, from_source));
+    return from_source;
+  }
 
   // A scripted receiver: takes the stream whole (an import that checks it), says `first`, and if
   // the source commits, says `second`; an empty line is the connection closed instead. JSON lines
@@ -126,8 +148,7 @@ struct Fixture {
   MigrationReport migrate_against(pid_t pid, const std::string& first, const std::string& second,
                                   std::optional<Error>& error, Script& script) {
     std::thread receiver([&] {
-      say(there.get(), hello);
-      const transfer::CommitNonce from_source = nonce_in(read_from(there.get(), true));
+      const transfer::CommitNonce from_source = greet_as_receiver(there.get());
       const auto answer = [&](const std::string& line, Proof proof) {
         if (proof == Proof::none || !line.starts_with('{')) return line;
         return proven(line, proof == Proof::this_connection ? from_source : transfer::CommitNonce{1});
@@ -210,7 +231,7 @@ TEST_CASE_METHOD(Fixture, "ready, commit, ok: the stopped tree ends and the repo
   const MigrationReport report = migrate_against(tree.pid(), ready, ok, error, script);
   if (error) FAIL(error->what());
   CHECK(is_proven_commit(script.commit_seen, work_dir));
-  CHECK(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  CHECK(wait_until([&] { return ended(tree.pid()); }));
   CHECK(report.restored_pid == 4242);
   CHECK(report.restored_dir == "/srv/m/c1");
   CHECK(report.transfer.count() == 30);
@@ -331,7 +352,7 @@ TEST_CASE_METHOD(Fixture, "Ed25519: a real migration, the receiver's answers pro
   REQUIRE(received->reply.size() > 10 + 128 + 3);
   CHECK(received->reply.substr(received->reply.size() - 10 - 128 - 3, 10) == R"(,"proof":")");
   CHECK(received->reply.ends_with("\"}\n"));
-  CHECK(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  CHECK(wait_until([&] { return ended(tree.pid()); }));
   CHECK(counts_on(tree));  // the receiver's copy, counting in the same files
   CounterTree::stop(received->tree.pid);
 }
@@ -379,11 +400,10 @@ TEST_CASE_METHOD(Fixture, "a receiver whose own Ed25519 key does not load still 
   const ScopedEnv own_key("NUCLEUS_CHECKPOINT_ED25519_KEY_FILE", bad_key.c_str());
   CounterTree tree(tmp / "counter");
   rt->checkpoint(container("m1", tree.pid()), work_dir, false);
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  REQUIRE(wait_until([&] { return ended(tree.pid()); }));
   std::string greeting, first, second;
   std::thread source([&] {
-    greeting = read_from(there.get(), true);
-    say(there.get(), source_hello);
+    greeting = greet_as_source(there.get());
     export_checkpoint(work_dir, there.get());
     first = read_from(there.get(), true);
     say(there.get(), commit_for(work_dir, nonce_in(greeting)));
@@ -435,8 +455,7 @@ TEST_CASE_METHOD(Fixture, "a source that dies after its commit leaves its tree s
       ::_exit(0);
     }
     there.reset();
-    say(here.get(), hello);
-    const transfer::CommitNonce from_source = nonce_in(read_from(here.get(), true));
+    const transfer::CommitNonce from_source = greet_as_receiver(here.get());
     REQUIRE_NOTHROW(transfer::import_checkpoint(here.get(), tmp / "received", KeyStore(), transfer::StreamEnd::frame));
     if (after_commit) {
       say(here.get(), proven(ready, from_source));
@@ -456,8 +475,7 @@ TEST_CASE_METHOD(Fixture, "a receiver that stops reading the stream does not hol
   CounterTree tree(tmp / "counter", 16);  // a stream larger than the socket's buffers
   std::atomic<bool> source_done = false;
   std::thread receiver([&] {
-    say(there.get(), hello);
-    read_from(there.get(), true);  // the source's nonce; then nothing more is read
+    greet_as_receiver(there.get());  // then nothing more is read
     for (int i = 0; i < 200 && !source_done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     ::shutdown(there.get(), SHUT_RDWR);  // without the bound, what ends the source's wait
   });
@@ -503,10 +521,10 @@ TEST_CASE_METHOD(Fixture, "a descriptor that is not a socket is refused before a
 TEST_CASE_METHOD(Fixture, "the receiver refuses a corrupt stream, replies why, and commits nothing", "[migrate]") {
   std::string reply;
   std::thread source([&] {
-    say(there.get(), source_hello + std::string("\x89NCXFER\n\x01\0\0\0\0\0\0\0", 16) + "garbage");
+    greet_as_source(there.get());
+    say(there.get(), std::string("\x89NCXFER\n\x01\0\0\0\0\0\0\0", 16) + "garbage");
     ::shutdown(there.get(), SHUT_WR);
     reply = read_from(there.get());
-    reply.erase(0, reply.find('\n') + 1);  // the greeting
   });
   const auto error = error_of([&] { receive_migration(*rt, here.get(), store); });
   here.reset();
@@ -523,14 +541,13 @@ TEST_CASE_METHOD(Fixture, "the receiver holds the restored tree until the commit
                  "[migrate]") {
   CounterTree tree(tmp / "counter");
   rt->checkpoint(container("m1", tree.pid()), work_dir, false);
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));  // its PIDs free to restore
+  REQUIRE(wait_until([&] { return ended(tree.pid()); }));  // its PIDs free to restore
   const long stopped_at = tree.count("parent");
   std::string first, second;
   bool held = false;
   transfer::CommitNonce given{};
   std::thread source([&] {
-    given = nonce_in(read_from(there.get(), true));
-    say(there.get(), source_hello);
+    given = nonce_in(greet_as_source(there.get()));
     export_checkpoint(work_dir, there.get());
     first = read_from(there.get(), true);
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -563,12 +580,11 @@ TEST_CASE_METHOD(Fixture, "the receiver holds the restored tree until the commit
 TEST_CASE_METHOD(Fixture, "without the source's commit the restored tree is killed before it runs", "[migrate]") {
   CounterTree tree(tmp / "counter");
   rt->checkpoint(container("m1", tree.pid()), work_dir, false);
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  REQUIRE(wait_until([&] { return ended(tree.pid()); }));
   const long stopped_at = tree.count("parent");
   std::string first;
   std::thread source([&] {
-    read_from(there.get(), true);
-    say(there.get(), source_hello);
+    greet_as_source(there.get());
     export_checkpoint(work_dir, there.get());
     first = read_from(there.get(), true);
     say(there.get(), R"({"commit":false})" "\n");
@@ -583,7 +599,7 @@ TEST_CASE_METHOD(Fixture, "without the source's commit the restored tree is kill
   CHECK(first.starts_with(R"({"ready":true,"pid":)"));
   CHECK(contains(error->what(), "the source did not commit the migration, so the restored tree was killed before it ran"));
   const pid_t restored = std::stoi(first.substr(first.find(":", 14) + 1));
-  CHECK(wait_until([&] { reap_all(); return !is_alive(restored); }));
+  CHECK(wait_until([&] { return ended(restored); }));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   CHECK(tree.count("parent") == stopped_at);  // it never ran
   CHECK_FALSE(fs::is_empty(store));           // the verified checkpoint stays
@@ -593,7 +609,7 @@ TEST_CASE_METHOD(Fixture, "a receiver that dies before the commit leaves the res
                  "[migrate]") {
   CounterTree tree(tmp / "counter");
   rt->checkpoint(container("m1", tree.pid()), work_dir, false);
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  REQUIRE(wait_until([&] { return ended(tree.pid()); }));
   const long stopped_at = tree.count("parent");
   const pid_t receiver = ::fork();
   REQUIRE(receiver >= 0);
@@ -606,8 +622,7 @@ TEST_CASE_METHOD(Fixture, "a receiver that dies before the commit leaves the res
     ::_exit(0);
   }
   here.reset();
-  read_from(there.get(), true);
-  say(there.get(), source_hello);
+  greet_as_source(there.get());
   export_checkpoint(work_dir, there.get());
   const std::string first = read_from(there.get(), true);
   ::kill(receiver, SIGKILL);
@@ -624,15 +639,14 @@ TEST_CASE_METHOD(Fixture, "a receiver that dies before the commit leaves the res
 TEST_CASE_METHOD(Fixture, "a replayed stream, or a commit not proven for this connection, never runs", "[migrate]") {
   CounterTree tree(tmp / "counter");
   rt->checkpoint(container("m1", tree.pid()), work_dir, false);
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  REQUIRE(wait_until([&] { return ended(tree.pid()); }));
   const long stopped_at = tree.count("parent");
   // A stream sniffed earlier, sent again with a commit proven for another connection's nonce (or
   // none): whoever can reach the port holds no signing key.
   for (const std::string& forged : {commit_for(work_dir, transfer::CommitNonce{1}), std::string(R"({"commit":true})" "\n")}) {
     std::string first;
     std::thread source([&] {
-      read_from(there.get(), true);
-      say(there.get(), source_hello);
+      greet_as_source(there.get());
       export_checkpoint(work_dir, there.get());
       first = read_from(there.get(), true);
       say(there.get(), forged);
@@ -646,8 +660,95 @@ TEST_CASE_METHOD(Fixture, "a replayed stream, or a commit not proven for this co
     CHECK(error->status() == Status::integrity);
     CHECK(contains(error->what(), "does not prove that the checkpoint's signer sent it on this connection"));
     const pid_t restored = std::stoi(first.substr(first.find(":", 14) + 1));
-    CHECK(wait_until([&] { reap_all(); return !is_alive(restored); }));
+    CHECK(wait_until([&] { return ended(restored); }));
     CHECK(tree.count("parent") == stopped_at);  // it never ran
+    reconnect();
+  }
+}
+
+TEST_CASE_METHOD(Fixture, "a source that proves no key this host verifies with is refused at once, nothing imported",
+                 "[migrate]") {
+  // Whoever can reach the port, with an answer of a connection sniffed earlier, another host's HMAC
+  // key or an Ed25519 key not trusted here: refused before any stream is read (without the check,
+  // the receiver would wait for one, and time out).
+  const HmacKey mine = KeyStore().load_or_create(), other = HmacKey::generate();
+  const Ed25519SecretKey stranger = Ed25519SecretKey::generate();
+  struct Attempt {
+    const char* what;
+    std::string (*answer)(const transfer::CommitNonce& given, const HmacKey& mine, const HmacKey& other,
+                          const Ed25519SecretKey& stranger);
+    Status status;
+    const char* says;
+  };
+  const Attempt attempts[] = {
+      {"no proof", [](const transfer::CommitNonce&, const HmacKey&, const HmacKey&, const Ed25519SecretKey&) {
+         return fmt::format(R"({{"nonce":"{}"}})" "\n", to_lower_hex(source_nonce));
+       }, Status::unsupported, "proves no key"},
+      {"replayed", [](const transfer::CommitNonce&, const HmacKey& key, const HmacKey&, const Ed25519SecretKey&) {
+         return fmt::format(R"({{"nonce":"{}","proof":"{}"}})" "\n", to_lower_hex(source_nonce),
+                            transfer::prove_source(key, {transfer::CommitNonce{1}, source_nonce}));
+       }, Status::integrity, "another HMAC key than this host's (or replayed"},
+      {"another HMAC key", [](const transfer::CommitNonce& given, const HmacKey&, const HmacKey& key, const Ed25519SecretKey&) {
+         return fmt::format(R"({{"nonce":"{}","proof":"{}"}})" "\n", to_lower_hex(source_nonce),
+                            transfer::prove_source(key, {given, source_nonce}));
+       }, Status::integrity, "both hosts must hold the same key"},
+      {"untrusted Ed25519 key", [](const transfer::CommitNonce& given, const HmacKey&, const HmacKey&, const Ed25519SecretKey& key) {
+         return fmt::format(R"({{"nonce":"{}","key_id":"{}","proof":"{}"}})" "\n", to_lower_hex(source_nonce),
+                            key.public_key().id_hex(), transfer::prove_source(key, {given, source_nonce}));
+       }, Status::integrity, "which this host does not trust"},
+  };
+  for (const Attempt& attempt : attempts) {
+    INFO(attempt.what);
+    std::string reply;
+    std::thread source([&] {
+      say(there.get(), attempt.answer(nonce_in(read_from(there.get(), true)), mine, other, stranger));
+      reply = read_from(there.get());
+    });
+    const auto error = error_of([&] { receive_migration(*rt, here.get(), store, {}, std::chrono::seconds(2)); });
+    here.reset();
+    source.join();
+    REQUIRE(error.has_value());
+    INFO(error->what());
+    CHECK(error->status() == attempt.status);
+    CHECK(contains(error->what(), attempt.says));
+    CHECK(reply.starts_with(R"({"ok":false,)"));
+    CHECK(contains(reply, attempt.says));
+    CHECK(fs::is_empty(store));
+    reconnect();
+  }
+}
+
+TEST_CASE_METHOD(Fixture, "a receiver that refuses the source's greeting, or an unproven go, is told before any dump",
+                 "[migrate]") {
+  // A receiver that cannot check this host's checkpoints (another HMAC key, say) refuses at once;
+  // a go made on the path (unproven) is refused here. Either way the tree never stops.
+  const std::string refusal =
+      R"({"ok":false,"status":6,"status_name":"NC_E_INTEGRITY","error":"another HMAC key than this host's"})" "\n";
+  for (const std::string& answer : {refusal, go}) {
+    INFO(answer);
+    CounterTree tree(tmp / "counter");
+    std::string source_answer;
+    std::thread receiver([&] {
+      say(there.get(), hello);
+      source_answer = read_from(there.get(), true);
+      say(there.get(), answer);
+      read_from(there.get());
+    });
+    const auto error = error_of([&] { migrate(*rt, container("m1", tree.pid()), work_dir, here.get(), {}); });
+    here.reset();
+    receiver.join();
+    REQUIRE(error.has_value());
+    INFO(error->what());
+    CHECK(error->status() == Status::integrity);
+    CHECK(contains(error->what(), answer == go ? "carries no proof that the receiver gave it" : "another HMAC key than this host's"));
+    CHECK(contains(error->what(), "othing was dumped"));
+    CHECK_FALSE(fs::exists(work_dir));
+    CHECK(counts_on(tree));
+    // What the source proved: its key, for this connection.
+    const auto parsed = source_answer.find(R"(","proof":")");
+    REQUIRE(parsed != std::string::npos);
+    CHECK_NOTHROW(transfer::check_source(KeyStore().load(), {nonce, nonce_in(source_answer)},
+                                         source_answer.substr(parsed + 11, 64)));
     reconnect();
   }
 }
@@ -655,8 +756,7 @@ TEST_CASE_METHOD(Fixture, "a replayed stream, or a commit not proven for this co
 TEST_CASE_METHOD(Fixture, "a source that sends no stream, or stalls it, does not hold the receiver", "[migrate]") {
   for (const bool partial : {false, true}) {
     std::thread source([&] {
-      read_from(there.get(), true);
-      say(there.get(), source_hello);
+      greet_as_source(there.get());
       if (partial) say(there.get(), std::string("\x89NCXFER\n\x01\0\0\0\0\0\0\0", 16));
       read_from(there.get());  // until the receiver gives up
     });
@@ -676,12 +776,11 @@ TEST_CASE_METHOD(Fixture, "a source gone after its commit: the tree runs here, a
                  "[migrate]") {
   CounterTree tree(tmp / "counter");
   rt->checkpoint(container("m1", tree.pid()), work_dir, false);
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  REQUIRE(wait_until([&] { return ended(tree.pid()); }));
   const long stopped_at = tree.count("parent");
   std::string first;
   std::thread source([&] {
-    const transfer::CommitNonce given = nonce_in(read_from(there.get(), true));
-    say(there.get(), source_hello);
+    const transfer::CommitNonce given = nonce_in(greet_as_source(there.get()));
     export_checkpoint(work_dir, there.get());
     first = read_from(there.get(), true);
     // A source that reads no more from here on (then closes): every later write to it fails

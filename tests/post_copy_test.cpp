@@ -222,7 +222,7 @@ TEST_CASE_METHOD(Fixture, "post-copy: the tree runs on the receiver before its m
   const UniqueFd pidfd(out.received->tree.pidfd);
   const pid_t restored = out.received->tree.pid;
   // The source's copy is gone; the receiver's counts on, with every page as the counter filled it.
-  CHECK(wait_until([&] { reap_all(); return !is_alive(counter.pid()); }));
+  CHECK(wait_until([&] { return ended(counter.pid()); }));
   CHECK(counter.counts_on());
   CHECK(counter.bad_pages(restored) == 0);
   // Most of the memory came after the tree ran: the checkpoint did not carry it.

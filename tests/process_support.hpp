@@ -47,6 +47,14 @@ inline bool is_alive(pid_t pid) {
   return state != '\0' && state != 'Z' && state != 'X';
 }
 
+// Whether pid has ended, reaped if it is this subreaper's to reap. Looked at before reaping: one
+// that ends in between is reaped too, since a zombie keeps its PID, which a restore may need.
+inline bool ended(pid_t pid) {
+  const bool dead = !is_alive(pid);
+  reap_all();
+  return dead;
+}
+
 template <typename Pred>
 bool wait_until(Pred pred, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
@@ -136,10 +144,12 @@ class CounterTree {
   }
   // The tree is one process group (the counter calls setsid()); a PID namespace's init dies with
   // SIGKILL alone, and takes its namespace with it.
+  // Waited for until reaped, not merely dead: a zombie still holds its PID, which the next restore
+  // of the same checkpoint needs. Up to 30 s: a loaded machine (CI runs tests side by side) may
+  // take seconds to tear down a tree with memory.
   static void stop(pid_t pid) {
     if (pid > 0) ::kill(-pid, SIGKILL);
-    wait_until([pid] { reap_all(); return !is_alive(pid); }, std::chrono::seconds(5));
-    reap_all();
+    wait_until([pid] { reap_all(); return process_state(pid) == '\0'; }, std::chrono::seconds(30));
   }
 
  private:

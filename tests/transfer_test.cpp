@@ -255,7 +255,7 @@ struct ChainFixture {
     fs::copy(chains / "p0", chains / "p1", fs::copy_options::recursive);
     link_layer(chains, "p1", "p0", true);
     rt->checkpoint(container("chain", tree.pid()), chains / "final", false);
-    REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+    REQUIRE(wait_until([&] { return ended(tree.pid()); }));
     at_final = tree.count("parent");
     link_layer(chains, "final", "p1", false);
   }
@@ -336,7 +336,7 @@ TEST_CASE_METHOD(Fixture, "a real checkpoint travels through a file, a pipe and 
   CounterTree tree(tmp / "counter", 16);  // pages of several chunks
   const fs::path checkpoint = tmp / "checkpoint";
   runtime->checkpoint(container("xfer", tree.pid()), checkpoint, false);
-  REQUIRE(wait_until([&] { reap_all(); return !is_alive(tree.pid()); }));
+  REQUIRE(wait_until([&] { return ended(tree.pid()); }));
   const long at_dump = tree.count("parent");
 
   for (const Compression compression : {Compression::none, Compression::zstd}) {

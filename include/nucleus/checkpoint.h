@@ -285,7 +285,8 @@ NC_EXPORT nc_status nc_options_set_post_copy(nc_options *opts, int on);
  * folder may answer. Text that is not a public key: NC_E_KEY, and none is set. Since 0.3. */
 NC_EXPORT nc_status nc_options_set_receiver_key(nc_options *opts, const char *public_key_text);
 /* Reads the receiver's greeting (none: NC_E_IO, nothing dumped; connect before calling, so that no
- * receiver means no freeze), dumps the tree rooted at pid into the new checkpoint folder work_dir
+ * receiver means no freeze), answers it proving the key it signs with and waits for the receiver's
+ * proven "go" (a receiver that cannot check that key refuses: its status, nothing dumped), dumps the tree rooted at pid into the new checkpoint folder work_dir
  * (signed in the manifest format, with opts' dump options and nc_options_set_signing) and keeps it
  * stopped; sends it on connected_fd as nc_export does (nc_options_set_compression), and waits for
  * the receiver's "ready" (the tree restored there, held stopped); answers "commit" (proven with
@@ -303,7 +304,9 @@ NC_EXPORT nc_status nc_options_set_receiver_key(nc_options *opts, const char *pu
 NC_EXPORT nc_status nc_migrate(nc_runtime *rt, const char *container_id, pid_t pid, const char *work_dir,
                                int connected_fd, const nc_options *opts, nc_migration_report *report);
 /* The receiving end: greets the source with a fresh nonce (and its own Ed25519 key's id, if it has
- * one: an Ed25519-signed checkpoint needs it, to prove the answers), reads one stream from connected_fd into
+ * one: an Ed25519-signed checkpoint needs it, to prove the answers), checks the source's answer,
+ * proven by its HMAC key or a trusted Ed25519 key for this connection (else refused at once, nothing
+ * read further: NC_E_INTEGRITY, NC_E_KEY), says go, reads one stream from connected_fd into
  * a new folder under store_dir (verified chunk by chunk as nc_import does, committed only whole),
  * restores it (opts' restore options) with every task left stopped, replies
  * {"ready":true,"pid":N,"dir":"...","import_ms":N,"restore_ms":N} and waits (30 s at most) for the

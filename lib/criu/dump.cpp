@@ -373,16 +373,20 @@ void CriuRuntime::dump(const ContainerInfo& container, const fs::path& dir, cons
                                                predump ? "Pre-dumping finished successfully" : "Dumping finished successfully");
     // Post-copy, once handed over: whatever CRIU says, the receiver's word decides (`served`).
     if (handed) {
+      // A log of CRIU's success says nothing of what failed beside it: it goes either way.
+      const auto drop_log = [&] {
+        if (!criu_succeeded) return;
+        for (const char* f : {"dump.log", "stats-dump"}) ::unlinkat(work_fd, f, 0);
+        if (lazy_work) ::unlinkat(lazy_work->parent.get(), lazy_work->name.c_str(), AT_REMOVEDIR);
+      };
       try {
         hand_over.served(held);
       } catch (...) {
+        drop_log();
         if (!held.may_run_elsewhere()) tree.signal(SIGCONT);
         throw;
       }
-      if (criu_succeeded) {
-        for (const char* f : {"dump.log", "stats-dump"}) ::unlinkat(work_fd, f, 0);
-        if (lazy_work) ::unlinkat(lazy_work->parent.get(), lazy_work->name.c_str(), AT_REMOVEDIR);
-      }
+      drop_log();
     } else if (!criu_succeeded) {
       // CRIU resumes the tree when it fails; killed, it may have left it stopped: resume it.
       tree.signal(SIGCONT);

@@ -56,14 +56,25 @@ bool proves(TreeKey key, const std::string& message, std::string_view proof) {
                                                   message.size(), public_key->bytes().data()) == 0;
 }
 
-// An answer's signed message: its own domain, both nonces, the answer's bytes.
-std::string answer_message(const AnswerNonces& nonces, std::string_view answer) {
-  static constexpr std::string_view domain{"nucleus-checkpoint-migration-answer\0", 36};
+// A message bound to this connection: its own domain, both nonces, then `bytes`.
+std::string connection_message(std::string_view domain, const AnswerNonces& nonces, std::string_view bytes) {
   std::string message(domain);
   message.append(reinterpret_cast<const char*>(nonces.receiver.data()), nonces.receiver.size());
   message.append(reinterpret_cast<const char*>(nonces.source.data()), nonces.source.size());
-  message.append(answer);
+  message.append(bytes);
   return message;
+}
+
+// An answer's signed message: the answer's bytes.
+std::string answer_message(const AnswerNonces& nonces, std::string_view answer) {
+  return connection_message({"nucleus-checkpoint-migration-answer\0", 36}, nonces, answer);
+}
+
+// The source's: the kind of key it proves itself with, named as a signature's third line begins.
+std::string source_message(TreeKey key, const AnswerNonces& nonces) {
+  return connection_message({"nucleus-checkpoint-migration-source\0", 36}, nonces,
+                            key.kind() == SignatureKind::hmac_sha256 ? ChunkedSignature::hmac_line
+                                                                     : ChunkedSignature::ed25519_line);
 }
 
 constexpr std::string_view proof_member = ",\"proof\":\"";
@@ -112,6 +123,15 @@ std::string check_answer(TreeKey key, const AnswerNonces& nonces, std::string_vi
     throw Error(Status::integrity, "the receiver's answer is not proven by the receiver on this connection (an "
                                    "answer forged or replayed on the way)");
   return answer;
+}
+
+std::string prove_source(TreeKey key, const AnswerNonces& nonces) { return proof_of(key, source_message(key, nonces)); }
+
+void check_source(TreeKey key, const AnswerNonces& nonces, std::string_view proof) {
+  if (!proves(key, source_message(key, nonces), proof))
+    throw Error(Status::integrity, "the source's answer to the greeting is not proven for this connection by the key "
+                                   "it names (a source with another key, or an answer replayed from another "
+                                   "connection)");
 }
 
 }  // namespace nucleus::checkpoint::transfer

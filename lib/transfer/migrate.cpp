@@ -170,7 +170,7 @@ std::optional<Error> refusal_in(const rapidjson::Document& reply) {
   std::string error = member_string(reply, "error");
   std::replace_if(error.begin(), error.end(), [](unsigned char c) { return is_ascii_control(c); }, '?');
   if (reply.HasMember(unproven_member))
-    error += " (a refusal the receiver did not prove: it may come from anyone on the path, and the tree resumed)";
+    error += " (a refusal the receiver did not prove: it may come from anyone on the path)";
   // Unconfirmed is the source's own verdict: a receiver's refusal means the tree did not run there.
   const Status said = status >= 1 && status <= static_cast<int>(Status::unsupported) ? static_cast<Status>(status)
                       : status == static_cast<int>(Status::unconfirmed)              ? Status::io
@@ -440,6 +440,50 @@ std::string reply_line(const std::optional<Error>& failure, const ReceivedMigrat
   return std::string(buffer.GetString(), buffer.GetSize());
 }
 
+// Who the source proved to be in its answer to the greeting: the holder of the HMAC key, or of the
+// trusted Ed25519 key its "key_id" names. Its checkpoint must be signed by that same key.
+struct SourceIdentity {
+  SignatureKind kind = SignatureKind::hmac_sha256;
+  Ed25519PublicKey::Id key_id{};
+};
+
+SourceIdentity proven_source(const rapidjson::Document& answer, const VerifyingKeys& keys,
+                             const transfer::AnswerNonces& nonces) {
+  const std::string proof = member_string(answer, "proof");
+  if (proof.empty())
+    throw Error(Status::unsupported, "the source's answer to the greeting proves no key: the source is older than "
+                                     "this receiver; upgrade it to this host's nucleus-checkpoint. Nothing was "
+                                     "imported");
+  SourceIdentity source;
+  if (answer.HasMember("key_id")) {
+    const auto id = array_from_lower_hex<Ed25519PublicKey::id_size>(member_string(answer, "key_id"));
+    if (!id) throw Error(Status::io, "the source's answer to the greeting names no key (its key_id is not one)");
+    source = {SignatureKind::ed25519, *id};
+  }
+  ChunkedSignature named;
+  named.kind = source.kind;
+  named.key_id = source.key_id;
+  const TreeKey key = [&] {
+    try {
+      return keys.key_for(named);
+    } catch (const Error& e) {
+      throw Error(e.status(), fmt::format("the source is to sign its checkpoint with a key this host cannot check, so "
+                                          "it is refused before it dumps: {}",
+                                          e.what()));
+    }
+  }();
+  try {
+    transfer::check_source(key, nonces, proof);
+  } catch (const Error& e) {
+    if (source.kind == SignatureKind::ed25519) throw;
+    throw Error(e.status(), "the source proved itself with another HMAC key than this host's (or replayed an answer "
+                            "from another connection): both hosts must hold the same key (NUCLEUS_CHECKPOINT_HMAC_KEY_FILE, "
+                            "mode 0600 on each), or have the source sign with Ed25519 (--sign ed25519) and trust its "
+                            "key here. Nothing was imported");
+  }
+  return source;
+}
+
 // What the source still sends, read and dropped until it ends or drain_time passes, so that closing
 // the connection does not reset it before the source has read the reply.
 void drain(int fd) noexcept {
@@ -504,6 +548,13 @@ struct PostCopyReceiver {
   }
 };
 
+// The key this host signs the checkpoint with, loaded before anything is dumped.
+struct SigningKey {
+  std::optional<HmacKey> hmac;
+  std::optional<Ed25519SecretKey> ed25519;
+  TreeKey key() const { return ed25519 ? TreeKey(*ed25519) : TreeKey(*hmac); }
+};
+
 }  // namespace
 
 MigrationReport migrate(CriuRuntime& runtime, const ContainerInfo& container, const fs::path& work_dir,
@@ -533,8 +584,25 @@ MigrationReport migrate(CriuRuntime& runtime, const ContainerInfo& container, co
           : std::nullopt;
   if (receiver_key) report.receiver_key_id = receiver_key->id_hex();
   const transfer::AnswerNonces nonces{hello.nonce, transfer::new_commit_nonce()};
-  const std::string greeted = fmt::format("{{\"nonce\":\"{}\"}}\n", to_lower_hex(nonces.source));
+  // This host proves itself with the key it will sign with, and dumps only on the receiver's
+  // proven "go": a receiver that could not verify the checkpoint refuses before the tree stops.
+  SigningKey signing;
+  if (options.criu.signing == SignatureKind::ed25519) signing.ed25519 = runtime.ed25519_signing_key();
+  else signing.hmac = runtime.signing_key();
+  const std::string greeted =
+      fmt::format("{{\"nonce\":\"{}\"{},\"proof\":\"{}\"}}\n", to_lower_hex(nonces.source),
+                  signing.ed25519 ? fmt::format(",\"key_id\":\"{}\"", signing.ed25519->public_key().id_hex()) : "",
+                  transfer::prove_source(signing.key(), nonces));
   write_all(connected_fd, greeted.data(), greeted.size(), "the answer to the receiver's greeting");
+  const ReceiverAnswers answers(receiver_key ? TreeKey(*receiver_key) : signing.key(), nonces);
+  try {
+    const rapidjson::Document go = answers.take(
+        read_reply(connected_fd, Clock::now() + options.reply_timeout, "the receiver", "it answers at once"), false);
+    if (std::optional<Error> refused = refusal_in(go)) throw *refused;
+    if (!says(go, "go")) throw Error(Status::io, "the receiver's answer to this host's greeting is neither \"go\" nor a refusal");
+  } catch (const Error& e) {
+    throw Error(e.status(), fmt::format("{}; nothing was dumped", e.what()));
+  }
   CriuOptions criu = options.criu;
   criu.leave_running = false;
   const Clock::time_point start = Clock::now();
@@ -558,8 +626,6 @@ MigrationReport migrate(CriuRuntime& runtime, const ContainerInfo& container, co
   }
   hand_over_tree.give = [&](HeldTree& tree) {
     const Clock::time_point dumped = Clock::now();
-    // HMAC: the receiver proves its answers with the key the checkpoint is signed with.
-    const ReceiverAnswers answers(receiver_key ? TreeKey(*receiver_key) : tree.signer(), nonces);
     report.dump = since(start);
     if (!pages) {
       hand_over(work_dir, connected_fd, options, nonces, answers, dumped, tree, report, nullptr);
@@ -659,37 +725,46 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
     write_all(connected_fd, hello.data(), hello.size(), "the greeting to the source");
     // The source answers at once, before it dumps; an older one sends its stream instead.
     const std::string source_hello =
-        read_reply(connected_fd, Clock::now() + stream_timeout, "the source", "it answers the greeting before it dumps");
+        read_reply(connected_fd, Clock::now() + commit_time, "the source", "it answers the greeting at once");
     if (source_hello.starts_with("\x89NCX"))
       throw Error(Status::unsupported, "the source is older than this receiver: it sent its stream without answering "
                                        "the greeting, so it cannot check this host's answers; upgrade it to this "
                                        "host's nucleus-checkpoint");
-    nonces.source = nonce_in(parse_reply(source_hello, "the source"), "the source");
-    // The source dumps once it has the nonce: the import is timed from the stream's first bytes.
+    const rapidjson::Document source = parse_reply(source_hello, "the source");
+    nonces.source = nonce_in(source, "the source");
+    keys.emplace(KeyStore());
+    const SourceIdentity source_is = proven_source(source, *keys, nonces);
+    // The key this host proves its answers with: the HMAC key both hold, or its own Ed25519 key.
+    if (source_is.kind == SignatureKind::hmac_sha256) answer_key = keys->hmac();
+    else if (own_key) answer_key = TreeKey(*own_key);
+    else if (own_key_failure)
+      throw Error(own_key_failure->status(), fmt::format("the source signs with Ed25519, and this host's own Ed25519 "
+                                                         "key, which proves its answers to the source, does not "
+                                                         "load: {}",
+                                                         own_key_failure->what()));
+    else
+      throw Error(Status::key, "the source signs with Ed25519, and this host holds no Ed25519 key of its own to prove "
+                               "its answers to the source with: make one (`nucleus-checkpoint keygen --ed25519 "
+                               "--public-key-out FILE`) and have the source trust it (`nucleus-checkpoint trust add "
+                               "FILE` there)");
+    const std::string go = answer(R"({"go":true})");
+    write_all(connected_fd, go.data(), go.size(), "the go to the source");
+    // The source dumps once it has the go: the import is timed from the stream's first bytes.
     if (!transfer::readable_by(connected_fd, Clock::now() + stream_timeout))
-      throw Error(Status::io, fmt::format("the source sent no stream within {} s of the greeting (does its dump take "
+      throw Error(Status::io, fmt::format("the source sent no stream within {} s of the go (does its dump take "
                                           "longer? raise the stream timeout)",
                                           std::chrono::duration_cast<std::chrono::seconds>(stream_timeout).count()));
     const Clock::time_point start = Clock::now();
     received.dir = store / received_name();
-    keys.emplace(KeyStore());
     const std::string signature_text =
         transfer::import_checkpoint(connected_fd, received.dir, *keys, transfer::StreamEnd::frame, stream_timeout);
     received.import_time = since(start);
-    const TreeKey key = keys->key_for(
-        transfer::parse_manifest_signature(signature_text, "the imported checkpoint", "checking the commit"));
-    if (key.kind() == SignatureKind::hmac_sha256) answer_key = key;
-    else if (own_key) answer_key = TreeKey(*own_key);
-    else if (own_key_failure)
-      throw Error(own_key_failure->status(), fmt::format("the checkpoint is signed with Ed25519, and this host's own "
-                                                         "Ed25519 key, which proves its answers to the source, does "
-                                                         "not load: {}",
-                                                         own_key_failure->what()));
-    else
-      throw Error(Status::key, "the checkpoint is signed with Ed25519, and this host holds no Ed25519 key of its own "
-                               "to prove its answers to the source with: make one (`nucleus-checkpoint keygen "
-                               "--ed25519 --public-key-out FILE`) and have the source trust it (`nucleus-checkpoint "
-                               "trust add FILE` there)");
+    const ChunkedSignature signature =
+        transfer::parse_manifest_signature(signature_text, "the imported checkpoint", "checking the commit");
+    if (signature.kind != source_is.kind || signature.key_id != source_is.key_id)
+      throw Error(Status::integrity, "the checkpoint is signed by another key than the one the source proved itself "
+                                     "with on this connection");
+    const TreeKey key = keys->key_for(signature);
     const Clock::time_point imported = Clock::now();
     // Restored and verified, the tree is left stopped by CRIU itself (should this process die now,
     // it stays stopped), and runs only once the source has given up resuming its own copy.

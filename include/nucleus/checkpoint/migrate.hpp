@@ -66,7 +66,9 @@ struct MigrationReport {
 // stopped, exports it over connected_fd (a socket connected to a receiver) and takes the replies
 // above. Signing with Ed25519 (options.criu.signing), the receiver's greeting must name an Ed25519
 // key of the receiver's own that this host's trust folder holds: else Status::key (it has none) or
-// Status::integrity (not trusted), before anything is dumped. On the receiver's proven "ok" the
+// Status::integrity (not trusted), before anything is dumped. This host proves the key it signs
+// with and dumps only on the receiver's proven "go": a receiver that refuses it (it cannot check
+// that key) fails the migration with its status before anything is dumped. On the receiver's proven "ok" the
 // stopped tree is killed and the report returned. Before the commit, or on the receiver's proven
 // refusal after it, the tree resumes and the error (the receiver's own when it sent one) is thrown.
 // After the commit, anything else (no answer in time, a reset, a garbled or unproven line) throws Status::unconfirmed and leaves the tree stopped, as does this process's
@@ -87,7 +89,9 @@ struct ReceivedMigration {
 };
 
 // Greets the source with a fresh nonce ({"nonce":"<hex>"}, and the id of this host's Ed25519 key if
-// it holds one), reads the source's nonce, then one transfer stream from
+// it holds one), reads the source's nonce and proof (its HMAC key or an Ed25519 key this host
+// trusts, for this connection; else refused at once, nothing read further), says
+// {"go":true,"proof":..}, then reads one transfer stream from
 // connected_fd into a new folder under store (verified with this host's keys as it arrives,
 // committed only whole), restores it with options, every task left stopped, and writes
 // {"ready":true,"pid":..,"dir":..,"import_ms":..,"restore_ms":..}; then waits (30 s at most) for the
