@@ -33,7 +33,7 @@ namespace {
 
 // A receiver's greeting with a fixed nonce (a real one is random), and the proof a commit must carry.
 const transfer::CommitNonce nonce{7};
-const std::string hello = fmt::format("{{\"nonce\":\"{}\",\"protocol\":2}}\n", to_lower_hex(nonce));
+const std::string hello = fmt::format("{{\"nonce\":\"{}\",\"protocol\":3}}\n", to_lower_hex(nonce));
 // The source's nonce in its answer to the greeting, fixed.
 const transfer::CommitNonce source_nonce{9};
 std::string signature_of(const fs::path& dir) {
@@ -68,11 +68,12 @@ std::string proven(const std::string& line, const transfer::CommitNonce& from_so
   const HmacKey key = KeyStore().load();
   return transfer::prove_answer(key, {nonce, from_source}, line.substr(0, line.size() - 1));
 }
+std::string_view without_newline(std::string_view line) { return line.substr(0, line.find('\n')); }
 // A source's answer to `greeting`, proven with this host's HMAC key as a source holding it proves it.
 std::string source_hello_for(const std::string& greeting) {
   const HmacKey key = KeyStore().load_or_create();
   return fmt::format(R"({{"nonce":"{}","proof":"{}"}})" "\n", to_lower_hex(source_nonce),
-                     transfer::prove_source(key, {nonce_in(greeting), source_nonce}));
+                     transfer::prove_source(key, {nonce_in(greeting), source_nonce}, without_newline(greeting)));
 }
 const std::string go = R"({"go":true})" "\n";
 const std::string ready = R"({"ready":true,"pid":4242,"dir":"/srv/m/c1","import_ms":30,"restore_ms":40})" "\n";
@@ -296,7 +297,7 @@ TEST_CASE_METHOD(Fixture, "Ed25519: the source migrates only to a receiver it tr
   MigrateOptions options;
   options.criu.signing = SignatureKind::ed25519;
   const auto greeting_with = [](const Ed25519PublicKey& key) {
-    return fmt::format(R"({{"nonce":"{}","protocol":2,"answer_key_id":"{}"}})" "\n", to_lower_hex(nonce),
+    return fmt::format(R"({{"nonce":"{}","protocol":3,"answer_key_id":"{}"}})" "\n", to_lower_hex(nonce),
                        key.id_hex());
   };
   const std::string keyless = hello, untrusted = greeting_with(stranger.public_key());
@@ -675,33 +676,41 @@ TEST_CASE_METHOD(Fixture, "a source that proves no key this host verifies with i
   const Ed25519SecretKey stranger = Ed25519SecretKey::generate();
   struct Attempt {
     const char* what;
-    std::string (*answer)(const transfer::CommitNonce& given, const HmacKey& mine, const HmacKey& other,
+    std::string (*answer)(const std::string& greeting, const HmacKey& mine, const HmacKey& other,
                           const Ed25519SecretKey& stranger);
     Status status;
     const char* says;
   };
   const Attempt attempts[] = {
-      {"no proof", [](const transfer::CommitNonce&, const HmacKey&, const HmacKey&, const Ed25519SecretKey&) {
+      {"no proof", [](const std::string&, const HmacKey&, const HmacKey&, const Ed25519SecretKey&) {
          return fmt::format(R"({{"nonce":"{}"}})" "\n", to_lower_hex(source_nonce));
        }, Status::unsupported, "proves no key"},
-      {"replayed", [](const transfer::CommitNonce&, const HmacKey& key, const HmacKey&, const Ed25519SecretKey&) {
+      {"replayed", [](const std::string& greeting, const HmacKey& key, const HmacKey&, const Ed25519SecretKey&) {
          return fmt::format(R"({{"nonce":"{}","proof":"{}"}})" "\n", to_lower_hex(source_nonce),
-                            transfer::prove_source(key, {transfer::CommitNonce{1}, source_nonce}));
+                            transfer::prove_source(key, {transfer::CommitNonce{1}, source_nonce}, without_newline(greeting)));
        }, Status::integrity, "another HMAC key than this host's (or replayed"},
-      {"another HMAC key", [](const transfer::CommitNonce& given, const HmacKey&, const HmacKey& key, const Ed25519SecretKey&) {
+      {"greeting changed on the way", [](const std::string& greeting, const HmacKey& key, const HmacKey&, const Ed25519SecretKey&) {
+         // The source read another answer_key_id than the receiver sent.
+         const std::string changed = std::string(without_newline(greeting)).insert(greeting.find('}'),
+                                                                                   R"(,"answer_key_id":"00")");
          return fmt::format(R"({{"nonce":"{}","proof":"{}"}})" "\n", to_lower_hex(source_nonce),
-                            transfer::prove_source(key, {given, source_nonce}));
+                            transfer::prove_source(key, {nonce_in(greeting), source_nonce}, changed));
+       }, Status::integrity, "or its greeting was changed on the way"},
+      {"another HMAC key", [](const std::string& greeting, const HmacKey&, const HmacKey& key, const Ed25519SecretKey&) {
+         return fmt::format(R"({{"nonce":"{}","proof":"{}"}})" "\n", to_lower_hex(source_nonce),
+                            transfer::prove_source(key, {nonce_in(greeting), source_nonce}, without_newline(greeting)));
        }, Status::integrity, "both hosts must hold the same key"},
-      {"untrusted Ed25519 key", [](const transfer::CommitNonce& given, const HmacKey&, const HmacKey&, const Ed25519SecretKey& key) {
+      {"untrusted Ed25519 key", [](const std::string& greeting, const HmacKey&, const HmacKey&, const Ed25519SecretKey& key) {
          return fmt::format(R"({{"nonce":"{}","key_id":"{}","proof":"{}"}})" "\n", to_lower_hex(source_nonce),
-                            key.public_key().id_hex(), transfer::prove_source(key, {given, source_nonce}));
+                            key.public_key().id_hex(),
+                            transfer::prove_source(key, {nonce_in(greeting), source_nonce}, without_newline(greeting)));
        }, Status::integrity, "which this host does not trust"},
   };
   for (const Attempt& attempt : attempts) {
     INFO(attempt.what);
     std::string reply;
     std::thread source([&] {
-      say(there.get(), attempt.answer(nonce_in(read_from(there.get(), true)), mine, other, stranger));
+      say(there.get(), attempt.answer(read_from(there.get(), true), mine, other, stranger));
       reply = read_from(there.get());
     });
     const auto error = error_of([&] { receive_migration(*rt, here.get(), store, {}, std::chrono::seconds(2)); });
@@ -716,6 +725,32 @@ TEST_CASE_METHOD(Fixture, "a source that proves no key this host verifies with i
     CHECK(fs::is_empty(store));
     reconnect();
   }
+}
+
+TEST_CASE_METHOD(Fixture, "a checkpoint signed by another key than the one the source proved is never restored",
+                 "[migrate]") {
+  // Proven with the HMAC key, a stream signed with this host's (trusted) Ed25519 key after it.
+  KeyStore().load_or_create_ed25519();
+  CounterTree tree(tmp / "counter");
+  CriuOptions options;
+  options.leave_running = true;
+  options.signing = SignatureKind::ed25519;
+  rt->checkpoint(container("m1", tree.pid()), work_dir, options, SignatureFormat::manifest);
+  std::string reply;
+  std::thread source([&] {
+    greet_as_source(there.get());
+    export_checkpoint(work_dir, there.get());
+    reply = read_from(there.get());
+  });
+  const auto error = error_of([&] { receive_migration(*rt, here.get(), store); });
+  here.reset();
+  source.join();
+  REQUIRE(error.has_value());
+  INFO(error->what());
+  CHECK(error->status() == Status::integrity);
+  CHECK(contains(error->what(), "signed by another key than the one the source proved"));
+  CHECK(reply.starts_with(R"({"ok":false,)"));
+  CHECK(counts_on(tree));
 }
 
 TEST_CASE_METHOD(Fixture, "a receiver that refuses the source's greeting, or an unproven go, is told before any dump",
@@ -747,7 +782,7 @@ TEST_CASE_METHOD(Fixture, "a receiver that refuses the source's greeting, or an 
     // What the source proved: its key, for this connection.
     const auto parsed = source_answer.find(R"(","proof":")");
     REQUIRE(parsed != std::string::npos);
-    CHECK_NOTHROW(transfer::check_source(KeyStore().load(), {nonce, nonce_in(source_answer)},
+    CHECK_NOTHROW(transfer::check_source(KeyStore().load(), {nonce, nonce_in(source_answer)}, without_newline(hello),
                                          source_answer.substr(parsed + 11, 64)));
     reconnect();
   }

@@ -290,7 +290,7 @@ NC_EXPORT nc_status nc_options_set_receiver_key(nc_options *opts, const char *pu
  * (signed in the manifest format, with opts' dump options and nc_options_set_signing) and keeps it
  * stopped; sends it on connected_fd as nc_export does (nc_options_set_compression), and waits for
  * the receiver's "ready" (the tree restored there, held stopped); answers "commit" (proven with
- * the signing key) and waits for its "ok" (the tree runs there). "ready", "ok" and any answer after
+ * the signing key) and waits for its "ok" (the tree runs there). "go", "ready", "ok" and any answer after
  * the commit must be proven by the receiver for this connection: with the HMAC key, or signing with
  * Ed25519, with the receiver's own Ed25519 key, which this host must trust or be given
  * (nc_options_set_receiver_key; else NC_E_KEY or NC_E_INTEGRITY before anything is dumped; see the

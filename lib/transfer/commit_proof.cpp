@@ -70,11 +70,16 @@ std::string answer_message(const AnswerNonces& nonces, std::string_view answer) 
   return connection_message({"nucleus-checkpoint-migration-answer\0", 36}, nonces, answer);
 }
 
-// The source's: the kind of key it proves itself with, named as a signature's third line begins.
-std::string source_message(TreeKey key, const AnswerNonces& nonces) {
-  return connection_message({"nucleus-checkpoint-migration-source\0", 36}, nonces,
-                            key.kind() == SignatureKind::hmac_sha256 ? ChunkedSignature::hmac_line
-                                                                     : ChunkedSignature::ed25519_line);
+// The source's: the SHA-256 of the receiver's greeting as the source read it (so that nothing in
+// it, the key the receiver answers with included, is changed on the way unseen), then the kind of
+// key it proves itself with, named as a signature's third line begins.
+std::string source_message(TreeKey key, const AnswerNonces& nonces, std::string_view greeting) {
+  Sha256 sha;
+  sha.update(greeting.data(), greeting.size());
+  const Sha256::Digest digest = sha.final();
+  std::string bytes(reinterpret_cast<const char*>(digest.data()), digest.size());
+  bytes += key.kind() == SignatureKind::hmac_sha256 ? ChunkedSignature::hmac_line : ChunkedSignature::ed25519_line;
+  return connection_message({"nucleus-checkpoint-migration-source\0", 36}, nonces, bytes);
 }
 
 constexpr std::string_view proof_member = ",\"proof\":\"";
@@ -125,13 +130,15 @@ std::string check_answer(TreeKey key, const AnswerNonces& nonces, std::string_vi
   return answer;
 }
 
-std::string prove_source(TreeKey key, const AnswerNonces& nonces) { return proof_of(key, source_message(key, nonces)); }
+std::string prove_source(TreeKey key, const AnswerNonces& nonces, std::string_view greeting) {
+  return proof_of(key, source_message(key, nonces, greeting));
+}
 
-void check_source(TreeKey key, const AnswerNonces& nonces, std::string_view proof) {
-  if (!proves(key, source_message(key, nonces), proof))
+void check_source(TreeKey key, const AnswerNonces& nonces, std::string_view greeting, std::string_view proof) {
+  if (!proves(key, source_message(key, nonces, greeting), proof))
     throw Error(Status::integrity, "the source's answer to the greeting is not proven for this connection by the key "
-                                   "it names (a source with another key, or an answer replayed from another "
-                                   "connection)");
+                                   "it names (a source with another key, an answer replayed from another "
+                                   "connection, or a greeting changed on the way)");
 }
 
 }  // namespace nucleus::checkpoint::transfer

@@ -7,13 +7,13 @@
 // on a commit forged by whoever can reach the receiver's port.
 //
 // The source: its answer to the greeting carries a fresh nonce of its own and a proof over both
-// nonces by the key it signs with (the HMAC key, or its Ed25519 key, which the receiver must trust).
+// nonces and the greeting's bytes by the key it signs with (the HMAC key, or its Ed25519 key, which the receiver must trust).
 // So the receiver takes a stream, and spends an import and a restore on it, only from a source
 // holding a key it verifies with, on this connection: not from a stream replayed, nor from whoever
 // can reach its port.
 //
 // The answers: the source answers the greeting with a fresh nonce of its own, and each of the
-// receiver's answers once the stream verified there ends with a proof over both nonces and the
+// receiver's answers once the source proved its key ("go" on) ends with a proof over both nonces and the
 // answer's exact bytes: a MAC by the HMAC key that signed the checkpoint (both hosts hold it), or
 // for an Ed25519-signed one, a signature by the receiver's own Ed25519 key, which the source must
 // trust. So the source ends its tree only on an "ok" the receiver gave on this connection, and
@@ -54,11 +54,11 @@ std::string prove_answer(TreeKey key, const AnswerNonces& nonces, std::string_vi
 // public key, its proof removed; Status::integrity if it carries none or another.
 std::string check_answer(TreeKey key, const AnswerNonces& nonces, std::string_view line);
 
-// The source's proof, in lowercase hex, for its answer to the greeting: by the HMAC key or its
-// Ed25519 secret key, the one it signs the checkpoint with.
-std::string prove_source(TreeKey key, const AnswerNonces& nonces);
-// Status::integrity unless `proof` is the source's for `nonces` by the HMAC key (constant time) or
-// the Ed25519 public key.
-void check_source(TreeKey key, const AnswerNonces& nonces, std::string_view proof);
+// The source's proof, in lowercase hex, for its answer to `greeting` (the receiver's line, without
+// its newline): by the HMAC key or its Ed25519 secret key, the one it signs the checkpoint with.
+std::string prove_source(TreeKey key, const AnswerNonces& nonces, std::string_view greeting);
+// Status::integrity unless `proof` is the source's for `nonces` and `greeting` by the HMAC key
+// (constant time) or the Ed25519 public key.
+void check_source(TreeKey key, const AnswerNonces& nonces, std::string_view greeting, std::string_view proof);
 
 }  // namespace nucleus::checkpoint::transfer

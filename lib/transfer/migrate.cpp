@@ -163,7 +163,8 @@ constexpr const char* unproven_member = " unproven";
 
 // A refusal's error, in the receiver's own status; nothing if the reply is no refusal. Its words
 // are shown without control characters: they may come from anyone on the path.
-std::optional<Error> refusal_in(const rapidjson::Document& reply) {
+std::optional<Error> refusal_in(const rapidjson::Document& reply,
+                                std::string_view refused = "did not restore the tree") {
   const auto ok = reply.FindMember("ok");
   if (ok == reply.MemberEnd() || !ok->value.IsBool() || ok->value.GetBool()) return std::nullopt;
   const std::uint64_t status = member_u64(reply, "status");
@@ -176,7 +177,7 @@ std::optional<Error> refusal_in(const rapidjson::Document& reply) {
                       : status == static_cast<int>(Status::unconfirmed)              ? Status::io
                                                                                      : Status::internal;
   return Error(said,
-               fmt::format("the receiver did not restore the tree: {}", error.empty() ? "(no reason given)" : error));
+               fmt::format("the receiver {}: {}", refused, error.empty() ? "(no reason given)" : error));
 }
 
 // Whether the reply says `word` is true ("ready", "ok", "commit").
@@ -346,25 +347,28 @@ transfer::CommitNonce nonce_in(const rapidjson::Document& greeting, std::string_
 }
 
 // The version of the conversation, in the receiver's greeting: 2 since the receiver proves its
-// answers. A receiver that names none is older, and its answers cannot be told from forged ones.
-constexpr std::uint64_t protocol = 2;
+// answers, 3 since the source proves its key before it dumps. A receiver that names none is older,
+// and its answers cannot be told from forged ones.
+constexpr std::uint64_t protocol = 3;
 
 // The receiver's greeting: the nonce the source's commit must prove, and the id of the Ed25519 key
 // the receiver proves its answers with, if it holds one.
 struct Greeting {
   transfer::CommitNonce nonce;
   std::string answer_key_id;
+  std::string line;  // as read, without its newline: the source's proof covers it
 };
 
 Greeting read_hello(int fd, Clock::time_point deadline) {
-  const rapidjson::Document hello = parse_reply(
-      read_reply(fd, deadline, "the peer", "is a `nucleus-checkpoint receive` listening there?"), "the peer");
-  if (std::optional<Error> refused = refusal_in(hello))
+  std::string line = read_reply(fd, deadline, "the peer", "is a `nucleus-checkpoint receive` listening there?");
+  const rapidjson::Document hello = parse_reply(line, "the peer");
+  if (std::optional<Error> refused = refusal_in(hello, "refused the migration"))
     throw Error(refused->status(), fmt::format("{}; nothing was dumped", refused->what()));
-  const Greeting greeting{nonce_in(hello, "the peer"), member_string(hello, "answer_key_id")};
+  const Greeting greeting{nonce_in(hello, "the peer"), member_string(hello, "answer_key_id"), std::move(line)};
   if (member_u64(hello, "protocol") != protocol)
     throw Error(Status::unsupported, fmt::format("the receiver speaks another version of the migration (protocol {}, "
-                                                 "this host {}): an older one cannot prove its answers; upgrade it to "
+                                                 "this host {}): an older one cannot check this host's key before it "
+                                                 "dumps, nor prove its answers; upgrade it to "
                                                  "this host's nucleus-checkpoint. Nothing was dumped",
                                                  member_u64(hello, "protocol"), protocol));
   return greeting;
@@ -448,7 +452,7 @@ struct SourceIdentity {
 };
 
 SourceIdentity proven_source(const rapidjson::Document& answer, const VerifyingKeys& keys,
-                             const transfer::AnswerNonces& nonces) {
+                             const transfer::AnswerNonces& nonces, std::string_view greeting) {
   const std::string proof = member_string(answer, "proof");
   if (proof.empty())
     throw Error(Status::unsupported, "the source's answer to the greeting proves no key: the source is older than "
@@ -473,11 +477,11 @@ SourceIdentity proven_source(const rapidjson::Document& answer, const VerifyingK
     }
   }();
   try {
-    transfer::check_source(key, nonces, proof);
+    transfer::check_source(key, nonces, greeting, proof);
   } catch (const Error& e) {
     if (source.kind == SignatureKind::ed25519) throw;
     throw Error(e.status(), "the source proved itself with another HMAC key than this host's (or replayed an answer "
-                            "from another connection): both hosts must hold the same key (NUCLEUS_CHECKPOINT_HMAC_KEY_FILE, "
+                            "from another connection, or its greeting was changed on the way): both hosts must hold the same key (NUCLEUS_CHECKPOINT_HMAC_KEY_FILE, "
                             "mode 0600 on each), or have the source sign with Ed25519 (--sign ed25519) and trust its "
                             "key here. Nothing was imported");
   }
@@ -592,13 +596,13 @@ MigrationReport migrate(CriuRuntime& runtime, const ContainerInfo& container, co
   const std::string greeted =
       fmt::format("{{\"nonce\":\"{}\"{},\"proof\":\"{}\"}}\n", to_lower_hex(nonces.source),
                   signing.ed25519 ? fmt::format(",\"key_id\":\"{}\"", signing.ed25519->public_key().id_hex()) : "",
-                  transfer::prove_source(signing.key(), nonces));
+                  transfer::prove_source(signing.key(), nonces, hello.line));
   write_all(connected_fd, greeted.data(), greeted.size(), "the answer to the receiver's greeting");
   const ReceiverAnswers answers(receiver_key ? TreeKey(*receiver_key) : signing.key(), nonces);
   try {
     const rapidjson::Document go = answers.take(
         read_reply(connected_fd, Clock::now() + options.reply_timeout, "the receiver", "it answers at once"), false);
-    if (std::optional<Error> refused = refusal_in(go)) throw *refused;
+    if (std::optional<Error> refused = refusal_in(go, "refused the migration")) throw *refused;
     if (!says(go, "go")) throw Error(Status::io, "the receiver's answer to this host's greeting is neither \"go\" nor a refusal");
   } catch (const Error& e) {
     throw Error(e.status(), fmt::format("{}; nothing was dumped", e.what()));
@@ -733,7 +737,8 @@ ReceivedMigration receive_migration(CriuRuntime& runtime, int connected_fd, cons
     const rapidjson::Document source = parse_reply(source_hello, "the source");
     nonces.source = nonce_in(source, "the source");
     keys.emplace(KeyStore());
-    const SourceIdentity source_is = proven_source(source, *keys, nonces);
+    const SourceIdentity source_is =
+        proven_source(source, *keys, nonces, std::string_view(hello).substr(0, hello.size() - 1));
     // The key this host proves its answers with: the HMAC key both hold, or its own Ed25519 key.
     if (source_is.kind == SignatureKind::hmac_sha256) answer_key = keys->hmac();
     else if (own_key) answer_key = TreeKey(*own_key);

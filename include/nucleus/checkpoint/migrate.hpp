@@ -100,7 +100,7 @@ struct ReceivedMigration {
 // tree is killed before it ran; with it the tree resumes and {"ok":true,...} goes back. A failure
 // is answered with {"ok":false,"status":..,"status_name":..,"error":..} and thrown; an "ok" that
 // cannot be sent is not (the tree runs here, the source keeps its copy stopped): source_told says so.
-// Every answer once the stream verified carries its proof for both nonces (the README's "Answers"):
+// Every answer once the source proved its key ("go" on) carries its proof for both nonces (the README's "Answers"):
 // an Ed25519-signed checkpoint needs an Ed25519 key of this host's own (Status::key otherwise).
 // stream_timeout bounds how long the source may take to start its stream (its dump) and how long
 // the stream may stall: one idle connection must not hold the receiver forever.
