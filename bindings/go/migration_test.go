@@ -738,7 +738,7 @@ func TestMigrateRefused(t *testing.T) {
 		{"half a public key as the receiver's", "nc_options_set_receiver_key", &checkpoint.Options{
 			Signing: checkpoint.SigningEd25519, ReceiverKey: otherKey[:len(otherKey)/2]}, "any", checkpoint.ErrKey,
 			checkpoint.ErrIO},
-		{"a receiver refusing HMAC", "the receiver did not restore", nil, "ed25519", checkpoint.ErrIntegrity,
+		{"a receiver refusing HMAC", "the receiver refused the migration", nil, "ed25519", checkpoint.ErrIntegrity,
 			checkpoint.ErrIntegrity},
 	} {
 		t.Setenv("NUCLEUS_CHECKPOINT_SIGNERS", c.signers)

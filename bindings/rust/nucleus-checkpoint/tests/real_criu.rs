@@ -1121,7 +1121,7 @@ fn migration_refused_by_either_side() {
     for (label, opts, out, signers, said, receiver_status) in [
         ("an untrusted receiver", Some(&ed25519), "out-untrusted", "any", "does not trust", Status::IO),
         ("not the receiver given", Some(&pinned), "out-pinned", "any", "not with the receiver's key given", Status::IO),
-        ("a receiver refusing HMAC", None, "out-hmac", "ed25519", "the receiver did not restore", Status::INTEGRITY),
+        ("a receiver refusing HMAC", None, "out-hmac", "ed25519", "the receiver refused the migration", Status::INTEGRITY),
     ] {
         env::set_var("NUCLEUS_CHECKPOINT_SIGNERS", signers);
         let (source, receiving) = UnixStream::pair().unwrap();
